@@ -57,7 +57,18 @@ class Settings(BaseModel):
     read_only: bool = False
     #: A remote sciserve server; when set the CLI talks to it instead of a local registry.
     server_url: str | None = None
+    #: Where verified packages are materialised for loading; default
+    #: ``<home>/cache``, or the user cache directory for a read-only registry.
+    cache_dir: Path | None = None
     limits: Limits = Limits()
+
+    @property
+    def package_cache(self) -> Path:
+        if self.cache_dir is not None:
+            return self.cache_dir
+        if self.read_only:
+            return Path(platformdirs.user_cache_dir("sciserve")) / "packages"
+        return self.home / "cache"
 
     @classmethod
     def load(
@@ -81,7 +92,7 @@ class Settings(BaseModel):
             "store_url": str(home_path / "artifacts"),
         }
         values.update(_read_file(home_path / "sciserve.toml"))
-        for key in ("database_url", "store_url", "server_url", "read_only"):
+        for key in ("database_url", "store_url", "server_url", "read_only", "cache_dir"):
             raw = env.get(_ENV_PREFIX + key.upper())
             if raw:
                 values[key] = raw

@@ -85,8 +85,20 @@ class TensorSpec(_Strict):
 
     name: str = Field(min_length=1, max_length=256)
     datatype: Literal[
-        "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
-        "FP16", "BF16", "FP32", "FP64", "BYTES",
+        "BOOL",
+        "UINT8",
+        "UINT16",
+        "UINT32",
+        "UINT64",
+        "INT8",
+        "INT16",
+        "INT32",
+        "INT64",
+        "FP16",
+        "BF16",
+        "FP32",
+        "FP64",
+        "BYTES",
     ]
     #: Dimensions; ``-1`` marks a variable dimension (including the batch dim).
     shape: list[int] = Field(min_length=0, max_length=16)
@@ -412,7 +424,9 @@ def load_manifest(path: str | Path, *, max_bytes: int = 4 * 2**20) -> Manifest:
     try:
         size = path.stat().st_size
     except OSError as exc:
-        raise ManifestError([Problem("", f"cannot read {path}: {exc.strerror}")], str(path)) from exc
+        raise ManifestError(
+            [Problem("", f"cannot read {path}: {exc.strerror}")], str(path)
+        ) from exc
     if size > max_bytes:
         raise ManifestError(
             [Problem("", f"manifest is {size} bytes, over the {max_bytes}-byte limit")], str(path)

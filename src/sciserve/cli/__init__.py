@@ -1,0 +1,90 @@
+"""The ``sciserve`` command line (also ``python -m sciserve``).
+
+Exit codes: 0 success, 1 other error, 2 invalid input (bad manifest, archive,
+reference or option), 3 not found, 4 conflict (e.g. an immutable version
+published with other content), 5 integrity (checksum mismatch),
+6 not permitted (untrusted code, read-only registry), 7 unavailable,
+8 missing dependency or device.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .. import errors
+from . import _namespace, _package, _registry, _up
+from ._context import State, report_error
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="sciserve",
+    help="Publish, serve and run scientific ML models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    home: Annotated[
+        Path | None,
+        typer.Option("--home", help="Data directory (env SCISERVE_HOME).", show_default=False),
+    ] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option("--database-url", help="Registry database URL (env SCISERVE_DATABASE_URL)."),
+    ] = None,
+    store_url: Annotated[
+        str | None,
+        typer.Option("--store-url", help="Artifact store path or URL (env SCISERVE_STORE_URL)."),
+    ] = None,
+    read_only: Annotated[
+        bool | None,
+        typer.Option(
+            "--read-only", help="Open the registry without writing (e.g. an export on CVMFS)."
+        ),
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    ctx.obj = State(
+        home=str(home) if home else None,
+        overrides={"database_url": database_url, "store_url": store_url, "read_only": read_only},
+        json=json_output,
+    )
+
+
+_package.register(app)
+_registry.register(app)
+app.add_typer(_namespace.app, name="namespace")
+_up.register(app)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; domain errors become one line on stderr and an exit code."""
+    as_json = "--json" in (argv if argv is not None else sys.argv[1:])
+    try:
+        app(args=argv, prog_name="sciserve", standalone_mode=False)
+    except errors.SciserveError as exc:
+        return report_error(exc, as_json)
+    except typer.Abort:
+        sys.stderr.write("aborted\n")
+        return 130
+    except (typer.Exit, SystemExit) as exc:
+        code = getattr(exc, "exit_code", getattr(exc, "code", 0))
+        return int(code or 0)
+    except Exception as exc:  # click usage errors
+        from click import ClickException
+
+        if isinstance(exc, ClickException):
+            exc.show()
+            return exc.exit_code
+        raise
+    return 0

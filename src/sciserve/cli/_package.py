@@ -1,0 +1,119 @@
+"""``sciserve init`` and ``sciserve validate``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from ..errors import ManifestError, Problem
+from ..package.init import init_package, parse_tensor_option
+from ..package.manifest import MANIFEST_NAME, Author, load_manifest
+from ..package.validate import check_package
+from ._context import exit_code_for, state
+
+
+def register(app: typer.Typer) -> None:
+    app.command("init")(init)
+    app.command("validate")(validate)
+
+
+def init(
+    ctx: typer.Context,
+    model_file: Annotated[Path, typer.Argument(help="The model file (.onnx, .pt, .txt, ...).")],
+    name: Annotated[str, typer.Option(help="Model name.")],
+    version: Annotated[str, typer.Option(help="Version, e.g. 1.0.0.")],
+    out: Annotated[
+        Path | None, typer.Option(help="Write the package here instead of beside the model file.")
+    ] = None,
+    runtime: Annotated[str | None, typer.Option(help="Runtime (default: from the suffix).")] = None,
+    namespace: Annotated[str, typer.Option(help="Namespace.")] = "default",
+    input_: Annotated[
+        list[str] | None,
+        typer.Option("--input", help="NAME:DATATYPE:SHAPE, e.g. x:FP32:-1,64 (repeatable)."),
+    ] = None,
+    output: Annotated[
+        list[str] | None, typer.Option("--output", help="NAME:DATATYPE:SHAPE (repeatable).")
+    ] = None,
+    license_: Annotated[
+        str | None, typer.Option("--license", help="SPDX licence expression.")
+    ] = None,
+    description: Annotated[str | None, typer.Option(help="What the model does.")] = None,
+    author: Annotated[
+        list[str] | None, typer.Option(help="NAME[,ORCID[,AFFILIATION]] (repeatable).")
+    ] = None,
+    file: Annotated[
+        list[Path] | None,
+        typer.Option("--file", help="Another file that belongs to the package (repeatable)."),
+    ] = None,
+) -> None:
+    """Scaffold sciserve.yaml for an existing model file."""
+    st = state(ctx)
+    authors = []
+    for text in author or []:
+        parts = [p.strip() or None for p in text.split(",")]
+        authors.append(
+            Author(
+                name=parts[0] or "",
+                orcid=parts[1] if len(parts) > 1 else None,
+                affiliation=parts[2] if len(parts) > 2 else None,
+            ).model_dump(exclude_none=True)
+        )
+    target = init_package(
+        model_file,
+        name=name,
+        version=version,
+        out=out,
+        runtime=runtime,
+        namespace=namespace,
+        inputs=[parse_tensor_option(t) for t in input_ or []],
+        outputs=[parse_tensor_option(t) for t in output or []],
+        extra_files=file or [],
+        license=license_,
+        description=description,
+        authors=authors or None,
+    )
+    problems = check_package(target.parent)
+    st.emit(
+        {"manifest": str(target), "problems": [p.__dict__ for p in problems]},
+        lambda: _print_init(st.console, target, problems),
+    )
+
+
+def _print_init(console: Console, target: Path, problems: list[Problem]) -> None:
+    console.print(f"wrote {target}")
+    if problems:
+        console.print("before publishing, fix:")
+        for p in problems:
+            console.print(Text(f"  {p.severity}: {p}"))
+
+
+def validate(
+    ctx: typer.Context,
+    package: Annotated[Path, typer.Argument(help="Package directory or its sciserve.yaml.")] = Path(
+        "."
+    ),
+) -> None:
+    """Check a package: every problem with its field path and a fix hint."""
+    st = state(ctx)
+    root = package.parent if package.name == MANIFEST_NAME else package
+    problems = check_package(root)
+    errors = [p for p in problems if p.severity == "error"]
+    ref = None
+    if not errors:
+        ref = load_manifest(root).ref
+
+    def human() -> None:
+        for p in problems:
+            style = "red" if p.severity == "error" else "yellow"
+            st.console.print(Text.assemble((f"{p.severity}: ", style), str(p)))
+        if not errors:
+            st.console.print(Text.assemble(("ok: ", "green"), f"{ref} is ready to publish"))
+
+    st.emit({"ok": not errors, "ref": ref, "problems": [p.__dict__ for p in problems]}, human)
+    if errors:
+        # Problems are already printed; the exit code is InvalidInput's.
+        raise typer.Exit(exit_code_for(ManifestError(errors)))

@@ -1,0 +1,291 @@
+"""Registry commands: publish, models, tag, yank, pull, verify, export, import."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markdown import Markdown
+from rich.table import Table
+
+from .._hashing import sha256_file
+from ..errors import IntegrityError
+from ..package.manifest import MANIFEST_NAME, load_manifest
+from ..registry.registry import VersionInfo
+from ._context import State, state
+
+models_app = typer.Typer(help="Inspect published models.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("publish")(publish)
+    app.add_typer(models_app, name="models")
+    for fn in (tag, untag, yank, unyank, pull, verify, export, import_):
+        app.command(fn.__name__.rstrip("_"))(fn)
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _line(info: VersionInfo) -> str:
+    flags = f" [{', '.join(info.aliases)}]" if info.aliases else ""
+    yanked = f" YANKED: {info.yanked_reason}" if info.yanked else ""
+    return f"{info.ref}{flags} {info.digest[:19]}…{yanked}"
+
+
+def _package_size(source: Path) -> int | None:
+    if source.is_dir() and (source / MANIFEST_NAME).is_file():
+        return sum(f.size for f in load_manifest(source).files)
+    return source.stat().st_size if source.is_file() else None
+
+
+def publish(
+    ctx: typer.Context,
+    source: Annotated[Path, typer.Argument(help="Package directory or .tar/.tar.gz archive.")],
+) -> None:
+    """Publish a package (a no-op when identical content is already published)."""
+    st = state(ctx)
+    with st.registry() as reg, st.progress("uploading", _package_size(source)) as advance:
+        result = reg.publish(source, progress=advance)
+    info = result.version
+    verb = "published" if result.created else "already published (identical)"
+    st.emit(
+        {**info.to_dict(), "created": result.created},
+        lambda: st.console.print(f"{verb}: {_line(info)}"),
+    )
+
+
+@models_app.command("list")
+def models_list(
+    ctx: typer.Context,
+    namespace: Annotated[str | None, typer.Option(help="Only this namespace.")] = None,
+) -> None:
+    """List models with their default version."""
+    st = state(ctx)
+    with st.registry() as reg:
+        items = reg.list_models(namespace)
+
+    def human() -> None:
+        if not items:
+            st.console.print("no models yet: publish one with 'sciserve publish DIR'")
+            return
+        table = Table("model", "version", "aliases", "runtime", "license", "size")
+        for v in items:
+            table.add_row(
+                f"{v.namespace}/{v.name}",
+                v.version + (" (yanked)" if v.yanked else ""),
+                ", ".join(v.aliases),
+                v.manifest.runtime,
+                v.manifest.license or "",
+                _size(v.size),
+            )
+        st.console.print(table)
+
+    st.emit([v.to_dict() for v in items], human)
+
+
+@models_app.command("show")
+def models_show(ctx: typer.Context, ref: str) -> None:
+    """Every version of a model, newest first, with its manifest (JSON)."""
+    st = state(ctx)
+    with st.registry() as reg:
+        versions = reg.versions(ref)
+        chosen = reg.resolve(ref)
+
+    def human() -> None:
+        for v in versions:
+            marker = "*" if v.digest == chosen.digest else " "
+            st.console.print(f"{marker} {_line(v)}  published {v.published_at:%Y-%m-%d %H:%M}")
+
+    st.emit(
+        {
+            "resolved": chosen.to_dict(),
+            "manifest": chosen.manifest.to_dict(),
+            "versions": [v.to_dict() for v in versions],
+        },
+        human,
+    )
+
+
+@models_app.command("card")
+def models_card(
+    ctx: typer.Context,
+    ref: str,
+    format_: Annotated[
+        str, typer.Option("--format", help="markdown, jsonld or raw (Markdown source).")
+    ] = "markdown",
+) -> None:
+    """The model card of a version, or its JSON-LD metadata."""
+    from ..package.card import render_card, to_jsonld
+
+    st = state(ctx)
+    with st.registry() as reg:
+        info = reg.resolve(ref)
+    if format_ == "jsonld" or st.json:
+        sys.stdout.write(json.dumps(to_jsonld(info.manifest, digest=info.digest), indent=2) + "\n")
+        return
+    text = render_card(
+        info.manifest,
+        digest=info.digest,
+        published_at=info.published_at.isoformat(),
+        aliases=info.aliases,
+        yanked_reason=info.yanked_reason if info.yanked else None,
+    )
+    if format_ == "raw" or not st.console.is_terminal:
+        sys.stdout.write(text)
+    else:
+        st.console.print(Markdown(text))
+
+
+def tag(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(help="NAME:VERSION")],
+    alias: Annotated[str, typer.Argument(help="e.g. production")],
+) -> None:
+    """Point an alias (production, staging, …) at a version."""
+    st = state(ctx)
+    with st.registry() as reg:
+        info = reg.tag(ref, alias)
+    st.emit(info.to_dict(), lambda: st.console.print(f"{alias} -> {_line(info)}"))
+
+
+def untag(ctx: typer.Context, ref: Annotated[str, typer.Argument(help="NAME")], alias: str) -> None:
+    """Remove an alias."""
+    st = state(ctx)
+    with st.registry() as reg:
+        reg.untag(ref, alias)
+    st.emit({"removed": alias}, lambda: st.console.print(f"removed alias {alias}"))
+
+
+def yank(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(help="NAME:VERSION")],
+    reason: Annotated[str, typer.Option(help="Why; shown to everyone who uses it.")],
+) -> None:
+    """Withdraw a version; its record and files are kept, exact pins still resolve."""
+    st = state(ctx)
+    with st.registry() as reg:
+        info = reg.yank(ref, reason)
+    st.emit(info.to_dict(), lambda: st.console.print(f"yanked {_line(info)}"))
+
+
+def unyank(ctx: typer.Context, ref: Annotated[str, typer.Argument(help="NAME:VERSION")]) -> None:
+    """Undo a yank."""
+    st = state(ctx)
+    with st.registry() as reg:
+        info = reg.unyank(ref)
+    st.emit(info.to_dict(), lambda: st.console.print(f"restored {_line(info)}"))
+
+
+def pull(
+    ctx: typer.Context,
+    ref: str,
+    dest: Annotated[Path, typer.Option(help="Directory to write the package to.")],
+) -> None:
+    """Materialise a package locally, every file verified against its checksum."""
+    st = state(ctx)
+    with st.registry() as reg:
+        info = reg.resolve(ref)
+        with st.progress("downloading", info.size) as advance:
+            path = reg.pull(info.ref, dest, progress=advance)
+    st.emit(
+        {**info.to_dict(), "path": str(path)},
+        lambda: st.console.print(f"pulled {info.ref} into {path}"),
+    )
+
+
+def verify(
+    ctx: typer.Context,
+    ref: Annotated[
+        str | None,
+        typer.Argument(
+            help="A model reference, or a local package directory; default: every version."
+        ),
+    ] = None,
+) -> None:
+    """Re-hash stored files and compare with their recorded sha256."""
+    st = state(ctx)
+    if ref is not None and Path(ref).is_dir():
+        _verify_local(st, Path(ref))
+        return
+    with st.registry() as reg:
+        reports = reg.verify(ref)
+
+    def human() -> None:
+        for r in reports:
+            st.console.print(f"{'ok  ' if r.ok else 'FAIL'} {r.ref} ({r.checked} files)")
+            for failure in r.failures:
+                st.console.print(f"     {failure}", markup=False)
+
+    st.emit(
+        [{"ref": r.ref, "ok": r.ok, "checked": r.checked, "failures": r.failures} for r in reports],
+        human,
+    )
+    if not all(r.ok for r in reports):
+        raise typer.Exit(5)
+
+
+def _verify_local(st: State, root: Path) -> None:
+    manifest = load_manifest(root)
+    for entry in manifest.files:
+        actual, _ = sha256_file(root / entry.path)
+        if actual != entry.sha256:
+            raise IntegrityError(
+                f"{entry.path}: sha256 {actual}, expected {entry.sha256}",
+                path=entry.path,
+                expected=entry.sha256,
+                actual=actual,
+            )
+    st.emit(
+        {"ref": manifest.ref, "ok": True, "checked": len(manifest.files)},
+        lambda: st.console.print(f"ok   {manifest.ref} ({len(manifest.files)} files)"),
+    )
+
+
+def export(
+    ctx: typer.Context,
+    refs: Annotated[
+        list[str],
+        typer.Argument(help="Model references (all versions of a bare name with --all-versions)."),
+    ],
+    out: Annotated[Path, typer.Option(help="Directory, or .tar / .tar.gz archive, to write.")],
+    all_versions: Annotated[bool, typer.Option(help="Export every version of each model.")] = False,
+) -> None:
+    """Write models to a self-contained registry directory or archive."""
+    from ..registry.exchange import export_models
+
+    st = state(ctx)
+    with st.registry() as reg:
+        written = export_models(reg, refs, out, all_versions=all_versions)
+    st.emit(
+        {"path": str(out), "models": [v.ref for v in written]},
+        lambda: st.console.print(f"exported {len(written)} version(s) to {out}"),
+    )
+
+
+def import_(
+    ctx: typer.Context,
+    source: Annotated[Path, typer.Argument(help="An export directory or archive.")],
+) -> None:
+    """Load the models of an export into this registry."""
+    from ..registry.exchange import import_models
+
+    st = state(ctx)
+    with st.registry() as reg:
+        results = import_models(reg, source)
+
+    def human() -> None:
+        for r in results:
+            verb = "imported" if r.created else "already present"
+            st.console.print(f"{verb} {_line(r.version)}")
+
+    st.emit([{**r.version.to_dict(), "created": r.created} for r in results], human)

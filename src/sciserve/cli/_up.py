@@ -1,0 +1,123 @@
+"""``sciserve up``: the main job on the embedded default registry.
+
+On first start it builds the example models (no network needed), publishes
+them and points ``production`` at them; then it shows what the registry
+holds and runs one in-process prediction through the SDK, so a newcomer sees
+real, working content.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import typer
+from rich.markdown import Markdown
+from rich.table import Table
+
+from ..errors import NotFound
+from ..model import load
+from ..registry.registry import Registry, VersionInfo
+from ._context import State, state
+
+EXAMPLES = ("examples/lc-classifier", "examples/lc-classifier-gbm")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("up")(up)
+
+
+def ensure_examples(reg: Registry) -> list[str]:
+    """Publish the example models unless they are there; return what was added."""
+    from ..examples import build_examples
+
+    missing = []
+    for ref in EXAMPLES:
+        try:
+            reg.resolve(ref)
+        except NotFound:
+            missing.append(ref)
+    if not missing:
+        return []
+    with tempfile.TemporaryDirectory(prefix="examples-", dir=reg.settings.home) as tmp:
+        added = []
+        for package in build_examples(Path(tmp)):
+            result = reg.publish(package, actor="sciserve up")
+            info = result.version
+            if info.ref.rsplit(":", 1)[0] in missing:
+                reg.tag(info.ref, "production", actor="sciserve up")
+                added.append(info.ref)
+    return added
+
+
+def up(ctx: typer.Context) -> None:
+    """Publish the example models (first start) and show them working."""
+    st = state(ctx)
+    with st.registry() as reg:
+        added = ensure_examples(reg)
+        models = reg.list_models()
+        card_ref = reg.resolve(EXAMPLES[0])
+        demo = _demo_prediction(reg)
+    if st.json:
+        st.emit(
+            {
+                "home": str(st.settings.home),
+                "added": added,
+                "models": [m.to_dict() for m in models],
+                "prediction": demo,
+            },
+            lambda: None,
+        )
+        return
+    _show(st, added, models, card_ref, demo)
+
+
+def _demo_prediction(reg: Registry) -> dict[str, Any]:
+    from ..examples import CLASSES, extract_many, simulate
+
+    curves = simulate(5, seed=2026)
+    features = extract_many(curves)
+    with load(EXAMPLES[0], registry=reg) as model:
+        probs = model.predict(features=features)["probabilities"]
+    rows = [
+        {
+            "object": c.object_id,
+            "truth": c.label,
+            "predicted": CLASSES[int(np.argmax(p))],
+            "p": round(float(np.max(p)), 3),
+        }
+        for c, p in zip(curves, probs, strict=True)
+    ]
+    return {"model": model.ref, "digest": model.digest, "rows": rows}
+
+
+def _show(
+    st: State, added: list[str], models: list[VersionInfo], info: VersionInfo, demo: dict[str, Any]
+) -> None:
+    from ..package.card import render_card
+
+    con = st.console
+    con.rule("sciserve")
+    con.print(f"registry: {st.settings.database_url}\nartifacts: {st.settings.store_url}")
+    for ref in added:
+        con.print(f"published example {ref} (alias production)")
+    table = Table("model", "version", "aliases", "runtime", "license")
+    for m in models:
+        table.add_row(
+            f"{m.namespace}/{m.name}",
+            m.version,
+            ", ".join(m.aliases),
+            m.manifest.runtime,
+            m.manifest.license or "",
+        )
+    con.print(table)
+    con.print(Markdown(render_card(info.manifest, digest=info.digest, aliases=info.aliases)))
+    pred = Table(
+        "object", "truth", "predicted", "p", title=f"in-process prediction: {demo['model']}"
+    )
+    for row in demo["rows"]:
+        pred.add_row(str(row["object"]), row["truth"], row["predicted"], f"{row['p']:.3f}")
+    con.print(pred)
+    con.print("next: sciserve models card examples/lc-classifier · sciserve --help")

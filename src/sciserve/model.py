@@ -1,0 +1,112 @@
+"""In-process use of a registered model: ``sciserve.load("name@production")``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InvalidInput, PermissionDenied
+from .package.manifest import Manifest
+from .registry.registry import Registry, VersionInfo
+from .runtimes import ModelSource, Runtime, get_runtime
+
+__all__ = ["Model", "load"]
+
+
+class Model:
+    """A verified, loaded model package, callable on numpy arrays.
+
+    >>> model = sciserve.load("examples/lc-classifier@latest")
+    >>> model.predict(features=x)["probabilities"]
+    """
+
+    def __init__(self, info: VersionInfo, root: Path, runtime: Runtime) -> None:
+        self.info = info
+        self.root = root
+        self._runtime = runtime
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.info.manifest
+
+    @property
+    def ref(self) -> str:
+        return self.info.ref
+
+    @property
+    def digest(self) -> str:
+        return self.info.digest
+
+    def predict(
+        self, inputs: Mapping[str, Any] | None = None, /, **named: Any
+    ) -> dict[str, np.ndarray]:
+        """Run the model on inputs given as a mapping or as keyword arguments.
+
+        Arrays are converted to each input's declared datatype only when that
+        is lossless for the given values' kind (e.g. Python floats to FP32);
+        anything else is refused with :class:`InvalidInput`.
+        """
+        given = {**(inputs or {}), **named}
+        unknown = set(given) - {t.name for t in self.manifest.inputs}
+        if unknown:
+            raise InvalidInput(
+                f"{self.ref} has no input(s) {sorted(unknown)}; it takes "
+                f"{[t.name for t in self.manifest.inputs]}"
+            )
+        arrays = {name: np.asarray(value) for name, value in given.items()}
+        return self._runtime.infer(arrays)
+
+    __call__ = predict
+
+    def close(self) -> None:
+        self._runtime.unload()
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Model {self.ref} {self.digest[:19]} runtime={self.manifest.runtime}>"
+
+
+def load(
+    ref: str,
+    *,
+    registry: Registry | None = None,
+    home: str | Path | None = None,
+    device: str | None = None,
+    **options: Any,
+) -> Model:
+    """Resolve ``ref`` in the registry, verify every file and load the model.
+
+    ``registry`` defaults to the one at ``home`` (or ``SCISERVE_HOME``).
+    Packages whose runtime executes code load only from trusted namespaces.
+    """
+    own = registry is None
+    reg = registry if registry is not None else Registry.open(home)
+    try:
+        info = reg.resolve(ref)
+        if reg.executes_code(info.manifest) and not reg.namespace(info.namespace).trusted:
+            raise PermissionDenied(
+                f"{info.ref} uses runtime {info.manifest.runtime!r}, which executes code, and "
+                f"namespace {info.namespace!r} is not trusted"
+            )
+        root = reg.pull(info.ref)
+    finally:
+        if own:
+            reg.close()
+    runtime_cls = get_runtime(info.manifest.runtime)
+    source = ModelSource(
+        manifest=info.manifest,
+        root=root,
+        device=device or info.manifest.device,
+        options={**info.manifest.runtime_options, **options},
+    )
+    runtime = runtime_cls(source)
+    runtime.load()
+    return Model(info, root, runtime)

@@ -1,0 +1,320 @@
+"""Validation of a package directory against its manifest.
+
+:func:`check_package` collects *every* problem (with a field path and a fix
+hint) instead of stopping at the first, so ``sciserve validate`` can show a
+complete list.  Nothing here executes code from the package: signatures are
+read with each runtime's ``inspect``, which only parses data.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from .._hashing import sha256_file
+from ..errors import ManifestError, NotFound, Problem, SciserveError
+from .manifest import MANIFEST_NAME, Manifest, TensorSpec, load_manifest
+
+__all__ = ["check_package", "ensure_valid", "license_problems"]
+
+_LICENSE_REF = re.compile(r"(?:DocumentRef-[A-Za-z0-9.-]+:)?LicenseRef-[A-Za-z0-9.-]+")
+
+
+def license_problems(expression: str | None, path: str = "license") -> list[Problem]:
+    """Problems with an SPDX licence expression (non-SPDX is an error)."""
+    if not expression:
+        return [
+            Problem(
+                path,
+                "a licence is required to publish",
+                "set an SPDX expression, e.g. 'MIT' or 'CC-BY-4.0'",
+            )
+        ]
+    from license_expression import get_spdx_licensing
+
+    # LicenseRef-* identifiers are valid SPDX for licences not on the list.
+    probe = _LICENSE_REF.sub("MIT", expression)
+    info = get_spdx_licensing().validate(probe)
+    if info.errors:
+        return [
+            Problem(
+                path,
+                f"{expression!r} is not an SPDX licence expression",
+                "use identifiers from https://spdx.org/licenses/ "
+                "or 'LicenseRef-<name>' with the licence text in the package",
+            )
+        ]
+    return []
+
+
+def check_package(
+    root: str | Path, manifest: Manifest | None = None, *, for_publish: bool = True
+) -> list[Problem]:
+    """Every problem of the package in ``root`` (errors and warnings)."""
+    root = Path(root)
+    if manifest is None:
+        try:
+            manifest = load_manifest(root / MANIFEST_NAME)
+        except ManifestError as exc:
+            return exc.problems
+    problems: list[Problem] = []
+    if for_publish:
+        problems += _publish_requirements(manifest)
+    problems += _signature_shape_problems(manifest)
+    file_problems = _file_problems(root, manifest)
+    problems += file_problems
+    if not file_problems:
+        problems += _runtime_problems(root, manifest)
+    return problems
+
+
+def ensure_valid(root: str | Path, manifest: Manifest | None = None) -> Manifest:
+    """Load and fully check a package for publishing; raise :class:`ManifestError`."""
+    root = Path(root)
+    if manifest is None:
+        manifest = load_manifest(root / MANIFEST_NAME)
+    problems = check_package(root, manifest, for_publish=True)
+    if any(p.severity == "error" for p in problems):
+        raise ManifestError(problems, str(root / MANIFEST_NAME))
+    return manifest
+
+
+def _publish_requirements(m: Manifest) -> list[Problem]:
+    out = license_problems(m.license)
+    if not m.inputs:
+        out.append(
+            Problem(
+                "inputs",
+                "the model's inputs are not described",
+                "add inputs, or run 'sciserve init' with --input NAME:DATATYPE:SHAPE",
+            )
+        )
+    if not m.outputs:
+        out.append(
+            Problem(
+                "outputs",
+                "the model's outputs are not described",
+                "add outputs, or run 'sciserve init' with --output NAME:DATATYPE:SHAPE",
+            )
+        )
+    if not m.files:
+        out.append(
+            Problem(
+                "files",
+                "the package lists no files",
+                "list the model file with its size and sha256 ('sciserve init')",
+            )
+        )
+    if m.model_file is None and m.runtime != "python":
+        out.append(
+            Problem(
+                "model_file",
+                "no model_file names what the runtime loads",
+                "set model_file to one of the listed files",
+            )
+        )
+    if not m.description:
+        out.append(
+            Problem("description", "no description", "say what the model does", severity="warning")
+        )
+    if not m.authors:
+        out.append(
+            Problem("authors", "no authors", "add authors with name and ORCID", severity="warning")
+        )
+    return out
+
+
+def _signature_shape_problems(m: Manifest) -> list[Problem]:
+    out: list[Problem] = []
+    for group, tensors in (("inputs", m.inputs), ("outputs", m.outputs)):
+        for i, t in enumerate(tensors):
+            where = f"{group}[{i}]"
+            bdim = m.batch_dim_of(t)
+            if bdim is not None:
+                if bdim >= len(t.shape):
+                    out.append(
+                        Problem(
+                            f"{where}.batch_dim",
+                            f"batch dim {bdim} is outside shape {t.shape}",
+                            "set batch_dim to the index of the batch dimension",
+                        )
+                    )
+                elif t.shape[bdim] != -1:
+                    out.append(
+                        Problem(
+                            f"{where}.shape",
+                            f"batch dim {bdim} has fixed size {t.shape[bdim]}",
+                            "use -1 for the batch dimension, or max_batch_size: 0",
+                        )
+                    )
+            out += _last_dim_names(where, t, "feature_names", t.feature_names)
+            out += _last_dim_names(where, t, "labels", t.labels)
+    return out
+
+
+def _last_dim_names(
+    where: str, t: TensorSpec, field: str, names: list[str] | None
+) -> list[Problem]:
+    if not names or not t.shape or t.shape[-1] == -1 or len(names) == t.shape[-1]:
+        return []
+    return [
+        Problem(
+            f"{where}.{field}",
+            f"{len(names)} {field} for a last dimension of size {t.shape[-1]}",
+            "give exactly one name per element of the last dimension",
+        )
+    ]
+
+
+def _file_problems(root: Path, m: Manifest) -> list[Problem]:
+    out: list[Problem] = []
+    real_root = root.resolve()
+    for i, entry in enumerate(m.files):
+        where = f"files[{i}]"
+        path = root / entry.path
+        if path.is_symlink() and not path.resolve().is_relative_to(real_root):
+            out.append(
+                Problem(
+                    f"{where}.path",
+                    f"{entry.path} is a link leading outside the package",
+                    "copy the file into the package directory",
+                )
+            )
+            continue
+        if not path.is_file():
+            out.append(
+                Problem(
+                    f"{where}.path",
+                    f"{entry.path} does not exist in {root}",
+                    "add the file or remove it from files",
+                )
+            )
+            continue
+        size = path.stat().st_size
+        if size != entry.size:
+            out.append(
+                Problem(
+                    f"{where}.size",
+                    f"{entry.path} is {size} bytes, manifest says {entry.size}",
+                    "run 'sciserve init --update' to refresh",
+                )
+            )
+            continue
+        actual, _ = sha256_file(path)
+        if actual != entry.sha256:
+            out.append(
+                Problem(
+                    f"{where}.sha256",
+                    f"{entry.path} has sha256 {actual}, manifest says {entry.sha256}",
+                    "the file changed: refresh the manifest "
+                    "with 'sciserve init --update' and publish a new version",
+                )
+            )
+    if m.citation and m.citation.cff and not out:
+        out += _cff_problems(root / m.citation.cff)
+    return out
+
+
+def _cff_problems(path: Path) -> list[Problem]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        return [Problem("citation.cff", f"cannot read {path.name}: {exc}", "fix the CFF file")]
+    if not isinstance(data, dict) or "cff-version" not in data or "title" not in data:
+        return [
+            Problem(
+                "citation.cff",
+                f"{path.name} is not a CITATION.cff file",
+                "it needs at least cff-version, title and authors",
+            )
+        ]
+    return []
+
+
+def _runtime_problems(root: Path, m: Manifest) -> list[Problem]:
+    from ..runtimes import get_runtime
+
+    try:
+        runtime = get_runtime(m.runtime)
+    except NotFound as exc:
+        return [Problem("runtime", str(exc), "pick an installed runtime ('sciserve runtimes')")]
+    except SciserveError as exc:  # DependencyMissing: can't inspect, still publishable
+        return [
+            Problem(
+                "runtime", str(exc), "install the extra to check the signature", severity="warning"
+            )
+        ]
+    if m.model_file is None:
+        return []
+    try:
+        found = runtime.inspect(root / m.model_file)
+    except SciserveError as exc:
+        return [
+            Problem(
+                "model_file",
+                f"cannot read {m.model_file}: {exc}",
+                "check that the file is a valid model of this runtime",
+            )
+        ]
+    if found is None:
+        return []
+    out: list[Problem] = []
+    for group, declared, actual in (
+        ("inputs", m.inputs, found.inputs),
+        ("outputs", m.outputs, found.outputs),
+    ):
+        by_name = {t.name: t for t in actual}
+        for i, t in enumerate(declared):
+            where = f"{group}[{i}]"
+            got = by_name.get(t.name)
+            if got is None:
+                out.append(
+                    Problem(
+                        f"{where}.name",
+                        f"{m.model_file} has no {group[:-1]} "
+                        f"named {t.name!r} (it has {sorted(by_name)})",
+                        "use the names in the model file",
+                    )
+                )
+                continue
+            if got.datatype != t.datatype:
+                out.append(
+                    Problem(
+                        f"{where}.datatype",
+                        f"{t.name!r} is {got.datatype} in "
+                        f"{m.model_file}, manifest says {t.datatype}",
+                        f"set datatype: {got.datatype}",
+                    )
+                )
+            if len(got.shape) != len(t.shape):
+                out.append(
+                    Problem(
+                        f"{where}.shape",
+                        f"{t.name!r} has rank {len(got.shape)} "
+                        f"{got.shape} in {m.model_file}, manifest says {t.shape}",
+                        f"use a shape of rank {len(got.shape)}",
+                    )
+                )
+                continue
+            for d, (want, have) in enumerate(zip(t.shape, got.shape, strict=True)):
+                if have != -1 and want != have:
+                    out.append(
+                        Problem(
+                            f"{where}.shape[{d}]",
+                            f"{t.name!r} dim {d} is {have} in {m.model_file}, manifest says {want}",
+                            f"set it to {have}",
+                        )
+                    )
+        missing = set(by_name) - {t.name for t in declared}
+        if group == "inputs" and missing:
+            out.append(
+                Problem(
+                    group,
+                    f"{m.model_file} needs inputs {sorted(missing)} that the "
+                    "manifest does not describe",
+                    "describe every model input",
+                )
+            )
+    return out

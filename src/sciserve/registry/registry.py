@@ -1,0 +1,677 @@
+"""The model registry: publish, resolve, tag, yank, pull, verify.
+
+Metadata lives in a relational database (:mod:`.db`), bytes in a
+content-addressed store (:mod:`.store`).  Publishing is crash-safe by
+construction: blobs are written under their digest only when complete, and
+the version row that makes them visible is committed last, in one
+transaction.  A crash before the commit leaves at most unreferenced blobs,
+which a later publish of the same content simply reuses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from packaging.version import InvalidVersion, Version
+from sqlalchemy.engine import Connection
+
+from .._hashing import sha256_file
+from ..config import Settings
+from ..errors import (
+    Conflict,
+    DependencyMissing,
+    IntegrityError,
+    InvalidInput,
+    NotFound,
+    PermissionDenied,
+    ReadOnlyRegistry,
+    VersionConflict,
+)
+from ..package.manifest import (
+    MANIFEST_NAME,
+    NAMESPACE_RE,
+    Manifest,
+    dump_manifest,
+    load_manifest,
+    parse_manifest,
+)
+from ..package.reference import ALIAS_RE, LATEST, PRODUCTION, Reference, parse_reference
+from ..package.validate import ensure_valid
+from . import db
+from .store import ArtifactStore, open_store
+
+__all__ = ["NamespaceInfo", "PublishResult", "Registry", "VerifyReport", "VersionInfo"]
+
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class NamespaceInfo:
+    name: str
+    trusted: bool
+    description: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One published version, as the registry records it."""
+
+    manifest: Manifest
+    digest: str
+    size: int
+    published_at: datetime
+    published_by: str | None = None
+    yanked_at: datetime | None = None
+    yanked_reason: str | None = None
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def namespace(self) -> str:
+        return self.manifest.namespace
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    @property
+    def ref(self) -> str:
+        return self.manifest.ref
+
+    @property
+    def yanked(self) -> bool:
+        return self.yanked_at is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "namespace": self.namespace,
+            "name": self.name,
+            "version": self.version,
+            "ref": self.ref,
+            "digest": self.digest,
+            "runtime": self.manifest.runtime,
+            "size": self.size,
+            "license": self.manifest.license,
+            "published_at": self.published_at.isoformat(),
+            "published_by": self.published_by,
+            "yanked": self.yanked,
+            "yanked_reason": self.yanked_reason,
+            "aliases": list(self.aliases),
+        }
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    version: VersionInfo
+    #: False when identical content was already published (a no-op).
+    created: bool
+
+
+@dataclass
+class VerifyReport:
+    ref: str
+    checked: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+def _version_key(version: str, published_at: datetime) -> tuple[int, Any, datetime]:
+    # PEP 440 versions sort by their meaning; any other version sorts below
+    # them, by publish time.
+    try:
+        return (1, Version(version), published_at)
+    except InvalidVersion:
+        return (0, Version("0"), published_at)
+
+
+class Registry:
+    """A registry of model packages.  Use as a context manager or call :meth:`close`."""
+
+    def __init__(self, settings: Settings, *, store: ArtifactStore | None = None) -> None:
+        self.settings = settings
+        self.read_only = settings.read_only
+        if not self.read_only:
+            settings.home.mkdir(parents=True, exist_ok=True)
+        self._engine = db.connect(settings.database_url, read_only=self.read_only)
+        if not self.read_only:
+            db.migrate(self._engine, lock_path=settings.home / ".migrate.lock")
+        self.store = store or open_store(settings.store_url, read_only=self.read_only)
+
+    @classmethod
+    def open(cls, home: str | os.PathLike[str] | None = None, **overrides: Any) -> Registry:
+        """Open the registry of ``home`` (see :meth:`Settings.load` for the rest)."""
+        return cls(Settings.load(home, **overrides))
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- transactions ----------------------------------------------------
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self._engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Connection]:
+        if self.read_only:
+            raise ReadOnlyRegistry("this registry is open read-only")
+        engine = self._engine.execution_options(sciserve_write=True)
+        with engine.connect() as conn, conn.begin():
+            yield conn
+
+    @staticmethod
+    def _event(
+        conn: Connection,
+        action: str,
+        subject: str,
+        actor: str | None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        conn.execute(
+            sa.insert(db.events).values(
+                at=db.utcnow(),
+                action=action,
+                subject=subject,
+                actor=actor,
+                detail=json.dumps(detail, sort_keys=True) if detail else None,
+            )
+        )
+
+    # -- namespaces ------------------------------------------------------
+
+    def create_namespace(
+        self,
+        name: str,
+        *,
+        trusted: bool = False,
+        description: str | None = None,
+        actor: str | None = None,
+    ) -> NamespaceInfo:
+        if not NAMESPACE_RE.fullmatch(name):
+            raise InvalidInput(
+                f"{name!r} is not a valid namespace (lowercase letters, digits, '_' and '-')"
+            )
+        with self._write() as conn:
+            if self._namespace_row(conn, name) is not None:
+                raise Conflict(f"namespace {name!r} already exists")
+            conn.execute(
+                sa.insert(db.namespaces).values(
+                    name=name, trusted=trusted, description=description, created_at=db.utcnow()
+                )
+            )
+            self._event(conn, "namespace.create", name, actor, {"trusted": trusted})
+        return self.namespace(name)
+
+    def set_trusted(self, name: str, trusted: bool, *, actor: str | None = None) -> NamespaceInfo:
+        """Allow (or forbid) a namespace to publish code-executing runtimes."""
+        with self._write() as conn:
+            if self._namespace_row(conn, name) is None:
+                raise NotFound(f"no namespace {name!r}")
+            conn.execute(
+                sa.update(db.namespaces).where(db.namespaces.c.name == name).values(trusted=trusted)
+            )
+            self._event(conn, "namespace.trust" if trusted else "namespace.distrust", name, actor)
+        return self.namespace(name)
+
+    def namespace(self, name: str) -> NamespaceInfo:
+        with self._read() as conn:
+            row = self._namespace_row(conn, name)
+        if row is None:
+            raise NotFound(f"no namespace {name!r}")
+        return NamespaceInfo(row.name, bool(row.trusted), row.description, row.created_at)
+
+    def namespaces(self) -> list[NamespaceInfo]:
+        with self._read() as conn:
+            rows = conn.execute(sa.select(db.namespaces).order_by(db.namespaces.c.name)).all()
+        return [NamespaceInfo(r.name, bool(r.trusted), r.description, r.created_at) for r in rows]
+
+    @staticmethod
+    def _namespace_row(conn: Connection, name: str) -> Any:
+        return conn.execute(sa.select(db.namespaces).where(db.namespaces.c.name == name)).first()
+
+    # -- publishing ------------------------------------------------------
+
+    def publish(
+        self,
+        source: str | os.PathLike[str],
+        *,
+        actor: str | None = None,
+        progress: Progress | None = None,
+    ) -> PublishResult:
+        """Publish the package directory or archive at ``source``.
+
+        Identical content already published is a no-op (``created=False``);
+        different content under the same ``namespace/name:version`` raises
+        :class:`VersionConflict`.  Packages whose runtime can execute code
+        (pickles, TorchScript, custom Python) are refused unless the
+        namespace is trusted.
+        """
+        if self.read_only:
+            raise ReadOnlyRegistry("this registry is open read-only")
+        source = Path(source)
+        if source.is_file():
+            from ..package.archive import unpack
+
+            with self._scratch("unpack") as scratch:
+                root = unpack(source, scratch / "package", limits=self.settings.limits)
+                return self._publish_dir(root, actor, progress)
+        if not source.is_dir():
+            raise NotFound(f"no package directory or archive at {source}")
+        return self._publish_dir(source, actor, progress)
+
+    @contextlib.contextmanager
+    def _scratch(self, purpose: str) -> Iterator[Path]:
+        base = self.settings.home / "tmp"
+        base.mkdir(parents=True, exist_ok=True)
+        path = Path(tempfile.mkdtemp(prefix=f"{purpose}-", dir=base))
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def _publish_dir(
+        self, root: Path, actor: str | None, progress: Progress | None
+    ) -> PublishResult:
+        # The code policy needs only the manifest, and is checked before
+        # validation so no reader ever touches a file it forbids.
+        manifest = load_manifest(
+            root / MANIFEST_NAME, max_bytes=self.settings.limits.max_manifest_bytes
+        )
+        self._check_code_policy(manifest)
+        ensure_valid(root, manifest)
+        existing = self._existing(manifest)
+        if existing is not None:
+            return PublishResult(existing, created=False)
+        for entry in manifest.files:
+            self.store.put_file(root / entry.path, expected_sha256=entry.sha256, progress=progress)
+        try:
+            with self._write() as conn:
+                self._insert_version(conn, manifest, actor)
+        except sa.exc.IntegrityError:
+            # Another publisher won the race; theirs is identical or a conflict.
+            existing = self._existing(manifest)
+            if existing is None:
+                raise
+            return PublishResult(existing, created=False)
+        return PublishResult(self.resolve(manifest.ref), created=True)
+
+    def _check_code_policy(self, manifest: Manifest) -> None:
+        if not self.executes_code(manifest):
+            return
+        try:
+            trusted = self.namespace(manifest.namespace).trusted
+        except NotFound:
+            trusted = False
+        if not trusted:
+            raise PermissionDenied(
+                f"runtime {manifest.runtime!r} with {manifest.model_file or 'custom code'} can "
+                f"execute code, and namespace {manifest.namespace!r} is not trusted; "
+                f"an admin can allow it with 'sciserve namespace trust {manifest.namespace}'"
+            )
+
+    @staticmethod
+    def executes_code(manifest: Manifest) -> bool:
+        """Whether loading ``manifest`` may run code shipped in the package."""
+        from ..runtimes import get_runtime
+
+        try:
+            return get_runtime(manifest.runtime).executes_code(manifest)
+        except (NotFound, DependencyMissing):
+            # A runtime we cannot inspect is treated as the dangerous kind.
+            return True
+
+    def _existing(self, manifest: Manifest) -> VersionInfo | None:
+        try:
+            found = self.resolve(manifest.ref)
+        except NotFound:
+            return None
+        if found.digest != manifest.digest:
+            raise VersionConflict(
+                f"{manifest.ref} is already published with digest {found.digest}; this package "
+                f"has {manifest.digest}. Published versions are immutable: bump the version."
+            )
+        return found
+
+    def _insert_version(self, conn: Connection, manifest: Manifest, actor: str | None) -> None:
+        now = db.utcnow()
+        ns = self._namespace_row(conn, manifest.namespace)
+        if ns is None:
+            ns_id = conn.execute(
+                sa.insert(db.namespaces).values(
+                    name=manifest.namespace, trusted=False, created_at=now
+                )
+            ).inserted_primary_key[0]
+            self._event(conn, "namespace.create", manifest.namespace, actor, {"trusted": False})
+        else:
+            ns_id = ns.id
+        model_id = conn.execute(
+            sa.select(db.models.c.id).where(
+                db.models.c.namespace_id == ns_id, db.models.c.name == manifest.name
+            )
+        ).scalar()
+        if model_id is None:
+            model_id = conn.execute(
+                sa.insert(db.models).values(namespace_id=ns_id, name=manifest.name, created_at=now)
+            ).inserted_primary_key[0]
+        version_id = conn.execute(
+            sa.insert(db.versions).values(
+                model_id=model_id,
+                version=manifest.version,
+                digest=manifest.digest,
+                manifest=manifest.canonical_bytes().decode(),
+                runtime=manifest.runtime,
+                size=sum(f.size for f in manifest.files),
+                published_at=now,
+                published_by=actor,
+            )
+        ).inserted_primary_key[0]
+        conn.execute(
+            sa.insert(db.files),
+            [
+                {
+                    "version_id": version_id,
+                    "path": f.path,
+                    "sha256": f.sha256,
+                    "size": f.size,
+                    "role": f.role,
+                }
+                for f in manifest.files
+            ],
+        )
+        self._event(conn, "publish", manifest.ref, actor, {"digest": manifest.digest})
+
+    # -- queries ---------------------------------------------------------
+
+    def _version_rows(self, conn: Connection, namespace: str, name: str) -> list[Any]:
+        v, m, n = db.versions, db.models, db.namespaces
+        return list(
+            conn.execute(
+                sa.select(v)
+                .join(m, v.c.model_id == m.c.id)
+                .join(n, m.c.namespace_id == n.c.id)
+                .where(n.c.name == namespace, m.c.name == name)
+            ).all()
+        )
+
+    def _aliases(self, conn: Connection, namespace: str, name: str) -> dict[str, int]:
+        a, m, n = db.aliases, db.models, db.namespaces
+        rows = conn.execute(
+            sa.select(a.c.alias, a.c.version_id)
+            .join(m, a.c.model_id == m.c.id)
+            .join(n, m.c.namespace_id == n.c.id)
+            .where(n.c.name == namespace, m.c.name == name)
+        ).all()
+        return {r.alias: r.version_id for r in rows}
+
+    @staticmethod
+    def _newest(rows: Sequence[Any]) -> Any | None:
+        live = [r for r in rows if r.yanked_at is None]
+        return max(live, key=lambda r: _version_key(r.version, r.published_at), default=None)
+
+    def _info(self, row: Any, aliases: dict[str, int], newest_id: int | None) -> VersionInfo:
+        names = sorted(a for a, vid in aliases.items() if vid == row.id)
+        if row.id == newest_id:
+            names.insert(0, LATEST)
+        return VersionInfo(
+            manifest=parse_manifest(json.loads(row.manifest)),
+            digest=row.digest,
+            size=row.size,
+            published_at=row.published_at,
+            published_by=row.published_by,
+            yanked_at=row.yanked_at,
+            yanked_reason=row.yanked_reason,
+            aliases=tuple(names),
+        )
+
+    def resolve(self, ref: str | Reference) -> VersionInfo:
+        """The version a reference means (see :mod:`sciserve.package.reference`)."""
+        r = parse_reference(ref) if isinstance(ref, str) else ref
+        with self._read() as conn:
+            rows = self._version_rows(conn, r.namespace, r.name)
+            aliases = self._aliases(conn, r.namespace, r.name)
+        if not rows:
+            raise NotFound(f"no model {r.namespace}/{r.name}")
+        newest = self._newest(rows)
+        newest_id = newest.id if newest is not None else None
+        if r.version is not None:
+            row = next((x for x in rows if x.version == r.version), None)
+            if row is None:
+                raise NotFound(f"no version {r.version} of {r.namespace}/{r.name}")
+        elif r.alias is not None and r.alias != LATEST:
+            vid = aliases.get(r.alias)
+            if vid is None:
+                raise NotFound(f"no alias {r.alias!r} on {r.namespace}/{r.name}")
+            row = next(x for x in rows if x.id == vid)
+        elif r.alias is None and PRODUCTION in aliases:
+            row = next(x for x in rows if x.id == aliases[PRODUCTION])
+        else:
+            if newest is None:
+                raise NotFound(
+                    f"every version of {r.namespace}/{r.name} is yanked; ask for one by its version"
+                )
+            row = newest
+        return self._info(row, aliases, newest_id)
+
+    def versions(self, ref: str | Reference) -> list[VersionInfo]:
+        """Every version of a model, newest first (yanked ones included)."""
+        r = parse_reference(ref) if isinstance(ref, str) else ref
+        with self._read() as conn:
+            rows = self._version_rows(conn, r.namespace, r.name)
+            aliases = self._aliases(conn, r.namespace, r.name)
+        if not rows:
+            raise NotFound(f"no model {r.namespace}/{r.name}")
+        newest = self._newest(rows)
+        ordered = sorted(rows, key=lambda x: _version_key(x.version, x.published_at), reverse=True)
+        return [self._info(x, aliases, newest.id if newest is not None else None) for x in ordered]
+
+    def list_models(self, namespace: str | None = None) -> list[VersionInfo]:
+        """The default version (see :meth:`resolve`) of every model."""
+        m, n = db.models, db.namespaces
+        query = sa.select(n.c.name.label("ns"), m.c.name).join(n, m.c.namespace_id == n.c.id)
+        if namespace is not None:
+            query = query.where(n.c.name == namespace)
+        with self._read() as conn:
+            pairs = conn.execute(query.order_by(n.c.name, m.c.name)).all()
+        out = []
+        for ns, name in pairs:
+            try:
+                out.append(self.resolve(Reference(ns, name)))
+            except NotFound:  # every version yanked
+                out.append(self.versions(Reference(ns, name))[0])
+        return out
+
+    def events(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The most recent registry events (audit trail), newest first."""
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(db.events).order_by(db.events.c.id.desc()).limit(limit)
+            ).all()
+        return [
+            {
+                "at": r.at.isoformat(),
+                "action": r.action,
+                "subject": r.subject,
+                "actor": r.actor,
+                "detail": json.loads(r.detail) if r.detail else None,
+            }
+            for r in rows
+        ]
+
+    # -- aliases and yanking ---------------------------------------------
+
+    def _version_id(self, conn: Connection, info: VersionInfo) -> tuple[int, int]:
+        rows = self._version_rows(conn, info.namespace, info.name)
+        row = next(x for x in rows if x.version == info.version)
+        return row.id, row.model_id
+
+    def tag(self, ref: str, alias: str, *, actor: str | None = None) -> VersionInfo:
+        """Point ``alias`` of the model at the version ``ref`` names."""
+        if not ALIAS_RE.fullmatch(alias):
+            raise InvalidInput(f"{alias!r} is not a valid alias")
+        if alias == LATEST:
+            raise InvalidInput(
+                "'latest' is maintained by the registry: it always names the "
+                "newest version that is not yanked"
+            )
+        info = self.resolve(ref)
+        if info.yanked:
+            raise Conflict(f"{info.ref} is yanked; an alias cannot point at it")
+        with self._write() as conn:
+            vid, mid = self._version_id(conn, info)
+            done = conn.execute(
+                sa.update(db.aliases)
+                .where(db.aliases.c.model_id == mid, db.aliases.c.alias == alias)
+                .values(version_id=vid, updated_at=db.utcnow())
+            ).rowcount
+            if not done:
+                conn.execute(
+                    sa.insert(db.aliases).values(
+                        model_id=mid, alias=alias, version_id=vid, updated_at=db.utcnow()
+                    )
+                )
+            self._event(conn, "tag", info.ref, actor, {"alias": alias})
+        return self.resolve(info.ref)
+
+    def untag(self, ref: str, alias: str, *, actor: str | None = None) -> None:
+        r = parse_reference(ref)
+        with self._write() as conn:
+            aliases = self._aliases(conn, r.namespace, r.name)
+            if alias not in aliases:
+                raise NotFound(f"no alias {alias!r} on {r.namespace}/{r.name}")
+            rows = self._version_rows(conn, r.namespace, r.name)
+            conn.execute(
+                sa.delete(db.aliases).where(
+                    db.aliases.c.model_id == rows[0].model_id, db.aliases.c.alias == alias
+                )
+            )
+            self._event(conn, "untag", f"{r.namespace}/{r.name}", actor, {"alias": alias})
+
+    def yank(self, ref: str, reason: str, *, actor: str | None = None) -> VersionInfo:
+        """Mark a version as withdrawn; its record and files are kept (like PyPI).
+
+        A yanked version is skipped by bare names and ``@latest`` but still
+        resolves when asked for exactly, so reproductions keep working.
+        """
+        r = parse_reference(ref)
+        if r.version is None:
+            raise InvalidInput("yank names an exact version: NAME:VERSION")
+        info = self.resolve(r)
+        pinned = [a for a in info.aliases if a != LATEST]
+        if pinned:
+            raise Conflict(
+                f"{info.ref} is the target of alias(es) {', '.join(pinned)}; "
+                "move them first ('sciserve tag')"
+            )
+        with self._write() as conn:
+            vid, _ = self._version_id(conn, info)
+            conn.execute(
+                sa.update(db.versions)
+                .where(db.versions.c.id == vid)
+                .values(yanked_at=db.utcnow(), yanked_reason=reason)
+            )
+            self._event(conn, "yank", info.ref, actor, {"reason": reason})
+        return self.resolve(info.ref)
+
+    def unyank(self, ref: str, *, actor: str | None = None) -> VersionInfo:
+        info = self.resolve(ref)
+        with self._write() as conn:
+            vid, _ = self._version_id(conn, info)
+            conn.execute(
+                sa.update(db.versions)
+                .where(db.versions.c.id == vid)
+                .values(yanked_at=None, yanked_reason=None)
+            )
+            self._event(conn, "unyank", info.ref, actor)
+        return self.resolve(info.ref)
+
+    # -- files -----------------------------------------------------------
+
+    def pull(
+        self,
+        ref: str | Reference,
+        dest: str | os.PathLike[str] | None = None,
+        *,
+        progress: Progress | None = None,
+    ) -> Path:
+        """Materialise a package as a directory, every file verified.
+
+        Without ``dest`` the package goes to the registry's cache (keyed by
+        digest) and a cached copy is re-verified before it is returned.
+        """
+        info = self.resolve(ref)
+        target = (
+            Path(dest)
+            if dest is not None
+            else (self.settings.package_cache / info.digest.removeprefix("sha256:"))
+        )
+        if target.is_dir() and (target / MANIFEST_NAME).is_file():
+            if dest is not None or self._cached_ok(target, info.manifest):
+                return target
+            shutil.rmtree(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = target.parent / f".{target.name}.{uuid.uuid4().hex}.partial"
+        try:
+            for entry in info.manifest.files:
+                path = staging / entry.path
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self.store.fetch(entry.sha256, path, progress=progress)
+            (staging / MANIFEST_NAME).write_text(dump_manifest(info.manifest), encoding="utf-8")
+            os.replace(staging, target)
+        except OSError as exc:
+            if target.is_dir():  # a concurrent pull got there first
+                return target
+            raise Conflict(f"cannot write {target}: {exc}") from exc
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return target
+
+    @staticmethod
+    def _cached_ok(root: Path, manifest: Manifest) -> bool:
+        for entry in manifest.files:
+            path = root / entry.path
+            if not path.is_file() or sha256_file(path)[0] != entry.sha256:
+                return False
+        return True
+
+    def verify(self, ref: str | None = None) -> list[VerifyReport]:
+        """Re-hash stored bytes of one model version, or of every version."""
+        if ref is not None:
+            targets = [self.resolve(ref)]
+        else:
+            targets = [v for m in self.list_models() for v in self.versions(m.ref)]
+        reports = []
+        for info in targets:
+            report = VerifyReport(info.ref)
+            for entry in info.manifest.files:
+                report.checked += 1
+                try:
+                    self.store.verify(entry.sha256)
+                except (IntegrityError, NotFound) as exc:
+                    report.failures.append(f"{entry.path}: {exc}")
+            reports.append(report)
+        return reports

@@ -1,0 +1,70 @@
+"""Tiny real model packages for tests (ONNX built from numpy weights)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from sciserve._hashing import sha256_file
+from sciserve.package.manifest import Manifest, dump_manifest
+
+
+def linear_onnx(path: Path, weight: np.ndarray, bias: np.ndarray) -> None:
+    """Write ``y = x @ weight + bias`` (FP32, batch dim symbolic) to ``path``."""
+    n_in, n_out = weight.shape
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["y"])],
+        "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", n_in])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", n_out])],
+        [numpy_helper.from_array(weight.astype(np.float32), "W"),
+         numpy_helper.from_array(bias.astype(np.float32), "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.write_bytes(model.SerializeToString())
+
+
+def make_onnx_package(
+    root: Path,
+    *,
+    name: str = "linear",
+    version: str = "1.0.0",
+    namespace: str = "default",
+    n_in: int = 4,
+    n_out: int = 3,
+    scale: float = 1.0,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """A complete, valid package directory with a linear ONNX model."""
+    root.mkdir(parents=True, exist_ok=True)
+    weight = np.arange(n_in * n_out, dtype=np.float32).reshape(n_in, n_out) * scale
+    linear_onnx(root / "model.onnx", weight, np.full(n_out, scale, np.float32))
+    sha, size = sha256_file(root / "model.onnx")
+    data: dict[str, Any] = {
+        "name": name,
+        "version": version,
+        "namespace": namespace,
+        "description": "y = x @ W + b",
+        "runtime": "onnx",
+        "model_file": "model.onnx",
+        "max_batch_size": 64,
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, n_in]}],
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, n_out]}],
+        "files": [{"path": "model.onnx", "size": size, "sha256": sha, "role": "model"}],
+        "license": "MIT",
+        "authors": [{"name": "Test Author", "orcid": "0000-0002-1825-0097"}],
+    }
+    data.update(extra or {})
+    (root / "sciserve.yaml").write_text(dump_manifest(Manifest.model_validate(data)))
+    return root
+
+
+def expected_linear(x: np.ndarray, n_in: int = 4, n_out: int = 3, scale: float = 1.0) -> np.ndarray:
+    weight = np.arange(n_in * n_out, dtype=np.float32).reshape(n_in, n_out) * scale
+    return x.astype(np.float32) @ weight + np.float32(scale)
