@@ -9,6 +9,7 @@ does loading run the package's code, which shows the trust flag is the gate.
 from __future__ import annotations
 
 import contextlib
+import os
 import pickle
 import subprocess
 import sys
@@ -26,13 +27,13 @@ from sciserve.registry.registry import Registry
 
 
 class _Payload:
-    """Unpickling this calls ``open(sentinel, "w")``: code execution."""
+    """Unpickling this calls ``os.mkdir(sentinel)``: code execution."""
 
     def __init__(self, sentinel: Path) -> None:
         self.sentinel = sentinel
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (open, (str(self.sentinel), "w"))
+        return (os.mkdir, (str(self.sentinel),))
 
 
 def _package(root: Path, *, runtime: str, model_file: str, write: Any,

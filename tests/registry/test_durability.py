@@ -73,11 +73,17 @@ def _big_package(root: Path, size: int, *, name: str = "big") -> Path:
 def test_publishing_1_gib_keeps_peak_rss_under_200_mb(tmp_path: Path) -> None:
     settings = Settings.load(tmp_path / "home", environ={})
     package = _big_package(tmp_path / "pkg", 1 << 30)
-    proc = subprocess.Popen(_cli(settings, "publish", str(package)), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    out = proc.stdout.read() if proc.stdout else b""
-    assert os.waitstatus_to_exitcode(status) == 0, proc.stderr.read() if proc.stderr else ""
+    err_path = tmp_path / "stderr.txt"
+    with open(err_path, "wb") as err:
+        proc = subprocess.Popen(_cli(settings, "publish", str(package)), stdout=subprocess.PIPE,
+                                stderr=err)
+        assert proc.stdout is not None
+        out = proc.stdout.read()
+        proc.stdout.close()
+        # wait4 reports the peak RSS of exactly this child.
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    assert proc.returncode == 0, err_path.read_text()
     peak_mb = usage.ru_maxrss / 1024  # Linux reports KiB
     assert json.loads(out)["size"] >= 1 << 30
     assert peak_mb < 200, f"publisher peak RSS {peak_mb:.0f} MB"
@@ -137,8 +143,10 @@ def test_concurrent_publishers_never_corrupt_the_registry(
     # All start at once on a registry that does not exist yet (schema race too).
     procs = [subprocess.Popen(_cli(settings, "publish", str(p)), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE) for p in jobs]
-    results = [(p.wait(timeout=120), p.stdout.read() if p.stdout else b"",
-                p.stderr.read() if p.stderr else b"") for p in procs]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        results.append((p.returncode, out, err))
     codes = [code for code, _, _ in results]
     assert codes[:4] == [0, 0, 0, 0], results
     assert sorted(codes[4:6]) == [0, 4], results  # one wins, one gets a conflict

@@ -71,20 +71,16 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; domain errors become one line on stderr and an exit code."""
     as_json = "--json" in (argv if argv is not None else sys.argv[1:])
     try:
-        app(args=argv, prog_name="sciserve", standalone_mode=False)
+        # Without standalone mode click returns the code of a typer.Exit.
+        rc = app(args=argv, prog_name="sciserve", standalone_mode=False)
     except errors.SciserveError as exc:
         return report_error(exc, as_json)
     except typer.Abort:
         sys.stderr.write("aborted\n")
         return 130
-    except (typer.Exit, SystemExit) as exc:
-        code = getattr(exc, "exit_code", getattr(exc, "code", 0))
-        return int(code or 0)
-    except Exception as exc:  # click usage errors
-        from click import ClickException
-
-        if isinstance(exc, ClickException):
-            exc.show()
-            return exc.exit_code
-        raise
-    return 0
+    except typer.TyperException as exc:  # usage errors: unknown command, bad option
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show()
+        return int(getattr(exc, "exit_code", 2))
+    return rc if isinstance(rc, int) else 0

@@ -265,6 +265,21 @@ def _runtime_problems(root: Path, m: Manifest) -> list[Problem]:
         ("inputs", m.inputs, found.inputs),
         ("outputs", m.outputs, found.outputs),
     ):
+        if not found.named:
+            if len(actual) != len(declared):
+                out.append(
+                    Problem(
+                        group,
+                        f"{m.model_file} has {len(actual)} {group}, the "
+                        f"manifest describes {len(declared)}",
+                        f"describe exactly {len(actual)} {group}",
+                    )
+                )
+                continue
+            # Unnamed formats: the manifest's names stand for the file's by position.
+            actual = [
+                a.model_copy(update={"name": d.name}) for a, d in zip(actual, declared, strict=True)
+            ]
         by_name = {t.name: t for t in actual}
         for i, t in enumerate(declared):
             where = f"{group}[{i}]"

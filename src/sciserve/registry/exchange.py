@@ -95,15 +95,19 @@ def export_models(
 
 
 def _copy_versions(src: Registry, dst: Registry, infos: list[VersionInfo]) -> None:
-    for ns in {i.namespace for i in infos}:
-        trusted = src.namespace(ns).trusted
-        # Trust travels with an export so read-only consumers can load what
-        # the source registry's admin allowed; import_models does not carry it.
-        dst.create_namespace(ns, trusted=trusted, description=src.namespace(ns).description)
+    namespaces = {i.namespace: src.namespace(i.namespace) for i in infos}
+    for ns in namespaces.values():
+        # The export is a byte-for-byte copy into a registry nobody else sees
+        # yet, so every namespace accepts the copy; afterwards each gets the
+        # trust it has at the source, so read-only consumers load exactly what
+        # the source's admin allows.  import_models does not carry trust.
+        dst.create_namespace(ns.name, trusted=True, description=ns.description)
     with tempfile.TemporaryDirectory(prefix="export-", dir=dst.settings.home) as scratch:
         for info in infos:
             package = src.pull(info.ref, Path(scratch) / info.digest.removeprefix("sha256:"))
             dst.publish(package, actor="export")
+    for ns in namespaces.values():
+        dst.set_trusted(ns.name, ns.trusted, actor="export")
     _copy_states(dst, infos)
 
 

@@ -309,15 +309,20 @@ class Registry:
             return PublishResult(existing, created=False)
         for entry in manifest.files:
             self.store.put_file(root / entry.path, expected_sha256=entry.sha256, progress=progress)
-        try:
-            with self._write() as conn:
-                self._insert_version(conn, manifest, actor)
-        except sa.exc.IntegrityError:
-            # Another publisher won the race; theirs is identical or a conflict.
-            existing = self._existing(manifest)
-            if existing is None:
-                raise
-            return PublishResult(existing, created=False)
+        for attempt in range(5):
+            try:
+                with self._write() as conn:
+                    self._insert_version(conn, manifest, actor)
+                break
+            except sa.exc.IntegrityError:
+                # A concurrent publisher created the same namespace, model or
+                # version first.  Theirs may be this very version (identical:
+                # a no-op; different: a conflict), else retry on top of theirs.
+                existing = self._existing(manifest)
+                if existing is not None:
+                    return PublishResult(existing, created=False)
+                if attempt == 4:
+                    raise
         return PublishResult(self.resolve(manifest.ref), created=True)
 
     def _check_code_policy(self, manifest: Manifest) -> None:

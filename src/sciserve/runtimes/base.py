@@ -32,6 +32,10 @@ class Signature:
     outputs: list[TensorSpec]
     #: Suggested ``max_batch_size`` (0 when the file has no batch dimension).
     max_batch_size: int = 0
+    #: Whether the tensor names come from the file.  Formats without names
+    #: (LightGBM, XGBoost, scikit-learn) make some up; manifests may rename
+    #: those tensors, so validation then matches them by position.
+    named: bool = True
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,104 @@
+"""The command line, run in-process through ``sciserve.cli.main`` and as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from helpers.packages import linear_onnx
+
+import numpy as np
+
+from sciserve.cli import main
+
+MakePackage = Callable[..., Path]
+
+
+class Cli:
+    def __init__(self, home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        self.home = home
+        self.capsys = capsys
+
+    def __call__(self, *args: str, code: int = 0) -> str:
+        rc = main(["--home", str(self.home), *args])
+        out, err = self.capsys.readouterr()
+        assert rc == code, (args, rc, out, err)
+        return out + err
+
+    def json(self, *args: str, code: int = 0) -> object:
+        return json.loads(self("--json", *args, code=code))
+
+
+@pytest.fixture
+def cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Cli:
+    return Cli(tmp_path / "home", capsys)
+
+
+def test_init_validate_publish_list_card_tag_pull(cli: Cli, tmp_path: Path) -> None:
+    src = tmp_path / "work"
+    src.mkdir()
+    linear_onnx(src / "model.onnx", np.ones((4, 3), np.float32), np.zeros(3, np.float32))
+    (src / "CITATION.cff").write_text(
+        "cff-version: 1.2.0\ntitle: Linear\nmessage: cite it\nauthors:\n  - name: A\n")
+    out = cli.json("init", str(src / "model.onnx"), "--name", "lin", "--version", "1.0.0",
+                   "--out", str(tmp_path / "pkg"))
+    assert isinstance(out, dict)
+    # No licence yet: init says what to fix, validate fails with the field path.
+    assert any(p["path"] == "license" for p in out["problems"])
+    assert "license: a licence is required" in cli("validate", str(tmp_path / "pkg"), code=2)
+    cli("init", str(src / "model.onnx"), "--name", "lin", "--version", "1.0.0",
+        "--out", str(tmp_path / "pkg"), "--license", "MIT", "--description", "linear",
+        "--author", "Ada Lovelace,0000-0002-1825-0097,Analytical Engines")
+    manifest = (tmp_path / "pkg" / "sciserve.yaml").read_text()
+    assert "name: x" in manifest and "CITATION.cff" in manifest  # ONNX signature read
+    assert "ready to publish" in cli("validate", str(tmp_path / "pkg"))
+    published = cli.json("publish", str(tmp_path / "pkg"))
+    assert isinstance(published, dict) and published["created"] is True
+    assert cli.json("publish", str(tmp_path / "pkg"))["created"] is False  # type: ignore[index]
+    listing = cli.json("models", "list")
+    assert [m["ref"] for m in listing] == ["default/lin:1.0.0"]  # type: ignore[union-attr]
+    card = cli("models", "card", "lin", "--format", "raw")
+    assert "Ada Lovelace" in card and "https://orcid.org/0000-0002-1825-0097" in card
+    jsonld = json.loads(cli("models", "card", "lin", "--format", "jsonld"))
+    assert "@context" in jsonld
+    assert cli.json("tag", "lin:1.0.0", "production")["aliases"] == [  # type: ignore[index]
+        "latest", "production"]
+    pulled = cli.json("pull", "lin@production", "--dest", str(tmp_path / "pulled"))
+    assert Path(pulled["path"]).joinpath("model.onnx").is_file()  # type: ignore[index]
+    assert "ok" in cli("verify")
+    assert "ok" in cli("verify", str(tmp_path / "pulled"))
+
+
+def test_errors_map_to_exit_codes(cli: Cli, tmp_path: Path, onnx_package: MakePackage) -> None:
+    assert "no model default/nope" in cli("models", "show", "nope", code=3)
+    assert "not a model reference" in cli("models", "show", "a b", code=2)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "sciserve.yaml").write_bytes(b"\xff\xfe not yaml: [")
+    assert "manifest" in cli("publish", str(bad), code=2)
+    cli("publish", str(onnx_package()))
+    assert "immutable" in cli("publish", str(onnx_package(scale=9.0)), code=4)
+    payload = cli.json("publish", str(onnx_package(scale=9.0)), code=4)
+    assert isinstance(payload, dict) and payload["type"] == "VersionConflict"
+    assert "No such command" in cli("frobnicate", code=2)
+
+
+def test_namespace_commands(cli: Cli) -> None:
+    cli("namespace", "create", "astro")
+    assert "astro" in cli("namespace", "list")
+    assert "trusted=true" in cli("namespace", "trust", "astro")
+    assert "already exists" in cli("namespace", "create", "astro", code=4)
+    assert "not a valid namespace" in cli("namespace", "create", "Bad Name", code=2)
+
+
+def test_python_dash_m_and_help() -> None:
+    done = subprocess.run([sys.executable, "-m", "sciserve", "--help"], capture_output=True,
+                          text=True, check=False)
+    assert done.returncode == 0
+    for command in ("init", "validate", "publish", "models", "tag", "pull", "verify", "yank",
+                    "export", "import", "namespace", "up"):
+        assert command in done.stdout
