@@ -85,8 +85,11 @@ def export_models(
             encoding="utf-8",
         )
         if out.name.endswith((".tar", ".tar.gz", ".tgz")):
-            mode = "w" if out.name.endswith(".tar") else "w:gz"
-            with tarfile.open(out, mode) as tar:
+            with (
+                tarfile.open(out, "w")
+                if out.name.endswith(".tar")
+                else tarfile.open(out, "w:gz") as tar
+            ):
                 for path in sorted(home.rglob("*")):
                     tar.add(path, arcname=str(path.relative_to(home)), recursive=False)
         else:

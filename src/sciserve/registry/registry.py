@@ -142,6 +142,12 @@ def _version_key(version: str, published_at: datetime) -> tuple[int, Any, dateti
         return (0, Version("0"), published_at)
 
 
+def _new_id(conn: Connection, insert: sa.Insert) -> int:
+    key = conn.execute(insert).inserted_primary_key
+    assert key is not None
+    return int(key[0])
+
+
 class Registry:
     """A registry of model packages.  Use as a context manager or call :meth:`close`."""
 
@@ -366,11 +372,12 @@ class Registry:
         now = db.utcnow()
         ns = self._namespace_row(conn, manifest.namespace)
         if ns is None:
-            ns_id = conn.execute(
+            ns_id = _new_id(
+                conn,
                 sa.insert(db.namespaces).values(
                     name=manifest.namespace, trusted=False, created_at=now
-                )
-            ).inserted_primary_key[0]
+                ),
+            )
             self._event(conn, "namespace.create", manifest.namespace, actor, {"trusted": False})
         else:
             ns_id = ns.id
@@ -380,10 +387,12 @@ class Registry:
             )
         ).scalar()
         if model_id is None:
-            model_id = conn.execute(
-                sa.insert(db.models).values(namespace_id=ns_id, name=manifest.name, created_at=now)
-            ).inserted_primary_key[0]
-        version_id = conn.execute(
+            model_id = _new_id(
+                conn,
+                sa.insert(db.models).values(namespace_id=ns_id, name=manifest.name, created_at=now),
+            )
+        version_id = _new_id(
+            conn,
             sa.insert(db.versions).values(
                 model_id=model_id,
                 version=manifest.version,
@@ -393,8 +402,8 @@ class Registry:
                 size=sum(f.size for f in manifest.files),
                 published_at=now,
                 published_by=actor,
-            )
-        ).inserted_primary_key[0]
+            ),
+        )
         conn.execute(
             sa.insert(db.files),
             [
