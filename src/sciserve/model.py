@@ -45,9 +45,9 @@ class Model:
     ) -> dict[str, np.ndarray]:
         """Run the model on inputs given as a mapping or as keyword arguments.
 
-        Arrays are converted to each input's declared datatype only when that
-        is lossless for the given values' kind (e.g. Python floats to FP32);
-        anything else is refused with :class:`InvalidInput`.
+        numpy arrays must already have the declared datatype (a silent cast
+        could lose precision); plain Python numbers and lists are converted to
+        it.  Anything else is refused with :class:`InvalidInput`.
         """
         given = {**(inputs or {}), **named}
         unknown = set(given) - {t.name for t in self.manifest.inputs}
@@ -56,7 +56,8 @@ class Model:
                 f"{self.ref} has no input(s) {sorted(unknown)}; it takes "
                 f"{[t.name for t in self.manifest.inputs]}"
             )
-        arrays = {name: np.asarray(value) for name, value in given.items()}
+        specs = {t.name: t for t in self.manifest.inputs}
+        arrays = {name: _as_array(value, specs[name].datatype) for name, value in given.items()}
         return self._runtime.infer(arrays)
 
     __call__ = predict
@@ -72,6 +73,17 @@ class Model:
 
     def __repr__(self) -> str:
         return f"<Model {self.ref} {self.digest[:19]} runtime={self.manifest.runtime}>"
+
+
+def _as_array(value: Any, datatype: str) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        return value
+    from .runtimes._tensors import numpy_dtype
+
+    try:
+        return np.asarray(value, dtype=numpy_dtype(datatype))
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidInput(f"cannot convert the given value to {datatype}: {exc}") from exc
 
 
 def load(

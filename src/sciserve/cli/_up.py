@@ -75,22 +75,21 @@ def up(ctx: typer.Context) -> None:
 
 
 def _demo_prediction(reg: Registry) -> dict[str, Any]:
+    """Classify a few freshly simulated light curves with every example model."""
     from ..examples import CLASSES, extract_many, simulate
 
     curves = simulate(5, seed=2026)
     features = extract_many(curves)
-    with load(EXAMPLES[0], registry=reg) as model:
-        probs = model.predict(features=features)["probabilities"]
+    predicted: dict[str, list[str]] = {}
+    for ref in EXAMPLES:
+        with load(ref, registry=reg) as model:
+            probs = model.predict(features=features)["probabilities"]
+        predicted[model.ref] = [CLASSES[int(np.argmax(p))] for p in probs]
     rows = [
-        {
-            "object": c.object_id,
-            "truth": c.label,
-            "predicted": CLASSES[int(np.argmax(p))],
-            "p": round(float(np.max(p)), 3),
-        }
-        for c, p in zip(curves, probs, strict=True)
+        {"object": c.object_id, "truth": c.label, **{m: p[i] for m, p in predicted.items()}}
+        for i, c in enumerate(curves)
     ]
-    return {"model": model.ref, "digest": model.digest, "rows": rows}
+    return {"models": list(predicted), "rows": rows}
 
 
 def _show(
@@ -114,10 +113,8 @@ def _show(
         )
     con.print(table)
     con.print(Markdown(render_card(info.manifest, digest=info.digest, aliases=info.aliases)))
-    pred = Table(
-        "object", "truth", "predicted", "p", title=f"in-process prediction: {demo['model']}"
-    )
+    pred = Table("object", "truth", *demo["models"], title="in-process predictions")
     for row in demo["rows"]:
-        pred.add_row(str(row["object"]), row["truth"], row["predicted"], f"{row['p']:.3f}")
+        pred.add_row(str(row["object"]), row["truth"], *(row[m] for m in demo["models"]))
     con.print(pred)
     con.print("next: sciserve models card examples/lc-classifier · sciserve --help")
