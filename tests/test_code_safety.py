@@ -36,19 +36,26 @@ class _Payload:
         return (os.mkdir, (str(self.sentinel),))
 
 
-def _package(root: Path, *, runtime: str, model_file: str, write: Any,
-             namespace: str = "untrusted") -> Path:
+def _package(
+    root: Path, *, runtime: str, model_file: str, write: Any, namespace: str = "untrusted"
+) -> Path:
     root.mkdir(parents=True)
     write(root / model_file)
     sha, size = sha256_file(root / model_file)
-    manifest = Manifest.model_validate({
-        "name": f"evil-{runtime}-{Path(model_file).suffix.lstrip('.')}", "version": "1.0.0",
-        "namespace": namespace, "runtime": runtime, "model_file": model_file, "license": "MIT",
-        "files": [{"path": model_file, "size": size, "sha256": sha, "role": "model"}],
-        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
-        "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 3]}],
-        "max_batch_size": 8,
-    })
+    manifest = Manifest.model_validate(
+        {
+            "name": f"evil-{runtime}-{Path(model_file).suffix.lstrip('.')}",
+            "version": "1.0.0",
+            "namespace": namespace,
+            "runtime": runtime,
+            "model_file": model_file,
+            "license": "MIT",
+            "files": [{"path": model_file, "size": size, "sha256": sha, "role": "model"}],
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
+            "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 3]}],
+            "max_batch_size": 8,
+        }
+    )
     (root / "sciserve.yaml").write_text(dump_manifest(manifest))
     return root
 
@@ -83,24 +90,35 @@ def disguised_packages(tmp_path: Path, sentinel: Path) -> list[Path]:
     """Pickles pretending to be formats that are pure data."""
     payload = pickle.dumps(_Payload(sentinel))
     return [
-        _package(tmp_path / f"d{i}", runtime=runtime, model_file=name,
-                 write=lambda p: p.write_bytes(payload))
-        for i, (runtime, name) in enumerate([("onnx", "model.onnx"), ("sklearn", "model.skops"),
-                                             ("lightgbm", "model.txt")])
+        _package(
+            tmp_path / f"d{i}",
+            runtime=runtime,
+            model_file=name,
+            write=lambda p: p.write_bytes(payload),
+        )
+        for i, (runtime, name) in enumerate(
+            [("onnx", "model.onnx"), ("sklearn", "model.skops"), ("lightgbm", "model.txt")]
+        )
     ]
 
 
 def test_untrusted_code_never_runs(
-    sqlite_registry: Registry, evil_packages: list[Path], disguised_packages: list[Path],
-    sentinel: Path, tmp_path: Path,
+    sqlite_registry: Registry,
+    evil_packages: list[Path],
+    disguised_packages: list[Path],
+    sentinel: Path,
+    tmp_path: Path,
 ) -> None:
     reg = sqlite_registry
     home = str(reg.settings.home)
     for pkg in evil_packages:
         # The CLI paths a scientist uses on a downloaded package.
         for args in (["validate", str(pkg)], ["verify", str(pkg)]):
-            subprocess.run([sys.executable, "-m", "sciserve", "--home", home, *args],
-                           capture_output=True, check=False)
+            subprocess.run(
+                [sys.executable, "-m", "sciserve", "--home", home, *args],
+                capture_output=True,
+                check=False,
+            )
         with pytest.raises(PermissionDenied, match="not trusted"):
             reg.publish(pkg)
     for pkg in disguised_packages:
@@ -109,16 +127,36 @@ def test_untrusted_code_never_runs(
     assert not sentinel.exists()
     # `init` reads signatures without loading the file.
     model = evil_packages[0] / "model.pkl"
-    subprocess.run([sys.executable, "-m", "sciserve", "--home", home, "init", str(model),
-                    "--name", "x", "--version", "1", "--out", str(tmp_path / "init-out"),
-                    "--input", "x:FP32:-1,4", "--output", "y:FP32:-1,3"],
-                   capture_output=True, check=False)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sciserve",
+            "--home",
+            home,
+            "init",
+            str(model),
+            "--name",
+            "x",
+            "--version",
+            "1",
+            "--out",
+            str(tmp_path / "init-out"),
+            "--input",
+            "x:FP32:-1,4",
+            "--output",
+            "y:FP32:-1,3",
+        ],
+        capture_output=True,
+        check=False,
+    )
     assert (tmp_path / "init-out" / "sciserve.yaml").is_file()
     assert not sentinel.exists()
 
 
-def test_trust_is_the_gate(sqlite_registry: Registry, evil_packages: list[Path],
-                           sentinel: Path, tmp_path: Path) -> None:
+def test_trust_is_the_gate(
+    sqlite_registry: Registry, evil_packages: list[Path], sentinel: Path, tmp_path: Path
+) -> None:
     reg = sqlite_registry
     reg.create_namespace("untrusted", trusted=True)
     info = reg.publish(evil_packages[0]).version
@@ -129,8 +167,9 @@ def test_trust_is_the_gate(sqlite_registry: Registry, evil_packages: list[Path],
     from sciserve.registry.exchange import export_models, import_models
 
     export_models(reg, [info.ref], tmp_path / "export")
-    with Registry.open(tmp_path / "elsewhere", environ={}) as other, pytest.raises(
-        PermissionDenied
+    with (
+        Registry.open(tmp_path / "elsewhere", environ={}) as other,
+        pytest.raises(PermissionDenied),
     ):
         import_models(other, tmp_path / "export")
     with pytest.raises(PermissionDenied, match="not trusted"):

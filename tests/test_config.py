@@ -19,7 +19,8 @@ def test_defaults_live_under_home(tmp_path: Path) -> None:
 
 def test_precedence(tmp_path: Path) -> None:
     (tmp_path / "sciserve.toml").write_text(
-        'database_url = "sqlite:///from-file.db"\nstore_url = "/from/file"\n')
+        'database_url = "sqlite:///from-file.db"\nstore_url = "/from/file"\n'
+    )
     env = {"SCISERVE_STORE_URL": "/from/env", "SCISERVE_HOME": "/ignored/when/given"}
     s = Settings.load(tmp_path, environ=env)
     assert s.database_url == "sqlite:///from-file.db"
@@ -32,8 +33,8 @@ def test_precedence(tmp_path: Path) -> None:
 
 def test_bad_settings_are_clear_errors(tmp_path: Path) -> None:
     (tmp_path / "sciserve.toml").write_text("database_url = [")
-    with pytest.raises(ConfigError, match="sciserve.toml"):
+    with pytest.raises(ConfigError, match=r"sciserve\.toml"):
         Settings.load(tmp_path, environ={})
-    (tmp_path / "sciserve.toml").write_text('unknown_key = 1\n')
+    (tmp_path / "sciserve.toml").write_text("unknown_key = 1\n")
     with pytest.raises(ConfigError, match="unknown_key"):
         Settings.load(tmp_path, environ={})

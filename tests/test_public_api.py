@@ -9,8 +9,17 @@ import sciserve
 import sciserve.errors
 
 EXPECTED = {
-    "Manifest", "Model", "PublishResult", "Registry", "SciserveError", "Settings",
-    "TensorSpec", "VersionInfo", "__version__", "load", "load_manifest",
+    "Manifest",
+    "Model",
+    "PublishResult",
+    "Registry",
+    "SciserveError",
+    "Settings",
+    "TensorSpec",
+    "VersionInfo",
+    "__version__",
+    "load",
+    "load_manifest",
 }
 
 

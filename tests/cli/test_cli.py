@@ -8,11 +8,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-from helpers.packages import linear_onnx
-
 import numpy as np
+import pytest
 
+from helpers.packages import linear_onnx
 from sciserve.cli import main
 
 MakePackage = Callable[..., Path]
@@ -43,16 +42,38 @@ def test_init_validate_publish_list_card_tag_pull(cli: Cli, tmp_path: Path) -> N
     src.mkdir()
     linear_onnx(src / "model.onnx", np.ones((4, 3), np.float32), np.zeros(3, np.float32))
     (src / "CITATION.cff").write_text(
-        "cff-version: 1.2.0\ntitle: Linear\nmessage: cite it\nauthors:\n  - name: A\n")
-    out = cli.json("init", str(src / "model.onnx"), "--name", "lin", "--version", "1.0.0",
-                   "--out", str(tmp_path / "pkg"))
+        "cff-version: 1.2.0\ntitle: Linear\nmessage: cite it\nauthors:\n  - name: A\n"
+    )
+    out = cli.json(
+        "init",
+        str(src / "model.onnx"),
+        "--name",
+        "lin",
+        "--version",
+        "1.0.0",
+        "--out",
+        str(tmp_path / "pkg"),
+    )
     assert isinstance(out, dict)
     # No licence yet: init says what to fix, validate fails with the field path.
     assert any(p["path"] == "license" for p in out["problems"])
     assert "license: a licence is required" in cli("validate", str(tmp_path / "pkg"), code=2)
-    cli("init", str(src / "model.onnx"), "--name", "lin", "--version", "1.0.0",
-        "--out", str(tmp_path / "pkg"), "--license", "MIT", "--description", "linear",
-        "--author", "Ada Lovelace,0000-0002-1825-0097,Analytical Engines")
+    cli(
+        "init",
+        str(src / "model.onnx"),
+        "--name",
+        "lin",
+        "--version",
+        "1.0.0",
+        "--out",
+        str(tmp_path / "pkg"),
+        "--license",
+        "MIT",
+        "--description",
+        "linear",
+        "--author",
+        "Ada Lovelace,0000-0002-1825-0097,Analytical Engines",
+    )
     manifest = (tmp_path / "pkg" / "sciserve.yaml").read_text()
     assert "name: x" in manifest and "CITATION.cff" in manifest  # ONNX signature read
     assert "ready to publish" in cli("validate", str(tmp_path / "pkg"))
@@ -66,7 +87,9 @@ def test_init_validate_publish_list_card_tag_pull(cli: Cli, tmp_path: Path) -> N
     jsonld = json.loads(cli("models", "card", "lin", "--format", "jsonld"))
     assert "@context" in jsonld
     assert cli.json("tag", "lin:1.0.0", "production")["aliases"] == [  # type: ignore[index]
-        "latest", "production"]
+        "latest",
+        "production",
+    ]
     pulled = cli.json("pull", "lin@production", "--dest", str(tmp_path / "pulled"))
     assert Path(pulled["path"]).joinpath("model.onnx").is_file()  # type: ignore[index]
     assert "ok" in cli("verify")
@@ -96,9 +119,22 @@ def test_namespace_commands(cli: Cli) -> None:
 
 
 def test_python_dash_m_and_help() -> None:
-    done = subprocess.run([sys.executable, "-m", "sciserve", "--help"], capture_output=True,
-                          text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "sciserve", "--help"], capture_output=True, text=True, check=False
+    )
     assert done.returncode == 0
-    for command in ("init", "validate", "publish", "models", "tag", "pull", "verify", "yank",
-                    "export", "import", "namespace", "up"):
+    for command in (
+        "init",
+        "validate",
+        "publish",
+        "models",
+        "tag",
+        "pull",
+        "verify",
+        "yank",
+        "export",
+        "import",
+        "namespace",
+        "up",
+    ):
         assert command in done.stdout

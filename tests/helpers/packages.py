@@ -17,12 +17,17 @@ def linear_onnx(path: Path, weight: np.ndarray, bias: np.ndarray) -> None:
     """Write ``y = x @ weight + bias`` (FP32, batch dim symbolic) to ``path``."""
     n_in, n_out = weight.shape
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["y"])],
+        [
+            helper.make_node("MatMul", ["x", "W"], ["xw"]),
+            helper.make_node("Add", ["xw", "b"], ["y"]),
+        ],
         "linear",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", n_in])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", n_out])],
-        [numpy_helper.from_array(weight.astype(np.float32), "W"),
-         numpy_helper.from_array(bias.astype(np.float32), "b")],
+        [
+            numpy_helper.from_array(weight.astype(np.float32), "W"),
+            numpy_helper.from_array(bias.astype(np.float32), "b"),
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from helpers.packages import expected_linear
 
 import sciserve
+from helpers.packages import expected_linear
 from sciserve.errors import (
     Conflict,
     IntegrityError,
@@ -198,13 +198,17 @@ def test_export_import_and_read_only(
                 assert ro.resolve("linear").version == "1.0.0"
                 with sciserve.load("linear:2.0.0", registry=ro) as model:
                     x = np.ones((2, 4), np.float32)
-                    np.testing.assert_allclose(model.predict(x=x)["y"], expected_linear(x, scale=2.0))
+                    np.testing.assert_allclose(
+                        model.predict(x=x)["y"], expected_linear(x, scale=2.0)
+                    )
                 with pytest.raises(ReadOnlyRegistry):
                     ro.tag("linear:2.0.0", "production")
                 with pytest.raises(ReadOnlyRegistry):
                     ro.publish(onnx_package(version="3.0.0"))
             assert sorted(p.name for p in out.iterdir()) == [
-                "artifacts", "registry.db", "sciserve-export.json"
+                "artifacts",
+                "registry.db",
+                "sciserve-export.json",
             ]
         with Registry.open(tmp_path / f"other-{out.name}", environ={}) as other:
             results = import_models(other, out)
