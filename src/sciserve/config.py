@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ConfigError
 
-__all__ = ["Limits", "Settings"]
+__all__ = ["Limits", "ServingConfig", "Settings"]
 
 _ENV_PREFIX = "SCISERVE_"
 
@@ -43,6 +43,38 @@ class Limits(BaseModel):
     max_compression_ratio: float = Field(default=200.0, gt=1)
     #: Largest manifest file.
     max_manifest_bytes: int = Field(default=4 * 2**20, gt=0)
+
+
+class ServingConfig(BaseModel):
+    """How ``sciserve serve`` serves: addresses, limits, batching defaults."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str = "127.0.0.1"
+    #: Triton's default ports; 0 picks a free port.
+    http_port: int = Field(default=8000, ge=0, le=65535)
+    grpc_port: int = Field(default=8001, ge=0, le=65535)
+    metrics_port: int = Field(default=8002, ge=0, le=65535)
+    #: References of the models to load at start; ``None`` loads every model.
+    models: tuple[str, ...] | None = None
+    #: Ready only when every model marked to load is ready (as Triton).
+    strict_readiness: bool = True
+    #: How often alias changes made by other processes are picked up (s).
+    poll_interval: float = Field(default=5.0, gt=0)
+    #: Largest request body (bytes) on HTTP and gRPC.
+    max_request_bytes: int = Field(default=64 * 2**20, gt=0)
+    #: Requests waiting per model version before new ones get 503 / UNAVAILABLE.
+    max_queue_size: int = Field(default=1024, gt=0)
+    #: How long the batcher may hold a request to fill a batch (s).
+    max_queue_delay: float = Field(default=0.0, ge=0)
+    #: Parallel executions per model version.
+    instances: int = Field(default=1, gt=0, le=64)
+    #: Device for every model (overrides the packages' own ``device``).
+    device: str | None = None
+    #: ONNX Runtime intra-op threads per session.
+    intra_op_threads: int = Field(default=1, gt=0)
+    #: Versions other than the default that may be loaded on demand at once.
+    max_on_demand_versions: int = Field(default=4, ge=0)
 
 
 class Settings(BaseModel):

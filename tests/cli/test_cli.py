@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers.packages import linear_onnx
 from sciserve.cli import main
+
+from helpers.packages import linear_onnx
 
 MakePackage = Callable[..., Path]
 
@@ -138,3 +139,22 @@ def test_python_dash_m_and_help() -> None:
         "up",
     ):
         assert command in done.stdout
+
+
+def test_up_publishes_and_runs_the_examples(cli: Cli) -> None:
+    first = cli.json("up", "--no-serve")
+    assert isinstance(first, dict)
+    assert sorted(first["added"]) == [
+        "examples/lc-classifier-gbm:1.0.0",
+        "examples/lc-classifier:1.0.0",
+    ]
+    rows = first["prediction"]["rows"]
+    models = first["prediction"]["models"]
+    assert len(models) == 2 and len(rows) == 5
+    # The examples are real classifiers: most fresh objects are classified right.
+    hits = sum(row[m] == row["truth"] for row in rows for m in models)
+    assert hits >= 7
+    again = cli.json("up", "--no-serve")
+    assert again["added"] == []  # type: ignore[index]
+    card = cli("models", "card", "examples/lc-classifier", "--format", "raw")
+    assert "accuracy" in card and "CC-BY-4.0" in card

@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 
 from .. import errors
-from . import _namespace, _package, _registry, _up
+from . import _namespace, _package, _registry, _serve, _up
 from ._context import State, report_error
 
 __all__ = ["app", "main"]
@@ -65,6 +65,7 @@ _package.register(app)
 _registry.register(app)
 app.add_typer(_namespace.app, name="namespace")
 _up.register(app)
+_serve.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import typer
 from rich.markdown import Markdown
 from rich.table import Table
 
+from ..config import ServingConfig
 from ..errors import NotFound
 from ..model import load
 from ..registry.registry import Registry, VersionInfo
@@ -52,8 +53,14 @@ def ensure_examples(reg: Registry) -> list[str]:
     return added
 
 
-def up(ctx: typer.Context) -> None:
-    """Publish the example models (first start) and show them working."""
+def up(
+    ctx: typer.Context,
+    serve: Annotated[bool, typer.Option(help="Serve the models afterwards (Ctrl-C stops).")] = True,
+    http_port: Annotated[int, typer.Option(help="HTTP port (0: pick a free one).")] = 8000,
+    grpc_port: Annotated[int, typer.Option(help="gRPC port (0: pick a free one).")] = 8001,
+    metrics_port: Annotated[int, typer.Option(help="Metrics port (0: free one).")] = 8002,
+) -> None:
+    """Publish the example models (first start), show them working, then serve them."""
     st = state(ctx)
     with st.registry() as reg:
         added = ensure_examples(reg)
@@ -70,8 +77,20 @@ def up(ctx: typer.Context) -> None:
             },
             lambda: None,
         )
-        return
-    _show(st, added, models, card_ref, demo)
+    else:
+        _show(st, added, models, card_ref, demo)
+    if serve:
+        from ._serve import run_server
+
+        if not st.json:
+            st.console.print(
+                "serving the registry (Ctrl-C stops): try\n"
+                f"  curl localhost:{http_port}/v2/models/examples.lc-classifier"
+            )
+        run_server(
+            st.settings,
+            ServingConfig(http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port),
+        )
 
 
 def _demo_prediction(reg: Registry) -> dict[str, Any]:

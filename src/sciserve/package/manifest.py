@@ -345,11 +345,10 @@ def check_member_path(path: str) -> None:
     """Refuse paths that could escape a package directory."""
     if not path or "\\" in path or "\x00" in path:
         raise ValueError(f"{path!r} is not a valid relative path")
-    pure = PurePosixPath(path)
-    if pure.is_absolute() or re.match(r"^[A-Za-z]:", path):
+    if PurePosixPath(path).is_absolute() or re.match(r"^[A-Za-z]:", path):
         raise ValueError(f"{path!r} is absolute; paths are relative to the package")
-    if any(part in ("..", "") for part in path.split("/")) or pure.parts[0] == ".":
-        raise ValueError(f"{path!r} must be a normalised relative path without '..'")
+    if any(part in ("..", ".", "") for part in path.split("/")):
+        raise ValueError(f"{path!r} must be a normalised relative path without '.' or '..'")
 
 
 def _orcid_checksum_ok(orcid: str) -> bool:

@@ -1,0 +1,90 @@
+"""``sciserve serve``: the Open Inference Protocol server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from typing import Annotated
+
+import typer
+
+from ..config import ServingConfig, Settings
+from ._context import state
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)
+
+
+def _strict(value: str) -> bool:
+    lowered = value.lower()
+    if lowered not in ("true", "false", "1", "0", "yes", "no"):
+        raise typer.BadParameter("use true or false")
+    return lowered in ("true", "1", "yes")
+
+
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    http_port: Annotated[int, typer.Option(help="HTTP port (0: pick a free one).")] = 8000,
+    grpc_port: Annotated[int, typer.Option(help="gRPC port (0: pick a free one).")] = 8001,
+    metrics_port: Annotated[int, typer.Option(help="Metrics port (0: pick a free one).")] = 8002,
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model", help="Serve only these references (repeatable); default: every model."
+        ),
+    ] = None,
+    strict_readiness: Annotated[
+        str, typer.Option(help="Ready only when every model loaded (true/false).")
+    ] = "true",
+    poll_interval: Annotated[
+        float, typer.Option(help="Seconds between checks for alias changes in the registry.")
+    ] = 5.0,
+    max_queue_delay: Annotated[
+        float, typer.Option(help="Seconds a request may wait to fill a batch.")
+    ] = 0.0,
+    max_queue_size: Annotated[
+        int, typer.Option(help="Requests waiting per model before 503.")
+    ] = 1024,
+    instances: Annotated[int, typer.Option(help="Parallel executions per model.")] = 1,
+    device: Annotated[str | None, typer.Option(help="Device for every model: cpu, cuda:N.")] = None,
+    intra_op_threads: Annotated[int, typer.Option(help="ONNX Runtime threads per model.")] = 1,
+    max_request_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 64 * 2**20,
+) -> None:
+    """Serve the registry's models over HTTP and gRPC (KServe v2 / Triton protocol)."""
+    st = state(ctx)
+    config = ServingConfig(
+        host=host,
+        http_port=http_port,
+        grpc_port=grpc_port,
+        metrics_port=metrics_port,
+        models=tuple(model) if model else None,
+        strict_readiness=_strict(strict_readiness),
+        poll_interval=poll_interval,
+        max_queue_delay=max_queue_delay,
+        max_queue_size=max_queue_size,
+        instances=instances,
+        device=device,
+        intra_op_threads=intra_op_threads,
+        max_request_bytes=max_request_bytes,
+    )
+    run_server(st.settings, config)
+
+
+def run_server(settings: Settings, config: ServingConfig) -> None:
+    """Run until SIGTERM / SIGINT; print one line with the bound addresses."""
+    from ..serving.server import Addresses, Server
+
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+    def ready(addresses: Addresses) -> None:
+        sys.stdout.write(f"{addresses.banner()}\n")
+        sys.stdout.flush()
+
+    asyncio.run(Server(settings, config).serve(on_ready=ready))

@@ -1,0 +1,308 @@
+"""Dynamic batching with priority queues and backpressure.
+
+Requests for one model version wait in one bounded queue per priority class.
+Whenever an execution slot is free, the batcher takes the most urgent waiting
+request and adds more requests *of the same shape signature* (identical
+non-batch dimensions and dtypes, so nothing is ever padded) in priority
+order, up to ``max_batch_size`` rows.  A waiting higher-class request always
+goes into the next batch the model forms.  The batch runs in a worker thread
+(ONNX Runtime and friends release the GIL), and its outputs are split back
+along each output's batch dimension.
+
+When the queue holds ``max_queue_size`` requests, new ones fail at once with
+:class:`~sciserve.errors.Overloaded` (503 + ``Retry-After``): memory stays
+bounded however hard clients push.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import enum
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidInput, ModelExecutionError, ModelNotReady, Overloaded, SciserveError
+from ..package.manifest import Manifest
+
+__all__ = ["BatchPolicy", "DynamicBatcher", "Priority"]
+
+
+class Priority(enum.IntEnum):
+    """Priority classes; a lower value is served first."""
+
+    REALTIME = 0
+    INTERACTIVE = 1
+    BATCH = 2
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    max_batch_size: int
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_delay: float = 0.0
+    max_queue_size: int = 1024
+    instances: int = 1
+
+
+@dataclass(frozen=True)
+class BatchTiming:
+    """What one execution cost, handed to the statistics observer."""
+
+    rows: int
+    requests: int
+    queue_ns: list[int]
+    compute_input_ns: int
+    compute_infer_ns: int
+    compute_output_ns: int
+
+
+@dataclass
+class _Pending:
+    inputs: Mapping[str, np.ndarray]
+    rows: int
+    key: tuple[Any, ...]
+    future: asyncio.Future[dict[str, np.ndarray]]
+    enqueued: int = field(default_factory=time.perf_counter_ns)
+
+
+Infer = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+class DynamicBatcher:
+    """Batches requests for one loaded model version."""
+
+    def __init__(
+        self,
+        infer: Infer,
+        manifest: Manifest,
+        policy: BatchPolicy,
+        *,
+        observe: Callable[[BatchTiming], None] | None = None,
+    ) -> None:
+        self._infer = infer
+        self._manifest = manifest
+        self._policy = policy
+        self._observe = observe
+        self._in_dims = {t.name: manifest.batch_dim_of(t) for t in manifest.inputs}
+        self._out_dims = {t.name: manifest.batch_dim_of(t) for t in manifest.outputs}
+        self._batching = manifest.max_batch_size > 0
+        self._queues: list[collections.deque[_Pending]] = [collections.deque() for _ in Priority]
+        self._queued = 0
+        self._busy = 0
+        self._closed = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._executor = ThreadPoolExecutor(
+            max_workers=policy.instances, thread_name_prefix=f"sciserve-{manifest.name}"
+        )
+        self._timer: asyncio.TimerHandle | None = None
+        # Mean execution time, to suggest a Retry-After when overloaded.
+        self._mean_exec_s = 0.01
+
+    @property
+    def queued(self) -> int:
+        return self._queued
+
+    def _rows_and_key(self, inputs: Mapping[str, np.ndarray]) -> tuple[int, tuple[Any, ...]]:
+        if not self._batching:
+            return 1, ()
+        rows = -1
+        key: list[Any] = []
+        for name in sorted(inputs):
+            array = inputs[name]
+            dim = self._in_dims.get(name)
+            if dim is None:
+                key.append((name, array.shape, array.dtype.str))
+                continue
+            n = array.shape[dim]
+            if rows not in (-1, n):
+                raise InvalidInput(
+                    f"inputs disagree on the batch size ({rows} and {n} along the batch dim)"
+                )
+            rows = n
+            key.append((name, array.shape[:dim] + array.shape[dim + 1 :], array.dtype.str))
+        if rows > self._policy.max_batch_size:
+            raise InvalidInput(
+                f"batch of {rows} exceeds max_batch_size {self._policy.max_batch_size} "
+                f"of {self._manifest.ref}"
+            )
+        return max(rows, 0), tuple(key)
+
+    async def submit(
+        self, inputs: Mapping[str, np.ndarray], priority: Priority = Priority.INTERACTIVE
+    ) -> dict[str, np.ndarray]:
+        """Queue one request and wait for its own rows of the outputs."""
+        if self._closed:
+            raise ModelNotReady(f"{self._manifest.ref} is unloading")
+        if self._queued >= self._policy.max_queue_size:
+            retry = max(1.0, self._mean_exec_s * self._queued / self._policy.instances)
+            raise Overloaded(
+                f"{self._manifest.ref} has {self._queued} requests waiting; try again later",
+                retry_after=retry,
+            )
+        rows, key = self._rows_and_key(inputs)
+        future: asyncio.Future[dict[str, np.ndarray]] = asyncio.get_running_loop().create_future()
+        self._queues[priority].append(_Pending(inputs, rows, key, future))
+        self._queued += 1
+        self._idle.clear()
+        self._dispatch()
+        return await future
+
+    def _dispatch(self, *, force: bool = False) -> None:
+        while self._busy < self._policy.instances and self._queued:
+            batch = self._take(force=force)
+            if batch is None:
+                return
+            self._busy += 1
+            asyncio.get_running_loop().create_task(self._run(batch))
+
+    def _take(self, *, force: bool) -> list[_Pending] | None:
+        """Remove and return the next batch, or None to wait for more requests."""
+        head = next(q for q in self._queues if q)[0]
+        if not self._batching:
+            self._queues[self._level_of(head)].popleft()
+            self._queued -= 1
+            return [head]
+        limit = self._policy.max_batch_size
+        rows = 0
+        chosen: list[_Pending] = []
+        for queue in self._queues:  # most urgent class first
+            for item in queue:
+                if item.key == head.key and rows + item.rows <= limit:
+                    chosen.append(item)
+                    rows += item.rows
+                    if rows >= limit:
+                        break
+            if rows >= limit:
+                break
+        if not force and self._should_wait(rows, head):
+            self._arm_timer(head)
+            return None
+        taken = {id(item) for item in chosen}
+        for queue in self._queues:
+            if any(id(item) in taken for item in queue):
+                kept = [item for item in queue if id(item) not in taken]
+                queue.clear()
+                queue.extend(kept)
+        self._queued -= len(chosen)
+        return chosen
+
+    def _level_of(self, head: _Pending) -> int:
+        return next(level for level, queue in enumerate(self._queues) if queue and queue[0] is head)
+
+    def _should_wait(self, rows: int, head: _Pending) -> bool:
+        delay_ns = int(self._policy.max_queue_delay * 1e9)
+        if delay_ns <= 0 or rows >= self._policy.max_batch_size:
+            return False
+        if rows in self._policy.preferred_batch_sizes:
+            return False
+        return time.perf_counter_ns() - head.enqueued < delay_ns
+
+    def _arm_timer(self, head: _Pending) -> None:
+        if self._timer is not None:
+            return
+        waited = (time.perf_counter_ns() - head.enqueued) / 1e9
+        remaining = max(self._policy.max_queue_delay - waited, 0.0)
+
+        def fire() -> None:
+            # The head has waited long enough: run what is there.
+            self._timer = None
+            self._dispatch(force=True)
+
+        self._timer = asyncio.get_running_loop().call_later(remaining, fire)
+
+    async def _run(self, batch: list[_Pending]) -> None:
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter_ns()
+        try:
+            outputs, timing = await loop.run_in_executor(self._executor, self._execute, batch)
+        except Exception as exc:  # every waiter must hear about it
+            error = (
+                exc
+                if isinstance(exc, SciserveError)
+                else ModelExecutionError(
+                    f"{self._manifest.ref} failed: {type(exc).__name__}: {exc}"
+                )
+            )
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(error)
+        else:
+            for item, result in zip(batch, outputs, strict=True):
+                if not item.future.done():
+                    item.future.set_result(result)
+            if self._observe is not None:
+                self._observe(
+                    BatchTiming(
+                        rows=sum(i.rows for i in batch),
+                        requests=len(batch),
+                        queue_ns=[started - i.enqueued for i in batch],
+                        compute_input_ns=timing[0],
+                        compute_infer_ns=timing[1],
+                        compute_output_ns=timing[2],
+                    )
+                )
+        finally:
+            elapsed = (time.perf_counter_ns() - started) / 1e9
+            self._mean_exec_s = 0.9 * self._mean_exec_s + 0.1 * elapsed
+            self._busy -= 1
+            if self._queued:
+                self._dispatch()
+            elif self._busy == 0:
+                self._idle.set()
+
+    def _execute(
+        self, batch: list[_Pending]
+    ) -> tuple[list[dict[str, np.ndarray]], tuple[int, int, int]]:
+        t0 = time.perf_counter_ns()
+        if len(batch) == 1:
+            merged = batch[0].inputs
+        else:
+            merged = {
+                name: np.concatenate([item.inputs[name] for item in batch], axis=dim or 0)
+                if dim is not None
+                else batch[0].inputs[name]
+                for name, dim in self._in_dims.items()
+                if name in batch[0].inputs
+            }
+        t1 = time.perf_counter_ns()
+        outputs = self._infer(merged)
+        t2 = time.perf_counter_ns()
+        if len(batch) == 1:
+            split = [outputs]
+        else:
+            split = [{} for _ in batch]
+            for name, array in outputs.items():
+                dim = self._out_dims.get(name)
+                if dim is None:  # not batched: every request gets the whole tensor
+                    for part in split:
+                        part[name] = array
+                    continue
+                offsets = np.cumsum([item.rows for item in batch])[:-1]
+                for part, piece in zip(split, np.split(array, offsets, axis=dim), strict=True):
+                    part[name] = piece
+        t3 = time.perf_counter_ns()
+        return split, (t1 - t0, t2 - t1, t3 - t2)
+
+    async def close(self, *, drain: bool = True, timeout: float = 30.0) -> None:
+        """Stop accepting requests; finish (or fail) the queued ones; free threads."""
+        self._closed = True
+        if not drain:
+            for queue in self._queues:
+                while queue:
+                    item = queue.popleft()
+                    self._queued -= 1
+                    if not item.future.done():
+                        item.future.set_exception(ModelNotReady(f"{self._manifest.ref} unloaded"))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        if self._timer is not None:
+            self._timer.cancel()
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,99 @@
+"""Prometheus metrics of one server instance (never the global registry)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from .batcher import BatchTiming
+
+__all__ = ["ServerMetrics"]
+
+_LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class ServerMetrics:
+    """Request, latency and batch metrics, labelled by model and version."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        labels = ("model", "version")
+        self.requests = Counter(
+            "sciserve_inference_requests",
+            "Inference requests handled",
+            (*labels, "outcome"),
+            registry=self.registry,
+        )
+        self.rows = Counter(
+            "sciserve_inference_rows",
+            "Rows (batch elements) inferred",
+            labels,
+            registry=self.registry,
+        )
+        self.request_seconds = Histogram(
+            "sciserve_request_duration_seconds",
+            "Time from arrival to answer in the core",
+            labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_seconds = Histogram(
+            "sciserve_queue_duration_seconds",
+            "Time requests wait for a batch",
+            labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.compute_seconds = Histogram(
+            "sciserve_compute_duration_seconds",
+            "Time one batch takes to compute",
+            labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "sciserve_batch_size",
+            "Rows per executed batch",
+            labels,
+            buckets=_BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.ready = Gauge(
+            "sciserve_model_ready",
+            "1 when the model version is ready",
+            labels,
+            registry=self.registry,
+        )
+
+    def observe_batch(self, model: str, version: str, timing: BatchTiming) -> None:
+        self.batch_size.labels(model, version).observe(timing.rows)
+        self.rows.labels(model, version).inc(timing.rows)
+        compute = (
+            timing.compute_input_ns + timing.compute_infer_ns + timing.compute_output_ns
+        ) / 1e9
+        self.compute_seconds.labels(model, version).observe(compute)
+        queue = self.queue_seconds.labels(model, version)
+        for ns in timing.queue_ns:
+            queue.observe(ns / 1e9)
+
+    def observe_request(self, model: str, version: str, ok: bool, seconds: float) -> None:
+        self.requests.labels(model, version, "success" if ok else "failure").inc()
+        if ok:
+            self.request_seconds.labels(model, version).observe(seconds)

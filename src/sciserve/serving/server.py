@@ -1,0 +1,134 @@
+"""One process serving HTTP (OIP REST), gRPC and Prometheus metrics.
+
+All three listen on ``ServingConfig.host`` (loopback by default) and share
+one event loop and one :class:`InferenceService`.  SIGTERM and SIGINT stop
+accepting new connections, let requests in flight finish, drain the
+batchers and unload the models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import uvicorn
+
+from ..config import ServingConfig, Settings
+from ..registry.registry import Registry
+from .service import InferenceService
+
+__all__ = ["Addresses", "Server"]
+
+log = logging.getLogger("sciserve.serving")
+
+
+@dataclass(frozen=True)
+class Addresses:
+    host: str
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+
+    def banner(self) -> str:
+        return (
+            f"sciserve serving http={self.host}:{self.http_port} "
+            f"grpc={self.host}:{self.grpc_port} metrics={self.host}:{self.metrics_port}"
+        )
+
+
+class _Uvicorn(uvicorn.Server):
+    # The Server owns signal handling for all three listeners.
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+class Server:
+    """Serve a registry until stopped."""
+
+    def __init__(self, settings: Settings, config: ServingConfig | None = None) -> None:
+        self.settings = settings
+        self.config = config or ServingConfig()
+        self._stop = asyncio.Event()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def serve(self, on_ready: Callable[[Addresses], None] | None = None) -> None:
+        from ..protocol.grpc_server import create_grpc_server
+        from ..protocol.rest import create_app, create_metrics_app
+
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self._stop.set)
+        registry = await asyncio.to_thread(Registry, self.settings)
+        service = InferenceService(registry, cfg)
+        http_sock = _bind(cfg.host, cfg.http_port)
+        metrics_sock = _bind(cfg.host, cfg.metrics_port)
+        grpc_server, grpc_port = create_grpc_server(service, cfg.host, cfg.grpc_port)
+        servers = [
+            _Uvicorn(
+                uvicorn.Config(
+                    create_app(service),
+                    http="httptools",
+                    lifespan="off",
+                    access_log=False,
+                    log_level="warning",
+                    timeout_graceful_shutdown=30,
+                )
+            ),
+            _Uvicorn(
+                uvicorn.Config(
+                    create_metrics_app(service),
+                    lifespan="off",
+                    access_log=False,
+                    log_level="warning",
+                )
+            ),
+        ]
+        try:
+            await service.start()
+            await grpc_server.start()
+            tasks = [
+                loop.create_task(servers[0].serve(sockets=[http_sock])),
+                loop.create_task(servers[1].serve(sockets=[metrics_sock])),
+            ]
+            while not all(s.started for s in servers):
+                if any(t.done() for t in tasks):
+                    break
+                await asyncio.sleep(0.01)
+            addresses = Addresses(
+                cfg.host, http_sock.getsockname()[1], grpc_port, metrics_sock.getsockname()[1]
+            )
+            if on_ready is not None:
+                on_ready(addresses)
+            stopper = loop.create_task(self._stop.wait())
+            await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+            log.info("sciserve is stopping")
+            for server in servers:
+                server.should_exit = True
+            await grpc_server.stop(grace=10)
+            await asyncio.gather(*tasks, return_exceptions=True)
+            stopper.cancel()
+        finally:
+            await service.stop()
+            await asyncio.to_thread(registry.close)
+            for sock in (http_sock, metrics_sock):
+                sock.close()

@@ -1,0 +1,265 @@
+"""The core request path every adapter calls.
+
+    adapter (REST · gRPC · stream step · batch task)
+      → access   (the access issue adds identities, scopes and quotas here)
+      → models   (:class:`ModelManager`: name / version / alias → loaded version)
+      → batcher  (:class:`DynamicBatcher`: priority queues, batching, backpressure)
+      → runtime  (load / infer / unload)
+
+Adapters decode their wire format into :mod:`sciserve.protocol.types`, call
+:class:`InferenceService`, and translate the domain errors it raises into
+their own status codes, each in one table.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from ..config import ServingConfig
+from ..errors import InvalidInput
+from ..package.manifest import Manifest, TensorSpec
+from ..protocol.types import InferenceRequest, InferenceResponse, InferOutput
+from ..registry.registry import Registry
+from .batcher import Priority
+from .manager import ModelManager
+from .metrics import ServerMetrics
+
+__all__ = ["EXTENSIONS", "InferenceService"]
+
+#: Protocol extensions this server implements (reported by ``GET /v2``).
+EXTENSIONS = ("binary_tensor_data", "statistics", "model_repository", "schedule_policy")
+
+_TRITON_TYPES = {
+    "BOOL": "TYPE_BOOL", "UINT8": "TYPE_UINT8", "UINT16": "TYPE_UINT16",
+    "UINT32": "TYPE_UINT32", "UINT64": "TYPE_UINT64", "INT8": "TYPE_INT8",
+    "INT16": "TYPE_INT16", "INT32": "TYPE_INT32", "INT64": "TYPE_INT64",
+    "FP16": "TYPE_FP16", "BF16": "TYPE_BF16", "FP32": "TYPE_FP32", "FP64": "TYPE_FP64",
+    "BYTES": "TYPE_STRING",
+}  # fmt: skip
+
+
+class InferenceService:
+    """Everything a server does, independent of HTTP and gRPC."""
+
+    def __init__(self, registry: Registry, config: ServingConfig | None = None) -> None:
+        self.registry = registry
+        self.config = config or ServingConfig()
+        self.metrics = ServerMetrics()
+        self.manager = ModelManager(registry, self.config, self.metrics)
+        self._live = False
+
+    async def start(self) -> None:
+        await self.manager.start()
+        self._live = True
+
+    async def stop(self) -> None:
+        self._live = False
+        await self.manager.stop()
+
+    # -- health and metadata ---------------------------------------------
+
+    def live(self) -> bool:
+        return self._live
+
+    def ready(self) -> bool:
+        return self._live and self.manager.ready()
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": "sciserve", "version": __version__, "extensions": list(EXTENSIONS)}
+
+    async def model_ready(self, name: str, version: str | None = None) -> bool:
+        return (await self.manager.get(name, version)).lifecycle.ready
+
+    async def model_state(self, name: str, version: str | None = None) -> tuple[bool, str]:
+        """Whether the model is ready, and if not, why."""
+        model = await self.manager.get(name, version)
+        return model.lifecycle.ready, model.lifecycle.reason or model.state.value.lower()
+
+    async def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
+        model = await self.manager.get(name, version)
+        manifest = model.info.manifest
+        return {
+            "name": name,
+            "versions": [m.version for m in self.manager.loaded_versions(name)],
+            "platform": _platform(manifest),
+            "inputs": [_tensor_metadata(manifest, t) for t in manifest.inputs],
+            "outputs": [_tensor_metadata(manifest, t) for t in manifest.outputs],
+        }
+
+    async def model_config(self, name: str, version: str | None = None) -> dict[str, Any]:
+        model = await self.manager.get(name, version)
+        manifest = model.info.manifest
+        batching = manifest.max_batch_size > 0
+        config: dict[str, Any] = {
+            "name": name,
+            "platform": _platform(manifest),
+            "backend": manifest.runtime,
+            "max_batch_size": manifest.max_batch_size,
+            "input": [_tensor_config(manifest, t) for t in manifest.inputs],
+            "output": [_tensor_config(manifest, t) for t in manifest.outputs],
+            "instance_group": [
+                {
+                    "count": self.config.instances,
+                    "kind": "KIND_GPU" if manifest.device.startswith("cuda") else "KIND_CPU",
+                }
+            ],
+            "version_policy": {"specific": {"versions": [model.version]}},
+            "parameters": {"sciserve_digest": {"string_value": model.info.digest}},
+            "sciserve": {
+                "ref": model.info.ref,
+                "digest": model.info.digest,
+                "license": manifest.license,
+                "files": [
+                    {"path": f.path, "sha256": f.sha256, "size": f.size} for f in manifest.files
+                ],
+            },
+        }
+        if batching:
+            config["dynamic_batching"] = {
+                "preferred_batch_size": [
+                    int(x) for x in manifest.runtime_options.get("preferred_batch_sizes", ())
+                ],
+                "max_queue_delay_microseconds": int(self.config.max_queue_delay * 1e6),
+            }
+        return config
+
+    async def statistics(
+        self, name: str | None = None, version: str | None = None
+    ) -> dict[str, Any]:
+        if name is None:
+            models = [
+                m for n in self.manager.served_names() for m in self.manager.loaded_versions(n)
+            ]
+        elif version:
+            models = [await self.manager.get(name, version)]
+        else:
+            models = self.manager.loaded_versions(name)
+        return {
+            "model_stats": [
+                {**m.stats.as_dict(), "state": m.state.value, "reason": m.lifecycle.reason}
+                for m in models
+            ]
+        }
+
+    async def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        rows = self.manager.index()
+        return [r for r in rows if r["state"] == "READY"] if ready_only else rows
+
+    async def load_model(self, name: str) -> None:
+        await self.manager.load_model(name)
+
+    async def unload_model(self, name: str) -> None:
+        await self.manager.unload_model(name)
+
+    # -- inference -------------------------------------------------------
+
+    async def infer(
+        self, request: InferenceRequest, *, priority: Priority = Priority.INTERACTIVE
+    ) -> InferenceResponse:
+        """Run one request through the batcher of the model it names."""
+        started = time.perf_counter()
+        model = await self.manager.get(request.model_name, request.model_version)
+        ok = False
+        try:
+            batcher = model.require_ready()
+            manifest = model.info.manifest
+            inputs = _checked_inputs(manifest, request)
+            wanted = _requested(manifest, request)
+            outputs = await batcher.submit(inputs, priority)
+            response = InferenceResponse(
+                model_name=request.model_name,
+                model_version=model.version,
+                id=request.id,
+                outputs=[
+                    InferOutput(
+                        name=spec.name,
+                        datatype=spec.datatype,
+                        shape=outputs[spec.name].shape,
+                        data=outputs[spec.name],
+                    )
+                    for spec in wanted
+                ],
+            )
+            ok = True
+            return response
+        finally:
+            elapsed = time.perf_counter() - started
+            model.stats.observe_request(ok, int(elapsed * 1e9))
+            self.metrics.observe_request(model.served, model.version, ok, elapsed)
+
+
+def _platform(manifest: Manifest) -> str:
+    return {"onnx": "onnxruntime_onnx", "torchscript": "pytorch_libtorch"}.get(
+        manifest.runtime, f"sciserve_{manifest.runtime}"
+    )
+
+
+def _tensor_metadata(manifest: Manifest, spec: TensorSpec) -> dict[str, Any]:
+    return {"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)}
+
+
+def _tensor_config(manifest: Manifest, spec: TensorSpec) -> dict[str, Any]:
+    dims = list(spec.shape)
+    bdim = manifest.batch_dim_of(spec)
+    if bdim is not None and bdim == 0:
+        dims = dims[1:]  # Triton leaves the (leading) batch dim out of config dims
+    entry: dict[str, Any] = {
+        "name": spec.name,
+        "data_type": _TRITON_TYPES[spec.datatype],
+        "dims": dims,
+    }
+    return entry
+
+
+def _checked_inputs(manifest: Manifest, request: InferenceRequest) -> dict[str, np.ndarray]:
+    """The request's tensors, checked against the signature before batching.
+
+    Each request is checked on its own so one bad request can never fail a
+    batch it would have shared with good ones.
+    """
+    given = {t.name: t for t in request.inputs}
+    specs = {t.name: t for t in manifest.inputs}
+    unknown = sorted(set(given) - set(specs))
+    if unknown:
+        raise InvalidInput(
+            f"model {request.model_name} has no input(s) {unknown}; it takes {sorted(specs)}"
+        )
+    missing = sorted(set(specs) - set(given))
+    if missing:
+        raise InvalidInput(f"missing input(s) {missing} for model {request.model_name}")
+    out = {}
+    for name, spec in specs.items():
+        tensor = given[name]
+        if tensor.datatype != spec.datatype:
+            raise InvalidInput(
+                f"input {name!r} has datatype {tensor.datatype}; the model expects {spec.datatype}"
+            )
+        shape = tensor.shape
+        if len(shape) != len(spec.shape) or any(
+            want not in (-1, have) for want, have in zip(spec.shape, shape, strict=True)
+        ):
+            raise InvalidInput(
+                f"input {name!r} has shape {list(shape)}; the model expects "
+                f"{spec.shape} (-1 is any size)"
+            )
+        out[name] = tensor.data
+    return out
+
+
+def _requested(manifest: Manifest, request: InferenceRequest) -> list[TensorSpec]:
+    if not request.outputs:
+        return list(manifest.outputs)
+    specs = {t.name: t for t in manifest.outputs}
+    wanted = []
+    for output in request.outputs:
+        spec = specs.get(output.name)
+        if spec is None:
+            raise InvalidInput(
+                f"model {request.model_name} has no output {output.name!r}; it has {sorted(specs)}"
+            )
+        wanted.append(spec)
+    return wanted

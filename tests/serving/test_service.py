@@ -1,0 +1,201 @@
+"""The core request path, in-process, on a real registry and real ONNX models."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sciserve.config import ServingConfig
+from sciserve.errors import InvalidInput, ModelNotReady, NotFound, Overloaded
+from sciserve.protocol.types import InferenceRequest, InferInput, RequestedOutput
+from sciserve.registry.registry import Registry
+from sciserve.serving.batcher import Priority
+from sciserve.serving.service import InferenceService
+
+from helpers.packages import expected_linear
+
+MakePackage = Callable[..., Path]
+
+
+def request(
+    x: np.ndarray, model: str = "linear", version: str | None = None, **kwargs: object
+) -> InferenceRequest:
+    return InferenceRequest(
+        model_name=model,
+        model_version=version,
+        id=None,
+        inputs=[InferInput("x", "FP32", x.shape, x)],
+        **kwargs,
+    )  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def service(
+    sqlite_registry: Registry, onnx_package: MakePackage
+) -> AsyncIterator[InferenceService]:
+    sqlite_registry.publish(onnx_package())
+    svc = InferenceService(sqlite_registry, ServingConfig(poll_interval=0.2))
+    await svc.start()
+    yield svc
+    await svc.stop()
+
+
+async def test_infer_and_metadata(service: InferenceService) -> None:
+    assert service.live() and service.ready()
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    response = await service.infer(request(x))
+    np.testing.assert_allclose(response.outputs[0].data, expected_linear(x))
+    assert response.model_version == "1.0.0"
+    meta = await service.model_metadata("linear")
+    assert meta["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]
+    config = await service.model_config("linear")
+    assert config["max_batch_size"] == 64 and config["input"][0]["dims"] == [4]
+    assert config["sciserve"]["files"][0]["path"] == "model.onnx"
+
+
+async def test_bad_requests_are_invalid_input(service: InferenceService) -> None:
+    x = np.ones((1, 4), np.float32)
+    cases = [
+        (request(np.ones((1, 5), np.float32)), "shape"),
+        (
+            InferenceRequest(
+                "linear", None, None, [InferInput("x", "FP64", (1, 4), np.ones((1, 4)))]
+            ),
+            "datatype",
+        ),
+        (InferenceRequest("linear", None, None, [InferInput("z", "FP32", (1, 4), x)]), "no input"),
+        (request(x, outputs=[RequestedOutput("nope")]), "no output"),
+        (request(np.ones((65, 4), np.float32)), "max_batch_size"),
+    ]
+    for bad, match in cases:
+        with pytest.raises(InvalidInput, match=match):
+            await service.infer(bad)
+    with pytest.raises(NotFound):
+        await service.infer(request(x, model="nothing"))
+    with pytest.raises(NotFound):
+        await service.infer(request(x, version="9.9.9"))
+    assert (await service.infer(request(x))).outputs[0].data.shape == (1, 3)
+
+
+async def test_concurrent_requests_are_batched_and_get_their_own_rows(
+    service: InferenceService,
+) -> None:
+    rng = np.random.default_rng(1)
+    inputs = [rng.normal(size=(int(rng.integers(1, 6)), 4)).astype(np.float32) for _ in range(200)]
+    results = await asyncio.gather(*(service.infer(request(x)) for x in inputs))
+    for x, result in zip(inputs, results, strict=True):
+        np.testing.assert_allclose(result.outputs[0].data, expected_linear(x), rtol=1e-5)
+    stats = (await service.statistics("linear"))["model_stats"][0]
+    assert stats["inference_count"] == sum(len(x) for x in inputs)
+    assert stats["execution_count"] < len(inputs)
+    assert max(b["batch_size"] for b in stats["batch_stats"]) > 5
+    assert stats["inference_stats"]["success"]["count"] == len(inputs)
+
+
+async def test_backpressure(sqlite_registry: Registry, onnx_package: MakePackage) -> None:
+    sqlite_registry.publish(onnx_package())
+    svc = InferenceService(sqlite_registry, ServingConfig(max_queue_size=4))
+    await svc.start()
+    try:
+        x = np.ones((1, 4), np.float32)
+        results = await asyncio.gather(
+            *(svc.infer(request(x)) for _ in range(50)), return_exceptions=True
+        )
+        refused = [r for r in results if isinstance(r, Overloaded)]
+        served = [r for r in results if not isinstance(r, BaseException)]
+        assert refused and served
+        assert all(r.retry_after >= 1 for r in refused)
+        assert len(refused) + len(served) == 50
+    finally:
+        await svc.stop()
+
+
+async def test_alias_flip_under_load_has_no_failures(
+    sqlite_registry: Registry, onnx_package: MakePackage
+) -> None:
+    reg = sqlite_registry
+    reg.publish(onnx_package(version="1.0.0"))
+    reg.publish(onnx_package(version="2.0.0", scale=2.0))
+    reg.tag("linear:1.0.0", "production")
+    svc = InferenceService(reg, ServingConfig(poll_interval=0.1))
+    await svc.start()
+    x = np.ones((1, 4), np.float32)
+    seen: list[float] = []
+    stop = asyncio.Event()
+
+    async def client() -> None:
+        while not stop.is_set():
+            result = await svc.infer(request(x))  # any failure fails the test
+            seen.append(float(result.outputs[0].data[0, 0]))
+            await asyncio.sleep(0)
+
+    try:
+        clients = [asyncio.create_task(client()) for _ in range(8)]
+        await asyncio.sleep(0.3)
+        await asyncio.to_thread(reg.tag, "linear:2.0.0", "production")
+        deadline = asyncio.get_running_loop().time() + 5
+        while asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+            if seen and seen[-1] == float(expected_linear(x, scale=2.0)[0, 0]):
+                break
+        await asyncio.sleep(0.2)
+        stop.set()
+        await asyncio.gather(*clients)
+        v1, v2 = float(expected_linear(x)[0, 0]), float(expected_linear(x, scale=2.0)[0, 0])
+        assert set(seen) == {v1, v2}
+        assert seen[-1] == v2
+        # Once switched, never back.
+        assert seen[seen.index(v2) :].count(v1) == 0
+        # A request for the old version by number still works (loaded on demand).
+        old = await svc.infer(request(x, version="1.0.0"))
+        assert float(old.outputs[0].data[0, 0]) == v1
+        prod = await svc.infer(request(x, version="production"))
+        assert float(prod.outputs[0].data[0, 0]) == v2
+    finally:
+        stop.set()
+        await svc.stop()
+
+
+async def test_priority_classes_jump_the_queue(
+    sqlite_registry: Registry, onnx_package: MakePackage
+) -> None:
+    sqlite_registry.publish(onnx_package())
+    svc = InferenceService(sqlite_registry, ServingConfig())
+    await svc.start()
+    try:
+        order: list[str] = []
+        x = np.ones((64, 4), np.float32)  # full batches: one request per batch
+
+        async def call(tag: str, priority: Priority) -> None:
+            await svc.infer(request(x), priority=priority)
+            order.append(tag)
+
+        tasks = [asyncio.create_task(call(f"batch{i}", Priority.BATCH)) for i in range(20)]
+        await asyncio.sleep(0)
+        tasks.append(asyncio.create_task(call("realtime", Priority.REALTIME)))
+        await asyncio.gather(*tasks)
+        assert order.index("realtime") <= 2
+    finally:
+        await svc.stop()
+
+
+async def test_model_that_fails_to_load_says_why(
+    sqlite_registry: Registry, onnx_package: MakePackage
+) -> None:
+    sqlite_registry.publish(onnx_package(extra={"device": "cuda:0"}))
+    svc = InferenceService(sqlite_registry, ServingConfig())
+    await svc.start()
+    try:
+        assert not svc.ready()
+        ready, reason = await svc.model_state("linear")
+        assert not ready and "cuda" in reason.lower()
+        stats = (await svc.statistics("linear"))["model_stats"][0]
+        assert stats["state"] == "FAILED" and "cuda" in stats["reason"].lower()
+        with pytest.raises(ModelNotReady, match="cuda"):
+            await svc.infer(request(np.ones((1, 4), np.float32)))
+    finally:
+        await svc.stop()
