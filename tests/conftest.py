@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from helpers.packages import make_onnx_package
 from sciserve.config import Settings
 from sciserve.registry.registry import Registry
+
+from helpers.packages import make_onnx_package
 
 POSTGRES_URL = os.environ.get(
     "SCISERVE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

@@ -103,7 +103,9 @@ def test_publishing_1_gib_keeps_peak_rss_under_200_mb(tmp_path: Path) -> None:
     )
     done = subprocess.run(
         [sys.executable, "-c", script, *_cli(settings, "publish", str(package))[3:]],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     peak_mb = int(done.stderr.rsplit("PEAK ", 1)[1].split()[0]) / 1024  # kB -> MiB

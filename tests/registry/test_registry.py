@@ -12,7 +12,6 @@ import pytest
 import yaml
 
 import sciserve
-from helpers.packages import expected_linear
 from sciserve.errors import (
     Conflict,
     IntegrityError,
@@ -24,6 +23,8 @@ from sciserve.errors import (
     VersionConflict,
 )
 from sciserve.registry.registry import Registry
+
+from helpers.packages import expected_linear
 
 MakePackage = Callable[..., Path]
 
