@@ -13,7 +13,9 @@ their own status codes in exactly one place.
     │   ├── ArchiveError          a package archive is malformed or unsafe
     │   ├── InvalidReference      "ns/name:version" / "name@alias" cannot be parsed
     │   └── PayloadTooLarge       over a configured size limit
+    ├── Unauthenticated           no, malformed, unknown, expired or revoked credentials
     ├── NotFound                  no such namespace / model / version / alias / file
+    │                             (also: one the caller may not see)
     ├── Conflict                  the request contradicts existing state
     │   └── VersionConflict       namespace/name:version exists with other content
     ├── IntegrityError            stored bytes do not match their recorded digest
@@ -23,6 +25,7 @@ their own status codes in exactly one place.
     ├── Unavailable               try again later
     │   ├── ModelNotReady
     │   └── Overloaded            queue full; carries ``retry_after`` seconds
+    ├── RateLimited               over a rate or concurrency quota; carries ``retry_after``
     ├── DependencyMissing         an optional extra (torch, lightgbm, …) is not installed
     ├── DeviceUnavailable         the requested device (e.g. ``cuda:0``) is absent
     ├── ModelExecutionError       the model itself failed while running
@@ -53,8 +56,10 @@ __all__ = [
     "PayloadTooLarge",
     "PermissionDenied",
     "Problem",
+    "RateLimited",
     "ReadOnlyRegistry",
     "SciserveError",
+    "Unauthenticated",
     "Unavailable",
     "VersionConflict",
 ]
@@ -110,6 +115,10 @@ class PayloadTooLarge(InvalidInput):
     """Input exceeds a configured size limit."""
 
 
+class Unauthenticated(SciserveError):
+    """Credentials are missing, malformed, unknown, expired or revoked."""
+
+
 class NotFound(SciserveError):
     """The named namespace, model, version, alias or file does not exist
     (or the caller may not see it: the two are deliberately indistinguishable)."""
@@ -151,6 +160,14 @@ class ModelNotReady(Unavailable):
 
 class Overloaded(Unavailable):
     """A bounded queue is full; ``retry_after`` suggests when to retry (s)."""
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class RateLimited(SciserveError):
+    """A rate or concurrency quota is exhausted; ``retry_after`` is in seconds."""
 
     def __init__(self, message: str, retry_after: float = 1.0) -> None:
         self.retry_after = retry_after
