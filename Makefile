@@ -23,7 +23,7 @@ run: install
 
 ## Install the development extras and run the whole test suite.
 test: install-dev
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest
 
