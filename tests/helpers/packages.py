@@ -73,3 +73,76 @@ def make_onnx_package(
 def expected_linear(x: np.ndarray, n_in: int = 4, n_out: int = 3, scale: float = 1.0) -> np.ndarray:
     weight = np.arange(n_in * n_out, dtype=np.float32).reshape(n_in, n_out) * scale
     return x.astype(np.float32) @ weight + np.float32(scale)
+
+
+def write_package(
+    root: Path,
+    *,
+    name: str,
+    runtime: str,
+    model_file: str | None,
+    inputs: list[dict[str, Any]],
+    outputs: list[dict[str, Any]],
+    version: str = "1.0.0",
+    namespace: str = "default",
+    files: tuple[str, ...] = (),
+    max_batch_size: int = 8,
+    runtime_options: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``sciserve.yaml`` for files already under ``root``."""
+    entries = []
+    for path in [*([model_file] if model_file else []), *files]:
+        sha, size = sha256_file(root / path)
+        entries.append({"path": path, "size": size, "sha256": sha})
+    manifest = Manifest.model_validate(
+        {
+            "name": name,
+            "version": version,
+            "namespace": namespace,
+            "runtime": runtime,
+            "model_file": model_file,
+            "runtime_options": runtime_options or {},
+            "max_batch_size": max_batch_size,
+            "inputs": inputs,
+            "outputs": outputs,
+            "files": entries,
+            "license": "MIT",
+            "description": f"test model {name}",
+        }
+    )
+    (root / "sciserve.yaml").write_text(dump_manifest(manifest))
+    return root
+
+
+#: OIP datatype → ONNX element type, for identity models.
+ONNX_TYPES = {
+    "BOOL": TensorProto.BOOL, "UINT8": TensorProto.UINT8, "UINT16": TensorProto.UINT16,
+    "UINT32": TensorProto.UINT32, "UINT64": TensorProto.UINT64, "INT8": TensorProto.INT8,
+    "INT16": TensorProto.INT16, "INT32": TensorProto.INT32, "INT64": TensorProto.INT64,
+    "FP16": TensorProto.FLOAT16, "FP32": TensorProto.FLOAT, "FP64": TensorProto.DOUBLE,
+    "BYTES": TensorProto.STRING, "BF16": TensorProto.BFLOAT16,
+}  # fmt: skip
+
+
+def identity_package(root: Path, datatype: str, *, name: str | None = None) -> Path:
+    """An ONNX ``OUTPUT0 = Identity(INPUT0)`` package for one datatype, shape [-1, 3]."""
+    root.mkdir(parents=True, exist_ok=True)
+    elem = ONNX_TYPES[datatype]
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["INPUT0"], ["OUTPUT0"])],
+        "identity",
+        [helper.make_tensor_value_info("INPUT0", elem, ["batch", 3])],
+        [helper.make_tensor_value_info("OUTPUT0", elem, ["batch", 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    (root / "model.onnx").write_bytes(model.SerializeToString())
+    tensor = {"datatype": datatype, "shape": [-1, 3]}
+    return write_package(
+        root,
+        name=name or f"identity_{datatype.lower()}",
+        runtime="onnx",
+        model_file="model.onnx",
+        inputs=[{"name": "INPUT0", **tensor}],
+        outputs=[{"name": "OUTPUT0", **tensor}],
+    )

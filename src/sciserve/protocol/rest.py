@@ -1,0 +1,705 @@
+"""The HTTP server: the Open Inference Protocol (v2 REST, as NVIDIA Triton
+speaks it) and the sciserve registry API.
+
+Inference and model management, compatible with ``tritonclient.http``::
+
+    GET  /v2/health/live                      200 when live, else 503
+    GET  /v2/health/ready                     200 when every model to load is ready, else 503
+    GET  /v2                                  server metadata
+    GET  /v2/models/stats                     statistics of every loaded version
+    GET  /v2/models/{name}[/versions/{v}]             model metadata
+    GET  /v2/models/{name}[/versions/{v}]/ready       200, or 503 {"ready": false, "reason"}
+    GET  /v2/models/{name}[/versions/{v}]/config      Triton model configuration
+    GET  /v2/models/{name}[/versions/{v}]/stats       statistics
+    POST /v2/models/{name}[/versions/{v}]/infer       inference
+    POST /v2/repository/index                 body {"ready": bool} optional
+    POST /v2/repository/models/{name}/load
+    POST /v2/repository/models/{name}/unload
+
+``{name}`` is the served name (``lc-classifier`` in namespace ``default``,
+``examples.lc-classifier`` elsewhere) and ``{v}`` a version or an alias.
+Health endpoints answer 503 rather than Triton's 400 when not live or
+ready: 503 is what load balancers and Kubernetes probes understand as
+"not now".
+
+The registry API, under ``/v2/sciserve/registry`` (``REGISTRY_PREFIX``),
+where ``{ref}`` is one of ``/models/{ns}/{name}`` (the default version),
+``/models/{ns}/{name}/versions/{version}`` or
+``/models/{ns}/{name}/aliases/{alias}``::
+
+    GET    /namespaces                      {"namespaces": [...]}
+    GET    /events?limit=N                  {"events": [...]}, newest first
+    GET    /models?namespace=NS             {"models": [...]}: each model's default version
+    POST   /models                          publish; body: the package as .tar.gz (or .tar);
+                                            201 {"created": true, "version"} or 200 if it existed
+    GET    /models/{ns}/{name}/versions     {"versions": [...]}, newest first
+    GET    {ref}                            the version
+    GET    {ref}/card                       model card, text/markdown
+    GET    {ref}/card.jsonld                FAIR4ML metadata, application/ld+json
+    GET    {ref}/archive                    the package as .tar.gz
+    POST   {ref}/verify                     {"reports": [...]}: the server re-hashes the bytes
+    POST   /verify                          the same for every version
+    POST   {ref}/yank                       body {"reason": "..."}
+    POST   {ref}/unyank
+    PUT    /models/{ns}/{name}/aliases/{a}  tag; body {"version": V} or {"alias": A} (or {})
+    DELETE /models/{ns}/{name}/aliases/{a}  untag
+
+Versions travel in the form :func:`sciserve.registry.remote.version_to_wire`
+writes, which :class:`~sciserve.registry.remote.RemoteRegistry` reads.
+
+Every error is JSON, ``{"error": message}``.  Domain errors add
+``"type"``, the name of their class, and get the status :data:`STATUS_TABLE`
+gives that class (the one place domain errors meet HTTP); ``RemoteRegistry``
+turns them back into the same exceptions.  An unknown route is 404 and a
+wrong method 405.  Errors of the server itself are 500 with a generic
+message; the traceback goes to the log, never to the client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
+
+from .._hashing import CHUNK
+from ..errors import (
+    ConfigError,
+    Conflict,
+    DependencyMissing,
+    DeviceUnavailable,
+    IntegrityError,
+    InvalidInput,
+    ModelExecutionError,
+    ModelNotReady,
+    NotFound,
+    Overloaded,
+    PayloadTooLarge,
+    PermissionDenied,
+    ReadOnlyRegistry,
+    SciserveError,
+    Unavailable,
+)
+from ..package.archive import pack
+from ..package.card import render_card, to_jsonld
+from ..package.reference import Reference, parse_reference
+from ..registry.registry import Registry, VersionInfo
+from ..registry.remote import REGISTRY_PREFIX, namespace_to_wire, version_to_wire
+from ..serving.service import InferenceService
+from .rest_codec import (
+    HEADER_LENGTH_HEADER,
+    decode_infer_request,
+    encode_infer_response,
+    wants_binary_output,
+)
+
+__all__ = ["REGISTRY_PREFIX", "STATUS_TABLE", "create_app", "create_metrics_app", "status_of"]
+
+log = logging.getLogger("sciserve.protocol.rest")
+
+#: Domain error → HTTP status; the first class that matches wins, so
+#: subclasses come before their bases.
+STATUS_TABLE: list[tuple[type[SciserveError], int]] = [
+    (PayloadTooLarge, 413),
+    (InvalidInput, 400),  # also ManifestError, ArchiveError, InvalidReference
+    (NotFound, 404),
+    (Conflict, 409),  # also VersionConflict
+    (PermissionDenied, 403),
+    (ReadOnlyRegistry, 403),
+    (Unavailable, 503),  # ModelNotReady; Overloaded adds Retry-After
+    (DependencyMissing, 503),
+    (DeviceUnavailable, 503),
+    (IntegrityError, 500),
+    (ModelExecutionError, 500),
+    (ConfigError, 500),
+    (SciserveError, 500),
+]
+
+_JSON = "application/json"
+_INTERNAL = "internal server error; the server log has the details"
+#: Largest JSON body of the management and registry routes.
+_SMALL_BODY = 1 << 20
+_JSON_TYPES = {str: "string", bool: "boolean", int: "integer"}
+#: Largest number of events one request may ask for.
+_MAX_EVENTS = 10_000
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def status_of(exc: SciserveError) -> int:
+    """The HTTP status :data:`STATUS_TABLE` gives ``exc``."""
+    for cls, status in STATUS_TABLE:
+        if isinstance(exc, cls):
+            return status
+    return 500  # unreachable: SciserveError closes the table
+
+
+# -- responses ---------------------------------------------------------------
+
+
+def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    body = json.dumps(data, separators=(",", ":")).encode()
+    return Response(body, status, headers, media_type=_JSON)
+
+
+def _error(
+    status: int, message: str, kind: str | None = None, headers: Mapping[str, str] | None = None
+) -> Response:
+    body = {"error": message} if kind is None else {"error": message, "type": kind}
+    return _json(body, status, headers)
+
+
+def _domain_error(exc: SciserveError) -> Response:
+    status = status_of(exc)
+    if status == 500:
+        # A fault of the server or the model, not of the client: keep the cause.
+        # (503s are expected states, loading or overloaded, and not logged.)
+        log.error("%s: %s", type(exc).__name__, exc, exc_info=exc)
+    headers: dict[str, str] = {}
+    if isinstance(exc, Overloaded):
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    if isinstance(exc, PayloadTooLarge):
+        # The rest of an oversized body may still be on its way; closing the
+        # connection spares the server from reading it.
+        headers["Connection"] = "close"
+    return _error(status, str(exc), type(exc).__name__, headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Routing errors (unknown path, wrong method) as JSON, like every other error."""
+    assert isinstance(exc, HTTPException)
+    message = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed"}
+    return _error(exc.status_code, message.get(exc.status_code, exc.detail), None, exc.headers)
+
+
+def _guarded(endpoint: Endpoint) -> Endpoint:
+    """Wrap an endpoint so every exception leaves as a JSON error response."""
+
+    @functools.wraps(endpoint)
+    async def guarded(request: Request) -> Response:
+        try:
+            return await endpoint(request)
+        except SciserveError as exc:
+            return _domain_error(exc)
+        except ClientDisconnect:
+            return Response(status_code=400)  # nobody is listening any more
+        except Exception:
+            log.exception("unexpected error in %s %s", request.method, request.url.path)
+            return _error(500, _INTERNAL)
+
+    return guarded
+
+
+# -- request bodies ----------------------------------------------------------
+
+
+def _check_declared_length(request: Request, limit: int) -> None:
+    """Refuse a body whose Content-Length is over ``limit`` before reading any of it."""
+    raw = request.headers.get("content-length")
+    if raw is not None and raw.isascii() and raw.isdigit() and int(raw) > limit:
+        raise PayloadTooLarge(f"request body is {raw} bytes; the limit is {limit} bytes")
+
+
+def _decoder(request: Request) -> Any:
+    """A zlib decompressor for the body's Content-Encoding, or ``None``."""
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding in ("", "identity"):
+        return None
+    if encoding == "gzip":
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if encoding == "deflate":
+        return zlib.decompressobj(zlib.MAX_WBITS)
+    raise InvalidInput(f"unsupported Content-Encoding {encoding!r}; use gzip or deflate")
+
+
+def _inflate(decoder: Any, chunk: bytes, room: int, limit: int) -> bytes:
+    """Decompress ``chunk``, never producing more than ``room`` + 1 bytes."""
+    try:
+        out: bytes = decoder.decompress(chunk, room + 1)
+    except zlib.error as exc:
+        raise InvalidInput(f"request body is not valid compressed data: {exc}") from exc
+    # Stopping at room + 1 bytes is what keeps a compression bomb from ever
+    # being inflated in memory.
+    if len(out) > room:
+        raise PayloadTooLarge(f"request body inflates to more than the limit of {limit} bytes")
+    if decoder.unused_data:
+        raise InvalidInput("request body has data after the end of the compressed stream")
+    return out
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The (decompressed) request body, refused as soon as it exceeds ``limit``."""
+    _check_declared_length(request, limit)
+    decoder = _decoder(request)
+    chunks: list[bytes] = []
+    received = size = 0
+    async for chunk in request.stream():
+        if not chunk:
+            continue
+        # A body sent chunked, or longer than it claimed, is counted as it comes.
+        received += len(chunk)
+        if received > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+        if decoder is not None:
+            chunk = _inflate(decoder, chunk, limit - size, limit)
+        size += len(chunk)
+        chunks.append(chunk)
+    if decoder is not None and not decoder.eof:
+        raise InvalidInput("compressed request body is truncated")
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    """The body as a JSON object; an empty body is ``{}``."""
+    body = await _read_body(request, _SMALL_BODY)
+    if not body.strip():
+        return {}
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise InvalidInput(f"request body is not valid JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise InvalidInput("request body must be a JSON object")
+    return doc
+
+
+def _optional(doc: dict[str, Any], key: str, kind: type, default: Any = None) -> Any:
+    """``doc[key]`` if it has exactly type ``kind`` (so ``true`` is no integer), else refuse."""
+    value = doc.get(key)
+    if value is None:
+        return default
+    if type(value) is not kind:
+        raise InvalidInput(f"{key!r} must be a {_JSON_TYPES.get(kind, kind.__name__)}")
+    return value
+
+
+def _header_length(request: Request) -> int | None:
+    raw = request.headers.get(HEADER_LENGTH_HEADER)
+    if raw is None:
+        return None
+    if not (raw.isascii() and raw.isdigit()):
+        raise InvalidInput(f"{HEADER_LENGTH_HEADER} must be a non-negative integer, got {raw!r}")
+    return int(raw)
+
+
+# -- Open Inference Protocol -------------------------------------------------
+
+
+class _Inference:
+    """The OIP endpoints over one :class:`InferenceService`."""
+
+    def __init__(self, service: InferenceService) -> None:
+        self.service = service
+        self.limit = service.config.max_request_bytes
+
+    def routes(self) -> list[BaseRoute]:
+        # Inference first: the router tries routes in order, and this is the
+        # route that carries the load.
+        model = "/v2/models/{name}"
+        version = "/v2/models/{name}/versions/{version}"
+        get, post = ["GET"], ["POST"]
+        table: list[tuple[str, Endpoint, list[str]]] = [
+            (model + "/infer", self.infer, post),
+            (version + "/infer", self.infer, post),
+            ("/v2/health/live", self.live, get),
+            ("/v2/health/ready", self.ready, get),
+            ("/v2", self.server_metadata, get),
+            ("/v2/models/stats", self.statistics, get),
+            (model, self.model_metadata, get),
+            (version, self.model_metadata, get),
+            (model + "/ready", self.model_ready, get),
+            (version + "/ready", self.model_ready, get),
+            (model + "/config", self.model_config, get),
+            (version + "/config", self.model_config, get),
+            (model + "/stats", self.statistics, get),
+            (version + "/stats", self.statistics, get),
+            ("/v2/repository/index", self.repository_index, post),
+            ("/v2/repository/models/{name}/load", self.load, post),
+            ("/v2/repository/models/{name}/unload", self.unload, post),
+        ]
+        return [Route(path, _guarded(fn), methods=methods) for path, fn, methods in table]
+
+    async def infer(self, request: Request) -> Response:
+        params = request.path_params
+        body = await _read_body(request, self.limit)
+        decoded = decode_infer_request(
+            body,
+            _header_length(request),
+            model_name=params["name"],
+            model_version=params.get("version"),
+            max_body_bytes=self.limit,
+        )
+        result = await self.service.infer(decoded)
+        payload, json_length = encode_infer_response(
+            result, decoded.outputs, binary_default=wants_binary_output(decoded)
+        )
+        if json_length is None:
+            return Response(payload, media_type=_JSON)
+        return Response(
+            payload,
+            headers={HEADER_LENGTH_HEADER: str(json_length)},
+            media_type="application/octet-stream",
+        )
+
+    async def live(self, request: Request) -> Response:
+        return Response(status_code=200 if self.service.live() else 503)
+
+    async def ready(self, request: Request) -> Response:
+        return Response(status_code=200 if self.service.ready() else 503)
+
+    async def server_metadata(self, request: Request) -> Response:
+        return _json(self.service.server_metadata())
+
+    async def model_metadata(self, request: Request) -> Response:
+        name, version = _model(request)
+        return _json(await self.service.model_metadata(name, version))
+
+    async def model_ready(self, request: Request) -> Response:
+        name, version = _model(request)
+        try:
+            ready, reason = await self.service.model_state(name, version)
+        except ModelNotReady as exc:  # e.g. unloaded: known, but no version to ask
+            ready, reason = False, str(exc)
+        if ready:
+            return Response(status_code=200)
+        return _json({"ready": False, "reason": reason}, 503)
+
+    async def model_config(self, request: Request) -> Response:
+        name, version = _model(request)
+        return _json(await self.service.model_config(name, version))
+
+    async def statistics(self, request: Request) -> Response:
+        params = request.path_params  # no name: every model
+        return _json(await self.service.statistics(params.get("name"), params.get("version")))
+
+    async def repository_index(self, request: Request) -> Response:
+        doc = await _json_object(request)
+        ready_only = _optional(doc, "ready", bool, False)
+        return _json(await self.service.repository_index(ready_only))
+
+    async def load(self, request: Request) -> Response:
+        parameters = (await _json_object(request)).get("parameters") or {}
+        if not isinstance(parameters, dict):
+            raise InvalidInput("'parameters' must be an object")
+        if any(key == "config" or key.startswith("file:") for key in parameters):
+            raise InvalidInput(
+                "loading with a configuration or files in the request is not supported: "
+                "models come from the registry (publish a new version instead)"
+            )
+        await self.service.load_model(request.path_params["name"])
+        return Response(status_code=200)
+
+    async def unload(self, request: Request) -> Response:
+        await _json_object(request)  # Triton's unload parameters change nothing here
+        await self.service.unload_model(request.path_params["name"])
+        return Response(status_code=200)
+
+
+def _model(request: Request) -> tuple[str, str | None]:
+    params = request.path_params
+    return params["name"], params.get("version")
+
+
+# -- registry API ------------------------------------------------------------
+
+
+async def _authorize(request: Request, action: str, namespace: str | None) -> str | None:
+    """Whether the caller may do ``action`` (``read``, ``publish``, ``tag``,
+    ``yank``, ``verify``, ``audit``) in ``namespace`` (``None``: any or not
+    known yet); returns the actor to record in the audit trail.
+
+    Every registry route asks here first, so access control is added in this
+    one place: it will raise :class:`~sciserve.errors.PermissionDenied`.
+    Until then the registry API is open, and actions are not attributed.
+    """
+    return None
+
+
+class _RegistryApi:
+    """The registry endpoints over the (synchronous) registry of a service."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    def routes(self) -> list[BaseRoute]:
+        base = REGISTRY_PREFIX
+        model = base + "/models/{namespace}/{name}"
+        refs = (model, model + "/versions/{version}", model + "/aliases/{alias}")
+        get, post = ["GET"], ["POST"]
+        table: list[tuple[str, Endpoint, list[str]]] = [
+            (base + "/namespaces", self.namespaces, get),
+            (base + "/events", self.events, get),
+            (base + "/verify", self.verify_all, post),
+            (base + "/models", self.list_models, get),
+            (base + "/models", self.publish, post),
+            (model + "/versions", self.versions, get),
+            (model + "/aliases/{alias}", self.tag, ["PUT"]),
+            (model + "/aliases/{alias}", self.untag, ["DELETE"]),
+        ]
+        for ref in refs:
+            table += [
+                (ref, self.resolve, get),
+                (ref + "/card", self.card, get),
+                (ref + "/card.jsonld", self.jsonld, get),
+                (ref + "/archive", self.archive, get),
+                (ref + "/verify", self.verify, post),
+                (ref + "/yank", self.yank, post),
+                (ref + "/unyank", self.unyank, post),
+            ]
+        return [Route(path, _guarded(fn), methods=methods) for path, fn, methods in table]
+
+    async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        # The registry is synchronous (database and file I/O): keep it off the loop.
+        return await run_in_threadpool(fn, *args, **kwargs)
+
+    # -- reading -----------------------------------------------------------
+
+    async def namespaces(self, request: Request) -> Response:
+        await _authorize(request, "read", None)
+        found = await self._call(self.registry.namespaces)
+        return _json({"namespaces": [namespace_to_wire(n) for n in found]})
+
+    async def events(self, request: Request) -> Response:
+        await _authorize(request, "audit", None)
+        raw = request.query_params.get("limit", "100")
+        if not (raw.isascii() and raw.isdigit()) or not 0 < int(raw) <= _MAX_EVENTS:
+            raise InvalidInput(f"limit must be an integer from 1 to {_MAX_EVENTS}, got {raw!r}")
+        return _json({"events": await self._call(self.registry.events, int(raw))})
+
+    async def list_models(self, request: Request) -> Response:
+        namespace = request.query_params.get("namespace")
+        await _authorize(request, "read", namespace)
+        found = await self._call(self.registry.list_models, namespace)
+        return _json({"models": [version_to_wire(v) for v in found]})
+
+    async def versions(self, request: Request) -> Response:
+        ref = _reference(request)
+        await _authorize(request, "read", ref.namespace)
+        found = await self._call(self.registry.versions, ref)
+        return _json({"versions": [version_to_wire(v) for v in found]})
+
+    async def _resolve(self, request: Request, action: str) -> VersionInfo:
+        ref = _reference(request)
+        await _authorize(request, action, ref.namespace)
+        info: VersionInfo = await self._call(self.registry.resolve, ref)
+        return info
+
+    async def resolve(self, request: Request) -> Response:
+        return _json(version_to_wire(await self._resolve(request, "read")))
+
+    async def card(self, request: Request) -> Response:
+        info = await self._resolve(request, "read")
+        text = render_card(
+            info.manifest,
+            digest=info.digest,
+            published_at=info.published_at.isoformat(),
+            aliases=info.aliases,
+            yanked_reason=(info.yanked_reason or "") if info.yanked else None,
+        )
+        return Response(text, media_type="text/markdown; charset=utf-8")
+
+    async def jsonld(self, request: Request) -> Response:
+        info = await self._resolve(request, "read")
+        # The IRIs of versions are then the addresses of this API.
+        base_url = str(request.base_url).rstrip("/") + REGISTRY_PREFIX
+        document = to_jsonld(info.manifest, digest=info.digest, base_url=base_url)
+        return Response(json.dumps(document).encode(), media_type="application/ld+json")
+
+    async def archive(self, request: Request) -> Response:
+        info = await self._resolve(request, "read")
+        source = await self._call(self._packed, info)
+        size = os.fstat(source.fileno()).st_size
+        filename = f"{info.name}-{info.version}.tar.gz"
+        return StreamingResponse(
+            iterate_in_threadpool(_chunks(source)),
+            media_type="application/gzip",
+            headers={
+                "Content-Length": str(size),
+                "Content-Disposition": f'attachment; filename="{filename}"',
+                "Sciserve-Digest": info.digest,
+            },
+        )
+
+    def _packed(self, info: VersionInfo) -> Any:
+        """An open, already unlinked ``.tar.gz`` of the verified package."""
+        root = self.registry.pull(info.ref)
+        with self._scratch() as scratch:
+            archive = pack(root, scratch / "package.tar.gz")
+            # The open file outlives its name, so nothing is left behind
+            # however the download ends.
+            return archive.open("rb")
+
+    @contextlib.contextmanager
+    def _scratch(self) -> Iterator[Path]:
+        settings = self.registry.settings
+        base = Path(tempfile.gettempdir()) if settings.read_only else settings.home / "tmp"
+        base.mkdir(parents=True, exist_ok=True)
+        path = Path(tempfile.mkdtemp(prefix="http-", dir=base))
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+    async def verify(self, request: Request) -> Response:
+        info = await self._resolve(request, "verify")
+        return _json({"reports": _reports(await self._call(self.registry.verify, info.ref))})
+
+    async def verify_all(self, request: Request) -> Response:
+        await _authorize(request, "verify", None)
+        return _json({"reports": _reports(await self._call(self.registry.verify))})
+
+    # -- changing ----------------------------------------------------------
+
+    async def publish(self, request: Request) -> Response:
+        actor = await _authorize(request, "publish", None)
+        if self.registry.read_only:
+            raise ReadOnlyRegistry("this server's registry is read-only")
+        limit = self.registry.settings.limits.max_unpacked_bytes
+        _check_declared_length(request, limit)
+        with self._scratch() as scratch:
+            upload = scratch / "upload.tar.gz"
+            await _receive_file(request, upload, limit)
+            result = await self._call(self.registry.publish, upload, actor=actor)
+        body = {"created": result.created, "version": version_to_wire(result.version)}
+        return _json(body, 201 if result.created else 200)
+
+    async def tag(self, request: Request) -> Response:
+        ref = _reference(request)
+        actor = await _authorize(request, "tag", ref.namespace)
+        doc = await _json_object(request)
+        target = Reference(
+            ref.namespace,
+            ref.name,
+            version=_optional(doc, "version", str),
+            alias=_optional(doc, "alias", str),
+        )
+        if target.version is not None and target.alias is not None:
+            raise InvalidInput("name either a 'version' or an 'alias' to tag, not both")
+        info = await self._call(self.registry.tag, str(target), ref.alias, actor=actor)
+        return _json(version_to_wire(info))
+
+    async def untag(self, request: Request) -> Response:
+        ref = _reference(request)
+        actor = await _authorize(request, "tag", ref.namespace)
+        model = str(Reference(ref.namespace, ref.name))
+        await self._call(self.registry.untag, model, ref.alias, actor=actor)
+        return Response(status_code=204)
+
+    async def yank(self, request: Request) -> Response:
+        ref = _reference(request)
+        actor = await _authorize(request, "yank", ref.namespace)
+        reason = _optional(await _json_object(request), "reason", str, "")
+        info = await self._call(self.registry.yank, str(ref), reason, actor=actor)
+        return _json(version_to_wire(info))
+
+    async def unyank(self, request: Request) -> Response:
+        ref = _reference(request)
+        actor = await _authorize(request, "yank", ref.namespace)
+        await _json_object(request)
+        info = await self._call(self.registry.unyank, str(ref), actor=actor)
+        return _json(version_to_wire(info))
+
+
+def _reference(request: Request) -> Reference:
+    """The reference a registry path names, checked like any typed reference."""
+    params = request.path_params
+    text = f"{params['namespace']}/{params['name']}"
+    if "version" in params:
+        text += f":{params['version']}"
+    elif "alias" in params:
+        text += f"@{params['alias']}"
+    return parse_reference(text)
+
+
+def _reports(reports: list[Any]) -> list[dict[str, Any]]:
+    return [
+        {"ref": r.ref, "checked": r.checked, "failures": r.failures, "ok": r.ok} for r in reports
+    ]
+
+
+def _chunks(source: Any) -> Iterator[bytes]:
+    with source:
+        while chunk := source.read(CHUNK):
+            yield chunk
+
+
+async def _receive_file(request: Request, dest: Path, limit: int) -> None:
+    """Stream the request body into ``dest``, never holding more than a chunk in memory."""
+    received = 0
+    pending: list[bytes] = []
+    buffered = 0
+    with dest.open("wb") as out:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                raise PayloadTooLarge(f"upload exceeds the limit of {limit} bytes")
+            pending.append(chunk)
+            buffered += len(chunk)
+            # Writes go to a thread in CHUNK-sized batches: one hop per
+            # network chunk would cost more than the write itself.
+            if buffered >= CHUNK:
+                await run_in_threadpool(out.write, b"".join(pending))
+                pending, buffered = [], 0
+        if pending:
+            await run_in_threadpool(out.write, b"".join(pending))
+    if received == 0:
+        raise InvalidInput("the upload is empty; send the package archive as the body")
+
+
+# -- applications ------------------------------------------------------------
+
+
+def create_app(service: InferenceService, *, manage_service: bool = False) -> Starlette:
+    """The HTTP application serving ``service``: OIP v2 REST plus the registry API.
+
+    With ``manage_service`` the application's lifespan starts and stops the
+    service, for running the HTTP server on its own; otherwise whoever runs
+    the servers (HTTP, gRPC) starts the service once for all of them.
+    """
+    routes = _Inference(service).routes() + _RegistryApi(service.registry).routes()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if not manage_service:
+            yield
+            return
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    return Starlette(
+        routes=routes,
+        exception_handlers={HTTPException: _http_error},
+        lifespan=lifespan,
+    )
+
+
+def create_metrics_app(service: InferenceService) -> Starlette:
+    """A separate application serving ``GET /metrics`` in the Prometheus text format."""
+
+    async def metrics(request: Request) -> Response:
+        payload = await run_in_threadpool(generate_latest, service.metrics.registry)
+        return Response(payload, media_type=CONTENT_TYPE_LATEST)
+
+    return Starlette(
+        routes=[Route("/metrics", metrics, methods=["GET"])],
+        exception_handlers={HTTPException: _http_error},
+    )

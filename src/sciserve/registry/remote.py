@@ -1,0 +1,502 @@
+"""A registry on another machine, reached over the sciserve HTTP API.
+
+:class:`RemoteRegistry` offers the read and publish methods of
+:class:`~sciserve.registry.registry.Registry` with the same names, arguments
+and return types, so code written against a local registry works against a
+server (``sciserve --server URL``).  Errors the server reports come back as
+the same :mod:`sciserve.errors` classes a local registry would raise.
+
+Packages travel as single ``.tar.gz`` files, streamed in
+:data:`~sciserve._hashing.CHUNK` pieces both ways, so a many-GB package is
+never held in memory.  A pulled package is unpacked with the same safety
+rules as any archive from a stranger, and every file is checked against the
+manifest, and the manifest against the digest the server announced, before
+the package appears at its destination.
+
+This module also defines the wire format of the registry API (the
+:func:`version_to_wire` family); :mod:`sciserve.protocol.rest` serves it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator, Mapping
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import platformdirs
+
+from .. import errors
+from .._hashing import CHUNK, sha256_file
+from ..config import Limits
+from ..errors import (
+    Conflict,
+    IntegrityError,
+    InvalidInput,
+    NotFound,
+    Overloaded,
+    PayloadTooLarge,
+    PermissionDenied,
+    SciserveError,
+    Unavailable,
+)
+from ..package.archive import pack, unpack
+from ..package.manifest import MANIFEST_NAME, Manifest, load_manifest, parse_manifest
+from ..package.reference import Reference, parse_reference
+from .registry import NamespaceInfo, Progress, PublishResult, VerifyReport, VersionInfo
+
+__all__ = [
+    "REGISTRY_PREFIX",
+    "RemoteRegistry",
+    "namespace_from_wire",
+    "namespace_to_wire",
+    "reference_path",
+    "version_from_wire",
+    "version_to_wire",
+]
+
+#: Where the registry API lives on a sciserve server.
+REGISTRY_PREFIX = "/v2/sciserve/registry"
+
+#: The error classes the server answers with each status (see
+#: :mod:`sciserve.protocol.rest`); the first is raised when the body names none.
+_STATUS_ERRORS: dict[int, tuple[type[SciserveError], ...]] = {
+    400: (InvalidInput,),
+    403: (PermissionDenied, errors.ReadOnlyRegistry),
+    404: (NotFound,),
+    409: (Conflict,),
+    413: (PayloadTooLarge,),
+    500: (SciserveError,),
+    503: (Unavailable, errors.DependencyMissing, errors.DeviceUnavailable),
+}
+
+#: Error classes the server may name in an error body's ``type``.  Only
+#: classes constructed from a message alone are listed; ManifestError, say,
+#: arrives as the InvalidInput it derives from, its problems in the message.
+_NAMED_ERRORS: dict[str, type[SciserveError]] = {
+    cls.__name__: cls
+    for cls in (
+        errors.InvalidInput,
+        errors.ArchiveError,
+        errors.InvalidReference,
+        errors.PayloadTooLarge,
+        errors.NotFound,
+        errors.Conflict,
+        errors.VersionConflict,
+        errors.IntegrityError,
+        errors.PermissionDenied,
+        errors.ReadOnlyRegistry,
+        errors.Unavailable,
+        errors.ModelNotReady,
+        errors.DependencyMissing,
+        errors.DeviceUnavailable,
+        errors.ModelExecutionError,
+        errors.ConfigError,
+    )
+}
+
+
+# -- wire format -------------------------------------------------------------
+
+
+def version_to_wire(info: VersionInfo) -> dict[str, Any]:
+    """``info`` as JSON data: :meth:`VersionInfo.to_dict` plus what it leaves out
+    (the manifest and the yank time), so :func:`version_from_wire` can rebuild it."""
+    data = info.to_dict()
+    data["yanked_at"] = info.yanked_at.isoformat() if info.yanked_at is not None else None
+    data["manifest"] = info.manifest.to_dict()
+    return data
+
+
+def version_from_wire(data: object) -> VersionInfo:
+    """Rebuild a :class:`VersionInfo` sent by :func:`version_to_wire`.
+
+    The digest is over the manifest, so a manifest that does not hash to the
+    digest sent with it is refused with :class:`IntegrityError`.
+    """
+    try:
+        data = _record(data)
+        manifest = parse_manifest(data["manifest"], "server response")
+        yanked_at = data.get("yanked_at")
+        info = VersionInfo(
+            manifest=manifest,
+            digest=str(data["digest"]),
+            size=int(data["size"]),
+            published_at=datetime.fromisoformat(data["published_at"]),
+            published_by=data.get("published_by"),
+            yanked_at=datetime.fromisoformat(yanked_at) if yanked_at else None,
+            yanked_reason=data.get("yanked_reason"),
+            aliases=tuple(str(a) for a in data.get("aliases", ())),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SciserveError(f"malformed version record from the server: {exc!r}") from exc
+    if manifest.digest != info.digest:
+        raise IntegrityError(
+            f"the server sent {manifest.ref} with digest {info.digest}, but its manifest "
+            f"hashes to {manifest.digest}",
+            expected=info.digest,
+            actual=manifest.digest,
+        )
+    return info
+
+
+def namespace_to_wire(info: NamespaceInfo) -> dict[str, Any]:
+    """``info`` as JSON data."""
+    return {
+        "name": info.name,
+        "trusted": info.trusted,
+        "description": info.description,
+        "created_at": info.created_at.isoformat(),
+    }
+
+
+def namespace_from_wire(data: object) -> NamespaceInfo:
+    """Rebuild a :class:`NamespaceInfo` sent by :func:`namespace_to_wire`."""
+    try:
+        data = _record(data)
+        return NamespaceInfo(
+            name=str(data["name"]),
+            trusted=bool(data["trusted"]),
+            description=data.get("description"),
+            created_at=datetime.fromisoformat(data["created_at"]),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SciserveError(f"malformed namespace record from the server: {exc!r}") from exc
+
+
+def _record(data: object) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise TypeError(f"expected an object, got {type(data).__name__}")
+    return data
+
+
+def reference_path(ref: Reference) -> str:
+    """The API path (under :data:`REGISTRY_PREFIX`) of the version ``ref`` names.
+
+    ``/models/NS/NAME`` for the default version, ``…/versions/V`` for an
+    exact version and ``…/aliases/A`` for an alias.
+    """
+    path = f"/models/{_segment(ref.namespace)}/{_segment(ref.name)}"
+    if ref.version is not None:
+        return f"{path}/versions/{_segment(ref.version)}"
+    if ref.alias is not None:
+        return f"{path}/aliases/{_segment(ref.alias)}"
+    return path
+
+
+def _segment(value: str) -> str:
+    return quote(value, safe="")
+
+
+# -- the client --------------------------------------------------------------
+
+
+class RemoteRegistry:
+    """The registry of the sciserve server at ``url``, e.g. ``http://host:8000``.
+
+    Use as a context manager or call :meth:`close`.  ``cache_dir`` is where
+    :meth:`pull` without a destination keeps packages (default: the user
+    cache directory).  ``timeout`` bounds connecting and each read; the
+    server-side work of publishing, verifying and packing a download can take
+    as long as hashing the package, so those calls wait without a read
+    timeout.  ``transport`` and ``headers`` are handed to :class:`httpx.Client`
+    (e.g. to add credentials).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        cache_dir: str | os.PathLike[str] | None = None,
+        timeout: float = 30.0,
+        limits: Limits | None = None,
+        headers: Mapping[str, str] | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.cache_dir = (
+            Path(cache_dir)
+            if cache_dir is not None
+            else Path(platformdirs.user_cache_dir("sciserve")) / "packages"
+        )
+        self.limits = limits or Limits()
+        self._slow = httpx.Timeout(timeout, read=None)
+        self._client = httpx.Client(
+            base_url=self.url + REGISTRY_PREFIX,
+            timeout=timeout,
+            headers=headers,
+            transport=transport,
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> RemoteRegistry:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"RemoteRegistry({self.url!r})"
+
+    # -- queries ---------------------------------------------------------
+
+    def namespaces(self) -> list[NamespaceInfo]:
+        """Every namespace, by name."""
+        data = self._json("GET", "/namespaces")
+        return [namespace_from_wire(item) for item in _field(data, "namespaces")]
+
+    def list_models(self, namespace: str | None = None) -> list[VersionInfo]:
+        """The default version of every model (of one namespace)."""
+        params = {"namespace": namespace} if namespace is not None else None
+        data = self._json("GET", "/models", params=params)
+        return [version_from_wire(item) for item in _field(data, "models")]
+
+    def versions(self, ref: str | Reference) -> list[VersionInfo]:
+        """Every version of a model, newest first (yanked ones included)."""
+        r = _reference(ref)
+        data = self._json("GET", reference_path(Reference(r.namespace, r.name)) + "/versions")
+        return [version_from_wire(item) for item in _field(data, "versions")]
+
+    def resolve(self, ref: str | Reference) -> VersionInfo:
+        """The version a reference means (see :mod:`sciserve.package.reference`)."""
+        return version_from_wire(self._json("GET", reference_path(_reference(ref))))
+
+    def events(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The most recent registry events (audit trail), newest first."""
+        data = self._json("GET", "/events", params={"limit": limit})
+        return list(_field(data, "events"))
+
+    # -- changes ---------------------------------------------------------
+
+    def publish(
+        self, source: str | os.PathLike[str], *, progress: Progress | None = None
+    ) -> PublishResult:
+        """Publish the package directory or archive at ``source``.
+
+        A directory is packed to a temporary ``.tar.gz`` first; an archive is
+        sent as it is.  ``progress`` is called with the bytes of the archive
+        as they are sent.  Raises like :meth:`Registry.publish`, e.g.
+        :class:`~sciserve.errors.VersionConflict`.
+        """
+        source = Path(source)
+        if source.is_dir():
+            # Fail here, with every problem named, rather than after an upload.
+            load_manifest(source / MANIFEST_NAME, max_bytes=self.limits.max_manifest_bytes)
+            with tempfile.TemporaryDirectory(prefix="sciserve-publish-") as tmp:
+                archive = pack(source, Path(tmp) / "package.tar.gz")
+                return self._upload(archive, progress)
+        if not source.is_file():
+            raise NotFound(f"no package directory or archive at {source}")
+        return self._upload(source, progress)
+
+    def _upload(self, archive: Path, progress: Progress | None) -> PublishResult:
+        size = archive.stat().st_size
+        response = self._send(
+            "POST",
+            "/models",
+            content=_read_chunks(archive, progress),
+            # A known length lets the server refuse an oversized upload at once.
+            headers={"Content-Type": "application/gzip", "Content-Length": str(size)},
+            timeout=self._slow,
+        )
+        data = _json_body(response)
+        return PublishResult(version_from_wire(_field(data, "version")), bool(data["created"]))
+
+    def tag(self, ref: str, alias: str) -> VersionInfo:
+        """Point ``alias`` of the model at the version ``ref`` names."""
+        r = _reference(ref)
+        body = {"version": r.version, "alias": r.alias}
+        path = reference_path(Reference(r.namespace, r.name, alias=alias))
+        return version_from_wire(self._json("PUT", path, json=body))
+
+    def untag(self, ref: str, alias: str) -> None:
+        """Remove ``alias`` from the model ``ref`` names."""
+        r = _reference(ref)
+        self._send("DELETE", reference_path(Reference(r.namespace, r.name, alias=alias)))
+
+    def yank(self, ref: str, reason: str) -> VersionInfo:
+        """Withdraw the exact version ``ref`` names, keeping its record and files."""
+        path = reference_path(_reference(ref)) + "/yank"
+        return version_from_wire(self._json("POST", path, json={"reason": reason}))
+
+    def unyank(self, ref: str) -> VersionInfo:
+        """Undo :meth:`yank`."""
+        return version_from_wire(self._json("POST", reference_path(_reference(ref)) + "/unyank"))
+
+    def verify(self, ref: str | None = None) -> list[VerifyReport]:
+        """Have the server re-hash the stored bytes of one version, or of all."""
+        path = "/verify" if ref is None else reference_path(_reference(ref)) + "/verify"
+        data = self._json("POST", path, timeout=self._slow)
+        try:
+            return [
+                VerifyReport(str(item["ref"]), int(item["checked"]), list(item["failures"]))
+                for item in _field(data, "reports")
+            ]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SciserveError(f"malformed verify report from the server: {exc!r}") from exc
+
+    # -- files -----------------------------------------------------------
+
+    def pull(
+        self,
+        ref: str | Reference,
+        dest: str | os.PathLike[str] | None = None,
+        *,
+        progress: Progress | None = None,
+    ) -> Path:
+        """Download a package and materialise it as a directory, every file verified.
+
+        Without ``dest`` the package goes to :attr:`cache_dir` (keyed by
+        digest), where a cached copy is re-verified before it is returned.
+        ``progress`` is called with the bytes of the archive as they arrive.
+        """
+        info = self.resolve(ref)
+        target = (
+            Path(dest) if dest is not None else self.cache_dir / info.digest.removeprefix("sha256:")
+        )
+        if target.is_dir() and (target / MANIFEST_NAME).is_file():
+            if dest is not None or _files_match(target, info.manifest):
+                return target
+            shutil.rmtree(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Download and unpack beside the target so the final rename is atomic.
+        scratch = target.parent / f".{target.name}.{uuid.uuid4().hex}.partial"
+        scratch.mkdir()
+        try:
+            archive = scratch / "package.tar.gz"
+            # An exact version: an alias moved meanwhile cannot change what arrives.
+            path = reference_path(Reference(info.namespace, info.name, info.version))
+            self._download(path + "/archive", archive, progress)
+            root = unpack(archive, scratch / "package", limits=self.limits)
+            _check_package(root, info)
+            try:
+                os.replace(root, target)
+            except OSError as exc:
+                if target.is_dir():  # a concurrent pull got there first
+                    return target
+                raise Conflict(f"cannot write {target}: {exc}") from exc
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return target
+
+    def _download(self, path: str, dest: Path, progress: Progress | None) -> None:
+        try:
+            with self._client.stream("GET", path, timeout=self._slow) as response:
+                if response.is_error:
+                    response.read()
+                    raise _error_from(response)
+                with dest.open("wb") as out:
+                    for chunk in response.iter_bytes(CHUNK):
+                        out.write(chunk)
+                        if progress is not None:
+                            progress(len(chunk))
+        except httpx.HTTPError as exc:
+            raise Unavailable(f"download from {self.url} failed: {exc}") from exc
+
+    # -- plumbing --------------------------------------------------------
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._client.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise Unavailable(f"cannot reach the sciserve server at {self.url}: {exc}") from exc
+        if response.is_error:
+            raise _error_from(response)
+        return response
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return _json_body(self._send(method, path, **kwargs))
+
+
+def _reference(ref: str | Reference) -> Reference:
+    return parse_reference(ref) if isinstance(ref, str) else ref
+
+
+def _read_chunks(path: Path, progress: Progress | None) -> Iterator[bytes]:
+    with path.open("rb") as source:
+        while chunk := source.read(CHUNK):
+            yield chunk
+            if progress is not None:
+                progress(len(chunk))
+
+
+def _json_body(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError as exc:
+        raise SciserveError(
+            f"the server answered {response.request.url} with something that is not JSON"
+        ) from exc
+
+
+def _field(data: Any, key: str) -> Any:
+    if not isinstance(data, dict) or key not in data:
+        raise SciserveError(f"malformed response from the server: no {key!r}")
+    return data[key]
+
+
+def _error_from(response: httpx.Response) -> SciserveError:
+    """The :mod:`sciserve.errors` exception an error response stands for."""
+    message, kind = f"{response.status_code} {response.reason_phrase}", None
+    with contextlib.suppress(ValueError):
+        body = response.json()
+        if isinstance(body, dict):
+            message = str(body.get("error") or message)
+            kind = body.get("type")
+    bases = _STATUS_ERRORS.get(response.status_code, (SciserveError,))
+    # The body may name a subclass (VersionConflict for a 409); trust it only
+    # as far as it agrees with the status.
+    cls = _NAMED_ERRORS.get(kind) if isinstance(kind, str) else None
+    if cls is None or not issubclass(cls, bases):
+        cls = bases[0]
+    if issubclass(cls, Overloaded) or (cls is Unavailable and "Retry-After" in response.headers):
+        try:
+            retry_after = float(response.headers.get("Retry-After", "1"))
+        except ValueError:
+            retry_after = 1.0
+        return Overloaded(message, retry_after)
+    return cls(message)
+
+
+def _files_match(root: Path, manifest: Manifest) -> bool:
+    for entry in manifest.files:
+        path = root / entry.path
+        if not path.is_file() or sha256_file(path)[0] != entry.sha256:
+            return False
+    return True
+
+
+def _check_package(root: Path, info: VersionInfo) -> None:
+    """Refuse a downloaded package that is not exactly the version ``info`` describes."""
+    manifest = load_manifest(root / MANIFEST_NAME)
+    if manifest.digest != info.digest:
+        raise IntegrityError(
+            f"the server sent a package with digest {manifest.digest} for {info.ref}, "
+            f"which has digest {info.digest}",
+            expected=info.digest,
+            actual=manifest.digest,
+        )
+    for entry in manifest.files:
+        actual, _ = sha256_file(root / entry.path)
+        if actual != entry.sha256:
+            raise IntegrityError(
+                f"{entry.path} of {info.ref} arrived corrupted",
+                path=entry.path,
+                expected=entry.sha256,
+                actual=actual,
+            )
