@@ -15,6 +15,7 @@ install: $(BIN)/python
 
 install-dev: $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e tests/plugins/sciserve-echo-runtime
 
 ## Install, publish the example models into the embedded registry (SQLite +
 ## local artifact directory under ./.sciserve) and run them.
@@ -28,4 +29,4 @@ test: install-dev
 	$(BIN)/pytest
 
 clean:
-	rm -rf $(VENV) $(HOME_DIR) build *.egg-info src/*.egg-info
+	rm -rf $(VENV) $(HOME_DIR) build *.egg-info src/*.egg-info tests/plugins/*/*.egg-info

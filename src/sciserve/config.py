@@ -17,14 +17,14 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError
 
-__all__ = ["Limits", "ServingConfig", "Settings"]
+__all__ = ["AccessConfig", "IssuerConfig", "Limits", "RateLimit", "ServingConfig", "Settings"]
 
 _ENV_PREFIX = "SCISERVE_"
 
@@ -77,6 +77,109 @@ class ServingConfig(BaseModel):
     max_on_demand_versions: int = Field(default=4, ge=0)
 
 
+class RateLimit(BaseModel):
+    """A token bucket (``rate`` requests/s refilling up to ``burst``) plus a cap
+    on requests in flight.  ``None`` means unlimited."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rate: float | None = Field(default=None, gt=0)
+    burst: int = Field(default=1, gt=0)
+    concurrency: int | None = Field(default=None, gt=0)
+
+
+#: Signature algorithms accepted from identity providers.  Symmetric ones
+#: (HS256, ...) and "none" are excluded on purpose: a JWKS holds *public*
+#: keys, and accepting HMAC with a public key as secret forges any token.
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+
+
+class IssuerConfig(BaseModel):
+    """An identity provider whose JWTs are accepted (e.g. a WLCG IAM or INDIGO IAM)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: Must equal the tokens' ``iss`` claim exactly.
+    issuer: str = Field(min_length=1)
+    #: Required ``aud`` value; ``None`` accepts any audience.
+    audience: str | None = None
+    #: Where the issuer publishes its keys (fetched, cached for ``jwks_cache_ttl``) ...
+    jwks_url: str | None = None
+    #: ... or a local copy of them.
+    jwks_file: Path | None = None
+    algorithms: tuple[str, ...] = ("RS256", "ES256")
+    #: Claim with the space-separated (or list of) scopes.
+    scope_claim: str = "scope"
+    #: Claim with the list of groups (a literal claim name; dots are not nesting).
+    groups_claim: str = "wlcg.groups"
+    #: Token scope -> sciserve scopes it grants in every mapped namespace.
+    scope_map: dict[str, tuple[Literal["read", "infer", "publish", "admin"], ...]] = {
+        "compute.read": ("read",),
+        "compute.create": ("infer",),
+        "compute.modify": ("publish",),
+    }
+    #: Group -> namespace (or ``*``) the scopes apply to.
+    group_map: dict[str, str] = {}
+    default_priority: Literal["realtime", "interactive", "batch"] = "interactive"
+    #: Accepted clock skew for ``exp`` / ``nbf`` (s).
+    leeway: float = Field(default=30.0, ge=0)
+
+    @field_validator("algorithms")
+    @classmethod
+    def _asymmetric_only(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = sorted(set(value) - ASYMMETRIC_ALGORITHMS)
+        if bad or not value:
+            raise ValueError(
+                f"unsupported algorithms {bad}; use some of {sorted(ASYMMETRIC_ALGORITHMS)}"
+            )
+        return value
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _https_or_loopback(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(
+            ("https://", "http://127.", "http://[::1]", "http://localhost")
+        ):
+            # Keys fetched over plain HTTP could be swapped by anyone on the path.
+            raise ValueError("jwks_url must use https:// (or http:// on the loopback interface)")
+        return value
+
+
+class AccessConfig(BaseModel):
+    """Who may do what: authentication, quotas and usage accounting.
+
+    Off by default, which is only safe on the loopback interface (the server
+    refuses other addresses unless told ``--insecure``).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = False
+    #: HMAC key for API tokens at rest; default ``<home>/token-pepper``, created
+    #: (mode 0600) when missing.  Replicas sharing one database must share it.
+    token_pepper_file: Path | None = None
+    #: How long a verified token record is reused before the database is asked
+    #: again; a revocation made by another replica takes effect within this (s).
+    token_cache_ttl: float = Field(default=2.0, ge=0)
+    #: ``last_used_at`` is written at most this often per token (s).
+    last_used_interval: float = Field(default=60.0, ge=0)
+    #: Limits of each token or federated identity, unless its token says otherwise.
+    default_rate: RateLimit = RateLimit(rate=50.0, burst=100, concurrency=16)
+    #: Limits of each namespace, summed over everyone using it.
+    namespace_rate: RateLimit = RateLimit(rate=500.0, burst=1000, concurrency=64)
+    #: Per-namespace exceptions to ``namespace_rate``.
+    namespace_limits: dict[str, RateLimit] = {}
+    #: How often usage counters are written to the database (s).
+    usage_flush_interval: float = Field(default=10.0, gt=0)
+    #: At most one "request.denied" audit event per caller and route in this time (s).
+    denied_audit_interval: float = Field(default=60.0, ge=0)
+    #: How long fetched JWKS documents are reused (s).
+    jwks_cache_ttl: float = Field(default=300.0, ge=0)
+    issuers: tuple[IssuerConfig, ...] = ()
+
+
 class Settings(BaseModel):
     """Everything sciserve needs to know about where it keeps state."""
 
@@ -93,6 +196,7 @@ class Settings(BaseModel):
     #: ``<home>/cache``, or the user cache directory for a read-only registry.
     cache_dir: Path | None = None
     limits: Limits = Limits()
+    access: AccessConfig = AccessConfig()
 
     @property
     def package_cache(self) -> Path:
@@ -128,6 +232,12 @@ class Settings(BaseModel):
             raw = env.get(_ENV_PREFIX + key.upper())
             if raw:
                 values[key] = raw
+        if env.get(_ENV_PREFIX + "URL"):  # the short form the CLI documents
+            values["server_url"] = env[_ENV_PREFIX + "URL"]
+        for key in ("enabled", "token_pepper_file"):
+            raw = env.get(_ENV_PREFIX + "ACCESS_" + key.upper())
+            if raw:
+                values["access"] = {**values.get("access", {}), key: raw}
         values.update({k: v for k, v in overrides.items() if v is not None})
         values["home"] = home_path
         try:

@@ -8,16 +8,9 @@ compared with in-process execution of the same package.
 
 from __future__ import annotations
 
-import os
 import queue
-import re
-import signal
-import subprocess
-import sys
-import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +25,7 @@ from sciserve.config import Settings
 from sciserve.registry.registry import Registry
 
 from helpers.packages import identity_package, make_onnx_package, write_package
+from helpers.server import Running, start_server, stop_server
 
 HTTP_DATATYPES = [
     "BOOL",
@@ -48,15 +42,6 @@ HTTP_DATATYPES = [
     "FP64",
     "BYTES",
 ]
-
-
-@dataclass
-class Running:
-    home: Path
-    http: str
-    grpc: str
-    metrics: str
-    proc: subprocess.Popen[str]
 
 
 def _sample(datatype: str, rows: int = 2) -> np.ndarray:
@@ -232,85 +217,6 @@ def _echo(work: Path) -> Path:
         inputs=[{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
         outputs=[{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
     )
-
-
-def start_server(home: Path, *extra: str) -> Running:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sciserve",
-            "--home",
-            str(home),
-            "serve",
-            "--http-port",
-            "0",
-            "--grpc-port",
-            "0",
-            "--metrics-port",
-            "0",
-            "--poll-interval",
-            "0.3",
-            *extra,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    assert proc.stdout is not None
-    lines: queue.Queue[str] = queue.Queue()
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.put(line)
-
-    import threading
-
-    threading.Thread(target=pump, daemon=True).start()
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            line = lines.get(timeout=1)
-        except queue.Empty:
-            if proc.poll() is not None:
-                err = proc.stderr.read() if proc.stderr else ''
-                raise RuntimeError(f"server exited: {err}") from None
-            continue
-        match = re.search(r"http=(\S+) grpc=(\S+) metrics=(\S+)", line)
-        if match:
-            running = Running(home, *match.groups(), proc=proc)
-            _wait_ready(running)
-            return running
-    stop_server(proc)
-    raise RuntimeError("server did not start")
-
-
-def _wait_ready(running: Running) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://{running.http}/v2/health/ready") as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError("server never became ready")
-
-
-def stop_server(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    for stream in (proc.stdout, proc.stderr):
-        if stream is not None:
-            stream.close()
 
 
 @pytest.fixture(scope="module")

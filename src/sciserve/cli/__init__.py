@@ -52,11 +52,20 @@ def _root(
             "--read-only", help="Open the registry without writing (e.g. an export on CVMFS)."
         ),
     ] = None,
+    server: Annotated[
+        str | None,
+        typer.Option("--server", help="Work against a remote sciserve server (env SCISERVE_URL)."),
+    ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     ctx.obj = State(
         home=str(home) if home else None,
-        overrides={"database_url": database_url, "store_url": store_url, "read_only": read_only},
+        overrides={
+            "database_url": database_url,
+            "store_url": store_url,
+            "read_only": read_only,
+            "server_url": server,
+        },
         json=json_output,
     )
 

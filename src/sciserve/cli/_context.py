@@ -24,6 +24,7 @@ from rich.text import Text
 from .. import errors
 from ..config import Settings
 from ..registry.registry import Registry
+from ..registry.remote import RemoteRegistry
 
 #: Exit codes, one per error family; documented in ``sciserve --help``.
 EXIT_CODES: list[tuple[type[errors.SciserveError], int]] = [
@@ -57,8 +58,26 @@ class State:
         return Settings.load(self.home, **self.overrides)
 
     @contextlib.contextmanager
-    def registry(self) -> Iterator[Registry]:
-        with Registry(self.settings) as reg:
+    def registry(self) -> Iterator[Registry | RemoteRegistry]:
+        """The registry: a remote server's (``--server`` / ``SCISERVE_URL``) or the local one."""
+        settings = self.settings
+        if settings.server_url:
+            with RemoteRegistry(settings.server_url, cache_dir=settings.package_cache) as remote:
+                yield remote
+            return
+        with Registry(settings) as reg:
+            yield reg
+
+    @contextlib.contextmanager
+    def local_registry(self) -> Iterator[Registry]:
+        """The local registry, for commands that need direct access (admin, serve)."""
+        settings = self.settings
+        if settings.server_url:
+            raise errors.InvalidInput(
+                "this command works on the registry directly; run it where the registry is, "
+                "without --server / SCISERVE_URL"
+            )
+        with Registry(settings) as reg:
             yield reg
 
     def emit(self, data: Any, human: Callable[[], None]) -> None:

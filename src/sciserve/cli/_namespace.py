@@ -36,7 +36,7 @@ def create(
 ) -> None:
     """Create a namespace."""
     st = state(ctx)
-    with st.registry() as reg:
+    with st.local_registry() as reg:
         _show(st, reg.create_namespace(name, trusted=trusted, description=description))
 
 
@@ -44,7 +44,7 @@ def create(
 def list_(ctx: typer.Context) -> None:
     """List namespaces."""
     st = state(ctx)
-    with st.registry() as reg:
+    with st.local_registry() as reg:
         items = reg.namespaces()
 
     def human() -> None:
@@ -62,7 +62,7 @@ def list_(ctx: typer.Context) -> None:
 def trust(ctx: typer.Context, name: str) -> None:
     """Allow a namespace to publish and load code-executing runtimes (pickle, Python)."""
     st = state(ctx)
-    with st.registry() as reg:
+    with st.local_registry() as reg:
         _show(st, reg.set_trusted(name, True))
 
 
@@ -70,5 +70,5 @@ def trust(ctx: typer.Context, name: str) -> None:
 def distrust(ctx: typer.Context, name: str) -> None:
     """Withdraw trust: its code-executing packages no longer load."""
     st = state(ctx)
-    with st.registry() as reg:
+    with st.local_registry() as reg:
         _show(st, reg.set_trusted(name, False))

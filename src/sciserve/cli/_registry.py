@@ -264,7 +264,7 @@ def export(
     from ..registry.exchange import export_models
 
     st = state(ctx)
-    with st.registry() as reg:
+    with st.local_registry() as reg:
         written = export_models(reg, refs, out, all_versions=all_versions)
     st.emit(
         {"path": str(out), "models": [v.ref for v in written]},
@@ -280,7 +280,7 @@ def import_(
     from ..registry.exchange import import_models
 
     st = state(ctx)
-    with st.registry() as reg:
+    with st.local_registry() as reg:
         results = import_models(reg, source)
 
     def human() -> None:

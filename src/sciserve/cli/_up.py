@@ -62,7 +62,7 @@ def up(
 ) -> None:
     """Publish the example models (first start), show them working, then serve them."""
     st = state(ctx)
-    with st.registry() as reg:
+    with st.local_registry() as reg:
         added = ensure_examples(reg)
         models = reg.list_models()
         card_ref = reg.resolve(EXAMPLES[0])

@@ -1,0 +1,101 @@
+"""Start and stop a real ``sciserve serve`` process for tests."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class Running:
+    home: Path
+    http: str
+    grpc: str
+    metrics: str
+    proc: subprocess.Popen[str]
+
+
+def start_server(home: Path, *extra: str) -> Running:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sciserve",
+            "--home",
+            str(home),
+            "serve",
+            "--http-port",
+            "0",
+            "--grpc-port",
+            "0",
+            "--metrics-port",
+            "0",
+            "--poll-interval",
+            "0.3",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=1)
+        except queue.Empty:
+            if proc.poll() is not None:
+                err = proc.stderr.read() if proc.stderr else ""
+                raise RuntimeError(f"server exited: {err}") from None
+            continue
+        match = re.search(r"http=(\S+) grpc=(\S+) metrics=(\S+)", line)
+        if match:
+            running = Running(home, *match.groups(), proc=proc)
+            _wait_ready(running)
+            return running
+    stop_server(proc)
+    raise RuntimeError("server did not start")
+
+
+def _wait_ready(running: Running) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://{running.http}/v2/health/ready") as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("server never became ready")
+
+
+def stop_server(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
