@@ -17,7 +17,7 @@ import hashlib
 import json
 import re
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -39,6 +39,7 @@ __all__ = [
     "Citation",
     "CodeReference",
     "DataReference",
+    "Datatype",
     "FileEntry",
     "Manifest",
     "MetricValue",
@@ -51,23 +52,12 @@ __all__ = [
 MANIFEST_NAME = "sciserve.yaml"
 SCHEMA_VERSION = 1
 
-#: Open Inference Protocol datatypes, in the protocol's spelling.
-DATATYPES = (
-    "BOOL",
-    "UINT8",
-    "UINT16",
-    "UINT32",
-    "UINT64",
-    "INT8",
-    "INT16",
-    "INT32",
-    "INT64",
-    "FP16",
-    "BF16",
-    "FP32",
-    "FP64",
-    "BYTES",
-)
+#: An Open Inference Protocol datatype, in the protocol's spelling.
+Datatype = Literal[
+    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+    "FP16", "BF16", "FP32", "FP64", "BYTES",
+]  # fmt: skip
+DATATYPES: tuple[str, ...] = get_args(Datatype)
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 NAMESPACE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -84,22 +74,7 @@ class TensorSpec(_Strict):
     """One input or output tensor of the model's signature."""
 
     name: str = Field(min_length=1, max_length=256)
-    datatype: Literal[
-        "BOOL",
-        "UINT8",
-        "UINT16",
-        "UINT32",
-        "UINT64",
-        "INT8",
-        "INT16",
-        "INT32",
-        "INT64",
-        "FP16",
-        "BF16",
-        "FP32",
-        "FP64",
-        "BYTES",
-    ]
+    datatype: Datatype
     #: Dimensions; ``-1`` marks a variable dimension (including the batch dim).
     shape: list[int] = Field(min_length=0, max_length=16)
     #: Which dimension is the batch dimension; ``None`` means the model's
