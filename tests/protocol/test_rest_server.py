@@ -8,8 +8,6 @@ import gzip
 import json
 import logging
 import socket
-import threading
-import time
 import tracemalloc
 import zlib
 from collections.abc import Iterator
@@ -20,7 +18,6 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-import uvicorn
 from onnx import TensorProto, helper, numpy_helper
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -37,35 +34,10 @@ from sciserve.registry.registry import Registry
 from sciserve.serving.service import InferenceService
 
 from helpers.packages import expected_linear, make_onnx_package
+from helpers.server import ServerThread
 
 #: Small enough that oversized bodies are cheap to send.
 LIMIT = 64 * 1024
-
-
-class ServerThread:
-    """uvicorn serving ``app`` on a free port of 127.0.0.1 from a thread of this process."""
-
-    def __init__(self, app: Starlette) -> None:
-        config = uvicorn.Config(
-            app, host="127.0.0.1", port=0, log_level="warning", ws="none", access_log=False
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.01)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        return f"127.0.0.1:{port}"
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-        assert not self.thread.is_alive()
 
 
 def pair_package(root: Path) -> Path:

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -41,33 +38,9 @@ from sciserve.registry.remote import (
 )
 from sciserve.serving.service import InferenceService
 
+from helpers.server import ServerThread
+
 UPLOAD_LIMIT = 256 * 1024
-
-
-class ServerThread:
-    """uvicorn serving ``app`` on a free port of 127.0.0.1 from a thread of this process."""
-
-    def __init__(self, app: Starlette) -> None:
-        config = uvicorn.Config(
-            app, host="127.0.0.1", port=0, log_level="warning", ws="none", access_log=False
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.01)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}"
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-        assert not self.thread.is_alive()
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +58,8 @@ def server_registry(home: Path) -> Iterator[Registry]:
 @pytest.fixture(scope="module")
 def url(server_registry: Registry) -> Iterator[str]:
     # The registry API needs no loaded models: the service is never started.
-    with ServerThread(create_app(InferenceService(server_registry))) as url:
-        yield url
+    with ServerThread(create_app(InferenceService(server_registry))) as address:
+        yield f"http://{address}"
 
 
 @pytest.fixture
@@ -289,8 +262,8 @@ def test_read_only_server_refuses_writes(onnx_package: Package, tmp_path: Path) 
     )
     with (
         Registry(settings) as registry,
-        ServerThread(create_app(InferenceService(registry))) as url,
-        RemoteRegistry(url, cache_dir=tmp_path / "pulled") as remote,
+        ServerThread(create_app(InferenceService(registry))) as address,
+        RemoteRegistry(address, cache_dir=tmp_path / "pulled") as remote,
     ):
         with pytest.raises(ReadOnlyRegistry):
             remote.publish(onnx_package(name="theta", version="2.0.0"))
@@ -350,8 +323,8 @@ def test_pull_refuses_a_package_other_than_the_one_announced(
         ]
     )
     with (
-        ServerThread(app) as url,
-        RemoteRegistry(url, cache_dir=tmp_path / "c") as liar,
+        ServerThread(app) as address,
+        RemoteRegistry(address, cache_dir=tmp_path / "c") as liar,
         pytest.raises(IntegrityError, match="digest"),
     ):
         liar.pull("kappa", tmp_path / "dest")

@@ -221,7 +221,8 @@ class RemoteRegistry:
         headers: Mapping[str, str] | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self.url = url.rstrip("/")
+        # "host:port" as tritonclient takes it means plain HTTP.
+        self.url = (url if "://" in url else f"http://{url}").rstrip("/")
         self.cache_dir = (
             Path(cache_dir)
             if cache_dir is not None
