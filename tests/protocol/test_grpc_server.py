@@ -488,7 +488,9 @@ class FaultyService(InferenceService):
     """A service whose statistics fail with a bug (an exception sciserve did
     not mean to raise), to see what a client and the log get."""
 
-    async def statistics(self, name: str | None = None, version: str | None = None) -> Any:
+    async def statistics(
+        self, name: str | None = None, version: str | None = None, identity: Any = None
+    ) -> Any:
         raise RuntimeError("secret internals")
 
 

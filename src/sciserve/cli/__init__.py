@@ -4,7 +4,7 @@ Exit codes: 0 success, 1 other error, 2 invalid input (bad manifest, archive,
 reference or option), 3 not found, 4 conflict (e.g. an immutable version
 published with other content), 5 integrity (checksum mismatch),
 6 not permitted (untrusted code, read-only registry), 7 unavailable,
-8 missing dependency or device.
+8 missing dependency or device, 9 not authenticated.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 
 from .. import errors
-from . import _namespace, _package, _registry, _serve, _up
+from . import _access, _namespace, _package, _registry, _serve, _up
 from ._context import State, report_error
 
 __all__ = ["app", "main"]
@@ -75,6 +75,7 @@ _registry.register(app)
 app.add_typer(_namespace.app, name="namespace")
 _up.register(app)
 _serve.register(app)
+_access.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

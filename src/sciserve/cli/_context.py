@@ -35,6 +35,8 @@ EXIT_CODES: list[tuple[type[errors.SciserveError], int]] = [
     (errors.PermissionDenied, 6),
     (errors.ReadOnlyRegistry, 6),
     (errors.Unavailable, 7),
+    (errors.RateLimited, 7),
+    (errors.Unauthenticated, 9),
     (errors.DependencyMissing, 8),
     (errors.DeviceUnavailable, 8),
     (errors.SciserveError, 1),

@@ -32,6 +32,7 @@ from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
+from ..access.identity import Identity
 from ..errors import (
     ConfigError,
     Conflict,
@@ -45,8 +46,10 @@ from ..errors import (
     Overloaded,
     PayloadTooLarge,
     PermissionDenied,
+    RateLimited,
     ReadOnlyRegistry,
     SciserveError,
+    Unauthenticated,
     Unavailable,
 )
 from ..serving.service import InferenceService
@@ -68,6 +71,8 @@ _Code = grpc.StatusCode
 #: subclasses come before their bases.  Anything that is not a
 #: :class:`~sciserve.errors.SciserveError` is INTERNAL with a generic message.
 STATUS_TABLE: tuple[tuple[type[SciserveError], grpc.StatusCode], ...] = (
+    (Unauthenticated, _Code.UNAUTHENTICATED),
+    (RateLimited, _Code.RESOURCE_EXHAUSTED),  # adds retry metadata
     # The same code gRPC itself uses for a message over the size limit.
     (PayloadTooLarge, _Code.RESOURCE_EXHAUSTED),
     (InvalidInput, _Code.INVALID_ARGUMENT),  # ManifestError, ArchiveError, InvalidReference
@@ -155,7 +160,7 @@ def _failure(exc: Exception) -> _Failure:
     if code in _SERVER_FAULTS:
         log.error("%s: %s", type(exc).__name__, exc, exc_info=exc)
     metadata: tuple[tuple[str, str], ...] = ()
-    if isinstance(exc, Overloaded):
+    if isinstance(exc, Overloaded | RateLimited):
         # ``retry-after`` mirrors REST's header; ``grpc-retry-pushback-ms``
         # is what gRPC's own retry policy honours.
         metadata = (
@@ -179,6 +184,7 @@ def _reported(method: _Unary[_Request, _Response]) -> _Unary[_Request, _Response
         try:
             return await method(self, request, context)
         except Exception as exc:
+            await self.audit_denial(method.__name__, exc)
             failure = _failure(exc)
             await context.abort(failure.code, failure.details, failure.trailing_metadata)
             raise  # unreachable: abort() raises
@@ -205,6 +211,21 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
     def __init__(self, service: InferenceService) -> None:
         self.service = service
 
+    async def identity(self, context: grpc.aio.ServicerContext) -> Identity:
+        """The caller, from the ``authorization`` metadata (``Bearer …``)."""
+        header = None
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                header = value if isinstance(value, str) else value.decode("latin-1")
+        return await self.service.identify(header)
+
+    async def audit_denial(self, method: str, exc: BaseException) -> None:
+        access = self.service.access
+        reason = {Unauthenticated: "unauthenticated", PermissionDenied: "forbidden",
+                  RateLimited: "rate_limited"}.get(type(exc))  # fmt: skip
+        if access is not None and reason is not None:
+            await asyncio.to_thread(access.denied.record, f"gRPC {method}", reason)
+
     # -- health and metadata ---------------------------------------------
 
     @_reported
@@ -224,7 +245,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         self, request: service_pb2.ModelReadyRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.ModelReadyResponse:
         try:
-            ready = await self.service.model_ready(request.name, _version(request.version))
+            ready = await self.service.model_ready(
+                request.name, _version(request.version), await self.identity(context)
+            )
         except ModelNotReady:  # known, but no version loaded yet: the answer is "no"
             ready = False
         return service_pb2.ModelReadyResponse(ready=ready)
@@ -242,7 +265,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
     async def ModelMetadata(
         self, request: service_pb2.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.ModelMetadataResponse:
-        meta = await self.service.model_metadata(request.name, _version(request.version))
+        meta = await self.service.model_metadata(
+            request.name, _version(request.version), await self.identity(context)
+        )
         tensor = service_pb2.ModelMetadataResponse.TensorMetadata
         return service_pb2.ModelMetadataResponse(
             name=meta["name"],
@@ -256,14 +281,18 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
     async def ModelConfig(
         self, request: service_pb2.ModelConfigRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.ModelConfigResponse:
-        config = await self.service.model_config(request.name, _version(request.version))
+        config = await self.service.model_config(
+            request.name, _version(request.version), await self.identity(context)
+        )
         return service_pb2.ModelConfigResponse(config=model_config_message(config))
 
     @_reported
     async def ModelStatistics(
         self, request: service_pb2.ModelStatisticsRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.ModelStatisticsResponse:
-        stats = await self.service.statistics(request.name or None, _version(request.version))
+        stats = await self.service.statistics(
+            request.name or None, _version(request.version), await self.identity(context)
+        )
         return statistics_message(stats)
 
     # -- inference -------------------------------------------------------
@@ -272,14 +301,14 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
     async def ModelInfer(
         self, request: service_pb2.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.ModelInferResponse:
-        return await self._infer(request)
+        return await self._infer(request, await self.identity(context))
 
     async def _infer(
-        self, request: service_pb2.ModelInferRequest
+        self, request: service_pb2.ModelInferRequest, identity: Identity
     ) -> service_pb2.ModelInferResponse:
         # Raw inputs are decoded as views over the message's bytes: no copy
         # between the wire and the batcher.
-        response = await self.service.infer(decode_infer_request(request))
+        response = await self.service.infer(decode_infer_request(request), identity=identity)
         return encode_infer_response(response)
 
     async def ModelStreamInfer(
@@ -295,7 +324,14 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         """
         answers: asyncio.Queue[service_pb2.ModelStreamInferResponse | None] = asyncio.Queue()
         window = asyncio.Semaphore(_STREAM_WINDOW)
-        reader = asyncio.create_task(self._read_stream(requests, answers, window))
+        try:
+            identity = await self.identity(context)
+        except Exception as exc:
+            await self.audit_denial("ModelStreamInfer", exc)
+            failure = _failure(exc)
+            await context.abort(failure.code, failure.details, failure.trailing_metadata)
+            raise  # unreachable: abort() raises
+        reader = asyncio.create_task(self._read_stream(requests, answers, window, identity))
         try:
             while (answer := await answers.get()) is not None:
                 yield answer
@@ -309,6 +345,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         requests: AsyncIterator[service_pb2.ModelInferRequest],
         answers: asyncio.Queue[service_pb2.ModelStreamInferResponse | None],
         window: asyncio.Semaphore,
+        identity: Identity,
     ) -> None:
         try:
             # The task group waits for every request still running once the
@@ -316,7 +353,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             async with asyncio.TaskGroup() as group:
                 async for request in requests:
                     await window.acquire()
-                    group.create_task(self._stream_answer(request, answers))
+                    group.create_task(self._stream_answer(request, answers, identity))
         finally:
             answers.put_nowait(None)
 
@@ -324,9 +361,10 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         self,
         request: service_pb2.ModelInferRequest,
         answers: asyncio.Queue[service_pb2.ModelStreamInferResponse | None],
+        identity: Identity,
     ) -> None:
         try:
-            response = await self._infer(request)
+            response = await self._infer(request, identity)
         except Exception as exc:
             failure = _failure(exc)
             answers.put_nowait(
@@ -348,7 +386,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
     async def RepositoryIndex(
         self, request: service_pb2.RepositoryIndexRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.RepositoryIndexResponse:
-        rows = await self.service.repository_index(ready_only=request.ready)
+        rows = await self.service.repository_index(request.ready, await self.identity(context))
         entry = service_pb2.RepositoryIndexResponse.ModelIndex
         return service_pb2.RepositoryIndexResponse(
             models=[
@@ -368,14 +406,14 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
                 "loading with a configuration or files in the request is not supported: "
                 "publish the model to the registry instead"
             )
-        await self.service.load_model(request.model_name)
+        await self.service.load_model(request.model_name, await self.identity(context))
         return service_pb2.RepositoryModelLoadResponse()
 
     @_reported
     async def RepositoryModelUnload(
         self, request: service_pb2.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
     ) -> service_pb2.RepositoryModelUnloadResponse:
-        await self.service.unload_model(request.model_name)
+        await self.service.unload_model(request.model_name, await self.identity(context))
         return service_pb2.RepositoryModelUnloadResponse()
 
     # -- Triton extensions sciserve does not implement -----------------------

@@ -79,6 +79,8 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from .._hashing import CHUNK
+from ..access.identity import Identity, Scope
+from ..access.policy import authorize
 from ..errors import (
     ConfigError,
     Conflict,
@@ -92,14 +94,16 @@ from ..errors import (
     Overloaded,
     PayloadTooLarge,
     PermissionDenied,
+    RateLimited,
     ReadOnlyRegistry,
     SciserveError,
+    Unauthenticated,
     Unavailable,
 )
 from ..package.archive import pack
 from ..package.card import render_card, to_jsonld
 from ..package.reference import Reference, parse_reference
-from ..registry.registry import Registry, VersionInfo
+from ..registry.registry import VersionInfo
 from ..registry.remote import REGISTRY_PREFIX, namespace_to_wire, version_to_wire
 from ..serving.service import InferenceService
 from .rest_codec import (
@@ -116,6 +120,8 @@ log = logging.getLogger("sciserve.protocol.rest")
 #: Domain error → HTTP status; the first class that matches wins, so
 #: subclasses come before their bases.
 STATUS_TABLE: list[tuple[type[SciserveError], int]] = [
+    (Unauthenticated, 401),  # adds WWW-Authenticate: Bearer
+    (RateLimited, 429),  # adds Retry-After
     (PayloadTooLarge, 413),
     (InvalidInput, 400),  # also ManifestError, ArchiveError, InvalidReference
     (NotFound, 404),
@@ -172,8 +178,11 @@ def _domain_error(exc: SciserveError) -> Response:
         # (503s are expected states, loading or overloaded, and not logged.)
         log.error("%s: %s", type(exc).__name__, exc, exc_info=exc)
     headers: dict[str, str] = {}
-    if isinstance(exc, Overloaded):
+    if isinstance(exc, Overloaded | RateLimited):
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    if isinstance(exc, Unauthenticated):
+        headers["WWW-Authenticate"] = 'Bearer realm="sciserve"'
+
     if isinstance(exc, PayloadTooLarge):
         # The rest of an oversized body may still be on its way; closing the
         # connection spares the server from reading it.
@@ -188,7 +197,17 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return _error(exc.status_code, message.get(exc.status_code, exc.detail), None, exc.headers)
 
 
-def _guarded(endpoint: Endpoint) -> Endpoint:
+#: Denials worth an audit event, and the reason recorded for each.
+_DENIALS: tuple[tuple[type[SciserveError], str], ...] = (
+    (Unauthenticated, "unauthenticated"),
+    (PermissionDenied, "forbidden"),
+    (RateLimited, "rate_limited"),
+)
+
+Denied = Callable[[Request, str], Awaitable[None]]
+
+
+def _guarded(endpoint: Endpoint, denied: Denied | None = None) -> Endpoint:
     """Wrap an endpoint so every exception leaves as a JSON error response."""
 
     @functools.wraps(endpoint)
@@ -196,6 +215,9 @@ def _guarded(endpoint: Endpoint) -> Endpoint:
         try:
             return await endpoint(request)
         except SciserveError as exc:
+            reason = next((r for cls, r in _DENIALS if isinstance(exc, cls)), None)
+            if reason is not None and denied is not None:
+                await denied(request, reason)
             return _domain_error(exc)
         except ClientDisconnect:
             return Response(status_code=400)  # nobody is listening any more
@@ -308,6 +330,9 @@ class _Inference:
         self.service = service
         self.limit = service.config.max_request_bytes
 
+    async def _identity(self, request: Request) -> Identity:
+        return await self.service.identify(request.headers.get("authorization"))
+
     def routes(self) -> list[BaseRoute]:
         # Inference first: the router tries routes in order, and this is the
         # route that carries the load.
@@ -333,10 +358,13 @@ class _Inference:
             ("/v2/repository/models/{name}/load", self.load, post),
             ("/v2/repository/models/{name}/unload", self.unload, post),
         ]
-        return [Route(path, _guarded(fn), methods=methods) for path, fn, methods in table]
+        denied = _denied_recorder(self.service)
+        return [Route(path, _guarded(fn, denied), methods=methods) for path, fn, methods in table]
 
     async def infer(self, request: Request) -> Response:
         params = request.path_params
+        # Credentials first: an unauthenticated body is never read.
+        identity = await self._identity(request)
         body = await _read_body(request, self.limit)
         decoded = decode_infer_request(
             body,
@@ -345,7 +373,7 @@ class _Inference:
             model_version=params.get("version"),
             max_body_bytes=self.limit,
         )
-        result = await self.service.infer(decoded)
+        result = await self.service.infer(decoded, identity=identity)
         payload, json_length = encode_infer_response(
             result, decoded.outputs, binary_default=wants_binary_output(decoded)
         )
@@ -368,12 +396,14 @@ class _Inference:
 
     async def model_metadata(self, request: Request) -> Response:
         name, version = _model(request)
-        return _json(await self.service.model_metadata(name, version))
+        identity = await self._identity(request)
+        return _json(await self.service.model_metadata(name, version, identity))
 
     async def model_ready(self, request: Request) -> Response:
         name, version = _model(request)
+        identity = await self._identity(request)
         try:
-            ready, reason = await self.service.model_state(name, version)
+            ready, reason = await self.service.model_state(name, version, identity)
         except ModelNotReady as exc:  # e.g. unloaded: known, but no version to ask
             ready, reason = False, str(exc)
         if ready:
@@ -382,18 +412,23 @@ class _Inference:
 
     async def model_config(self, request: Request) -> Response:
         name, version = _model(request)
-        return _json(await self.service.model_config(name, version))
+        identity = await self._identity(request)
+        return _json(await self.service.model_config(name, version, identity))
 
     async def statistics(self, request: Request) -> Response:
         params = request.path_params  # no name: every model
-        return _json(await self.service.statistics(params.get("name"), params.get("version")))
+        identity = await self._identity(request)
+        stats = await self.service.statistics(params.get("name"), params.get("version"), identity)
+        return _json(stats)
 
     async def repository_index(self, request: Request) -> Response:
+        identity = await self._identity(request)
         doc = await _json_object(request)
         ready_only = _optional(doc, "ready", bool, False)
-        return _json(await self.service.repository_index(ready_only))
+        return _json(await self.service.repository_index(ready_only, identity))
 
     async def load(self, request: Request) -> Response:
+        identity = await self._identity(request)
         parameters = (await _json_object(request)).get("parameters") or {}
         if not isinstance(parameters, dict):
             raise InvalidInput("'parameters' must be an object")
@@ -402,13 +437,28 @@ class _Inference:
                 "loading with a configuration or files in the request is not supported: "
                 "models come from the registry (publish a new version instead)"
             )
-        await self.service.load_model(request.path_params["name"])
+        await self.service.load_model(request.path_params["name"], identity)
         return Response(status_code=200)
 
     async def unload(self, request: Request) -> Response:
+        identity = await self._identity(request)
         await _json_object(request)  # Triton's unload parameters change nothing here
-        await self.service.unload_model(request.path_params["name"])
+        await self.service.unload_model(request.path_params["name"], identity)
         return Response(status_code=200)
+
+
+def _denied_recorder(service: InferenceService) -> Denied | None:
+    access = service.access
+    if access is None:
+        return None
+
+    async def record(request: Request, reason: str) -> None:
+        route = request.scope.get("route")
+        template = getattr(route, "path", request.url.path)
+        # Who was denied is not always known (bad credentials): record what is.
+        await run_in_threadpool(access.denied.record, f"{request.method} {template}", reason)
+
+    return record
 
 
 def _model(request: Request) -> tuple[str, str | None]:
@@ -419,23 +469,26 @@ def _model(request: Request) -> tuple[str, str | None]:
 # -- registry API ------------------------------------------------------------
 
 
-async def _authorize(request: Request, action: str, namespace: str | None) -> str | None:
-    """Whether the caller may do ``action`` (``read``, ``publish``, ``tag``,
-    ``yank``, ``verify``, ``audit``) in ``namespace`` (``None``: any or not
-    known yet); returns the actor to record in the audit trail.
-
-    Every registry route asks here first, so access control is added in this
-    one place: it will raise :class:`~sciserve.errors.PermissionDenied`.
-    Until then the registry API is open, and actions are not attributed.
-    """
-    return None
-
-
 class _RegistryApi:
     """The registry endpoints over the (synchronous) registry of a service."""
 
-    def __init__(self, registry: Registry) -> None:
-        self.registry = registry
+    def __init__(self, service: InferenceService) -> None:
+        self.service = service
+        self.registry = service.registry
+
+    async def _authorize(self, request: Request, action: Scope, namespace: str | None) -> Identity:
+        """The caller, if it may do ``action`` in ``namespace``; every route asks here first.
+
+        ``namespace`` ``None`` means "across namespaces": listings are then
+        filtered to what the caller may see, and global actions (the audit
+        trail, verifying everything) need ``admin`` on ``*``.
+        """
+        identity = await self.service.identify(request.headers.get("authorization"))
+        if namespace is not None:
+            authorize(identity, action, namespace)
+        elif action == "admin" and not identity.is_admin:
+            raise PermissionDenied(f"{identity.subject} needs the admin scope on '*'")
+        return identity
 
     def routes(self) -> list[BaseRoute]:
         base = REGISTRY_PREFIX
@@ -462,7 +515,8 @@ class _RegistryApi:
                 (ref + "/yank", self.yank, post),
                 (ref + "/unyank", self.unyank, post),
             ]
-        return [Route(path, _guarded(fn), methods=methods) for path, fn, methods in table]
+        denied = _denied_recorder(self.service)
+        return [Route(path, _guarded(fn, denied), methods=methods) for path, fn, methods in table]
 
     async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         # The registry is synchronous (database and file I/O): keep it off the loop.
@@ -471,12 +525,13 @@ class _RegistryApi:
     # -- reading -----------------------------------------------------------
 
     async def namespaces(self, request: Request) -> Response:
-        await _authorize(request, "read", None)
+        identity = await self._authorize(request, "read", None)
         found = await self._call(self.registry.namespaces)
-        return _json({"namespaces": [namespace_to_wire(n) for n in found]})
+        shown = [n for n in found if identity.can_see(n.name)]
+        return _json({"namespaces": [namespace_to_wire(n) for n in shown]})
 
     async def events(self, request: Request) -> Response:
-        await _authorize(request, "audit", None)
+        await self._authorize(request, "admin", None)
         raw = request.query_params.get("limit", "100")
         if not (raw.isascii() and raw.isdigit()) or not 0 < int(raw) <= _MAX_EVENTS:
             raise InvalidInput(f"limit must be an integer from 1 to {_MAX_EVENTS}, got {raw!r}")
@@ -484,19 +539,20 @@ class _RegistryApi:
 
     async def list_models(self, request: Request) -> Response:
         namespace = request.query_params.get("namespace")
-        await _authorize(request, "read", namespace)
+        identity = await self._authorize(request, "read", namespace)
         found = await self._call(self.registry.list_models, namespace)
-        return _json({"models": [version_to_wire(v) for v in found]})
+        shown = [v for v in found if identity.can_see(v.namespace)]
+        return _json({"models": [version_to_wire(v) for v in shown]})
 
     async def versions(self, request: Request) -> Response:
         ref = _reference(request)
-        await _authorize(request, "read", ref.namespace)
+        await self._authorize(request, "read", ref.namespace)
         found = await self._call(self.registry.versions, ref)
         return _json({"versions": [version_to_wire(v) for v in found]})
 
-    async def _resolve(self, request: Request, action: str) -> VersionInfo:
+    async def _resolve(self, request: Request, action: Scope) -> VersionInfo:
         ref = _reference(request)
-        await _authorize(request, action, ref.namespace)
+        await self._authorize(request, action, ref.namespace)
         info: VersionInfo = await self._call(self.registry.resolve, ref)
         return info
 
@@ -557,17 +613,17 @@ class _RegistryApi:
             shutil.rmtree(path, ignore_errors=True)
 
     async def verify(self, request: Request) -> Response:
-        info = await self._resolve(request, "verify")
+        info = await self._resolve(request, "admin")
         return _json({"reports": _reports(await self._call(self.registry.verify, info.ref))})
 
     async def verify_all(self, request: Request) -> Response:
-        await _authorize(request, "verify", None)
+        await self._authorize(request, "admin", None)
         return _json({"reports": _reports(await self._call(self.registry.verify))})
 
     # -- changing ----------------------------------------------------------
 
     async def publish(self, request: Request) -> Response:
-        actor = await _authorize(request, "publish", None)
+        identity = await self._authorize(request, "publish", None)
         if self.registry.read_only:
             raise ReadOnlyRegistry("this server's registry is read-only")
         limit = self.registry.settings.limits.max_unpacked_bytes
@@ -575,13 +631,20 @@ class _RegistryApi:
         with self._scratch() as scratch:
             upload = scratch / "upload.tar.gz"
             await _receive_file(request, upload, limit)
-            result = await self._call(self.registry.publish, upload, actor=actor)
+            # The namespace is known once the manifest is read: check it then,
+            # before any file of the package is looked at.
+            result = await self._call(
+                self.registry.publish,
+                upload,
+                actor=identity.principal,
+                check=lambda manifest: authorize(identity, "publish", manifest.namespace),
+            )
         body = {"created": result.created, "version": version_to_wire(result.version)}
         return _json(body, 201 if result.created else 200)
 
     async def tag(self, request: Request) -> Response:
         ref = _reference(request)
-        actor = await _authorize(request, "tag", ref.namespace)
+        actor = (await self._authorize(request, "publish", ref.namespace)).principal
         doc = await _json_object(request)
         target = Reference(
             ref.namespace,
@@ -596,21 +659,21 @@ class _RegistryApi:
 
     async def untag(self, request: Request) -> Response:
         ref = _reference(request)
-        actor = await _authorize(request, "tag", ref.namespace)
+        actor = (await self._authorize(request, "publish", ref.namespace)).principal
         model = str(Reference(ref.namespace, ref.name))
         await self._call(self.registry.untag, model, ref.alias, actor=actor)
         return Response(status_code=204)
 
     async def yank(self, request: Request) -> Response:
         ref = _reference(request)
-        actor = await _authorize(request, "yank", ref.namespace)
+        actor = (await self._authorize(request, "publish", ref.namespace)).principal
         reason = _optional(await _json_object(request), "reason", str, "")
         info = await self._call(self.registry.yank, str(ref), reason, actor=actor)
         return _json(version_to_wire(info))
 
     async def unyank(self, request: Request) -> Response:
         ref = _reference(request)
-        actor = await _authorize(request, "yank", ref.namespace)
+        actor = (await self._authorize(request, "publish", ref.namespace)).principal
         await _json_object(request)
         info = await self._call(self.registry.unyank, str(ref), actor=actor)
         return _json(version_to_wire(info))
@@ -672,7 +735,7 @@ def create_app(service: InferenceService, *, manage_service: bool = False) -> St
     service, for running the HTTP server on its own; otherwise whoever runs
     the servers (HTTP, gRPC) starts the service once for all of them.
     """
-    routes = _Inference(service).routes() + _RegistryApi(service.registry).routes()
+    routes = _Inference(service).routes() + _RegistryApi(service).routes()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -268,6 +268,7 @@ class Registry:
         *,
         actor: str | None = None,
         progress: Progress | None = None,
+        check: Callable[[Manifest], None] | None = None,
     ) -> PublishResult:
         """Publish the package directory or archive at ``source``.
 
@@ -275,7 +276,8 @@ class Registry:
         different content under the same ``namespace/name:version`` raises
         :class:`VersionConflict`.  Packages whose runtime can execute code
         (pickles, TorchScript, custom Python) are refused unless the
-        namespace is trusted.
+        namespace is trusted.  ``check`` sees the manifest before anything
+        else is read (a server checks the publisher's scope on its namespace).
         """
         if self.read_only:
             raise ReadOnlyRegistry("this registry is open read-only")
@@ -285,10 +287,10 @@ class Registry:
 
             with self._scratch("unpack") as scratch:
                 root = unpack(source, scratch / "package", limits=self.settings.limits)
-                return self._publish_dir(root, actor, progress)
+                return self._publish_dir(root, actor, progress, check)
         if not source.is_dir():
             raise NotFound(f"no package directory or archive at {source}")
-        return self._publish_dir(source, actor, progress)
+        return self._publish_dir(source, actor, progress, check)
 
     @contextlib.contextmanager
     def _scratch(self, purpose: str) -> Iterator[Path]:
@@ -301,13 +303,19 @@ class Registry:
             shutil.rmtree(path, ignore_errors=True)
 
     def _publish_dir(
-        self, root: Path, actor: str | None, progress: Progress | None
+        self,
+        root: Path,
+        actor: str | None,
+        progress: Progress | None,
+        check: Callable[[Manifest], None] | None,
     ) -> PublishResult:
         # The code policy needs only the manifest, and is checked before
         # validation so no reader ever touches a file it forbids.
         manifest = load_manifest(
             root / MANIFEST_NAME, max_bytes=self.settings.limits.max_manifest_bytes
         )
+        if check is not None:
+            check(manifest)
         self._check_code_policy(manifest)
         ensure_valid(root, manifest)
         existing = self._existing(manifest)

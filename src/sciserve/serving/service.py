@@ -13,22 +13,31 @@ their own status codes, each in one table.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from .. import __version__
+from ..access.identity import Identity, Scope, parse_priority
+from ..access.layer import AccessLayer
+from ..access.policy import authorize
 from ..config import ServingConfig
-from ..errors import InvalidInput
+from ..errors import InvalidInput, NotFound
 from ..package.manifest import Manifest, TensorSpec
 from ..protocol.types import InferenceRequest, InferenceResponse, InferOutput
 from ..registry.registry import Registry
 from .batcher import Priority
-from .manager import ModelManager
+from .manager import ModelManager, split_served_name
 from .metrics import ServerMetrics
 
 __all__ = ["EXTENSIONS", "InferenceService"]
+
+#: The caller when authentication is off (loopback only, or ``--insecure``).
+ANONYMOUS = Identity.anonymous()
 
 #: Protocol extensions this server implements (reported by ``GET /v2``).
 EXTENSIONS = ("binary_tensor_data", "statistics", "model_repository", "schedule_policy")
@@ -45,20 +54,68 @@ _TRITON_TYPES = {
 class InferenceService:
     """Everything a server does, independent of HTTP and gRPC."""
 
-    def __init__(self, registry: Registry, config: ServingConfig | None = None) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        config: ServingConfig | None = None,
+        *,
+        access: AccessLayer | None = None,
+    ) -> None:
         self.registry = registry
         self.config = config or ServingConfig()
+        self.access = access if access is not None and access.config.enabled else None
         self.metrics = ServerMetrics()
         self.manager = ModelManager(registry, self.config, self.metrics)
         self._live = False
+        self._usage_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.manager.start()
+        if self.access is not None:
+            self._usage_task = asyncio.get_running_loop().create_task(self.access.usage.run())
         self._live = True
 
     async def stop(self) -> None:
         self._live = False
+        if self._usage_task is not None:
+            self._usage_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._usage_task
         await self.manager.stop()
+
+    # -- access ----------------------------------------------------------
+
+    async def identify(self, authorization: str | None) -> Identity:
+        """The caller behind an ``Authorization`` header value (anonymous when auth is off).
+
+        Raises :class:`~sciserve.errors.Unauthenticated` for missing, malformed,
+        unknown, expired or revoked credentials.
+        """
+        if self.access is None:
+            return ANONYMOUS
+        authenticate = self.access.authenticator.authenticate
+        if authorization is not None and authorization.count(".") == 2:
+            # A JWT may need the issuer's keys fetched: keep the loop free.
+            identity: Identity = await asyncio.to_thread(authenticate, authorization)
+            return identity
+        return authenticate(authorization)
+
+    def authorize_model(self, identity: Identity, action: Scope, served: str) -> str:
+        """Check ``action`` on a served model and return its namespace.
+
+        A model the caller may not see is reported exactly like a missing one.
+        """
+        namespace, name = split_served_name(served)
+        if identity.kind == "anonymous":
+            return namespace
+        try:
+            authorize(identity, action, namespace, name)
+        except NotFound:
+            raise NotFound(f"unknown model {served!r}") from None
+        return namespace
+
+    def visible_to(self, identity: Identity, served: str) -> bool:
+        return identity.can_see(split_served_name(served)[0])
 
     # -- health and metadata ---------------------------------------------
 
@@ -71,15 +128,24 @@ class InferenceService:
     def server_metadata(self) -> dict[str, Any]:
         return {"name": "sciserve", "version": __version__, "extensions": list(EXTENSIONS)}
 
-    async def model_ready(self, name: str, version: str | None = None) -> bool:
+    async def model_ready(
+        self, name: str, version: str | None = None, identity: Identity = ANONYMOUS
+    ) -> bool:
+        self.authorize_model(identity, "read", name)
         return (await self.manager.get(name, version)).lifecycle.ready
 
-    async def model_state(self, name: str, version: str | None = None) -> tuple[bool, str]:
+    async def model_state(
+        self, name: str, version: str | None = None, identity: Identity = ANONYMOUS
+    ) -> tuple[bool, str]:
         """Whether the model is ready, and if not, why."""
+        self.authorize_model(identity, "read", name)
         model = await self.manager.get(name, version)
         return model.lifecycle.ready, model.lifecycle.reason or model.state.value.lower()
 
-    async def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
+    async def model_metadata(
+        self, name: str, version: str | None = None, identity: Identity = ANONYMOUS
+    ) -> dict[str, Any]:
+        self.authorize_model(identity, "read", name)
         model = await self.manager.get(name, version)
         manifest = model.info.manifest
         return {
@@ -90,7 +156,10 @@ class InferenceService:
             "outputs": [_tensor_metadata(manifest, t) for t in manifest.outputs],
         }
 
-    async def model_config(self, name: str, version: str | None = None) -> dict[str, Any]:
+    async def model_config(
+        self, name: str, version: str | None = None, identity: Identity = ANONYMOUS
+    ) -> dict[str, Any]:
+        self.authorize_model(identity, "read", name)
         model = await self.manager.get(name, version)
         manifest = model.info.manifest
         batching = manifest.max_batch_size > 0
@@ -128,11 +197,19 @@ class InferenceService:
         return config
 
     async def statistics(
-        self, name: str | None = None, version: str | None = None
+        self,
+        name: str | None = None,
+        version: str | None = None,
+        identity: Identity = ANONYMOUS,
     ) -> dict[str, Any]:
+        if name is not None:
+            self.authorize_model(identity, "read", name)
         if name is None:
             models = [
-                m for n in self.manager.served_names() for m in self.manager.loaded_versions(n)
+                m
+                for n in self.manager.served_names()
+                if self.visible_to(identity, n)
+                for m in self.manager.loaded_versions(n)
             ]
         elif version:
             models = [await self.manager.get(name, version)]
@@ -145,22 +222,60 @@ class InferenceService:
             ]
         }
 
-    async def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
-        rows = self.manager.index()
+    async def repository_index(
+        self, ready_only: bool = False, identity: Identity = ANONYMOUS
+    ) -> list[dict[str, str]]:
+        rows = [r for r in self.manager.index() if self.visible_to(identity, r["name"])]
         return [r for r in rows if r["state"] == "READY"] if ready_only else rows
 
-    async def load_model(self, name: str) -> None:
+    async def load_model(self, name: str, identity: Identity = ANONYMOUS) -> None:
+        self.authorize_model(identity, "admin", name)
         await self.manager.load_model(name)
 
-    async def unload_model(self, name: str) -> None:
+    async def unload_model(self, name: str, identity: Identity = ANONYMOUS) -> None:
+        self.authorize_model(identity, "admin", name)
         await self.manager.unload_model(name)
 
     # -- inference -------------------------------------------------------
 
     async def infer(
-        self, request: InferenceRequest, *, priority: Priority = Priority.INTERACTIVE
+        self,
+        request: InferenceRequest,
+        *,
+        identity: Identity = ANONYMOUS,
+        priority: Priority | None = None,
     ) -> InferenceResponse:
-        """Run one request through the batcher of the model it names."""
+        """Run one request through the batcher of the model it names.
+
+        The caller needs the ``infer`` scope in the model's namespace; its
+        quota is charged, its priority class orders the batcher's queues
+        (``priority`` may only lower it) and its usage is accounted.
+        """
+        namespace = self.authorize_model(identity, "infer", request.model_name)
+        if priority is None:
+            priority = requested_priority(request.parameters)
+        if priority is None:
+            rank = identity.priority
+        elif identity.kind == "anonymous":
+            rank = priority  # no identity to cap it: auth is off
+        else:
+            rank = max(priority, identity.priority)  # a caller may only lower its own class
+        if self.access is None:
+            return await self._infer(request, rank)
+        async with self.access.quotas.acquire(identity, namespace):
+            started = time.perf_counter()
+            response = await self._infer(request, rank)
+            rows = request.inputs[0].shape[0] if request.inputs[0].shape else 1
+            self.access.usage.record(
+                identity,
+                namespace,
+                request.model_name,
+                rows=rows,
+                compute_seconds=time.perf_counter() - started,
+            )
+            return response
+
+    async def _infer(self, request: InferenceRequest, priority: Priority) -> InferenceResponse:
         started = time.perf_counter()
         model = await self.manager.get(request.model_name, request.model_version)
         ok = False
@@ -190,6 +305,19 @@ class InferenceService:
             elapsed = time.perf_counter() - started
             model.stats.observe_request(ok, int(elapsed * 1e9))
             self.metrics.observe_request(model.served, model.version, ok, elapsed)
+
+
+def requested_priority(parameters: Mapping[str, Any]) -> Priority | None:
+    """The request's ``priority`` parameter: a class name, or Triton's number."""
+    value = parameters.get("priority")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise InvalidInput("the 'priority' parameter must be a class name or a number")
+    if isinstance(value, int):
+        # Triton numbers priorities from 1 (highest); 0 means "the default".
+        return None if value == 0 else Priority(min(max(value - 1, 0), len(Priority) - 1))
+    return parse_priority(value)
 
 
 def _platform(manifest: Manifest) -> str:
