@@ -75,6 +75,11 @@ class ServingConfig(BaseModel):
     intra_op_threads: int = Field(default=1, gt=0)
     #: Versions other than the default that may be loaded on demand at once.
     max_on_demand_versions: int = Field(default=4, ge=0)
+    #: Serve without authentication on a non-loopback address (never the default).
+    insecure: bool = False
+    #: TLS for HTTP and gRPC: a PEM certificate (chain) and its private key.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
 
 class RateLimit(BaseModel):

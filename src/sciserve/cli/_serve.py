@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -52,6 +53,15 @@ def serve(
     device: Annotated[str | None, typer.Option(help="Device for every model: cpu, cuda:N.")] = None,
     intra_op_threads: Annotated[int, typer.Option(help="ONNX Runtime threads per model.")] = 1,
     max_request_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 64 * 2**20,
+    auth: Annotated[
+        bool | None,
+        typer.Option("--auth/--no-auth", help="Require tokens (default: the [access] settings)."),
+    ] = None,
+    insecure: Annotated[
+        bool, typer.Option(help="Allow serving without authentication beyond loopback.")
+    ] = False,
+    tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate (chain) for TLS.")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="PEM private key for TLS.")] = None,
 ) -> None:
     """Serve the registry's models over HTTP and gRPC (KServe v2 / Triton protocol)."""
     st = state(ctx)
@@ -69,8 +79,16 @@ def serve(
         device=device,
         intra_op_threads=intra_op_threads,
         max_request_bytes=max_request_bytes,
+        insecure=insecure,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
     )
-    run_server(st.settings, config)
+    settings = st.settings
+    if auth is not None:
+        settings = settings.model_copy(
+            update={"access": settings.access.model_copy(update={"enabled": auth})}
+        )
+    run_server(settings, config)
 
 
 def run_server(settings: Settings, config: ServingConfig) -> None:

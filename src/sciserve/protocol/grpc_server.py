@@ -529,7 +529,11 @@ class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
 
 
 def create_grpc_server(
-    service: InferenceService, host: str, port: int
+    service: InferenceService,
+    host: str,
+    port: int,
+    *,
+    tls: tuple[bytes, bytes] | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """A ``grpc.aio`` server for ``service``, bound to ``host:port`` but not started.
 
@@ -537,8 +541,9 @@ def create_grpc_server(
     Call it from the event loop that runs ``service``; start the server with
     ``await server.start()`` and stop it with ``await server.stop(grace)``.
     Messages larger than ``service.config.max_request_bytes`` are refused by
-    gRPC itself with RESOURCE_EXHAUSTED.  Raises :class:`OSError` when the
-    address cannot be bound.
+    gRPC itself with RESOURCE_EXHAUSTED.  ``tls`` is a PEM (certificate
+    chain, private key) pair.  Raises :class:`OSError` when the address
+    cannot be bound.
     """
     limit = service.config.max_request_bytes
     server = grpc.aio.server(
@@ -554,7 +559,11 @@ def create_grpc_server(
     health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(service), server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
-        bound = server.add_insecure_port(address)
+        if tls is None:
+            bound = server.add_insecure_port(address)
+        else:
+            credentials = grpc.ssl_server_credentials([(tls[1], tls[0])])
+            bound = server.add_secure_port(address, credentials)
     except RuntimeError as exc:  # grpc reports bind failures as RuntimeError
         raise OSError(f"cannot listen for gRPC on {address}: {exc}") from exc
     if bound == 0:  # older grpc versions report failure this way

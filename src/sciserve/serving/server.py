@@ -15,10 +15,12 @@ import signal
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import uvicorn
 
 from ..config import ServingConfig, Settings
+from ..errors import ConfigError
 from ..registry.registry import Registry
 from .service import InferenceService
 
@@ -48,6 +50,15 @@ class _Uvicorn(uvicorn.Server):
         yield
 
 
+def _tls_pair(cfg: ServingConfig) -> tuple[bytes, bytes] | None:
+    if cfg.tls_cert is None or cfg.tls_key is None:
+        return None
+    try:
+        return cfg.tls_cert.read_bytes(), cfg.tls_key.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the TLS certificate or key: {exc}") from exc
+
+
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -70,20 +81,36 @@ class Server:
         self._stop.set()
 
     async def serve(self, on_ready: Callable[[Addresses], None] | None = None) -> None:
+        from ..access.bind import check_bind_safety
         from ..protocol.grpc_server import create_grpc_server
         from ..protocol.rest import create_app, create_metrics_app
 
         cfg = self.config
+        check_bind_safety(cfg.host, self.settings.access.enabled, cfg.insecure)
+        if (cfg.tls_cert is None) != (cfg.tls_key is None):
+            raise ConfigError("TLS needs both a certificate and its key")
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._stop.set)
         registry = await asyncio.to_thread(Registry, self.settings)
-        service = InferenceService(registry, cfg)
+        access = None
+        if self.settings.access.enabled:
+            from ..access.layer import AccessLayer
+
+            access = await asyncio.to_thread(AccessLayer.open, registry)
+        service = InferenceService(registry, cfg, access=access)
         http_sock = _bind(cfg.host, cfg.http_port)
         metrics_sock = _bind(cfg.host, cfg.metrics_port)
-        grpc_server, grpc_port = create_grpc_server(service, cfg.host, cfg.grpc_port)
+        grpc_server, grpc_port = create_grpc_server(
+            service, cfg.host, cfg.grpc_port, tls=_tls_pair(cfg)
+        )
+        tls: dict[str, Any] = {}
+        if cfg.tls_cert is not None:
+            tls = {"ssl_certfile": str(cfg.tls_cert), "ssl_keyfile": str(cfg.tls_key)}
         servers = [
+            # No access log: it would record paths and clients, and it costs
+            # time on the hot path; requests are counted in the metrics.
             _Uvicorn(
                 uvicorn.Config(
                     create_app(service),
@@ -92,6 +119,7 @@ class Server:
                     access_log=False,
                     log_level="warning",
                     timeout_graceful_shutdown=30,
+                    **tls,
                 )
             ),
             _Uvicorn(
@@ -129,6 +157,8 @@ class Server:
             stopper.cancel()
         finally:
             await service.stop()
+            if access is not None:
+                await asyncio.to_thread(access.close)
             await asyncio.to_thread(registry.close)
             for sock in (http_sock, metrics_sock):
                 sock.close()
