@@ -67,7 +67,13 @@ AUTHORS = "The sciserve developers"
 REPOSITORY = "https://github.com/sciserve/sciserve"
 
 _TAGS = (
-    "astronomy", "time-domain", "light-curves", "classification", "lsst", "synthetic", "example"
+    "astronomy",
+    "time-domain",
+    "light-curves",
+    "classification",
+    "lsst",
+    "synthetic",
+    "example",
 )
 
 _PURPOSE = (

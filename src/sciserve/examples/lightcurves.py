@@ -182,9 +182,7 @@ def _observe(
     # Sky noise, source photon noise (equal to the sky noise for a source 25
     # times brighter than it) and calibration add in quadrature.
     variance = (
-        sky**2
-        + sky * np.clip(true_flux, 0.0, None) / 25.0
-        + (_CALIBRATION_FLOOR * true_flux) ** 2
+        sky**2 + sky * np.clip(true_flux, 0.0, None) / 25.0 + (_CALIBRATION_FLOOR * true_flux) ** 2
     )
     flux_err = np.sqrt(variance)
     return true_flux + flux_err * rng.standard_normal(true_flux.shape), flux_err
@@ -202,13 +200,15 @@ def _window(
     return draw
 
 
-_WINDOWS = MappingProxyType({
-    "SN Ia": _window(start=(-25.0, -5.0), length=(90.0, 150.0)),
-    "SN II": _window(start=(-25.0, -5.0), length=(120.0, 200.0)),
-    "variable star": _window(start=(0.0, 0.0), length=(150.0, 1200.0)),
-    "AGN": _window(start=(0.0, 0.0), length=(150.0, 1200.0)),
-    "kilonova": _window(start=(-2.0, 0.0), length=(8.0, 20.0)),
-})
+_WINDOWS = MappingProxyType(
+    {
+        "SN Ia": _window(start=(-25.0, -5.0), length=(90.0, 150.0)),
+        "SN II": _window(start=(-25.0, -5.0), length=(120.0, 200.0)),
+        "variable star": _window(start=(0.0, 0.0), length=(150.0, 1200.0)),
+        "AGN": _window(start=(0.0, 0.0), length=(150.0, 1200.0)),
+        "kilonova": _window(start=(-2.0, 0.0), length=(8.0, 20.0)),
+    }
+)
 
 
 # -- physical models: true flux in nJy at epochs ``t`` in bands ``band`` ------
@@ -315,10 +315,12 @@ def _kilonova(rng: np.random.Generator, t: FloatArray, band: IntArray) -> FloatA
 
 _FluxModel = Callable[[np.random.Generator, FloatArray, IntArray], FloatArray]
 
-_MODELS: Mapping[str, _FluxModel] = MappingProxyType({
-    "SN Ia": _sn_ia,
-    "SN II": _sn_ii,
-    "variable star": _variable_star,
-    "AGN": _agn,
-    "kilonova": _kilonova,
-})
+_MODELS: Mapping[str, _FluxModel] = MappingProxyType(
+    {
+        "SN Ia": _sn_ia,
+        "SN II": _sn_ii,
+        "variable star": _variable_star,
+        "AGN": _agn,
+        "kilonova": _kilonova,
+    }
+)
