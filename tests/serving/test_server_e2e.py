@@ -401,3 +401,24 @@ def _metric(server: Running, name: str, labels: str) -> float:
         if line.startswith(name + "{") and all(p in line for p in labels.split(",")):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def test_grpc_streaming_every_datatype(server: Running) -> None:
+    client = grpcclient.InferenceServerClient(server.grpc)
+    results: queue.Queue[Any] = queue.Queue()
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    sent = {}
+    try:
+        for datatype in HTTP_DATATYPES:
+            data = _sample(datatype)
+            inp = grpcclient.InferInput("INPUT0", list(data.shape), datatype)
+            inp.set_data_from_numpy(data)
+            client.async_stream_infer(f"identity_{datatype.lower()}", [inp], request_id=datatype)
+            sent[datatype] = data
+        got = [results.get(timeout=30) for _ in HTTP_DATATYPES]
+    finally:
+        client.stop_stream()
+    for result, error in got:
+        assert error is None, error
+        datatype = result.get_response().id
+        np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), sent[datatype])
