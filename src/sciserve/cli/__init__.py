@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 
 from .. import errors
-from . import _access, _namespace, _package, _registry, _serve, _up
+from . import _access, _alerts, _namespace, _package, _registry, _serve, _up
 from ._context import State, report_error
 
 __all__ = ["app", "main"]
@@ -76,6 +76,7 @@ app.add_typer(_namespace.app, name="namespace")
 _up.register(app)
 _serve.register(app)
 _access.register(app)
+_alerts.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,7 +54,8 @@ def simulate(
         typer.Option(
             "--to",
             help="Where to send the alerts: kafka://host:port/topic, "
-            "nats://host:port/subject or file:///path.avro|.jsonl|.parquet.",
+            "nats://host:port/subject or file:///path.avro|.parquet "
+            "(Avro alerts are binary: a .jsonl file cannot hold them).",
         ),
     ],
     count: Annotated[
