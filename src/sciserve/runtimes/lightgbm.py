@@ -6,25 +6,16 @@ never runs code shipped in a package.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
-from typing import Any
-
-import numpy as np
 
 from ..errors import (
     DependencyMissing,
-    DeviceUnavailable,
     InvalidInput,
-    ManifestError,
-    ModelExecutionError,
-    ModelNotReady,
-    Problem,
 )
 from ..package.manifest import TensorSpec
-from ._tensors import check_inputs, conform_output, only_tensor
-from .base import ModelSource, Runtime, Signature
+from ._matrix import MatrixRuntime, Score
+from .base import Signature
 
 __all__ = ["LightGBMRuntime", "read_header"]
 
@@ -94,7 +85,7 @@ def _signature(path: Path) -> Signature:
     )
 
 
-class LightGBMRuntime(Runtime):
+class LightGBMRuntime(MatrixRuntime):
     """Scores one ``[-1, n_features]`` FP32/FP64 matrix with a LightGBM booster.
 
     The output is what ``Booster.predict`` returns (class probabilities for
@@ -103,59 +94,22 @@ class LightGBMRuntime(Runtime):
     """
 
     name = "lightgbm"
+    library = "LightGBM"
     suffixes = (".txt", ".lgb")
-
-    def __init__(self, source: ModelSource) -> None:
-        super().__init__(source)
-        self._booster: Any = None
 
     @classmethod
     def inspect(cls, model_file: Path) -> Signature | None:
         return _signature(model_file)
 
-    def load(self) -> None:
-        if self.source.device != "cpu":
-            raise DeviceUnavailable(
-                f"the lightgbm runtime runs on the CPU only, not {self.source.device!r}"
-            )
-        manifest = self.source.manifest
-        spec = only_tensor(manifest.inputs, "inputs", self.name)
-        only_tensor(manifest.outputs, "outputs", self.name)
-        if spec.datatype not in ("FP32", "FP64"):
-            raise ManifestError(
-                [Problem("inputs[0].datatype", "LightGBM takes FP32 or FP64 features")],
-                manifest.ref,
-            )
+    def _open(self, features: TensorSpec, output: TensorSpec) -> Score:
         lightgbm = _import_lightgbm()
         path = self.source.model_path
         try:
             booster = lightgbm.Booster(model_file=str(path))
         except lightgbm.basic.LightGBMError as exc:
             raise InvalidInput(f"LightGBM cannot read {path.name}: {exc}") from exc
-        n_features = booster.num_feature()
-        if spec.shape[-1:] not in ([-1], [n_features]):
-            raise ManifestError(
-                [Problem("inputs[0].shape", f"the model takes {n_features} features")],
-                manifest.ref,
-            )
-        self._booster = booster
-
-    def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self._booster is None:
-            raise ModelNotReady(f"{self.source.manifest.ref} is not loaded")
-        manifest = self.source.manifest
-        (features,) = check_inputs(manifest.inputs, inputs)
+        self._check_width(features, booster.num_feature())
         options = self.source.options
-        try:
-            result = self._booster.predict(
-                features,
-                raw_score=bool(options.get("raw_score", False)),
-                num_threads=int(options.get("num_threads", 1)),
-            )
-        except Exception as exc:  # LightGBMError, or ValueError for odd shapes
-            raise ModelExecutionError(f"{manifest.ref} failed: {exc}") from exc
-        output = manifest.outputs[0]
-        return {output.name: conform_output(output, result)}
-
-    def unload(self) -> None:
-        self._booster = None
+        raw_score = bool(options.get("raw_score", False))
+        num_threads = int(options.get("num_threads", 1))
+        return lambda matrix: booster.predict(matrix, raw_score=raw_score, num_threads=num_threads)

@@ -17,7 +17,6 @@ import importlib
 import io
 import json
 import zipfile
-from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -26,17 +25,15 @@ import numpy as np
 
 from ..errors import (
     DependencyMissing,
-    DeviceUnavailable,
     InvalidInput,
     ManifestError,
     ModelExecutionError,
-    ModelNotReady,
     PermissionDenied,
     Problem,
 )
 from ..package.manifest import Manifest, TensorSpec
-from ._tensors import check_inputs, conform_output, only_tensor
-from .base import ModelSource, Runtime, Signature
+from ._matrix import MatrixRuntime, Score
+from .base import Signature
 
 __all__ = ["ALLOWED_TYPES", "METHODS", "SklearnRuntime"]
 
@@ -83,7 +80,7 @@ def _import(module: str) -> ModuleType:
         ) from exc
 
 
-class SklearnRuntime(Runtime):
+class SklearnRuntime(MatrixRuntime):
     """Runs a fitted scikit-learn estimator on one ``[-1, n_features]`` matrix.
 
     It calls ``predict_proba`` when the output declares ``labels`` or its
@@ -92,11 +89,10 @@ class SklearnRuntime(Runtime):
     """
 
     name = "sklearn"
+    library = "scikit-learn"
+    #: Estimators take whatever their training data was.
+    input_datatypes = None
     suffixes = (".skops", *_PICKLE_SUFFIXES)
-
-    def __init__(self, source: ModelSource) -> None:
-        super().__init__(source)
-        self._predict: Any = None
 
     @classmethod
     def executes_code(cls, manifest: Manifest) -> bool:
@@ -110,14 +106,8 @@ class SklearnRuntime(Runtime):
             return None
         return _skops_signature(model_file)
 
-    def load(self) -> None:
-        if self.source.device != "cpu":
-            raise DeviceUnavailable(
-                f"the sklearn runtime runs on the CPU only, not {self.source.device!r}"
-            )
-        manifest = self.source.manifest
-        only_tensor(manifest.inputs, "inputs", self.name)
-        method = self._method(only_tensor(manifest.outputs, "outputs", self.name))
+    def _open(self, features: TensorSpec, output: TensorSpec) -> Score:
+        method = self._method(output)
         path = self.source.model_path
         estimator = _load_skops(path) if path.suffix == ".skops" else _load_pickle(path)
         predict = getattr(estimator, method, None)
@@ -128,24 +118,10 @@ class SklearnRuntime(Runtime):
                         "runtime_options.method", f"{type(estimator).__name__} has no {method}()"
                     )
                 ],
-                manifest.ref,
+                self.source.manifest.ref,
             )
-        self._predict = predict
-
-    def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self._predict is None:
-            raise ModelNotReady(f"{self.source.manifest.ref} is not loaded")
-        manifest = self.source.manifest
-        (features,) = check_inputs(manifest.inputs, inputs)
-        try:
-            result = self._predict(features)
-        except Exception as exc:  # estimators raise plain ValueErrors and worse
-            raise ModelExecutionError(f"{manifest.ref} failed: {exc}") from exc
-        output = manifest.outputs[0]
-        return {output.name: conform_output(output, result)}
-
-    def unload(self) -> None:
-        self._predict = None
+        score: Score = predict
+        return score
 
     def _method(self, output: TensorSpec) -> str:
         method = self.source.options.get("method")

@@ -7,25 +7,16 @@ package (unlike pickled ``XGBClassifier`` objects, which are not accepted).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
-from typing import Any
-
-import numpy as np
 
 from ..errors import (
     DependencyMissing,
-    DeviceUnavailable,
     InvalidInput,
-    ManifestError,
-    ModelExecutionError,
-    ModelNotReady,
-    Problem,
 )
 from ..package.manifest import TensorSpec
-from ._tensors import check_inputs, conform_output, only_tensor
-from .base import ModelSource, Runtime, Signature
+from ._matrix import MatrixRuntime, Score
+from .base import Signature
 
 __all__ = ["XGBoostRuntime"]
 
@@ -80,7 +71,7 @@ def _signature(path: Path) -> Signature | None:
     )
 
 
-class XGBoostRuntime(Runtime):
+class XGBoostRuntime(MatrixRuntime):
     """Scores one ``[-1, n_features]`` FP32/FP64 matrix with an XGBoost booster.
 
     The output is what ``Booster.inplace_predict`` returns, cast to the
@@ -88,29 +79,14 @@ class XGBoostRuntime(Runtime):
     """
 
     name = "xgboost"
+    library = "XGBoost"
     suffixes = (".json", ".ubj")
-
-    def __init__(self, source: ModelSource) -> None:
-        super().__init__(source)
-        self._booster: Any = None
 
     @classmethod
     def inspect(cls, model_file: Path) -> Signature | None:
         return _signature(model_file)
 
-    def load(self) -> None:
-        if self.source.device != "cpu":
-            raise DeviceUnavailable(
-                f"the xgboost runtime runs on the CPU only, not {self.source.device!r}"
-            )
-        manifest = self.source.manifest
-        spec = only_tensor(manifest.inputs, "inputs", self.name)
-        only_tensor(manifest.outputs, "outputs", self.name)
-        if spec.datatype not in ("FP32", "FP64"):
-            raise ManifestError(
-                [Problem("inputs[0].datatype", "XGBoost takes FP32 or FP64 features")],
-                manifest.ref,
-            )
+    def _open(self, features: TensorSpec, output: TensorSpec) -> Score:
         xgboost = _import_xgboost()
         path = self.source.model_path
         booster = xgboost.Booster()
@@ -120,25 +96,6 @@ class XGBoostRuntime(Runtime):
             # XGBoost fails to decode its own error text for some garbage input.
             raise InvalidInput(f"XGBoost cannot read {path.name}: {exc}") from exc
         booster.set_param({"nthread": int(self.source.options.get("num_threads", 1))})
-        n_features = booster.num_features()
-        if spec.shape[-1:] not in ([-1], [n_features]):
-            raise ManifestError(
-                [Problem("inputs[0].shape", f"the model takes {n_features} features")],
-                manifest.ref,
-            )
-        self._booster = booster
-
-    def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self._booster is None:
-            raise ModelNotReady(f"{self.source.manifest.ref} is not loaded")
-        manifest = self.source.manifest
-        (features,) = check_inputs(manifest.inputs, inputs)
-        try:
-            result = self._booster.inplace_predict(features)
-        except Exception as exc:  # XGBoostError, or ValueError for odd shapes
-            raise ModelExecutionError(f"{manifest.ref} failed: {exc}") from exc
-        output = manifest.outputs[0]
-        return {output.name: conform_output(output, result)}
-
-    def unload(self) -> None:
-        self._booster = None
+        self._check_width(features, booster.num_features())
+        score: Score = booster.inplace_predict
+        return score
