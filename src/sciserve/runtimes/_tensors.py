@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DependencyMissing, InvalidInput, ManifestError, ModelExecutionError, Problem
+from ..errors import InvalidInput, ManifestError, ModelExecutionError, Problem
 from ..package.manifest import TensorSpec
+from ..protocol.datatypes import numpy_dtype
 
 __all__ = [
     "check_inputs",
@@ -24,45 +25,6 @@ __all__ = [
     "only_tensor",
     "shape_mismatch",
 ]
-
-_NUMPY_DTYPES: Mapping[str, np.dtype[Any]] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8),
-    "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32),
-    "UINT64": np.dtype(np.uint64),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-    # BYTES travel as object arrays whose elements are ``bytes``.
-    "BYTES": np.dtype(object),
-}
-
-
-def numpy_dtype(datatype: str) -> np.dtype[Any]:
-    """The numpy dtype that carries the OIP ``datatype``.
-
-    ``BF16`` needs :mod:`ml_dtypes` (numpy has no bfloat16 of its own) and
-    raises :class:`DependencyMissing` without it.
-    """
-    if datatype == "BF16":
-        try:
-            import ml_dtypes
-        except ImportError as exc:
-            raise DependencyMissing(
-                "BF16 tensors need the ml_dtypes package; install it with: pip install ml_dtypes"
-            ) from exc
-        bfloat16: np.dtype[Any] = np.dtype(ml_dtypes.bfloat16)
-        return bfloat16
-    try:
-        return _NUMPY_DTYPES[datatype]
-    except KeyError:
-        raise InvalidInput(f"{datatype!r} is not an Open Inference Protocol datatype") from None
-
 
 def shape_mismatch(expected: Sequence[int], actual: Sequence[int]) -> str | None:
     """Why ``actual`` does not fit ``expected`` (``-1`` = any size), or ``None``."""
