@@ -1,0 +1,14 @@
+"""The serving benchmark's parts; ``bench/serve.py`` puts them together.
+
+model     the ONNX MLP and its sciserve package
+payloads  request bodies, prebuilt per batch size and protocol
+venvs     the peer servers' virtualenvs (``serve.py --setup``)
+servers   starting sciserve, Triton and MLServer on loopback, stopping them
+procs     child processes stopped by their own process group
+verify    checking each server's answer against in-process ONNX Runtime
+wrk       HTTP load with wrk
+inproc    the in-process ONNX Runtime ceiling
+runner    the server x protocol x concurrency x batch matrix
+report    the table, ratios and targets
+machine   CPU, cores and tool versions for the record
+"""

@@ -1,0 +1,274 @@
+"""Start each server on loopback with free ports, wait until it is ready, stop it after.
+
+Every launcher is a context manager yielding an :class:`Endpoint`; the
+server process group is stopped when the block ends, however it ends.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from .model import MAX_BATCH, MODEL_NAME, write_package
+from .procs import ChildFailed, Service, free_port, run_command
+from .venvs import MLSERVER, PEERS_DIR, TRITON
+
+__all__ = [
+    "GRPC",
+    "HTTP_BINARY",
+    "HTTP_JSON",
+    "MLSERVER_MAX_BATCH_TIME",
+    "SERVERS",
+    "Endpoint",
+    "ServerSpec",
+]
+
+HTTP_BINARY = "http-binary"
+HTTP_JSON = "http-json"
+GRPC = "grpc"
+
+#: MLServer's adaptive batcher only batches with a positive wait; it waits this
+#: long for a batch to fill, so it also adds up to this much latency per request.
+MLSERVER_MAX_BATCH_TIME = 0.001
+
+_LOOPBACK = "127.0.0.1"
+_START_TIMEOUT_S = 180.0
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A running server: where it listens and what it reports about itself."""
+
+    http: str
+    grpc: str
+    version: str
+    details: dict[str, str] = field(default_factory=dict)
+
+
+Launcher = Callable[[Path, Path], AbstractContextManager[Endpoint]]
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """One contender: its name, the protocols it is compared on, how to start it."""
+
+    key: str
+    label: str
+    protocols: tuple[str, ...]
+    launch: Launcher
+    missing: Callable[[], str | None]
+    note: str = ""
+
+
+def _wait_ready(service: Service, http: str, timeout: float = _START_TIMEOUT_S) -> None:
+    """Poll the OIP server and model readiness endpoints until both answer 200."""
+    deadline = time.monotonic() + timeout
+    urls = [f"http://{http}/v2/health/ready", f"http://{http}/v2/models/{MODEL_NAME}/ready"]
+    while True:
+        service.check_running()
+        try:
+            if all(httpx.get(url, timeout=2.0).status_code == 200 for url in urls):
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise ChildFailed(
+                f"{service.name} not ready after {timeout:.0f} s:\n{service.log_tail()}"
+            )
+        time.sleep(0.2)
+
+
+def _server_version(http: str) -> str:
+    metadata = httpx.get(f"http://{http}/v2", timeout=5.0).json()
+    return f"{metadata.get('name', '?')} {metadata.get('version', '?')}"
+
+
+def _package_versions(python: Path, *names: str) -> dict[str, str]:
+    code = (
+        "import importlib.metadata as m, json, sys\n"
+        "print(json.dumps({n: m.version(n) for n in sys.argv[1:]}))"
+    )
+    out = run_command([str(python), "-c", code, *names], timeout=60)
+    versions: dict[str, str] = json.loads(out)
+    return versions
+
+
+# -- sciserve ---------------------------------------------------------------
+
+
+def _sciserve_argv() -> list[str]:
+    # The console script of the venv running the benchmark (never another
+    # sciserve found on PATH); the module when there is no script.
+    script = Path(sys.executable).parent / "sciserve"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "sciserve"]
+
+
+def _sciserve_missing() -> str | None:
+    argv = _sciserve_argv()
+    if argv[0] == sys.executable and importlib.util.find_spec("sciserve") is None:
+        return "sciserve is not installed in this venv (pip install -e .)"
+    return None
+
+
+@contextmanager
+def _sciserve(work: Path, model: Path) -> Iterator[Endpoint]:
+    cli = _sciserve_argv()
+    help_text = run_command([*cli, "serve", "--help"], timeout=60)
+    if "--http-port" not in help_text:
+        raise ChildFailed("'sciserve serve' has no --http-port option")
+    home = work / "sciserve-home"
+    package = write_package(work / "sciserve-package", model)
+    run_command([*cli, "--home", str(home), "publish", str(package)], timeout=120)
+    argv = [
+        *cli,
+        "--home",
+        str(home),
+        "serve",
+        "--host",
+        _LOOPBACK,
+        "--http-port",
+        "0",
+        "--grpc-port",
+        "0",
+        "--metrics-port",
+        "0",
+    ]
+    if "--intra-op-threads" in help_text:
+        argv += ["--intra-op-threads", "1"]
+    with Service("sciserve", argv, work / "logs" / "sciserve.log", cwd=work) as service:
+        banner = service.wait_for_output(
+            r"sciserve serving http=(\S+) grpc=(\S+) metrics=(\S+)", _START_TIMEOUT_S
+        )
+        http, grpc = banner.group(1), banner.group(2)
+        _wait_ready(service, http)
+        yield Endpoint(
+            http=http,
+            grpc=grpc,
+            version=_server_version(http),
+            details={"command": " ".join(argv[1:]).replace(str(work), "<tmp>")},
+        )
+
+
+# -- NVIDIA Triton through PyTriton -------------------------------------------
+
+
+@contextmanager
+def _triton(work: Path, model: Path) -> Iterator[Endpoint]:
+    http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
+    argv = [
+        str(TRITON.python),
+        str(PEERS_DIR / "triton_server.py"),
+        str(model),
+        "--http-port",
+        str(http_port),
+        "--grpc-port",
+        str(grpc_port),
+        "--metrics-port",
+        str(metrics_port),
+        "--max-batch-size",
+        str(MAX_BATCH),
+        "--workspace",
+        str(work / "triton-workspace"),
+    ]
+    details = _package_versions(TRITON.python, "nvidia-pytriton", "onnxruntime", "numpy")
+    with Service("triton", argv, work / "logs" / "triton.log", cwd=work) as service:
+        service.wait_for_output(r"triton ready", _START_TIMEOUT_S)
+        http = f"{_LOOPBACK}:{http_port}"
+        _wait_ready(service, http)
+        yield Endpoint(
+            http=http,
+            grpc=f"{_LOOPBACK}:{grpc_port}",
+            version=_server_version(http),
+            details={**details, "backend": "python (PyTriton @batch + onnxruntime)"},
+        )
+
+
+# -- Seldon MLServer ----------------------------------------------------------
+
+
+def _mlserver_settings(root: Path, model: Path, http_port: int, grpc_port: int) -> None:
+    (root / MODEL_NAME).mkdir(parents=True, exist_ok=True)
+    server = {
+        "debug": False,
+        "host": _LOOPBACK,
+        "http_port": http_port,
+        "grpc_port": grpc_port,
+        "metrics_endpoint": None,  # no metrics server: one less listener
+        "parallel_workers": 0,  # inference in the server process, like the others
+        "load_models_at_startup": True,
+    }
+    model_settings = {
+        "name": MODEL_NAME,
+        "implementation": "mlserver_runtime.OnnxModel",
+        "max_batch_size": MAX_BATCH,
+        "max_batch_time": MLSERVER_MAX_BATCH_TIME,
+        "parameters": {
+            "uri": str(model),
+            "version": "1",
+            "extra": {"intra_op_threads": 1},
+        },
+    }
+    (root / "settings.json").write_text(json.dumps(server, indent=2))
+    (root / MODEL_NAME / "model-settings.json").write_text(json.dumps(model_settings, indent=2))
+
+
+@contextmanager
+def _mlserver(work: Path, model: Path) -> Iterator[Endpoint]:
+    root = work / "mlserver"
+    http_port, grpc_port = free_port(), free_port()
+    _mlserver_settings(root, model, http_port, grpc_port)
+    env = {**os.environ, "PYTHONPATH": str(PEERS_DIR)}
+    details = _package_versions(MLSERVER.python, "mlserver", "onnxruntime", "uvloop", "numpy")
+    argv = [str(MLSERVER.bin("mlserver")), "start", str(root)]
+    with Service("mlserver", argv, work / "logs" / "mlserver.log", cwd=root, env=env) as service:
+        http = f"{_LOOPBACK}:{http_port}"
+        _wait_ready(service, http)
+        yield Endpoint(
+            http=http,
+            grpc=f"{_LOOPBACK}:{grpc_port}",
+            version=_server_version(http),
+            details={
+                **details,
+                "runtime": "bench/peers/mlserver_runtime.py (onnxruntime)",
+                "adaptive_batching": f"max {MAX_BATCH}, max_batch_time {MLSERVER_MAX_BATCH_TIME}s",
+            },
+        )
+
+
+SERVERS: tuple[ServerSpec, ...] = (
+    ServerSpec(
+        key="sciserve",
+        label="sciserve",
+        protocols=(HTTP_BINARY, HTTP_JSON, GRPC),
+        launch=_sciserve,
+        missing=_sciserve_missing,
+    ),
+    ServerSpec(
+        key="triton",
+        label="Triton 2.51 (PyTriton)",
+        protocols=(HTTP_BINARY, HTTP_JSON, GRPC),
+        launch=_triton,
+        missing=TRITON.missing,
+        note=(
+            "Triton runs its Python backend (PyTriton): its native ONNX Runtime backend "
+            "needs a newer glibc than this machine has."
+        ),
+    ),
+    ServerSpec(
+        key="mlserver",
+        label="MLServer 1.7.1",
+        protocols=(HTTP_JSON, GRPC),
+        launch=_mlserver,
+        missing=MLSERVER.missing,
+        note="MLServer has no binary tensor extension: compared on HTTP-JSON and gRPC only.",
+    ),
+)
