@@ -1,0 +1,1030 @@
+"""Stream pipelines: alerts in, annotations out, every alert at least once.
+
+A :class:`Pipeline` runs one :class:`~sciserve.streams.spec.PipelineSpec`
+as a loop over batches::
+
+    fetch ─► decode ─► features ─► models ─► annotations ─► filter
+                │          │          │                        │
+                └──────────┴──────────┴─► dead letters         ▼
+                                               │       result store + sinks
+                                               ▼                │
+                                     (all outputs durable) ◄────┘
+                                               │
+                                               ▼
+                                        commit the batch
+
+* A message that cannot be decoded (malformed, truncated, wrong schema,
+  oversized), whose features cannot be computed, or whose models fail twice
+  goes to the dead-letter sink with the reason, its bytes (base64) and where
+  it came from.  Nothing is dropped silently and no bad message stops the
+  pipeline.
+* Every annotation goes to the result store (sink ``results``); those that
+  pass the filter also go to the topic sinks, keyed
+  ``"{alert_id}:{model}:{version}"`` so consumers can de-duplicate.
+* The source is committed only once the result store, the sinks and the
+  dead-letter sink all hold the batch's outputs durably.  A crash (even
+  ``kill -9``) before that point means the batch is delivered again on
+  restart; the result store ignores annotations it already holds, so it
+  ends with exactly one annotation per alert and model version.
+* :meth:`Pipeline.request_stop` (SIGTERM, SIGINT) drains: the batch in
+  hand is finished, written and committed, then everything is closed.
+
+Scaling out
+-----------
+Several workers of one pipeline share a stream through the broker: all
+workers of a Kafka source with the same ``?group=`` split the topic's
+partitions between them, and all workers of a NATS source with the same
+``durable=`` pull from one JetStream durable consumer.  To run N workers on
+N machines:
+
+1. give the topic at least N partitions (Kafka; JetStream needs nothing);
+2. point every machine at the same PostgreSQL registry
+   (``SCISERVE_DATABASE_URL`` or ``--database-url``), which is then the one
+   shared result store;
+3. start ``sciserve stream run spec.yaml`` with the same spec on each.
+
+When a worker dies, the broker hands its uncommitted messages to the others
+(after the session timeout or the ack wait); the annotations some of them
+already have are skipped by the result store.  ``sciserve stream status``
+and ``stream stop`` act on the workers of the host they run on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import concurrent.futures
+import contextlib
+import functools
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import math
+import multiprocessing
+import platform
+import signal
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from .. import __version__
+from ..config import Settings
+from ..errors import InvalidInput, ModelExecutionError, PermissionDenied, Unavailable
+from ..package.manifest import TensorSpec
+from .base import Message, OutRecord, Sink, Source, open_sink, open_source
+from .expr import EvaluationError, Expression
+from .metrics import PipelineMetrics, State, process_identity, status_path, write_status
+from .results import Annotation, ResultStore
+from .spec import PipelineSpec, PythonFeatures
+
+__all__ = ["DeadLetter", "Pipeline", "run_pipeline"]
+
+log = logging.getLogger("sciserve.streams")
+
+FeatureFunction = Callable[[Mapping[str, Any]], Any]
+
+#: Names a filter may read besides the model outputs.
+FILTER_NAMES = frozenset({"alert", "label", "score"})
+#: Message bytes kept in a dead-letter record; longer values are cut, with
+#: their size and sha256, so a dead letter always fits the dead-letter sink.
+DEAD_LETTER_VALUE_BYTES = 256 * 2**10
+#: Attempts to make a batch durable before the pipeline gives up (and,
+#: having committed nothing, leaves the batch for the next run).
+_WRITE_ATTEMPTS = 5
+_STATUS_INTERVAL = 1.0
+_LAG_INTERVAL = 1.0
+
+#: The distributions whose versions matter to each runtime's results.
+_RUNTIME_LIBRARIES: Mapping[str, tuple[str, ...]] = {
+    "onnx": ("onnxruntime", "onnx"),
+    "lightgbm": ("lightgbm",),
+    "sklearn": ("scikit-learn", "skops"),
+    "xgboost": ("xgboost", "xgboost-cpu"),
+    "torchscript": ("torch",),
+}
+
+
+# -- dead letters --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A message the pipeline could not annotate, and why."""
+
+    message: Message
+    #: ``decode``, ``features`` or ``model``.
+    stage: str
+    #: A short machine-readable cause (``truncated``, ``model-error``, …).
+    error: str
+    #: The full explanation.
+    reason: str
+    alert_id: int | None = None
+
+    def record(self, pipeline: str) -> OutRecord:
+        """The dead-letter record: a JSON document with the message's bytes in base64."""
+        value = self.message.value
+        doc: dict[str, Any] = {
+            "pipeline": pipeline,
+            "stage": self.stage,
+            "error": self.error,
+            "reason": self.reason,
+            "alert_id": self.alert_id,
+            "topic": self.message.topic,
+            "partition": self.message.partition,
+            "offset": self.message.offset,
+            "timestamp_ms": self.message.timestamp_ms,
+            "key_b64": _b64(self.message.key),
+            "value_b64": _b64(value[:DEAD_LETTER_VALUE_BYTES]),
+            "value_size": len(value),
+            "value_sha256": hashlib.sha256(value).hexdigest(),
+            "value_truncated": len(value) > DEAD_LETTER_VALUE_BYTES,
+            "failed_at": datetime.now(UTC).isoformat(),
+        }
+        return OutRecord(value=json.dumps(doc).encode(), key=self.message.key)
+
+
+def _b64(data: bytes | None) -> str | None:
+    return None if data is None else base64.b64encode(data).decode("ascii")
+
+
+# -- models --------------------------------------------------------------------
+
+
+class ModelRunner(Protocol):
+    """A model the pipeline feeds one feature matrix per batch."""
+
+    #: ``namespace/name``.
+    model: str
+    version: str
+    digest: str
+    runtime: str
+    input: TensorSpec
+    outputs: Sequence[TensorSpec]
+    library_versions: Mapping[str, str]
+
+    async def predict(self, features: npt.NDArray[Any]) -> dict[str, npt.NDArray[Any]]:
+        """Outputs by name, each with one row per row of ``features``."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def _library_versions(runtime: str) -> dict[str, str]:
+    versions = {"sciserve": __version__, "python": platform.python_version()}
+    for name in ("numpy", *_RUNTIME_LIBRARIES.get(runtime, ())):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[name] = importlib.metadata.version(name)
+    return versions
+
+
+def _single_input(ref: str, inputs: Sequence[TensorSpec]) -> TensorSpec:
+    if len(inputs) != 1:
+        raise InvalidInput(
+            f"{ref} takes {len(inputs)} inputs; a stream pipeline feeds exactly one "
+            "(the feature vector)"
+        )
+    return inputs[0]
+
+
+def _chunks(rows: int, max_batch: int) -> list[slice]:
+    step = max_batch if max_batch > 0 else rows
+    return [slice(start, min(start + step, rows)) for start in range(0, rows, max(step, 1))]
+
+
+class LocalModel:
+    """A model loaded into this process with :func:`sciserve.load`."""
+
+    def __init__(self, model: Any) -> None:
+        from ..model import Model
+
+        assert isinstance(model, Model)
+        self._model = model
+        manifest = model.manifest
+        self.model = f"{manifest.namespace}/{manifest.name}"
+        self.version = manifest.version
+        self.digest = model.digest
+        self.runtime = manifest.runtime
+        self.input = _single_input(model.ref, manifest.inputs)
+        self.outputs: Sequence[TensorSpec] = tuple(manifest.outputs)
+        self.library_versions: Mapping[str, str] = _library_versions(manifest.runtime)
+        self._max_batch = manifest.max_batch_size
+
+    @classmethod
+    async def load(cls, ref: str, settings: Settings) -> LocalModel:
+        """Resolve, verify and load ``ref`` from the registry of ``settings``."""
+        from ..model import load
+        from ..registry.registry import Registry
+
+        def load_it() -> Any:
+            with Registry(settings) as registry:
+                return load(ref, registry=registry)
+
+        return cls(await asyncio.to_thread(load_it))
+
+    async def predict(self, features: npt.NDArray[Any]) -> dict[str, npt.NDArray[Any]]:
+        if self._max_batch == 0:
+            # A model without a batch dimension takes one row at a time.
+            parts = [
+                await asyncio.to_thread(self._model.predict, {self.input.name: row})
+                for row in features
+            ]
+            return {o.name: np.stack([p[o.name] for p in parts]) for o in self.outputs}
+        parts = [
+            await asyncio.to_thread(self._model.predict, {self.input.name: features[part]})
+            for part in _chunks(len(features), self._max_batch)
+        ]
+        return {o.name: np.concatenate([p[o.name] for p in parts]) for o in self.outputs}
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._model.close)
+
+
+class RemoteModel:
+    """A model run by a sciserve server, over the Open Inference Protocol's
+    HTTP binding with binary tensors.
+
+    The reference is resolved once, at start, and every request names that
+    exact version, so the recorded version and digest are what ran even if
+    an alias moves while the pipeline runs.
+    """
+
+    def __init__(self, server: str, info: Any, server_version: str) -> None:
+        import httpx
+
+        from ..serving.manager import served_name
+
+        manifest = info.manifest
+        self.model = f"{manifest.namespace}/{manifest.name}"
+        self.version = manifest.version
+        self.digest = info.digest
+        self.runtime = manifest.runtime
+        self.input = _single_input(info.ref, manifest.inputs)
+        self.outputs: Sequence[TensorSpec] = tuple(manifest.outputs)
+        self.library_versions: Mapping[str, str] = {
+            **_library_versions(""),
+            "sciserve-server": server_version,
+        }
+        self._max_batch = manifest.max_batch_size
+        self._path = f"/v2/models/{served_name(manifest.namespace, manifest.name)}"
+        self._path += f"/versions/{manifest.version}/infer"
+        self._client = httpx.AsyncClient(base_url=server.rstrip("/"), timeout=60.0)
+
+    @classmethod
+    async def connect(cls, ref: str, server: str) -> RemoteModel:
+        """Resolve ``ref`` on the server at ``server``."""
+        import httpx
+
+        from ..registry.remote import RemoteRegistry
+
+        def resolve() -> Any:
+            with RemoteRegistry(server) as registry:
+                return registry.resolve(ref)
+
+        info = await asyncio.to_thread(resolve)
+        async with httpx.AsyncClient(base_url=server.rstrip("/"), timeout=10.0) as client:
+            try:
+                meta = (await client.get("/v2")).json()
+            except (httpx.HTTPError, ValueError) as exc:
+                raise Unavailable(f"cannot read the metadata of {server}: {exc}") from exc
+        return cls(server, info, str(meta.get("version", "unknown")))
+
+    async def predict(self, features: npt.NDArray[Any]) -> dict[str, npt.NDArray[Any]]:
+        if self._max_batch == 0:
+            parts = [await self._infer(row) for row in features]
+            return {o.name: np.stack([p[o.name] for p in parts]) for o in self.outputs}
+        parts = [
+            await self._infer(features[part]) for part in _chunks(len(features), self._max_batch)
+        ]
+        return {o.name: np.concatenate([p[o.name] for p in parts]) for o in self.outputs}
+
+    async def _infer(self, batch: npt.NDArray[Any]) -> dict[str, npt.NDArray[Any]]:
+        import httpx
+
+        from ..protocol.datatypes import from_json_data, from_raw, to_raw
+        from ..protocol.rest_codec import HEADER_LENGTH_HEADER
+
+        raw = to_raw(batch, self.input.datatype)
+        header = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": self.input.name,
+                        "datatype": self.input.datatype,
+                        "shape": list(batch.shape),
+                        "parameters": {"binary_data_size": len(raw)},
+                    }
+                ],
+                "outputs": [
+                    {"name": o.name, "parameters": {"binary_data": True}} for o in self.outputs
+                ],
+            }
+        ).encode()
+        try:
+            response = await self._client.post(
+                self._path,
+                content=header + raw,
+                headers={
+                    HEADER_LENGTH_HEADER: str(len(header)),
+                    "Content-Type": "application/octet-stream",
+                },
+            )
+        except httpx.HTTPError as exc:
+            raise Unavailable(f"cannot reach {self._client.base_url}: {exc}") from exc
+        if response.is_error:
+            raise ModelExecutionError(
+                f"{self.model}:{self.version} on {self._client.base_url} answered "
+                f"{response.status_code}: {response.text[:500]}"
+            )
+        body = response.content
+        length = int(response.headers.get(HEADER_LENGTH_HEADER, len(body)))
+        try:
+            doc = json.loads(body[:length])
+            outputs: dict[str, npt.NDArray[Any]] = {}
+            offset = length
+            for entry in doc["outputs"]:
+                size = (entry.get("parameters") or {}).get("binary_data_size")
+                if size is None:
+                    array = from_json_data(entry["data"], entry["datatype"], entry["shape"])
+                else:
+                    array = from_raw(
+                        body[offset : offset + size], entry["datatype"], entry["shape"]
+                    )
+                    offset += size
+                outputs[entry["name"]] = array
+        except (ValueError, KeyError, TypeError, InvalidInput) as exc:
+            raise ModelExecutionError(f"malformed inference response: {exc}") from exc
+        missing = {o.name for o in self.outputs} - set(outputs)
+        if missing:
+            raise ModelExecutionError(f"the inference response lacks {sorted(missing)}")
+        return outputs
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+# -- decoding and features ------------------------------------------------------
+
+
+def _check_trusted(features: PythonFeatures, settings: Settings) -> None:
+    """Refuse a user's feature function unless an admin trusts its namespace.
+
+    Loading the function runs the code of its file: hence this check first.
+    """
+    from ..registry.registry import Registry
+
+    with Registry(settings) as registry:
+        namespace = registry.namespace(features.namespace)
+    if not namespace.trusted:
+        raise PermissionDenied(
+            f"feature function {features.python} belongs to namespace {features.namespace!r}, "
+            "which is not trusted to run code"
+        )
+
+
+def _load_function(file: str, name: str) -> FeatureFunction:
+    """``name`` from the Python file ``file``, loaded as a module of its own
+    (``sys.path`` is not touched)."""
+    path = Path(file)
+    if not path.is_file():
+        raise InvalidInput(f"no feature file {path}")
+    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
+    spec = importlib.util.spec_from_file_location(f"sciserve_features_{digest}", path)
+    if spec is None or spec.loader is None:
+        raise InvalidInput(f"cannot load {path} as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # the user's module failed to import, however it failed
+        raise InvalidInput(f"importing {path} failed: {type(exc).__name__}: {exc}") from exc
+    function = getattr(module, name, None)
+    if not callable(function):
+        raise InvalidInput(f"{path} has no function {name!r}")
+    result: FeatureFunction = function
+    return result
+
+
+@dataclass(frozen=True)
+class _PrepareConfig:
+    """How to turn message bytes into feature vectors; small, hashable and
+    picklable, so worker processes can be told it with every task."""
+
+    codec: str
+    #: Keyword arguments of :func:`~sciserve.streams.codecs.codec_for`.
+    codec_options: tuple[tuple[str, Any], ...]
+    #: ``(file, function)`` of a user feature function; ``None`` for the
+    #: built-in light-curve features.
+    python: tuple[str, str] | None
+    dtype: str
+    #: Length every feature vector must have, if the models fix it.
+    width: int | None
+    #: Whether the decoded alerts are needed afterwards (by the filter).
+    keep_alerts: bool
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """One message after decoding and feature extraction (or the failure)."""
+
+    alert_id: int | None = None
+    alert: dict[str, Any] | None = None
+    vector: npt.NDArray[Any] | None = None
+    #: ``(stage, error, reason)`` of a message that cannot be annotated.
+    failure: tuple[str, str, str] | None = None
+
+
+#: Prepared messages, and the seconds spent decoding and computing features.
+_PrepareResult = tuple[list[_Prepared], float, float]
+
+
+class _Preparer:
+    """Decodes messages and computes their feature vectors."""
+
+    def __init__(self, config: _PrepareConfig) -> None:
+        from .codecs import codec_for
+
+        self.config = config
+        self.codec = codec_for(config.codec, **dict(config.codec_options))
+        if config.python is None:
+            from .simulate import features_from_alert
+
+            self.features: FeatureFunction = features_from_alert
+        else:
+            self.features = _load_function(*config.python)
+        self.dtype = np.dtype(config.dtype)
+
+    def __call__(self, values: Sequence[bytes]) -> _PrepareResult:
+        """The prepared messages, and the seconds spent decoding and in features."""
+        from .codecs import DecodeError
+
+        decoding = featuring = 0.0
+        prepared = []
+        for value in values:
+            started = time.perf_counter()
+            item: _Prepared | None = None
+            try:
+                alert = self.codec.decode(value)
+                alert_id = self.codec.alert_id(alert)
+            except DecodeError as exc:
+                item = _Prepared(failure=("decode", exc.reason, str(exc)))
+            decoded = time.perf_counter()
+            decoding += decoded - started
+            if item is None:
+                item = self._features(alert, alert_id)
+                featuring += time.perf_counter() - decoded
+            prepared.append(item)
+        return prepared, decoding, featuring
+
+    def _features(self, alert: dict[str, Any], alert_id: int) -> _Prepared:
+        try:
+            vector = np.asarray(self.features(alert), dtype=self.dtype).reshape(-1)
+        except Exception as exc:  # a feature function may fail in any way on odd data
+            reason = f"{type(exc).__name__}: {exc}"
+            return _Prepared(alert_id, failure=("features", "features-failed", reason))
+        width = self.config.width
+        if width is not None and len(vector) != width:
+            reason = f"{len(vector)} features; the models take {width}"
+            return _Prepared(alert_id, failure=("features", "features-shape", reason))
+        return _Prepared(alert_id, alert if self.config.keep_alerts else None, vector)
+
+
+@functools.cache
+def _preparer(config: _PrepareConfig) -> _Preparer:
+    # One preparer per configuration and process: building a codec parses
+    # every alert schema, which must not happen per batch.
+    return _Preparer(config)
+
+
+def _prepare(config: _PrepareConfig, values: Sequence[bytes]) -> _PrepareResult:
+    """Prepare ``values`` with the preparer of ``config`` (in whichever process runs this)."""
+    return _preparer(config)(values)
+
+
+def _ignore_interrupts() -> None:
+    # Ctrl-C reaches the whole process group; the pipeline process drains
+    # and needs its workers until the batch in hand is written.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+# -- one batch -----------------------------------------------------------------
+
+
+@dataclass
+class _Alert:
+    message: Message
+    #: The decoded alert, kept only when the filter reads it.
+    alert: dict[str, Any] | None
+    alert_id: int
+
+
+@dataclass
+class _Batch:
+    """Everything one batch produced, ready to be written."""
+
+    messages: Sequence[Message]
+    annotations: list[Annotation] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+    #: Broker timestamps of the alerts that got at least one annotation.
+    annotated_timestamps: list[int | None] = field(default_factory=list)
+
+    @property
+    def published(self) -> list[Annotation]:
+        return [a for a in self.annotations if a.published]
+
+
+def _plain(values: npt.NDArray[Any]) -> Any:
+    """A numpy row as JSON-safe nested lists (non-finite numbers become ``None``)."""
+    data = values.tolist()
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        return _finite(data)
+    return data
+
+
+def _finite(data: Any) -> Any:
+    if isinstance(data, list):
+        return [_finite(item) for item in data]
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    return data
+
+
+def _top_class(
+    outputs: Sequence[TensorSpec], rows: Mapping[str, npt.NDArray[Any]]
+) -> tuple[str | None, float | None]:
+    """The label and value of the largest element of the first labelled output."""
+    for spec in outputs:
+        row = rows.get(spec.name)
+        if spec.labels and row is not None and row.ndim == 1 and len(row) == len(spec.labels):
+            index = int(np.argmax(row))
+            score = float(row[index])
+            return spec.labels[index], (score if math.isfinite(score) else None)
+    return None, None
+
+
+# -- the pipeline --------------------------------------------------------------
+
+
+class Pipeline:
+    """One worker of a stream pipeline.  Call :meth:`run` once.
+
+    ``settings`` locate the registry (models, namespaces, result store) and
+    the data directory where the status file goes.  ``metrics_port`` serves
+    Prometheus metrics on 127.0.0.1 (0 picks a free port).
+    """
+
+    def __init__(
+        self,
+        spec: PipelineSpec,
+        settings: Settings,
+        *,
+        metrics_port: int | None = None,
+        write_status_file: bool = True,
+    ) -> None:
+        self.spec = spec
+        self.settings = settings
+        self.metrics = PipelineMetrics(spec.name)
+        self.metrics_port = metrics_port
+        self.state: State = "starting"
+        self._write_status_file = write_status_file
+        self._identity = process_identity()
+        self._status_path = status_path(settings.home, spec.name, self._identity["pid"])
+        self._started_at = datetime.now(UTC)
+        self._stop = asyncio.Event()
+        self._models: list[ModelRunner] = []
+        self._store: ResultStore | None = None
+        self._source: Source | None = None
+        self._sinks: list[Sink] = []
+        self._dead_letter: Sink | None = None
+        self._filter: Expression | None = spec.filter_expression
+        self._prepare_config: _PrepareConfig | None = None
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+
+    @property
+    def status_file(self) -> Path:
+        return self._status_path
+
+    def request_stop(self) -> None:
+        """Drain: finish the batch in hand, write and commit it, then stop.
+
+        Call it from the event loop's thread (e.g. a signal handler added
+        with :meth:`asyncio.loop.add_signal_handler`).
+        """
+        if self.state in ("starting", "running"):
+            log.info("pipeline %s: draining", self.spec.name)
+        self._stop.set()
+
+    async def run(self) -> dict[str, Any]:
+        """Process batches until the source is exhausted or a stop is requested.
+
+        Returns the final counters.  A failure to make outputs durable is
+        raised (after retries) with nothing of the failing batch committed.
+        """
+        metrics_server = None
+        status_task = None
+        try:
+            if self._write_status_file:
+                status_task = asyncio.create_task(self._status_loop())
+            await self._start()
+            if self.metrics_port is not None:
+                from .metrics import serve_metrics
+
+                metrics_server = serve_metrics(self.metrics.registry, self.metrics_port)
+                self.metrics_port = int(metrics_server.server_port)
+            self.state = "running"
+            log.info("pipeline %s: running (pid %s)", self.spec.name, self._identity["pid"])
+            await self._loop()
+            self.state = "draining"
+        except BaseException:
+            self.state = "failed"
+            raise
+        finally:
+            await self._close()
+            if self.state != "failed":
+                self.state = "stopped"
+            if status_task is not None:
+                status_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await status_task
+            if metrics_server is not None:
+                metrics_server.shutdown()
+                metrics_server.server_close()
+            self._write_status()
+        log.info("pipeline %s: stopped", self.spec.name)
+        return self.metrics.snapshot()
+
+    # -- set-up and tear-down ------------------------------------------------
+
+    async def _start(self) -> None:
+        spec = self.spec
+        if isinstance(spec.features, PythonFeatures):
+            await asyncio.to_thread(_check_trusted, spec.features, self.settings)
+        if spec.writes_results:
+            self._store = await asyncio.to_thread(ResultStore.open, self.settings)
+        for step in spec.models:
+            runner: ModelRunner
+            if step.server:
+                runner = await RemoteModel.connect(step.ref, step.server)
+            else:
+                runner = await LocalModel.load(step.ref, self.settings)
+            self._models.append(runner)
+            log.info("pipeline %s: model %s:%s", spec.name, runner.model, runner.version)
+        self._prepare_config = self._preparation()
+        await self._start_preparers(self._prepare_config)
+        for url in spec.topic_sinks:
+            self._sinks.append(await self._open_sink(url))
+        self._dead_letter = await self._open_sink(spec.dead_letter)
+        self._source = open_source(spec.source)
+        await self._source.start()
+
+    def _preparation(self) -> _PrepareConfig:
+        """What decoding and features need to know, checked against the models."""
+        from ..protocol.datatypes import numpy_dtype
+
+        widths = {m.input.shape[-1] for m in self._models if m.input.shape}
+        widths.discard(-1)
+        if len(widths) > 1:
+            raise InvalidInput(f"the models expect feature vectors of different lengths {widths}")
+        dtypes = {m.input.datatype for m in self._models}
+        if len(dtypes) > 1:
+            raise InvalidInput(f"the models expect features of different datatypes {dtypes}")
+        if self._filter is not None:
+            known = FILTER_NAMES | {o.name for m in self._models for o in m.outputs}
+            unknown = self._filter.names - known
+            if unknown:
+                raise InvalidInput(
+                    f"the filter reads {sorted(unknown)}, which are neither model outputs "
+                    f"nor one of {sorted(FILTER_NAMES)}; known names: {sorted(known)}"
+                )
+        spec = self.spec
+        options: dict[str, Any] = {"max_bytes": spec.max_message_bytes}
+        if spec.codec.partition(":")[0] == "lsst":
+            options["fields"] = self._projection()
+        elif spec.id_field:
+            options["id_field"] = spec.id_field
+        features = spec.features
+        return _PrepareConfig(
+            codec=spec.codec,
+            codec_options=tuple(sorted(options.items())),
+            python=(
+                (str(features.file), features.function)
+                if isinstance(features, PythonFeatures)
+                else None
+            ),
+            dtype=numpy_dtype(dtypes.pop()).str,
+            width=widths.pop() if widths else None,
+            keep_alerts=self._filter is not None,
+        )
+
+    def _projection(self) -> tuple[str, ...] | str | None:
+        """The Rubin fields to decode: what the features and the filter read."""
+        wanted = [".".join(p) for p in self._filter.alert_paths] if self._filter else []
+        if self.spec.fields is not None:
+            return (*self.spec.fields, *wanted)
+        if isinstance(self.spec.features, PythonFeatures):
+            return None  # a user function may read anything
+        if not wanted:
+            return "lightcurve"
+        from .schemas import RubinSchemas
+
+        return (*RubinSchemas().get(self.spec.codec).lightcurve_paths(), *wanted)
+
+    async def _start_preparers(self, config: _PrepareConfig) -> None:
+        """Build the preparer here, or in every worker process, before the
+        first batch (so a bad configuration fails now, not on data)."""
+        workers = self.spec.workers
+        if not workers:
+            await asyncio.to_thread(_preparer, config)
+            return
+        self._pool = concurrent.futures.ProcessPoolExecutor(
+            max_workers=workers,
+            # A fresh interpreter per worker: forking a process that runs
+            # threads (the event loop's, ONNX Runtime's) is unsafe.
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_ignore_interrupts,
+        )
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(
+            *(loop.run_in_executor(self._pool, _prepare, config, ()) for _ in range(workers))
+        )
+
+    async def _open_sink(self, url: str) -> Sink:
+        sink = open_sink(url)
+        if not sink.durable_on_write:
+            raise InvalidInput(
+                f"sink {url} makes records durable only when closed; a pipeline commits "
+                "after every batch and needs a sink that is durable on write "
+                "(e.g. .jsonl or .avro instead of .parquet)"
+            )
+        await sink.start()
+        return sink
+
+    async def _close(self) -> None:
+        closers: list[Callable[[], Awaitable[None]]] = []
+        if self._source is not None:
+            closers.append(self._source.close)
+        closers += [sink.close for sink in self._sinks]
+        if self._dead_letter is not None:
+            closers.append(self._dead_letter.close)
+        closers += [model.close for model in self._models]
+        for close in closers:
+            try:
+                await close()
+            except Exception:  # closing the rest matters more than this one
+                log.exception("pipeline %s: error while closing", self.spec.name)
+        if self._store is not None:
+            self._store.close()
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+
+    # -- the loop ------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        assert self._source is not None
+        source = self._source
+        next_lag = 0.0
+        while not self._stop.is_set():
+            if time.monotonic() >= next_lag:
+                self.metrics.set_lag(await source.lag())
+                next_lag = time.monotonic() + _LAG_INTERVAL
+            messages = await source.fetch(self.spec.batch, self.spec.fetch_timeout)
+            if not messages:
+                if source.exhausted:
+                    break
+                continue
+            self.metrics.consumed(len(messages))
+            batch = await self._process(messages)
+            await self._write(batch)
+            started = time.perf_counter()
+            await source.commit(messages)
+            self.metrics.stage("commit", time.perf_counter() - started)
+            self._committed(batch)
+        self.metrics.set_lag(await source.lag())
+
+    async def _process(self, messages: Sequence[Message]) -> _Batch:
+        batch = _Batch(messages)
+        prepared = await self._prepare([m.value for m in messages])
+        alerts: list[_Alert] = []
+        vectors: list[npt.NDArray[Any]] = []
+        for message, ready in zip(messages, prepared, strict=True):
+            if ready.failure is not None:
+                batch.dead.append(DeadLetter(message, *ready.failure, ready.alert_id))
+            else:
+                assert ready.alert_id is not None
+                assert ready.vector is not None
+                alerts.append(_Alert(message, ready.alert, ready.alert_id))
+                vectors.append(ready.vector)
+        if not alerts:
+            return batch
+        features = np.stack(vectors)
+        annotated: set[int] = set()
+        processed_at = datetime.now(UTC)
+        for model in self._models:
+            began = time.perf_counter()
+            outputs = await self._predict(model, features, alerts, batch.dead)
+            self.metrics.stage("model", time.perf_counter() - began)
+            if outputs is None:
+                continue
+            began = time.perf_counter()
+            for index, item in enumerate(alerts):
+                rows = {name: values[index] for name, values in outputs.items()}
+                batch.annotations.append(self._annotate(model, item, rows, processed_at))
+                annotated.add(index)
+            self.metrics.stage("annotate", time.perf_counter() - began)
+        batch.annotated_timestamps = [alerts[i].message.timestamp_ms for i in sorted(annotated)]
+        return batch
+
+    async def _prepare(self, values: list[bytes]) -> list[_Prepared]:
+        """Decode and featurise ``values``, split over the worker processes if any."""
+        assert self._prepare_config is not None
+        config = self._prepare_config
+        if self._pool is None:
+            parts = [await asyncio.to_thread(_prepare, config, values)]
+        else:
+            loop = asyncio.get_running_loop()
+            size = -(-len(values) // self.spec.workers)
+            parts = await asyncio.gather(
+                *(
+                    loop.run_in_executor(self._pool, _prepare, config, values[i : i + size])
+                    for i in range(0, len(values), size)
+                )
+            )
+        # Worker times add up to more than the wall time: they are CPU time.
+        self.metrics.stage("decode", sum(part[1] for part in parts))
+        self.metrics.stage("features", sum(part[2] for part in parts))
+        return [item for part in parts for item in part[0]]
+
+    async def _predict(
+        self,
+        model: ModelRunner,
+        features: npt.NDArray[Any],
+        alerts: Sequence[_Alert],
+        dead: list[DeadLetter],
+    ) -> dict[str, npt.NDArray[Any]] | None:
+        """The model's outputs, trying twice; on a second failure the batch's
+        alerts are dead-lettered for this model and ``None`` is returned."""
+        failure: Exception | None = None
+        for attempt in (1, 2):
+            try:
+                outputs = await model.predict(features)
+                for name, values in outputs.items():
+                    if len(values) != len(alerts):
+                        raise ModelExecutionError(
+                            f"output {name!r} has {len(values)} rows for {len(alerts)} alerts"
+                        )
+                return outputs
+            except Exception as exc:  # any failure of the model is the model's, not ours
+                failure = exc
+                log.warning(
+                    "pipeline %s: %s:%s failed on a batch of %d (attempt %d): %s",
+                    self.spec.name,
+                    model.model,
+                    model.version,
+                    len(alerts),
+                    attempt,
+                    exc,
+                )
+        reason = f"{model.model}:{model.version} failed twice: {type(failure).__name__}: {failure}"
+        dead.extend(
+            DeadLetter(item.message, "model", "model-error", reason, item.alert_id)
+            for item in alerts
+        )
+        return None
+
+    def _annotate(
+        self,
+        model: ModelRunner,
+        item: _Alert,
+        rows: Mapping[str, npt.NDArray[Any]],
+        processed_at: datetime,
+    ) -> Annotation:
+        outputs = {name: _plain(row) for name, row in rows.items()}
+        label, score = _top_class(model.outputs, rows)
+        published, filter_error = True, None
+        if self._filter is not None:
+            context = {**outputs, "alert": item.alert or {}, "label": label, "score": score}
+            try:
+                published = self._filter.matches(context)
+            except EvaluationError as exc:
+                published, filter_error = False, str(exc)
+        return Annotation(
+            alert_id=item.alert_id,
+            model=model.model,
+            model_version=model.version,
+            model_digest=model.digest,
+            outputs=outputs,
+            label=label,
+            score=score,
+            pipeline=self.spec.name,
+            runtime=model.runtime,
+            library_versions=model.library_versions,
+            broker_timestamp_ms=item.message.timestamp_ms,
+            processed_at=processed_at,
+            published=published,
+            filter_error=filter_error,
+        )
+
+    # -- output --------------------------------------------------------------
+
+    async def _write(self, batch: _Batch) -> None:
+        """Make every output of ``batch`` durable, or raise without committing."""
+        started = time.perf_counter()
+        writes: list[Awaitable[None]] = []
+        if self._store is not None and batch.annotations:
+            writes.append(
+                self._durably(
+                    "the result store", asyncio.to_thread, self._store.write, batch.annotations
+                )
+            )
+        published = [OutRecord(value=a.to_json(), key=a.key.encode()) for a in batch.published]
+        if published:
+            for sink, url in zip(self._sinks, self.spec.topic_sinks, strict=True):
+                writes.append(self._durably(url, sink.write, published))
+        if batch.dead and self._dead_letter is not None:
+            records = [letter.record(self.spec.name) for letter in batch.dead]
+            writes.append(self._durably(self.spec.dead_letter, self._dead_letter.write, records))
+        await asyncio.gather(*writes)
+        self.metrics.stage("sinks", time.perf_counter() - started)
+
+    async def _durably(self, what: str, write: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Await ``write(*args)``, retrying with back-off while the target is unavailable."""
+        delay = 0.5
+        for attempt in range(1, _WRITE_ATTEMPTS + 1):
+            try:
+                await write(*args)
+                return
+            except (Unavailable, OSError) as exc:
+                if attempt == _WRITE_ATTEMPTS:
+                    raise Unavailable(
+                        f"pipeline {self.spec.name}: cannot write to {what} "
+                        f"after {attempt} attempts: {exc}"
+                    ) from exc
+                log.warning(
+                    "pipeline %s: writing to %s failed (%s); retrying", self.spec.name, what, exc
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 8.0)
+
+    def _committed(self, batch: _Batch) -> None:
+        now_ms = time.time() * 1000
+        for timestamp in batch.annotated_timestamps:
+            if timestamp is not None:
+                self.metrics.latency(max(0.0, now_ms - timestamp) / 1000)
+        self.metrics.annotated(len(batch.annotated_timestamps))
+        self.metrics.published(len(batch.published))
+        for letter in batch.dead:
+            self.metrics.dead_lettered(letter.stage)
+
+    # -- status ----------------------------------------------------------------
+
+    async def _status_loop(self) -> None:
+        while True:
+            self._write_status()
+            await asyncio.sleep(_STATUS_INTERVAL)
+
+    def _write_status(self) -> None:
+        if not self._write_status_file:
+            return
+        data = {
+            "name": self.spec.name,
+            **self._identity,
+            "state": self.state,
+            "source": self.spec.source,
+            "sinks": list(self.spec.sinks),
+            "dead_letter": self.spec.dead_letter,
+            "models": [f"{m.model}:{m.version}" for m in self._models],
+            "metrics_port": self.metrics_port,
+            "started_at": self._started_at.isoformat(),
+            "updated_at": datetime.now(UTC).isoformat(),
+            **self.metrics.snapshot(),
+        }
+        try:
+            write_status(self._status_path, data)
+        except OSError as exc:  # a full disk must not stop the annotations
+            log.warning("pipeline %s: cannot write %s: %s", self.spec.name, self._status_path, exc)
+
+
+async def run_pipeline(
+    spec: PipelineSpec,
+    settings: Settings,
+    *,
+    metrics_port: int | None = None,
+    handle_signals: bool = True,
+) -> dict[str, Any]:
+    """Run ``spec`` until its source is exhausted or SIGTERM / SIGINT drains it."""
+    pipeline = Pipeline(spec, settings, metrics_port=metrics_port)
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGTERM, signal.SIGINT) if handle_signals else ()
+    for signum in signals:
+        loop.add_signal_handler(signum, pipeline.request_stop)
+    try:
+        return await pipeline.run()
+    finally:
+        for signum in signals:
+            loop.remove_signal_handler(signum)

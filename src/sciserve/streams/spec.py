@@ -1,0 +1,212 @@
+"""Pipeline specs: the YAML file that ``sciserve stream run`` executes.
+
+::
+
+    name: lsst-classify
+    source: kafka://127.0.0.1:9092/alerts?group=lsst-classify
+    codec: lsst:11.1
+    features: lightcurve
+    models:
+      - ref: examples/lc-classifier@production
+    filter: "probabilities[4] > 0.5 and alert.diaSource.band in ['g', 'r']"
+    sinks: [kafka://127.0.0.1:9092/annotations, results]
+    dead_letter: file:///var/tmp/dead.jsonl
+    batch: 256
+    max_message_bytes: 1048576
+
+Everything that can be checked without connecting to anything is checked
+when the spec is loaded, the filter expression included, so a typo fails
+at once rather than after the first batch.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+
+from ..errors import InvalidInput
+from .expr import Expression, parse_expression
+
+__all__ = ["RESULTS", "ModelStep", "PipelineSpec", "PythonFeatures", "load_spec", "parse_spec"]
+
+#: The sink name that stands for the registry database's result store.
+RESULTS = "results"
+
+#: Pipeline names become file names (status files) and consumer-group names.
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+_STREAM_SCHEMES = ("kafka://", "nats://", "file://")
+_CODEC_FAMILIES = ("lsst", "ztf", "json")
+_ENTRY_RE = re.compile(r"^(?P<file>[^:]+\.py):(?P<function>[A-Za-z_][A-Za-z0-9_]*)$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ModelStep(_Strict):
+    """One model every alert goes through."""
+
+    #: Registry reference, e.g. ``examples/lc-classifier@production``.
+    ref: str = Field(min_length=1)
+    #: A sciserve server to run the model on (Open Inference Protocol over
+    #: HTTP); without it the model runs in the pipeline's process.
+    server: str | None = None
+
+    @field_validator("server")
+    @classmethod
+    def _http(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} is not an http:// or https:// URL")
+        return value
+
+
+class PythonFeatures(_Strict):
+    """A user function ``file.py:function`` turning one decoded alert into a
+    feature vector; it runs only if ``namespace`` is trusted in the registry."""
+
+    python: str
+    namespace: str = Field(min_length=1)
+
+    @field_validator("python")
+    @classmethod
+    def _entry(cls, value: str) -> str:
+        if not _ENTRY_RE.fullmatch(value):
+            raise ValueError(f"{value!r} is not of the form file.py:function")
+        return value
+
+    @property
+    def file(self) -> Path:
+        return Path(self.python.rsplit(":", 1)[0])
+
+    @property
+    def function(self) -> str:
+        return self.python.rsplit(":", 1)[1]
+
+
+class PipelineSpec(_Strict):
+    """A validated pipeline spec (see the module documentation)."""
+
+    name: str
+    source: str
+    codec: str = "lsst"
+    #: Dotted path of the alert id for the ``ztf`` and ``json`` codecs
+    #: (Rubin alerts name it by schema version).
+    id_field: str | None = None
+    #: Reader-schema projection for Rubin alerts; by default what the
+    #: feature step and the filter read.
+    fields: tuple[str, ...] | None = None
+    features: Literal["lightcurve"] | PythonFeatures = "lightcurve"
+    models: tuple[ModelStep, ...] = Field(min_length=1)
+    #: Which annotations are published to topic sinks (the result store
+    #: keeps all of them).
+    filter: str | None = None
+    sinks: tuple[str, ...] = Field(min_length=1)
+    dead_letter: str
+    batch: int = Field(default=256, ge=1, le=100_000)
+    max_message_bytes: int = Field(default=2**20, gt=0)
+    #: Processes that decode alerts and compute features in parallel; 0 does
+    #: it in the pipeline's own process.  Worth it when decoding dominates
+    #: and there are cores to spare.
+    workers: int = Field(default=0, ge=0, le=64)
+    #: How long one fetch waits for messages before the loop looks around
+    #: (drain requests, status) again, in seconds.
+    fetch_timeout: float = Field(default=1.0, gt=0, le=60)
+
+    _filter: Expression | None = PrivateAttr(default=None)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NAME_RE.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is not a pipeline name (lowercase letters, digits, '.', '_', '-')"
+            )
+        return value
+
+    @field_validator("source", "dead_letter")
+    @classmethod
+    def _stream_url(cls, value: str) -> str:
+        if not value.startswith(_STREAM_SCHEMES):
+            raise ValueError(f"{value!r} is not a kafka://, nats:// or file:// URL")
+        return value
+
+    @field_validator("sinks")
+    @classmethod
+    def _sinks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for sink in value:
+            if sink != RESULTS and not sink.startswith(_STREAM_SCHEMES):
+                raise ValueError(f"{sink!r} is neither {RESULTS!r} nor a stream URL")
+        if len(set(value)) != len(value):
+            raise ValueError("a sink is listed twice")
+        return value
+
+    @field_validator("codec")
+    @classmethod
+    def _codec(cls, value: str) -> str:
+        if value.partition(":")[0] not in _CODEC_FAMILIES:
+            raise ValueError(f"unknown codec {value!r}; choose lsst, lsst:M.m, ztf or json")
+        return value
+
+    def model_post_init(self, context: Any) -> None:
+        # Parsed here, once, so a bad filter fails when the spec is loaded.
+        if self.filter is not None:
+            self._filter = parse_expression(self.filter, what="filter")
+
+    @property
+    def filter_expression(self) -> Expression | None:
+        """The parsed :attr:`filter`, or ``None`` when every annotation is published."""
+        return self._filter
+
+    @property
+    def writes_results(self) -> bool:
+        """Whether annotations go to the registry database's result store."""
+        return RESULTS in self.sinks
+
+    @property
+    def topic_sinks(self) -> tuple[str, ...]:
+        """The sinks that are stream URLs (everything but ``results``)."""
+        return tuple(sink for sink in self.sinks if sink != RESULTS)
+
+
+def parse_spec(data: object, *, base_dir: Path | None = None, source: str = "") -> PipelineSpec:
+    """Validate a spec given as parsed YAML.
+
+    A relative ``features.python`` file is taken relative to ``base_dir``
+    (the spec's directory).  Every problem raises
+    :class:`~sciserve.errors.InvalidInput` naming the field.
+    """
+    label = f" {source}" if source else ""
+    if not isinstance(data, dict):
+        raise InvalidInput(f"pipeline spec{label} must be a mapping of settings")
+    features = data.get("features")
+    if isinstance(features, dict) and isinstance(features.get("python"), str) and base_dir:
+        entry = features["python"]
+        file, colon, function = entry.rpartition(":")
+        if colon and file and not Path(file).is_absolute():
+            data = {**data, "features": {**features, "python": f"{base_dir / file}:{function}"}}
+    try:
+        return PipelineSpec.model_validate(data)
+    except ValidationError as exc:
+        problems = "\n".join(
+            f"  - {'.'.join(str(p) for p in error['loc']) or '<spec>'}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise InvalidInput(f"invalid pipeline spec{label}:\n{problems}") from exc
+
+
+def load_spec(path: str | Path) -> PipelineSpec:
+    """Read and validate the pipeline spec at ``path``."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InvalidInput(f"cannot read pipeline spec {path}: {exc.strerror or exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise InvalidInput(f"pipeline spec {path} is not valid YAML: {exc}") from exc
+    return parse_spec(data, base_dir=path.resolve().parent, source=str(path))
