@@ -20,6 +20,7 @@ answer UNIMPLEMENTED with a message saying so.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import math
@@ -184,7 +185,7 @@ def _reported(method: _Unary[_Request, _Response]) -> _Unary[_Request, _Response
         try:
             return await method(self, request, context)
         except Exception as exc:
-            await self.audit_denial(method.__name__, exc)
+            await self.audit_denial(method.__name__, exc, context)
             failure = _failure(exc)
             await context.abort(failure.code, failure.details, failure.trailing_metadata)
             raise  # unreachable: abort() raises
@@ -219,12 +220,20 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
                 header = value if isinstance(value, str) else value.decode("latin-1")
         return await self.service.identify(header)
 
-    async def audit_denial(self, method: str, exc: BaseException) -> None:
+    async def audit_denial(
+        self, method: str, exc: BaseException, context: grpc.aio.ServicerContext
+    ) -> None:
         access = self.service.access
         reason = {Unauthenticated: "unauthenticated", PermissionDenied: "forbidden",
                   RateLimited: "rate_limited"}.get(type(exc))  # fmt: skip
-        if access is not None and reason is not None:
-            await asyncio.to_thread(access.denied.record, f"gRPC {method}", reason)
+        if access is None or reason is None:
+            return
+        identity = None
+        if reason != "unauthenticated":
+            # The credentials were good (the denial came later): name the caller.
+            with contextlib.suppress(SciserveError):  # e.g. revoked meanwhile
+                identity = await self.identity(context)
+        await asyncio.to_thread(access.denied.record, f"gRPC {method}", reason, identity)
 
     # -- health and metadata ---------------------------------------------
 
@@ -327,7 +336,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         try:
             identity = await self.identity(context)
         except Exception as exc:
-            await self.audit_denial("ModelStreamInfer", exc)
+            await self.audit_denial("ModelStreamInfer", exc, context)
             failure = _failure(exc)
             await context.abort(failure.code, failure.details, failure.trailing_metadata)
             raise  # unreachable: abort() raises
@@ -499,19 +508,6 @@ class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
         if status is None:
             await context.abort(_Code.NOT_FOUND, f"unknown service {request.service!r}")
         return health_pb2.HealthCheckResponse(status=status)
-
-    async def List(
-        self, request: health_pb2.HealthListRequest, context: grpc.aio.ServicerContext
-    ) -> health_pb2.HealthListResponse:
-        """The status of the server and of every model it knows."""
-        rows = await self.service.repository_index()
-        names = sorted(self.SERVER_NAMES | {row["name"] for row in rows})
-        response = health_pb2.HealthListResponse()
-        for name in names:
-            status = await self.status(name)
-            if status is not None:  # a model may vanish between the two calls
-                response.statuses[name].status = status
-        return response
 
     async def Watch(
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext

@@ -457,9 +457,20 @@ def _denied_recorder(service: InferenceService) -> Denied | None:
 
     async def record(request: Request, reason: str) -> None:
         route = request.scope.get("route")
-        template = getattr(route, "path", request.url.path)
+        template = getattr(route, "path", None)
+        if template is None:
+            # Inference skips the router: name its template, not the raw path,
+            # so callers cannot mint new sampling keys with new model names.
+            match = _INFER_PATH.fullmatch(request.url.path)
+            template = _infer_template(match) if match else request.url.path
         # Who was denied is not always known (bad credentials): record what is.
-        await run_in_threadpool(access.denied.record, f"{request.method} {template}", reason)
+        identity = None
+        if reason != "unauthenticated":
+            with contextlib.suppress(SciserveError):  # e.g. revoked meanwhile
+                identity = await service.identify(request.headers.get("authorization"))
+        await run_in_threadpool(
+            access.denied.record, f"{request.method} {template}", reason, identity
+        )
 
     return record
 
@@ -479,16 +490,20 @@ class _RegistryApi:
         self.service = service
         self.registry = service.registry
 
-    async def _authorize(self, request: Request, action: Scope, namespace: str | None) -> Identity:
+    async def _authorize(
+        self, request: Request, action: Scope, namespace: str | None, name: str | None = None
+    ) -> Identity:
         """The caller, if it may do ``action`` in ``namespace``; every route asks here first.
 
         ``namespace`` ``None`` means "across namespaces": listings are then
         filtered to what the caller may see, and global actions (the audit
-        trail, verifying everything) need ``admin`` on ``*``.
+        trail, verifying everything) need ``admin`` on ``*``.  Routes about
+        one model pass its ``name``, so a model the caller may not see is
+        reported in the registry's words for a missing model.
         """
         identity = await self.service.identify(request.headers.get("authorization"))
         if namespace is not None:
-            authorize(identity, action, namespace)
+            authorize(identity, action, namespace, name)
         elif action == "admin" and not identity.is_admin:
             raise PermissionDenied(f"{identity.subject} needs the admin scope on '*'")
         return identity
@@ -549,13 +564,13 @@ class _RegistryApi:
 
     async def versions(self, request: Request) -> Response:
         ref = _reference(request)
-        await self._authorize(request, "read", ref.namespace)
+        await self._authorize(request, "read", ref.namespace, ref.name)
         found = await self._call(self.registry.versions, ref)
         return _json({"versions": [version_to_wire(v) for v in found]})
 
     async def _resolve(self, request: Request, action: Scope) -> VersionInfo:
         ref = _reference(request)
-        await self._authorize(request, action, ref.namespace)
+        await self._authorize(request, action, ref.namespace, ref.name)
         info: VersionInfo = await self._call(self.registry.resolve, ref)
         return info
 
@@ -647,7 +662,7 @@ class _RegistryApi:
 
     async def tag(self, request: Request) -> Response:
         ref = _reference(request)
-        actor = (await self._authorize(request, "publish", ref.namespace)).principal
+        actor = (await self._authorize(request, "publish", ref.namespace, ref.name)).principal
         doc = await _json_object(request)
         target = Reference(
             ref.namespace,
@@ -662,21 +677,21 @@ class _RegistryApi:
 
     async def untag(self, request: Request) -> Response:
         ref = _reference(request)
-        actor = (await self._authorize(request, "publish", ref.namespace)).principal
+        actor = (await self._authorize(request, "publish", ref.namespace, ref.name)).principal
         model = str(Reference(ref.namespace, ref.name))
         await self._call(self.registry.untag, model, ref.alias, actor=actor)
         return Response(status_code=204)
 
     async def yank(self, request: Request) -> Response:
         ref = _reference(request)
-        actor = (await self._authorize(request, "publish", ref.namespace)).principal
+        actor = (await self._authorize(request, "publish", ref.namespace, ref.name)).principal
         reason = _optional(await _json_object(request), "reason", str, "")
         info = await self._call(self.registry.yank, str(ref), reason, actor=actor)
         return _json(version_to_wire(info))
 
     async def unyank(self, request: Request) -> Response:
         ref = _reference(request)
-        actor = (await self._authorize(request, "publish", ref.namespace)).principal
+        actor = (await self._authorize(request, "publish", ref.namespace, ref.name)).principal
         await _json_object(request)
         info = await self._call(self.registry.unyank, str(ref), actor=actor)
         return _json(version_to_wire(info))
@@ -762,6 +777,13 @@ def create_app(service: InferenceService, *, manage_service: bool = False) -> St
 
 #: ``/v2/models/{name}[/versions/{version}]/infer``: the route that carries the load.
 _INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
+
+
+def _infer_template(match: re.Match[str]) -> str:
+    """The route template an inference path matched by :data:`_INFER_PATH` belongs to."""
+    if match.group(2) is None:
+        return "/v2/models/{name}/infer"
+    return "/v2/models/{name}/versions/{version}/infer"
 
 
 class _App(Starlette):

@@ -582,10 +582,12 @@ class Registry:
     def untag(self, ref: str, alias: str, *, actor: str | None = None) -> None:
         r = parse_reference(ref)
         with self._write() as conn:
+            rows = self._version_rows(conn, r.namespace, r.name)
+            if not rows:
+                raise NotFound(f"no model {r.namespace}/{r.name}")
             aliases = self._aliases(conn, r.namespace, r.name)
             if alias not in aliases:
                 raise NotFound(f"no alias {alias!r} on {r.namespace}/{r.name}")
-            rows = self._version_rows(conn, r.namespace, r.name)
             conn.execute(
                 sa.delete(db.aliases).where(
                     db.aliases.c.model_id == rows[0].model_id, db.aliases.c.alias == alias

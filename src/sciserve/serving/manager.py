@@ -329,7 +329,11 @@ class ModelManager:
         entry = self._models.get(served)
         if entry is None:
             namespace, name = split_served_name(served)
-            info = await asyncio.to_thread(self.registry.resolve, Reference(namespace, name))
+            try:
+                info = await asyncio.to_thread(self.registry.resolve, Reference(namespace, name))
+            except NotFound:
+                # Worded like every other request naming a model not served.
+                raise NotFound(f"unknown model {served!r}") from None
             entry = self._models.setdefault(served, _Served(namespace, name))
         else:
             info = await asyncio.to_thread(

@@ -1,0 +1,736 @@
+"""The authorization matrix: every endpoint against every kind of credential.
+
+One real ``sciserve serve --auth`` process (SQLite registry) serves three
+models: ``alpha/m`` (inference and model metadata), ``alpha/pub`` (versions
+1.0.0, aliased ``stable``, and 2.0.0: the registry's changing routes and
+load/unload) and ``beta/b``.  Every REST route is taken from the Starlette
+application and every gRPC method from the service descriptors, so an
+endpoint added without an expectation here fails the test.
+
+Each cell's expected answer follows from one rule (:func:`expected`):
+
+* public endpoints answer normally whoever asks;
+* missing, malformed, unknown, expired or revoked credentials and bad JWTs
+  are 401 / UNAUTHENTICATED;
+* a caller without any scope in ``alpha`` gets 404 / NOT_FOUND, with the very
+  body a truly missing model gets;
+* a caller with some scope in ``alpha`` but not the one needed gets 403 /
+  PERMISSION_DENIED;
+* otherwise the endpoint's normal answer, and listings show exactly the
+  namespaces the caller may see.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import jwt
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from google.protobuf import message_factory
+from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
+from grpc_health.v1 import health_pb2
+from starlette.routing import Route
+from tritonclient.grpc import service_pb2
+
+from sciserve.access.tokens import TokenStore
+from sciserve.config import Settings
+from sciserve.package.archive import pack
+from sciserve.protocol.rest import create_app
+from sciserve.registry.registry import Registry
+from sciserve.serving.service import InferenceService
+
+from helpers.packages import make_onnx_package
+from helpers.server import Running, start_server, stop_server
+
+pytestmark = pytest.mark.slow
+
+ISSUER = "https://iam.example.org/"
+ROGUE_ISSUER = "https://rogue.example.org/"
+SCOPES = frozenset({"read", "infer", "publish", "admin"})
+REGISTRY = "/v2/sciserve/registry"
+INFERENCE = "inference.GRPCInferenceService"
+HEALTH = "grpc.health.v1.Health"
+#: The name every "truly missing model" request uses instead of the real one.
+GHOST = "ghost"
+
+
+# -- credentials ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Credential:
+    """One column of the matrix: an ``Authorization`` value and what it grants.
+
+    ``grants`` is ``None`` for credentials the server must reject outright.
+    """
+
+    header: str | None
+    grants: dict[str, frozenset[str]] | None
+
+    def scopes_in(self, namespace: str) -> frozenset[str]:
+        grants = self.grants or {}
+        return grants.get(namespace, frozenset()) | grants.get("*", frozenset())
+
+    def sees(self, namespace: str) -> bool:
+        return bool(self.scopes_in(namespace))
+
+    def may(self, scope: str, namespace: str) -> bool:
+        held = self.scopes_in(namespace)
+        # Any scope in a namespace lets its holder see (read) it; admin allows everything.
+        return scope in held or "admin" in held or (scope == "read" and bool(held))
+
+
+class Outcome(Enum):
+    OK = "ok"
+    UNAUTHENTICATED = "401"
+    FORBIDDEN = "403"
+    NOT_FOUND = "404"
+    UNIMPLEMENTED = "unimplemented"
+
+
+@dataclass(frozen=True)
+class Target:
+    """What an endpoint acts on, which decides how credentials are judged.
+
+    ``kind`` is ``public``, ``model`` (a model of ``alpha``), ``publish`` (the
+    namespace named inside the uploaded package: ``alpha``), ``listing``
+    (filtered to what the caller sees), ``global`` (``admin`` on ``*``) or
+    ``unimplemented``.
+    """
+
+    kind: str
+    scope: str = "read"
+
+
+PUBLIC = Target("public")
+LISTING = Target("listing")
+UNIMPLEMENTED = Target("unimplemented")
+
+
+def expected(target: Target, cred: Credential) -> Outcome:
+    """The one rule of the matrix (see the module docstring)."""
+    if target.kind == "public":
+        return Outcome.OK
+    if target.kind == "unimplemented":
+        return Outcome.UNIMPLEMENTED
+    if cred.grants is None:
+        return Outcome.UNAUTHENTICATED
+    if target.kind == "listing":
+        return Outcome.OK
+    if target.kind == "global":
+        return Outcome.OK if "admin" in cred.grants.get("*", ()) else Outcome.FORBIDDEN
+    if not cred.sees("alpha"):
+        return Outcome.NOT_FOUND
+    return Outcome.OK if cred.may(target.scope, "alpha") else Outcome.FORBIDDEN
+
+
+# -- the server ------------------------------------------------------------------
+
+
+@dataclass
+class World:
+    server: Running
+    creds: dict[str, Credential]
+    archive: bytes
+    admin: str
+
+
+def _jwk(key: ec.EllipticCurvePrivateKey, kid: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
+    return {**data, "kid": kid, "use": "sig", "alg": "ES256"}
+
+
+def _jwt(key: ec.EllipticCurvePrivateKey, issuer: str, **claims: Any) -> str:
+    now = int(time.time())
+    body = {"iss": issuer, "sub": "carol", "iat": now, "exp": now + 3600, **claims}
+    return jwt.encode(body, key, algorithm="ES256", headers={"kid": "k1"})
+
+
+def _build(home: Path, work: Path) -> tuple[dict[str, Credential], bytes]:
+    """Packages, issuer keys, settings and tokens; returns the credentials and
+    the archive of ``alpha/pub:1.0.0``."""
+    key, stranger = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    jwks = work / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [_jwk(key, "k1")]}))
+    home.mkdir(parents=True)
+    (home / "sciserve.toml").write_text(
+        "[access]\n"
+        "[[access.issuers]]\n"
+        f'issuer = "{ISSUER}"\n'
+        f"jwks_file = {json.dumps(str(jwks))}\n"
+        'algorithms = ["ES256"]\n'
+        'group_map = { "/alpha" = "alpha" }\n'
+    )
+    pub = make_onnx_package(work / "pub1", name="pub", namespace="alpha")
+    archive = pack(pub, work / "pub1.tar.gz").read_bytes()
+    with Registry(Settings.load(home, environ={})) as reg:
+        reg.publish(make_onnx_package(work / "m", name="m", namespace="alpha"))
+        reg.publish(pub)
+        reg.publish(
+            make_onnx_package(work / "pub2", name="pub", namespace="alpha", version="2.0.0")
+        )
+        reg.tag("alpha/pub:1.0.0", "stable")
+        reg.publish(make_onnx_package(work / "b", name="b", namespace="beta"))
+        tokens = TokenStore(reg)
+
+        def mint(scopes: dict[str, set[str]], **kwargs: Any) -> str:
+            return "Bearer " + tokens.create("matrix", scopes, **kwargs)[1]
+
+        expired = mint({"alpha": set(SCOPES)}, expires_in=timedelta(seconds=1))
+        expires_at = time.monotonic() + 1.0
+        revoked_record, revoked = tokens.create("matrix", {"alpha": set(SCOPES)})
+        tokens.revoke(revoked_record.token_id)
+        granted = {
+            "other_namespace": {"beta": SCOPES},
+            "reader": {"alpha": frozenset({"read"})},
+            "inferrer": {"alpha": frozenset({"infer"})},
+            "publisher": {"alpha": frozenset({"publish"})},
+            "namespace_admin": {"alpha": frozenset({"admin"})},
+        }
+        creds = {
+            name: Credential(mint({ns: set(s) for ns, s in g.items()}), g)
+            for name, g in granted.items()
+        }
+        creds["admin"] = Credential(mint({}, admin=True), {"*": frozenset({"admin"})})
+    good = _jwt(
+        key,
+        ISSUER,
+        scope="compute.read compute.create compute.modify",
+        **{"wlcg.groups": ["/alpha"]},
+    )
+    groups = {"wlcg.groups": ["/alpha"], "scope": "compute.read compute.create"}
+    rejected = {
+        "none": None,
+        "malformed": "Bearer ssv_not-a-token",
+        "wrong_scheme": "Basic bWF0cml4OnNlY3JldA==",
+        "unknown_token": f"Bearer ssv_{'Q' * 12}_{'A' * 43}",
+        "expired_token": expired,
+        "revoked_token": "Bearer " + revoked,
+        "jwt_bad_signature": "Bearer " + _jwt(stranger, ISSUER, **groups),
+        "jwt_unknown_issuer": "Bearer " + _jwt(key, ROGUE_ISSUER, **groups),
+    }
+    creds.update({name: Credential(header, None) for name, header in rejected.items()})
+    creds["jwt"] = Credential("Bearer " + good, {"alpha": frozenset({"read", "infer", "publish"})})
+    time.sleep(max(0.0, expires_at - time.monotonic()) + 0.1)
+    return creds, archive
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    work = tmp_path_factory.mktemp("matrix")
+    creds, archive = _build(work / "home", work)
+    server = start_server(work / "home", "--auth")
+    try:
+        admin = creds["admin"].header
+        assert admin is not None
+        yield World(server, creds, archive, admin)
+    finally:
+        stop_server(server.proc)
+
+
+# -- REST --------------------------------------------------------------------------
+
+_INFER_BODY = json.dumps(
+    {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
+).encode()
+
+
+@dataclass(frozen=True)
+class Rest:
+    """How to call one route, and what it answers when allowed."""
+
+    target: Target
+    ok: int = 200
+    body: Callable[[World], bytes] | None = None
+    params: dict[str, str] = field(default_factory=dict)
+    #: Run with the admin token before each call / after each call (restores state).
+    before: tuple[str, str, bytes] | None = None
+    after: tuple[str, str, bytes] | None = None
+    #: Status a truly missing model gets (400 where the request is refused first).
+    missing: int = 404
+    #: For listings: the namespaces of the models or namespaces in the answer.
+    seen: Callable[[Any], set[str]] | None = None
+
+
+def _served_namespaces(names: list[str]) -> set[str]:
+    return {n.split(".", 1)[0] if "." in n else "default" for n in names}
+
+
+MODEL = Target("model")
+INFER = Target("model", "infer")
+ADMIN = Target("model", "admin")
+PUBLISH = Target("model", "publish")
+OIP = {"name": "alpha.m", "version": "1.0.0"}
+SPARE = {"name": "alpha.pub"}
+REG = {"namespace": "alpha", "name": "pub", "version": "2.0.0", "alias": "stable"}
+_RELOAD = ("POST", "/v2/repository/models/alpha.pub/load", b"")
+_UNYANK = ("POST", f"{REGISTRY}/models/alpha/pub/versions/2.0.0/unyank", b"")
+
+
+def _rest_table() -> dict[tuple[str, str], Rest]:
+    """Every route of the HTTP application (HEAD goes with GET)."""
+    model, version = "/v2/models/{name}", "/v2/models/{name}/versions/{version}"
+    reg_model = REGISTRY + "/models/{namespace}/{name}"
+    table: dict[tuple[str, str], Rest] = {
+        ("POST", model + "/infer"): Rest(INFER, body=lambda w: _INFER_BODY, params=OIP),
+        ("POST", version + "/infer"): Rest(INFER, body=lambda w: _INFER_BODY, params=OIP),
+        ("GET", "/v2/health/live"): Rest(PUBLIC),
+        ("GET", "/v2/health/ready"): Rest(PUBLIC),
+        ("GET", "/v2"): Rest(PUBLIC),
+        ("GET", "/v2/models/stats"): Rest(
+            LISTING, seen=lambda d: _served_namespaces([m["name"] for m in d["model_stats"]])
+        ),
+        ("POST", "/v2/repository/index"): Rest(
+            LISTING, body=lambda w: b"{}", seen=lambda d: _served_namespaces([m["name"] for m in d])
+        ),
+        ("POST", "/v2/repository/models/{name}/load"): Rest(ADMIN, params=SPARE),
+        ("POST", "/v2/repository/models/{name}/unload"): Rest(ADMIN, params=SPARE, after=_RELOAD),
+        ("GET", REGISTRY + "/namespaces"): Rest(
+            LISTING, seen=lambda d: {n["name"] for n in d["namespaces"]}
+        ),
+        ("GET", REGISTRY + "/events"): Rest(Target("global")),
+        ("POST", REGISTRY + "/verify"): Rest(Target("global")),
+        ("GET", REGISTRY + "/models"): Rest(
+            LISTING, seen=lambda d: {m["namespace"] for m in d["models"]}
+        ),
+        # Publishing the very same archive again is the no-op answer 200.
+        ("POST", REGISTRY + "/models"): Rest(
+            Target("publish", "publish"), body=lambda w: w.archive
+        ),
+        ("GET", reg_model + "/versions"): Rest(MODEL, params=REG),
+        ("PUT", reg_model + "/aliases/{alias}"): Rest(
+            PUBLISH, body=lambda w: b'{"version": "1.0.0"}', params=REG
+        ),
+        ("DELETE", reg_model + "/aliases/{alias}"): Rest(
+            PUBLISH,
+            ok=204,
+            params={**REG, "alias": "temp"},
+            before=("PUT", f"{REGISTRY}/models/alpha/pub/aliases/temp", b'{"version": "1.0.0"}'),
+        ),
+    }
+    for ref in (reg_model, reg_model + "/versions/{version}", reg_model + "/aliases/{alias}"):
+        # Only an exact version can be yanked: other references are refused first.
+        exact = ref.endswith("{version}")
+        table |= {
+            ("GET", ref): Rest(MODEL, params=REG),
+            ("GET", ref + "/card"): Rest(MODEL, params=REG),
+            ("GET", ref + "/card.jsonld"): Rest(MODEL, params=REG),
+            ("GET", ref + "/archive"): Rest(MODEL, params=REG),
+            ("POST", ref + "/verify"): Rest(ADMIN, params=REG),
+            ("POST", ref + "/yank"): Rest(
+                PUBLISH,
+                ok=200 if exact else 400,
+                missing=404 if exact else 400,
+                body=lambda w: b'{"reason": "matrix"}',
+                params=REG,
+                after=_UNYANK,
+            ),
+            ("POST", ref + "/unyank"): Rest(PUBLISH, params=REG),
+        }
+    for path in (model, version):
+        table |= {
+            ("GET", path): Rest(MODEL, params=OIP),
+            ("GET", path + "/ready"): Rest(MODEL, params=OIP),
+            ("GET", path + "/config"): Rest(MODEL, params=OIP),
+            ("GET", path + "/stats"): Rest(MODEL, params=OIP),
+        }
+    return table
+
+
+REST_TABLE = _rest_table()
+
+
+def _app_routes(tmp_path: Path) -> set[tuple[str, str]]:
+    with Registry(Settings.load(tmp_path / "home", environ={})) as reg:
+        app = create_app(InferenceService(reg))
+        found = set()
+        for route in app.routes:
+            assert isinstance(route, Route)
+            found |= {(method, route.path) for method in route.methods or ()}
+    return found
+
+
+def test_every_rest_route_has_an_expectation(tmp_path: Path) -> None:
+    routes = _app_routes(tmp_path)
+    # Starlette answers HEAD wherever it answers GET; those cells reuse the GET row.
+    assert {(m, p) for m, p in routes if m == "HEAD"} == {
+        ("HEAD", p) for m, p in routes if m == "GET"
+    }
+    assert {r for r in routes if r[0] != "HEAD"} == set(REST_TABLE)
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: bytes
+    headers: httpx.Headers
+
+
+def _fill(path: str, params: dict[str, str]) -> str:
+    for key, value in params.items():
+        path = path.replace("{" + key + "}", value)
+    assert "{" not in path, path
+    return path
+
+
+def _call(client: httpx.Client, method: str, path: str, header: str | None, body: bytes) -> Answer:
+    headers = {} if header is None else {"Authorization": header}
+    if method in ("POST", "PUT") and body:
+        headers["Content-Type"] = "application/json" if body[:1] == b"{" else "application/gzip"
+    response = client.request(method, path, headers=headers, content=body or None)
+    return Answer(response.status_code, response.content, response.headers)
+
+
+def _ghost(params: dict[str, str]) -> tuple[dict[str, str], str]:
+    """The same parameters naming a model that does not exist, and the real name."""
+    name = params["name"]
+    if "namespace" in params:
+        return {**params, "name": GHOST}, name
+    namespace, real = name.split(".", 1)
+    return {**params, "name": f"{namespace}.{GHOST}"}, real
+
+
+def _elsewhere(params: dict[str, str]) -> dict[str, str]:
+    """The same parameters in a namespace that does not exist."""
+    if "namespace" in params:
+        return {**params, "namespace": "zeta"}
+    return {**params, "name": params["name"].replace("alpha.", "zeta.", 1)}
+
+
+def _rest_cell(
+    client: httpx.Client, world: World, method: str, path: str, spec: Rest, name: str
+) -> list[str]:
+    """Run one cell; return what went wrong (nothing, when the cell holds)."""
+    cred = world.creds[name]
+    want = expected(spec.target, cred)
+    body = spec.body(world) if spec.body is not None and method != "HEAD" else b""
+    url = _fill(path, spec.params)
+    if spec.before is not None:
+        m, p, b = spec.before
+        assert _call(client, m, p, world.admin, b).status < 300
+    try:
+        got = _call(client, method, url, cred.header, body)
+    finally:
+        if spec.after is not None:
+            m, p, b = spec.after
+            assert _call(client, m, p, world.admin, b).status < 300
+    status = {
+        Outcome.OK: spec.ok,
+        Outcome.UNAUTHENTICATED: 401,
+        Outcome.FORBIDDEN: 403,
+        Outcome.NOT_FOUND: 404,
+    }[want]
+    where = f"{method} {url} as {name}: expected {status} ({want.name})"
+    if got.status != status:
+        return [f"{where}, got {got.status} {got.body[:200]!r}"]
+    problems = []
+    if want is Outcome.UNAUTHENTICATED and not got.headers.get("www-authenticate", "").startswith(
+        "Bearer"
+    ):
+        problems.append(f"{where}: no WWW-Authenticate: Bearer")
+    if method == "HEAD":
+        return problems
+    if want is Outcome.NOT_FOUND and spec.target.kind == "model":
+        # Invisible must read exactly like missing: for an all-seeing caller
+        # asking for a model that does not exist, and for this caller asking
+        # in a namespace that does not exist.
+        ghost, real = _ghost(spec.params)
+        missing = _call(client, method, _fill(path, ghost), world.admin, body)
+        if missing.status != spec.missing:
+            problems.append(f"{where}: a missing model gets {missing.status}")
+        elif missing.status == 404 and missing.body.replace(GHOST.encode(), real.encode()) != (
+            got.body
+        ):
+            problems.append(f"{where}: {got.body!r} differs from missing {missing.body!r}")
+        nowhere = _call(client, method, _fill(path, _elsewhere(spec.params)), cred.header, body)
+        if (nowhere.status, nowhere.body.replace(b"zeta", b"alpha")) != (got.status, got.body):
+            problems.append(f"{where}: {got.body!r} differs from nowhere {nowhere.body!r}")
+    if want is Outcome.OK and spec.seen is not None:
+        seen = spec.seen(json.loads(got.body))
+        visible = {ns for ns in ("alpha", "beta") if cred.sees(ns)}
+        if seen != visible:
+            problems.append(f"{where}: listed namespaces {seen}, may see {visible}")
+    if want is Outcome.OK and method == "POST" and path.endswith("/infer"):
+        outputs = json.loads(got.body)["outputs"]
+        expected_y = np.array([[1, 2, 3, 4]], np.float32) @ np.arange(12, dtype=np.float32).reshape(
+            4, 3
+        ) + np.float32(1)
+        if outputs[0]["data"] != expected_y.ravel().tolist():
+            problems.append(f"{where}: wrong inference answer {outputs}")
+    return problems
+
+
+def _coverage(outcomes: dict[tuple[str, str], set[Outcome]], targets: dict[Any, Target]) -> None:
+    """Every protected endpoint showed both faces: refused and allowed."""
+    for key, seen in outcomes.items():
+        target = targets[key]
+        if target.kind in ("public", "unimplemented"):
+            assert len(seen) == 1, (key, seen)
+            continue
+        assert {Outcome.OK, Outcome.UNAUTHENTICATED} <= seen, (key, seen)
+        if target.kind in ("model", "publish"):
+            assert Outcome.NOT_FOUND in seen, (key, seen)
+        if target.kind == "global" or (target.kind == "model" and target.scope != "read"):
+            assert Outcome.FORBIDDEN in seen, (key, seen)
+
+
+def test_rest_matrix(world: World) -> None:
+    problems: list[str] = []
+    cells = 0
+    outcomes: dict[tuple[str, str], set[Outcome]] = {}
+    targets: dict[Any, Target] = {}
+    with httpx.Client(base_url=f"http://{world.server.http}", timeout=30) as client:
+        for (method, path), spec in REST_TABLE.items():
+            for verb in (method, "HEAD") if method == "GET" else (method,):
+                targets[(verb, path)] = spec.target
+                for name, cred in world.creds.items():
+                    problems += _rest_cell(client, world, verb, path, spec, name)
+                    outcomes.setdefault((verb, path), set()).add(expected(spec.target, cred))
+                    cells += 1
+    assert problems == [], "\n".join(problems)
+    assert cells == (len(REST_TABLE) + sum(m == "GET" for m, _ in REST_TABLE)) * len(world.creds)
+    _coverage(outcomes, targets)
+
+
+def test_a_listing_of_an_invisible_namespace_is_a_missing_namespace(world: World) -> None:
+    url = f"http://{world.server.http}{REGISTRY}/models"
+    other = world.creds["other_namespace"].header
+    assert other is not None
+    hidden = httpx.get(url, params={"namespace": "alpha"}, headers={"Authorization": other})
+    absent = httpx.get(url, params={"namespace": "zeta"}, headers={"Authorization": other})
+    assert hidden.status_code == absent.status_code == 404
+    assert hidden.content == absent.content.replace(b"zeta", b"alpha")
+    shown = httpx.get(url, params={"namespace": "alpha"}, headers={"Authorization": world.admin})
+    assert {m["name"] for m in shown.json()["models"]} == {"m", "pub"}
+
+
+# -- gRPC ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rpc:
+    """How to call one method, and what it answers when allowed."""
+
+    target: Target
+    #: The request, given the served model name to put in it.
+    request: Callable[[str], Any] = lambda name: None
+    model: str = "alpha.m"
+    ok: Callable[[Any], bool] = lambda response: True
+    after: str | None = None  # "reload": load alpha.pub again with the admin token
+
+
+def _infer_request(name: str) -> service_pb2.ModelInferRequest:
+    request = service_pb2.ModelInferRequest(model_name=name)
+    request.inputs.add(name="x", datatype="FP32", shape=[1, 4])
+    request.raw_input_contents.append(np.ones((1, 4), np.float32).tobytes())
+    return request
+
+
+def _infer_ok(response: Any) -> bool:
+    if isinstance(response, list):  # a stream: exactly one answer, without error
+        if len(response) != 1 or response[0].error_message:
+            return False
+        response = response[0].infer_response
+    y = np.frombuffer(response.raw_output_contents[0], np.float32)
+    return bool(y.tolist() == [19.0, 23.0, 27.0])
+
+
+def _grpc_namespaces(response: Any) -> set[str]:
+    return _served_namespaces([m.name for m in response.models])
+
+
+GRPC_TABLE: dict[str, Rpc] = {
+    f"{INFERENCE}/ServerLive": Rpc(PUBLIC, ok=lambda r: r.live),
+    f"{INFERENCE}/ServerReady": Rpc(PUBLIC, ok=lambda r: r.ready),
+    f"{INFERENCE}/ServerMetadata": Rpc(PUBLIC, ok=lambda r: r.name == "sciserve"),
+    f"{INFERENCE}/ModelReady": Rpc(
+        MODEL, lambda n: service_pb2.ModelReadyRequest(name=n), ok=lambda r: r.ready
+    ),
+    f"{INFERENCE}/ModelMetadata": Rpc(
+        MODEL, lambda n: service_pb2.ModelMetadataRequest(name=n), ok=lambda r: r.name == "alpha.m"
+    ),
+    f"{INFERENCE}/ModelConfig": Rpc(
+        MODEL,
+        lambda n: service_pb2.ModelConfigRequest(name=n),
+        ok=lambda r: r.config.name == "alpha.m",
+    ),
+    f"{INFERENCE}/ModelStatistics": Rpc(
+        MODEL,
+        lambda n: service_pb2.ModelStatisticsRequest(name=n),
+        ok=lambda r: {s.name for s in r.model_stats} == {"alpha.m"},
+    ),
+    f"{INFERENCE}/ModelInfer": Rpc(INFER, _infer_request, ok=_infer_ok),
+    f"{INFERENCE}/ModelStreamInfer": Rpc(INFER, _infer_request, ok=_infer_ok),
+    f"{INFERENCE}/RepositoryIndex": Rpc(LISTING, lambda n: service_pb2.RepositoryIndexRequest()),
+    f"{INFERENCE}/RepositoryModelLoad": Rpc(
+        ADMIN, lambda n: service_pb2.RepositoryModelLoadRequest(model_name=n), model="alpha.pub"
+    ),
+    f"{INFERENCE}/RepositoryModelUnload": Rpc(
+        ADMIN,
+        lambda n: service_pb2.RepositoryModelUnloadRequest(model_name=n),
+        model="alpha.pub",
+        after="reload",
+    ),
+    **{
+        f"{INFERENCE}/{name}": Rpc(UNIMPLEMENTED)
+        for name in (
+            "SystemSharedMemoryStatus",
+            "SystemSharedMemoryRegister",
+            "SystemSharedMemoryUnregister",
+            "CudaSharedMemoryStatus",
+            "CudaSharedMemoryRegister",
+            "CudaSharedMemoryUnregister",
+            "TraceSetting",
+            "LogSettings",
+        )
+    },
+    # Health is for probes and load balancers: public, like REST's /v2/health.
+    f"{HEALTH}/Check": Rpc(
+        PUBLIC,
+        lambda n: health_pb2.HealthCheckRequest(service=""),
+        ok=lambda r: r.status == health_pb2.HealthCheckResponse.SERVING,
+    ),
+    f"{HEALTH}/Watch": Rpc(
+        PUBLIC,
+        lambda n: health_pb2.HealthCheckRequest(service=""),
+        ok=lambda r: r[0].status == health_pb2.HealthCheckResponse.SERVING,
+    ),
+}
+
+SERVICES: tuple[ServiceDescriptor, ...] = (
+    service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"],
+    health_pb2.DESCRIPTOR.services_by_name["Health"],
+)
+
+
+def _methods() -> dict[str, MethodDescriptor]:
+    return {f"{s.full_name}/{m.name}": m for s in SERVICES for m in s.methods}
+
+
+def test_every_grpc_method_has_an_expectation() -> None:
+    assert set(_methods()) == set(GRPC_TABLE)
+
+
+@dataclass(frozen=True)
+class Reply:
+    code: grpc.StatusCode
+    details: str
+    response: Any = None
+
+
+def _rpc(
+    channel: grpc.Channel, path: str, method: MethodDescriptor, request: Any, header: str | None
+) -> Reply:
+    inp = message_factory.GetMessageClass(method.input_type)
+    out = message_factory.GetMessageClass(method.output_type)
+    request = request if request is not None else inp()
+    metadata = () if header is None else (("authorization", header),)
+    kwargs: dict[str, Any] = {
+        "request_serializer": inp.SerializeToString,
+        "response_deserializer": out.FromString,
+    }
+    try:
+        if method.client_streaming:
+            stream = channel.stream_stream("/" + path, **kwargs)
+            return Reply(grpc.StatusCode.OK, "", list(stream(iter([request]), metadata=metadata)))
+        if method.server_streaming:  # Watch: the first status is the answer
+            call = channel.unary_stream("/" + path, **kwargs)(request, metadata=metadata)
+            first = next(call)
+            call.cancel()
+            return Reply(grpc.StatusCode.OK, "", [first])
+        unary = channel.unary_unary("/" + path, **kwargs)
+        return Reply(grpc.StatusCode.OK, "", unary(request, metadata=metadata, timeout=30))
+    except grpc.RpcError as exc:
+        return Reply(exc.code(), exc.details() or "")
+
+
+def _stream_error(reply: Reply) -> str | None:
+    """The ``error_message`` a stream answered with, if any."""
+    if reply.code is grpc.StatusCode.OK and isinstance(reply.response, list):
+        errors = [r.error_message for r in reply.response if getattr(r, "error_message", "")]
+        return errors[0] if errors else None
+    return None
+
+
+def _grpc_cell(channel: grpc.Channel, world: World, path: str, spec: Rpc, name: str) -> list[str]:
+    cred = world.creds[name]
+    method = _methods()[path]
+    want = expected(spec.target, cred)
+    try:
+        got = _rpc(channel, path, method, spec.request(spec.model), cred.header)
+    finally:
+        if spec.after == "reload":
+            load = f"{INFERENCE}/RepositoryModelLoad"
+            request = service_pb2.RepositoryModelLoadRequest(model_name="alpha.pub")
+            reply = _rpc(channel, load, _methods()[load], request, world.admin)
+            assert reply.code is grpc.StatusCode.OK
+    where = f"{path} as {name}: expected {want.name}"
+    stream_error = _stream_error(got)
+    if method.client_streaming and want in (Outcome.NOT_FOUND, Outcome.FORBIDDEN):
+        # A stream answers each request: the error is in the answer, the call succeeds.
+        if stream_error is None:
+            return [f"{where}, got {got.code} {got.response}"]
+        code = (
+            grpc.StatusCode.NOT_FOUND
+            if want is Outcome.NOT_FOUND
+            else grpc.StatusCode.PERMISSION_DENIED
+        )
+        details = stream_error
+    else:
+        code, details = got.code, got.details
+    wanted_code = {
+        Outcome.OK: grpc.StatusCode.OK,
+        Outcome.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+        Outcome.FORBIDDEN: grpc.StatusCode.PERMISSION_DENIED,
+        Outcome.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+        Outcome.UNIMPLEMENTED: grpc.StatusCode.UNIMPLEMENTED,
+    }[want]
+    if code is not wanted_code:
+        return [f"{where}, got {code} {details!r}"]
+    if want is Outcome.OK:
+        if stream_error is not None or not spec.ok(got.response):
+            return [f"{where}: unexpected answer {got.response} {stream_error!r}"]
+        if spec.target is LISTING:
+            visible = {ns for ns in ("alpha", "beta") if cred.sees(ns)}
+            if _grpc_namespaces(got.response) != visible:
+                return [f"{where}: listed {_grpc_namespaces(got.response)}, may see {visible}"]
+    if want is Outcome.FORBIDDEN and "may not" not in details:
+        return [f"{where}: {details!r}"]
+    if want is Outcome.NOT_FOUND:
+        ghost = f"alpha.{GHOST}"
+        missing = _rpc(channel, path, method, spec.request(ghost), world.admin)
+        missing_details = _stream_error(missing) or missing.details
+        real = spec.model.split(".", 1)[1]
+        if missing_details.replace(GHOST, real) != details:
+            return [f"{where}: {details!r} differs from missing {missing_details!r}"]
+        nowhere = _rpc(channel, path, method, spec.request("zeta." + real), cred.header)
+        nowhere_details = _stream_error(nowhere) or nowhere.details
+        if nowhere_details.replace("zeta", "alpha") != details:
+            return [f"{where}: {details!r} differs from nowhere {nowhere_details!r}"]
+    return []
+
+
+def test_grpc_matrix(world: World) -> None:
+    problems: list[str] = []
+    outcomes: dict[tuple[str, str], set[Outcome]] = {}
+    targets: dict[Any, Target] = {}
+    with grpc.insecure_channel(world.server.grpc) as channel:
+        for path, spec in GRPC_TABLE.items():
+            targets[(path, "")] = spec.target
+            for name, cred in world.creds.items():
+                problems += _grpc_cell(channel, world, path, spec, name)
+                outcomes.setdefault((path, ""), set()).add(expected(spec.target, cred))
+    assert problems == [], "\n".join(problems)
+    assert len(outcomes) == len(_methods())
+    _coverage(outcomes, targets)
