@@ -9,9 +9,11 @@ goes into the next batch the model forms.  The batch runs in a worker thread
 (ONNX Runtime and friends release the GIL), and its outputs are split back
 along each output's batch dimension.
 
-When the queue holds ``max_queue_size`` requests, new ones fail at once with
-:class:`~sciserve.errors.Overloaded` (503 + ``Retry-After``): memory stays
-bounded however hard clients push.
+When the queue holds ``max_queue_size`` requests, a new request takes the
+place of the newest waiting request of a less urgent class, which fails with
+:class:`~sciserve.errors.Overloaded` (503 + ``Retry-After``); with none to
+displace, the new request fails so at once.  Memory stays bounded however
+hard clients push, and a flood of batch work never turns realtime requests away.
 """
 
 from __future__ import annotations
@@ -141,12 +143,8 @@ class DynamicBatcher:
         """Queue one request and wait for its own rows of the outputs."""
         if self._closed:
             raise ModelNotReady(f"{self._manifest.ref} is unloading")
-        if self._queued >= self._policy.max_queue_size:
-            retry = max(1.0, self._mean_exec_s * self._queued / self._policy.instances)
-            raise Overloaded(
-                f"{self._manifest.ref} has {self._queued} requests waiting; try again later",
-                retry_after=retry,
-            )
+        if self._queued >= self._policy.max_queue_size and not self._shed_below(priority):
+            raise self._overloaded()
         rows, key = self._rows_and_key(inputs)
         future: asyncio.Future[dict[str, np.ndarray]] = asyncio.get_running_loop().create_future()
         self._queues[priority].append(_Pending(inputs, rows, key, future))
@@ -154,6 +152,25 @@ class DynamicBatcher:
         self._idle.clear()
         self._dispatch()
         return await future
+
+    def _overloaded(self) -> Overloaded:
+        retry = max(1.0, self._mean_exec_s * self._queued / self._policy.instances)
+        return Overloaded(
+            f"{self._manifest.ref} has {self._queued} requests waiting; try again later",
+            retry_after=retry,
+        )
+
+    def _shed_below(self, priority: Priority) -> bool:
+        """Fail the newest waiting request of a class less urgent than ``priority``, if any."""
+        for level in range(len(self._queues) - 1, priority, -1):
+            queue = self._queues[level]
+            if queue:
+                shed = queue.pop()
+                self._queued -= 1
+                if not shed.future.done():  # its caller may have gone already
+                    shed.future.set_exception(self._overloaded())
+                return True
+        return False
 
     def _dispatch(self, *, force: bool = False) -> None:
         while self._busy < self._policy.instances and self._queued:

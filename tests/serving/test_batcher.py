@@ -1,0 +1,103 @@
+"""The dynamic batcher alone: priority order and load shedding, made deterministic
+by a model that runs only when the test lets it."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from sciserve.errors import Overloaded
+from sciserve.package.manifest import Manifest
+from sciserve.serving.batcher import BatchPolicy, DynamicBatcher, Priority
+
+from helpers.packages import make_onnx_package
+
+
+class GatedModel:
+    """Doubles its input, once per :meth:`release`; records the row tags it ran."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Semaphore(0)
+        self.ran: list[float] = []
+
+    def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        assert self.gate.acquire(timeout=30), "the test never released the model"
+        x = inputs["x"]
+        self.ran.extend(float(v) for v in x[:, 0])
+        return {"y": np.repeat(x[:, :1] * 2, 3, axis=1)}
+
+    def release(self, n: int = 1) -> None:
+        for _ in range(n):
+            self.gate.release()
+
+
+@pytest.fixture
+def manifest(tmp_path: Path) -> Manifest:
+    root = make_onnx_package(tmp_path / "pkg")
+    return Manifest.model_validate(yaml.safe_load((root / "sciserve.yaml").read_text()))
+
+
+def rows(tag: float, n: int = 64) -> dict[str, np.ndarray]:
+    return {"x": np.full((n, 4), tag, np.float32)}
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_a_full_queue_sheds_the_newest_less_urgent_request(manifest: Manifest) -> None:
+    model = GatedModel()
+    batcher = DynamicBatcher(model, manifest, BatchPolicy(max_batch_size=64, max_queue_size=4))
+    try:
+        # One batch request runs (held at the gate), four wait: the queue is full.
+        batch = [asyncio.create_task(batcher.submit(rows(i), Priority.BATCH)) for i in range(5)]
+        await settle()
+        assert batcher.queued == 4
+        with pytest.raises(Overloaded) as refused:
+            await batcher.submit(rows(99), Priority.BATCH)  # same class: nothing to displace
+        assert refused.value.retry_after >= 1
+
+        realtime = [
+            asyncio.create_task(batcher.submit(rows(100 + i), Priority.REALTIME)) for i in range(2)
+        ]
+        await settle()
+        # Each realtime request took the place of the newest waiting batch request.
+        assert batch[4].done() and isinstance(batch[4].exception(), Overloaded)
+        assert batch[3].done() and isinstance(batch[3].exception(), Overloaded)
+        assert batcher.queued == 4
+
+        model.release(10)
+        served = await asyncio.gather(*realtime)
+        assert [float(r["y"][0, 0]) for r in served] == [200.0, 202.0]
+        for i in range(3):
+            assert float((await batch[i])["y"][0, 0]) == 2.0 * i
+        # The running batch first, then realtime ahead of the waiting batch work.
+        assert model.ran[::64] == [0.0, 100.0, 101.0, 1.0, 2.0]
+    finally:
+        model.release(10)
+        await batcher.close()
+
+
+async def test_realtime_is_refused_only_when_nothing_less_urgent_waits(
+    manifest: Manifest,
+) -> None:
+    model = GatedModel()
+    batcher = DynamicBatcher(model, manifest, BatchPolicy(max_batch_size=64, max_queue_size=2))
+    try:
+        held = [asyncio.create_task(batcher.submit(rows(i), Priority.REALTIME)) for i in range(3)]
+        await settle()
+        assert batcher.queued == 2
+        with pytest.raises(Overloaded):
+            await batcher.submit(rows(9), Priority.REALTIME)
+        model.release(3)
+        assert len(await asyncio.gather(*held)) == 3
+    finally:
+        model.release(10)
+        await batcher.close()
