@@ -57,10 +57,11 @@ class PipelineMetrics:
     """Counters, gauges and histograms of one pipeline worker.
 
     The Prometheus objects live in :attr:`registry`; :attr:`totals` mirrors
-    the counters as plain integers for the status file.
+    the counters as plain integers for the status file.  The latency
+    quantiles of :meth:`snapshot` are over the last ``keep_latencies`` alerts.
     """
 
-    def __init__(self, pipeline: str) -> None:
+    def __init__(self, pipeline: str, *, keep_latencies: int = _RECENT) -> None:
         self.pipeline = pipeline
         self.registry = CollectorRegistry(auto_describe=True)
         labels = ("pipeline",)
@@ -115,6 +116,20 @@ class PipelineMetrics:
             buckets=_STAGE_BUCKETS,
             registry=self.registry,
         )
+        # Children made now, so every series is exported (at zero) from the
+        # start rather than appearing with its first event.
+        series: tuple[Counter | Gauge | Histogram, ...] = (
+            self._consumed,
+            self._annotated,
+            self._published,
+            self._lag,
+            self._latency,
+            self._batch,
+        )
+        for metric in series:
+            metric.labels(pipeline)
+        for stage in ("decode", "features", "model"):
+            self._dead.labels(pipeline, stage)
         self.totals: dict[str, int] = {
             "consumed": 0,
             "annotated": 0,
@@ -124,7 +139,7 @@ class PipelineMetrics:
         }
         self.stage_seconds: dict[str, float] = {}
         self.lag: int | None = None
-        self._recent: deque[float] = deque(maxlen=_RECENT)
+        self._recent: deque[float] = deque(maxlen=keep_latencies)
         # The status writer reads while the pipeline loop writes.
         self._lock = threading.Lock()
 

@@ -109,7 +109,9 @@ class NatsSource(Source):
             raw = await subscription.fetch(
                 max(1, min(max_messages, self.batch)), timeout=max(timeout, _MIN_FETCH_TIMEOUT)
             )
-        except nats.errors.TimeoutError:
+        except (nats.errors.TimeoutError, TimeoutError):
+            # nats-py raises its own TimeoutError, or asyncio's from some
+            # paths of a batched pull: either way, nothing arrived in time.
             return []
         except nats.errors.Error as exc:
             raise Unavailable(f"NATS fetch on {self.subject} failed: {exc}") from exc

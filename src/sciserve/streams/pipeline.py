@@ -26,8 +26,13 @@ as a loop over batches::
   ``kill -9``) before that point means the batch is delivered again on
   restart; the result store ignores annotations it already holds, so it
   ends with exactly one annotation per alert and model version.
-* :meth:`Pipeline.request_stop` (SIGTERM, SIGINT) drains: the batch in
-  hand is finished, written and committed, then everything is closed.
+* :meth:`Pipeline.request_stop` (SIGTERM, SIGINT) drains: the batches in
+  hand are finished, written and committed, then everything is closed.
+
+Fetching, preparing (decoding and features) and writing run as three
+stages, so consecutive batches overlap; batches are still committed in
+order.  Decoding and features cost most of the CPU: ``workers: N`` in the
+spec runs them in N processes.
 
 Scaling out
 -----------
@@ -77,7 +82,13 @@ import numpy.typing as npt
 
 from .. import __version__
 from ..config import Settings
-from ..errors import InvalidInput, ModelExecutionError, PermissionDenied, Unavailable
+from ..errors import (
+    InvalidInput,
+    ModelExecutionError,
+    PermissionDenied,
+    SciserveError,
+    Unavailable,
+)
 from ..package.manifest import TensorSpec
 from .base import Message, OutRecord, Sink, Source, open_sink, open_source
 from .expr import EvaluationError, Expression
@@ -99,8 +110,14 @@ DEAD_LETTER_VALUE_BYTES = 256 * 2**10
 #: Attempts to make a batch durable before the pipeline gives up (and,
 #: having committed nothing, leaves the batch for the next run).
 _WRITE_ATTEMPTS = 5
+#: Batches fetched but not yet committed, at most: one being written, one
+#: being prepared and one being fetched.
+_IN_FLIGHT = 3
 _STATUS_INTERVAL = 1.0
-_LAG_INTERVAL = 1.0
+#: Seconds between consumer-lag queries.  They are broker round trips (and
+#: wait behind long-poll fetches on some brokers), so they run beside the
+#: batches rather than between them, and not too often.
+_LAG_INTERVAL = 5.0
 
 #: The distributions whose versions matter to each runtime's results.
 _RUNTIME_LIBRARIES: Mapping[str, tuple[str, ...]] = {
@@ -440,6 +457,11 @@ class _Prepared:
     failure: tuple[str, str, str] | None = None
 
 
+#: What the stages hand on: a batch (fetched, or fetched and prepared), the
+#: end (``None``), or the exception that stopped the stage.
+_Fetched = Sequence[Message] | BaseException | None
+_Intake = tuple[Sequence[Message], list[_Prepared]] | BaseException | None
+
 #: Prepared messages, and the seconds spent decoding and computing features.
 _PrepareResult = tuple[list[_Prepared], float, float]
 
@@ -576,7 +598,8 @@ class Pipeline:
 
     ``settings`` locate the registry (models, namespaces, result store) and
     the data directory where the status file goes.  ``metrics_port`` serves
-    Prometheus metrics on 127.0.0.1 (0 picks a free port).
+    Prometheus metrics on 127.0.0.1 (0 picks a free port).  Pass
+    ``metrics`` to keep more latencies than the default (benchmarks).
     """
 
     def __init__(
@@ -586,10 +609,11 @@ class Pipeline:
         *,
         metrics_port: int | None = None,
         write_status_file: bool = True,
+        metrics: PipelineMetrics | None = None,
     ) -> None:
         self.spec = spec
         self.settings = settings
-        self.metrics = PipelineMetrics(spec.name)
+        self.metrics = metrics if metrics is not None else PipelineMetrics(spec.name)
         self.metrics_port = metrics_port
         self.state: State = "starting"
         self._write_status_file = write_status_file
@@ -616,7 +640,9 @@ class Pipeline:
         Call it from the event loop's thread (e.g. a signal handler added
         with :meth:`asyncio.loop.add_signal_handler`).
         """
-        if self.state in ("starting", "running"):
+        if self.state == "running":
+            self.state = "draining"
+        if not self._stop.is_set():
             log.info("pipeline %s: draining", self.spec.name)
         self._stop.set()
 
@@ -637,10 +663,9 @@ class Pipeline:
 
                 metrics_server = serve_metrics(self.metrics.registry, self.metrics_port)
                 self.metrics_port = int(metrics_server.server_port)
-            self.state = "running"
+            self.state = "draining" if self._stop.is_set() else "running"
             log.info("pipeline %s: running (pid %s)", self.spec.name, self._identity["pid"])
             await self._loop()
-            self.state = "draining"
         except BaseException:
             self.state = "failed"
             raise
@@ -725,6 +750,8 @@ class Pipeline:
     def _projection(self) -> tuple[str, ...] | str | None:
         """The Rubin fields to decode: what the features and the filter read."""
         wanted = [".".join(p) for p in self._filter.alert_paths] if self._filter else []
+        if self.spec.fields == "all":
+            return None
         if self.spec.fields is not None:
             return (*self.spec.fields, *wanted)
         if isinstance(self.spec.features, PythonFeatures):
@@ -786,30 +813,102 @@ class Pipeline:
     # -- the loop ------------------------------------------------------------
 
     async def _loop(self) -> None:
+        """Run the three stages of the pipeline side by side.
+
+        One task fetches batches, one prepares them (decodes, computes
+        features) and this one annotates, writes and commits them, so that
+        fetching, preparing and flushing sinks overlap instead of taking
+        turns.  At most :data:`_IN_FLIGHT` batches are fetched and not yet
+        committed, and batches are committed in the order they were fetched.
+        """
+        fetched: asyncio.Queue[_Fetched] = asyncio.Queue()
+        prepared: asyncio.Queue[_Intake] = asyncio.Queue()
+        slots = asyncio.Semaphore(_IN_FLIGHT)
+        stages = [
+            asyncio.create_task(self._fetcher(fetched, slots)),
+            asyncio.create_task(self._preparer(fetched, prepared)),
+        ]
+        finished = asyncio.Event()
+        lag = asyncio.create_task(self._watch_lag(finished))
+        try:
+            while True:
+                item = await prepared.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if item is None:
+                    break
+                messages, ready = item
+                batch = await self._process(messages, ready)
+                await self._write(batch)
+                started = time.perf_counter()
+                assert self._source is not None
+                await self._source.commit(messages)
+                self.metrics.stage("commit", time.perf_counter() - started)
+                self._committed(batch)
+                slots.release()
+        finally:
+            for stage in stages:
+                stage.cancel()
+            await asyncio.gather(*stages, return_exceptions=True)
+            # Let a lag query in progress finish: the source must not be
+            # closed under it.
+            finished.set()
+            await lag
+
+    async def _watch_lag(self, finished: asyncio.Event) -> None:
+        """Refresh the consumer-lag gauge every :data:`_LAG_INTERVAL` seconds."""
+        assert self._source is not None
+        while not finished.is_set():
+            try:
+                self.metrics.set_lag(await self._source.lag())
+            except SciserveError as exc:  # a gauge is not worth stopping for
+                log.warning("pipeline %s: cannot read the lag: %s", self.spec.name, exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(finished.wait(), _LAG_INTERVAL)
+
+    async def _fetcher(self, out: asyncio.Queue[_Fetched], slots: asyncio.Semaphore) -> None:
+        """Fetch batches until stopped or the source runs dry; then ``None``
+        (or the exception that ended it)."""
         assert self._source is not None
         source = self._source
-        next_lag = 0.0
-        while not self._stop.is_set():
-            if time.monotonic() >= next_lag:
-                self.metrics.set_lag(await source.lag())
-                next_lag = time.monotonic() + _LAG_INTERVAL
-            messages = await source.fetch(self.spec.batch, self.spec.fetch_timeout)
-            if not messages:
-                if source.exhausted:
+        try:
+            while not self._stop.is_set():
+                await slots.acquire()
+                messages: Sequence[Message] = []
+                started = time.perf_counter()
+                while not messages and not self._stop.is_set():
+                    messages = await source.fetch(self.spec.batch, self.spec.fetch_timeout)
+                    if not messages and source.exhausted:
+                        break
+                if not messages:
                     break
-                continue
-            self.metrics.consumed(len(messages))
-            batch = await self._process(messages)
-            await self._write(batch)
-            started = time.perf_counter()
-            await source.commit(messages)
-            self.metrics.stage("commit", time.perf_counter() - started)
-            self._committed(batch)
-        self.metrics.set_lag(await source.lag())
+                # Includes waiting for messages to arrive: high when idle.
+                self.metrics.stage("fetch", time.perf_counter() - started)
+                self.metrics.consumed(len(messages))
+                # Fetched means "in hand": even when a stop arrives now, the
+                # batch is prepared, written and committed.
+                out.put_nowait(messages)
+        except Exception as exc:
+            out.put_nowait(exc)
+            return
+        out.put_nowait(None)
 
-    async def _process(self, messages: Sequence[Message]) -> _Batch:
+    async def _preparer(self, inbox: asyncio.Queue[_Fetched], out: asyncio.Queue[_Intake]) -> None:
+        """Decode and featurise each fetched batch, in order."""
+        while True:
+            messages = await inbox.get()
+            if messages is None or isinstance(messages, BaseException):
+                out.put_nowait(messages)
+                return
+            try:
+                ready = await self._prepare([m.value for m in messages])
+            except Exception as exc:
+                out.put_nowait(exc)
+                return
+            out.put_nowait((messages, ready))
+
+    async def _process(self, messages: Sequence[Message], prepared: Sequence[_Prepared]) -> _Batch:
         batch = _Batch(messages)
-        prepared = await self._prepare([m.value for m in messages])
         alerts: list[_Alert] = []
         vectors: list[npt.NDArray[Any]] = []
         for message, ready in zip(messages, prepared, strict=True):

@@ -195,16 +195,20 @@ class ResultStore:
         if not items:
             return 0
         dialect = postgresql if self._engine.dialect.name == "postgresql" else sqlite
-        statement = dialect.insert(annotation_table).on_conflict_do_nothing(index_elements=_KEY)
+        statement = (
+            dialect.insert(annotation_table)
+            .on_conflict_do_nothing(index_elements=_KEY)
+            # Only inserted rows come back, which is how new ones are counted
+            # (drivers disagree on the row count of a batched insert).
+            .returning(annotation_table.c.alert_id)
+        )
         rows = [item._row() for item in items]
         engine = self._engine.execution_options(sciserve_write=True)
         try:
             with engine.connect() as conn, conn.begin():
-                result = conn.execute(statement, rows)
+                return len(conn.execute(statement, rows).all())
         except sa.exc.OperationalError as exc:  # locked, disconnected, server gone
             raise Unavailable(f"cannot write annotations: {exc.orig}") from exc
-        # Both drivers report the rows an executemany actually inserted.
-        return max(result.rowcount, 0)
 
     def count(self, *, pipeline: str | None = None, model: str | None = None) -> int:
         """How many annotations are stored (of one pipeline and/or model)."""

@@ -96,9 +96,10 @@ class PipelineSpec(_Strict):
     #: Dotted path of the alert id for the ``ztf`` and ``json`` codecs
     #: (Rubin alerts name it by schema version).
     id_field: str | None = None
-    #: Reader-schema projection for Rubin alerts; by default what the
-    #: feature step and the filter read.
-    fields: tuple[str, ...] | None = None
+    #: Reader-schema projection for Rubin alerts: the field paths to decode,
+    #: or ``all`` for whole alerts; by default what the feature step and the
+    #: filter read.
+    fields: tuple[str, ...] | Literal["all"] | None = None
     features: Literal["lightcurve"] | PythonFeatures = "lightcurve"
     models: tuple[ModelStep, ...] = Field(min_length=1)
     #: Which annotations are published to topic sinks (the result store
