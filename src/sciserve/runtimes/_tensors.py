@@ -26,6 +26,7 @@ __all__ = [
     "shape_mismatch",
 ]
 
+
 def shape_mismatch(expected: Sequence[int], actual: Sequence[int]) -> str | None:
     """Why ``actual`` does not fit ``expected`` (``-1`` = any size), or ``None``."""
     if len(actual) != len(expected):
