@@ -38,3 +38,11 @@ def test_bad_settings_are_clear_errors(tmp_path: Path) -> None:
     (tmp_path / "sciserve.toml").write_text("unknown_key = 1\n")
     with pytest.raises(ConfigError, match="unknown_key"):
         Settings.load(tmp_path, environ={})
+
+
+def test_the_token_comes_from_the_environment_and_never_shows(tmp_path: Path) -> None:
+    secret = "ssv_0123456789abcdef.not-a-real-secret"
+    settings = Settings.load(tmp_path, environ={"SCISERVE_TOKEN": secret})
+    assert settings.auth_headers() == {"Authorization": f"Bearer {secret}"}
+    assert secret not in repr(settings) and secret not in str(settings.model_dump())
+    assert Settings.load(tmp_path, environ={}).auth_headers() == {}

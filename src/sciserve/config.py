@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from .errors import ConfigError
 
@@ -197,11 +197,21 @@ class Settings(BaseModel):
     read_only: bool = False
     #: A remote sciserve server; when set the CLI talks to it instead of a local registry.
     server_url: str | None = None
+    #: The bearer token (an API token or a JWT) sent to remote servers by the
+    #: CLI and by pipeline model steps; ``SCISERVE_TOKEN``.  A ``SecretStr``,
+    #: so it never shows in a repr, a log line or an error.
+    token: SecretStr | None = None
     #: Where verified packages are materialised for loading; default
     #: ``<home>/cache``, or the user cache directory for a read-only registry.
     cache_dir: Path | None = None
     limits: Limits = Limits()
     access: AccessConfig = AccessConfig()
+
+    def auth_headers(self) -> dict[str, str]:
+        """The ``Authorization`` header for remote servers, if a token is set."""
+        if self.token is None:
+            return {}
+        return {"Authorization": f"Bearer {self.token.get_secret_value()}"}
 
     @property
     def package_cache(self) -> Path:
@@ -233,7 +243,7 @@ class Settings(BaseModel):
             "store_url": str(home_path / "artifacts"),
         }
         values.update(_read_file(home_path / "sciserve.toml"))
-        for key in ("database_url", "store_url", "server_url", "read_only", "cache_dir"):
+        for key in ("database_url", "store_url", "server_url", "token", "read_only", "cache_dir"):
             raw = env.get(_ENV_PREFIX + key.upper())
             if raw:
                 values[key] = raw

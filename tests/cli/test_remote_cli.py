@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from sciserve.access.tokens import TokenStore
 from sciserve.cli import main
 from sciserve.config import Settings
 from sciserve.registry.registry import Registry
@@ -65,3 +67,38 @@ def test_publish_tag_pull_through_the_server(
     # The server's own registry holds what the remote CLI published.
     with Registry(Settings.load(server.home, environ={})) as reg:
         assert reg.resolve("linear").aliases == ("latest", "production")
+
+
+def test_the_cli_sends_the_configured_token(
+    onnx_package: MakePackage,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    home = tmp_path / "server-home"
+    with Registry(Settings.load(home, environ={})) as registry:
+        registry.publish(onnx_package())
+        _, reader = TokenStore(registry).create("remote-reader", {"default": ["read"]})
+    running = start_server(home, "--auth")
+    url = f"http://{running.http}"
+
+    def cli(*args: str, code: int = 0) -> Any:
+        rc = main(["--home", str(tmp_path / "client"), "--server", url, "--json", *args])
+        out, err = capsys.readouterr()
+        assert rc == code, (args, out, err)
+        assert reader not in out + err
+        return json.loads(out)
+
+    try:
+        monkeypatch.delenv("SCISERVE_TOKEN", raising=False)
+        refused = cli("models", "list", code=9)
+        assert refused["type"] == "Unauthenticated"
+        monkeypatch.setenv("SCISERVE_TOKEN", reader)
+        assert [m["ref"] for m in cli("models", "list")] == ["default/linear:1.0.0"]
+        assert cli("models", "show", "linear")["resolved"]["ref"] == "default/linear:1.0.0"
+        denied = cli("tag", "linear:1.0.0", "production", code=6)  # read scope only
+        assert denied["type"] == "PermissionDenied"
+        monkeypatch.setenv("SCISERVE_TOKEN", reader + "x")
+        assert cli("models", "list", code=9)["type"] == "Unauthenticated"
+    finally:
+        stop_server(running.proc)

@@ -263,3 +263,19 @@ def test_bad_file_urls_are_rejected_clearly(url: str, message: str) -> None:
         open_source(url)
     with pytest.raises(InvalidInput, match=message):
         open_sink(url)
+
+
+async def test_each_consumer_group_replays_the_whole_file(tmp_path: Path) -> None:
+    path = tmp_path / "alerts.jsonl"
+    async with FileSink(path) as sink:
+        await sink.write([OutRecord(value=f"{i}".encode()) for i in range(4)])
+    for group in ("classify", "reprocess"):
+        async with open_source(f"file://{path}", consumer=group) as source:
+            messages = await source.fetch(10, 1.0)
+            await source.commit(messages)
+        assert [m.value for m in messages] == [b"0", b"1", b"2", b"3"], group
+        assert offset_path_for(path, group).read_text() == "4\n"
+    async with open_source(f"file://{path}", consumer="classify") as source:
+        assert await source.fetch(10, 0.1) == []  # its offset was kept
+    with pytest.raises(InvalidInput, match="consumer-group name"):
+        FileSource(path, group="../escape")

@@ -14,13 +14,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydantic import SecretStr
 
 import sciserve
 from sciserve._hashing import sha256_file
+from sciserve.access.tokens import TokenStore
 from sciserve.config import Settings
-from sciserve.errors import InvalidInput, PermissionDenied
+from sciserve.errors import InvalidInput, PermissionDenied, Unauthenticated
 from sciserve.package.manifest import Manifest, dump_manifest
 from sciserve.registry.registry import Registry
+from sciserve.streams import pipeline as pipeline_module
 from sciserve.streams.base import Message, OutRecord, open_sink, open_source
 from sciserve.streams.codecs import codec_for
 from sciserve.streams.pipeline import Pipeline
@@ -128,7 +131,7 @@ def test_every_alert_is_annotated_once_and_bad_ones_are_dead_lettered(
     assert "onnxruntime" in provenance["library_versions"]
 
     # Replaying the same input (a restart from the beginning) adds nothing.
-    (alerts.parent / (alerts.name + ".offset")).unlink()
+    (alerts.parent / (alerts.name + ".smoke.offset")).unlink()
     again = _cli(home, "stream", "run", str(spec))
     assert again.returncode == 0, again.stderr
     with ResultStore.open(Settings.load(home, environ={})) as store:
@@ -326,13 +329,12 @@ async def test_user_feature_functions_run_only_from_trusted_namespaces(
     assert all(d["error"] == "features-shape" for d in short)
 
 
-@pytest.fixture
-def server(lab: Settings) -> Iterator[str]:
+def _serve(lab: Settings, *extra: str) -> Iterator[str]:
     """``sciserve serve`` on free 127.0.0.1 ports over the test registry."""
     options = "--model examples/lc-classifier --http-port 0 --grpc-port 0 --metrics-port 0"
     command = [sys.executable, "-m", "sciserve", "--home", str(lab.home), "serve"]
     process = subprocess.Popen(
-        [*command, *options.split()],
+        [*command, *options.split(), *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -348,6 +350,46 @@ def server(lab: Settings) -> Iterator[str]:
         process.wait(timeout=30)
         if process.stdout is not None:
             process.stdout.close()
+
+
+@pytest.fixture
+def server(lab: Settings) -> Iterator[str]:
+    yield from _serve(lab)
+
+
+@pytest.fixture
+def auth_server(lab: Settings) -> Iterator[str]:
+    yield from _serve(lab, "--auth")
+
+
+async def test_models_on_a_server_with_auth_use_the_configured_token(
+    lab: Settings, auth_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Registry(lab) as registry:
+        tokens = TokenStore(registry)
+        _, reader = tokens.create("stream-reader", {"examples": ["read"]})
+        _, classifier = tokens.create("stream-classifier", {"examples": ["read", "infer"]})
+    alerts, ids = await _fresh_alerts(tmp_path, first_id=4 * 10**6, n=40)
+    models = [{"ref": "examples/lc-classifier@production", "server": auth_server}]
+    fields = _replay_spec(tmp_path, alerts, models=models, batch=20)
+    name = str(fields["name"])
+
+    with pytest.raises(Unauthenticated):  # no token at all
+        await _run(lab, fields)
+    # Allowed to resolve the model but not to run it: a deployment problem,
+    # so the pipeline stops with nothing committed instead of dead-lettering.
+    monkeypatch.setattr(pipeline_module, "_SERVICE_BACKOFF_LIMIT", 1.0)
+    with pytest.raises(PermissionDenied, match="infer"):
+        await _run(lab.model_copy(update={"token": SecretStr(reader)}), fields)
+    assert not list(tmp_path.glob("alerts.avro*.offset"))
+    assert _lines(tmp_path / "dead.jsonl") == []
+    with ResultStore.open(lab) as store:
+        assert store.count(pipeline=name) == 0
+
+    summary = await _run(lab.model_copy(update={"token": SecretStr(classifier)}), fields)
+    assert summary["annotated"] == len(ids)
+    with ResultStore.open(lab) as store:
+        assert set(store.alert_ids(pipeline=name)) == ids
 
 
 async def test_models_run_on_a_sciserve_server(lab: Settings, server: str, tmp_path: Path) -> None:
@@ -404,7 +446,7 @@ async def test_bad_specs_fail_before_the_first_message(
     with pytest.raises(InvalidInput, match=message):
         await _run(lab, _replay_spec(tmp_path, alerts, **change))
     assert not (tmp_path / "dead.jsonl").exists()
-    assert not (tmp_path / "alerts.avro.offset").exists()
+    assert not list(tmp_path.glob("alerts.avro*.offset"))
 
 
 # -- the result store on both databases ------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -64,7 +65,11 @@ class State:
         """The registry: a remote server's (``--server`` / ``SCISERVE_URL``) or the local one."""
         settings = self.settings
         if settings.server_url:
-            with RemoteRegistry(settings.server_url, cache_dir=settings.package_cache) as remote:
+            with RemoteRegistry(
+                settings.server_url,
+                cache_dir=settings.package_cache,
+                headers=settings.auth_headers(),
+            ) as remote:
                 yield remote
             return
         with Registry(settings) as reg:
@@ -111,6 +116,18 @@ def state(ctx: typer.Context) -> State:
     obj = ctx.find_root().obj
     assert isinstance(obj, State)
     return obj
+
+
+def log_to_stderr() -> None:
+    """Log at INFO to stderr, for the long-running commands (serve, stream run)."""
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # Alembic announces each of its plugins at INFO whenever the registry
+    # opens; only its warnings concern an operator.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def exit_code_for(exc: errors.SciserveError) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Annotated
 import typer
 
 from ..config import ServingConfig, Settings
-from ._context import state
+from ._context import log_to_stderr, state
 
 
 def register(app: typer.Typer) -> None:
@@ -96,11 +95,7 @@ def run_server(settings: Settings, config: ServingConfig) -> None:
     """Run until SIGTERM / SIGINT; print one line with the bound addresses."""
     from ..serving.server import Addresses, Server
 
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    log_to_stderr()
 
     def ready(addresses: Addresses) -> None:
         sys.stdout.write(f"{addresses.banner()}\n")

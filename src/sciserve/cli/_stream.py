@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,7 +11,7 @@ import typer
 from rich.table import Table
 
 from ..errors import NotFound
-from ._context import state
+from ._context import log_to_stderr, state
 
 __all__ = ["register"]
 
@@ -48,11 +46,7 @@ def run(
 
     st = state(ctx)
     pipeline = load_spec(spec)
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    log_to_stderr()
     summary = asyncio.run(run_pipeline(pipeline, st.settings, metrics_port=metrics_port))
     st.emit(
         {"name": pipeline.name, **summary},

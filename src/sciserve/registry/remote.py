@@ -70,10 +70,12 @@ REGISTRY_PREFIX = "/v2/sciserve/registry"
 #: :mod:`sciserve.protocol.rest`); the first is raised when the body names none.
 _STATUS_ERRORS: dict[int, tuple[type[SciserveError], ...]] = {
     400: (InvalidInput,),
+    401: (errors.Unauthenticated,),
     403: (PermissionDenied, errors.ReadOnlyRegistry),
     404: (NotFound,),
     409: (Conflict,),
     413: (PayloadTooLarge,),
+    429: (errors.RateLimited,),
     500: (SciserveError,),
     503: (Unavailable, errors.DependencyMissing, errors.DeviceUnavailable),
 }
@@ -465,11 +467,13 @@ def _error_from(response: httpx.Response) -> SciserveError:
     cls = _NAMED_ERRORS.get(kind) if isinstance(kind, str) else None
     if cls is None or not issubclass(cls, bases):
         cls = bases[0]
+    try:
+        retry_after = float(response.headers.get("Retry-After", "1"))
+    except ValueError:
+        retry_after = 1.0
+    if issubclass(cls, errors.RateLimited):
+        return errors.RateLimited(message, retry_after)
     if issubclass(cls, Overloaded) or (cls is Unavailable and "Retry-After" in response.headers):
-        try:
-            retry_after = float(response.headers.get("Retry-After", "1"))
-        except ValueError:
-            retry_after = 1.0
         return Overloaded(message, retry_after)
     return cls(message)
 

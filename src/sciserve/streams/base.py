@@ -165,27 +165,34 @@ class Sink(abc.ABC):
         await self.close()
 
 
-def open_source(url: str, **options: Any) -> Source:
+def open_source(url: str, *, consumer: str | None = None, **options: Any) -> Source:
     """Create the (not yet started) :class:`Source` that ``url`` names.
 
-    ``kafka://host:port/topic?group=G`` needs ``group``; further query
-    parameters are passed to librdkafka as configuration.
-    ``nats://host:port/subject?stream=S&durable=D`` needs both; ``batch`` and
-    ``ack_wait`` may be given too.  ``file:///path.ext`` (or a bare path)
-    replays a ``.jsonl``, ``.avro`` or ``.parquet`` file.  Keyword
-    ``options`` override query parameters.
+    ``kafka://host:port/topic?group=G`` consumes as group ``G``; further
+    query parameters are passed to librdkafka as configuration.
+    ``nats://host:port/subject?stream=S&durable=D`` consumes as durable
+    consumer ``D`` of stream ``S``; ``batch`` and ``ack_wait`` may be given
+    too.  ``file:///path.ext`` (or a bare path) replays a ``.jsonl``,
+    ``.avro`` or ``.parquet`` file, keeping the consumer's offset beside it.
+    ``consumer`` names the group (or durable) when the URL does not: a
+    pipeline passes its own name, so that two pipelines reading one stream
+    each see all of it.  Keyword ``options`` override query parameters.
     """
     scheme, location, target, query = _split(url)
     params = {**query, **options}
     if scheme == "kafka":
         from .kafka import KafkaSource
 
+        if consumer is not None:
+            params.setdefault("group", consumer)
         group = _pop_required(params, "group", url)
         return KafkaSource(location, target, str(group), **params)
     if scheme == "nats":
         from .nats import NatsSource
 
         _only(query, {"stream", "durable", "batch", "ack_wait"}, url)
+        if consumer is not None:
+            params.setdefault("durable", consumer)
         stream = _pop_required(params, "stream", url)
         durable = _pop_required(params, "durable", url)
         _convert(params, "batch", int, url)
@@ -195,6 +202,8 @@ def open_source(url: str, **options: Any) -> Source:
         )
     from .files import FileSource
 
+    if consumer is not None:
+        params.setdefault("group", consumer)
     return FileSource(target, **params)
 
 

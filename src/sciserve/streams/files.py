@@ -19,7 +19,7 @@ follows the suffix:
     ``value`` is required when reading.
 
 A message's offset is its record index.  :meth:`FileSource.commit` stores
-the next index to replay in a sidecar file, ``<path>.offset``, replaced
+the next index to replay in a sidecar file, ``<path>.<group>.offset``, replaced
 atomically, so a restarted replay resumes after the last commit.  The sink
 stamps records with the time they were written, as a broker would.
 
@@ -37,6 +37,7 @@ import asyncio
 import itertools
 import json
 import os
+import re
 import time
 from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
@@ -76,6 +77,8 @@ AVRO_SCHEMA: Final[dict[str, Any]] = {
 
 _AVRO_FIELDS = frozenset(field["name"] for field in AVRO_SCHEMA["fields"])
 _SYNC_SIZE = 16
+#: A group name becomes part of a file name: no separators, no dot-dot.
+_GROUP_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 _FORMATS = {".jsonl": "jsonl", ".avro": "avro", ".parquet": "parquet"}
 #: Errors fastavro raises for a cut-off or damaged container.
 _AVRO_DAMAGE = (ValueError, EOFError, IndexError, OverflowError)
@@ -83,17 +86,22 @@ _AVRO_DAMAGE = (ValueError, EOFError, IndexError, OverflowError)
 _PARQUET_BATCH = 1024
 
 
-def offset_path_for(path: str | os.PathLike[str]) -> Path:
-    """The sidecar file in which a replay of ``path`` keeps its committed offset."""
+def offset_path_for(path: str | os.PathLike[str], group: str | None = None) -> Path:
+    """The sidecar file in which ``group``'s replay of ``path`` keeps its committed offset."""
     path = Path(path)
-    return path.with_name(path.name + ".offset")
+    if group is None:
+        return path.with_name(f"{path.name}.offset")
+    if not _GROUP_RE.fullmatch(group):
+        raise InvalidInput(f"{group!r} is not a consumer-group name (letters, digits, ._-)")
+    return path.with_name(f"{path.name}.{group}.offset")
 
 
 class FileSource(Source):
     """Replay a ``.jsonl``, ``.avro`` or ``.parquet`` stream file.
 
     Replay starts at the offset stored in ``offset_path`` (default
-    ``<path>.offset``), or at the first record.  A damaged file raises
+    ``<path>.<group>.offset``, or ``<path>.offset`` without a group), or at
+    the first record: each group replays the whole file once.  A damaged file raises
     :class:`~sciserve.errors.InvalidInput` once the replay reaches the damage.
     """
 
@@ -101,11 +109,12 @@ class FileSource(Source):
         self,
         path: str | os.PathLike[str],
         *,
+        group: str | None = None,
         offset_path: str | os.PathLike[str] | None = None,
     ) -> None:
         self.path = Path(path)
         self.format = _format_of(self.path)
-        self.offset_path = Path(offset_path) if offset_path else offset_path_for(self.path)
+        self.offset_path = Path(offset_path) if offset_path else offset_path_for(self.path, group)
         self._records: Iterator[Message] | None = None
         self._reader: Generator[Message, None, None] | None = None
         self._committed = 0

@@ -39,7 +39,9 @@ Scaling out
 Several workers of one pipeline share a stream through the broker: all
 workers of a Kafka source with the same ``?group=`` split the topic's
 partitions between them, and all workers of a NATS source with the same
-``durable=`` pull from one JetStream durable consumer.  To run N workers on
+``durable=`` pull from one JetStream durable consumer.  Both default to
+the pipeline's name, so pipelines with different names each see the whole
+stream (a file source keeps one offset per pipeline name, too).  To run N workers on
 N machines:
 
 1. give the topic at least N partitions (Kafka; JetStream needs nothing);
@@ -85,8 +87,11 @@ from ..config import Settings
 from ..errors import (
     InvalidInput,
     ModelExecutionError,
+    NotFound,
     PermissionDenied,
+    RateLimited,
     SciserveError,
+    Unauthenticated,
     Unavailable,
 )
 from ..package.manifest import TensorSpec
@@ -114,6 +119,21 @@ _WRITE_ATTEMPTS = 5
 #: being prepared and one being fetched.
 _IN_FLIGHT = 3
 _STATUS_INTERVAL = 1.0
+#: Errors of a model step that say nothing about the alerts: retried with
+#: back-off, and if they persist the pipeline stops without committing, so
+#: the batch is re-delivered once the deployment is fixed instead of being
+#: dead-lettered.
+_SERVICE_ERRORS = (Unavailable, Unauthenticated, PermissionDenied, NotFound, RateLimited)
+#: How a sciserve server's answers map onto those errors.
+#: Back-off of service errors doubles from 0.5 s up to this (about a minute in all).
+_SERVICE_BACKOFF_LIMIT = 32.0
+_REMOTE_ERRORS: Mapping[int, type[SciserveError]] = {
+    401: Unauthenticated,
+    403: PermissionDenied,
+    404: NotFound,
+    429: Unavailable,
+    503: Unavailable,
+}
 #: Seconds between consumer-lag queries.  They are broker round trips (and
 #: wait behind long-poll fetches on some brokers), so they run beside the
 #: batches rather than between them, and not too often.
@@ -273,7 +293,9 @@ class RemoteModel:
     an alias moves while the pipeline runs.
     """
 
-    def __init__(self, server: str, info: Any, server_version: str) -> None:
+    def __init__(
+        self, server: str, info: Any, server_version: str, headers: Mapping[str, str]
+    ) -> None:
         import httpx
 
         from ..serving.manager import served_name
@@ -292,17 +314,24 @@ class RemoteModel:
         self._max_batch = manifest.max_batch_size
         self._path = f"/v2/models/{served_name(manifest.namespace, manifest.name)}"
         self._path += f"/versions/{manifest.version}/infer"
-        self._client = httpx.AsyncClient(base_url=server.rstrip("/"), timeout=60.0)
+        self._client = httpx.AsyncClient(
+            base_url=server.rstrip("/"), timeout=60.0, headers=dict(headers)
+        )
 
     @classmethod
-    async def connect(cls, ref: str, server: str) -> RemoteModel:
-        """Resolve ``ref`` on the server at ``server``."""
+    async def connect(
+        cls, ref: str, server: str, headers: Mapping[str, str] | None = None
+    ) -> RemoteModel:
+        """Resolve ``ref`` on the server at ``server``, sending ``headers``
+        (credentials) with every request."""
         import httpx
 
         from ..registry.remote import RemoteRegistry
 
+        headers = dict(headers or {})
+
         def resolve() -> Any:
-            with RemoteRegistry(server) as registry:
+            with RemoteRegistry(server, headers=headers) as registry:
                 return registry.resolve(ref)
 
         info = await asyncio.to_thread(resolve)
@@ -311,7 +340,7 @@ class RemoteModel:
                 meta = (await client.get("/v2")).json()
             except (httpx.HTTPError, ValueError) as exc:
                 raise Unavailable(f"cannot read the metadata of {server}: {exc}") from exc
-        return cls(server, info, str(meta.get("version", "unknown")))
+        return cls(server, info, str(meta.get("version", "unknown")), headers)
 
     async def predict(self, features: npt.NDArray[Any]) -> dict[str, npt.NDArray[Any]]:
         if self._max_batch == 0:
@@ -356,7 +385,11 @@ class RemoteModel:
         except httpx.HTTPError as exc:
             raise Unavailable(f"cannot reach {self._client.base_url}: {exc}") from exc
         if response.is_error:
-            raise ModelExecutionError(
+            # Credentials, visibility and load are the deployment's problem,
+            # not the alerts': those stop or delay the pipeline (see
+            # _SERVICE_ERRORS); anything else is the model failing on the batch.
+            error = _REMOTE_ERRORS.get(response.status_code, ModelExecutionError)
+            raise error(
                 f"{self.model}:{self.version} on {self._client.base_url} answered "
                 f"{response.status_code}: {response.text[:500]}"
             )
@@ -695,7 +728,9 @@ class Pipeline:
         for step in spec.models:
             runner: ModelRunner
             if step.server:
-                runner = await RemoteModel.connect(step.ref, step.server)
+                runner = await RemoteModel.connect(
+                    step.ref, step.server, self.settings.auth_headers()
+                )
             else:
                 runner = await LocalModel.load(step.ref, self.settings)
             self._models.append(runner)
@@ -705,7 +740,8 @@ class Pipeline:
         for url in spec.topic_sinks:
             self._sinks.append(await self._open_sink(url))
         self._dead_letter = await self._open_sink(spec.dead_letter)
-        self._source = open_source(spec.source)
+        # The pipeline's name is its consumer group unless the URL names one.
+        self._source = open_source(spec.source, consumer=spec.name)
         await self._source.start()
 
     def _preparation(self) -> _PrepareConfig:
@@ -856,13 +892,16 @@ class Pipeline:
             await lag
 
     async def _watch_lag(self, finished: asyncio.Event) -> None:
-        """Refresh the consumer-lag gauge every :data:`_LAG_INTERVAL` seconds."""
+        """Refresh the consumer-lag gauge every :data:`_LAG_INTERVAL` seconds,
+        and once more when the loop ends, so the last status tells the truth."""
         assert self._source is not None
-        while not finished.is_set():
+        while True:
             try:
                 self.metrics.set_lag(await self._source.lag())
             except SciserveError as exc:  # a gauge is not worth stopping for
                 log.warning("pipeline %s: cannot read the lag: %s", self.spec.name, exc)
+            if finished.is_set():
+                return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(finished.wait(), _LAG_INTERVAL)
 
@@ -967,9 +1006,16 @@ class Pipeline:
         dead: list[DeadLetter],
     ) -> dict[str, npt.NDArray[Any]] | None:
         """The model's outputs, trying twice; on a second failure the batch's
-        alerts are dead-lettered for this model and ``None`` is returned."""
+        alerts are dead-lettered for this model and ``None`` is returned.
+
+        A service error (server gone, credentials refused) is not the
+        model's verdict on these alerts: it is retried with back-off and,
+        if it persists, raised, which stops the pipeline with nothing
+        committed."""
         failure: Exception | None = None
-        for attempt in (1, 2):
+        attempt = 0
+        delay = 0.5
+        while attempt < 2:
             try:
                 outputs = await model.predict(features)
                 for name, values in outputs.items():
@@ -978,7 +1024,17 @@ class Pipeline:
                             f"output {name!r} has {len(values)} rows for {len(alerts)} alerts"
                         )
                 return outputs
-            except Exception as exc:  # any failure of the model is the model's, not ours
+            except _SERVICE_ERRORS as exc:
+                if delay > _SERVICE_BACKOFF_LIMIT:
+                    raise
+                log.warning(
+                    "pipeline %s: %s:%s is unavailable (%s); retrying in %.1f s",
+                    self.spec.name, model.model, model.version, exc, delay,
+                )  # fmt: skip
+                await asyncio.sleep(delay)
+                delay *= 2
+            except Exception as exc:  # any other failure of the model is the model's, not ours
+                attempt += 1
                 failure = exc
                 log.warning(
                     "pipeline %s: %s:%s failed on a batch of %d (attempt %d): %s",
