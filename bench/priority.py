@@ -57,7 +57,14 @@ from rich.console import Console
 from rich.table import Table
 from servebench.inproc import open_session
 from servebench.machine import machine_info
-from servebench.model import IN_FEATURES, INPUT_NAME, MAX_BATCH, MODEL_NAME, write_model
+from servebench.model import (
+    HIDDEN,
+    IN_FEATURES,
+    INPUT_NAME,
+    MAX_BATCH,
+    MODEL_NAME,
+    write_model,
+)
 from servebench.model import write_package as write_bench_package
 from servebench.payloads import make_payloads
 
@@ -83,7 +90,7 @@ class Tokens:
     realtime: str
 
 
-def prepare(home: Path, work: Path, seed: int) -> Tokens:
+def prepare(home: Path, work: Path, seed: int, hidden: int) -> Tokens:
     """Publish the MLP package into a new registry at ``home`` and mint the two tokens."""
     from sciserve.access.tokens import TokenStore
     from sciserve.config import Settings
@@ -91,8 +98,8 @@ def prepare(home: Path, work: Path, seed: int) -> Tokens:
 
     home.mkdir(parents=True)
     (home / "sciserve.toml").write_text(SETTINGS)
-    model = write_model(work / "model.onnx", seed)
-    package = write_bench_package(work / "package", model)
+    model = write_model(work / "model.onnx", seed, hidden)
+    package = write_bench_package(work / "package", model, hidden=hidden)
     with Registry(Settings.load(home, environ={})) as registry:
         registry.publish(package)
         store = TokenStore(registry)
@@ -418,6 +425,7 @@ class Options:
     batch_processes: int
     capacity_connections: int
     seed: int
+    hidden: int
 
 
 def measure(server: Running, tokens: Tokens, options: Options) -> dict[str, Window]:
@@ -538,6 +546,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--realtime-rate", type=float, default=20.0, help="realtime requests/s")
     parser.add_argument("--batch-processes", type=int, default=2, help="batch client processes")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and inputs")
+    parser.add_argument(
+        "--hidden", type=int, default=HIDDEN, help="units per hidden layer of the MLP"
+    )
     parser.add_argument("--output-dir", type=Path, default=BENCH_DIR / "results")
     return parser.parse_args(argv)
 
@@ -553,10 +564,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         batch_processes=args.batch_processes,
         capacity_connections=16,
         seed=args.seed,
+        hidden=args.hidden,
     )
     with tempfile.TemporaryDirectory(prefix="sciserve-priority-") as scratch:
         work = Path(scratch)
-        tokens = prepare(work / "home", work, options.seed)
+        tokens = prepare(work / "home", work, options.seed, options.hidden)
         compute_ms = batch_compute_ms(work / "model.onnx", repeats=300)
         with running_server(work / "home", work / "server.log") as server:
             results = measure(server, tokens, options)

@@ -39,10 +39,11 @@ _OPSET = 17
 _IR_VERSION = 8
 
 
-def build_mlp(seed: int = 0) -> onnx.ModelProto:
-    """Build the MLP with He-initialised weights drawn from ``seed``."""
+def build_mlp(seed: int = 0, hidden: int = HIDDEN) -> onnx.ModelProto:
+    """Build the MLP (``hidden`` units per hidden layer) with He-initialised
+    weights drawn from ``seed``."""
     rng = np.random.default_rng(seed)
-    sizes = [IN_FEATURES, HIDDEN, HIDDEN, OUT_FEATURES]
+    sizes = [IN_FEATURES, hidden, hidden, OUT_FEATURES]
     initializers = []
     nodes = []
     current = INPUT_NAME
@@ -78,14 +79,16 @@ def build_mlp(seed: int = 0) -> onnx.ModelProto:
     return model
 
 
-def write_model(path: Path, seed: int = 0) -> Path:
+def write_model(path: Path, seed: int = 0, hidden: int = HIDDEN) -> Path:
     """Write the MLP to ``path`` and return it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(build_mlp(seed).SerializeToString())
+    path.write_bytes(build_mlp(seed, hidden).SerializeToString())
     return path
 
 
-def write_package(directory: Path, model_path: Path, version: str = "1.0.0") -> Path:
+def write_package(
+    directory: Path, model_path: Path, version: str = "1.0.0", hidden: int = HIDDEN
+) -> Path:
     """Write a sciserve model package (``sciserve.yaml`` + ``model.onnx``) into ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
     data = model_path.read_bytes()
@@ -94,7 +97,7 @@ def write_package(directory: Path, model_path: Path, version: str = "1.0.0") -> 
 schema_version: 1
 name: {MODEL_NAME}
 version: {version}
-description: Benchmark MLP {IN_FEATURES}-{HIDDEN}-{HIDDEN}-{OUT_FEATURES}, FP32, seeded weights.
+description: Benchmark MLP {IN_FEATURES}-{hidden}-{hidden}-{OUT_FEATURES}, FP32, seeded weights.
 runtime: onnx
 model_file: model.onnx
 max_batch_size: {MAX_BATCH}

@@ -22,6 +22,7 @@ import asyncio
 import collections
 import contextlib
 import enum
+import functools
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -178,7 +179,7 @@ class DynamicBatcher:
             if batch is None:
                 return
             self._busy += 1
-            asyncio.get_running_loop().create_task(self._run(batch))
+            self._start(batch)
 
     def _take(self, *, force: bool) -> list[_Pending] | None:
         """Remove and return the next batch, or None to wait for more requests."""
@@ -235,12 +236,36 @@ class DynamicBatcher:
 
         self._timer = asyncio.get_running_loop().call_later(remaining, fire)
 
-    async def _run(self, batch: list[_Pending]) -> None:
+    def _start(self, batch: list[_Pending]) -> None:
+        """Hand ``batch`` to a model thread; :meth:`_finished` runs when it is done.
+
+        A done-callback rather than a task awaiting the thread: the next batch
+        is then handed over in the very loop iteration that learns of this
+        one's end, which keeps the model busy and lets a waiting realtime
+        request start as early as possible.
+        """
         loop = asyncio.get_running_loop()
         started = time.perf_counter_ns()
-        try:
-            outputs, timing = await loop.run_in_executor(self._executor, self._execute, batch)
-        except Exception as exc:  # every waiter must hear about it
+        running = loop.run_in_executor(self._executor, self._execute, batch)
+        running.add_done_callback(functools.partial(self._finished, batch, started))
+
+    def _finished(
+        self,
+        batch: list[_Pending],
+        started: int,
+        running: asyncio.Future[tuple[list[dict[str, np.ndarray]], tuple[int, int, int]]],
+    ) -> None:
+        elapsed = (time.perf_counter_ns() - started) / 1e9
+        self._mean_exec_s = 0.9 * self._mean_exec_s + 0.1 * elapsed
+        self._busy -= 1
+        # The next batch first, then the answers to this one.
+        if self._queued:
+            self._dispatch()
+        elif self._busy == 0:
+            self._idle.set()
+        if running.cancelled():  # the executor was shut down under it
+            error: BaseException = ModelNotReady(f"{self._manifest.ref} unloaded")
+        elif (exc := running.exception()) is not None:
             error = (
                 exc
                 if isinstance(exc, SciserveError)
@@ -248,12 +273,10 @@ class DynamicBatcher:
                     f"{self._manifest.ref} failed: {type(exc).__name__}: {exc}"
                 )
             )
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(error)
         else:
+            outputs, timing = running.result()
             for item, result in zip(batch, outputs, strict=True):
-                if not item.future.done():
+                if not item.future.done():  # its caller may have gone already
                     item.future.set_result(result)
             if self._observe is not None:
                 self._observe(
@@ -266,14 +289,10 @@ class DynamicBatcher:
                         compute_output_ns=timing[2],
                     )
                 )
-        finally:
-            elapsed = (time.perf_counter_ns() - started) / 1e9
-            self._mean_exec_s = 0.9 * self._mean_exec_s + 0.1 * elapsed
-            self._busy -= 1
-            if self._queued:
-                self._dispatch()
-            elif self._busy == 0:
-                self._idle.set()
+            return
+        for item in batch:  # every waiter must hear about it
+            if not item.future.done():
+                item.future.set_exception(error)
 
     def _execute(
         self, batch: list[_Pending]
