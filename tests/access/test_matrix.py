@@ -39,7 +39,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
-from grpc_health.v1 import health_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from starlette.routing import Route
 from tritonclient.grpc import service_pb2
 
@@ -734,3 +734,22 @@ def test_grpc_matrix(world: World) -> None:
     assert problems == [], "\n".join(problems)
     assert len(outcomes) == len(_methods())
     _coverage(outcomes, targets)
+
+
+def test_grpc_health_of_a_model_answers_only_those_who_may_see_it(world: World) -> None:
+    """Health is public for the server, but a model's health would reveal that it exists."""
+    serving = health_pb2.HealthCheckResponse.SERVING
+    with grpc.insecure_channel(world.server.grpc) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for name, cred in world.creds.items():
+            metadata = (("authorization", cred.header),) if cred.header is not None else ()
+            codes = {}
+            for service in (OIP["name"], GHOST):
+                request = health_pb2.HealthCheckRequest(service=service)
+                try:
+                    codes[service] = health.Check(request, metadata=metadata, timeout=10).status
+                except grpc.RpcError as exc:
+                    codes[service] = exc.code()
+            assert codes[GHOST] == grpc.StatusCode.NOT_FOUND, name
+            sees = cred.grants is not None and cred.sees("alpha")
+            assert codes[OIP["name"]] == (serving if sees else grpc.StatusCode.NOT_FOUND), name

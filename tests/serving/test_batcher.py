@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from sciserve.errors import Overloaded
+from sciserve.errors import ModelNotReady, Overloaded
 from sciserve.package.manifest import Manifest
 from sciserve.serving.batcher import BatchPolicy, DynamicBatcher, Priority
 
@@ -101,3 +101,19 @@ async def test_realtime_is_refused_only_when_nothing_less_urgent_waits(
     finally:
         model.release(10)
         await batcher.close()
+
+
+async def test_requests_left_when_a_drain_times_out_fail_instead_of_hanging(
+    manifest: Manifest,
+) -> None:
+    model = GatedModel()
+    batcher = DynamicBatcher(model, manifest, BatchPolicy(max_batch_size=64))
+    running = asyncio.create_task(batcher.submit(rows(1), Priority.BATCH))
+    waiting = [asyncio.create_task(batcher.submit(rows(i), Priority.BATCH)) for i in (2, 3)]
+    await settle()
+    await batcher.close(timeout=0.05)  # the model is still held: the drain gives up
+    model.release(10)
+    assert float((await asyncio.wait_for(running, 10))["y"][0, 0]) == 2.0
+    for task in waiting:
+        with pytest.raises(ModelNotReady):
+            await asyncio.wait_for(task, 10)

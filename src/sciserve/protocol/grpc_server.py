@@ -206,6 +206,14 @@ def _version(version: str) -> str | None:
     return version or None
 
 
+def _authorization(context: grpc.aio.ServicerContext) -> str | None:
+    """The ``authorization`` metadata value, if the caller sent one."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            return value if isinstance(value, str) else value.decode("latin-1")
+    return None
+
+
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     """Triton's ``inference.GRPCInferenceService`` on top of an :class:`InferenceService`."""
 
@@ -214,11 +222,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
 
     async def identity(self, context: grpc.aio.ServicerContext) -> Identity:
         """The caller, from the ``authorization`` metadata (``Bearer …``)."""
-        header = None
-        for key, value in context.invocation_metadata() or ():
-            if key == "authorization":
-                header = value if isinstance(value, str) else value.decode("latin-1")
-        return await self.service.identify(header)
+        return await self.service.identify(_authorization(context))
 
     async def audit_denial(
         self, method: str, exc: BaseException, context: grpc.aio.ServicerContext
@@ -489,13 +493,20 @@ class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
     def __init__(self, service: InferenceService) -> None:
         self.service = service
 
-    async def status(self, name: str) -> int | None:
-        """The ``ServingStatus`` of ``name``, or ``None`` when no such service exists."""
+    async def status(self, name: str, context: grpc.aio.ServicerContext) -> int | None:
+        """The ``ServingStatus`` of ``name``, or ``None`` when no such service
+        exists or the caller may not see it.
+
+        The server's own status is public, for probes and load balancers; a
+        model's is what the caller's credentials may read, so that health
+        checks cannot reveal which models exist.
+        """
         if name in self.SERVER_NAMES:
             return _SERVING if self.service.ready() else _NOT_SERVING
         try:
-            ready = await self.service.model_ready(name)
-        except NotFound:
+            identity = await self.service.identify(_authorization(context))
+            ready = await self.service.model_ready(name, identity=identity)
+        except (NotFound, Unauthenticated):
             return None
         except ModelNotReady:
             ready = False
@@ -504,7 +515,7 @@ class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
     async def Check(
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
     ) -> health_pb2.HealthCheckResponse:
-        status = await self.status(request.service)
+        status = await self.status(request.service, context)
         if status is None:
             await context.abort(_Code.NOT_FOUND, f"unknown service {request.service!r}")
         return health_pb2.HealthCheckResponse(status=status)
@@ -515,7 +526,7 @@ class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
         """Send the current status, then every change, until the client leaves."""
         last: int | None = None
         while True:
-            status = await self.status(request.service)
+            status = await self.status(request.service, context)
             if status is None:
                 status = _SERVICE_UNKNOWN
             if status != last:

@@ -246,7 +246,14 @@ class DynamicBatcher:
         """
         loop = asyncio.get_running_loop()
         started = time.perf_counter_ns()
-        running = loop.run_in_executor(self._executor, self._execute, batch)
+        try:
+            running = loop.run_in_executor(self._executor, self._execute, batch)
+        except RuntimeError:  # the executor is shut down: closed while draining timed out
+            self._busy -= 1
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(ModelNotReady(f"{self._manifest.ref} unloaded"))
+            return
         running.add_done_callback(functools.partial(self._finished, batch, started))
 
     def _finished(
