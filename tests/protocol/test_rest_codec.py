@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import tracemalloc
 from typing import Any
 
@@ -652,3 +653,38 @@ def test_near_valid_requests_raise_only_invalid_input(request: tuple[bytes, int 
     # Whatever is accepted is internally consistent.
     for tensor in decoded.inputs:
         assert tensor.data.shape == tensor.shape
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[1.5, NaN, Infinity, -Infinity]", [1.5, math.nan, math.inf, -math.inf]),
+        ("[18446744073709551616]", None),  # beyond 64 bits: the FP64 cast decides
+    ],
+)
+def test_what_the_fast_parser_refuses_the_standard_one_still_reads(
+    text: str, expected: list[float] | None
+) -> None:
+    count = text.count(",") + 1
+    tensor = f'{{"name": "x", "datatype": "FP64", "shape": [{count}], "data": {text}}}'
+    body = f'{{"inputs": [{tensor}]}}'.encode()
+    request = decode_infer_request(
+        body, None, model_name="m", model_version=None, max_body_bytes=2**20
+    )
+    data = request.inputs[0].data
+    if expected is None:
+        assert data.tolist() == [float(18446744073709551616)]
+    else:
+        np.testing.assert_array_equal(data, np.array(expected))
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, 0.5])
+def test_json_outputs_keep_nan_and_infinity_and_non_ascii_ids(value: float) -> None:
+    arr = np.array([[value, 1.0]], dtype=np.float32)
+    body, header_length = encode_infer_response(
+        response(InferOutput.from_numpy("y", arr), id="réq-ü"), [], binary_default=False
+    )
+    assert header_length is None
+    got = parse(body, None)
+    np.testing.assert_array_equal(got.as_numpy("y"), arr)
+    assert json.loads(body)["id"] == "réq-ü"

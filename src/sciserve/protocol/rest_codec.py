@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 
 from ..errors import InvalidInput, PayloadTooLarge
 from .datatypes import DATATYPES, check_shape, from_json_data, from_raw, raw_buffer, to_json_data
@@ -153,6 +154,7 @@ def encode_infer_response(
     is binary and the header must be omitted.
     """
     choice = {output.name: output.binary for output in requested}
+    finite = True  # no NaN or infinity among the JSON data
     entries: list[dict[str, Any]] = []
     blobs: list[memoryview] = []
     for output in resp.outputs:
@@ -171,6 +173,8 @@ def encode_infer_response(
             blobs.append(blob)
         else:
             entry["data"] = to_json_data(output.data, output.datatype)
+            if output.data.dtype.kind in "fc" and not np.isfinite(output.data).all():
+                finite = False
         if parameters:
             entry["parameters"] = parameters
         entries.append(entry)
@@ -181,12 +185,26 @@ def encode_infer_response(
     if resp.parameters:
         doc["parameters"] = resp.parameters
     doc["outputs"] = entries
-    # ensure_ascii (the default) makes the header length in bytes equal its
-    # length in characters.
-    header = json.dumps(doc, separators=(",", ":")).encode("ascii")
+    header = _dumps(doc, finite)
     if not blobs:
         return header, None
     return b"".join([header, *blobs]), len(header)
+
+
+def _dumps(doc: dict[str, Any], finite: bool) -> bytes:
+    """Compact JSON for a response header.
+
+    orjson is several times faster on long lists of floats but writes NaN
+    and infinities as ``null``; the protocol's readers (rapidjson, Python)
+    expect ``NaN`` / ``Infinity``, which only json writes.
+    """
+    if finite:
+        try:
+            return orjson.dumps(doc)
+        except TypeError:  # e.g. an integer beyond 64 bits in the parameters
+            pass
+    # ensure_ascii (the default) keeps the body plain ASCII.
+    return json.dumps(doc, separators=(",", ":")).encode("ascii")
 
 
 def encode_error(message: str) -> bytes:
@@ -201,6 +219,18 @@ def _parse_json(header: memoryview, whole_body: bool) -> dict[str, Any]:
     # A client that sends binary data but forgets the length header makes the
     # whole body look like broken JSON: say so.
     hint = f" (binary data needs the {HEADER_LENGTH_HEADER} header)" if whole_body else ""
+    try:
+        # orjson parses a tensor of floats ten times faster than json.  It is
+        # stricter (no NaN / Infinity, no integers beyond 64 bits, nesting up
+        # to 1024), so what it refuses goes through json, which decides and
+        # words the error: the accepted language is json's either way.
+        doc = orjson.loads(header)
+    except orjson.JSONDecodeError:
+        pass
+    else:
+        if not isinstance(doc, dict):
+            raise InvalidInput(f"request body must be a JSON object, got {_json_type(doc)}")
+        return doc
     try:
         text = str(header, "utf-8")
     except UnicodeDecodeError as exc:
