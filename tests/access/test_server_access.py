@@ -21,7 +21,6 @@ import io
 import json
 import os
 import re
-import signal
 import socket
 import ssl
 import statistics
@@ -51,6 +50,7 @@ from sciserve.package.archive import pack
 from sciserve.registry.registry import Registry
 
 from helpers.packages import expected_linear, make_onnx_package
+from helpers.server import stop_server
 
 pytestmark = pytest.mark.slow
 
@@ -126,15 +126,7 @@ def _start(
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> int:
-    """SIGTERM the server's own process group and wait; returns its exit code."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    return proc.returncode
+    return stop_server(proc, timeout=60)
 
 
 @contextlib.contextmanager

@@ -89,17 +89,31 @@ def _wait_ready(running: Running) -> None:
     raise RuntimeError("server never became ready")
 
 
-def stop_server(proc: subprocess.Popen[str]) -> None:
+def stop_server(proc: subprocess.Popen[Any], timeout: float = 30) -> int:
+    """SIGTERM the server's own process group, SIGKILL it after ``timeout``;
+    returns the exit code."""
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=30)
+            proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     for stream in (proc.stdout, proc.stderr):
         if stream is not None:
             stream.close()
+    return proc.returncode
+
+
+def run_cli(home: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """``sciserve --home HOME ARGS…`` in a subprocess, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "sciserve", "--home", str(home), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+    )
 
 
 class ServerThread:

@@ -28,6 +28,8 @@ from sciserve.streams.base import OutRecord, open_sink
 from sciserve.streams.results import ResultStore
 from sciserve.streams.simulate import AlertSimulator
 
+from helpers.server import run_cli
+
 N_ALERTS = 2500
 #: Malformed messages: not Avro framing, broken Avro, an unknown schema id
 #: and a real alert cut short.
@@ -106,13 +108,7 @@ def _kill(proc: subprocess.Popen[bytes], sig: signal.Signals = signal.SIGKILL) -
 
 
 def _cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sciserve", "--home", str(home), *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    return run_cli(home, *args, timeout=60)
 
 
 def _dead_values(path: Path) -> set[bytes]:

@@ -31,6 +31,8 @@ from sciserve.streams.results import Annotation, ResultStore
 from sciserve.streams.simulate import AlertSimulator, features_from_alert
 from sciserve.streams.spec import load_spec, parse_spec
 
+from helpers.server import run_cli
+
 #: A real alert cut short.
 _TRUNCATED = next(AlertSimulator(seed=99).alerts(1)).payload[:2000]
 
@@ -46,13 +48,7 @@ BAD = [
 
 
 def _cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sciserve", "--home", str(home), *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
+    return run_cli(home, *args, timeout=300)
 
 
 @pytest.fixture(scope="module")
