@@ -374,7 +374,7 @@ async def test_models_on_a_server_with_auth_use_the_configured_token(
         await _run(lab, fields)
     # Allowed to resolve the model but not to run it: a deployment problem,
     # so the pipeline stops with nothing committed instead of dead-lettering.
-    monkeypatch.setattr(pipeline_module, "_SERVICE_BACKOFF_LIMIT", 1.0)
+    monkeypatch.setattr(pipeline_module, "_SERVICE_ATTEMPTS", 2)
     with pytest.raises(PermissionDenied, match="infer"):
         await _run(lab.model_copy(update={"token": SecretStr(reader)}), fields)
     assert not list(tmp_path.glob("alerts.avro*.offset"))

@@ -20,7 +20,6 @@ answer UNIMPLEMENTED with a message saying so.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import math
@@ -227,17 +226,10 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
     async def audit_denial(
         self, method: str, exc: BaseException, context: grpc.aio.ServicerContext
     ) -> None:
-        access = self.service.access
         reason = {Unauthenticated: "unauthenticated", PermissionDenied: "forbidden",
                   RateLimited: "rate_limited"}.get(type(exc))  # fmt: skip
-        if access is None or reason is None:
-            return
-        identity = None
-        if reason != "unauthenticated":
-            # The credentials were good (the denial came later): name the caller.
-            with contextlib.suppress(SciserveError):  # e.g. revoked meanwhile
-                identity = await self.identity(context)
-        await asyncio.to_thread(access.denied.record, f"gRPC {method}", reason, identity)
+        if reason is not None:
+            await self.service.record_denial(f"gRPC {method}", reason, _authorization(context))
 
     # -- health and metadata ---------------------------------------------
 

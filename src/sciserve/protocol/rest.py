@@ -451,8 +451,7 @@ class _Inference:
 
 
 def _denied_recorder(service: InferenceService) -> Denied | None:
-    access = service.access
-    if access is None:
+    if service.access is None:
         return None
 
     async def record(request: Request, reason: str) -> None:
@@ -463,13 +462,8 @@ def _denied_recorder(service: InferenceService) -> Denied | None:
             # so callers cannot mint new sampling keys with new model names.
             match = _INFER_PATH.fullmatch(request.url.path)
             template = _infer_template(match) if match else request.url.path
-        # Who was denied is not always known (bad credentials): record what is.
-        identity = None
-        if reason != "unauthenticated":
-            with contextlib.suppress(SciserveError):  # e.g. revoked meanwhile
-                identity = await service.identify(request.headers.get("authorization"))
-        await run_in_threadpool(
-            access.denied.record, f"{request.method} {template}", reason, identity
+        await service.record_denial(
+            f"{request.method} {template}", reason, request.headers.get("authorization")
         )
 
     return record

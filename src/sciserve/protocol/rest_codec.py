@@ -216,9 +216,6 @@ def encode_error(message: str) -> bytes:
 
 
 def _parse_json(header: memoryview, whole_body: bool) -> dict[str, Any]:
-    # A client that sends binary data but forgets the length header makes the
-    # whole body look like broken JSON: say so.
-    hint = f" (binary data needs the {HEADER_LENGTH_HEADER} header)" if whole_body else ""
     try:
         # orjson parses a tensor of floats ten times faster than json.  It is
         # stricter (no NaN / Infinity, no integers beyond 64 bits, nesting up
@@ -226,24 +223,27 @@ def _parse_json(header: memoryview, whole_body: bool) -> dict[str, Any]:
         # words the error: the accepted language is json's either way.
         doc = orjson.loads(header)
     except orjson.JSONDecodeError:
-        pass
-    else:
-        if not isinstance(doc, dict):
-            raise InvalidInput(f"request body must be a JSON object, got {_json_type(doc)}")
-        return doc
+        doc = _parse_json_strictly(header, whole_body)
+    if not isinstance(doc, dict):
+        raise InvalidInput(f"request body must be a JSON object, got {_json_type(doc)}")
+    return doc
+
+
+def _parse_json_strictly(header: memoryview, whole_body: bool) -> object:
+    """Parse with json, turning every failure into a clear :class:`InvalidInput`."""
+    # A client that sends binary data but forgets the length header makes the
+    # whole body look like broken JSON: say so.
+    hint = f" (binary data needs the {HEADER_LENGTH_HEADER} header)" if whole_body else ""
     try:
         text = str(header, "utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidInput(f"request body is not valid UTF-8: {exc}{hint}") from exc
     try:
-        doc = json.loads(text)
+        return json.loads(text)
     except RecursionError as exc:
         raise InvalidInput("request body is nested too deeply") from exc
     except ValueError as exc:  # JSONDecodeError, or an integer with too many digits
         raise InvalidInput(f"request body is not valid JSON: {exc}{hint}") from exc
-    if not isinstance(doc, dict):
-        raise InvalidInput(f"request body must be a JSON object, got {_json_type(doc)}")
-    return doc
 
 
 def _input_specs(raw: object) -> list[_InputSpec]:

@@ -467,15 +467,18 @@ def _error_from(response: httpx.Response) -> SciserveError:
     cls = _NAMED_ERRORS.get(kind) if isinstance(kind, str) else None
     if cls is None or not issubclass(cls, bases):
         cls = bases[0]
-    try:
-        retry_after = float(response.headers.get("Retry-After", "1"))
-    except ValueError:
-        retry_after = 1.0
     if issubclass(cls, errors.RateLimited):
-        return errors.RateLimited(message, retry_after)
+        return errors.RateLimited(message, _retry_after(response))
     if issubclass(cls, Overloaded) or (cls is Unavailable and "Retry-After" in response.headers):
-        return Overloaded(message, retry_after)
+        return Overloaded(message, _retry_after(response))
     return cls(message)
+
+
+def _retry_after(response: httpx.Response) -> float:
+    try:
+        return float(response.headers.get("Retry-After", "1"))
+    except ValueError:
+        return 1.0
 
 
 def _files_match(root: Path, manifest: Manifest) -> bool:

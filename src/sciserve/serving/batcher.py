@@ -24,7 +24,7 @@ import contextlib
 import enum
 import functools
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -154,6 +154,16 @@ class DynamicBatcher:
         self._dispatch()
         return await future
 
+    @staticmethod
+    def _fail(items: Iterable[_Pending], error: BaseException) -> None:
+        """Fail the waiters of ``items`` (those still waiting: a caller may have gone)."""
+        for item in items:
+            if not item.future.done():
+                item.future.set_exception(error)
+
+    def _unloaded(self) -> ModelNotReady:
+        return ModelNotReady(f"{self._manifest.ref} unloaded")
+
     def _overloaded(self) -> Overloaded:
         retry = max(1.0, self._mean_exec_s * self._queued / self._policy.instances)
         return Overloaded(
@@ -166,10 +176,8 @@ class DynamicBatcher:
         for level in range(len(self._queues) - 1, priority, -1):
             queue = self._queues[level]
             if queue:
-                shed = queue.pop()
                 self._queued -= 1
-                if not shed.future.done():  # its caller may have gone already
-                    shed.future.set_exception(self._overloaded())
+                self._fail([queue.pop()], self._overloaded())
                 return True
         return False
 
@@ -250,9 +258,7 @@ class DynamicBatcher:
             running = loop.run_in_executor(self._executor, self._execute, batch)
         except RuntimeError:  # the executor is shut down: closed while draining timed out
             self._busy -= 1
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(ModelNotReady(f"{self._manifest.ref} unloaded"))
+            self._fail(batch, self._unloaded())
             return
         running.add_done_callback(functools.partial(self._finished, batch, started))
 
@@ -271,7 +277,7 @@ class DynamicBatcher:
         elif self._busy == 0:
             self._idle.set()
         if running.cancelled():  # the executor was shut down under it
-            error: BaseException = ModelNotReady(f"{self._manifest.ref} unloaded")
+            error: BaseException = self._unloaded()
         elif (exc := running.exception()) is not None:
             error = (
                 exc
@@ -297,9 +303,7 @@ class DynamicBatcher:
                     )
                 )
             return
-        for item in batch:  # every waiter must hear about it
-            if not item.future.done():
-                item.future.set_exception(error)
+        self._fail(batch, error)  # every waiter must hear about it
 
     def _execute(
         self, batch: list[_Pending]
@@ -339,11 +343,9 @@ class DynamicBatcher:
         self._closed = True
         if not drain:
             for queue in self._queues:
-                while queue:
-                    item = queue.popleft()
-                    self._queued -= 1
-                    if not item.future.done():
-                        item.future.set_exception(ModelNotReady(f"{self._manifest.ref} unloaded"))
+                self._fail(queue, self._unloaded())
+                queue.clear()
+            self._queued = 0
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), timeout)
         if self._timer is not None:

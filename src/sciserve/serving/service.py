@@ -26,7 +26,7 @@ from ..access.identity import Identity, Scope, parse_priority
 from ..access.layer import AccessLayer
 from ..access.policy import authorize
 from ..config import ServingConfig
-from ..errors import InvalidInput, NotFound
+from ..errors import InvalidInput, NotFound, SciserveError
 from ..package.manifest import Manifest, TensorSpec
 from ..protocol.types import InferenceRequest, InferenceResponse, InferOutput
 from ..registry.registry import Registry
@@ -99,6 +99,20 @@ class InferenceService:
             identity: Identity = await asyncio.to_thread(authenticate, authorization)
             return identity
         return authenticate(authorization)
+
+    async def record_denial(self, action: str, reason: str, authorization: str | None) -> None:
+        """Audit a denied request (``action`` as the adapter names it).
+
+        Who was denied is not always known: the caller is named only when
+        its credentials were good and the denial came later.
+        """
+        if self.access is None:
+            return
+        identity = None
+        if reason != "unauthenticated":
+            with contextlib.suppress(SciserveError):  # e.g. revoked meanwhile
+                identity = await self.identify(authorization)
+        await asyncio.to_thread(self.access.denied.record, action, reason, identity)
 
     def authorize_model(self, identity: Identity, action: Scope, served: str) -> str:
         """Check ``action`` on a served model and return its namespace.

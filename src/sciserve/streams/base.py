@@ -180,19 +180,17 @@ def open_source(url: str, *, consumer: str | None = None, **options: Any) -> Sou
     """
     scheme, location, target, query = _split(url)
     params = {**query, **options}
+    if consumer is not None:
+        params.setdefault("durable" if scheme == "nats" else "group", consumer)
     if scheme == "kafka":
         from .kafka import KafkaSource
 
-        if consumer is not None:
-            params.setdefault("group", consumer)
         group = _pop_required(params, "group", url)
         return KafkaSource(location, target, str(group), **params)
     if scheme == "nats":
         from .nats import NatsSource
 
         _only(query, {"stream", "durable", "batch", "ack_wait"}, url)
-        if consumer is not None:
-            params.setdefault("durable", consumer)
         stream = _pop_required(params, "stream", url)
         durable = _pop_required(params, "durable", url)
         _convert(params, "batch", int, url)
@@ -202,8 +200,6 @@ def open_source(url: str, *, consumer: str | None = None, **options: Any) -> Sou
         )
     from .files import FileSource
 
-    if consumer is not None:
-        params.setdefault("group", consumer)
     return FileSource(target, **params)
 
 

@@ -77,7 +77,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -124,9 +124,10 @@ _STATUS_INTERVAL = 1.0
 #: the batch is re-delivered once the deployment is fixed instead of being
 #: dead-lettered.
 _SERVICE_ERRORS = (Unavailable, Unauthenticated, PermissionDenied, NotFound, RateLimited)
+#: Calls of a model step through service errors: waits of 0.5 s doubling to
+#: 32 s between them, about a minute in all.
+_SERVICE_ATTEMPTS = 8
 #: How a sciserve server's answers map onto those errors.
-#: Back-off of service errors doubles from 0.5 s up to this (about a minute in all).
-_SERVICE_BACKOFF_LIMIT = 32.0
 _REMOTE_ERRORS: Mapping[int, type[SciserveError]] = {
     401: Unauthenticated,
     403: PermissionDenied,
@@ -138,6 +139,8 @@ _REMOTE_ERRORS: Mapping[int, type[SciserveError]] = {
 #: wait behind long-poll fetches on some brokers), so they run beside the
 #: batches rather than between them, and not too often.
 _LAG_INTERVAL = 5.0
+
+_T = TypeVar("_T")
 
 #: The distributions whose versions matter to each runtime's results.
 _RUNTIME_LIBRARIES: Mapping[str, tuple[str, ...]] = {
@@ -1012,29 +1015,29 @@ class Pipeline:
         model's verdict on these alerts: it is retried with back-off and,
         if it persists, raised, which stops the pipeline with nothing
         committed."""
+
+        async def predict() -> dict[str, npt.NDArray[Any]]:
+            outputs = await model.predict(features)
+            for name, values in outputs.items():
+                if len(values) != len(alerts):
+                    raise ModelExecutionError(
+                        f"output {name!r} has {len(values)} rows for {len(alerts)} alerts"
+                    )
+            return outputs
+
         failure: Exception | None = None
-        attempt = 0
-        delay = 0.5
-        while attempt < 2:
+        for attempt in (1, 2):
             try:
-                outputs = await model.predict(features)
-                for name, values in outputs.items():
-                    if len(values) != len(alerts):
-                        raise ModelExecutionError(
-                            f"output {name!r} has {len(values)} rows for {len(alerts)} alerts"
-                        )
-                return outputs
-            except _SERVICE_ERRORS as exc:
-                if delay > _SERVICE_BACKOFF_LIMIT:
-                    raise
-                log.warning(
-                    "pipeline %s: %s:%s is unavailable (%s); retrying in %.1f s",
-                    self.spec.name, model.model, model.version, exc, delay,
-                )  # fmt: skip
-                await asyncio.sleep(delay)
-                delay *= 2
+                return await self._backoff(
+                    f"{model.model}:{model.version}",
+                    predict,
+                    retry_on=_SERVICE_ERRORS,
+                    attempts=_SERVICE_ATTEMPTS,
+                    max_delay=32.0,
+                )
+            except _SERVICE_ERRORS:
+                raise
             except Exception as exc:  # any other failure of the model is the model's, not ours
-                attempt += 1
                 failure = exc
                 log.warning(
                     "pipeline %s: %s:%s failed on a batch of %d (attempt %d): %s",
@@ -1109,22 +1112,44 @@ class Pipeline:
 
     async def _durably(self, what: str, write: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Await ``write(*args)``, retrying with back-off while the target is unavailable."""
+        try:
+            await self._backoff(
+                f"writing to {what}",
+                lambda: write(*args),
+                retry_on=(Unavailable, OSError),
+                attempts=_WRITE_ATTEMPTS,
+                max_delay=8.0,
+            )
+        except (Unavailable, OSError) as exc:
+            raise Unavailable(
+                f"pipeline {self.spec.name}: cannot write to {what} "
+                f"after {_WRITE_ATTEMPTS} attempts: {exc}"
+            ) from exc
+
+    async def _backoff(
+        self,
+        what: str,
+        call: Callable[[], Awaitable[_T]],
+        *,
+        retry_on: tuple[type[BaseException], ...],
+        attempts: int,
+        max_delay: float,
+    ) -> _T:
+        """Await ``call()`` up to ``attempts`` times while it raises one of
+        ``retry_on``, waiting 0.5 s doubling up to ``max_delay`` in between;
+        the last error propagates."""
         delay = 0.5
-        for attempt in range(1, _WRITE_ATTEMPTS + 1):
+        for attempt in range(1, attempts):
             try:
-                await write(*args)
-                return
-            except (Unavailable, OSError) as exc:
-                if attempt == _WRITE_ATTEMPTS:
-                    raise Unavailable(
-                        f"pipeline {self.spec.name}: cannot write to {what} "
-                        f"after {attempt} attempts: {exc}"
-                    ) from exc
+                return await call()
+            except retry_on as exc:
                 log.warning(
-                    "pipeline %s: writing to %s failed (%s); retrying", self.spec.name, what, exc
-                )
+                    "pipeline %s: %s failed (%s, attempt %d); retrying in %.1f s",
+                    self.spec.name, what, exc, attempt, delay,
+                )  # fmt: skip
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 8.0)
+                delay = min(delay * 2, max_delay)
+        return await call()
 
     def _committed(self, batch: _Batch) -> None:
         now_ms = time.time() * 1000
