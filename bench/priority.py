@@ -103,7 +103,7 @@ def prepare(home: Path, work: Path, seed: int, hidden: int) -> Tokens:
     with Registry(Settings.load(home, environ={})) as registry:
         registry.publish(package)
         store = TokenStore(registry)
-        scopes = {"default": ["infer"]}
+        scopes = {"default": ["infer", "read"]}
         _, batch = store.create("bench-batch", scopes, priority="batch")
         _, realtime = store.create("bench-realtime", scopes, priority="realtime")
     return Tokens(batch, realtime)
@@ -122,12 +122,15 @@ class Running:
 
 
 @contextlib.contextmanager
-def running_server(home: Path, log: Path) -> Iterator[Running]:
+def running_server(
+    home: Path, log: Path, instances: int = 1, realtime_instances: int = 0
+) -> Iterator[Running]:
     """``sciserve serve --auth`` on 127.0.0.1, stopped by its PID when done."""
     command = [
         sys.executable, "-m", "sciserve", "--home", str(home), "serve", "--auth",
         "--host", "127.0.0.1", "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0",
-        "--intra-op-threads", "1",
+        "--intra-op-threads", "1", "--instances", str(instances),
+        "--realtime-instances", str(realtime_instances),
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCISERVE_")}
     with log.open("wb") as out:
@@ -398,6 +401,21 @@ def window(phase: Phase, start: float, end: float, rows: int, clients: slice) ->
     )
 
 
+def server_batch_compute_ms(http: str, token: str) -> float:
+    """Mean compute time of the batches of ``MAX_BATCH`` rows the server has run so far."""
+    request = urllib.request.Request(
+        f"http://{http}/v2/models/{MODEL_NAME}/stats",
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    with urllib.request.urlopen(request) as answer:
+        stats = json.load(answer)["model_stats"][0]
+    for entry in stats["batch_stats"]:
+        if entry["batch_size"] == MAX_BATCH:
+            infer = entry["compute_infer"]
+            return float(infer["ns"]) / max(1, int(infer["count"])) / 1e6
+    raise RuntimeError(f"the server ran no batch of {MAX_BATCH} rows")
+
+
 def batch_compute_ms(model: Path, repeats: int) -> float:
     """Median time ONNX Runtime (1 thread) takes for one batch of ``MAX_BATCH`` rows."""
     session = open_session(model, intra_op_threads=1)
@@ -426,10 +444,13 @@ class Options:
     capacity_connections: int
     seed: int
     hidden: int
+    instances: int
+    realtime_instances: int
 
 
-def measure(server: Running, tokens: Tokens, options: Options) -> dict[str, Window]:
-    """Capacity, unloaded realtime latency, and both under overload."""
+def measure(server: Running, tokens: Tokens, options: Options) -> tuple[dict[str, Window], float]:
+    """Capacity, unloaded realtime latency, and both under overload; and the mean
+    compute time of a max-size batch as the server measured it at capacity."""
     http = server.http
     batch_request = http_request(http, tokens.batch, MAX_BATCH, options.seed)
     realtime_request = http_request(http, tokens.realtime, 1, options.seed + 1)
@@ -448,6 +469,8 @@ def measure(server: Running, tokens: Tokens, options: Options) -> dict[str, Wind
     phase = run_phase(server, plans, begin, end)
     results["capacity"] = window(phase, begin, end, MAX_BATCH, every)
     capacity_rps = results["capacity"].rows_per_s / MAX_BATCH
+    server_ms = server_batch_compute_ms(http, tokens.batch)
+    console.print(f"  one batch of {MAX_BATCH} rows in the server: {server_ms:.3f} ms of compute")
 
     console.print(f"unloaded realtime: {options.realtime_rate:g} req/s, batch 1, realtime class")
     start = time.monotonic() + lead
@@ -475,7 +498,7 @@ def measure(server: Running, tokens: Tokens, options: Options) -> dict[str, Wind
     # The clients kept to their schedule if they sent (nearly) what was asked of them.
     sent = results["batch_under_load"].sent_per_s
     console.print(f"  batch clients sent {sent:.0f} req/s of the {offered:.0f} asked")
-    return results
+    return results, server_ms
 
 
 def verdicts(results: dict[str, Window], compute_ms: float) -> list[dict[str, Any]]:
@@ -549,6 +572,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--hidden", type=int, default=HIDDEN, help="units per hidden layer of the MLP"
     )
+    parser.add_argument("--instances", type=int, default=1, help="model instances (serve)")
+    parser.add_argument(
+        "--realtime-instances",
+        type=int,
+        default=0,
+        help="of --instances, how many take only realtime requests (serve)",
+    )
     parser.add_argument("--output-dir", type=Path, default=BENCH_DIR / "results")
     return parser.parse_args(argv)
 
@@ -565,13 +595,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         capacity_connections=16,
         seed=args.seed,
         hidden=args.hidden,
+        instances=args.instances,
+        realtime_instances=args.realtime_instances,
     )
     with tempfile.TemporaryDirectory(prefix="sciserve-priority-") as scratch:
         work = Path(scratch)
         tokens = prepare(work / "home", work, options.seed, options.hidden)
         compute_ms = batch_compute_ms(work / "model.onnx", repeats=300)
-        with running_server(work / "home", work / "server.log") as server:
-            results = measure(server, tokens, options)
+        with running_server(
+            work / "home", work / "server.log", options.instances, options.realtime_instances
+        ) as server:
+            results, server_ms = measure(server, tokens, options)
     targets = verdicts(results, compute_ms)
     render(results, targets, compute_ms)
     info = machine_info("not used")
@@ -589,6 +623,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "when": datetime.now(UTC).isoformat(),
         "options": asdict(options),
         "max_batch_compute_ms": compute_ms,
+        "server_max_batch_compute_ms": server_ms,
         "results": {name: asdict(w) for name, w in results.items()},
         "targets": targets,
         "machine": info,

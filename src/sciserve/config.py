@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ConfigError
 
@@ -69,6 +77,9 @@ class ServingConfig(BaseModel):
     max_queue_delay: float = Field(default=0.0, ge=0)
     #: Parallel executions per model version.
     instances: int = Field(default=1, gt=0, le=64)
+    #: Of ``instances``, how many take only realtime-class requests (so bulk
+    #: work never makes a realtime request wait for a running batch).
+    realtime_instances: int = Field(default=0, ge=0, le=63)
     #: Device for every model (overrides the packages' own ``device``).
     device: str | None = None
     #: ONNX Runtime intra-op threads per session.
@@ -80,6 +91,15 @@ class ServingConfig(BaseModel):
     #: TLS for HTTP and gRPC: a PEM certificate (chain) and its private key.
     tls_cert: Path | None = None
     tls_key: Path | None = None
+
+    @model_validator(mode="after")
+    def _some_instance_for_everyone(self) -> ServingConfig:
+        if self.realtime_instances >= self.instances:
+            raise ValueError(
+                f"realtime_instances ({self.realtime_instances}) must be less than instances "
+                f"({self.instances}): other classes need at least one instance"
+            )
+        return self
 
 
 class RateLimit(BaseModel):

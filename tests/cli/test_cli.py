@@ -111,6 +111,15 @@ def test_errors_map_to_exit_codes(cli: Cli, tmp_path: Path, onnx_package: MakePa
     assert "No such command" in cli("frobnicate", code=2)
 
 
+def test_bad_serve_options_are_named_before_anything_starts(cli: Cli) -> None:
+    out = cli("serve", "--instances", "0", "--poll-interval", "-1", code=1)
+    assert "--instances: Input should be greater than 0" in out
+    assert "--poll-interval: Input should be greater than 0" in out
+    out = cli("serve", "--instances", "2", "--realtime-instances", "2", code=1)
+    assert "realtime_instances (2) must be less than instances (2)" in out
+    assert "Traceback" not in out
+
+
 def test_namespace_commands(cli: Cli) -> None:
     cli("namespace", "create", "astro")
     assert "astro" in cli("namespace", "list")

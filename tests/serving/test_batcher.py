@@ -117,3 +117,53 @@ async def test_requests_left_when_a_drain_times_out_fail_instead_of_hanging(
     for task in waiting:
         with pytest.raises(ModelNotReady):
             await asyncio.wait_for(task, 10)
+
+
+class BulkHeldModel:
+    """Runs realtime rows (tags >= 100) at once; bulk rows wait for :meth:`release`."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Semaphore(0)
+        self.started: list[float] = []
+
+    def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        x = inputs["x"]
+        self.started.append(float(x[0, 0]))
+        if x[0, 0] < 100:
+            assert self.gate.acquire(timeout=30), "the test never released the model"
+        return {"y": np.repeat(x[:, :1] * 2, 3, axis=1)}
+
+
+async def test_a_reserved_instance_serves_realtime_while_bulk_work_holds_the_others(
+    manifest: Manifest,
+) -> None:
+    model = BulkHeldModel()
+    policy = BatchPolicy(max_batch_size=64, instances=2, realtime_instances=1)
+    batcher = DynamicBatcher(model, manifest, policy)
+    try:
+        bulk = [asyncio.create_task(batcher.submit(rows(i), Priority.BATCH)) for i in range(3)]
+        interactive = asyncio.create_task(batcher.submit(rows(7), Priority.INTERACTIVE))
+        await settle()
+        await asyncio.sleep(0.05)
+        # One bulk batch runs; the reserved instance stays free for realtime.
+        assert model.started == [0.0]
+        assert batcher.queued == 3
+        # Realtime runs now, alone (no bulk rows ride along), while bulk is held.
+        answer = await asyncio.wait_for(batcher.submit(rows(100, 2), Priority.REALTIME), 10)
+        assert answer["y"].shape == (2, 3) and float(answer["y"][0, 0]) == 200.0
+        assert model.started == [0.0, 100.0]
+        assert not any(task.done() for task in [*bulk, interactive])
+        model.gate.release(10)
+        results = await asyncio.wait_for(asyncio.gather(*bulk, interactive), 10)
+        assert [float(r["y"][0, 0]) for r in results] == [0.0, 2.0, 4.0, 14.0]
+        # After the realtime batch, bulk work never took the reserved instance:
+        # the interactive request went first, then the batch class in order.
+        assert model.started == [0.0, 100.0, 7.0, 1.0, 2.0]
+    finally:
+        model.gate.release(10)
+        await batcher.close()
+
+
+def test_every_class_keeps_an_instance() -> None:
+    with pytest.raises(ValueError, match="less than instances"):
+        BatchPolicy(max_batch_size=64, instances=2, realtime_instances=2)

@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
 from ..config import ServingConfig, Settings
+from ..errors import ConfigError
 from ._context import log_to_stderr, state
 
 
@@ -50,6 +52,9 @@ def serve(
         int, typer.Option(help="Requests waiting per model before 503.")
     ] = 1024,
     instances: Annotated[int, typer.Option(help="Parallel executions per model.")] = 1,
+    realtime_instances: Annotated[
+        int, typer.Option(help="Of --instances, how many only realtime requests may use.")
+    ] = 0,
     device: Annotated[str | None, typer.Option(help="Device for every model: cpu, cuda:N.")] = None,
     intra_op_threads: Annotated[int, typer.Option(help="ONNX Runtime threads per model.")] = 1,
     max_request_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 64 * 2**20,
@@ -65,30 +70,44 @@ def serve(
 ) -> None:
     """Serve the registry's models over HTTP and gRPC (KServe v2 / Triton protocol)."""
     st = state(ctx)
-    config = ServingConfig(
-        host=host,
-        http_port=http_port,
-        grpc_port=grpc_port,
-        metrics_port=metrics_port,
-        models=tuple(model) if model else None,
-        strict_readiness=_strict(strict_readiness),
-        poll_interval=poll_interval,
-        max_queue_delay=max_queue_delay,
-        max_queue_size=max_queue_size,
-        instances=instances,
-        device=device,
-        intra_op_threads=intra_op_threads,
-        max_request_bytes=max_request_bytes,
-        insecure=insecure,
-        tls_cert=tls_cert,
-        tls_key=tls_key,
-    )
+    try:
+        config = ServingConfig(
+            host=host,
+            http_port=http_port,
+            grpc_port=grpc_port,
+            metrics_port=metrics_port,
+            models=tuple(model) if model else None,
+            strict_readiness=_strict(strict_readiness),
+            poll_interval=poll_interval,
+            max_queue_delay=max_queue_delay,
+            max_queue_size=max_queue_size,
+            instances=instances,
+            realtime_instances=realtime_instances,
+            device=device,
+            intra_op_threads=intra_op_threads,
+            max_request_bytes=max_request_bytes,
+            insecure=insecure,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+        )
+    except ValidationError as exc:
+        raise ConfigError(_options_problem(exc)) from exc
     settings = st.settings
     if auth is not None:
         settings = settings.model_copy(
             update={"access": settings.access.model_copy(update={"enabled": auth})}
         )
     run_server(settings, config)
+
+
+def _options_problem(exc: ValidationError) -> str:
+    """Pydantic's complaint about the options, in the options' own names."""
+    problems = []
+    for error in exc.errors():
+        where = ", ".join("--" + str(part).replace("_", "-") for part in error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        problems.append(f"{where}: {message}" if where else message)
+    return "; ".join(problems)
 
 
 def run_server(settings: Settings, config: ServingConfig) -> None:

@@ -9,6 +9,11 @@ goes into the next batch the model forms.  The batch runs in a worker thread
 (ONNX Runtime and friends release the GIL), and its outputs are split back
 along each output's batch dimension.
 
+With ``realtime_instances`` set, that many of the model's instances take
+only realtime requests: batch and interactive work shares the others, so a
+realtime request never waits for a running batch however much bulk work is
+queued.  The price is that bulk work has fewer instances.
+
 When the queue holds ``max_queue_size`` requests, a new request takes the
 place of the newest waiting request of a less urgent class, which fails with
 :class:`~sciserve.errors.Overloaded` (503 + ``Retry-After``); with none to
@@ -52,6 +57,15 @@ class BatchPolicy:
     max_queue_delay: float = 0.0
     max_queue_size: int = 1024
     instances: int = 1
+    #: Of ``instances``, how many only realtime requests may use.
+    realtime_instances: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.realtime_instances < self.instances:
+            raise ValueError(
+                f"realtime_instances ({self.realtime_instances}) must be at least 0 and "
+                f"less than instances ({self.instances})"
+            )
 
 
 @dataclass(frozen=True)
@@ -99,6 +113,9 @@ class DynamicBatcher:
         self._queues: list[collections.deque[_Pending]] = [collections.deque() for _ in Priority]
         self._queued = 0
         self._busy = 0
+        # Executions running on the instances every class may use.
+        self._busy_shared = 0
+        self._shared = policy.instances - policy.realtime_instances
         self._closed = False
         self._idle = asyncio.Event()
         self._idle.set()
@@ -183,15 +200,27 @@ class DynamicBatcher:
 
     def _dispatch(self, *, force: bool = False) -> None:
         while self._busy < self._policy.instances and self._queued:
-            batch = self._take(force=force)
+            shared = self._busy_shared < self._shared
+            if shared:
+                queues = self._queues
+            elif self._queues[Priority.REALTIME]:
+                # Only the reserved instances are free: realtime rows alone,
+                # so no bulk rows slow the realtime batch down.
+                queues = self._queues[: Priority.REALTIME + 1]
+            else:
+                return
+            batch = self._take(queues, force=force)
             if batch is None:
                 return
             self._busy += 1
-            self._start(batch)
+            self._busy_shared += shared
+            self._start(batch, shared)
 
-    def _take(self, *, force: bool) -> list[_Pending] | None:
-        """Remove and return the next batch, or None to wait for more requests."""
-        head = next(q for q in self._queues if q)[0]
+    def _take(
+        self, queues: list[collections.deque[_Pending]], *, force: bool
+    ) -> list[_Pending] | None:
+        """Remove and return the next batch from ``queues``, or None to wait for more."""
+        head = next(q for q in queues if q)[0]
         if not self._batching:
             self._queues[self._level_of(head)].popleft()
             self._queued -= 1
@@ -199,7 +228,7 @@ class DynamicBatcher:
         limit = self._policy.max_batch_size
         rows = 0
         chosen: list[_Pending] = []
-        for queue in self._queues:  # most urgent class first
+        for queue in queues:  # most urgent class first
             for item in queue:
                 if item.key == head.key and rows + item.rows <= limit:
                     chosen.append(item)
@@ -212,7 +241,7 @@ class DynamicBatcher:
             self._arm_timer(head)
             return None
         taken = {id(item) for item in chosen}
-        for queue in self._queues:
+        for queue in queues:
             if any(id(item) in taken for item in queue):
                 kept = [item for item in queue if id(item) not in taken]
                 queue.clear()
@@ -244,7 +273,7 @@ class DynamicBatcher:
 
         self._timer = asyncio.get_running_loop().call_later(remaining, fire)
 
-    def _start(self, batch: list[_Pending]) -> None:
+    def _start(self, batch: list[_Pending], shared: bool) -> None:
         """Hand ``batch`` to a model thread; :meth:`_finished` runs when it is done.
 
         A done-callback rather than a task awaiting the thread: the next batch
@@ -258,19 +287,22 @@ class DynamicBatcher:
             running = loop.run_in_executor(self._executor, self._execute, batch)
         except RuntimeError:  # the executor is shut down: closed while draining timed out
             self._busy -= 1
+            self._busy_shared -= shared
             self._fail(batch, self._unloaded())
             return
-        running.add_done_callback(functools.partial(self._finished, batch, started))
+        running.add_done_callback(functools.partial(self._finished, batch, started, shared))
 
     def _finished(
         self,
         batch: list[_Pending],
         started: int,
+        shared: bool,
         running: asyncio.Future[tuple[list[dict[str, np.ndarray]], tuple[int, int, int]]],
     ) -> None:
         elapsed = (time.perf_counter_ns() - started) / 1e9
         self._mean_exec_s = 0.9 * self._mean_exec_s + 0.1 * elapsed
         self._busy -= 1
+        self._busy_shared -= shared
         # The next batch first, then the answers to this one.
         if self._queued:
             self._dispatch()

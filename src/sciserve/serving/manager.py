@@ -106,6 +106,7 @@ class LoadedModel:
             max_queue_delay=config.max_queue_delay,
             max_queue_size=config.max_queue_size,
             instances=config.instances,
+            realtime_instances=config.realtime_instances,
         )
         self.batcher = DynamicBatcher(runtime.infer, manifest, policy, observe=self._observe)
         self.lifecycle.move(ModelState.READY)
