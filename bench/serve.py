@@ -28,13 +28,15 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 from rich.console import Console
+from servebench.h2load import INSTALL_HINT as H2LOAD_HINT
+from servebench.h2load import find_h2load, h2load_version
 from servebench.inproc import open_session
 from servebench.machine import machine_info
 from servebench.model import IN_FEATURES, INPUT_NAME, OUTPUT_NAME, write_model
 from servebench.payloads import BodyFiles, Payloads, make_payloads
 from servebench.procs import ChildFailed
 from servebench.report import evaluate_targets, render_table, render_targets
-from servebench.runner import CellResult, Options, measure_inprocess, measure_server
+from servebench.runner import CellResult, LoadTools, Options, measure_inprocess, measure_server
 from servebench.servers import MLSERVER_MAX_BATCH_TIME, SERVERS
 from servebench.venvs import setup_peers
 from servebench.wrk import INSTALL_HINT, find_wrk, wrk_version
@@ -77,9 +79,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--servers", type=_server_list, default=ALL_SERVERS, help=f"default {','.join(ALL_SERVERS)}"
     )
-    parser.add_argument(
-        "--grpc-processes", type=int, default=2, help="gRPC load generator processes (default 2)"
-    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and inputs")
     parser.add_argument("--output-dir", type=Path, default=BENCH_DIR / "results")
     return parser.parse_args(argv)
@@ -93,7 +92,6 @@ def _options(args: argparse.Namespace) -> Options:
         warmup=args.warmup if args.warmup is not None else (1.0 if quick else 2.0),
         concurrencies=args.concurrency or ((1, 16) if quick else (1, 16, 64)),
         batches=args.batch or (1, 64),
-        grpc_processes=args.grpc_processes,
     )
 
 
@@ -105,8 +103,8 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 def _notes(options: Options, cores: int | None) -> list[str]:
     notes = [
         f"Client and server share this machine's {cores} cores: wrk ({options.wrk_threads} "
-        f"thread) or the gRPC load generator ({options.grpc_processes} processes) runs beside "
-        "the server; nothing is pinned, one server runs at a time.",
+        "thread, HTTP) or h2load (one thread, gRPC) runs beside the server; nothing is "
+        "pinned, one server runs at a time.",
         f"Each cell: {options.warmup:g} s warm-up, then {options.runs} run(s) of "
         f"{options.duration:g} s; each metric is the median over the runs.",
         "All servers: the same model.onnx, ONNX Runtime with 1 intra-op thread, batches of up "
@@ -136,7 +134,7 @@ def _prepare(
 
 
 def _run(
-    args: argparse.Namespace, options: Options, wrk: str, console: Console
+    args: argparse.Namespace, options: Options, tools: LoadTools, console: Console
 ) -> tuple[list[CellResult], dict[str, Any], bool]:
     """Measure every selected server; return the cells, per-server facts, and interrupted."""
     results: list[CellResult] = []
@@ -167,7 +165,7 @@ def _run(
                             **endpoint.details,
                         }
                         results += measure_server(
-                            spec.key, spec.protocols, endpoint, payloads, bodies, options, wrk
+                            spec.key, spec.protocols, endpoint, payloads, bodies, options, tools
                         )
                 except ChildFailed as exc:
                     console.print(f"[red]{spec.label} failed:[/] {exc}", highlight=False)
@@ -199,18 +197,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.setup:
         setup_peers()
         return 0
-    wrk = find_wrk()
-    if wrk is None:
-        console.print(f"[red]{INSTALL_HINT}[/]")
+    wrk, h2load = find_wrk(), find_h2load()
+    if wrk is None or h2load is None:
+        for tool, hint in ((wrk, INSTALL_HINT), (h2load, H2LOAD_HINT)):
+            if tool is None:
+                console.print(f"[red]{hint}[/]")
         return 2
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupt)
     options = _options(args)
     started = datetime.now(UTC)
 
-    results, servers, interrupted = _run(args, options, wrk, console)
+    results, servers, interrupted = _run(args, options, LoadTools(wrk, h2load), console)
 
-    machine = machine_info(wrk_version(wrk))
+    machine = machine_info(wrk_version(wrk), h2load_version(h2load))
     notes = _notes(options, machine["usable_cores"])
     console.print()
     render_table(results, console)
@@ -234,7 +234,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             "warmup_s": options.warmup,
             "concurrency": list(options.concurrencies),
             "batch": list(options.batches),
-            "grpc_processes": options.grpc_processes,
             "wrk_threads": options.wrk_threads,
             "seed": args.seed,
         },

@@ -7,6 +7,7 @@ servers   starting sciserve, Triton and MLServer on loopback, stopping them
 procs     child processes stopped by their own process group
 verify    checking each server's answer against in-process ONNX Runtime
 wrk       HTTP load with wrk
+h2load    gRPC load with h2load
 inproc    the in-process ONNX Runtime ceiling
 runner    the server x protocol x concurrency x batch matrix
 report    the table, ratios and targets

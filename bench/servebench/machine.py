@@ -38,7 +38,7 @@ def _version(package: str) -> str | None:
         return None
 
 
-def machine_info(wrk_version: str) -> dict[str, Any]:
+def machine_info(wrk_version: str, h2load_version: str = "not used") -> dict[str, Any]:
     """CPU, cores, memory, OS and the client-side tool versions."""
     return {
         "cpu_model": _cpu_model(),
@@ -50,7 +50,7 @@ def machine_info(wrk_version: str) -> dict[str, Any]:
         "python": platform.python_version(),
         "client": {
             "wrk": wrk_version,
-            "grpcio": _version("grpcio"),
+            "h2load": h2load_version,
             "onnxruntime (in-process)": _version("onnxruntime"),
             "numpy": _version("numpy"),
         },

@@ -20,10 +20,12 @@ __all__ = ["BodyFiles", "Payloads", "make_payloads"]
 
 @dataclass(frozen=True)
 class BodyFiles:
-    """The request bodies on disk, where wrk and the gRPC load generator read them."""
+    """The request bodies on disk, where wrk and h2load read them."""
 
     binary: Path
     json: Path
+    #: The ``ModelInferRequest`` as a gRPC message on the wire: a compression
+    #: flag (0) and a 4-byte big-endian length before the serialized message.
     grpc: Path
 
 
@@ -53,7 +55,7 @@ class Payloads:
         )
         files.binary.write_bytes(self.http_binary)
         files.json.write_bytes(self.http_json)
-        files.grpc.write_bytes(self.grpc)
+        files.grpc.write_bytes(b"\x00" + len(self.grpc).to_bytes(4, "big") + self.grpc)
         return files
 
 

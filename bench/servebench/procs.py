@@ -1,4 +1,4 @@
-"""Child processes that always go away: servers, wrk and the gRPC load generator.
+"""Child processes that always go away: servers, wrk and h2load.
 
 Every child starts a session of its own, so it and everything it spawns
 (Triton's server and backend stubs, MLServer's workers) form one process

@@ -7,29 +7,42 @@ load generator shares the machine's cores with it.
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import onnxruntime as ort
 
+from .h2load import GrpcRequest, answer_bytes, run_h2load
 from .inproc import run_inprocess
 from .payloads import BodyFiles, Payloads
-from .procs import ChildFailed, run_command
+from .procs import ChildFailed
 from .results import Median, Run, median_of
 from .servers import GRPC, HTTP_BINARY, HTTP_JSON, Endpoint
 from .verify import WrongAnswer, check_grpc, check_http_binary, check_http_json, infer_url
 from .wrk import WrkRequest, run_wrk
 
-__all__ = ["INPROCESS", "Cell", "CellResult", "Options", "measure_inprocess", "measure_server"]
+__all__ = [
+    "INPROCESS",
+    "Cell",
+    "CellResult",
+    "LoadTools",
+    "Options",
+    "measure_inprocess",
+    "measure_server",
+]
 
 #: The pseudo-protocol of the in-process ONNX Runtime ceiling.
 INPROCESS = "in-process"
 
-_LOADGEN = Path(__file__).resolve().parent.parent / "loadgen_grpc.py"
+
+@dataclass(frozen=True)
+class LoadTools:
+    """The load generators' executables: wrk for HTTP/1.1, h2load for gRPC."""
+
+    wrk: str
+    h2load: str
 
 
 @dataclass(frozen=True)
@@ -41,7 +54,6 @@ class Options:
     warmup: float
     concurrencies: tuple[int, ...]
     batches: tuple[int, ...]
-    grpc_processes: int = 2
     wrk_threads: int = 1
 
 
@@ -125,33 +137,12 @@ def _wrk_cell(wrk: str, request: WrkRequest, concurrency: int, options: Options)
 
 
 def _grpc_cell(
-    address: str, request_file: Path, batch: int, concurrency: int, options: Options
+    h2load: str, request: GrpcRequest, concurrency: int, options: Options
 ) -> tuple[Run, ...]:
-    out = run_command(
-        [
-            sys.executable,
-            str(_LOADGEN),
-            address,
-            str(request_file),
-            "--concurrency",
-            str(concurrency),
-            "--processes",
-            str(options.grpc_processes),
-            "--batch",
-            str(batch),
-            "--warmup",
-            str(options.warmup),
-            "--duration",
-            str(options.duration),
-            "--runs",
-            str(options.runs),
-        ],
-        timeout=options.warmup + options.duration * options.runs + 180,
-    )
-    runs = json.loads(out)["runs"]
+    # Each run is an h2load run of its own, with its own uncounted warm-up.
     return tuple(
-        Run(**{k: v for k, v in r.items() if k not in ("requests_per_s", "rows_per_s")})
-        for r in runs
+        run_h2load(h2load, request, concurrency, options.duration, options.warmup)
+        for _ in range(options.runs)
     )
 
 
@@ -175,7 +166,7 @@ def measure_server(
     payloads: Mapping[int, Payloads],
     bodies: Mapping[int, BodyFiles],
     options: Options,
-    wrk: str,
+    tools: LoadTools,
 ) -> list[CellResult]:
     """Verify, then measure, every cell of one running server."""
     results: list[CellResult] = []
@@ -196,10 +187,12 @@ def measure_server(
                 files = bodies[batch]
                 try:
                     if protocol == GRPC:
-                        runs = _grpc_cell(endpoint.grpc, files.grpc, batch, concurrency, options)
+                        size = answer_bytes(endpoint.grpc, files.grpc)
+                        request = GrpcRequest(endpoint.grpc, files.grpc, size, batch)
+                        runs = _grpc_cell(tools.h2load, request, concurrency, options)
                     else:
                         runs = _wrk_cell(
-                            wrk,
+                            tools.wrk,
                             _wrk_request(protocol, endpoint, payloads[batch], files),
                             concurrency,
                             options,

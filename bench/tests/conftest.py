@@ -1,4 +1,4 @@
-"""Make ``servebench`` and ``loadgen_grpc`` importable, as they are for ``bench/serve.py``."""
+"""Make ``servebench`` importable, as it is for ``bench/serve.py``."""
 
 from __future__ import annotations
 

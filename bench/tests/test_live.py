@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from loadgen_grpc import Plan, run_load
+from servebench.h2load import GrpcRequest, answer_bytes, find_h2load, run_h2load
 from servebench.inproc import open_session, run_inprocess
 from servebench.model import write_model
 from servebench.payloads import BodyFiles, Payloads, make_payloads
-from servebench.runner import Options, measure_server
+from servebench.runner import LoadTools, Options, measure_server
 from servebench.servers import GRPC, HTTP_BINARY, SERVERS, Endpoint
 from servebench.verify import WrongAnswer, check_grpc, check_http_binary, check_http_json
 from servebench.wrk import WrkRequest, find_wrk, run_wrk
@@ -77,25 +77,36 @@ def test_a_wrong_expectation_is_caught(sciserve: Endpoint, payloads: dict[int, P
         check_http_json("sciserve", sciserve.http, wrong)
 
 
-def test_the_grpc_load_generator_counts_requests_per_window(
-    sciserve: Endpoint, payloads: dict[int, Payloads]
+def _h2load() -> str:
+    h2load = find_h2load()
+    if h2load is None:
+        pytest.skip("h2load is not installed")
+    return h2load
+
+
+def test_h2load_loads_grpc(sciserve: Endpoint, bodies: dict[int, BodyFiles]) -> None:
+    h2load = _h2load()
+    size = answer_bytes(sciserve.grpc, bodies[8].grpc)
+    request = GrpcRequest(sciserve.grpc, bodies[8].grpc, size, batch=8)
+    run = run_h2load(h2load, request, concurrency=4, duration=1, warmup=1)
+    assert run.requests > 0
+    assert run.errors == 0
+    assert run.rows_per_s == pytest.approx(run.requests / run.duration_s * 8)
+    assert 0 < run.p50_ms <= run.p99_ms
+
+
+def test_h2load_does_not_count_failed_calls(
+    sciserve: Endpoint, bodies: dict[int, BodyFiles], work: Path
 ) -> None:
-    plan = Plan(sciserve.grpc, payloads[8].grpc, warmup=0.3, duration=0.7, runs=2)
-    runs = run_load(plan, concurrency=4, processes=2, batch=8)
-    assert len(runs) == 2
-    for run in runs:
-        assert run["requests"] > 0
-        assert run["errors"] == 0
-        assert run["rows_per_s"] == pytest.approx(run["requests"] / 0.7 * 8)
-        assert 0 < run["p50_ms"] <= run["p99_ms"]
-
-
-def test_the_grpc_load_generator_counts_failures(sciserve: Endpoint) -> None:
-    request = service_pb2.ModelInferRequest(model_name="no-such-model")
-    plan = Plan(sciserve.grpc, request.SerializeToString(), warmup=0.2, duration=0.5, runs=1)
-    (run,) = run_load(plan, concurrency=2, processes=1, batch=1)
-    assert run["requests"] == 0
-    assert run["errors"] > 0
+    h2load = _h2load()
+    size = answer_bytes(sciserve.grpc, bodies[1].grpc)
+    message = service_pb2.ModelInferRequest(model_name="no-such-model").SerializeToString()
+    body = work / "no-such-model.grpc"
+    body.write_bytes(b"\x00" + len(message).to_bytes(4, "big") + message)
+    # HTTP says 200 for every one of these calls; their trailers say NOT_FOUND.
+    run = run_h2load(h2load, GrpcRequest(sciserve.grpc, body, size, 1), 2, 1, 1)
+    assert run.requests == 0
+    assert run.errors > 0
 
 
 def test_wrk_loads_http(
@@ -136,12 +147,11 @@ def test_wrk_reports_failed_requests(sciserve: Endpoint, bodies: dict[int, BodyF
 def test_the_runner_measures_each_cell_with_its_runs(
     sciserve: Endpoint, payloads: dict[int, Payloads], bodies: dict[int, BodyFiles]
 ) -> None:
-    wrk = find_wrk()
+    wrk, h2load = find_wrk(), _h2load()
     protocols = (GRPC, HTTP_BINARY) if wrk else (GRPC,)
     options = Options(duration=0.5, runs=2, warmup=0.2, concurrencies=(2,), batches=(1,))
-    results = measure_server(
-        "sciserve", protocols, sciserve, payloads, bodies, options, wrk or "wrk"
-    )
+    tools = LoadTools(wrk or "wrk", h2load)
+    results = measure_server("sciserve", protocols, sciserve, payloads, bodies, options, tools)
     assert [r.cell.protocol for r in results] == list(protocols)
     for result in results:
         assert result.error is None
@@ -157,7 +167,8 @@ def test_the_runner_does_not_time_a_wrong_answer(
     good = payloads[1]
     wrong = {1: make_payloads(good.inputs, good.expected * 2.0 + 1.0)}
     options = Options(duration=60, runs=3, warmup=60, concurrencies=(1, 16), batches=(1,))
-    results = measure_server("sciserve", (GRPC,), sciserve, wrong, bodies, options, "wrk")
+    tools = LoadTools("wrk", "h2load")
+    results = measure_server("sciserve", (GRPC,), sciserve, wrong, bodies, options, tools)
     assert len(results) == 2
     for result in results:
         assert result.runs == ()

@@ -70,7 +70,10 @@ def test_every_body_carries_the_same_rows(tmp_path: Path, batch: int) -> None:
     files = payloads.write(tmp_path)
     assert files.binary.read_bytes() == payloads.http_binary
     assert files.json.read_bytes() == payloads.http_json
-    assert files.grpc.read_bytes() == payloads.grpc
+    framed = files.grpc.read_bytes()
+    assert framed[0] == 0  # not compressed
+    assert int.from_bytes(framed[1:5], "big") == len(payloads.grpc)
+    assert framed[5:] == payloads.grpc
 
 
 def test_payloads_refuse_other_shapes() -> None:
