@@ -80,6 +80,9 @@ class ServingConfig(BaseModel):
     #: Of ``instances``, how many take only realtime-class requests (so bulk
     #: work never makes a realtime request wait for a running batch).
     realtime_instances: int = Field(default=0, ge=0, le=63)
+    #: Full batches predicted to compute faster than this (s) run on the event
+    #: loop rather than a worker thread (in-process runtimes only); 0: never.
+    max_inline_compute: float = Field(default=0.0005, ge=0, le=0.01)
     #: Device for every model (overrides the packages' own ``device``).
     device: str | None = None
     #: ONNX Runtime intra-op threads per session.

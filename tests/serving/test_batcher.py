@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from sciserve.errors import ModelNotReady, Overloaded
+from sciserve.errors import ModelExecutionError, ModelNotReady, Overloaded
 from sciserve.package.manifest import Manifest
 from sciserve.serving.batcher import BatchPolicy, DynamicBatcher, Priority
 
@@ -167,3 +168,88 @@ async def test_a_reserved_instance_serves_realtime_while_bulk_work_holds_the_oth
 def test_every_class_keeps_an_instance() -> None:
     with pytest.raises(ValueError, match="less than instances"):
         BatchPolicy(max_batch_size=64, instances=2, realtime_instances=2)
+
+
+class ThreadRecordingModel:
+    """Doubles its input after ``delay`` seconds; records the thread of every call.
+
+    The first call waits for ``first_gate`` so a test can build a queue behind it.
+    """
+
+    def __init__(self, delay: float = 0.0, fail_on: float | None = None) -> None:
+        self.delay = delay
+        self.fail_on = fail_on
+        self.first_gate = threading.Event()
+        self.threads: list[int] = []
+
+    def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not self.threads:
+            assert self.first_gate.wait(timeout=30), "the test never opened the gate"
+        self.threads.append(threading.get_ident())
+        x = inputs["x"]
+        if self.fail_on is not None and float(x[0, 0]) == self.fail_on:
+            raise ValueError("this row is cursed")
+        if self.delay:
+            time.sleep(self.delay)
+        return {"y": np.repeat(x[:, :1] * 2, 3, axis=1)}
+
+
+async def test_quick_batches_run_on_the_loop_and_a_long_queue_drains_flat(
+    manifest: Manifest,
+) -> None:
+    model = ThreadRecordingModel()
+    policy = BatchPolicy(max_batch_size=64, max_queue_size=5000, max_inline_compute=0.01)
+    batcher = DynamicBatcher(model, manifest, policy)
+    try:
+        # The first batch runs in a thread (nothing is known of the model yet)
+        # and holds 3000 full batches behind it.  Its time includes the wait
+        # at the gate, so a few more batches go to the thread until the
+        # estimate settles; the rest run on the loop, where a dispatch that
+        # recursed would overflow the stack.
+        tasks = [asyncio.create_task(batcher.submit(rows(i), Priority.BATCH)) for i in range(3000)]
+        await settle()
+        model.first_gate.set()
+        results = await asyncio.wait_for(asyncio.gather(*tasks), 30)
+        assert [float(r["y"][0, 0]) for r in results] == [2.0 * i for i in range(3000)]
+        loop_thread = threading.get_ident()
+        assert model.threads[0] != loop_thread
+        assert set(model.threads[-2900:]) == {loop_thread}
+    finally:
+        model.first_gate.set()
+        await batcher.close()
+
+
+@pytest.mark.parametrize(
+    ("delay", "n", "why"),
+    [(0.002, 64, "too slow for the loop"), (0.0, 1, "a partial batch may still grow")],
+)
+async def test_these_batches_never_run_on_the_loop(
+    manifest: Manifest, delay: float, n: int, why: str
+) -> None:
+    model = ThreadRecordingModel(delay=delay)
+    model.first_gate.set()
+    policy = BatchPolicy(max_batch_size=64, max_inline_compute=0.001)
+    batcher = DynamicBatcher(model, manifest, policy)
+    try:
+        for i in range(5):
+            await batcher.submit(rows(i, n), Priority.INTERACTIVE)
+        assert threading.get_ident() not in model.threads, why
+        assert len(model.threads) == 5
+    finally:
+        await batcher.close()
+
+
+async def test_a_model_failing_on_the_loop_fails_only_its_batch(manifest: Manifest) -> None:
+    model = ThreadRecordingModel(fail_on=3.0)
+    model.first_gate.set()
+    policy = BatchPolicy(max_batch_size=64, max_inline_compute=0.01)
+    batcher = DynamicBatcher(model, manifest, policy)
+    try:
+        for i in range(3):
+            await batcher.submit(rows(i), Priority.INTERACTIVE)
+        with pytest.raises(ModelExecutionError, match="ValueError: this row is cursed"):
+            await batcher.submit(rows(3), Priority.INTERACTIVE)
+        assert model.threads[-1] == threading.get_ident()  # it did run on the loop
+        assert float((await batcher.submit(rows(4), Priority.INTERACTIVE))["y"][0, 0]) == 8.0
+    finally:
+        await batcher.close()

@@ -55,6 +55,10 @@ def serve(
     realtime_instances: Annotated[
         int, typer.Option(help="Of --instances, how many only realtime requests may use.")
     ] = 0,
+    max_inline_compute: Annotated[
+        float,
+        typer.Option(help="Full batches quicker than this (s) run on the event loop; 0: never."),
+    ] = 0.0005,
     device: Annotated[str | None, typer.Option(help="Device for every model: cpu, cuda:N.")] = None,
     intra_op_threads: Annotated[int, typer.Option(help="ONNX Runtime threads per model.")] = 1,
     max_request_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 64 * 2**20,
@@ -83,6 +87,7 @@ def serve(
             max_queue_size=max_queue_size,
             instances=instances,
             realtime_instances=realtime_instances,
+            max_inline_compute=max_inline_compute,
             device=device,
             intra_op_threads=intra_op_threads,
             max_request_bytes=max_request_bytes,

@@ -30,6 +30,7 @@ class MatrixRuntime(Runtime):
     library: ClassVar[str]
     #: Input datatypes the library takes; ``None`` lets the model decide.
     input_datatypes: ClassVar[tuple[str, ...] | None] = ("FP32", "FP64")
+    in_process = True
 
     def __init__(self, source: ModelSource) -> None:
         super().__init__(source)

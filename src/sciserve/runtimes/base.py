@@ -62,6 +62,10 @@ class Runtime(abc.ABC):
     name: ClassVar[str]
     #: File suffixes ``sciserve init`` maps to this runtime.
     suffixes: ClassVar[tuple[str, ...]] = ()
+    #: Whether :meth:`infer` computes in this process and never waits on I/O
+    #: or another process, so that a batch it finishes in microseconds may
+    #: run on the server's event loop (see ``ServingConfig.max_inline_compute``).
+    in_process: ClassVar[bool] = False
 
     def __init__(self, source: ModelSource) -> None:
         self.source = source

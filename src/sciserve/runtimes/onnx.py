@@ -123,6 +123,7 @@ class OnnxRuntime(Runtime):
 
     name = "onnx"
     suffixes = (".onnx",)
+    in_process = True
 
     def __init__(self, source: ModelSource) -> None:
         super().__init__(source)

@@ -53,6 +53,7 @@ class TorchScriptRuntime(Runtime):
 
     name = "torchscript"
     suffixes = (".pt", ".pth", ".torchscript")
+    in_process = True
 
     def __init__(self, source: ModelSource) -> None:
         super().__init__(source)

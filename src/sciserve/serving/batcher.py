@@ -7,7 +7,13 @@ non-batch dimensions and dtypes, so nothing is ever padded) in priority
 order, up to ``max_batch_size`` rows.  A waiting higher-class request always
 goes into the next batch the model forms.  The batch runs in a worker thread
 (ONNX Runtime and friends release the GIL), and its outputs are split back
-along each output's batch dimension.
+along each output's batch dimension.  A batch predicted (from the model's
+measured time per row) to compute in less than ``max_inline_compute`` runs
+on the event loop instead, if it is full (or the model does not batch): a
+full batch cannot grow by waiting, and for a model that computes one in a
+fraction of a millisecond, waking a thread and handing the GIL back and
+forth costs more than the computation.  Partial batches still go to the
+thread, so that requests arriving meanwhile form the next batch.
 
 With ``realtime_instances`` set, that many of the model's instances take
 only realtime requests: batch and interactive work shares the others, so a
@@ -59,6 +65,9 @@ class BatchPolicy:
     instances: int = 1
     #: Of ``instances``, how many only realtime requests may use.
     realtime_instances: int = 0
+    #: Batches predicted to compute faster than this (s) run on the event
+    #: loop; 0 never does.  Only for runtimes that never block on I/O.
+    max_inline_compute: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.realtime_instances < self.instances:
@@ -125,6 +134,11 @@ class DynamicBatcher:
         self._timer: asyncio.TimerHandle | None = None
         # Mean execution time, to suggest a Retry-After when overloaded.
         self._mean_exec_s = 0.01
+        # Mean compute time per row (ns), once a batch has run; a batch of n
+        # rows is predicted to take n times it (an overestimate for small
+        # batches, whose fixed cost is spread over few rows).
+        self._ns_per_row: float | None = None
+        self._inline_ns = policy.max_inline_compute * 1e9
 
     @property
     def queued(self) -> int:
@@ -274,23 +288,51 @@ class DynamicBatcher:
         self._timer = asyncio.get_running_loop().call_later(remaining, fire)
 
     def _start(self, batch: list[_Pending], shared: bool) -> None:
-        """Hand ``batch`` to a model thread; :meth:`_finished` runs when it is done.
+        """Run ``batch`` on the loop if it is predicted to be quick, else hand it to a
+        model thread; :meth:`_finished` runs when the thread is done.
 
         A done-callback rather than a task awaiting the thread: the next batch
         is then handed over in the very loop iteration that learns of this
         one's end, which keeps the model busy and lets a waiting realtime
         request start as early as possible.
         """
-        loop = asyncio.get_running_loop()
         started = time.perf_counter_ns()
+        if self._ns_per_row is not None and self._inline_ns > 0:
+            rows = sum(item.rows for item in batch) or 1
+            full = not self._batching or rows >= self._policy.max_batch_size
+            if full and rows * self._ns_per_row < self._inline_ns:
+                self._run_inline(batch, started, shared)
+                return
+        loop = asyncio.get_running_loop()
         try:
             running = loop.run_in_executor(self._executor, self._execute, batch)
         except RuntimeError:  # the executor is shut down: closed while draining timed out
-            self._busy -= 1
-            self._busy_shared -= shared
+            self._release(started, shared)
             self._fail(batch, self._unloaded())
             return
         running.add_done_callback(functools.partial(self._finished, batch, started, shared))
+
+    def _run_inline(self, batch: list[_Pending], started: int, shared: bool) -> None:
+        # No dispatch from here: the caller's dispatch loop goes on with the
+        # next batch, which keeps the stack flat however long the queue.
+        try:
+            outputs, timing = self._execute(batch)
+        except Exception as exc:
+            self._release(started, shared)
+            self._fail(batch, self._execution_error(exc))
+            return
+        self._release(started, shared)
+        self._learn(batch, timing)
+        self._deliver(batch, started, outputs, timing)
+
+    def _release(self, started: int, shared: bool) -> None:
+        """An execution ended: free its instance, remember how long it took."""
+        elapsed = (time.perf_counter_ns() - started) / 1e9
+        self._mean_exec_s = 0.9 * self._mean_exec_s + 0.1 * elapsed
+        self._busy -= 1
+        self._busy_shared -= shared
+        if self._busy == 0 and not self._queued:
+            self._idle.set()
 
     def _finished(
         self,
@@ -299,43 +341,51 @@ class DynamicBatcher:
         shared: bool,
         running: asyncio.Future[tuple[list[dict[str, np.ndarray]], tuple[int, int, int]]],
     ) -> None:
-        elapsed = (time.perf_counter_ns() - started) / 1e9
-        self._mean_exec_s = 0.9 * self._mean_exec_s + 0.1 * elapsed
-        self._busy -= 1
-        self._busy_shared -= shared
+        self._release(started, shared)
+        if not running.cancelled() and running.exception() is None:
+            self._learn(batch, running.result()[1])
         # The next batch first, then the answers to this one.
         if self._queued:
             self._dispatch()
-        elif self._busy == 0:
-            self._idle.set()
         if running.cancelled():  # the executor was shut down under it
-            error: BaseException = self._unloaded()
+            self._fail(batch, self._unloaded())
         elif (exc := running.exception()) is not None:
-            error = (
-                exc
-                if isinstance(exc, SciserveError)
-                else ModelExecutionError(
-                    f"{self._manifest.ref} failed: {type(exc).__name__}: {exc}"
+            self._fail(batch, self._execution_error(exc))  # every waiter must hear about it
+        else:
+            self._deliver(batch, started, *running.result())
+
+    def _learn(self, batch: list[_Pending], timing: tuple[int, int, int]) -> None:
+        per_row = sum(timing) / (sum(item.rows for item in batch) or 1)
+        self._ns_per_row = (
+            per_row if self._ns_per_row is None else 0.9 * self._ns_per_row + 0.1 * per_row
+        )
+
+    def _execution_error(self, exc: BaseException) -> BaseException:
+        if isinstance(exc, SciserveError):
+            return exc
+        return ModelExecutionError(f"{self._manifest.ref} failed: {type(exc).__name__}: {exc}")
+
+    def _deliver(
+        self,
+        batch: list[_Pending],
+        started: int,
+        outputs: list[dict[str, np.ndarray]],
+        timing: tuple[int, int, int],
+    ) -> None:
+        for item, result in zip(batch, outputs, strict=True):
+            if not item.future.done():  # its caller may have gone already
+                item.future.set_result(result)
+        if self._observe is not None:
+            self._observe(
+                BatchTiming(
+                    rows=sum(i.rows for i in batch),
+                    requests=len(batch),
+                    queue_ns=[started - i.enqueued for i in batch],
+                    compute_input_ns=timing[0],
+                    compute_infer_ns=timing[1],
+                    compute_output_ns=timing[2],
                 )
             )
-        else:
-            outputs, timing = running.result()
-            for item, result in zip(batch, outputs, strict=True):
-                if not item.future.done():  # its caller may have gone already
-                    item.future.set_result(result)
-            if self._observe is not None:
-                self._observe(
-                    BatchTiming(
-                        rows=sum(i.rows for i in batch),
-                        requests=len(batch),
-                        queue_ns=[started - i.enqueued for i in batch],
-                        compute_input_ns=timing[0],
-                        compute_infer_ns=timing[1],
-                        compute_output_ns=timing[2],
-                    )
-                )
-            return
-        self._fail(batch, error)  # every waiter must hear about it
 
     def _execute(
         self, batch: list[_Pending]

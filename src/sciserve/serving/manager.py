@@ -107,6 +107,7 @@ class LoadedModel:
             max_queue_size=config.max_queue_size,
             instances=config.instances,
             realtime_instances=config.realtime_instances,
+            max_inline_compute=config.max_inline_compute if runtime.in_process else 0.0,
         )
         self.batcher = DynamicBatcher(runtime.infer, manifest, policy, observe=self._observe)
         self.lifecycle.move(ModelState.READY)
