@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -117,6 +118,19 @@ def test_bad_serve_options_are_named_before_anything_starts(cli: Cli) -> None:
     assert "--poll-interval: Input should be greater than 0" in out
     out = cli("serve", "--instances", "2", "--realtime-instances", "2", code=1)
     assert "realtime_instances (2) must be less than instances (2)" in out
+    assert "Traceback" not in out
+
+
+@pytest.mark.parametrize("option", ["--http-port", "--grpc-port", "--metrics-port"])
+def test_a_port_in_use_is_named_not_a_traceback(cli: Cli, option: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ports = {"--http-port": "0", "--grpc-port": "0", "--metrics-port": "0", option: str(port)}
+        out = cli("serve", *(part for pair in ports.items() for part in pair), code=1)
+    assert f"cannot listen on 127.0.0.1:{port}" in out
+    assert f"pick another {option}" in out
     assert "Traceback" not in out
 
 

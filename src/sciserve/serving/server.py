@@ -59,14 +59,27 @@ def _tls_pair(cfg: ServingConfig) -> tuple[bytes, bytes] | None:
         raise ConfigError(f"cannot read the TLS certificate or key: {exc}") from exc
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def _cannot_listen(host: str, port: int, option: str, exc: OSError) -> ConfigError:
+    # gRPC says only that binding failed, at length; the OS says why.
+    reason = exc.strerror or "the address is in use or cannot be bound"
+    return ConfigError(
+        f"cannot listen on {host}:{port}: {reason}; stop whatever holds it or pick "
+        f"another {option} (0 picks a free port)"
+    )
+
+
+def _bind(host: str, port: int, option: str) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP explicitly: asyncio turns Nagle off (TCP_NODELAY) only on
     # sockets that say they are TCP, and accepted sockets inherit it.  With
     # Nagle on, every small response waits ~40 ms for a delayed ACK.
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise _cannot_listen(host, port, option, exc) from exc
     sock.listen(2048)
     sock.setblocking(False)
     return sock
@@ -96,6 +109,13 @@ class Server:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._stop.set)
+        # Ports first: a port in use is the likeliest start-up failure.
+        http_sock = _bind(cfg.host, cfg.http_port, "--http-port")
+        try:
+            metrics_sock = _bind(cfg.host, cfg.metrics_port, "--metrics-port")
+        except ConfigError:
+            http_sock.close()
+            raise
         registry = await asyncio.to_thread(Registry, self.settings)
         access = None
         if self.settings.access.enabled:
@@ -103,11 +123,19 @@ class Server:
 
             access = await asyncio.to_thread(AccessLayer.open, registry)
         service = InferenceService(registry, cfg, access=access)
-        http_sock = _bind(cfg.host, cfg.http_port)
-        metrics_sock = _bind(cfg.host, cfg.metrics_port)
-        grpc_server, grpc_port = create_grpc_server(
-            service, cfg.host, cfg.grpc_port, tls=_tls_pair(cfg)
-        )
+        try:
+            grpc_server, grpc_port = create_grpc_server(
+                service, cfg.host, cfg.grpc_port, tls=_tls_pair(cfg)
+            )
+        except (OSError, ConfigError) as exc:
+            for sock in (http_sock, metrics_sock):
+                sock.close()
+            if access is not None:
+                await asyncio.to_thread(access.close)
+            await asyncio.to_thread(registry.close)
+            if isinstance(exc, ConfigError):
+                raise
+            raise _cannot_listen(cfg.host, cfg.grpc_port, "--grpc-port", exc) from exc
         tls: dict[str, Any] = {}
         if cfg.tls_cert is not None:
             tls = {"ssl_certfile": str(cfg.tls_cert), "ssl_keyfile": str(cfg.tls_key)}
