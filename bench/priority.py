@@ -122,15 +122,12 @@ class Running:
 
 
 @contextlib.contextmanager
-def running_server(
-    home: Path, log: Path, instances: int = 1, realtime_instances: int = 0
-) -> Iterator[Running]:
+def running_server(home: Path, log: Path, extra: Sequence[str] = ()) -> Iterator[Running]:
     """``sciserve serve --auth`` on 127.0.0.1, stopped by its PID when done."""
     command = [
         sys.executable, "-m", "sciserve", "--home", str(home), "serve", "--auth",
         "--host", "127.0.0.1", "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0",
-        "--intra-op-threads", "1", "--instances", str(instances),
-        "--realtime-instances", str(realtime_instances),
+        "--intra-op-threads", "1", *extra,
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCISERVE_")}
     with log.open("wb") as out:
@@ -446,6 +443,7 @@ class Options:
     hidden: int
     instances: int
     realtime_instances: int
+    max_inline_compute: float | None
 
 
 def measure(server: Running, tokens: Tokens, options: Options) -> tuple[dict[str, Window], float]:
@@ -579,6 +577,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=0,
         help="of --instances, how many take only realtime requests (serve)",
     )
+    parser.add_argument(
+        "--max-inline-compute", type=float, help="passed to serve (default: serve's own)"
+    )
     parser.add_argument("--output-dir", type=Path, default=BENCH_DIR / "results")
     return parser.parse_args(argv)
 
@@ -597,14 +598,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         hidden=args.hidden,
         instances=args.instances,
         realtime_instances=args.realtime_instances,
+        max_inline_compute=args.max_inline_compute,
     )
     with tempfile.TemporaryDirectory(prefix="sciserve-priority-") as scratch:
         work = Path(scratch)
         tokens = prepare(work / "home", work, options.seed, options.hidden)
         compute_ms = batch_compute_ms(work / "model.onnx", repeats=300)
-        with running_server(
-            work / "home", work / "server.log", options.instances, options.realtime_instances
-        ) as server:
+        extra = ["--instances", str(options.instances)]
+        extra += ["--realtime-instances", str(options.realtime_instances)]
+        if options.max_inline_compute is not None:
+            extra += ["--max-inline-compute", str(options.max_inline_compute)]
+        with running_server(work / "home", work / "server.log", extra) as server:
             results, server_ms = measure(server, tokens, options)
     targets = verdicts(results, compute_ms)
     render(results, targets, compute_ms)

@@ -9,11 +9,13 @@ goes into the next batch the model forms.  The batch runs in a worker thread
 (ONNX Runtime and friends release the GIL), and its outputs are split back
 along each output's batch dimension.  A batch predicted (from the model's
 measured time per row) to compute in less than ``max_inline_compute`` runs
-on the event loop instead, if it is full (or the model does not batch): a
-full batch cannot grow by waiting, and for a model that computes one in a
-fraction of a millisecond, waking a thread and handing the GIL back and
-forth costs more than the computation.  Partial batches still go to the
-thread, so that requests arriving meanwhile form the next batch.
+on the event loop instead, if it is full (or the model does not batch) and
+nothing else waits: a full batch cannot grow by waiting, and for a model
+that computes one in a fraction of a millisecond, waking a thread and
+handing the GIL back and forth costs more than the computation.  Partial
+batches still go to the thread, so that requests arriving meanwhile form
+the next batch, and so does everything once a queue builds up: then the
+hand-over latency is hidden and computing beside the loop adds capacity.
 
 With ``realtime_instances`` set, that many of the model's instances take
 only realtime requests: batch and interactive work shares the others, so a
@@ -300,7 +302,7 @@ class DynamicBatcher:
         if self._ns_per_row is not None and self._inline_ns > 0:
             rows = sum(item.rows for item in batch) or 1
             full = not self._batching or rows >= self._policy.max_batch_size
-            if full and rows * self._ns_per_row < self._inline_ns:
+            if full and not self._queued and rows * self._ns_per_row < self._inline_ns:
                 self._run_inline(batch, started, shared)
                 return
         loop = asyncio.get_running_loop()
