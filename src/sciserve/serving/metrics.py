@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from .batcher import BatchTiming
@@ -29,11 +32,26 @@ _LATENCY_BUCKETS = (
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
+@dataclass(frozen=True)
+class _ModelSeries:
+    """One model version's labelled series, looked up once: ``labels()`` validates
+    and locks on every call, which is measurable per request."""
+
+    succeeded: Any
+    failed: Any
+    request_seconds: Any
+    rows: Any
+    batch_size: Any
+    compute_seconds: Any
+    queue_seconds: Any
+
+
 class ServerMetrics:
     """Request, latency and batch metrics, labelled by model and version."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._by_model: dict[tuple[str, str], _ModelSeries] = {}
         labels = ("model", "version")
         self.requests = Counter(
             "sciserve_inference_requests",
@@ -82,18 +100,36 @@ class ServerMetrics:
             registry=self.registry,
         )
 
+    def _series(self, model: str, version: str) -> _ModelSeries:
+        key = (model, version)
+        series = self._by_model.get(key)
+        if series is None:
+            series = self._by_model[key] = _ModelSeries(
+                succeeded=self.requests.labels(model, version, "success"),
+                failed=self.requests.labels(model, version, "failure"),
+                request_seconds=self.request_seconds.labels(model, version),
+                rows=self.rows.labels(model, version),
+                batch_size=self.batch_size.labels(model, version),
+                compute_seconds=self.compute_seconds.labels(model, version),
+                queue_seconds=self.queue_seconds.labels(model, version),
+            )
+        return series
+
     def observe_batch(self, model: str, version: str, timing: BatchTiming) -> None:
-        self.batch_size.labels(model, version).observe(timing.rows)
-        self.rows.labels(model, version).inc(timing.rows)
+        series = self._series(model, version)
+        series.batch_size.observe(timing.rows)
+        series.rows.inc(timing.rows)
         compute = (
             timing.compute_input_ns + timing.compute_infer_ns + timing.compute_output_ns
         ) / 1e9
-        self.compute_seconds.labels(model, version).observe(compute)
-        queue = self.queue_seconds.labels(model, version)
+        series.compute_seconds.observe(compute)
         for ns in timing.queue_ns:
-            queue.observe(ns / 1e9)
+            series.queue_seconds.observe(ns / 1e9)
 
     def observe_request(self, model: str, version: str, ok: bool, seconds: float) -> None:
-        self.requests.labels(model, version, "success" if ok else "failure").inc()
+        series = self._series(model, version)
         if ok:
-            self.request_seconds.labels(model, version).observe(seconds)
+            series.succeeded.inc()
+            series.request_seconds.observe(seconds)
+        else:
+            series.failed.inc()
