@@ -299,11 +299,11 @@ class DynamicBatcher:
         request start as early as possible.
         """
         started = time.perf_counter_ns()
+        rows = sum(item.rows for item in batch)
         if self._ns_per_row is not None and self._inline_ns > 0:
-            rows = sum(item.rows for item in batch) or 1
             full = not self._batching or rows >= self._policy.max_batch_size
-            if full and not self._queued and rows * self._ns_per_row < self._inline_ns:
-                self._run_inline(batch, started, shared)
+            if full and not self._queued and max(rows, 1) * self._ns_per_row < self._inline_ns:
+                self._run_inline(batch, rows, started, shared)
                 return
         loop = asyncio.get_running_loop()
         try:
@@ -312,11 +312,11 @@ class DynamicBatcher:
             self._release(started, shared)
             self._fail(batch, self._unloaded())
             return
-        running.add_done_callback(functools.partial(self._finished, batch, started, shared))
+        running.add_done_callback(functools.partial(self._finished, batch, rows, started, shared))
 
-    def _run_inline(self, batch: list[_Pending], started: int, shared: bool) -> None:
-        # No dispatch from here: the caller's dispatch loop goes on with the
-        # next batch, which keeps the stack flat however long the queue.
+    def _run_inline(self, batch: list[_Pending], rows: int, started: int, shared: bool) -> None:
+        # No dispatch from here: it runs only with nothing queued, so the
+        # caller's dispatch loop ends after it and the stack stays flat.
         try:
             outputs, timing = self._execute(batch)
         except Exception as exc:
@@ -324,8 +324,8 @@ class DynamicBatcher:
             self._fail(batch, self._execution_error(exc))
             return
         self._release(started, shared)
-        self._learn(batch, timing)
-        self._deliver(batch, started, outputs, timing)
+        self._learn(rows, timing)
+        self._deliver(batch, rows, started, outputs, timing)
 
     def _release(self, started: int, shared: bool) -> None:
         """An execution ended: free its instance, remember how long it took."""
@@ -339,25 +339,30 @@ class DynamicBatcher:
     def _finished(
         self,
         batch: list[_Pending],
+        rows: int,
         started: int,
         shared: bool,
         running: asyncio.Future[tuple[list[dict[str, np.ndarray]], tuple[int, int, int]]],
     ) -> None:
         self._release(started, shared)
-        if not running.cancelled() and running.exception() is None:
-            self._learn(batch, running.result()[1])
+        error: BaseException | None = None
+        if running.cancelled():  # the executor was shut down under it
+            error = self._unloaded()
+        elif (exc := running.exception()) is not None:
+            error = self._execution_error(exc)
+        else:
+            outputs, timing = running.result()
+            self._learn(rows, timing)  # before dispatching: it decides where the next runs
         # The next batch first, then the answers to this one.
         if self._queued:
             self._dispatch()
-        if running.cancelled():  # the executor was shut down under it
-            self._fail(batch, self._unloaded())
-        elif (exc := running.exception()) is not None:
-            self._fail(batch, self._execution_error(exc))  # every waiter must hear about it
+        if error is not None:
+            self._fail(batch, error)  # every waiter must hear about it
         else:
-            self._deliver(batch, started, *running.result())
+            self._deliver(batch, rows, started, outputs, timing)
 
-    def _learn(self, batch: list[_Pending], timing: tuple[int, int, int]) -> None:
-        per_row = sum(timing) / (sum(item.rows for item in batch) or 1)
+    def _learn(self, rows: int, timing: tuple[int, int, int]) -> None:
+        per_row = sum(timing) / max(rows, 1)
         self._ns_per_row = (
             per_row if self._ns_per_row is None else 0.9 * self._ns_per_row + 0.1 * per_row
         )
@@ -370,6 +375,7 @@ class DynamicBatcher:
     def _deliver(
         self,
         batch: list[_Pending],
+        rows: int,
         started: int,
         outputs: list[dict[str, np.ndarray]],
         timing: tuple[int, int, int],
@@ -380,7 +386,7 @@ class DynamicBatcher:
         if self._observe is not None:
             self._observe(
                 BatchTiming(
-                    rows=sum(i.rows for i in batch),
+                    rows=rows,
                     requests=len(batch),
                     queue_ns=[started - i.enqueued for i in batch],
                     compute_input_ns=timing[0],

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -37,13 +36,13 @@ class _ModelSeries:
     """One model version's labelled series, looked up once: ``labels()`` validates
     and locks on every call, which is measurable per request."""
 
-    succeeded: Any
-    failed: Any
-    request_seconds: Any
-    rows: Any
-    batch_size: Any
-    compute_seconds: Any
-    queue_seconds: Any
+    succeeded: Counter
+    failed: Counter
+    request_seconds: Histogram
+    rows: Counter
+    batch_size: Histogram
+    compute_seconds: Histogram
+    queue_seconds: Histogram
 
 
 class ServerMetrics:

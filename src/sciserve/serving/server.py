@@ -109,6 +109,7 @@ class Server:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._stop.set)
+        tls_pair = _tls_pair(cfg)
         # Ports first: a port in use is the likeliest start-up failure.
         http_sock = _bind(cfg.host, cfg.http_port, "--http-port")
         try:
@@ -125,16 +126,14 @@ class Server:
         service = InferenceService(registry, cfg, access=access)
         try:
             grpc_server, grpc_port = create_grpc_server(
-                service, cfg.host, cfg.grpc_port, tls=_tls_pair(cfg)
+                service, cfg.host, cfg.grpc_port, tls=tls_pair
             )
-        except (OSError, ConfigError) as exc:
+        except OSError as exc:
             for sock in (http_sock, metrics_sock):
                 sock.close()
             if access is not None:
                 await asyncio.to_thread(access.close)
             await asyncio.to_thread(registry.close)
-            if isinstance(exc, ConfigError):
-                raise
             raise _cannot_listen(cfg.host, cfg.grpc_port, "--grpc-port", exc) from exc
         tls: dict[str, Any] = {}
         if cfg.tls_cert is not None:
