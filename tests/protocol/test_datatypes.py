@@ -343,6 +343,30 @@ def test_infer_input_validates(
         InferInput("x", "FP32", shape, data)
 
 
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        # The data already has the declared shape, yet the shape is refused.
+        (np.zeros((1,) * 33, np.float32), "at most 32"),
+        (np.zeros((0, 2**30, 2**30), np.float32), "too large"),
+        (np.zeros((2, 2), np.float64), "dtype float64 does not match FP32"),
+    ],
+)
+@pytest.mark.parametrize("cls", [InferInput, InferOutput])
+def test_a_tensor_of_its_declared_shape_is_still_validated(
+    cls: type[InferInput] | type[InferOutput], data: np.ndarray[Any, Any], message: str
+) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        cls("x", "FP32", data.shape, data)
+
+
+def test_a_tensor_of_its_declared_shape_is_kept_as_it_is() -> None:
+    data = np.zeros((2, 0, 3), np.float32)
+    tensor = InferOutput("y", "FP32", (2, 0, 3), data)
+    assert tensor.shape == (2, 0, 3)
+    assert tensor.data is data
+
+
 @pytest.mark.parametrize("value", [None, [1], {"a": 1}, b"x"])
 def test_parameters_are_scalars(value: object) -> None:
     with pytest.raises(InvalidInput, match="must be a boolean, number or string"):

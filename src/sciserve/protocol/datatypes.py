@@ -31,6 +31,7 @@ from ..errors import DependencyMissing, InvalidInput
 __all__ = [
     "DATATYPES",
     "MAX_DIMS",
+    "MAX_ELEMENTS",
     "check_shape",
     "datatype_of",
     "deserialize_bytes_tensor",
@@ -48,10 +49,10 @@ __all__ = [
 #: Most dimensions a tensor may have (numpy 1.x supports 32).
 MAX_DIMS = 32
 
-# No real tensor has more elements than this; the bound keeps the element
-# count of a declared shape representable by numpy even when a zero
-# dimension makes the tensor empty.
-_MAX_ELEMENTS = 2**56
+#: Most elements a shape may declare, zero dimensions left out.  No real
+#: tensor has more; the bound keeps the element count of a declared shape
+#: representable by numpy even when a zero dimension makes the tensor empty.
+MAX_ELEMENTS = 2**56
 
 # Little-endian dtypes of the fixed-size datatypes; BF16 needs ml_dtypes and
 # is resolved lazily in numpy_dtype().
@@ -143,7 +144,7 @@ def check_shape(shape: object, what: str = "tensor") -> tuple[int, ...]:
         if dim < 0:
             raise InvalidInput(f"{what}: shape {list(shape)} has a negative dimension")
         dims.append(int(dim))
-    if math.prod(d for d in dims if d) > _MAX_ELEMENTS:
+    if math.prod(d for d in dims if d) > MAX_ELEMENTS:
         raise InvalidInput(f"{what}: shape {dims} is too large")
     return tuple(dims)
 

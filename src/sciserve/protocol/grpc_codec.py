@@ -105,7 +105,7 @@ def decode_infer_request(msg: service_pb2.ModelInferRequest) -> InferenceRequest
         refuse_extensions(parameters, label)
         try:
             if raw_contents:
-                _require_no_contents(tensor.contents)
+                _require_no_contents(tensor)
                 data = from_raw(raw_contents[index], datatype, shape)
             else:
                 data = _from_contents(tensor.contents, datatype, shape)
@@ -137,10 +137,12 @@ def encode_infer_response(resp: InferenceResponse) -> service_pb2.ModelInferResp
     msg = service_pb2.ModelInferResponse(
         model_name=resp.model_name, model_version=resp.model_version, id=resp.id or ""
     )
-    encode_parameters(resp.parameters, msg.parameters)
+    if resp.parameters:
+        encode_parameters(resp.parameters, msg.parameters)
     for output in resp.outputs:
         tensor = msg.outputs.add(name=output.name, datatype=output.datatype, shape=output.shape)
-        encode_parameters(output.parameters, tensor.parameters)
+        if output.parameters:
+            encode_parameters(output.parameters, tensor.parameters)
         msg.raw_output_contents.append(to_raw(output.data, output.datatype))
     return msg
 
@@ -153,6 +155,8 @@ def decode_parameters(
     A parameter with no value set is :class:`~sciserve.errors.InvalidInput`.
     """
     out: Parameters = {}
+    if not params:
+        return out
     for key, param in params.items():
         choice = param.WhichOneof("parameter_choice")
         if choice is None:
@@ -230,7 +234,10 @@ def _from_contents(
     return arr.reshape(shape)
 
 
-def _require_no_contents(contents: service_pb2.InferTensorContents) -> None:
+def _require_no_contents(tensor: service_pb2.ModelInferRequest.InferInputTensor) -> None:
+    if not tensor.HasField("contents"):
+        return
+    contents = tensor.contents
     for field in _CONTENTS_FIELDS:
         if len(getattr(contents, field)):
             raise InvalidInput(

@@ -365,13 +365,13 @@ def _checked_inputs(manifest: Manifest, request: InferenceRequest) -> dict[str, 
     """
     given = {t.name: t for t in request.inputs}
     specs = {t.name: t for t in manifest.inputs}
-    unknown = sorted(set(given) - set(specs))
-    if unknown:
-        raise InvalidInput(
-            f"model {request.model_name} has no input(s) {unknown}; it takes {sorted(specs)}"
-        )
-    missing = sorted(set(specs) - set(given))
-    if missing:
+    if given.keys() != specs.keys():
+        unknown = sorted(given.keys() - specs.keys())
+        if unknown:
+            raise InvalidInput(
+                f"model {request.model_name} has no input(s) {unknown}; it takes {sorted(specs)}"
+            )
+        missing = sorted(specs.keys() - given.keys())
         raise InvalidInput(f"missing input(s) {missing} for model {request.model_name}")
     out = {}
     for name, spec in specs.items():
