@@ -144,6 +144,10 @@ def _sciserve(work: Path, model: Path) -> Iterator[Endpoint]:
     ]
     if "--intra-op-threads" in help_text:
         argv += ["--intra-op-threads", "1"]
+    if "--grpc-frontends" in help_text:
+        # gRPC terminated by a front-end process that relays to the server:
+        # gRPC's own per-call work leaves the serving event loop.
+        argv += ["--grpc-frontends", "1"]
     with Service("sciserve", argv, work / "logs" / "sciserve.log", cwd=work) as service:
         banner = service.wait_for_output(
             r"sciserve serving http=(\S+) grpc=(\S+) metrics=(\S+)", _START_TIMEOUT_S

@@ -83,6 +83,10 @@ class ServingConfig(BaseModel):
     #: Full batches predicted to compute faster than this (s) run on the event
     #: loop rather than a worker thread (in-process runtimes only); 0: never.
     max_inline_compute: float = Field(default=0.0005, ge=0, le=0.01)
+    #: Processes that terminate gRPC and relay each call to the serving
+    #: process, so gRPC's own per-call work leaves its event loop (more gRPC
+    #: calls per second when a core is free); 0 serves gRPC in-process.
+    grpc_frontends: int = Field(default=0, ge=0, le=64)
     #: Device for every model (overrides the packages' own ``device``).
     device: str | None = None
     #: ONNX Runtime intra-op threads per session.

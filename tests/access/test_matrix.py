@@ -144,6 +144,11 @@ class World:
     creds: dict[str, Credential]
     archive: bytes
     admin: str
+    #: A second server on the same registry, its gRPC served by a front-end process.
+    relayed: Running
+
+    def grpc(self, mode: str) -> str:
+        return self.relayed.grpc if mode == "front-end" else self.server.grpc
 
 
 def _jwk(key: ec.EllipticCurvePrivateKey, kid: str) -> dict[str, Any]:
@@ -232,10 +237,16 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     creds, archive = _build(work / "home", work)
     server = start_server(work / "home", "--auth")
     try:
+        relayed = start_server(work / "home", "--auth", "--grpc-frontends", "1")
+    except BaseException:
+        stop_server(server.proc)
+        raise
+    try:
         admin = creds["admin"].header
         assert admin is not None
-        yield World(server, creds, archive, admin)
+        yield World(server, creds, archive, admin, relayed)
     finally:
+        stop_server(relayed.proc)
         stop_server(server.proc)
 
 
@@ -721,11 +732,15 @@ def _grpc_cell(channel: grpc.Channel, world: World, path: str, spec: Rpc, name: 
     return []
 
 
-def test_grpc_matrix(world: World) -> None:
+GRPC_MODES = pytest.mark.parametrize("mode", ["in-process", "front-end"])
+
+
+@GRPC_MODES
+def test_grpc_matrix(world: World, mode: str) -> None:
     problems: list[str] = []
     outcomes: dict[tuple[str, str], set[Outcome]] = {}
     targets: dict[Any, Target] = {}
-    with grpc.insecure_channel(world.server.grpc) as channel:
+    with grpc.insecure_channel(world.grpc(mode)) as channel:
         for path, spec in GRPC_TABLE.items():
             targets[(path, "")] = spec.target
             for name, cred in world.creds.items():
@@ -736,10 +751,11 @@ def test_grpc_matrix(world: World) -> None:
     _coverage(outcomes, targets)
 
 
-def test_grpc_health_of_a_model_answers_only_those_who_may_see_it(world: World) -> None:
+@GRPC_MODES
+def test_grpc_health_of_a_model_answers_only_those_who_may_see_it(world: World, mode: str) -> None:
     """Health is public for the server, but a model's health would reveal that it exists."""
     serving = health_pb2.HealthCheckResponse.SERVING
-    with grpc.insecure_channel(world.server.grpc) as channel:
+    with grpc.insecure_channel(world.grpc(mode)) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         for name, cred in world.creds.items():
             metadata = (("authorization", cred.header),) if cred.header is not None else ()

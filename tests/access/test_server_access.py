@@ -519,7 +519,10 @@ def test_quotas_usage_audit_and_no_secret_on_a_shared_server(
 # -- 3. TLS and bind safety ------------------------------------------------------------------
 
 
-def test_tls_serves_rest_and_grpc_to_clients_trusting_the_ca(tmp_path: Path) -> None:
+@pytest.mark.parametrize("frontends", [0, 1], ids=["grpc-in-process", "grpc-front-end"])
+def test_tls_serves_rest_and_grpc_to_clients_trusting_the_ca(
+    tmp_path: Path, frontends: int
+) -> None:
     import gevent.ssl
     import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
@@ -539,6 +542,7 @@ def test_tls_serves_rest_and_grpc_to_clients_trusting_the_ca(tmp_path: Path) -> 
     bearer = f"Bearer {token}"
     x = np.arange(8, dtype=np.float32).reshape(2, 4)
     serve = ["--auth", "--tls-cert", str(cert_file), "--tls-key", str(key_file)]
+    serve += ["--grpc-frontends", str(frontends)]
     with _running(home, tmp_path / "logs", serve=serve, ca=ca) as server:
         http = httpclient.InferenceServerClient(
             server.http,

@@ -40,6 +40,7 @@ from sciserve.errors import (
     VersionConflict,
 )
 from sciserve.package.manifest import Manifest, dump_manifest
+from sciserve.protocol.grpc_relay import GrpcFrontends
 from sciserve.protocol.grpc_server import create_grpc_server, status_of
 from sciserve.registry.registry import Registry
 from sciserve.serving.service import InferenceService
@@ -121,8 +122,10 @@ class ServerThread:
     """An :class:`InferenceService` and its gRPC server on 127.0.0.1:<free port>,
     on an event loop of their own in a background thread."""
 
-    def __init__(self, service: InferenceService) -> None:
+    def __init__(self, service: InferenceService, *, frontends: int = 0) -> None:
         self.service = service
+        self.frontends: GrpcFrontends | None = None
+        self._frontend_count = frontends
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -137,6 +140,11 @@ class ServerThread:
 
     async def _start(self) -> int:
         await self.service.start()
+        if self._frontend_count:
+            self.frontends = GrpcFrontends(
+                self.service, "127.0.0.1", 0, processes=self._frontend_count
+            )
+            return await self.frontends.start()
         self.server, port = create_grpc_server(self.service, "127.0.0.1", 0)
         await self.server.start()
         return port
@@ -144,6 +152,8 @@ class ServerThread:
     async def _stop(self) -> None:
         if self.server is not None:
             await self.server.stop(grace=1)
+        if self.frontends is not None:
+            await self.frontends.stop(grace=1)
         await self.service.stop()
 
     def stop(self) -> None:
@@ -155,10 +165,13 @@ class ServerThread:
             self.loop.close()
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
-    """One server for the module: ``linear``, ``spare`` (for load/unload tests)
-    and an identity model per datatype."""
+@pytest.fixture(scope="module", params=[0, 1], ids=["in-process", "front-end"])
+def server(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[ServerThread]:
+    """One server per gRPC mode: ``linear``, ``spare`` (for load/unload tests)
+    and an identity model per datatype; gRPC served in-process, or by a
+    front-end process relaying to it."""
     root = tmp_path_factory.mktemp("grpc")
     registry = Registry(Settings.load(root / "home", environ={}))
     registry.publish(make_onnx_package(root / "linear"))
@@ -166,7 +179,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
     for datatype in ONNX_TYPES:
         registry.publish(identity_package(root / datatype, datatype))
     config = ServingConfig(poll_interval=60, max_request_bytes=MAX_REQUEST_BYTES)
-    running = ServerThread(InferenceService(registry, config))
+    running = ServerThread(InferenceService(registry, config), frontends=request.param)
     try:
         yield running
     finally:

@@ -33,6 +33,13 @@ def serve(
     http_port: Annotated[int, typer.Option(help="HTTP port (0: pick a free one).")] = 8000,
     grpc_port: Annotated[int, typer.Option(help="gRPC port (0: pick a free one).")] = 8001,
     metrics_port: Annotated[int, typer.Option(help="Metrics port (0: pick a free one).")] = 8002,
+    grpc_frontends: Annotated[
+        int,
+        typer.Option(
+            help="Processes that terminate gRPC and relay calls to this one "
+            "(more gRPC throughput with a spare core); 0: gRPC in this process."
+        ),
+    ] = 0,
     model: Annotated[
         list[str] | None,
         typer.Option(
@@ -80,6 +87,7 @@ def serve(
             http_port=http_port,
             grpc_port=grpc_port,
             metrics_port=metrics_port,
+            grpc_frontends=grpc_frontends,
             models=tuple(model) if model else None,
             strict_readiness=_strict(strict_readiness),
             poll_interval=poll_interval,

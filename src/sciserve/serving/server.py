@@ -15,9 +15,12 @@ import signal
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import uvicorn
+
+if TYPE_CHECKING:
+    import grpc
 
 from ..config import ServingConfig, Settings
 from ..errors import ConfigError
@@ -85,6 +88,46 @@ def _bind(host: str, port: int, option: str) -> socket.socket:
     return sock
 
 
+class _GrpcServer(Protocol):
+    async def start(self) -> int: ...
+    async def stop(self, grace: float) -> None: ...
+
+
+class _InProcess:
+    """gRPC on this process's event loop."""
+
+    def __init__(self, server: grpc.aio.Server, port: int) -> None:
+        self._server = server
+        self._port = port
+
+    async def start(self) -> int:
+        await self._server.start()
+        return self._port
+
+    async def stop(self, grace: float) -> None:
+        await self._server.stop(grace)
+
+
+class _Relayed:
+    """gRPC from front-end processes that relay calls to this one."""
+
+    def __init__(self, service: InferenceService, cfg: ServingConfig) -> None:
+        from ..protocol.grpc_relay import GrpcFrontends
+
+        tls = None
+        if cfg.tls_cert is not None and cfg.tls_key is not None:
+            tls = (cfg.tls_cert, cfg.tls_key)
+        self._frontends = GrpcFrontends(
+            service, cfg.host, cfg.grpc_port, processes=cfg.grpc_frontends, tls_files=tls
+        )
+
+    async def start(self) -> int:
+        return await self._frontends.start()
+
+    async def stop(self, grace: float) -> None:
+        await self._frontends.stop(grace)
+
+
 class Server:
     """Serve a registry until stopped."""
 
@@ -117,6 +160,14 @@ class Server:
         except ConfigError:
             http_sock.close()
             raise
+        if cfg.grpc_frontends and cfg.grpc_port:
+            # The front ends bind it later; find out now if it is taken.
+            try:
+                _bind(cfg.host, cfg.grpc_port, "--grpc-port").close()
+            except ConfigError:
+                for sock in (http_sock, metrics_sock):
+                    sock.close()
+                raise
         registry = await asyncio.to_thread(Registry, self.settings)
         access = None
         if self.settings.access.enabled:
@@ -125,8 +176,10 @@ class Server:
             access = await asyncio.to_thread(AccessLayer.open, registry)
         service = InferenceService(registry, cfg, access=access)
         try:
-            grpc_server, grpc_port = create_grpc_server(
-                service, cfg.host, cfg.grpc_port, tls=tls_pair
+            grpc_server: _GrpcServer = (
+                _Relayed(service, cfg)
+                if cfg.grpc_frontends
+                else _InProcess(*create_grpc_server(service, cfg.host, cfg.grpc_port, tls=tls_pair))
             )
         except OSError as exc:
             for sock in (http_sock, metrics_sock):
@@ -163,7 +216,10 @@ class Server:
         ]
         try:
             await service.start()
-            await grpc_server.start()
+            try:
+                grpc_port = await grpc_server.start()
+            except OSError as exc:
+                raise _cannot_listen(cfg.host, cfg.grpc_port, "--grpc-port", exc) from exc
             tasks = [
                 loop.create_task(servers[0].serve(sockets=[http_sock])),
                 loop.create_task(servers[1].serve(sockets=[metrics_sock])),

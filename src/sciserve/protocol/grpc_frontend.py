@@ -1,0 +1,310 @@
+"""A gRPC front-end process: terminates gRPC, relays every call to the server.
+
+``sciserve serve --grpc-frontends N`` starts N of these.  Each listens on
+the gRPC port (sharing it through ``SO_REUSEPORT`` when N > 1) and hands
+every call of Triton's inference service and of the health service, as the
+serialized messages it received, to the serving process over a Unix socket
+(:mod:`~sciserve.protocol._relay_frames`).  The serving process runs the
+same servicers as its in-process gRPC server, so answers, errors and
+authentication are the same.  What moves here is gRPC's own per-call work
+(HTTP/2, TLS, message framing), which would otherwise share the serving
+process's event loop with HTTP, batching and everything else.
+
+The front end never parses a message, never sees a model and holds no
+credentials: it enforces the message size limit and relays.  It exits when
+the serving process goes away (its relay connection closes), and stops
+gracefully on SIGTERM.
+
+Run by the server as ``python -m sciserve.protocol.grpc_frontend``; on
+start-up it prints ``ready <port>`` on standard output, or exits with status
+3 and the reason on standard error when it cannot listen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import logging
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any, cast
+
+import grpc
+
+from ._relay_frames import (
+    CALL,
+    CANCEL,
+    HALF_CLOSE,
+    MESSAGE,
+    METHODS,
+    REPLY,
+    STATUS,
+    FrameReader,
+    Metadata,
+    Method,
+    call_body,
+    frame,
+    parse_status,
+)
+
+__all__ = ["main"]
+
+log = logging.getLogger("sciserve.protocol.grpc_frontend")
+
+#: Exit status when the port cannot be bound.
+CANNOT_LISTEN = 3
+
+#: Requests of one ModelStreamInfer stream relayed but not yet answered.  Past
+#: it the front end stops reading the stream, so HTTP/2 flow control slows
+#: the client down (the serving process's own window is the same).
+STREAM_WINDOW = 256
+
+_Item = tuple[int, bytes]  # (REPLY or STATUS, body)
+
+_CODES = {status.value[0]: status for status in grpc.StatusCode}
+
+
+class _Ended(Exception):
+    """The relay connection is gone: the serving process stopped."""
+
+
+class Relay(asyncio.Protocol):
+    """The front end's side of one relay connection."""
+
+    def __init__(self) -> None:
+        self._reader = FrameReader()
+        self._calls: dict[int, asyncio.Queue[_Item]] = {}
+        self._ids = itertools.count(1)
+        self._transport: asyncio.Transport | None = None
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self.closed = asyncio.Event()
+
+    # -- asyncio.Protocol --------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        for call, kind, body in self._reader.feed(data):
+            queue = self._calls.get(call)
+            if queue is not None:  # else the call was cancelled meanwhile
+                queue.put_nowait((kind, body))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed.set()
+        self._writable.set()
+        for queue in self._calls.values():
+            queue.put_nowait((STATUS, b""))  # an empty status body: relay gone
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    # -- calls ---------------------------------------------------------------
+
+    def open(self) -> tuple[int, asyncio.Queue[_Item]]:
+        if self.closed.is_set():
+            raise _Ended
+        call = next(self._ids) & 0xFFFFFFFF
+        queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self._calls[call] = queue
+        return call, queue
+
+    def close(self, call: int) -> None:
+        self._calls.pop(call, None)
+
+    async def send(self, call: int, kind: int, body: bytes = b"") -> None:
+        # Waiting while the serving process reads slowly keeps this
+        # process's buffer bounded instead of queueing without limit.
+        if not self._writable.is_set():
+            await self._writable.wait()
+        if self.closed.is_set() or self._transport is None:
+            raise _Ended
+        self._transport.write(frame(call, kind, body))
+
+
+def _metadata(context: grpc.aio.ServicerContext) -> Metadata:
+    # Binary ("-bin") values are not relayed: sciserve reads none.
+    return tuple(
+        (key, value)
+        for key, value in (context.invocation_metadata() or ())
+        if isinstance(value, str)
+    )
+
+
+async def _finish(context: grpc.aio.ServicerContext, body: bytes) -> None:
+    """End the call with the status the serving process sent."""
+    if not body:
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is stopping")
+    code, details, trailing = parse_status(body)
+    status = _CODES.get(code, grpc.StatusCode.UNKNOWN)
+    if status is not grpc.StatusCode.OK:
+        await context.abort(status, details, trailing)
+
+
+def _handler(relay: Relay, index: int, method: Method) -> grpc.RpcMethodHandler:
+    """The handler of ``method``: raw bytes in and out, relayed."""
+
+    async def unary_unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        call, queue = relay.open()
+        try:
+            await relay.send(call, CALL, call_body(index, _metadata(context), request))
+            kind, body = await queue.get()
+            if kind == REPLY:
+                return body
+            await _finish(context, body)
+            raise AssertionError("unreachable: a STATUS that ends a unary call is an error")
+        except asyncio.CancelledError:
+            await _cancel(relay, call)
+            raise
+        except _Ended:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is stopping")
+            raise
+        finally:
+            relay.close(call)
+
+    async def unary_stream(
+        request: bytes, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        call, queue = relay.open()
+        try:
+            await relay.send(call, CALL, call_body(index, _metadata(context), request))
+            while True:
+                kind, body = await queue.get()
+                if kind != REPLY:
+                    await _finish(context, body)
+                    return
+                yield body
+        except asyncio.CancelledError:
+            await _cancel(relay, call)
+            raise
+        except _Ended:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is stopping")
+        finally:
+            relay.close(call)
+
+    async def stream_stream(
+        requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        call, queue = relay.open()
+        window = asyncio.Semaphore(STREAM_WINDOW)
+
+        async def forward() -> None:
+            try:
+                async for request in requests:
+                    await window.acquire()
+                    await relay.send(call, MESSAGE, request)
+                await relay.send(call, HALF_CLOSE)
+            except (_Ended, grpc.RpcError):
+                pass  # the answering side sees the same and ends the call
+
+        forwarding: asyncio.Task[None] | None = None
+        try:
+            await relay.send(call, CALL, call_body(index, _metadata(context), b""))
+            forwarding = asyncio.create_task(forward())
+            while True:
+                kind, body = await queue.get()
+                if kind != REPLY:
+                    await _finish(context, body)
+                    return
+                yield body
+                window.release()  # answered: room for one more request
+        except asyncio.CancelledError:
+            await _cancel(relay, call)
+            raise
+        except _Ended:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is stopping")
+        finally:
+            if forwarding is not None:
+                forwarding.cancel()
+            relay.close(call)
+
+    handlers: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler]] = {
+        (False, False): lambda: grpc.unary_unary_rpc_method_handler(unary_unary),
+        (False, True): lambda: grpc.unary_stream_rpc_method_handler(unary_stream),
+        (True, True): lambda: grpc.stream_stream_rpc_method_handler(stream_stream),
+    }
+    return handlers[method.client_streaming, method.server_streaming]()
+
+
+async def _cancel(relay: Relay, call: int) -> None:
+    # The client went away: let the serving process stop working for it.
+    with contextlib.suppress(_Ended):
+        await relay.send(call, CANCEL)
+
+
+def _generic_handlers(relay: Relay) -> list[grpc.GenericRpcHandler]:
+    by_service: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
+    for index, method in enumerate(METHODS):
+        by_service.setdefault(method.service, {})[method.name] = _handler(relay, index, method)
+    return [grpc.method_handlers_generic_handler(s, h) for s, h in by_service.items()]
+
+
+async def serve(args: argparse.Namespace) -> int:
+    loop = asyncio.get_running_loop()
+    _, relay = await loop.create_unix_connection(Relay, args.relay)
+    options: list[tuple[str, Any]] = [
+        ("grpc.max_receive_message_length", args.max_message_bytes),
+        ("grpc.max_send_message_length", args.max_message_bytes),
+        ("grpc.so_reuseport", 1 if args.reuse_port else 0),
+    ]
+    server = grpc.aio.server(options=options)
+    server.add_generic_rpc_handlers(_generic_handlers(relay))
+    address = f"[{args.host}]:{args.port}" if ":" in args.host else f"{args.host}:{args.port}"
+    try:
+        if args.tls_cert is None:
+            port = server.add_insecure_port(address)
+        else:
+            credentials = grpc.ssl_server_credentials(
+                [(Path(args.tls_key).read_bytes(), Path(args.tls_cert).read_bytes())]
+            )
+            port = server.add_secure_port(address, credentials)
+    except (RuntimeError, OSError) as exc:
+        sys.stderr.write(f"cannot listen for gRPC on {address}: {exc}\n")
+        return CANNOT_LISTEN
+    if port == 0:
+        sys.stderr.write(f"cannot listen for gRPC on {address}\n")
+        return CANNOT_LISTEN
+    await server.start()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    sys.stdout.write(f"ready {port}\n")
+    sys.stdout.flush()
+    stopper = asyncio.create_task(stop.wait())
+    orphaned = asyncio.create_task(relay.closed.wait())
+    await asyncio.wait([stopper, orphaned], return_when=asyncio.FIRST_COMPLETED)
+    # Calls in flight finish (while the serving process is there to answer).
+    await server.stop(grace=None if relay.closed.is_set() else args.grace)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sciserve.protocol.grpc_frontend")
+    parser.add_argument("--relay", required=True, help="the serving process's Unix socket")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--max-message-bytes", type=int, required=True)
+    parser.add_argument("--reuse-port", action="store_true")
+    parser.add_argument("--tls-cert")
+    parser.add_argument("--tls-key")
+    parser.add_argument("--grace", type=float, default=10.0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
+        return asyncio.run(serve(args))
+    return uvloop.run(serve(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
