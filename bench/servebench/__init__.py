@@ -13,3 +13,11 @@ runner    the server x protocol x concurrency x batch matrix
 report    the table, ratios and targets
 machine   CPU, cores and tool versions for the record
 """
+
+import os
+
+# The harness talks gRPC itself (answer checks) and then forks load
+# generators and servers; gRPC's fork handlers can hang such a fork while its
+# threads are busy.  Every child execs at once, so they are not needed.
+# (Set before anything imports grpc: grpc reads it when it is imported.)
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")

@@ -111,8 +111,6 @@ class Relay(asyncio.Protocol):
     # -- calls ---------------------------------------------------------------
 
     def open(self) -> tuple[int, asyncio.Queue[_Item]]:
-        if self.closed.is_set():
-            raise _Ended
         call = next(self._ids) & 0xFFFFFFFF
         queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._calls[call] = queue
