@@ -66,6 +66,7 @@ STREAM_WINDOW = 256
 _Item = tuple[int, bytes]  # (REPLY or STATUS, body)
 
 _CODES = {status.value[0]: status for status in grpc.StatusCode}
+_STOPPING = "the server is stopping"
 
 
 class _Ended(Exception):
@@ -141,61 +142,70 @@ def _metadata(context: grpc.aio.ServicerContext) -> Metadata:
 async def _finish(context: grpc.aio.ServicerContext, body: bytes) -> None:
     """End the call with the status the serving process sent."""
     if not body:
-        await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is stopping")
+        await context.abort(grpc.StatusCode.UNAVAILABLE, _STOPPING)
     code, details, trailing = parse_status(body)
     status = _CODES.get(code, grpc.StatusCode.UNKNOWN)
     if status is not grpc.StatusCode.OK:
         await context.abort(status, details, trailing)
 
 
+@contextlib.asynccontextmanager
+async def _relayed(
+    relay: Relay, context: grpc.aio.ServicerContext
+) -> AsyncIterator[tuple[int, asyncio.Queue[_Item]]]:
+    """One relayed call, ended properly however it ends: the client leaving
+    cancels it in the serving process, a lost relay answers UNAVAILABLE."""
+    call, queue = relay.open()
+    try:
+        yield call, queue
+    except asyncio.CancelledError:
+        with contextlib.suppress(_Ended):
+            await relay.send(call, CANCEL)
+        raise
+    except _Ended:
+        await context.abort(grpc.StatusCode.UNAVAILABLE, _STOPPING)
+    finally:
+        relay.close(call)
+
+
+async def _replies(
+    queue: asyncio.Queue[_Item], context: grpc.aio.ServicerContext
+) -> AsyncIterator[bytes]:
+    """A call's response messages, until the status that ends it."""
+    while True:
+        kind, body = await queue.get()
+        if kind != REPLY:
+            await _finish(context, body)
+            return
+        yield body
+
+
 def _handler(relay: Relay, index: int, method: Method) -> grpc.RpcMethodHandler:
     """The handler of ``method``: raw bytes in and out, relayed."""
 
     async def unary_unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        call, queue = relay.open()
-        try:
+        async with _relayed(relay, context) as (call, queue):
             await relay.send(call, CALL, call_body(index, _metadata(context), request))
             kind, body = await queue.get()
             if kind == REPLY:
                 return body
             await _finish(context, body)
-            raise AssertionError("unreachable: a STATUS that ends a unary call is an error")
-        except asyncio.CancelledError:
-            await _cancel(relay, call)
-            raise
-        except _Ended:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is stopping")
-            raise
-        finally:
-            relay.close(call)
+        raise AssertionError("unreachable: a unary call ends with a reply or an error")
 
     async def unary_stream(
         request: bytes, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
-        call, queue = relay.open()
-        try:
+        async with _relayed(relay, context) as (call, queue):
             await relay.send(call, CALL, call_body(index, _metadata(context), request))
-            while True:
-                kind, body = await queue.get()
-                if kind != REPLY:
-                    await _finish(context, body)
-                    return
+            async for body in _replies(queue, context):
                 yield body
-        except asyncio.CancelledError:
-            await _cancel(relay, call)
-            raise
-        except _Ended:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is stopping")
-        finally:
-            relay.close(call)
 
     async def stream_stream(
         requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
-        call, queue = relay.open()
         window = asyncio.Semaphore(STREAM_WINDOW)
 
-        async def forward() -> None:
+        async def forward(call: int) -> None:
             try:
                 async for request in requests:
                     await window.acquire()
@@ -206,24 +216,15 @@ def _handler(relay: Relay, index: int, method: Method) -> grpc.RpcMethodHandler:
 
         forwarding: asyncio.Task[None] | None = None
         try:
-            await relay.send(call, CALL, call_body(index, _metadata(context), b""))
-            forwarding = asyncio.create_task(forward())
-            while True:
-                kind, body = await queue.get()
-                if kind != REPLY:
-                    await _finish(context, body)
-                    return
-                yield body
-                window.release()  # answered: room for one more request
-        except asyncio.CancelledError:
-            await _cancel(relay, call)
-            raise
-        except _Ended:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is stopping")
+            async with _relayed(relay, context) as (call, queue):
+                await relay.send(call, CALL, call_body(index, _metadata(context), b""))
+                forwarding = asyncio.create_task(forward(call))
+                async for body in _replies(queue, context):
+                    yield body
+                    window.release()  # answered: room for one more request
         finally:
             if forwarding is not None:
                 forwarding.cancel()
-            relay.close(call)
 
     handlers: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler]] = {
         (False, False): lambda: grpc.unary_unary_rpc_method_handler(unary_unary),
@@ -231,12 +232,6 @@ def _handler(relay: Relay, index: int, method: Method) -> grpc.RpcMethodHandler:
         (True, True): lambda: grpc.stream_stream_rpc_method_handler(stream_stream),
     }
     return handlers[method.client_streaming, method.server_streaming]()
-
-
-async def _cancel(relay: Relay, call: int) -> None:
-    # The client went away: let the serving process stop working for it.
-    with contextlib.suppress(_Ended):
-        await relay.send(call, CANCEL)
 
 
 def _generic_handlers(relay: Relay) -> list[grpc.GenericRpcHandler]:
