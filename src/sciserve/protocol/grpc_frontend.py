@@ -31,10 +31,11 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import grpc
 
+from ._grpc_listen import listen, server_options
 from ._relay_frames import (
     CALL,
     CANCEL,
@@ -244,27 +245,17 @@ def _generic_handlers(relay: Relay) -> list[grpc.GenericRpcHandler]:
 async def serve(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     _, relay = await loop.create_unix_connection(Relay, args.relay)
-    options: list[tuple[str, Any]] = [
-        ("grpc.max_receive_message_length", args.max_message_bytes),
-        ("grpc.max_send_message_length", args.max_message_bytes),
-        ("grpc.so_reuseport", 1 if args.reuse_port else 0),
-    ]
-    server = grpc.aio.server(options=options)
+    server = grpc.aio.server(
+        options=server_options(args.max_message_bytes, reuse_port=args.reuse_port)
+    )
     server.add_generic_rpc_handlers(_generic_handlers(relay))
-    address = f"[{args.host}]:{args.port}" if ":" in args.host else f"{args.host}:{args.port}"
     try:
-        if args.tls_cert is None:
-            port = server.add_insecure_port(address)
-        else:
-            credentials = grpc.ssl_server_credentials(
-                [(Path(args.tls_key).read_bytes(), Path(args.tls_cert).read_bytes())]
-            )
-            port = server.add_secure_port(address, credentials)
-    except (RuntimeError, OSError) as exc:
-        sys.stderr.write(f"cannot listen for gRPC on {address}: {exc}\n")
-        return CANNOT_LISTEN
-    if port == 0:
-        sys.stderr.write(f"cannot listen for gRPC on {address}\n")
+        tls = None
+        if args.tls_cert is not None:
+            tls = (Path(args.tls_cert).read_bytes(), Path(args.tls_key).read_bytes())
+        port = listen(server, args.host, args.port, tls)
+    except OSError as exc:
+        sys.stderr.write(f"{exc}\n")
         return CANNOT_LISTEN
     await server.start()
     stop = asyncio.Event()

@@ -53,6 +53,7 @@ from ..errors import (
     Unavailable,
 )
 from ..serving.service import InferenceService
+from ._grpc_listen import listen, server_options
 from .grpc_codec import decode_infer_request, encode_infer_response
 
 __all__ = [
@@ -544,27 +545,7 @@ def create_grpc_server(
     chain, private key) pair.  Raises :class:`OSError` when the address
     cannot be bound.
     """
-    limit = service.config.max_request_bytes
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", limit),
-            ("grpc.max_send_message_length", limit),
-            # gRPC sets SO_REUSEPORT by default, which would let a second
-            # server silently share (and steal requests from) a busy port.
-            ("grpc.so_reuseport", 0),
-        ]
-    )
+    server = grpc.aio.server(options=server_options(service.config.max_request_bytes))
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service), server)
     health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(service), server)
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    try:
-        if tls is None:
-            bound = server.add_insecure_port(address)
-        else:
-            credentials = grpc.ssl_server_credentials([(tls[1], tls[0])])
-            bound = server.add_secure_port(address, credentials)
-    except RuntimeError as exc:  # grpc reports bind failures as RuntimeError
-        raise OSError(f"cannot listen for gRPC on {address}: {exc}") from exc
-    if bound == 0:  # older grpc versions report failure this way
-        raise OSError(f"cannot listen for gRPC on {address}")
-    return server, int(bound)
+    return server, listen(server, host, port, tls)

@@ -108,26 +108,6 @@ class _InProcess:
         await self._server.stop(grace)
 
 
-class _Relayed:
-    """gRPC from front-end processes that relay calls to this one."""
-
-    def __init__(self, service: InferenceService, cfg: ServingConfig) -> None:
-        from ..protocol.grpc_relay import GrpcFrontends
-
-        tls = None
-        if cfg.tls_cert is not None and cfg.tls_key is not None:
-            tls = (cfg.tls_cert, cfg.tls_key)
-        self._frontends = GrpcFrontends(
-            service, cfg.host, cfg.grpc_port, processes=cfg.grpc_frontends, tls_files=tls
-        )
-
-    async def start(self) -> int:
-        return await self._frontends.start()
-
-    async def stop(self, grace: float) -> None:
-        await self._frontends.stop(grace)
-
-
 class Server:
     """Serve a registry until stopped."""
 
@@ -141,6 +121,7 @@ class Server:
 
     async def serve(self, on_ready: Callable[[Addresses], None] | None = None) -> None:
         from ..access.bind import check_bind_safety
+        from ..protocol.grpc_relay import GrpcFrontends
         from ..protocol.grpc_server import create_grpc_server
         from ..protocol.rest import create_app, create_metrics_app
 
@@ -175,19 +156,26 @@ class Server:
 
             access = await asyncio.to_thread(AccessLayer.open, registry)
         service = InferenceService(registry, cfg, access=access)
-        try:
-            grpc_server: _GrpcServer = (
-                _Relayed(service, cfg)
-                if cfg.grpc_frontends
-                else _InProcess(*create_grpc_server(service, cfg.host, cfg.grpc_port, tls=tls_pair))
+        grpc_server: _GrpcServer
+        if cfg.grpc_frontends:
+            tls_files = None
+            if cfg.tls_cert is not None and cfg.tls_key is not None:
+                tls_files = (cfg.tls_cert, cfg.tls_key)
+            grpc_server = GrpcFrontends(
+                service, cfg.host, cfg.grpc_port, processes=cfg.grpc_frontends, tls_files=tls_files
             )
-        except OSError as exc:
-            for sock in (http_sock, metrics_sock):
-                sock.close()
-            if access is not None:
-                await asyncio.to_thread(access.close)
-            await asyncio.to_thread(registry.close)
-            raise _cannot_listen(cfg.host, cfg.grpc_port, "--grpc-port", exc) from exc
+        else:
+            try:
+                grpc_server = _InProcess(
+                    *create_grpc_server(service, cfg.host, cfg.grpc_port, tls=tls_pair)
+                )
+            except OSError as exc:
+                for sock in (http_sock, metrics_sock):
+                    sock.close()
+                if access is not None:
+                    await asyncio.to_thread(access.close)
+                await asyncio.to_thread(registry.close)
+                raise _cannot_listen(cfg.host, cfg.grpc_port, "--grpc-port", exc) from exc
         tls: dict[str, Any] = {}
         if cfg.tls_cert is not None:
             tls = {"ssl_certfile": str(cfg.tls_cert), "ssl_keyfile": str(cfg.tls_key)}
