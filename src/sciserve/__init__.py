@@ -6,8 +6,7 @@ change without notice.
 
 from __future__ import annotations
 
-__version__ = "0.1.0.dev0"
-
+from ._version import __version__
 from .config import Settings
 from .errors import SciserveError
 from .model import Model, load

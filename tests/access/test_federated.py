@@ -17,9 +17,9 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from pydantic import ValidationError
 
 from sciserve.access.federated import JwtVerifier
+from sciserve.access.priority import Priority
 from sciserve.config import AccessConfig, IssuerConfig
 from sciserve.errors import ConfigError, Unauthenticated, Unavailable
-from sciserve.serving.batcher import Priority
 
 from .conftest import FakeClock
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from sciserve.access.identity import Identity, normalize_scopes, parse_priority
+from sciserve.access.identity import Identity, normalize_scopes
 from sciserve.access.policy import authorize, visible
+from sciserve.access.priority import Priority, parse_priority
 from sciserve.errors import InvalidInput, NotFound, PermissionDenied
 from sciserve.registry.registry import Registry
-from sciserve.serving.batcher import Priority
 
 
 def _identity(**scopes: set[str]) -> Identity:

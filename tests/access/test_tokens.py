@@ -13,11 +13,11 @@ import sqlalchemy as sa
 
 from sciserve.access.identity import Identity
 from sciserve.access.pepper import pepper_path
+from sciserve.access.priority import Priority
 from sciserve.access.tokens import TokenStore
 from sciserve.config import AccessConfig, RateLimit
 from sciserve.errors import ConfigError, InvalidInput, NotFound, Unauthenticated
 from sciserve.registry.registry import Registry
-from sciserve.serving.batcher import Priority
 
 from .conftest import FakeClock, store
 

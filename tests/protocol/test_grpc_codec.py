@@ -14,15 +14,15 @@ from hypothesis import strategies as st
 from tritonclient.grpc import service_pb2
 from tritonclient.grpc._utils import _get_inference_request
 
+from sciserve.datatypes import DATATYPES
 from sciserve.errors import InvalidInput
-from sciserve.protocol.datatypes import DATATYPES
 from sciserve.protocol.grpc_codec import (
     decode_infer_request,
     decode_parameters,
     encode_infer_response,
     encode_parameters,
 )
-from sciserve.protocol.types import InferenceRequest, InferenceResponse, InferOutput
+from sciserve.serving.types import InferenceRequest, InferenceResponse, InferOutput
 
 TYPED = [d for d in DATATYPES if d not in ("FP16", "BF16")]
 

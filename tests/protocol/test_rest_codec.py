@@ -15,16 +15,16 @@ import tritonclient.http as httpclient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sciserve import datatypes as dt
+from sciserve.datatypes import DATATYPES
 from sciserve.errors import InvalidInput, PayloadTooLarge
-from sciserve.protocol import datatypes as dt
-from sciserve.protocol.datatypes import DATATYPES
 from sciserve.protocol.rest_codec import (
     decode_infer_request,
     encode_error,
     encode_infer_response,
     wants_binary_output,
 )
-from sciserve.protocol.types import (
+from sciserve.serving.types import (
     InferenceRequest,
     InferenceResponse,
     InferOutput,

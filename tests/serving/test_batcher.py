@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import yaml
 
+from sciserve.access.priority import Priority
 from sciserve.errors import ModelExecutionError, ModelNotReady, Overloaded
 from sciserve.package.manifest import Manifest
-from sciserve.serving.batcher import BatchPolicy, DynamicBatcher, Priority
+from sciserve.serving.batcher import BatchPolicy, DynamicBatcher
 
 from helpers.packages import make_onnx_package
 

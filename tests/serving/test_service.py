@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sciserve.access.priority import Priority
 from sciserve.config import ServingConfig
 from sciserve.errors import InvalidInput, ModelNotReady, NotFound, Overloaded
-from sciserve.protocol.types import InferenceRequest, InferInput, RequestedOutput
 from sciserve.registry.registry import Registry
-from sciserve.serving.batcher import Priority
 from sciserve.serving.service import InferenceService
+from sciserve.serving.types import InferenceRequest, InferInput, RequestedOutput
 
 from helpers.packages import expected_linear
 

@@ -19,8 +19,8 @@ from pydantic import SecretStr
 import sciserve
 from sciserve._hashing import sha256_file
 from sciserve.access.tokens import TokenStore
-from sciserve.config import Settings
-from sciserve.errors import InvalidInput, PermissionDenied, Unauthenticated
+from sciserve.config import RateLimit, Settings
+from sciserve.errors import InvalidInput, PermissionDenied, RateLimited, Unauthenticated
 from sciserve.package.manifest import Manifest, dump_manifest
 from sciserve.registry.registry import Registry
 from sciserve.streams import pipeline as pipeline_module
@@ -386,6 +386,30 @@ async def test_models_on_a_server_with_auth_use_the_configured_token(
     assert summary["annotated"] == len(ids)
     with ResultStore.open(lab) as store:
         assert set(store.alert_ids(pipeline=name)) == ids
+
+
+async def test_a_server_over_quota_is_rate_limited_not_a_model_failure(
+    lab: Settings, auth_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One request, then nothing for a quarter of an hour: the server answers
+    # the second batch with 429, which every client of the package reads as
+    # RateLimited (a quota, not an outage), and the pipeline stops with
+    # nothing of that batch committed or dead-lettered.
+    with Registry(lab) as registry:
+        _, token = TokenStore(registry).create(
+            "stream-quota",
+            {"examples": ["read", "infer"]},
+            limit=RateLimit(rate=0.001, burst=1),
+        )
+    alerts, _ = await _fresh_alerts(tmp_path, first_id=5 * 10**6, n=40)
+    models = [{"ref": "examples/lc-classifier@production", "server": auth_server}]
+    fields = _replay_spec(tmp_path, alerts, models=models, batch=20)
+    monkeypatch.setattr(pipeline_module, "_SERVICE_ATTEMPTS", 2)
+    with pytest.raises(RateLimited, match="lc-classifier"):
+        await _run(lab.model_copy(update={"token": SecretStr(token)}), fields)
+    assert _lines(tmp_path / "dead.jsonl") == []
+    with ResultStore.open(lab) as store:
+        assert store.count(pipeline=str(fields["name"])) == 20
 
 
 async def test_models_run_on_a_sciserve_server(lab: Settings, server: str, tmp_path: Path) -> None:

@@ -5,6 +5,7 @@
 - :mod:`.tokens` — API tokens ``ssv_<id>_<secret>`` stored as HMACs.
 - :mod:`.federated` — bearer JWTs from configured identity providers.
 - :mod:`.authenticator` — from an ``Authorization`` header to an identity.
+- :mod:`.priority` — :class:`Priority` classes (realtime, interactive, batch).
 - :mod:`.policy` — :func:`authorize`: invisible is "not found", visible but
   not allowed is "permission denied".
 - :mod:`.quotas` — rate and concurrency limits per caller and namespace.
@@ -20,9 +21,10 @@ from .authenticator import Authenticator
 from .bind import check_bind_safety, is_loopback
 from .duration import parse_duration
 from .federated import JwtVerifier
-from .identity import ANY_NAMESPACE, SCOPES, Identity, Scope, parse_priority
+from .identity import ANY_NAMESPACE, SCOPES, Identity, Scope
 from .layer import AccessLayer
 from .policy import authorize, visible
+from .priority import Priority, parse_priority
 from .quotas import Quotas
 from .tokens import TokenRecord, TokenStore
 from .usage import USAGE_COLUMNS, UsageStore, to_csv
@@ -36,6 +38,7 @@ __all__ = [
     "DeniedRequests",
     "Identity",
     "JwtVerifier",
+    "Priority",
     "Quotas",
     "Scope",
     "TokenRecord",

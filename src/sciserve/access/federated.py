@@ -23,7 +23,8 @@ import jwt
 
 from ..config import AccessConfig, IssuerConfig
 from ..errors import ConfigError, InvalidInput, Unauthenticated, Unavailable
-from .identity import Identity, normalize_scopes, parse_priority
+from .identity import Identity, normalize_scopes
+from .priority import parse_priority
 
 __all__ = ["JWT_RE", "JwtVerifier"]
 

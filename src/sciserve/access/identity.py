@@ -14,7 +14,7 @@ from typing import Literal, get_args
 from ..config import RateLimit
 from ..errors import InvalidInput
 from ..package.manifest import NAMESPACE_RE
-from ..serving.batcher import Priority
+from .priority import Priority
 
 __all__ = [
     "ANY_NAMESPACE",
@@ -23,7 +23,6 @@ __all__ = [
     "Kind",
     "Scope",
     "normalize_scopes",
-    "parse_priority",
 ]
 
 Scope = Literal["read", "infer", "publish", "admin"]
@@ -42,19 +41,6 @@ _IMPLIED: dict[str, frozenset[str]] = {
 }
 
 ScopeMap = Mapping[str, frozenset[str]]
-
-
-def parse_priority(value: str | int | Priority) -> Priority:
-    """``"realtime"`` / ``"interactive"`` / ``"batch"`` (or a :class:`Priority`)."""
-    if isinstance(value, Priority):
-        return value
-    if isinstance(value, int):
-        return Priority(value)
-    try:
-        return Priority[value.upper()]
-    except KeyError:
-        choices = ", ".join(p.name.lower() for p in Priority)
-        raise InvalidInput(f"unknown priority {value!r}; choose one of {choices}") from None
 
 
 def normalize_scopes(scopes: Mapping[str, Iterable[str]]) -> dict[str, frozenset[str]]:

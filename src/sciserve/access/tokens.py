@@ -37,12 +37,12 @@ from ..config import AccessConfig, RateLimit
 from ..errors import ConfigError, InvalidInput, NotFound, ReadOnlyRegistry, Unauthenticated
 from ..registry import db as registry_db
 from ..registry.registry import Registry
-from ..serving.batcher import Priority
 from . import tables
 from ._db import Database, aware, engine_of, reading, writing
 from .audit import record_event
-from .identity import ANY_NAMESPACE, Identity, normalize_scopes, parse_priority
+from .identity import ANY_NAMESPACE, Identity, normalize_scopes
 from .pepper import load_pepper, pepper_path
+from .priority import Priority, parse_priority
 
 __all__ = ["TOKEN_PREFIX", "TokenRecord", "TokenStore"]
 

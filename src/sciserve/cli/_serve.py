@@ -134,7 +134,7 @@ SWITCH_INTERVAL = 0.0005
 
 def run_server(settings: Settings, config: ServingConfig) -> None:
     """Run until SIGTERM / SIGINT; print one line with the bound addresses."""
-    from ..serving.server import Addresses, Server
+    from ..server import Addresses, Server
 
     log_to_stderr()
     sys.setswitchinterval(SWITCH_INTERVAL)

@@ -17,7 +17,7 @@ import hashlib
 import json
 import re
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -29,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from ..datatypes import DATATYPES, Datatype
 from ..errors import ManifestError, Problem
 
 __all__ = [
@@ -52,12 +53,6 @@ __all__ = [
 MANIFEST_NAME = "sciserve.yaml"
 SCHEMA_VERSION = 1
 
-#: An Open Inference Protocol datatype, in the protocol's spelling.
-Datatype = Literal[
-    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
-    "FP16", "BF16", "FP32", "FP64", "BYTES",
-]  # fmt: skip
-DATATYPES: tuple[str, ...] = get_args(Datatype)
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 NAMESPACE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")

@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 from tritonclient.grpc import service_pb2
 
+from ..datatypes import DATATYPES, check_shape, element_count, from_raw, numpy_dtype, to_raw
 from ..errors import InvalidInput
-from .datatypes import DATATYPES, check_shape, element_count, from_raw, numpy_dtype, to_raw
-from .types import (
+from ..serving.types import (
     InferenceRequest,
     InferenceResponse,
     InferInput,

@@ -9,7 +9,7 @@ with Triton's *binary tensor data* extension, so that the unmodified
   without it the whole body is JSON.
 * An input with ``parameters.binary_data_size`` takes that many bytes of the
   binary section, in input order, in raw form (see
-  :mod:`sciserve.protocol.datatypes`); the binary section must be consumed
+  :mod:`sciserve.datatypes`); the binary section must be consumed
   exactly.
 * ``outputs[].parameters.binary_data`` asks for one output in binary form;
   the request parameter ``binary_data_output`` sets the default for all.
@@ -34,9 +34,9 @@ from typing import Any
 import numpy as np
 import orjson
 
+from ..datatypes import DATATYPES, check_shape, from_json_data, from_raw, raw_buffer, to_json_data
 from ..errors import InvalidInput, PayloadTooLarge
-from .datatypes import DATATYPES, check_shape, from_json_data, from_raw, raw_buffer, to_json_data
-from .types import (
+from ..serving.types import (
     InferenceRequest,
     InferenceResponse,
     InferInput,

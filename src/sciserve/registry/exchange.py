@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from .. import __version__
+from .._version import __version__
 from ..config import Settings
 from ..errors import Conflict, InvalidInput, NotFound
 from ..package.reference import LATEST, parse_reference

@@ -19,7 +19,6 @@ This module also defines the wire format of the registry API (the
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import tempfile
@@ -34,23 +33,19 @@ from urllib.parse import quote
 import httpx
 import platformdirs
 
-from .. import errors
 from .._hashing import CHUNK, sha256_file
 from ..config import Limits
 from ..errors import (
     Conflict,
     IntegrityError,
-    InvalidInput,
     NotFound,
-    Overloaded,
-    PayloadTooLarge,
-    PermissionDenied,
     SciserveError,
     Unavailable,
 )
 from ..package.archive import pack, unpack
 from ..package.manifest import MANIFEST_NAME, Manifest, load_manifest, parse_manifest
 from ..package.reference import Reference, parse_reference
+from ..protocol.client import error_from_response
 from .registry import NamespaceInfo, Progress, PublishResult, VerifyReport, VersionInfo
 
 __all__ = [
@@ -65,46 +60,6 @@ __all__ = [
 
 #: Where the registry API lives on a sciserve server.
 REGISTRY_PREFIX = "/v2/sciserve/registry"
-
-#: The error classes the server answers with each status (see
-#: :mod:`sciserve.protocol.rest`); the first is raised when the body names none.
-_STATUS_ERRORS: dict[int, tuple[type[SciserveError], ...]] = {
-    400: (InvalidInput,),
-    401: (errors.Unauthenticated,),
-    403: (PermissionDenied, errors.ReadOnlyRegistry),
-    404: (NotFound,),
-    409: (Conflict,),
-    413: (PayloadTooLarge,),
-    429: (errors.RateLimited,),
-    500: (SciserveError,),
-    503: (Unavailable, errors.DependencyMissing, errors.DeviceUnavailable),
-}
-
-#: Error classes the server may name in an error body's ``type``.  Only
-#: classes constructed from a message alone are listed; ManifestError, say,
-#: arrives as the InvalidInput it derives from, its problems in the message.
-_NAMED_ERRORS: dict[str, type[SciserveError]] = {
-    cls.__name__: cls
-    for cls in (
-        errors.InvalidInput,
-        errors.ArchiveError,
-        errors.InvalidReference,
-        errors.PayloadTooLarge,
-        errors.NotFound,
-        errors.Conflict,
-        errors.VersionConflict,
-        errors.IntegrityError,
-        errors.PermissionDenied,
-        errors.ReadOnlyRegistry,
-        errors.Unavailable,
-        errors.ModelNotReady,
-        errors.DependencyMissing,
-        errors.DeviceUnavailable,
-        errors.ModelExecutionError,
-        errors.ConfigError,
-    )
-}
-
 
 # -- wire format -------------------------------------------------------------
 
@@ -402,7 +357,7 @@ class RemoteRegistry:
             with self._client.stream("GET", path, timeout=self._slow) as response:
                 if response.is_error:
                     response.read()
-                    raise _error_from(response)
+                    raise error_from_response(response)
                 with dest.open("wb") as out:
                     for chunk in response.iter_bytes(CHUNK):
                         out.write(chunk)
@@ -419,7 +374,7 @@ class RemoteRegistry:
         except httpx.HTTPError as exc:
             raise Unavailable(f"cannot reach the sciserve server at {self.url}: {exc}") from exc
         if response.is_error:
-            raise _error_from(response)
+            raise error_from_response(response)
         return response
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -451,34 +406,6 @@ def _field(data: Any, key: str) -> Any:
     if not isinstance(data, dict) or key not in data:
         raise SciserveError(f"malformed response from the server: no {key!r}")
     return data[key]
-
-
-def _error_from(response: httpx.Response) -> SciserveError:
-    """The :mod:`sciserve.errors` exception an error response stands for."""
-    message, kind = f"{response.status_code} {response.reason_phrase}", None
-    with contextlib.suppress(ValueError):
-        body = response.json()
-        if isinstance(body, dict):
-            message = str(body.get("error") or message)
-            kind = body.get("type")
-    bases = _STATUS_ERRORS.get(response.status_code, (SciserveError,))
-    # The body may name a subclass (VersionConflict for a 409); trust it only
-    # as far as it agrees with the status.
-    cls = _NAMED_ERRORS.get(kind) if isinstance(kind, str) else None
-    if cls is None or not issubclass(cls, bases):
-        cls = bases[0]
-    if issubclass(cls, errors.RateLimited):
-        return errors.RateLimited(message, _retry_after(response))
-    if issubclass(cls, Overloaded) or (cls is Unavailable and "Retry-After" in response.headers):
-        return Overloaded(message, _retry_after(response))
-    return cls(message)
-
-
-def _retry_after(response: httpx.Response) -> float:
-    try:
-        return float(response.headers.get("Retry-After", "1"))
-    except ValueError:
-        return 1.0
 
 
 def _files_match(root: Path, manifest: Manifest) -> bool:

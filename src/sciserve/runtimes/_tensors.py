@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from ..datatypes import numpy_dtype
 from ..errors import InvalidInput, ManifestError, ModelExecutionError, Problem
 from ..package.manifest import TensorSpec
-from ..protocol.datatypes import numpy_dtype
 
 __all__ = [
     "check_inputs",

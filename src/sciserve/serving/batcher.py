@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import enum
 import functools
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -44,18 +43,11 @@ from typing import Any
 
 import numpy as np
 
+from ..access.priority import Priority
 from ..errors import InvalidInput, ModelExecutionError, ModelNotReady, Overloaded, SciserveError
 from ..package.manifest import Manifest
 
-__all__ = ["BatchPolicy", "DynamicBatcher", "Priority"]
-
-
-class Priority(enum.IntEnum):
-    """Priority classes; a lower value is served first."""
-
-    REALTIME = 0
-    INTERACTIVE = 1
-    BATCH = 2
+__all__ = ["BatchPolicy", "DynamicBatcher"]
 
 
 @dataclass(frozen=True)

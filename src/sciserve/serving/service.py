@@ -6,7 +6,7 @@
       → batcher  (:class:`DynamicBatcher`: priority queues, batching, backpressure)
       → runtime  (load / infer / unload)
 
-Adapters decode their wire format into :mod:`sciserve.protocol.types`, call
+Adapters decode their wire format into :mod:`sciserve.serving.types`, call
 :class:`InferenceService`, and translate the domain errors it raises into
 their own status codes, each in one table.
 """
@@ -21,16 +21,16 @@ from typing import Any
 
 import numpy as np
 
-from .. import __version__
-from ..access.identity import Identity, Scope, parse_priority
+from .._version import __version__
+from ..access.identity import Identity, Scope
 from ..access.layer import AccessLayer
 from ..access.policy import authorize
+from ..access.priority import Priority, parse_priority
 from ..config import ServingConfig
 from ..errors import InvalidInput, NotFound, SciserveError
 from ..package.manifest import Manifest, TensorSpec
-from ..protocol.types import InferenceRequest, InferenceResponse, InferOutput
 from ..registry.registry import Registry
-from .batcher import Priority
+from ..serving.types import InferenceRequest, InferenceResponse, InferOutput
 from .manager import ModelManager, split_served_name
 from .metrics import ServerMetrics
 

@@ -77,14 +77,16 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
-from .. import __version__
+from .._version import __version__
 from ..config import Settings
 from ..errors import (
+    DependencyMissing,
+    DeviceUnavailable,
     InvalidInput,
     ModelExecutionError,
     NotFound,
@@ -98,6 +100,9 @@ from ..package.manifest import TensorSpec
 from .base import Message, OutRecord, Sink, Source, open_sink, open_source
 from .expr import EvaluationError, Expression
 from .metrics import PipelineMetrics, State, process_identity, status_path, write_status
+
+if TYPE_CHECKING:
+    from ..protocol.client import InferenceClient
 from .results import Annotation, ResultStore
 from .spec import PipelineSpec, PythonFeatures
 
@@ -123,18 +128,18 @@ _STATUS_INTERVAL = 1.0
 #: back-off, and if they persist the pipeline stops without committing, so
 #: the batch is re-delivered once the deployment is fixed instead of being
 #: dead-lettered.
-_SERVICE_ERRORS = (Unavailable, Unauthenticated, PermissionDenied, NotFound, RateLimited)
+_SERVICE_ERRORS = (
+    Unavailable,
+    Unauthenticated,
+    PermissionDenied,
+    NotFound,
+    RateLimited,
+    DependencyMissing,
+    DeviceUnavailable,
+)
 #: Calls of a model step through service errors: waits of 0.5 s doubling to
 #: 32 s between them, about a minute in all.
 _SERVICE_ATTEMPTS = 8
-#: How a sciserve server's answers map onto those errors.
-_REMOTE_ERRORS: Mapping[int, type[SciserveError]] = {
-    401: Unauthenticated,
-    403: PermissionDenied,
-    404: NotFound,
-    429: Unavailable,
-    503: Unavailable,
-}
 #: Seconds between consumer-lag queries.  They are broker round trips (and
 #: wait behind long-poll fetches on some brokers), so they run beside the
 #: batches rather than between them, and not too often.
@@ -293,16 +298,15 @@ class RemoteModel:
 
     The reference is resolved once, at start, and every request names that
     exact version, so the recorded version and digest are what ran even if
-    an alias moves while the pipeline runs.
+    an alias moves while the pipeline runs.  The server's answers map to
+    errors through the one client-side table
+    (:func:`~sciserve.protocol.client.error_from_response`): credentials,
+    visibility, quotas and load are the deployment's problem, not the
+    alerts' (see ``_SERVICE_ERRORS``); anything else is the model failing on
+    the batch.
     """
 
-    def __init__(
-        self, server: str, info: Any, server_version: str, headers: Mapping[str, str]
-    ) -> None:
-        import httpx
-
-        from ..serving.manager import served_name
-
+    def __init__(self, client: InferenceClient, info: Any, server_version: str) -> None:
         manifest = info.manifest
         self.model = f"{manifest.namespace}/{manifest.name}"
         self.version = manifest.version
@@ -314,12 +318,11 @@ class RemoteModel:
             **_library_versions(""),
             "sciserve-server": server_version,
         }
+        from ..serving.manager import served_name
+
         self._max_batch = manifest.max_batch_size
-        self._path = f"/v2/models/{served_name(manifest.namespace, manifest.name)}"
-        self._path += f"/versions/{manifest.version}/infer"
-        self._client = httpx.AsyncClient(
-            base_url=server.rstrip("/"), timeout=60.0, headers=dict(headers)
-        )
+        self._served = served_name(manifest.namespace, manifest.name)
+        self._client = client
 
     @classmethod
     async def connect(
@@ -327,8 +330,7 @@ class RemoteModel:
     ) -> RemoteModel:
         """Resolve ``ref`` on the server at ``server``, sending ``headers``
         (credentials) with every request."""
-        import httpx
-
+        from ..protocol.client import InferenceClient
         from ..registry.remote import RemoteRegistry
 
         headers = dict(headers or {})
@@ -338,12 +340,13 @@ class RemoteModel:
                 return registry.resolve(ref)
 
         info = await asyncio.to_thread(resolve)
-        async with httpx.AsyncClient(base_url=server.rstrip("/"), timeout=10.0) as client:
-            try:
-                meta = (await client.get("/v2")).json()
-            except (httpx.HTTPError, ValueError) as exc:
-                raise Unavailable(f"cannot read the metadata of {server}: {exc}") from exc
-        return cls(server, info, str(meta.get("version", "unknown")), headers)
+        client = InferenceClient(server, headers=headers)
+        try:
+            meta = await client.server_metadata()
+        except BaseException:
+            await client.aclose()
+            raise
+        return cls(client, info, str(meta.get("version", "unknown")))
 
     async def predict(self, features: npt.NDArray[Any]) -> dict[str, npt.NDArray[Any]]:
         if self._max_batch == 0:
@@ -355,69 +358,12 @@ class RemoteModel:
         return {o.name: np.concatenate([p[o.name] for p in parts]) for o in self.outputs}
 
     async def _infer(self, batch: npt.NDArray[Any]) -> dict[str, npt.NDArray[Any]]:
-        import httpx
-
-        from ..protocol.datatypes import from_json_data, from_raw, to_raw
-        from ..protocol.rest_codec import HEADER_LENGTH_HEADER
-
-        raw = to_raw(batch, self.input.datatype)
-        header = json.dumps(
-            {
-                "inputs": [
-                    {
-                        "name": self.input.name,
-                        "datatype": self.input.datatype,
-                        "shape": list(batch.shape),
-                        "parameters": {"binary_data_size": len(raw)},
-                    }
-                ],
-                "outputs": [
-                    {"name": o.name, "parameters": {"binary_data": True}} for o in self.outputs
-                ],
-            }
-        ).encode()
-        try:
-            response = await self._client.post(
-                self._path,
-                content=header + raw,
-                headers={
-                    HEADER_LENGTH_HEADER: str(len(header)),
-                    "Content-Type": "application/octet-stream",
-                },
-            )
-        except httpx.HTTPError as exc:
-            raise Unavailable(f"cannot reach {self._client.base_url}: {exc}") from exc
-        if response.is_error:
-            # Credentials, visibility and load are the deployment's problem,
-            # not the alerts': those stop or delay the pipeline (see
-            # _SERVICE_ERRORS); anything else is the model failing on the batch.
-            error = _REMOTE_ERRORS.get(response.status_code, ModelExecutionError)
-            raise error(
-                f"{self.model}:{self.version} on {self._client.base_url} answered "
-                f"{response.status_code}: {response.text[:500]}"
-            )
-        body = response.content
-        length = int(response.headers.get(HEADER_LENGTH_HEADER, len(body)))
-        try:
-            doc = json.loads(body[:length])
-            outputs: dict[str, npt.NDArray[Any]] = {}
-            offset = length
-            for entry in doc["outputs"]:
-                size = (entry.get("parameters") or {}).get("binary_data_size")
-                if size is None:
-                    array = from_json_data(entry["data"], entry["datatype"], entry["shape"])
-                else:
-                    array = from_raw(
-                        body[offset : offset + size], entry["datatype"], entry["shape"]
-                    )
-                    offset += size
-                outputs[entry["name"]] = array
-        except (ValueError, KeyError, TypeError, InvalidInput) as exc:
-            raise ModelExecutionError(f"malformed inference response: {exc}") from exc
-        missing = {o.name for o in self.outputs} - set(outputs)
-        if missing:
-            raise ModelExecutionError(f"the inference response lacks {sorted(missing)}")
-        return outputs
+        return await self._client.infer(
+            self._served,
+            {self.input.name: (batch, self.input.datatype)},
+            [o.name for o in self.outputs],
+            version=self.version,
+        )
 
     async def close(self) -> None:
         await self._client.aclose()
@@ -749,7 +695,7 @@ class Pipeline:
 
     def _preparation(self) -> _PrepareConfig:
         """What decoding and features need to know, checked against the models."""
-        from ..protocol.datatypes import numpy_dtype
+        from ..datatypes import numpy_dtype
 
         widths = {m.input.shape[-1] for m in self._models if m.input.shape}
         widths.discard(-1)

@@ -15,8 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidInput
-from .datatypes import (
+from ..datatypes import (
     MAX_DIMS,
     MAX_ELEMENTS,
     check_shape,
@@ -24,6 +23,7 @@ from .datatypes import (
     element_count,
     numpy_dtype,
 )
+from ..errors import InvalidInput
 
 __all__ = [
     "InferInput",

@@ -22,10 +22,10 @@ import uvicorn
 if TYPE_CHECKING:
     import grpc
 
-from ..config import ServingConfig, Settings
-from ..errors import ConfigError
-from ..registry.registry import Registry
-from .service import InferenceService
+from .config import ServingConfig, Settings
+from .errors import ConfigError
+from .registry.registry import Registry
+from .serving.service import InferenceService
 
 __all__ = ["Addresses", "Server"]
 
@@ -120,10 +120,10 @@ class Server:
         self._stop.set()
 
     async def serve(self, on_ready: Callable[[Addresses], None] | None = None) -> None:
-        from ..access.bind import check_bind_safety
-        from ..protocol.grpc_relay import GrpcFrontends
-        from ..protocol.grpc_server import create_grpc_server
-        from ..protocol.rest import create_app, create_metrics_app
+        from .access.bind import check_bind_safety
+        from .protocol.grpc_relay import GrpcFrontends
+        from .protocol.grpc_server import create_grpc_server
+        from .protocol.rest import create_app, create_metrics_app
 
         cfg = self.config
         check_bind_safety(cfg.host, self.settings.access.enabled, cfg.insecure)
@@ -152,7 +152,7 @@ class Server:
         registry = await asyncio.to_thread(Registry, self.settings)
         access = None
         if self.settings.access.enabled:
-            from ..access.layer import AccessLayer
+            from .access.layer import AccessLayer
 
             access = await asyncio.to_thread(AccessLayer.open, registry)
         service = InferenceService(registry, cfg, access=access)

@@ -12,10 +12,9 @@ from tritonclient.utils import deserialize_bytes_tensor as triton_deserialize
 from tritonclient.utils import serialize_byte_tensor as triton_serialize
 from tritonclient.utils import triton_to_np_dtype
 
+from sciserve import datatypes as dt
 from sciserve.errors import InvalidInput
-from sciserve.package.manifest import DATATYPES as MANIFEST_DATATYPES
-from sciserve.protocol import datatypes as dt
-from sciserve.protocol.types import (
+from sciserve.serving.types import (
     InferenceRequest,
     InferenceResponse,
     InferInput,
@@ -39,10 +38,6 @@ def sample(datatype: str, shape: tuple[int, ...] = (2, 3)) -> np.ndarray[Any, An
         values = [info.min, info.max, 0, 1, info.max - 1, info.min + 1]
         return np.array((values * count)[:count], dtype=dtype).reshape(shape)
     return (np.arange(count, dtype=np.float64) * 1.5 - 2.25).astype(dtype).reshape(shape)
-
-
-def test_datatypes_match_the_manifest_vocabulary() -> None:
-    assert set(dt.DATATYPES) == set(MANIFEST_DATATYPES)
 
 
 @pytest.mark.parametrize("datatype", dt.DATATYPES)

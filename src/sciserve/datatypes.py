@@ -1,4 +1,8 @@
-"""Open Inference Protocol datatypes and their three encodings.
+"""Tensor datatypes (the Open Inference Protocol's) and their three encodings.
+
+The manifest declares tensors in these datatypes, runtimes convert to and
+from numpy with them and the protocol codecs put them on the wire, so the
+module sits below all three.
 
 A tensor travels in one of three forms:
 
@@ -22,16 +26,17 @@ import math
 import struct
 from collections.abc import Sequence
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 
-from ..errors import DependencyMissing, InvalidInput
+from .errors import DependencyMissing, InvalidInput
 
 __all__ = [
     "DATATYPES",
     "MAX_DIMS",
     "MAX_ELEMENTS",
+    "Datatype",
     "check_shape",
     "datatype_of",
     "deserialize_bytes_tensor",
@@ -73,8 +78,15 @@ _FIXED: MappingProxyType[str, np.dtype[Any]] = MappingProxyType(
     }
 )
 
+#: An Open Inference Protocol datatype, in the protocol's spelling.  The
+#: manifest's tensor specs and the protocol codecs both use this one list.
+Datatype = Literal[
+    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+    "FP16", "BF16", "FP32", "FP64", "BYTES",
+]  # fmt: skip
+
 #: Every datatype of the protocol, in its spelling.
-DATATYPES: tuple[str, ...] = (*_FIXED, "BF16", "BYTES")
+DATATYPES: tuple[str, ...] = get_args(Datatype)
 
 _SIZES: MappingProxyType[str, int] = MappingProxyType(
     {**{name: dtype.itemsize for name, dtype in _FIXED.items()}, "BF16": 2}
