@@ -301,7 +301,7 @@ class RemoteModel:
     ) -> None:
         import httpx
 
-        from ..serving.manager import served_name
+        from ..package.reference import served_name
 
         manifest = info.manifest
         self.model = f"{manifest.namespace}/{manifest.name}"
