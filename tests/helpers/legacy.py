@@ -20,12 +20,14 @@ from sciserve.registry import db
 from sciserve.registry.store import open_store
 
 
-def insert_legacy_version(home: Path, package: Path, *, actor: str = "legacy") -> str:
-    """Store ``package`` (a directory) in the registry of ``home`` without any check.
+def _settings(where: Path | Settings) -> Settings:
+    return where if isinstance(where, Settings) else Settings.load(where, environ={})
 
-    Returns the version's ``namespace/name:version``.
-    """
-    settings = Settings.load(home, environ={})
+
+def insert_legacy_version(where: Path | Settings, package: Path, *, actor: str = "legacy") -> str:
+    """Store ``package`` (a directory) in the registry (of a home, or with these settings)
+    without any check.  Returns the version's ``namespace/name:version``."""
+    settings = _settings(where)
     manifest = load_manifest(package)
     store = open_store(settings.store_url)
     for entry in manifest.files:
@@ -84,9 +86,11 @@ def insert_legacy_version(home: Path, package: Path, *, actor: str = "legacy") -
     return manifest.ref
 
 
-def insert_legacy_alias(home: Path, namespace: str, name: str, alias: str, version: str) -> None:
+def insert_legacy_alias(
+    where: Path | Settings, namespace: str, name: str, alias: str, version: str
+) -> None:
     """Point ``alias`` at ``version`` without the checks ``Registry.tag`` makes."""
-    settings = Settings.load(home, environ={})
+    settings = _settings(where)
     engine = db.connect(settings.database_url)
     m, n, v = db.models, db.namespaces, db.versions
     try:

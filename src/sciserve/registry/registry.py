@@ -51,6 +51,7 @@ from ..package.reference import (
     ALIAS_RE,
     LATEST,
     PRODUCTION,
+    RESERVED_ALIASES,
     Reference,
     parse_reference,
     served_name,
@@ -745,8 +746,14 @@ class Registry:
         if info.yanked:
             raise Conflict(f"{info.ref} is yanked; an alias cannot point at it")
         with self._write() as conn:
+            # A new alias may not take a version's name (``production`` is always
+            # an alias; an alias an older release let clash stays movable).
             rows = self._version_rows(conn, info.namespace, info.name)
-            if any(row.version == alias for row in rows):
+            if (
+                alias not in RESERVED_ALIASES
+                and alias not in self._aliases(conn, info.namespace, info.name)
+                and any(row.version == alias for row in rows)
+            ):
                 raise Conflict(
                     f"{info.namespace}/{info.name} has a version {alias!r}; an alias of that "
                     "name could be taken for it: choose another alias"
