@@ -638,14 +638,10 @@ class Registry:
                     f"not served: a dotted served name such as {served!r} means "
                     "namespace.name, so its name in namespace 'default' may not contain '.'"
                 )
-            issues.append(
-                NameIssue(
-                    f"{ns}/{name}",
-                    problem,
-                    f"sciserve models rename {ns}/{name} {name.replace('.', '-')} "
-                    f"(or pull it and publish it in namespace {prefix!r})",
-                )
-            )
+            hint = f"sciserve models rename {ns}/{name} {name.replace('.', '-')}"
+            if NAMESPACE_RE.fullmatch(prefix):
+                hint += f" (or pull it and publish it in namespace {prefix!r})"
+            issues.append(NameIssue(f"{ns}/{name}", problem, hint))
         alias_names = {(ns, name, alias) for ns, name, alias in aliases}
         for ns, name, version in versions:
             if version_problem(version) is None and (ns, name, version) not in alias_names:
