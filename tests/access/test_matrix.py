@@ -7,6 +7,13 @@ load/unload) and ``beta/b``.  Every REST route is taken from the Starlette
 application and every gRPC method from the service descriptors, so an
 endpoint added without an expectation here fails the test.
 
+The registry also holds ``default/alpha.m`` and ``default/beta.b``, left by
+an older release that accepted dots in names of ``default`` (publishing
+refuses them now): by the name alone they would be served as ``alpha.m`` and
+``beta.b`` too.  They are not served, and each served name means the one
+model of ``alpha`` or ``beta`` whoever asks, over REST, gRPC and the
+registry API.
+
 Each cell's expected answer follows from one rule (:func:`expected`):
 
 * public endpoints answer normally whoever asks;
@@ -50,7 +57,8 @@ from sciserve.protocol.rest import create_app
 from sciserve.registry.registry import Registry
 from sciserve.serving.service import InferenceService
 
-from helpers.packages import make_onnx_package
+from helpers.legacy import insert_legacy_version
+from helpers.packages import expected_linear, make_onnx_package
 from helpers.server import Running, start_server, stop_server
 
 pytestmark = pytest.mark.slow
@@ -63,6 +71,12 @@ INFERENCE = "inference.GRPCInferenceService"
 HEALTH = "grpc.health.v1.Health"
 #: The name every "truly missing model" request uses instead of the real one.
 GHOST = "ghost"
+#: Models of `default` whose names, by an old rule, are the served names of alpha/m and beta/b.
+LEGACY = (("default", "alpha.m"), ("default", "beta.b"))
+LEGACY_SCALE = 3.0
+#: The namespaces whose models a server serves, and those the registry holds.
+SERVED_NAMESPACES = ("alpha", "beta")
+REGISTRY_NAMESPACES = ("alpha", "beta", "default")
 
 
 # -- credentials ---------------------------------------------------------------
@@ -198,6 +212,7 @@ def _build(home: Path, work: Path) -> tuple[dict[str, Credential], bytes]:
         tokens.revoke(revoked_record.token_id)
         granted = {
             "other_namespace": {"beta": SCOPES},
+            "default_namespace": {"default": SCOPES},
             "reader": {"alpha": frozenset({"read"})},
             "inferrer": {"alpha": frozenset({"infer"})},
             "publisher": {"alpha": frozenset({"publish"})},
@@ -227,6 +242,16 @@ def _build(home: Path, work: Path) -> tuple[dict[str, Credential], bytes]:
     }
     creds.update({name: Credential(header, None) for name, header in rejected.items()})
     creds["jwt"] = Credential("Bearer " + good, {"alpha": frozenset({"read", "infer", "publish"})})
+    # Names that differ from served ones only by where the dot falls.
+    for namespace, name in LEGACY:
+        package = make_onnx_package(
+            work / f"legacy-{name}",
+            name=name,
+            namespace=namespace,
+            version="2.0.0",
+            scale=LEGACY_SCALE,
+        )
+        insert_legacy_version(home, package)
     time.sleep(max(0.0, expires_at - time.monotonic()) + 0.1)
     return creds, archive
 
@@ -272,6 +297,8 @@ class Rest:
     missing: int = 404
     #: For listings: the namespaces of the models or namespaces in the answer.
     seen: Callable[[Any], set[str]] | None = None
+    #: For listings: the namespaces they can show.
+    universe: tuple[str, ...] = SERVED_NAMESPACES
 
 
 def _served_namespaces(names: list[str]) -> set[str]:
@@ -308,12 +335,16 @@ def _rest_table() -> dict[tuple[str, str], Rest]:
         ("POST", "/v2/repository/models/{name}/load"): Rest(ADMIN, params=SPARE),
         ("POST", "/v2/repository/models/{name}/unload"): Rest(ADMIN, params=SPARE, after=_RELOAD),
         ("GET", REGISTRY + "/namespaces"): Rest(
-            LISTING, seen=lambda d: {n["name"] for n in d["namespaces"]}
+            LISTING,
+            seen=lambda d: {n["name"] for n in d["namespaces"]},
+            universe=REGISTRY_NAMESPACES,
         ),
         ("GET", REGISTRY + "/events"): Rest(Target("global")),
         ("POST", REGISTRY + "/verify"): Rest(Target("global")),
         ("GET", REGISTRY + "/models"): Rest(
-            LISTING, seen=lambda d: {m["namespace"] for m in d["models"]}
+            LISTING,
+            seen=lambda d: {m["namespace"] for m in d["models"]},
+            universe=REGISTRY_NAMESPACES,
         ),
         # Publishing the very same archive again is the no-op answer 200.
         ("POST", REGISTRY + "/models"): Rest(
@@ -469,7 +500,7 @@ def _rest_cell(
             problems.append(f"{where}: {got.body!r} differs from nowhere {nowhere.body!r}")
     if want is Outcome.OK and spec.seen is not None:
         seen = spec.seen(json.loads(got.body))
-        visible = {ns for ns in ("alpha", "beta") if cred.sees(ns)}
+        visible = {ns for ns in spec.universe if cred.sees(ns)}
         if seen != visible:
             problems.append(f"{where}: listed namespaces {seen}, may see {visible}")
     if want is Outcome.OK and method == "POST" and path.endswith("/infer"):
@@ -713,7 +744,7 @@ def _grpc_cell(channel: grpc.Channel, world: World, path: str, spec: Rpc, name: 
         if stream_error is not None or not spec.ok(got.response):
             return [f"{where}: unexpected answer {got.response} {stream_error!r}"]
         if spec.target is LISTING:
-            visible = {ns for ns in ("alpha", "beta") if cred.sees(ns)}
+            visible = {ns for ns in SERVED_NAMESPACES if cred.sees(ns)}
             if _grpc_namespaces(got.response) != visible:
                 return [f"{where}: listed {_grpc_namespaces(got.response)}, may see {visible}"]
     if want is Outcome.FORBIDDEN and "may not" not in details:
@@ -769,3 +800,103 @@ def test_grpc_health_of_a_model_answers_only_those_who_may_see_it(world: World, 
             assert codes[GHOST] == grpc.StatusCode.NOT_FOUND, name
             sees = cred.grants is not None and cred.sees("alpha")
             assert codes[OIP["name"]] == (serving if sees else grpc.StatusCode.NOT_FOUND), name
+
+
+# -- one served name, one model --------------------------------------------------------
+
+
+def _grpc_config_digest(address: str, served: str, header: str | None) -> str | grpc.StatusCode:
+    """The digest of the model a gRPC ModelConfig of ``served`` describes, or the status code."""
+    metadata = () if header is None else (("authorization", header),)
+    with grpc.insecure_channel(address) as channel:
+        method = channel.unary_unary(
+            f"/{INFERENCE}/ModelConfig",
+            request_serializer=service_pb2.ModelConfigRequest.SerializeToString,
+            response_deserializer=service_pb2.ModelConfigResponse.FromString,
+        )
+        try:
+            reply = method(service_pb2.ModelConfigRequest(name=served), metadata=metadata)
+        except grpc.RpcError as exc:
+            return exc.code()
+    return str(reply.config.parameters["sciserve_digest"].string_value)
+
+
+def _grpc_infer_scale(address: str, served: str, header: str | None) -> float | grpc.StatusCode:
+    """Which model's weights (their scale) answered a gRPC inference, or the status code."""
+    metadata = () if header is None else (("authorization", header),)
+    x = np.ones((1, 4), np.float32)
+    with grpc.insecure_channel(address) as channel:
+        method = channel.unary_unary(
+            f"/{INFERENCE}/ModelInfer",
+            request_serializer=service_pb2.ModelInferRequest.SerializeToString,
+            response_deserializer=service_pb2.ModelInferResponse.FromString,
+        )
+        try:
+            reply = method(_infer_request(served), metadata=metadata, timeout=30)
+        except grpc.RpcError as exc:
+            return exc.code()
+    y = np.frombuffer(reply.raw_output_contents[0], np.float32)
+    for scale in (1.0, LEGACY_SCALE):
+        if np.allclose(y, expected_linear(x, scale=scale).ravel()):
+            return scale
+    raise AssertionError(f"{served}: an answer no model gives: {y}")
+
+
+def test_a_served_name_means_one_model_whoever_asks_and_however(world: World) -> None:
+    """``alpha.m`` is ``alpha/m`` and ``beta.b`` is ``beta/b``, never the ``default`` models
+    whose names differ only by where the dot falls: for every credential, over REST, gRPC
+    (in the serving process and from a front end) and the registry API, across alias polls."""
+    registry = f"http://{world.server.http}{REGISTRY}/models"
+    admin = {"Authorization": world.admin}
+    digests = {
+        (ns, name): httpx.get(f"{registry}/{ns}/{name}", headers=admin).json()["digest"]
+        for ns, name in (("alpha", "m"), ("beta", "b"), *LEGACY)
+    }
+    with httpx.Client(base_url=f"http://{world.server.http}", timeout=30) as client:
+        index = client.post("/v2/repository/index", headers=admin, content=b"{}").json()
+        assert sorted(r["name"] for r in index if r["name"] in ("alpha.m", "beta.b")) == [
+            "alpha.m",
+            "beta.b",
+        ]
+        deadline = time.monotonic() + 1.5  # several alias polls (0.3 s)
+        rounds = 0
+        while rounds < 2 or time.monotonic() < deadline:
+            rounds += 1
+            for who, cred in world.creds.items():
+                headers = {} if cred.header is None else {"Authorization": cred.header}
+                for (namespace, name), served in (
+                    (("alpha", "m"), "alpha.m"),
+                    (("beta", "b"), "beta.b"),
+                ):
+                    where = f"{served} as {who}"
+                    allowed = cred.grants is not None and cred.sees(namespace)
+                    config = client.get(f"/v2/models/{served}/config", headers=headers)
+                    if allowed:
+                        assert config.status_code == 200, where
+                        assert config.json()["sciserve"]["ref"] == f"{namespace}/{name}:1.0.0"
+                    else:
+                        assert config.status_code in (401, 404), where
+                    for mode in ("in-process", "front-end"):
+                        got = _grpc_config_digest(world.grpc(mode), served, cred.header)
+                        want: str | grpc.StatusCode = digests[(namespace, name)]
+                        if not allowed:
+                            want = (
+                                grpc.StatusCode.UNAUTHENTICATED
+                                if cred.grants is None
+                                else grpc.StatusCode.NOT_FOUND
+                            )
+                        assert got == want, f"{where} over gRPC ({mode})"
+                        if allowed and cred.may("infer", namespace):
+                            scale = _grpc_infer_scale(world.grpc(mode), served, cred.header)
+                            assert scale == 1.0, f"{where} over gRPC ({mode})"
+                    # The registry API names (namespace, name): each model is its own
+                    # namespace's, whatever its served name looks like.
+                    if cred.grants is None:
+                        continue
+                    for ns, reg_name in ((namespace, name), ("default", served)):
+                        shown = client.get(f"{REGISTRY}/models/{ns}/{reg_name}", headers=headers)
+                        if cred.sees(ns):
+                            assert shown.status_code == 200, f"{ns}/{reg_name} as {who}"
+                            assert shown.json()["digest"] == digests[(ns, reg_name)]
+                        else:
+                            assert shown.status_code == 404, f"{ns}/{reg_name} as {who}"

@@ -12,7 +12,7 @@ from rich.markdown import Markdown
 from rich.table import Table
 
 from .._hashing import sha256_file
-from ..errors import IntegrityError
+from ..errors import IntegrityError, InvalidInput
 from ..package.manifest import MANIFEST_NAME, load_manifest
 from ..registry.registry import VersionInfo
 from ._context import State, state
@@ -114,6 +114,60 @@ def models_show(ctx: typer.Context, ref: str) -> None:
         },
         human,
     )
+
+
+@models_app.command("check-names")
+def models_check_names(ctx: typer.Context) -> None:
+    """Report models and versions whose names publishing refuses today (exit 4 if any).
+
+    Older releases accepted names with a dot in namespace 'default' (which
+    a server takes for namespace.name, so it does not serve them) and
+    versions named like aliases. Fix names with 'sciserve models rename'.
+    """
+    st = state(ctx)
+    with st.local_registry() as reg:
+        issues = reg.check_names()
+
+    def human() -> None:
+        if not issues:
+            st.console.print("every model and version name is fine")
+            return
+        for issue in issues:
+            st.console.print(f"{issue.subject}: {issue.problem}", markup=False)
+            st.console.print(f"  fix: {issue.hint}", markup=False)
+
+    st.emit([i.to_dict() for i in issues], human)
+    if issues:
+        raise typer.Exit(4)
+
+
+@models_app.command("rename")
+def models_rename(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="NAMESPACE/NAME of the model to rename.")],
+    new_name: Annotated[str, typer.Argument(help="Its new name, in the same namespace.")],
+) -> None:
+    """Rename a model, every version and alias with it (admin: on the registry directly).
+
+    Each version's manifest records the name, so each version gets a new
+    digest; the files are unchanged. Clients must use the new name.
+    """
+    from ..package.reference import parse_reference
+    from ._access import _actor
+
+    st = state(ctx)
+    ref = parse_reference(model)
+    if ref.version is not None or ref.alias is not None or "/" not in model:
+        raise InvalidInput(f"{model!r}: name the model as NAMESPACE/NAME, without a version")
+    with st.local_registry() as reg:
+        versions = reg.rename_model(ref.namespace, ref.name, new_name, actor=_actor())
+
+    def human() -> None:
+        st.console.print(f"renamed {ref.namespace}/{ref.name} to {ref.namespace}/{new_name}:")
+        for v in versions:
+            st.console.print(f"  {_line(v)}")
+
+    st.emit([v.to_dict() for v in versions], human)
 
 
 @models_app.command("card")

@@ -16,6 +16,7 @@ import yaml
 from .._hashing import sha256_file
 from ..errors import ManifestError, NotFound, Problem, SciserveError
 from .manifest import MANIFEST_NAME, Manifest, TensorSpec, load_manifest
+from .reference import served_name_problem, version_problem
 
 __all__ = ["check_package", "ensure_valid", "license_problems"]
 
@@ -83,6 +84,12 @@ def ensure_valid(root: str | Path, manifest: Manifest | None = None) -> Manifest
 
 def _publish_requirements(m: Manifest) -> list[Problem]:
     out = license_problems(m.license)
+    # Checked here, not in the schema, so registries that hold such names
+    # from older releases still read (and can rename) them.
+    if (problem := served_name_problem(m.namespace, m.name)) is not None:
+        out.append(Problem("name", problem))
+    if (problem := version_problem(m.version)) is not None:
+        out.append(Problem("version", problem))
     if not m.inputs:
         out.append(
             Problem(

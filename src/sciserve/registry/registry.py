@@ -40,18 +40,36 @@ from ..errors import (
 )
 from ..package.manifest import (
     MANIFEST_NAME,
+    NAME_RE,
     NAMESPACE_RE,
     Manifest,
     dump_manifest,
     load_manifest,
     parse_manifest,
 )
-from ..package.reference import ALIAS_RE, LATEST, PRODUCTION, Reference, parse_reference
+from ..package.reference import (
+    ALIAS_RE,
+    LATEST,
+    PRODUCTION,
+    RESERVED_ALIASES,
+    Reference,
+    parse_reference,
+    served_name,
+    served_name_problem,
+    version_problem,
+)
 from ..package.validate import ensure_valid
 from . import db
 from .store import ArtifactStore, open_store
 
-__all__ = ["NamespaceInfo", "PublishResult", "Registry", "VerifyReport", "VersionInfo"]
+__all__ = [
+    "NameIssue",
+    "NamespaceInfo",
+    "PublishResult",
+    "Registry",
+    "VerifyReport",
+    "VersionInfo",
+]
 
 Progress = Callable[[int], None]
 
@@ -131,6 +149,19 @@ class VerifyReport:
     @property
     def ok(self) -> bool:
         return not self.failures
+
+
+@dataclass(frozen=True)
+class NameIssue:
+    """A model or version whose name publishing refuses today (:meth:`Registry.check_names`)."""
+
+    #: ``namespace/name`` or ``namespace/name:version``.
+    subject: str
+    problem: str
+    hint: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"subject": self.subject, "problem": self.problem, "hint": self.hint}
 
 
 def _version_key(version: str, published_at: datetime) -> tuple[int, Any, datetime]:
@@ -316,6 +347,7 @@ class Registry:
         )
         if check is not None:
             check(manifest)
+        self._check_names(manifest)
         self._check_code_policy(manifest)
         ensure_valid(root, manifest)
         existing = self._existing(manifest)
@@ -338,6 +370,24 @@ class Registry:
                 if attempt == 4:
                     raise
         return PublishResult(self.resolve(manifest.ref), created=True)
+
+    def _check_names(self, manifest: Manifest) -> None:
+        """Refuse names that would make a served name or a version selector ambiguous."""
+        for problem in (
+            served_name_problem(manifest.namespace, manifest.name),
+            version_problem(manifest.version),
+        ):
+            if problem is not None:
+                raise InvalidInput(problem)
+        with self._read() as conn:
+            self._check_version_not_alias(conn, manifest)
+
+    def _check_version_not_alias(self, conn: Connection, manifest: Manifest) -> None:
+        if manifest.version in self._aliases(conn, manifest.namespace, manifest.name):
+            raise Conflict(
+                f"{manifest.namespace}/{manifest.name} has an alias {manifest.version!r}; a "
+                "version of that name could be taken for it: choose another version"
+            )
 
     def _check_code_policy(self, manifest: Manifest) -> None:
         if not self.executes_code(manifest):
@@ -389,6 +439,8 @@ class Registry:
             self._event(conn, "namespace.create", manifest.namespace, actor, {"trusted": False})
         else:
             ns_id = ns.id
+        # Again inside the transaction: an alias may have been set meanwhile.
+        self._check_version_not_alias(conn, manifest)
         model_id = conn.execute(
             sa.select(db.models.c.id).where(
                 db.models.c.namespace_id == ns_id, db.models.c.name == manifest.name
@@ -499,6 +551,22 @@ class Registry:
             row = newest
         return self._info(row, aliases, newest_id)
 
+    def resolve_selector(self, namespace: str, name: str, selector: str) -> VersionInfo:
+        """What a server's ``/versions/{selector}`` means: the alias of that name, else the version.
+
+        The alias comes first, so ``production`` means in a server what
+        ``name@production`` means here, even where an older release let a
+        version be named like an alias (publishing and tagging refuse that now).
+        """
+        try:
+            return self.resolve(Reference(namespace, name, alias=selector))
+        except NotFound:
+            pass
+        try:
+            return self.resolve(Reference(namespace, name, version=selector))
+        except NotFound:
+            raise NotFound(f"no version or alias {selector!r} of {namespace}/{name}") from None
+
     def versions(self, ref: str | Reference) -> list[VersionInfo]:
         """Every version of a model, newest first (yanked ones included)."""
         r = parse_reference(ref) if isinstance(ref, str) else ref
@@ -526,6 +594,116 @@ class Registry:
             except NotFound:  # every version yanked
                 out.append(self.versions(Reference(ns, name))[0])
         return out
+
+    def check_names(self) -> list[NameIssue]:
+        """Models and versions whose names publishing refuses today.
+
+        Older releases accepted names with a dot in namespace ``default``
+        (served under the same name as ``namespace.name`` of another
+        namespace) and versions named like aliases.  A server does not serve
+        such models; :meth:`rename_model` fixes them.
+        """
+        m, n, v, a = db.models, db.namespaces, db.versions, db.aliases
+        with self._read() as conn:
+            pairs = conn.execute(
+                sa.select(n.c.name.label("ns"), m.c.name)
+                .join(n, m.c.namespace_id == n.c.id)
+                .order_by(n.c.name, m.c.name)
+            ).all()
+            versions = conn.execute(
+                sa.select(n.c.name.label("ns"), m.c.name, v.c.version)
+                .join(m, v.c.model_id == m.c.id)
+                .join(n, m.c.namespace_id == n.c.id)
+                .order_by(n.c.name, m.c.name, v.c.version)
+            ).all()
+            aliases = conn.execute(
+                sa.select(n.c.name.label("ns"), m.c.name, a.c.alias)
+                .join(m, a.c.model_id == m.c.id)
+                .join(n, m.c.namespace_id == n.c.id)
+            ).all()
+        models = {(ns, name) for ns, name in pairs}
+        issues = []
+        for ns, name in pairs:
+            if served_name_problem(ns, name) is None:
+                continue
+            served = served_name(ns, name)
+            prefix, _, rest = name.partition(".")
+            if (prefix, rest) in models:
+                problem = (
+                    f"not served: its served name {served!r} is that of {prefix}/{rest}, "
+                    "which is served under it"
+                )
+            else:
+                problem = (
+                    f"not served: a dotted served name such as {served!r} means "
+                    "namespace.name, so its name in namespace 'default' may not contain '.'"
+                )
+            hint = f"sciserve models rename {ns}/{name} {name.replace('.', '-')}"
+            if NAMESPACE_RE.fullmatch(prefix):
+                hint += f" (or pull it and publish it in namespace {prefix!r})"
+            issues.append(NameIssue(f"{ns}/{name}", problem, hint))
+        alias_names = {(ns, name, alias) for ns, name, alias in aliases}
+        for ns, name, version in versions:
+            if version_problem(version) is None and (ns, name, version) not in alias_names:
+                continue
+            issues.append(
+                NameIssue(
+                    f"{ns}/{name}:{version}",
+                    f"version {version!r} is named like an alias of the model; servers take "
+                    f"/versions/{version} for the alias",
+                    f"use it as {ns}/{name}:{version} in the registry, or publish its content "
+                    "again under another version and yank this one",
+                )
+            )
+        return issues
+
+    def rename_model(
+        self, namespace: str, name: str, new_name: str, *, actor: str | None = None
+    ) -> list[VersionInfo]:
+        """Give ``namespace/name`` (every version, alias and file) the name ``new_name``.
+
+        Each version's manifest records the name, so each gets a new digest;
+        the files are unchanged.  The audit event lists old and new digests.
+        """
+        if not NAME_RE.fullmatch(new_name):
+            raise InvalidInput(
+                f"{new_name!r} is not a valid model name "
+                "(letters, digits, '.', '_' and '-', starting with a letter or digit)"
+            )
+        if (problem := served_name_problem(namespace, new_name)) is not None:
+            raise InvalidInput(problem)
+        m, n = db.models, db.namespaces
+        with self._write() as conn:
+            found = {
+                row.name: row.id
+                for row in conn.execute(
+                    sa.select(m.c.id, m.c.name)
+                    .join(n, m.c.namespace_id == n.c.id)
+                    .where(n.c.name == namespace, m.c.name.in_([name, new_name]))
+                ).all()
+            }
+            if name not in found:
+                raise NotFound(f"no model {namespace}/{name}")
+            if new_name in found:
+                raise Conflict(f"model {namespace}/{new_name} already exists")
+            conn.execute(sa.update(m).where(m.c.id == found[name]).values(name=new_name))
+            digests = {}
+            for row in self._version_rows(conn, namespace, new_name):
+                renamed = parse_manifest({**json.loads(row.manifest), "name": new_name})
+                conn.execute(
+                    sa.update(db.versions)
+                    .where(db.versions.c.id == row.id)
+                    .values(manifest=renamed.canonical_bytes().decode(), digest=renamed.digest)
+                )
+                digests[row.version] = {"from": row.digest, "to": renamed.digest}
+            self._event(
+                conn,
+                "model.rename",
+                f"{namespace}/{name}",
+                actor,
+                {"to": f"{namespace}/{new_name}", "digests": digests},
+            )
+        return self.versions(Reference(namespace, new_name))
 
     def events(self, limit: int = 100) -> list[dict[str, Any]]:
         """The most recent registry events (audit trail), newest first."""
@@ -564,6 +742,18 @@ class Registry:
         if info.yanked:
             raise Conflict(f"{info.ref} is yanked; an alias cannot point at it")
         with self._write() as conn:
+            # A new alias may not take a version's name (``production`` is always
+            # an alias; an alias an older release let clash stays movable).
+            rows = self._version_rows(conn, info.namespace, info.name)
+            if (
+                alias not in RESERVED_ALIASES
+                and alias not in self._aliases(conn, info.namespace, info.name)
+                and any(row.version == alias for row in rows)
+            ):
+                raise Conflict(
+                    f"{info.namespace}/{info.name} has a version {alias!r}; an alias of that "
+                    "name could be taken for it: choose another alias"
+                )
             vid, mid = self._version_id(conn, info)
             done = conn.execute(
                 sa.update(db.aliases)

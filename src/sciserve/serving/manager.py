@@ -8,9 +8,14 @@ shares the registry rolls a new version out (and back) without clients
 changing anything: the new version is loaded first, requests switch to it
 once it is READY, and the old one drains its queue before it unloads.
 
-Served names: a model in the ``default`` namespace is served under its bare
-name; a model in another namespace as ``namespace.name`` (namespaces cannot
-contain dots).
+Served names (:func:`sciserve.package.reference.served_name`): a model in
+the ``default`` namespace is served under its bare name, a model in another
+namespace as ``namespace.name``.  Names in ``default`` cannot contain dots,
+so a served name means one model; a registry that holds such a name from an
+older release gets it reported at start-up and it is not served (``sciserve
+models check-names`` lists them, ``sciserve models rename`` fixes them).
+:meth:`ModelManager.identify` says which model a served name is, from what
+is served: callers are authorized on that model's stored namespace.
 """
 
 from __future__ import annotations
@@ -24,7 +29,12 @@ from dataclasses import dataclass
 
 from ..config import ServingConfig
 from ..errors import ModelNotReady, NotFound, SciserveError
-from ..package.reference import Reference
+from ..package.reference import (
+    Reference,
+    parse_served_name,
+    served_name,
+    served_name_problem,
+)
 from ..registry.registry import Registry, VersionInfo
 from ..runtimes import ModelSource, Runtime, get_runtime
 from .batcher import BatchPolicy, BatchTiming, DynamicBatcher
@@ -32,22 +42,13 @@ from .lifecycle import Lifecycle, ModelState
 from .metrics import ServerMetrics
 from .stats import ModelStats
 
-__all__ = ["LoadedModel", "ModelManager", "served_name", "split_served_name"]
+__all__ = ["LoadedModel", "ModelManager"]
 
 log = logging.getLogger("sciserve.serving")
 
 #: Runtimes that run user code and therefore run in a child process, so a
 #: crash or a held GIL cannot take the server down.
 _ISOLATED_RUNTIMES = frozenset({"python"})
-
-
-def served_name(namespace: str, name: str) -> str:
-    return name if namespace == "default" else f"{namespace}.{name}"
-
-
-def split_served_name(served: str) -> tuple[str, str]:
-    namespace, dot, name = served.partition(".")
-    return (namespace, name) if dot else ("default", served)
 
 
 class LoadedModel:
@@ -166,6 +167,8 @@ class ModelManager:
         self._aliases: dict[tuple[str, str], str] = {}
         self._poller: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        # Models not served because of their names, each reported once.
+        self._refused: set[tuple[str, str]] = set()
 
     # -- start / stop ----------------------------------------------------
 
@@ -202,9 +205,28 @@ class ModelManager:
                 log.error("model %s to serve is not in the registry", ref)
         return out
 
+    def _servable(self, info: VersionInfo) -> bool:
+        """Whether a model's name lets it be served (see the module docstring)."""
+        problem = served_name_problem(info.namespace, info.name)
+        if problem is None:
+            return True
+        key = (info.namespace, info.name)
+        if key not in self._refused:
+            self._refused.add(key)
+            log.warning(
+                "not serving %s/%s: %s. Rename it with 'sciserve models rename %s/%s NEW' "
+                "('sciserve models check-names' lists every such model)",
+                info.namespace,
+                info.name,
+                problem,
+                info.namespace,
+                info.name,
+            )
+        return False
+
     async def refresh(self) -> None:
         """Pick up new models, alias moves and yanks from the registry."""
-        wanted = [v for v in await self._wanted() if not v.yanked]
+        wanted = [v for v in await self._wanted() if not v.yanked and self._servable(v)]
         aliases: dict[tuple[str, str], str] = {}
         loads: list[Awaitable[None]] = []
         for info in wanted:
@@ -265,29 +287,22 @@ class ModelManager:
             if entry.default is None:
                 raise ModelNotReady(f"model {served} has no version loaded yet")
             return entry.default
-        loaded = self._loaded.get((served, selector))
+        # An alias first, then a version: as Registry.resolve_selector decides.
+        version = self._aliases.get((served, selector), selector)
+        loaded = self._loaded.get((served, version))
         if loaded is not None:
             return loaded
-        version = self._aliases.get((served, selector))
-        if version is not None:
-            loaded = self._loaded.get((served, version))
-            if loaded is not None:
-                return loaded
         return await self._on_demand_load(entry, served, selector)
 
     async def _on_demand_load(self, entry: _Served, served: str, selector: str) -> LoadedModel:
         if self.config.max_on_demand_versions == 0:
             raise NotFound(f"model {served} has no loaded version {selector!r}")
-        reference = Reference(entry.namespace, entry.name)
         try:
-            info = await asyncio.to_thread(self.registry.resolve, _with(reference, selector))
-        except NotFound:
-            try:
-                info = await asyncio.to_thread(
-                    self.registry.resolve, Reference(entry.namespace, entry.name, alias=selector)
-                )
-            except (NotFound, SciserveError):
-                raise NotFound(f"model {served} has no version or alias {selector!r}") from None
+            info = await asyncio.to_thread(
+                self.registry.resolve_selector, entry.namespace, entry.name, selector
+            )
+        except (NotFound, SciserveError):
+            raise NotFound(f"model {served} has no version or alias {selector!r}") from None
         async with self._lock:
             model = await self._load(served, info)
             key = (served, info.version)
@@ -326,16 +341,39 @@ class ModelManager:
                 )
         return rows
 
+    def identify(self, served: str) -> tuple[str, str] | None:
+        """The ``(namespace, name)`` of the model served as ``served``, if one is.
+
+        Taken from the registry's record of the model, so access checks are
+        made on the namespace it is stored in.
+        """
+        entry = self._models.get(served)
+        return None if entry is None else (entry.namespace, entry.name)
+
+    async def locate(self, served: str) -> tuple[str, str] | None:
+        """Like :meth:`identify`; for a model not served yet, the registry's model of that name."""
+        found = self.identify(served)
+        if found is not None:
+            return found
+        meant = parse_served_name(served)
+        if meant is None:
+            return None
+        try:
+            info = await asyncio.to_thread(self.registry.resolve, Reference(*meant))
+        except NotFound:
+            return None
+        return info.namespace, info.name
+
     async def load_model(self, served: str) -> None:
         """(Re)load a model's default version (repository extension)."""
         entry = self._models.get(served)
         if entry is None:
-            namespace, name = split_served_name(served)
-            try:
-                info = await asyncio.to_thread(self.registry.resolve, Reference(namespace, name))
-            except NotFound:
+            found = await self.locate(served)
+            if found is None:
                 # Worded like every other request naming a model not served.
-                raise NotFound(f"unknown model {served!r}") from None
+                raise NotFound(f"unknown model {served!r}")
+            namespace, name = found
+            info = await asyncio.to_thread(self.registry.resolve, Reference(namespace, name))
             entry = self._models.setdefault(served, _Served(namespace, name))
         else:
             info = await asyncio.to_thread(
@@ -371,7 +409,3 @@ class ModelManager:
 
     def served_names(self) -> list[str]:
         return sorted(self._models)
-
-
-def _with(reference: Reference, version: str) -> Reference:
-    return Reference(reference.namespace, reference.name, version=version)

@@ -30,9 +30,9 @@ from ..config import ServingConfig
 from ..errors import InvalidInput, NotFound, SciserveError
 from ..package.manifest import Manifest, TensorSpec
 from ..registry.registry import Registry
-from ..serving.types import InferenceRequest, InferenceResponse, InferOutput
-from .manager import ModelManager, split_served_name
+from .manager import ModelManager
 from .metrics import ServerMetrics
+from .types import InferenceRequest, InferenceResponse, InferOutput
 
 __all__ = ["EXTENSIONS", "InferenceService"]
 
@@ -114,12 +114,25 @@ class InferenceService:
                 identity = await self.identify(authorization)
         await asyncio.to_thread(self.access.denied.record, action, reason, identity)
 
-    def authorize_model(self, identity: Identity, action: Scope, served: str) -> str:
+    def authorize_model(
+        self,
+        identity: Identity,
+        action: Scope,
+        served: str,
+        found: tuple[str, str] | None = None,
+    ) -> str:
         """Check ``action`` on a served model and return its namespace.
 
-        A model the caller may not see is reported exactly like a missing one.
+        The model is the one the manager serves under that name (or
+        ``found``, the ``(namespace, name)`` a caller looked up), and access
+        is decided on the namespace it is stored in.  A model the caller
+        may not see is reported exactly like a missing one.
         """
-        namespace, name = split_served_name(served)
+        if found is None:
+            found = self.manager.identify(served)
+        if found is None:
+            raise NotFound(f"unknown model {served!r}")
+        namespace, name = found
         if identity.kind == "anonymous":
             return namespace
         try:
@@ -129,7 +142,8 @@ class InferenceService:
         return namespace
 
     def visible_to(self, identity: Identity, served: str) -> bool:
-        return identity.can_see(split_served_name(served)[0])
+        found = self.manager.identify(served)
+        return found is not None and identity.can_see(found[0])
 
     # -- health and metadata ---------------------------------------------
 
@@ -243,7 +257,8 @@ class InferenceService:
         return [r for r in rows if r["state"] == "READY"] if ready_only else rows
 
     async def load_model(self, name: str, identity: Identity = ANONYMOUS) -> None:
-        self.authorize_model(identity, "admin", name)
+        # The model may not be served yet: look it up in the registry too.
+        self.authorize_model(identity, "admin", name, await self.manager.locate(name))
         await self.manager.load_model(name)
 
     async def unload_model(self, name: str, identity: Identity = ANONYMOUS) -> None:

@@ -97,6 +97,7 @@ from ..errors import (
     Unavailable,
 )
 from ..package.manifest import TensorSpec
+from ..package.reference import served_name
 from .base import Message, OutRecord, Sink, Source, open_sink, open_source
 from .expr import EvaluationError, Expression
 from .metrics import PipelineMetrics, State, process_identity, status_path, write_status
@@ -318,8 +319,6 @@ class RemoteModel:
             **_library_versions(""),
             "sciserve-server": server_version,
         }
-        from ..serving.manager import served_name
-
         self._max_batch = manifest.max_batch_size
         self._served = served_name(manifest.namespace, manifest.name)
         self._client = client
