@@ -62,6 +62,7 @@ def init(
                 affiliation=parts[2] if len(parts) > 2 else None,
             ).model_dump(exclude_none=True)
         )
+    notes: list[str] = []
     target = init_package(
         model_file,
         name=name,
@@ -75,16 +76,19 @@ def init(
         license=license_,
         description=description,
         authors=authors or None,
+        notes=notes,
     )
     problems = check_package(target.parent)
     st.emit(
-        {"manifest": str(target), "problems": [p.__dict__ for p in problems]},
-        lambda: _print_init(st.console, target, problems),
+        {"manifest": str(target), "notes": notes, "problems": [p.__dict__ for p in problems]},
+        lambda: _print_init(st.console, target, notes, problems),
     )
 
 
-def _print_init(console: Console, target: Path, problems: list[Problem]) -> None:
+def _print_init(console: Console, target: Path, notes: list[str], problems: list[Problem]) -> None:
     console.print(f"wrote {target}")
+    for note in notes:
+        console.print(Text(f"note: {note}"))
     if problems:
         console.print("before publishing, fix:")
         for p in problems:

@@ -82,6 +82,7 @@ def init_package(
     inputs: Sequence[TensorSpec] = (),
     outputs: Sequence[TensorSpec] = (),
     extra_files: Sequence[str | Path] = (),
+    notes: list[str] | None = None,
     **fields: Any,
 ) -> Path:
     """Write ``sciserve.yaml`` for ``model_file`` and return its path.
@@ -91,8 +92,11 @@ def init_package(
     where its format carries one (ONNX, LightGBM); explicit ``inputs`` /
     ``outputs`` override it.  A ``CITATION.cff`` beside the model is picked
     up.  Other manifest fields (``license``, ``description``, ``authors``, …)
-    pass through ``fields``.
+    pass through ``fields``.  What a person should know about the result
+    (how the batch dimension was found) is appended to ``notes``.
     """
+    if notes is None:
+        notes = []
     from ..runtimes import get_runtime
 
     model_file = Path(model_file)
@@ -113,6 +117,8 @@ def init_package(
             shutil.copy2(member, root / member.name)
 
     signature = get_runtime(runtime_name).inspect(root / model_file.name)
+    if signature is not None and signature.batch_note and not (inputs or outputs):
+        notes.append(signature.batch_note)
     data: dict[str, Any] = {
         "name": name,
         "version": version,
@@ -129,7 +135,15 @@ def init_package(
         ],
         "max_batch_size": signature.max_batch_size if signature else 0,
     }
-    if data["max_batch_size"] == 0 and any(-1 in t["shape"][:1] for t in data["inputs"]):
+    # Where the file declares its dims, its batch dimensions decided (a model
+    # whose file names none shared by every tensor is not batched); else a
+    # free leading dim is taken for the batch dimension.
+    declared = signature is not None and signature.input_dims and not (inputs or outputs)
+    if (
+        not declared
+        and data["max_batch_size"] == 0
+        and any(-1 in t["shape"][:1] for t in data["inputs"])
+    ):
         data["max_batch_size"] = 1024
     if cff in members:
         data["citation"] = Citation(cff=cff.name).model_dump(exclude_none=True)

@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from .._hashing import sha256_file
 from ..errors import ManifestError, NotFound, Problem, SciserveError
+from .batch_dims import batch_dim_problems
 from .manifest import MANIFEST_NAME, Manifest, TensorSpec, load_manifest
+
+if TYPE_CHECKING:
+    from ..runtimes.base import Signature
 
 __all__ = ["check_package", "ensure_valid", "license_problems"]
 
@@ -332,4 +337,18 @@ def _runtime_problems(root: Path, m: Manifest) -> list[Problem]:
                     "describe every model input",
                 )
             )
+    if not out and found.input_dims:
+        out += _batch_dim_problems(m, found)
     return out
+
+
+def _batch_dim_problems(m: Manifest, found: Signature) -> list[Problem]:
+    """Batch dims of the manifest that contradict the model file's dimension names."""
+    if found.named:
+        in_dims = dict(zip((t.name for t in found.inputs), found.input_dims, strict=True))
+        out_dims = dict(zip((t.name for t in found.outputs), found.output_dims, strict=True))
+        ins = [in_dims[t.name] for t in m.inputs]
+        outs = [out_dims[t.name] for t in m.outputs]
+    else:  # matched by position above
+        ins, outs = list(found.input_dims), list(found.output_dims)
+    return batch_dim_problems(m, ins, outs, m.model_file or "the model file")

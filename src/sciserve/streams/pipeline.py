@@ -94,7 +94,7 @@ from ..errors import (
     Unauthenticated,
     Unavailable,
 )
-from ..package.manifest import TensorSpec
+from ..package.manifest import Manifest, TensorSpec
 from .base import Message, OutRecord, Sink, Source, open_sink, open_source
 from .expr import EvaluationError, Expression
 from .metrics import PipelineMetrics, State, process_identity, status_path, write_status
@@ -234,6 +234,23 @@ def _single_input(ref: str, inputs: Sequence[TensorSpec]) -> TensorSpec:
     return inputs[0]
 
 
+def _rows_along_dim0(ref: str, manifest: Manifest) -> None:
+    """Refuse a model whose input or outputs batch along another dim than 0.
+
+    The pipeline stacks one feature vector per alert along dim 0 and reads
+    one answer per alert along dim 0 of every output.
+    """
+    for group, tensors in (("input", manifest.inputs), ("output", manifest.outputs)):
+        for spec in tensors:
+            dim = manifest.batch_dim_of(spec)
+            if dim not in (None, 0):
+                raise InvalidInput(
+                    f"{ref} batches its {group} {spec.name!r} along dim {dim}; a stream "
+                    "pipeline feeds one row per alert along dim 0, so it needs a model "
+                    "whose batch dimension is dim 0 of every tensor"
+                )
+
+
 def _chunks(rows: int, max_batch: int) -> list[slice]:
     step = max_batch if max_batch > 0 else rows
     return [slice(start, min(start + step, rows)) for start in range(0, rows, max(step, 1))]
@@ -253,6 +270,7 @@ class LocalModel:
         self.digest = model.digest
         self.runtime = manifest.runtime
         self.input = _single_input(model.ref, manifest.inputs)
+        _rows_along_dim0(model.ref, manifest)
         self.outputs: Sequence[TensorSpec] = tuple(manifest.outputs)
         self.library_versions: Mapping[str, str] = _library_versions(manifest.runtime)
         self._max_batch = manifest.max_batch_size
@@ -309,6 +327,7 @@ class RemoteModel:
         self.digest = info.digest
         self.runtime = manifest.runtime
         self.input = _single_input(info.ref, manifest.inputs)
+        _rows_along_dim0(info.ref, manifest)
         self.outputs: Sequence[TensorSpec] = tuple(manifest.outputs)
         self.library_versions: Mapping[str, str] = {
             **_library_versions(""),
