@@ -11,7 +11,7 @@ import yaml
 from sciserve.config import Settings
 from sciserve.errors import InvalidInput, ManifestError
 from sciserve.package.batch_dims import Dim, infer_batch_dims
-from sciserve.package.init import init_package
+from sciserve.package.init import init_package, update_package
 from sciserve.package.manifest import MANIFEST_NAME, dump_manifest, load_manifest
 from sciserve.package.validate import check_package
 from sciserve.registry.registry import Registry
@@ -117,4 +117,14 @@ def test_a_manifest_that_does_not_batch_contradicts_nothing(tmp_path: Path) -> N
     data = yaml.safe_load((root / MANIFEST_NAME).read_text())
     data["max_batch_size"] = 0
     (root / MANIFEST_NAME).write_text(yaml.safe_dump(data))
+    assert not [p for p in check_package(root) if p.severity == "error"]
+
+
+def test_init_update_takes_the_batch_dims_the_file_names(tmp_path: Path) -> None:
+    root = _contradicting(tmp_path)
+    notes: list[str] = []
+    update_package(root, notes=notes)
+    manifest = load_manifest(root)
+    assert [manifest.batch_dim_of(t) for t in manifest.inputs] == [1]
+    assert notes and "'B'" in notes[0]
     assert not [p for p in check_package(root) if p.severity == "error"]

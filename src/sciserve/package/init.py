@@ -22,7 +22,7 @@ from .manifest import (
     parse_manifest,
 )
 
-__all__ = ["init_package", "parse_tensor_option", "refresh_files"]
+__all__ = ["init_package", "parse_tensor_option", "refresh_files", "update_package"]
 
 
 def parse_tensor_option(text: str) -> TensorSpec:
@@ -83,9 +83,13 @@ def init_package(
     outputs: Sequence[TensorSpec] = (),
     extra_files: Sequence[str | Path] = (),
     notes: list[str] | None = None,
+    force: bool = False,
     **fields: Any,
 ) -> Path:
     """Write ``sciserve.yaml`` for ``model_file`` and return its path.
+
+    An existing manifest is refused unless ``force`` (it may hold a person's
+    work: citation, authors, licence…); :func:`update_package` refreshes one.
 
     The manifest goes beside the model file, or into ``out`` (the model and
     extra files are then copied there).  The signature is read from the file
@@ -105,6 +109,11 @@ def init_package(
     runtime_name = _pick_runtime(model_file, runtime)
     src_dir = model_file.parent
     root = Path(out) if out is not None else src_dir
+    if (root / MANIFEST_NAME).exists() and not force:
+        raise InvalidInput(
+            f"{root / MANIFEST_NAME} already exists; pass --update to refresh its files, "
+            "checksums and signature and keep everything else, or --force to overwrite it"
+        )
     root.mkdir(parents=True, exist_ok=True)
     members = [model_file, *map(Path, extra_files)]
     cff = src_dir / "CITATION.cff"
@@ -154,6 +163,130 @@ def init_package(
     target = root / MANIFEST_NAME
     target.write_text(dump_manifest(manifest), encoding="utf-8")
     return target
+
+
+#: Tensor fields a person writes; a refreshed signature keeps them.
+_PERSON_TENSOR_FIELDS = frozenset({"description", "unit", "feature_names", "labels"})
+
+
+def update_package(
+    path: str | Path,
+    *,
+    out: str | Path | None = None,
+    runtime: str | None = None,
+    inputs: Sequence[TensorSpec] = (),
+    outputs: Sequence[TensorSpec] = (),
+    extra_files: Sequence[str | Path] = (),
+    notes: list[str] | None = None,
+    **fields: Any,
+) -> Path:
+    """Refresh an existing ``sciserve.yaml``; return its path.
+
+    ``path`` is the package directory, its manifest, or a (new) model file
+    (whose package is beside it, or ``out``).  The sizes and checksums of
+    every listed file are recomputed, new files added, and the signature
+    re-read from the model file: shapes and datatypes come from the file,
+    while tensor descriptions, units, feature names and labels stay, and
+    batch dims stay unless the file names its batch dimension.  Everything
+    else a person wrote (citation, authors, licence, data references,
+    namespace, description, ``max_batch_size``…) is kept, except the fields
+    given in ``fields`` (``name``, ``version``, ``license``, …), which replace it.
+    """
+    from ..runtimes import get_runtime
+
+    if notes is None:
+        notes = []
+    path = Path(path)
+    model_file: Path | None = None
+    if path.is_dir():
+        root = path
+    elif path.name == MANIFEST_NAME:
+        root = path.parent
+    else:
+        model_file = path
+        if not model_file.is_file():
+            raise NotFound(f"no model file at {model_file}")
+        root = Path(out) if out is not None else model_file.parent
+    target = root / MANIFEST_NAME
+    if not target.is_file():
+        raise InvalidInput(
+            f"no {MANIFEST_NAME} in {root} to update; run 'sciserve init' without --update "
+            "to write one"
+        )
+    manifest = load_manifest(target)
+    data = manifest.to_dict()
+    listed = {entry.path for entry in manifest.files}
+    members = [*([model_file] if model_file is not None else []), *map(Path, extra_files)]
+    for member in members:
+        if not member.is_file():
+            raise NotFound(f"no file at {member}")
+        if member.parent.resolve() != root.resolve():
+            shutil.copy2(member, root / member.name)
+        if member.name not in listed:
+            role = "model" if member == model_file else "other"
+            data["files"].append({"path": member.name, "role": role})
+            listed.add(member.name)
+    if model_file is not None:
+        data["model_file"] = model_file.name
+    if runtime is not None:
+        data["runtime"] = runtime
+    for entry in data["files"]:
+        if not (root / entry["path"]).is_file():
+            raise InvalidInput(
+                f"{entry['path']}, listed under files, is not in {root}; "
+                "add it, or remove it from files"
+            )
+        entry.update(_entry(root, entry["path"], entry.get("role", "other")))
+
+    signature = None
+    if data.get("model_file"):
+        signature = get_runtime(data["runtime"]).inspect(root / data["model_file"])
+    if inputs or outputs:
+        data["inputs"] = _merged(list(inputs) or manifest.inputs, manifest.inputs, True)
+        data["outputs"] = _merged(list(outputs) or manifest.outputs, manifest.outputs, True)
+    elif signature is not None:
+        from .batch_dims import infer_batch_dims
+
+        named = infer_batch_dims(signature.input_dims, signature.output_dims).name is not None
+        if named and signature.batch_note:
+            notes.append(signature.batch_note)
+            data["batch_dim"] = 0  # the file's dims are spelled out per tensor
+        found_in, found_out = signature.inputs, signature.outputs
+        if not signature.named:  # made-up names: the manifest's stand for them by position
+            found_in = _renamed(found_in, manifest.inputs)
+            found_out = _renamed(found_out, manifest.outputs)
+        data["inputs"] = _merged(found_in, manifest.inputs, named)
+        data["outputs"] = _merged(found_out, manifest.outputs, named)
+    data.update({k: v for k, v in fields.items() if v is not None})
+    updated = parse_manifest(data, str(target))
+    target.write_text(dump_manifest(updated), encoding="utf-8")
+    return target
+
+
+def _renamed(found: Sequence[TensorSpec], declared: Sequence[TensorSpec]) -> list[TensorSpec]:
+    if len(found) != len(declared):
+        return list(found)
+    return [f.model_copy(update={"name": d.name}) for f, d in zip(found, declared, strict=True)]
+
+
+def _merged(
+    found: Sequence[TensorSpec], declared: Sequence[TensorSpec], file_batch_dims: bool
+) -> list[dict[str, Any]]:
+    """``found`` tensors with what a person wrote about them in ``declared`` kept
+    (and their batch dims, unless ``file_batch_dims``)."""
+    by_name = {t.name: t for t in declared}
+    out = []
+    for spec in found:
+        item = spec.model_dump(exclude_none=True)
+        before = by_name.get(spec.name)
+        if before is not None:
+            keep = set(_PERSON_TENSOR_FIELDS)
+            if not file_batch_dims:
+                keep.add("batch_dim")
+                item.pop("batch_dim", None)
+            item.update(before.model_dump(exclude_none=True, include=keep))
+        out.append(item)
+    return out
 
 
 def _entry(root: Path, rel: str, role: str) -> dict[str, Any]:
