@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
+from sciserve._hashing import sha256_file
 from sciserve.cli import main
 
 from helpers.packages import linear_onnx
@@ -148,3 +149,69 @@ def test_init_without_update_needs_a_model_name_and_version(cli: Cli, tmp_path: 
     model = _model(tmp_path / "pkg" / "model.onnx")
     assert "--name" in cli("init", str(model), "--version", "1", code=2)
     assert "model file" in cli("init", "--name", "x", "--version", "1", code=2)
+
+
+# -- validate: every problem at once; ORCID and licence hints ------------------
+
+
+def test_validate_reports_every_problem_at_once(cli: Cli, tmp_path: Path) -> None:
+    model = _model(tmp_path / "pkg" / "model.onnx")
+    _init(cli, model, "--license", "MIT", "--description", "d")
+    manifest = tmp_path / "pkg" / "sciserve.yaml"
+    data = yaml.safe_load(manifest.read_text())
+    data["authors"] = [{"name": "Ada", "orcid": "0000-0002-1825-0096"}]  # check digit off by one
+    data["training_data"] = [{"name": "ZTF", "identifier": "see the paper"}]
+    data["inputs"][0]["shape"] = [-1, 5]  # the file says 4
+    data["files"][0]["sha256"] = "0" * 64
+    manifest.write_text(yaml.safe_dump(data, sort_keys=False))
+    result = cli.json("validate", str(tmp_path / "pkg"), code=2)
+    found = {p["path"]: p for p in result["problems"]}
+    assert "authors[0].orcid" in found
+    assert "check digit" in found["authors[0].orcid"]["message"]
+    assert "training_data[0].identifier" in found
+    assert "DOI" in found["training_data[0].identifier"]["hint"]
+    assert "files[0].sha256" in found
+    # With the checksum wrong the file is not inspected; once it is right,
+    # the shape that contradicts the file shows up beside the other problems.
+    data["files"][0]["sha256"] = sha256_file(model)[0]
+    manifest.write_text(yaml.safe_dump(data, sort_keys=False))
+    result = cli.json("validate", str(tmp_path / "pkg"), code=2)
+    paths = {p["path"] for p in result["problems"]}
+    assert {"authors[0].orcid", "training_data[0].identifier", "inputs[0].shape[1]"} <= paths
+
+
+def test_a_bad_orcid_check_digit_to_init_is_a_hint_not_a_traceback(
+    cli: Cli, tmp_path: Path
+) -> None:
+    model = _model(tmp_path / "pkg" / "model.onnx")
+    out = _init(cli, model, "--author", "Ada Lovelace,0000-0002-1825-0096", code=2)
+    assert "authors[0].orcid" in out
+    assert "the ORCID check digit is wrong" in out
+    assert not (tmp_path / "pkg" / "sciserve.yaml").exists()
+    out = _init(cli, model, "--author", "Ada Lovelace,1234", code=2)
+    assert "0000-0002-1825-0097" in out  # the hint shows the form
+
+
+def test_licences_are_stored_as_canonical_spdx_ids(cli: Cli, tmp_path: Path) -> None:
+    model = _model(tmp_path / "pkg" / "model.onnx")
+    manifest = tmp_path / "pkg" / "sciserve.yaml"
+    _init(cli, model, "--license", "apache-2.0 or mit")
+    assert yaml.safe_load(manifest.read_text())["license"] == "Apache-2.0 OR MIT"
+    # An ambiguous name is refused, with the canonical candidates.
+    out = _init(cli, model, "--force", "--license", "GPL", code=2)
+    assert "'GPL' is ambiguous" in out
+    assert "GPL-3.0-only" in out and "GPL-3.0-or-later" in out
+    out = cli("init", "--update", str(tmp_path / "pkg"), "--license", "gpl", code=2)
+    assert "GPL-2.0-or-later" in out
+    assert yaml.safe_load(manifest.read_text())["license"] == "Apache-2.0 OR MIT"
+    # A manifest written by hand in another case is flagged with the canonical form.
+    data = yaml.safe_load(manifest.read_text())
+    data["license"] = "cc-by-4.0"
+    manifest.write_text(yaml.safe_dump(data))
+    result = cli.json("validate", str(tmp_path / "pkg"), code=2)
+    (problem,) = [p for p in result["problems"] if p["path"] == "license"]
+    assert "CC-BY-4.0" in problem["hint"]
+    # init --update writes it canonically.
+    cli("init", "--update", str(tmp_path / "pkg"))
+    assert yaml.safe_load(manifest.read_text())["license"] == "CC-BY-4.0"
+    assert "ready to publish" in cli("validate", str(tmp_path / "pkg"))

@@ -11,7 +11,7 @@ from rich.text import Text
 
 from ..errors import InvalidInput, ManifestError, Problem
 from ..package.init import init_package, parse_tensor_option, update_package
-from ..package.manifest import MANIFEST_NAME, Author, load_manifest
+from ..package.manifest import MANIFEST_NAME, load_manifest
 from ..package.validate import check_package
 from ._context import exit_code_for, state
 
@@ -73,14 +73,10 @@ def init(
         raise InvalidInput("pass --update or --force, not both")
     authors = []
     for text in author or []:
+        # Checked with the whole manifest: a bad ORCID is a problem with a hint.
         parts = [p.strip() or None for p in text.split(",")]
-        authors.append(
-            Author(
-                name=parts[0] or "",
-                orcid=parts[1] if len(parts) > 1 else None,
-                affiliation=parts[2] if len(parts) > 2 else None,
-            ).model_dump(exclude_none=True)
-        )
+        fields = dict(zip(("name", "orcid", "affiliation"), parts, strict=False))
+        authors.append({"name": "", **{k: v for k, v in fields.items() if v is not None}})
     notes: list[str] = []
     common: dict[str, Any] = {
         "out": out,

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .._hashing import sha256_file
-from ..errors import InvalidInput, NotFound
+from ..errors import InvalidInput, ManifestError, NotFound
 from .manifest import (
     DATATYPES,
     MANIFEST_NAME,
@@ -21,6 +21,7 @@ from .manifest import (
     load_manifest,
     parse_manifest,
 )
+from .validate import canonical_license
 
 __all__ = ["init_package", "parse_tensor_option", "refresh_files", "update_package"]
 
@@ -106,6 +107,7 @@ def init_package(
     model_file = Path(model_file)
     if not model_file.is_file():
         raise NotFound(f"no model file at {model_file}")
+    fields = _canonical_license(fields, notes, MANIFEST_NAME)
     runtime_name = _pick_runtime(model_file, runtime)
     src_dir = model_file.parent
     root = Path(out) if out is not None else src_dir
@@ -215,6 +217,11 @@ def update_package(
         )
     manifest = load_manifest(target)
     data = manifest.to_dict()
+    if "license" in data and fields.get("license") is None:
+        canonical, problems = canonical_license(data["license"])
+        if not problems:  # an ambiguous one stays for a person to decide ('validate' says so)
+            data["license"] = canonical
+    fields = _canonical_license(fields, notes, str(target))
     listed = {entry.path for entry in manifest.files}
     members = [*([model_file] if model_file is not None else []), *map(Path, extra_files)]
     for member in members:
@@ -261,6 +268,20 @@ def update_package(
     updated = parse_manifest(data, str(target))
     target.write_text(dump_manifest(updated), encoding="utf-8")
     return target
+
+
+def _canonical_license(fields: dict[str, Any], notes: list[str], source: str) -> dict[str, Any]:
+    """``fields`` with the licence given spelled as canonical SPDX ids;
+    :class:`ManifestError` (with the candidates) for one that is not SPDX."""
+    given = fields.get("license")
+    if not given:
+        return fields
+    canonical, problems = canonical_license(given)
+    if problems:
+        raise ManifestError(problems, source)
+    if canonical != given:
+        notes.append(f"licence {given!r} written as the canonical SPDX {canonical!r}")
+    return {**fields, "license": canonical}
 
 
 def _renamed(found: Sequence[TensorSpec], declared: Sequence[TensorSpec]) -> list[TensorSpec]:
