@@ -215,3 +215,17 @@ def test_licences_are_stored_as_canonical_spdx_ids(cli: Cli, tmp_path: Path) -> 
     cli("init", "--update", str(tmp_path / "pkg"))
     assert yaml.safe_load(manifest.read_text())["license"] == "CC-BY-4.0"
     assert "ready to publish" in cli("validate", str(tmp_path / "pkg"))
+
+
+def test_a_stale_extra_file_does_not_hide_the_signature_problems(cli: Cli, tmp_path: Path) -> None:
+    model = _model(tmp_path / "pkg" / "model.onnx")
+    (tmp_path / "pkg" / "notes.txt").write_text("v1")
+    _init(cli, model, "--license", "MIT", "--file", str(tmp_path / "pkg" / "notes.txt"))
+    manifest = tmp_path / "pkg" / "sciserve.yaml"
+    data = yaml.safe_load(manifest.read_text())
+    data["outputs"][0]["shape"] = [-1, 7]  # the file says 3
+    manifest.write_text(yaml.safe_dump(data, sort_keys=False))
+    (tmp_path / "pkg" / "notes.txt").write_text("v2")  # same size, other checksum
+    result = cli.json("validate", str(tmp_path / "pkg"), code=2)
+    paths = {p["path"] for p in result["problems"] if p["severity"] == "error"}
+    assert paths == {"files[1].sha256", "outputs[0].shape[1]"}

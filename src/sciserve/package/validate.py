@@ -134,9 +134,19 @@ def check_package(
     problems += _signature_shape_problems(manifest)
     file_problems = _file_problems(root, manifest)
     problems += file_problems
-    if not file_problems:
+    # The signature is read only from a model file that is what the manifest
+    # says; problems with other files do not hide the signature's.
+    if not any(_file_of(manifest, p) == manifest.model_file for p in file_problems):
         problems += _runtime_problems(root, manifest)
     return problems
+
+
+def _file_of(m: Manifest, problem: Problem) -> str | None:
+    """The listed file a ``files[i]…`` problem is about."""
+    match = re.match(r"files\[(\d+)\]", problem.path)
+    if match is None or int(match.group(1)) >= len(m.files):
+        return None
+    return m.files[int(match.group(1))].path
 
 
 def _checks_of_the_rest(root: Path, exc: ManifestError, *, for_publish: bool) -> list[Problem]:
@@ -313,7 +323,7 @@ def _file_problems(root: Path, m: Manifest) -> list[Problem]:
                     "with 'sciserve init --update' and publish a new version",
                 )
             )
-    if m.citation and m.citation.cff and not out:
+    if m.citation and m.citation.cff and not any(_file_of(m, p) == m.citation.cff for p in out):
         out += _cff_problems(root / m.citation.cff)
     return out
 
