@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from onnx import TensorProto, helper
 
 from sciserve.config import Settings
 from sciserve.errors import InvalidInput, ManifestError
@@ -19,7 +20,7 @@ from sciserve.runtimes import ModelSource
 from sciserve.runtimes.onnx import OnnxRuntime
 from sciserve.streams.pipeline import LocalModel
 
-from helpers.packages import time_major_gru_onnx
+from helpers.packages import time_major_gru_onnx, write_package
 
 T = tuple[Dim, ...]
 
@@ -128,3 +129,31 @@ def test_init_update_takes_the_batch_dims_the_file_names(tmp_path: Path) -> None
     assert [manifest.batch_dim_of(t) for t in manifest.inputs] == [1]
     assert notes and "'B'" in notes[0]
     assert not [p for p in check_package(root) if p.severity == "error"]
+
+
+def test_batch_dims_named_differently_per_tensor_are_only_a_warning(tmp_path: Path) -> None:
+    # Exporters often call one batch dimension "batch" in inputs and "N" in outputs.
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "renamed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    (tmp_path / "model.onnx").write_bytes(model.SerializeToString())
+    tensor = {"datatype": "FP32", "shape": [-1, 3]}
+    root = write_package(
+        tmp_path,
+        name="renamed",
+        runtime="onnx",
+        model_file="model.onnx",
+        inputs=[{"name": "x", **tensor}],
+        outputs=[{"name": "y", **tensor}],
+    )
+    problems = [p for p in check_package(root) if p.path == "batch_dim"]
+    assert [p.severity for p in problems] == ["warning"]
+    assert "'batch'" in problems[0].message and "'N'" in problems[0].message
+    runtime = OnnxRuntime(ModelSource(load_manifest(root), root))
+    runtime.load()  # served as before
+    runtime.unload()

@@ -44,6 +44,8 @@ class BatchDims:
     name: str | None
     #: How this was found, for people (``sciserve init`` prints it).
     note: str
+    #: ``name`` is the only name every tensor shares (not picked among several).
+    certain: bool = False
 
     @property
     def batchable(self) -> bool:
@@ -93,7 +95,13 @@ def infer_batch_dims(
     if name is not None:
         where = [[_named(d) for d in dims].index(name) for dims in tensors]
         note = f"batch dimension {name!r}, the dimension name every input and output shares"
-        return BatchDims(tuple(where[: len(inputs)]), tuple(where[len(inputs) :]), name, note)
+        return BatchDims(
+            tuple(where[: len(inputs)]),
+            tuple(where[len(inputs) :]),
+            name,
+            note,
+            certain=len(candidates) == 1,
+        )
     if candidates:
         return BatchDims(
             None,
@@ -129,7 +137,11 @@ def batch_dim_problems(
     """Where the manifest's batch dims contradict the dimension names of the model file.
 
     ``inputs`` and ``outputs`` hold the file's dims of the manifest's tensors,
-    in the manifest's order.  A manifest that does not batch contradicts nothing.
+    in the manifest's order.  A manifest that does not batch contradicts
+    nothing.  Batching along another dim than the one name every tensor
+    shares is an error; other doubts (a name picked among several, batch
+    dims that carry different names) are warnings, as exporters often name
+    one batch dimension differently in inputs and outputs.
     """
     if manifest.max_batch_size == 0 or len(inputs) != len(manifest.inputs):
         return []
@@ -154,6 +166,7 @@ def batch_dim_problems(
                         f"dimension {found.name!r} is dim {want[i]}",
                         f"set batch_dim: {want[i]} on {spec.name!r} "
                         "(or run 'sciserve init --update')",
+                        severity="error" if found.certain else "warning",
                     )
                 )
             name = _named(dims[bdim])
@@ -165,8 +178,9 @@ def batch_dim_problems(
             Problem(
                 "batch_dim",
                 f"the batch dims name different dimensions of {source} ({described})",
-                "set each tensor's batch_dim to the dimension that holds the batch, "
-                "or max_batch_size: 0",
+                "check that these are one batch dimension; if not, set each tensor's "
+                "batch_dim to the dimension that holds the batch, or max_batch_size: 0",
+                severity="warning",
             )
         )
     return problems

@@ -254,7 +254,7 @@ def update_package(
     elif signature is not None:
         from .batch_dims import infer_batch_dims
 
-        named = infer_batch_dims(signature.input_dims, signature.output_dims).name is not None
+        named = infer_batch_dims(signature.input_dims, signature.output_dims).certain
         if named and signature.batch_note:
             notes.append(signature.batch_note)
             data["batch_dim"] = 0  # the file's dims are spelled out per tensor

@@ -238,12 +238,13 @@ class OnnxRuntime(Runtime):
             # else would have the batcher mix requests up: refuse it here.
             shapes = {arg.name: arg.shape for arg in session.get_inputs()}
             out_shapes = {arg.name: arg.shape for arg in session.get_outputs()}
-            problems += batch_dim_problems(
+            found = batch_dim_problems(
                 manifest,
                 [_ort_dims(shapes[spec.name]) for spec in manifest.inputs],
                 [_ort_dims(out_shapes[spec.name]) for spec in manifest.outputs],
                 self.source.model_path.name,
             )
+            problems += [p for p in found if p.severity == "error"]
         if problems:
             raise ManifestError(problems, manifest.ref)
 
