@@ -64,8 +64,8 @@ def canonical_license(expression: str) -> tuple[str, list[Problem]]:
         key = by_alias.get(token.lower())
         if key is not None and re.search(r"\d", token):
             return key  # a deprecated id of one licence version
-        if key is not None:
-            problems.append(_ambiguous(token, by_lower.values()))
+        if (ambiguous := _ambiguous(token, by_lower.values())) is not None:
+            problems.append(ambiguous)  # a family name: GPL, LGPL, BSD
         return token
 
     result = re.sub(r"[^\s()]+", canonical, expression.strip())
@@ -84,13 +84,24 @@ def canonical_license(expression: str) -> tuple[str, list[Problem]]:
     return result, []
 
 
-def _ambiguous(token: str, keys: Iterable[str]) -> Problem:
-    family = re.compile(re.escape(token) + r"-\d[\d.]*(?:-only|-or-later)?", re.IGNORECASE)
-    candidates = sorted(k for k in keys if family.fullmatch(k))
+def _ambiguous(token: str, keys: Iterable[str]) -> Problem | None:
+    """A problem naming the canonical ids of the licence family ``token``, if any."""
+    if re.search(r"\d", token) or token.lower().startswith("licenseref-"):
+        return None
+    family = re.compile(re.escape(token) + r"-\d[\w.+-]*", re.IGNORECASE)
+    plain = re.compile(re.escape(token) + r"-\d[\d.]*(?:-only|-or-later)?", re.IGNORECASE)
+    # Plain versions first (GPL-3.0-only before GPL-3.0-linking-exception).
+    candidates = sorted(
+        (k for k in keys if family.fullmatch(k)),
+        key=lambda k: (not plain.fullmatch(k), len(k), k),
+    )
+    if not candidates:
+        return None
+    shown = sorted([k for k in candidates if plain.fullmatch(k)][:8] or candidates[:8])
     return Problem(
         "license",
         f"{token!r} is ambiguous: several licences go by that name",
-        "use one of " + ", ".join(candidates) if candidates else "use an exact SPDX id",
+        "use one of " + ", ".join(shown) + (", …" if len(candidates) > len(shown) else ""),
     )
 
 
