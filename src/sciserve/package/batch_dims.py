@@ -60,14 +60,14 @@ def _named(dim: Dim) -> str | None:
 
 def _shared_name(tensors: Sequence[Sequence[Dim]]) -> tuple[str | None, list[str]]:
     """The one name every tensor carries exactly once (and all such candidates)."""
-    counts = [[_named(d) for d in dims] for dims in tensors]
-    candidates = sorted({n for n in counts[0] if n is not None} if counts else set())
-    candidates = [n for n in candidates if all(names.count(n) == 1 for names in counts)]
+    names_of = [[_named(d) for d in dims] for dims in tensors]
+    candidates = sorted({n for n in names_of[0] if n is not None} if names_of else set())
+    candidates = [n for n in candidates if all(names.count(n) == 1 for names in names_of)]
     if len(candidates) <= 1:
         return (candidates[0] if candidates else None), candidates
     narrowed = [n for n in candidates if _BATCH_LIKE.fullmatch(n)]
     if len(narrowed) != 1:
-        leading = [n for n in candidates if all(names[0] == n for names in counts)]
+        leading = [n for n in candidates if all(names[0] == n for names in names_of)]
         narrowed = leading if len(leading) == 1 else narrowed
     return (narrowed[0] if len(narrowed) == 1 else None), candidates
 
