@@ -38,6 +38,7 @@ kept for debugging but callers only need to know this hierarchy.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
     "ArchiveError",
@@ -98,6 +99,8 @@ class ManifestError(InvalidInput):
     def __init__(self, problems: list[Problem], source: str = "") -> None:
         self.problems = list(problems)
         self.source = source
+        #: The manifest data that failed, when it was read (for further checks).
+        self.data: Any = None
         head = f"invalid manifest{f' {source}' if source else ''}"
         errors = [p for p in self.problems if p.severity == "error"]
         super().__init__(head + ":\n" + "\n".join(f"  - {p}" for p in errors or self.problems))

@@ -69,6 +69,7 @@ def test_init_validate_publish_list_card_tag_pull(cli: Cli, tmp_path: Path) -> N
         "1.0.0",
         "--out",
         str(tmp_path / "pkg"),
+        "--update",  # the manifest exists: refresh it, adding what is given
         "--license",
         "MIT",
         "--description",

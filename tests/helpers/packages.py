@@ -146,3 +146,38 @@ def identity_package(root: Path, datatype: str, *, name: str | None = None) -> P
         inputs=[{"name": "INPUT0", **tensor}],
         outputs=[{"name": "OUTPUT0", **tensor}],
     )
+
+
+def time_major_gru_onnx(
+    path: Path, *, n_features: int = 3, hidden: int = 5, classes: int = 4
+) -> None:
+    """A recurrent classifier: a GRU over ``x`` ``[T, B, F]`` (time-major, batch on
+    dim 1), its last hidden state times a matrix gives ``y`` ``[B, C]``."""
+    rng = np.random.default_rng(11)
+    weights = {
+        "W": rng.normal(size=(1, 3 * hidden, n_features)),
+        "R": rng.normal(size=(1, 3 * hidden, hidden)) * 0.5,
+        "B": rng.normal(size=(1, 6 * hidden)) * 0.1,
+        "C": rng.normal(size=(hidden, classes)),
+        "axes": np.array([0], np.int64),
+    }
+    graph = helper.make_graph(
+        [
+            helper.make_node("GRU", ["x", "W", "R", "B"], ["", "h_n"], hidden_size=hidden),
+            helper.make_node("Squeeze", ["h_n", "axes"], ["h"]),
+            helper.make_node("MatMul", ["h", "C"], ["y"]),
+        ],
+        "gru",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", "B", n_features])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", classes])],
+        [
+            numpy_helper.from_array(
+                value if value.dtype == np.int64 else value.astype(np.float32), name
+            )
+            for name, value in weights.items()
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.write_bytes(model.SerializeToString())

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.text import Text
 
-from ..errors import ManifestError, Problem
-from ..package.init import init_package, parse_tensor_option
-from ..package.manifest import MANIFEST_NAME, Author, load_manifest
+from ..errors import InvalidInput, ManifestError, Problem
+from ..package.init import init_package, parse_tensor_option, update_package
+from ..package.manifest import MANIFEST_NAME, load_manifest
 from ..package.validate import check_package
 from ._context import exit_code_for, state
 
@@ -23,14 +23,20 @@ def register(app: typer.Typer) -> None:
 
 def init(
     ctx: typer.Context,
-    model_file: Annotated[Path, typer.Argument(help="The model file (.onnx, .pt, .txt, ...).")],
-    name: Annotated[str, typer.Option(help="Model name.")],
-    version: Annotated[str, typer.Option(help="Version, e.g. 1.0.0.")],
+    model_file: Annotated[
+        Path | None,
+        typer.Argument(
+            help="The model file (.onnx, .pt, .txt, ...); with --update, the package "
+            "directory (default: the current one) or a new model file."
+        ),
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Model name.")] = None,
+    version: Annotated[str | None, typer.Option(help="Version, e.g. 1.0.0.")] = None,
     out: Annotated[
         Path | None, typer.Option(help="Write the package here instead of beside the model file.")
     ] = None,
     runtime: Annotated[str | None, typer.Option(help="Runtime (default: from the suffix).")] = None,
-    namespace: Annotated[str, typer.Option(help="Namespace.")] = "default",
+    namespace: Annotated[str | None, typer.Option(help="Namespace (default: default).")] = None,
     input_: Annotated[
         list[str] | None,
         typer.Option("--input", help="NAME:DATATYPE:SHAPE, e.g. x:FP32:-1,64 (repeatable)."),
@@ -49,42 +55,71 @@ def init(
         list[Path] | None,
         typer.Option("--file", help="Another file that belongs to the package (repeatable)."),
     ] = None,
+    update: Annotated[
+        bool,
+        typer.Option(
+            "--update",
+            help="Refresh an existing sciserve.yaml: files, sizes, checksums and the "
+            "signature; keep everything else (options given here replace their fields).",
+        ),
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite an existing sciserve.yaml.")
+    ] = False,
 ) -> None:
-    """Scaffold sciserve.yaml for an existing model file."""
+    """Scaffold sciserve.yaml for an existing model file (or refresh one: --update)."""
     st = state(ctx)
+    if update and force:
+        raise InvalidInput("pass --update or --force, not both")
     authors = []
     for text in author or []:
+        # Checked with the whole manifest: a bad ORCID is a problem with a hint.
         parts = [p.strip() or None for p in text.split(",")]
-        authors.append(
-            Author(
-                name=parts[0] or "",
-                orcid=parts[1] if len(parts) > 1 else None,
-                affiliation=parts[2] if len(parts) > 2 else None,
-            ).model_dump(exclude_none=True)
+        fields = dict(zip(("name", "orcid", "affiliation"), parts, strict=False))
+        authors.append({"name": "", **{k: v for k, v in fields.items() if v is not None}})
+    notes: list[str] = []
+    common: dict[str, Any] = {
+        "out": out,
+        "runtime": runtime,
+        "inputs": [parse_tensor_option(t) for t in input_ or []],
+        "outputs": [parse_tensor_option(t) for t in output or []],
+        "extra_files": file or [],
+        "license": license_,
+        "description": description,
+        "authors": authors or None,
+        "notes": notes,
+    }
+    if update:
+        target = update_package(
+            model_file or Path("."), name=name, version=version, namespace=namespace, **common
         )
-    target = init_package(
-        model_file,
-        name=name,
-        version=version,
-        out=out,
-        runtime=runtime,
-        namespace=namespace,
-        inputs=[parse_tensor_option(t) for t in input_ or []],
-        outputs=[parse_tensor_option(t) for t in output or []],
-        extra_files=file or [],
-        license=license_,
-        description=description,
-        authors=authors or None,
-    )
+    elif model_file is None:
+        raise InvalidInput("give the model file: sciserve init MODEL_FILE --name … --version …")
+    elif not name or not version:
+        missing = [opt for opt, value in (("--name", name), ("--version", version)) if not value]
+        raise InvalidInput(f"give {' and '.join(missing)} for the new package")
+    else:
+        target = init_package(
+            model_file,
+            name=name,
+            version=version,
+            namespace=namespace or "default",
+            force=force,
+            **common,
+        )
     problems = check_package(target.parent)
     st.emit(
-        {"manifest": str(target), "problems": [p.__dict__ for p in problems]},
-        lambda: _print_init(st.console, target, problems),
+        {"manifest": str(target), "notes": notes, "problems": [p.__dict__ for p in problems]},
+        lambda: _print_init(
+            st.console, ("updated " if update else "wrote ") + str(target), notes, problems
+        ),
     )
 
 
-def _print_init(console: Console, target: Path, problems: list[Problem]) -> None:
-    console.print(f"wrote {target}")
+def _print_init(console: Console, done: str, notes: list[str], problems: list[Problem]) -> None:
+    console.print(done)
+    for note in notes:
+        console.print(Text(f"note: {note}"))
     if problems:
         console.print("before publishing, fix:")
         for p in problems:

@@ -49,6 +49,7 @@ __all__ = [
     "DocumentLoader",
     "context_document",
     "document_loader",
+    "identifier_iri",
     "model_iri",
     "render_card",
     "to_jsonld",
@@ -130,6 +131,11 @@ def _iri(identifier: str) -> str | None:
     if _IRI_RE.fullmatch(identifier):
         return identifier
     return None
+
+
+def identifier_iri(identifier: str) -> str | None:
+    """The IRI a data set identifier (DOI, URL or URN) names, or ``None`` for free text."""
+    return _iri(identifier)
 
 
 def model_iri(manifest: Manifest, base_url: str | None = None) -> str:

@@ -129,8 +129,11 @@ class Author(_Strict):
         if value is None:
             return None
         match = ORCID_RE.fullmatch(value.strip())
-        if not match or not _orcid_checksum_ok(match.group(1)):
+        if not match:
             raise ValueError(f"{value!r} is not a valid ORCID iD")
+        if not _orcid_checksum_ok(match.group(1)):
+            # The form is right, so this is most likely a typo in one digit.
+            raise ValueError(f"{value!r}: the ORCID check digit is wrong (a mistyped digit?)")
         return match.group(1)
 
     @property
@@ -338,7 +341,7 @@ _HINTS = {
     "name": "letters, digits, '.', '_' and '-', starting with a letter or digit",
     "namespace": "lowercase letters, digits, '_' and '-'",
     "version": "e.g. 1.0.0; letters, digits, '.', '_', '+' and '-'",
-    "orcid": "use the 16-digit form 0000-0002-1825-0097",
+    "orcid": "use the 16-digit form 0000-0002-1825-0097 and check it on orcid.org",
     "path": "use a relative path inside the package, without '..'",
     "device": "use 'cpu' or 'cuda:0'",
     "schema_version": f"set schema_version: {SCHEMA_VERSION}",
@@ -382,7 +385,10 @@ def parse_manifest(data: Any, source: str = "") -> Manifest:
     try:
         return Manifest.model_validate(data)
     except ValidationError as exc:
-        raise ManifestError(_problems_from(exc), source) from exc
+        error = ManifestError(_problems_from(exc), source)
+        # Kept so validation can go on checking what is valid (files, shapes).
+        error.data = data
+        raise error from exc
 
 
 def load_manifest(path: str | Path, *, max_bytes: int = 4 * 2**20) -> Manifest:

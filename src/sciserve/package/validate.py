@@ -9,22 +9,105 @@ read with each runtime's ``inspect``, which only parses data.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from .._hashing import sha256_file
 from ..errors import ManifestError, NotFound, Problem, SciserveError
+from .batch_dims import batch_dim_problems
+from .card import identifier_iri
 from .manifest import MANIFEST_NAME, Manifest, TensorSpec, load_manifest
 from .reference import served_name_problem, version_problem
 
-__all__ = ["check_package", "ensure_valid", "license_problems"]
+if TYPE_CHECKING:
+    from ..runtimes.base import Signature
+
+__all__ = ["canonical_license", "check_package", "ensure_valid", "license_problems"]
 
 _LICENSE_REF = re.compile(r"(?:DocumentRef-[A-Za-z0-9.-]+:)?LicenseRef-[A-Za-z0-9.-]+")
 
 
+#: Names that only a family of licences share (``GPL``): never mapped to one.
+_OPERATORS = {"and": "AND", "or": "OR", "with": "WITH"}
+
+
+def canonical_license(expression: str) -> tuple[str, list[Problem]]:
+    """``expression`` with every SPDX id in its canonical spelling, and what
+    stops that: an unknown id, or a name several licences share (``GPL``).
+
+    A case variant (``mit``, ``Apache-2.0 or mit``) or a deprecated id with a
+    version (``GPL-3.0`` → ``GPL-3.0-only``) maps to the canonical id; a
+    name without a version is ambiguous and its candidates are listed.
+    """
+    from license_expression import get_spdx_licensing
+
+    licensing = get_spdx_licensing()
+    symbols = licensing.known_symbols
+    by_lower: dict[str, str] = {str(key).lower(): str(key) for key in symbols}
+    by_alias: dict[str, str] = {
+        str(alias).lower(): str(key)
+        for key, symbol in symbols.items()
+        for alias in getattr(symbol, "aliases", ())
+    }
+    problems: list[Problem] = []
+
+    def canonical(match: re.Match[str]) -> str:
+        token = match.group(0)
+        if token.lower() in _OPERATORS:
+            return _OPERATORS[token.lower()]
+        if _LICENSE_REF.fullmatch(token):
+            return token
+        if (key := by_lower.get(token.lower())) is not None:
+            return key
+        key = by_alias.get(token.lower())
+        if key is not None and re.search(r"\d", token):
+            return key  # a deprecated id of one licence version
+        if (ambiguous := _ambiguous(token, by_lower.values())) is not None:
+            problems.append(ambiguous)  # a family name: GPL, LGPL, BSD
+        return token
+
+    result = re.sub(r"[^\s()]+", canonical, expression.strip())
+    if problems:
+        return result, problems
+    # LicenseRef-* identifiers are valid SPDX for licences not on the list.
+    if licensing.validate(_LICENSE_REF.sub("MIT", result)).errors:
+        return result, [
+            Problem(
+                "license",
+                f"{expression!r} is not an SPDX licence expression",
+                "use identifiers from https://spdx.org/licenses/ "
+                "or 'LicenseRef-<name>' with the licence text in the package",
+            )
+        ]
+    return result, []
+
+
+def _ambiguous(token: str, keys: Iterable[str]) -> Problem | None:
+    """A problem naming the canonical ids of the licence family ``token``, if any."""
+    if re.search(r"\d", token) or token.lower().startswith("licenseref-"):
+        return None
+    family = re.compile(re.escape(token) + r"-\d[\w.+-]*", re.IGNORECASE)
+    plain = re.compile(re.escape(token) + r"-\d[\d.]*(?:-only|-or-later)?", re.IGNORECASE)
+    # Plain versions first (GPL-3.0-only before GPL-3.0-linking-exception).
+    candidates = sorted(
+        (k for k in keys if family.fullmatch(k)),
+        key=lambda k: (not plain.fullmatch(k), len(k), k),
+    )
+    if not candidates:
+        return None
+    shown = sorted([k for k in candidates if plain.fullmatch(k)][:8] or candidates[:8])
+    return Problem(
+        "license",
+        f"{token!r} is ambiguous: several licences go by that name",
+        "use one of " + ", ".join(shown) + (", …" if len(candidates) > len(shown) else ""),
+    )
+
+
 def license_problems(expression: str | None, path: str = "license") -> list[Problem]:
-    """Problems with an SPDX licence expression (non-SPDX is an error)."""
+    """Problems with an SPDX licence expression (non-SPDX or non-canonical is an error)."""
     if not expression:
         return [
             Problem(
@@ -33,18 +116,15 @@ def license_problems(expression: str | None, path: str = "license") -> list[Prob
                 "set an SPDX expression, e.g. 'MIT' or 'CC-BY-4.0'",
             )
         ]
-    from license_expression import get_spdx_licensing
-
-    # LicenseRef-* identifiers are valid SPDX for licences not on the list.
-    probe = _LICENSE_REF.sub("MIT", expression)
-    info = get_spdx_licensing().validate(probe)
-    if info.errors:
+    canonical, problems = canonical_license(expression)
+    if problems:
+        return [Problem(path, p.message, p.hint) for p in problems]
+    if canonical != expression:
         return [
             Problem(
                 path,
-                f"{expression!r} is not an SPDX licence expression",
-                "use identifiers from https://spdx.org/licenses/ "
-                "or 'LicenseRef-<name>' with the licence text in the package",
+                f"{expression!r} is not written as the canonical SPDX id",
+                f"write {canonical!r}, or run 'sciserve init --update'",
             )
         ]
     return []
@@ -59,16 +139,48 @@ def check_package(
         try:
             manifest = load_manifest(root / MANIFEST_NAME)
         except ManifestError as exc:
-            return exc.problems
+            return exc.problems + _checks_of_the_rest(root, exc, for_publish=for_publish)
     problems: list[Problem] = []
     if for_publish:
         problems += _publish_requirements(manifest)
     problems += _signature_shape_problems(manifest)
     file_problems = _file_problems(root, manifest)
     problems += file_problems
-    if not file_problems:
+    # The signature is read only from a model file that is what the manifest
+    # says; problems with other files do not hide the signature's.
+    if not any(_file_of(manifest, p) == manifest.model_file for p in file_problems):
         problems += _runtime_problems(root, manifest)
     return problems
+
+
+def _file_of(m: Manifest, problem: Problem) -> str | None:
+    """The listed file a ``files[i]…`` problem is about."""
+    match = re.match(r"files\[(\d+)\]", problem.path)
+    if match is None or int(match.group(1)) >= len(m.files):
+        return None
+    return m.files[int(match.group(1))].path
+
+
+def _checks_of_the_rest(root: Path, exc: ManifestError, *, for_publish: bool) -> list[Problem]:
+    """The checks a manifest with schema errors still allows, so every problem
+    shows in one run: the fields with errors are left out, the rest checked."""
+    if not isinstance(exc.data, dict):
+        return []
+    broken = {_top(p.path) for p in exc.problems}
+    if "" in broken or broken & {"name", "version", "runtime", "schema_version"}:
+        return []  # a whole-manifest problem, or nothing to check against
+    rest = {k: v for k, v in exc.data.items() if k not in broken}
+    try:
+        partial = Manifest.model_validate(rest)
+    except ValueError:
+        return []
+    later = check_package(root, partial, for_publish=for_publish)
+    return [p for p in later if _top(p.path) not in broken]
+
+
+def _top(path: str) -> str:
+    """The top-level field of a problem path (``authors`` of ``authors[0].orcid``)."""
+    return re.split(r"[.\[]", path, maxsplit=1)[0]
 
 
 def ensure_valid(root: str | Path, manifest: Manifest | None = None) -> Manifest:
@@ -122,6 +234,16 @@ def _publish_requirements(m: Manifest) -> list[Problem]:
                 "set model_file to one of the listed files",
             )
         )
+    for group, refs in (("training_data", m.training_data), ("validation_data", m.validation_data)):
+        for i, ref in enumerate(refs):
+            if identifier_iri(ref.identifier) is None:
+                out.append(
+                    Problem(
+                        f"{group}[{i}].identifier",
+                        f"{ref.identifier!r} is neither a DOI nor a URL",
+                        "use a DOI (10.5281/zenodo.1234567) or a URL (https://…, urn:…)",
+                    )
+                )
     if not m.description:
         out.append(
             Problem("description", "no description", "say what the model does", severity="warning")
@@ -219,7 +341,7 @@ def _file_problems(root: Path, m: Manifest) -> list[Problem]:
                     "with 'sciserve init --update' and publish a new version",
                 )
             )
-    if m.citation and m.citation.cff and not out:
+    if m.citation and m.citation.cff and not any(_file_of(m, p) == m.citation.cff for p in out):
         out += _cff_problems(root / m.citation.cff)
     return out
 
@@ -339,4 +461,18 @@ def _runtime_problems(root: Path, m: Manifest) -> list[Problem]:
                     "describe every model input",
                 )
             )
+    if not out and found.input_dims:
+        out += _batch_dim_problems(m, found)
     return out
+
+
+def _batch_dim_problems(m: Manifest, found: Signature) -> list[Problem]:
+    """Batch dims of the manifest that contradict the model file's dimension names."""
+    if found.named:
+        in_dims = dict(zip((t.name for t in found.inputs), found.input_dims, strict=True))
+        out_dims = dict(zip((t.name for t in found.outputs), found.output_dims, strict=True))
+        ins = [in_dims[t.name] for t in m.inputs]
+        outs = [out_dims[t.name] for t in m.outputs]
+    else:  # matched by position above
+        ins, outs = list(found.input_dims), list(found.output_dims)
+    return batch_dim_problems(m, ins, outs, m.model_file or "the model file")

@@ -36,6 +36,13 @@ class Signature:
     #: (LightGBM, XGBoost, scikit-learn) make some up; manifests may rename
     #: those tensors, so validation then matches them by position.
     named: bool = True
+    #: Each input's and output's dimensions as the file declares them: a
+    #: symbolic name, a fixed size, or ``None`` (variable, unnamed); empty for
+    #: formats that declare none.  Validation checks batch dims against them.
+    input_dims: tuple[tuple[str | int | None, ...], ...] = ()
+    output_dims: tuple[tuple[str | int | None, ...], ...] = ()
+    #: How the suggested batch dimensions were found, for ``sciserve init`` to say.
+    batch_note: str | None = None
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from ..errors import (
     ModelNotReady,
     Problem,
 )
+from ..package.batch_dims import Dim, batch_dim_problems, infer_batch_dims
 from ..package.manifest import TensorSpec
 from ._tensors import check_inputs, conform_output, numpy_dtype
 from .base import ModelSource, Runtime, Signature
@@ -78,10 +79,41 @@ def onnx_signature(path: str | Path) -> Signature:
         raise InvalidInput(f"{path.name} is not an ONNX model: its graph has no outputs")
     # Before IR version 4, weights were also listed as graph inputs.
     weights = {init.name for init in graph.initializer}
-    inputs = [_tensor_spec(path, v) for v in graph.input if v.name not in weights]
+    values = [v for v in graph.input if v.name not in weights]
+    inputs = [_tensor_spec(path, v) for v in values]
     outputs = [_tensor_spec(path, v) for v in graph.output]
-    batched = any(spec.shape and spec.shape[0] == -1 for spec in inputs)
-    return Signature(inputs, outputs, DEFAULT_MAX_BATCH if batched else 0)
+    input_dims = tuple(_dims(v) for v in values)
+    output_dims = tuple(_dims(v) for v in graph.output)
+    found = infer_batch_dims(input_dims, output_dims)
+    if found.inputs is not None and found.outputs is not None:
+        # Dim 0 is the manifest's default: only other dims are spelled out.
+        inputs = [_with_batch_dim(t, d) for t, d in zip(inputs, found.inputs, strict=True)]
+        outputs = [_with_batch_dim(t, d) for t, d in zip(outputs, found.outputs, strict=True)]
+    return Signature(
+        inputs,
+        outputs,
+        DEFAULT_MAX_BATCH if found.batchable else 0,
+        input_dims=input_dims,
+        output_dims=output_dims,
+        batch_note=found.note,
+    )
+
+
+def _with_batch_dim(spec: TensorSpec, dim: int) -> TensorSpec:
+    return spec if dim == 0 else spec.model_copy(update={"batch_dim": dim})
+
+
+def _dims(value: onnx.ValueInfoProto) -> tuple[str | int | None, ...]:
+    """Each dim of ``value``: its symbolic name, its fixed size, or None."""
+    out: list[str | int | None] = []
+    for dim in value.type.tensor_type.shape.dim:
+        if dim.HasField("dim_value") and dim.dim_value > 0:
+            out.append(dim.dim_value)
+        elif dim.HasField("dim_param") and dim.dim_param:
+            out.append(dim.dim_param)
+        else:
+            out.append(None)
+    return tuple(out)
 
 
 def _tensor_spec(path: Path, value: onnx.ValueInfoProto) -> TensorSpec:
@@ -201,8 +233,27 @@ class OnnxRuntime(Runtime):
         for name in graph_inputs:
             if name not in declared:
                 problems.append(Problem("inputs", f"the graph input {name!r} is not declared"))
+        if not problems:
+            # A manifest batching along a dimension the graph calls something
+            # else would have the batcher mix requests up: refuse it here.
+            shapes = {arg.name: arg.shape for arg in session.get_inputs()}
+            out_shapes = {arg.name: arg.shape for arg in session.get_outputs()}
+            found = batch_dim_problems(
+                manifest,
+                [_ort_dims(shapes[spec.name]) for spec in manifest.inputs],
+                [_ort_dims(out_shapes[spec.name]) for spec in manifest.outputs],
+                self.source.model_path.name,
+            )
+            problems += [p for p in found if p.severity == "error"]
         if problems:
             raise ManifestError(problems, manifest.ref)
+
+
+def _ort_dims(shape: Any) -> tuple[Dim, ...]:
+    """onnxruntime's shape of a graph tensor (names, sizes, None) as :data:`Dim` values."""
+    if not isinstance(shape, list | tuple):
+        return ()
+    return tuple(d if isinstance(d, str | int) and not isinstance(d, bool) else None for d in shape)
 
 
 def _providers(device: str) -> list[Any]:

@@ -35,6 +35,7 @@ import asyncio
 import collections
 import contextlib
 import functools
+import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +49,8 @@ from ..errors import InvalidInput, ModelExecutionError, ModelNotReady, Overloade
 from ..package.manifest import Manifest
 
 __all__ = ["BatchPolicy", "DynamicBatcher"]
+
+log = logging.getLogger("sciserve.serving")
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,8 @@ class DynamicBatcher:
         # batches, whose fixed cost is spread over few rows).
         self._ns_per_row: float | None = None
         self._inline_ns = policy.max_inline_compute * 1e9
+        # Outputs whose batch dimension did not hold the batch's rows, logged once each.
+        self._mismatch_logged: set[str] = set()
 
     @property
     def queued(self) -> int:
@@ -404,6 +409,8 @@ class DynamicBatcher:
         t1 = time.perf_counter_ns()
         outputs = self._infer(merged)
         t2 = time.perf_counter_ns()
+        if self._batching:
+            self._check_rows(outputs, sum(item.rows for item in batch))
         if len(batch) == 1:
             split = [outputs]
         else:
@@ -419,6 +426,33 @@ class DynamicBatcher:
                     part[name] = piece
         t3 = time.perf_counter_ns()
         return split, (t1 - t0, t2 - t1, t3 - t2)
+
+    def _check_rows(self, outputs: Mapping[str, np.ndarray], rows: int) -> None:
+        """Refuse outputs whose batch dimension does not hold the ``rows`` that went in.
+
+        Splitting such an output at the requests' row offsets would hand out
+        other requests' rows, or empty arrays, as answers: a manifest naming
+        the wrong batch dimension (a time-major model batched along time,
+        say) must fail loudly instead.
+        """
+        for name, array in outputs.items():
+            dim = self._out_dims.get(name)
+            if dim is None:
+                continue
+            shape = np.shape(array)
+            if dim < len(shape) and shape[dim] == rows:
+                continue
+            message = (
+                f"{self._manifest.ref}: output {name!r} has shape {tuple(shape)}, but its "
+                f"batch dimension {dim} must hold the {rows} rows of the batch; the "
+                "manifest's batch_dim does not match the model (check it with "
+                "'sciserve validate')"
+            )
+            if name not in self._mismatch_logged:
+                # Once per output: a misdescribed model fails every batch alike.
+                self._mismatch_logged.add(name)
+                log.error("%s (logged once for this output)", message)
+            raise ModelExecutionError(message)
 
     async def close(self, *, drain: bool = True, timeout: float = 30.0) -> None:
         """Stop accepting requests; finish (or fail) the queued ones; free threads."""

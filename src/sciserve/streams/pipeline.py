@@ -96,7 +96,7 @@ from ..errors import (
     Unauthenticated,
     Unavailable,
 )
-from ..package.manifest import TensorSpec
+from ..package.manifest import Manifest, TensorSpec
 from ..package.reference import served_name
 from .base import Message, OutRecord, Sink, Source, open_sink, open_source
 from .expr import EvaluationError, Expression
@@ -240,6 +240,23 @@ def _single_input(ref: str, inputs: Sequence[TensorSpec]) -> TensorSpec:
     return inputs[0]
 
 
+def _rows_along_dim0(ref: str, manifest: Manifest) -> None:
+    """Refuse a model whose input or outputs batch along another dim than 0.
+
+    The pipeline stacks one feature vector per alert along dim 0 and reads
+    one answer per alert along dim 0 of every output.
+    """
+    for group, tensors in (("input", manifest.inputs), ("output", manifest.outputs)):
+        for spec in tensors:
+            dim = manifest.batch_dim_of(spec)
+            if dim not in (None, 0):
+                raise InvalidInput(
+                    f"{ref} batches its {group} {spec.name!r} along dim {dim}; a stream "
+                    "pipeline feeds one row per alert along dim 0, so it needs a model "
+                    "whose batch dimension is dim 0 of every tensor"
+                )
+
+
 def _chunks(rows: int, max_batch: int) -> list[slice]:
     step = max_batch if max_batch > 0 else rows
     return [slice(start, min(start + step, rows)) for start in range(0, rows, max(step, 1))]
@@ -259,6 +276,7 @@ class LocalModel:
         self.digest = model.digest
         self.runtime = manifest.runtime
         self.input = _single_input(model.ref, manifest.inputs)
+        _rows_along_dim0(model.ref, manifest)
         self.outputs: Sequence[TensorSpec] = tuple(manifest.outputs)
         self.library_versions: Mapping[str, str] = _library_versions(manifest.runtime)
         self._max_batch = manifest.max_batch_size
@@ -314,6 +332,7 @@ class RemoteModel:
         self.digest = info.digest
         self.runtime = manifest.runtime
         self.input = _single_input(info.ref, manifest.inputs)
+        _rows_along_dim0(info.ref, manifest)
         self.outputs: Sequence[TensorSpec] = tuple(manifest.outputs)
         self.library_versions: Mapping[str, str] = {
             **_library_versions(""),
@@ -342,10 +361,10 @@ class RemoteModel:
         client = InferenceClient(server, headers=headers)
         try:
             meta = await client.server_metadata()
+            return cls(client, info, str(meta.get("version", "unknown")))
         except BaseException:
             await client.aclose()
             raise
-        return cls(client, info, str(meta.get("version", "unknown")))
 
     async def predict(self, features: npt.NDArray[Any]) -> dict[str, npt.NDArray[Any]]:
         if self._max_batch == 0:
