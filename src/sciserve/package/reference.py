@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from ..errors import InvalidReference
 from .manifest import NAME_RE, NAMESPACE_RE, VERSION_RE
 
-__all__ = ["ALIAS_RE", "LATEST", "PRODUCTION", "Reference", "parse_reference"]
+__all__ = ["ALIAS_RE", "LATEST", "PRODUCTION", "Reference", "parse_reference", "served_name"]
 
 ALIAS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,63}$")
 LATEST = "latest"
@@ -63,3 +63,9 @@ def parse_reference(text: str, *, default_namespace: str = "default") -> Referen
             f"{text!r} is not a model reference; use [namespace/]name[:version|@alias]"
         )
     return Reference(namespace, rest, version, alias)
+
+
+def served_name(namespace: str, name: str) -> str:
+    """The name a server serves ``namespace/name`` under: ``name`` in ``default``,
+    else ``namespace.name``."""
+    return name if namespace == "default" else f"{namespace}.{name}"
