@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import pwd
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -44,6 +46,15 @@ EXIT_CODES: list[tuple[type[errors.SciserveError], int]] = [
 ]
 
 T = TypeVar("T")
+
+
+def local_actor() -> str:
+    """Who runs this command, for the audit trail of local changes: ``local:<os user>``
+    (from the OS, not from the environment, which anyone can set)."""
+    try:
+        return f"local:{pwd.getpwuid(os.getuid()).pw_name}"
+    except KeyError:
+        return f"local:uid={os.getuid()}"
 
 
 @dataclass

@@ -15,7 +15,8 @@ from .._hashing import sha256_file
 from ..errors import IntegrityError
 from ..package.manifest import MANIFEST_NAME, load_manifest
 from ..registry.registry import VersionInfo
-from ._context import State, state
+from ..registry.remote import RemoteRegistry
+from ._context import State, local_actor, state
 
 models_app = typer.Typer(help="Inspect published models.", no_args_is_help=True)
 
@@ -55,7 +56,7 @@ def publish(
     """Publish a package (a no-op when identical content is already published)."""
     st = state(ctx)
     with st.registry() as reg, st.progress("uploading", _package_size(source)) as advance:
-        result = reg.publish(source, progress=advance)
+        result = reg.publish(source, progress=advance, actor=local_actor())
     info = result.version
     verb = "published" if result.created else "already published (identical)"
     st.emit(
@@ -72,9 +73,19 @@ def models_list(
     """List models with their default version."""
     st = state(ctx)
     with st.registry() as reg:
-        items = reg.list_models(namespace)
+        if isinstance(reg, RemoteRegistry):
+            items, complete = reg.list_visible(namespace)
+        else:
+            items, complete = reg.list_models(namespace), True
 
     def human() -> None:
+        if not items and not complete:
+            # A server lists only the namespaces the caller's token may read.
+            st.console.print(
+                f"no models visible to this token on {st.settings.server_url}: "
+                "it lists only namespaces the token may read"
+            )
+            return
         if not items:
             st.console.print("no models yet: publish one with 'sciserve publish DIR'")
             return
@@ -154,7 +165,7 @@ def tag(
     """Point an alias (production, staging, …) at a version."""
     st = state(ctx)
     with st.registry() as reg:
-        info = reg.tag(ref, alias)
+        info = reg.tag(ref, alias, actor=local_actor())
     st.emit(info.to_dict(), lambda: st.console.print(f"{alias} -> {_line(info)}"))
 
 
@@ -162,7 +173,7 @@ def untag(ctx: typer.Context, ref: Annotated[str, typer.Argument(help="NAME")], 
     """Remove an alias."""
     st = state(ctx)
     with st.registry() as reg:
-        reg.untag(ref, alias)
+        reg.untag(ref, alias, actor=local_actor())
     st.emit({"removed": alias}, lambda: st.console.print(f"removed alias {alias}"))
 
 
@@ -174,7 +185,7 @@ def yank(
     """Withdraw a version; its record and files are kept, exact pins still resolve."""
     st = state(ctx)
     with st.registry() as reg:
-        info = reg.yank(ref, reason)
+        info = reg.yank(ref, reason, actor=local_actor())
     st.emit(info.to_dict(), lambda: st.console.print(f"yanked {_line(info)}"))
 
 
@@ -182,7 +193,7 @@ def unyank(ctx: typer.Context, ref: Annotated[str, typer.Argument(help="NAME:VER
     """Undo a yank."""
     st = state(ctx)
     with st.registry() as reg:
-        info = reg.unyank(ref)
+        info = reg.unyank(ref, actor=local_actor())
     st.emit(info.to_dict(), lambda: st.console.print(f"restored {_line(info)}"))
 
 

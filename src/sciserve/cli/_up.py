@@ -21,7 +21,7 @@ from ..config import ServingConfig
 from ..errors import NotFound
 from ..model import load
 from ..registry.registry import Registry, VersionInfo
-from ._context import State, state
+from ._context import State, local_actor, state
 
 EXAMPLES = ("examples/lc-classifier", "examples/lc-classifier-gbm")
 
@@ -45,10 +45,10 @@ def ensure_examples(reg: Registry) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="examples-", dir=reg.settings.home) as tmp:
         added = []
         for package in build_examples(Path(tmp)):
-            result = reg.publish(package, actor="sciserve up")
+            result = reg.publish(package, actor=local_actor())
             info = result.version
             if info.ref.rsplit(":", 1)[0] in missing:
-                reg.tag(info.ref, "production", actor="sciserve up")
+                reg.tag(info.ref, "production", actor=local_actor())
                 added.append(info.ref)
     return added
 
