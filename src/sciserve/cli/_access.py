@@ -12,13 +12,10 @@ With ``--server`` (or ``SCISERVE_URL``) and an admin token in
 from __future__ import annotations
 
 import sys
-from collections.abc import Collection
 from datetime import datetime
 from typing import Annotated, Any
 
 import typer
-from rich import box
-from rich.table import Column, Table
 from rich.text import Text
 
 from ..access.duration import parse_duration
@@ -28,7 +25,7 @@ from ..config import RateLimit
 from ..errors import InvalidInput
 from ..registry.db import utcnow
 from ..registry.remote import RemoteRegistry
-from ._context import local_actor, state
+from ._context import folding_table, local_actor, state
 
 __all__ = ["register"]
 
@@ -66,27 +63,6 @@ def _day(value: str | None) -> str:
 def _scopes_text(token: dict[str, Any]) -> str:
     # One grant per line, so a table cell wraps between grants, not inside one.
     return "\n".join(f"{ns}:{','.join(s)}" for ns, s in sorted(token["scopes"].items()))
-
-
-#: Width of a token id: columns that may hold one are never narrower.
-_ID_WIDTH = 12
-
-
-def _table(*headers: str, fixed: Collection[str] = (), ids: Collection[str] = ()) -> Table:
-    """A table that keeps every character in an 80-column terminal.
-
-    Columns in ``fixed`` (short values: dates, numbers) are never broken;
-    the others wrap, and fold words longer than the column, rather than cut
-    them with an ellipsis; columns in ``ids`` are wide enough for a token id,
-    so one is never split.  No vertical rules, so the text gets the room.
-    """
-    columns = [
-        Column(h, no_wrap=True)
-        if h in fixed
-        else Column(h, overflow="fold", min_width=_ID_WIDTH if h in ids else None)
-        for h in headers
-    ]
-    return Table(*columns, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
 
 
 def _token_state(token: dict[str, Any]) -> str:
@@ -184,21 +160,16 @@ def token_list(ctx: typer.Context) -> None:
         if not tokens:
             st.console.print("no tokens yet: create one with 'sciserve token create'")
             return
-        table = _table(
-            "id",
-            "subject / label",
-            "scopes",
-            "priority",
-            "state",
-            fixed=("id", "priority", "state"),
-        )
+        rows = []
         for d in tokens:
             # Text, not markup: subjects and labels are free-form.
             who = Text(d["subject"])
             if d["label"]:
                 who.append("\n" + d["label"], style="dim")
-            table.add_row(d["token_id"], who, Text(_scopes_text(d)), d["priority"], _token_state(d))
-        st.console.print(table)
+            rows.append((d["token_id"], who, Text(_scopes_text(d)), d["priority"], _token_state(d)))
+        headers = ("id", "subject / label", "scopes", "priority", "state")
+        fixed = ("id", "priority", "state")
+        st.console.print(folding_table(headers, rows, width=st.console.width, fixed=fixed))
 
     st.emit(tokens, human)
 
@@ -244,19 +215,8 @@ def usage(
         if not rows:
             st.console.print("no usage recorded")
             return
-        table = _table(
-            "namespace",
-            "caller",
-            "subject",
-            "model",
-            "requests",
-            "rows",
-            "compute s",
-            fixed=("requests", "rows", "compute s"),
-            ids=("caller",),
-        )
-        for r in rows:
-            table.add_row(
+        cells = [
+            (
                 r["namespace"],
                 Text(r["principal"]),
                 Text(r["subject"]),
@@ -265,6 +225,11 @@ def usage(
                 str(r["rows"]),
                 f"{r['compute_seconds']:.3f}",
             )
+            for r in rows
+        ]
+        headers = ("namespace", "caller", "subject", "model", "requests", "rows", "compute s")
+        fixed = ("caller", "requests", "rows", "compute s")
+        table = folding_table(headers, cells, width=st.console.width, fixed=fixed)
         st.console.print(table)
 
     st.emit(rows, human)
@@ -280,25 +245,25 @@ def audit(
         events = reg.events(limit)
 
     def human() -> None:
-        table = _table(
-            "at",
-            "action",
-            "subject",
-            "actor",
-            "detail",
-            fixed=("at", "action"),
-            ids=("subject", "actor"),
-        )
+        rows = []
         for e in events:
             items = sorted((e["detail"] or {}).items())
             detail = ", ".join(f"{k}={v}" for k, v in items if v is not None)
-            table.add_row(
-                _when(e["at"]),
-                e["action"],
-                Text(e["subject"]),
-                Text(e["actor"] or ""),
-                Text(detail),
+            rows.append(
+                (
+                    _when(e["at"]),
+                    e["action"],
+                    Text(e["subject"]),
+                    Text(e["actor"] or ""),
+                    Text(detail),
+                )
             )
+        table = folding_table(
+            ("at", "action", "subject", "actor", "detail"),
+            rows,
+            width=st.console.width,
+            fixed=("at", "action"),
+        )
         st.console.print(table)
 
     st.emit(events, human)

@@ -9,14 +9,13 @@ from typing import Annotated
 
 import typer
 from rich.markdown import Markdown
-from rich.table import Table
 
 from .._hashing import sha256_file
 from ..errors import IntegrityError
 from ..package.manifest import MANIFEST_NAME, load_manifest
 from ..registry.registry import VersionInfo
 from ..registry.remote import RemoteRegistry
-from ._context import State, local_actor, state
+from ._context import State, folding_table, local_actor, state
 
 models_app = typer.Typer(help="Inspect published models.", no_args_is_help=True)
 
@@ -89,9 +88,8 @@ def models_list(
         if not items:
             st.console.print("no models yet: publish one with 'sciserve publish DIR'")
             return
-        table = Table("model", "version", "aliases", "runtime", "license", "size")
-        for v in items:
-            table.add_row(
+        rows = [
+            (
                 f"{v.namespace}/{v.name}",
                 v.version + (" (yanked)" if v.yanked else ""),
                 ", ".join(v.aliases),
@@ -99,6 +97,10 @@ def models_list(
                 v.manifest.license or "",
                 _size(v.size),
             )
+            for v in items
+        ]
+        headers = ("model", "version", "aliases", "runtime", "license", "size")
+        table = folding_table(headers, rows, width=st.console.width, fixed=("size",))
         st.console.print(table)
 
     st.emit([v.to_dict() for v in items], human)
