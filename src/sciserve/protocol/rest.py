@@ -29,7 +29,9 @@ where ``{ref}`` is one of ``/models/{ns}/{name}`` (the default version),
 
     GET    /namespaces                      {"namespaces": [...]}
     GET    /events?limit=N                  {"events": [...]}, newest first
-    GET    /models?namespace=NS             {"models": [...]}: each model's default version
+    GET    /models?namespace=NS             {"models": [...], "complete"}: each model's default
+                                            version the caller may see; "complete" when it
+                                            sees every namespace (an admin)
     POST   /models                          publish; body: the package as .tar.gz (or .tar);
                                             201 {"created": true, "version"} or 200 if it existed
     GET    /models/{ns}/{name}/versions     {"versions": [...]}, newest first
