@@ -154,7 +154,6 @@ _NUMPY_TYPES: Final = {
     "BOOL": "bool_", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32",
     "UINT64": "uint64", "INT8": "int8", "INT16": "int16", "INT32": "int32", "INT64": "int64",
     "FP16": "float16", "BF16": "float32", "FP32": "float32", "FP64": "float64",
-    "BYTES": "object_",
 }  # fmt: skip
 #: Up to this many values, the ``curl`` example spells the whole tensor out.
 _CURL_VALUES: Final = 64
@@ -168,6 +167,8 @@ def _example_shape(tensor: TensorSpec) -> list[int]:
 def _example_array(tensor: TensorSpec) -> str:
     """Python source of an all-zero numpy array of ``tensor``'s shape and type."""
     shape = tuple(_example_shape(tensor))
+    if tensor.datatype == "BYTES":
+        return f'np.full({shape!r}, b"", dtype=object)'
     return f"np.zeros({shape!r}, np.{_NUMPY_TYPES[tensor.datatype]})"
 
 
