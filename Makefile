@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 HOME_DIR ?= $(CURDIR)/.sciserve
+# Options for `sciserve up`, e.g. make run ARGS="--http-port 0 --grpc-port 0"
+ARGS ?=
 
 .PHONY: run test lint install install-dev clean
 
@@ -10,17 +12,25 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-install: $(BIN)/python
+# The installs are editable, so code changes need none: reinstall only when
+# the dependencies (pyproject.toml) change.  The stamps record the last one.
+$(VENV)/.installed-run: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[trees]'
+	touch $@
 
-install-dev: $(BIN)/python
+$(VENV)/.installed-dev: pyproject.toml tests/plugins/sciserve-echo-runtime/pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
 	$(BIN)/pip install --quiet -e tests/plugins/sciserve-echo-runtime
+	touch $@
+
+install: $(VENV)/.installed-run
+
+install-dev: $(VENV)/.installed-dev
 
 ## Install, publish the example models into the embedded registry (SQLite +
 ## local artifact directory under ./.sciserve) and run them.
 run: install
-	$(BIN)/sciserve --home $(HOME_DIR) up
+	$(BIN)/sciserve --home $(HOME_DIR) up $(ARGS)
 
 ## Install the development extras and run the whole test suite.
 test: install-dev

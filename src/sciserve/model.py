@@ -40,16 +40,16 @@ class Model:
     def digest(self) -> str:
         return self.info.digest
 
-    def predict(
-        self, inputs: Mapping[str, Any] | None = None, /, **named: Any
-    ) -> dict[str, np.ndarray]:
+    def predict(self, inputs: Any = None, /, **named: Any) -> dict[str, np.ndarray]:
         """Run the model on inputs given as a mapping or as keyword arguments.
 
-        numpy arrays must already have the declared datatype (a silent cast
-        could lose precision); plain Python numbers and lists are converted to
-        it.  Anything else is refused with :class:`InvalidInput`.
+        A model with a single input also takes it as a plain array:
+        ``model.predict(x)``.  numpy arrays must already have the declared
+        datatype (a silent cast could lose precision); plain Python numbers and
+        lists are converted to it.  Anything else is refused with
+        :class:`InvalidInput`.
         """
-        given = {**(inputs or {}), **named}
+        given = {**self._positional(inputs), **named}
         unknown = set(given) - {t.name for t in self.manifest.inputs}
         if unknown:
             raise InvalidInput(
@@ -61,6 +61,20 @@ class Model:
         return self._runtime.infer(arrays)
 
     __call__ = predict
+
+    def _positional(self, inputs: Any) -> dict[str, Any]:
+        """The positional argument of :meth:`predict` as a mapping of inputs."""
+        if inputs is None:
+            return {}
+        if isinstance(inputs, Mapping):
+            return dict(inputs)
+        names = [t.name for t in self.manifest.inputs]
+        if len(names) != 1:
+            raise InvalidInput(
+                f"{self.ref} takes {len(names)} inputs {names}: pass them by name, "
+                f"e.g. predict({names[0] if names else 'x'}=...)"
+            )
+        return {names[0]: inputs}
 
     def close(self) -> None:
         self._runtime.unload()

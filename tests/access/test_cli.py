@@ -160,3 +160,36 @@ def test_usage_table_json_and_csv(cli: Cli) -> None:
     header, line = csv_text.strip().splitlines()
     assert header == ",".join(USAGE_COLUMNS)
     assert line.startswith("ztf,ALICEALICE12,alice,clf,1,9,0.5,")
+
+
+def test_tables_fold_long_cells_instead_of_cutting_them(
+    cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    long_scopes = ("lsst-transients-working-group:infer,publish,read", "ztf-bright-survey:read")
+    created = cli.json(
+        "token", "create", "--subject", "service-account-of-the-alert-broker",
+        "--label", "the alert broker of the collaboration", "--expires-in", "30d",
+        *(arg for scope in long_scopes for arg in ("--scope", scope)),
+    )  # fmt: skip
+    assert isinstance(created, dict)
+    short = cli.json("token", "create", "--subject", "bob", "--scope", "x:read")
+    assert isinstance(short, dict)
+    with cli.registry() as reg:
+        usage = UsageStore(reg)
+        identity = Identity("service-account-of-the-alert-broker", "token", created["token_id"])
+        usage.record(identity, "lsst-transients-working-group", "a-long-model-name", rows=1)
+        usage.flush()
+    for command in (("token", "list"), ("audit",), ("usage",)):
+        text = cli(*command)
+        assert "…" not in text, text
+        assert all(len(line) <= 80 for line in text.splitlines()), text
+        assert created["token_id"] in text, text
+    listed = cli("token", "list")
+    assert short["token_id"] in listed and "x:read" in listed
+    # Folded cells keep every character: read the scopes column back.
+    lines = listed.splitlines()
+    rule = next(i for i, line in enumerate(lines) if line.startswith("─"))
+    start = lines[rule - 1].index("scopes")
+    column = "".join(line[start:].split("  ")[0] for line in lines[rule + 1 :])
+    assert "".join(long_scopes) in column.replace(" ", ""), column

@@ -37,6 +37,7 @@ from datetime import timedelta
 from enum import Enum
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import grpc
 import httpx
@@ -54,6 +55,7 @@ from sciserve.access.tokens import TokenStore
 from sciserve.config import Settings
 from sciserve.package.archive import pack
 from sciserve.protocol.rest import create_app
+from sciserve.registry import db as registry_db
 from sciserve.registry.registry import Registry
 from sciserve.serving.service import InferenceService
 
@@ -206,10 +208,13 @@ def _build(home: Path, work: Path) -> tuple[dict[str, Credential], bytes]:
         def mint(scopes: dict[str, set[str]], **kwargs: Any) -> str:
             return "Bearer " + tokens.create("matrix", scopes, **kwargs)[1]
 
-        expired = mint({"alpha": set(SCOPES)}, expires_in=timedelta(seconds=1))
-        expires_at = time.monotonic() + 1.0
+        # Minted two hours ago for one hour, by the clock expiry is measured with.
+        past = registry_db.utcnow() - timedelta(hours=2)
+        with mock.patch.object(registry_db, "utcnow", return_value=past):
+            expired = mint({"alpha": set(SCOPES)}, expires_in=timedelta(hours=1))
         revoked_record, revoked = tokens.create("matrix", {"alpha": set(SCOPES)})
         tokens.revoke(revoked_record.token_id)
+        REVOKED["token_id"] = revoked_record.token_id
         granted = {
             "other_namespace": {"beta": SCOPES},
             "default_namespace": {"default": SCOPES},
@@ -252,7 +257,6 @@ def _build(home: Path, work: Path) -> tuple[dict[str, Credential], bytes]:
             scale=LEGACY_SCALE,
         )
         insert_legacy_version(home, package)
-    time.sleep(max(0.0, expires_at - time.monotonic()) + 0.1)
     return creds, archive
 
 
@@ -312,6 +316,8 @@ PUBLISH = Target("model", "publish")
 OIP = {"name": "alpha.m", "version": "1.0.0"}
 SPARE = {"name": "alpha.pub"}
 REG = {"namespace": "alpha", "name": "pub", "version": "2.0.0", "alias": "stable"}
+#: The revoked token of the world (_build fills in its id): revoking it again is a no-op.
+REVOKED = {"token_id": ""}
 _RELOAD = ("POST", "/v2/repository/models/alpha.pub/load", b"")
 _UNYANK = ("POST", f"{REGISTRY}/models/alpha/pub/versions/2.0.0/unyank", b"")
 
@@ -341,6 +347,13 @@ def _rest_table() -> dict[tuple[str, str], Rest]:
         ),
         ("GET", REGISTRY + "/events"): Rest(Target("global")),
         ("POST", REGISTRY + "/verify"): Rest(Target("global")),
+        ("GET", REGISTRY + "/tokens"): Rest(Target("global")),
+        ("POST", REGISTRY + "/tokens"): Rest(
+            Target("global"),
+            ok=201,
+            body=lambda w: b'{"subject": "m", "scopes": {"beta": ["read"]}}',
+        ),
+        ("POST", REGISTRY + "/tokens/{token_id}/revoke"): Rest(Target("global"), params=REVOKED),
         ("GET", REGISTRY + "/models"): Rest(
             LISTING,
             seen=lambda d: {m["namespace"] for m in d["models"]},

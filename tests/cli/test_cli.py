@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import socket
 import subprocess
 import sys
@@ -182,3 +184,30 @@ def test_up_publishes_and_runs_the_examples(cli: Cli) -> None:
     assert again["added"] == []  # type: ignore[index]
     card = cli("models", "card", "examples/lc-classifier", "--format", "raw")
     assert "accuracy" in card and "CC-BY-4.0" in card
+
+
+def test_local_changes_are_audited_with_the_os_user(cli: Cli, onnx_package: MakePackage) -> None:
+    user = f"local:{pwd.getpwuid(os.getuid()).pw_name}"
+    cli("namespace", "create", "astro")
+    cli("namespace", "trust", "astro")
+    cli("namespace", "distrust", "astro")
+    cli("publish", str(onnx_package()))
+    cli("tag", "linear:1.0.0", "production")
+    cli("untag", "linear", "production")
+    cli("yank", "linear:1.0.0", "--reason", "superseded")
+    cli("unyank", "linear:1.0.0")
+    events = cli.json("audit", "--limit", "20")
+    assert isinstance(events, list)
+    actions = [e["action"] for e in reversed(events)]
+    assert actions == [
+        "namespace.create",
+        "namespace.trust",
+        "namespace.distrust",
+        "namespace.create",  # default, by the first publish
+        "publish",
+        "tag",
+        "untag",
+        "yank",
+        "unyank",
+    ]
+    assert {e["actor"] for e in events} == {user}

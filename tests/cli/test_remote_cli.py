@@ -7,8 +7,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from sciserve.access._db import engine_of
 from sciserve.access.tokens import TokenStore
 from sciserve.cli import main
 from sciserve.config import Settings
@@ -102,3 +104,116 @@ def test_the_cli_sends_the_configured_token(
         assert cli("models", "list", code=9)["type"] == "Unauthenticated"
     finally:
         stop_server(running.proc)
+
+
+def test_an_admin_manages_tokens_through_the_server(
+    onnx_package: MakePackage,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    home = tmp_path / "server-home"
+    with Registry(Settings.load(home, environ={})) as registry:
+        registry.publish(onnx_package())
+        store = TokenStore(registry)
+        admin_record, admin = store.create("lead", {}, admin=True)
+        _, reader = store.create("reader", {"default": ["read"]})
+        _, outsider = store.create("outsider", {"elsewhere": ["read"]})
+    running = start_server(home, "--auth")
+    url = f"http://{running.http}"
+
+    def cli(*args: str, code: int = 0, token: str = admin) -> str:
+        monkeypatch.setenv("SCISERVE_TOKEN", token)
+        rc = main(["--home", str(tmp_path / "client"), "--server", url, *args])
+        out, err = capsys.readouterr()
+        assert rc == code, (args, out, err)
+        assert token not in out + err
+        return out + err
+
+    try:
+        args = ["--subject", "alice", "--scope", "default:infer", "--expires-in", "30d"]
+        args += ["--label", "broker", "--rate", "5"]
+        created = json.loads(cli("--json", "token", "create", *args))
+        alice = created["token"]
+        assert created["subject"] == "alice" and created["scopes"] == {"default": ["infer"]}
+        assert created["expires_at"] is not None and created["limit"]["rate"] == 5.0
+        assert created["created_by"] == admin_record.token_id
+        # The new token works at once; the secret is never listed again.
+        assert "default/linear" in cli("models", "list", token=alice)
+        listed = cli("--json", "token", "list")
+        records = {t["token_id"]: t for t in json.loads(listed)}
+        assert records[created["token_id"]]["label"] == "broker"
+        assert alice[17:] not in listed and "hash" not in listed
+        with (
+            Registry(Settings.load(home, environ={})) as registry,
+            engine_of(registry).connect() as conn,
+        ):
+            hashes = [row[0] for row in conn.exec_driver_sql("SELECT secret_hash FROM tokens")]
+        assert hashes and not any(h in listed for h in hashes)
+        # Human output: the secret once on stdout, the details on stderr.
+        printed = cli("token", "create", "--subject", "bob", "--scope", "default:read")
+        assert printed.count("ssv_") == 1
+
+        revoked = json.loads(cli("--json", "token", "revoke", created["token_id"]))
+        assert revoked["state"] == "revoked"
+        assert json.loads(cli("--json", "models", "list", token=alice, code=9))["type"] == (
+            "Unauthenticated"
+        )
+        events = json.loads(cli("--json", "audit", "--limit", "10"))
+        events = [e for e in events if e["action"].startswith("token.")]
+        assert [e["action"] for e in events][:3] == ["token.revoke", "token.create", "token.create"]
+        events = events[:3]
+        assert {e["actor"] for e in events} == {admin_record.token_id}
+
+        # Only an admin may: the reader is refused, before anything changes.
+        for args in (("token", "list"), ("token", "create", "--subject", "x", "--admin")):
+            assert "admin scope" in cli("--json", *args, token=reader, code=6)
+        assert len(json.loads(cli("--json", "token", "list"))) == 5
+        missing = json.loads(cli("--json", "token", "revoke", "nosuchtoken1", code=3))
+        assert missing["type"] == "NotFound"
+
+        # An outsider sees no model, and is told so accurately.
+        assert "no models visible to this token" in cli("models", "list", token=outsider)
+        assert "publish one" not in cli("models", "list", token=outsider)
+    finally:
+        stop_server(running.proc)
+
+
+def test_token_requests_with_bad_fields_are_refused_with_400(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "server-home"
+    with Registry(Settings.load(home, environ={})) as registry:
+        _, admin = TokenStore(registry).create("lead", {}, admin=True)
+    running = start_server(home, "--auth")
+    headers = {"Authorization": f"Bearer {admin}"}
+    tokens = f"http://{running.http}/v2/sciserve/registry/tokens"
+    try:
+        for body in (
+            {},
+            {"subject": 5, "admin": True},
+            {"subject": "x"},  # no scope at all
+            {"subject": "x", "scopes": {"default": "read"}},
+            {"subject": "x", "scopes": {"default": ["fly"]}},
+            {"subject": "x", "admin": True, "priority": "urgent"},
+            {"subject": "x", "admin": True, "expires_in": 1e300},
+            {"subject": "x", "admin": True, "expires_in": -1},
+            {"subject": "x", "admin": True, "limit": {"rate": -1}},
+            {"subject": "x", "admin": True, "limit": "fast"},
+            {"subject": "x", "admin": True, "secret": "mine"},
+        ):
+            response = httpx.post(tokens, json=body, headers=headers)
+            assert response.status_code == 400, (body, response.text)
+            assert response.json()["type"] in ("InvalidInput",), response.text
+    finally:
+        stop_server(running.proc)
+
+
+def test_a_server_without_authentication_does_not_mint_tokens(server: Running) -> None:
+    response = httpx.post(
+        f"http://{server.http}/v2/sciserve/registry/tokens",
+        json={"subject": "x", "admin": True},
+    )
+    assert response.status_code == 403
+    assert "without authentication" in response.json()["error"]
+    assert httpx.get(f"http://{server.http}/v2/sciserve/registry/tokens").status_code == 403

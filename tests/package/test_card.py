@@ -370,3 +370,25 @@ def test_yanked_version_shows_a_warning_banner() -> None:
     assert "wrong normalisation of the stamps" in banner
     # The banner comes before the content, where nobody can miss it.
     assert card.index("> [!WARNING]") < card.index("## Inputs")
+
+
+def test_usage_section_names_the_served_model_for_the_sdk_tritonclient_and_curl() -> None:
+    card = render_card(rich_manifest())
+    usage = card.split("\n## Use it\n", 1)[1]
+
+    assert 'sciserve.load("astro/rb-classifier:1.2.0")' in usage
+    assert "serves this version as `astro.rb-classifier`" in usage
+    assert 'client.infer("astro.rb-classifier", inputs, model_version="1.2.0")' in usage
+    assert 'httpclient.InferInput("cutouts", [1, 3, 63, 63], "FP32")' in usage
+    assert "np.zeros((1, 4), np.float64)" in usage
+    (curl,) = [line for line in usage.splitlines() if line.startswith("curl ")]
+    assert "localhost:8000/v2/models/astro.rb-classifier/versions/1.2.0/infer" in curl
+    # Small tensors are spelled out, large ones are a placeholder.
+    assert '"shape":[1,4],"data":[0,0,0,0]' in curl
+    assert '"data":"<11907 values>"' in curl
+
+
+def test_usage_section_of_the_default_namespace_serves_the_bare_name() -> None:
+    card = render_card(minimal_manifest())
+    assert "serves this version as `tiny`" in card
+    assert "/v2/models/tiny/versions/" in card

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import yaml
 
@@ -24,7 +25,7 @@ from sciserve.errors import (
 )
 from sciserve.registry.registry import Registry
 
-from helpers.packages import expected_linear
+from helpers.packages import expected_linear, write_package
 
 MakePackage = Callable[..., Path]
 
@@ -216,3 +217,48 @@ def test_export_import_and_read_only(
             assert all(r.created for r in results)
             assert other.resolve("linear").version == "1.0.0"  # alias came along
             assert other.resolve("linear:2.0.0").digest == registry.resolve("linear:2.0.0").digest
+
+
+def test_predict_takes_a_plain_array_for_a_single_input_model(
+    registry: Registry, onnx_package: MakePackage
+) -> None:
+    registry.publish(onnx_package())
+    x = np.random.default_rng(1).normal(size=(3, 4)).astype(np.float32)
+    with sciserve.load("linear", registry=registry) as model:
+        for given in (x, x.tolist()):
+            np.testing.assert_allclose(model.predict(given)["y"], expected_linear(x), rtol=1e-6)
+        np.testing.assert_allclose(model(x)["y"], expected_linear(x), rtol=1e-6)
+        np.testing.assert_allclose(model.predict({"x": x})["y"], expected_linear(x), rtol=1e-6)
+
+
+def test_a_plain_array_for_a_model_with_several_inputs_asks_for_names(
+    registry: Registry, tmp_path: Path
+) -> None:
+    root = tmp_path / "add"
+    root.mkdir()
+    spec = [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, ["b", 2]) for n in "ab"]
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Add", ["a", "b"], ["y"])],
+        "add",
+        spec,
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["b", 2])],
+    )
+    model_proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    model_proto.ir_version = 8
+    (root / "model.onnx").write_bytes(model_proto.SerializeToString())
+    tensor = {"datatype": "FP32", "shape": [-1, 2]}
+    registry.publish(
+        write_package(
+            root,
+            name="add",
+            runtime="onnx",
+            model_file="model.onnx",
+            inputs=[{"name": "a", **tensor}, {"name": "b", **tensor}],
+            outputs=[{"name": "y", **tensor}],
+        )
+    )
+    ones = np.ones((1, 2), np.float32)
+    with sciserve.load("add", registry=registry) as model:
+        with pytest.raises(InvalidInput, match=r"takes 2 inputs \['a', 'b'\]: pass them by name"):
+            model.predict(ones)
+        np.testing.assert_allclose(model.predict(a=ones, b=ones)["y"], 2 * ones)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +52,14 @@ def rows(tag: float, n: int = 64) -> dict[str, np.ndarray]:
 async def settle() -> None:
     for _ in range(5):
         await asyncio.sleep(0)
+
+
+async def until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Poll ``condition`` on the loop; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.005)
 
 
 async def test_a_full_queue_sheds_the_newest_less_urgent_request(manifest: Manifest) -> None:
@@ -145,8 +153,8 @@ async def test_a_reserved_instance_serves_realtime_while_bulk_work_holds_the_oth
     try:
         bulk = [asyncio.create_task(batcher.submit(rows(i), Priority.BATCH)) for i in range(3)]
         interactive = asyncio.create_task(batcher.submit(rows(7), Priority.INTERACTIVE))
-        await settle()
-        await asyncio.sleep(0.05)
+        await until(lambda: bool(model.started), "the first bulk batch to reach the model")
+        await settle()  # where the batcher would hand out the reserved instance
         # One bulk batch runs; the reserved instance stays free for realtime.
         assert model.started == [0.0]
         assert batcher.queued == 3

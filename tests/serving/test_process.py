@@ -10,7 +10,7 @@ import signal
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +41,12 @@ import time
 
 import numpy as np
 
+HANGING = "hanging"
+
 
 class Model:
     def __init__(self, root, options):
+        self.root = root
         self.factor = float(options.get("factor", 2))
 
     def predict(self, inputs):
@@ -54,6 +57,7 @@ class Model:
         if trigger == -2:
             os.kill(os.getpid(), signal.SIGSEGV)
         if trigger == -3:
+            open(os.path.join(self.root, HANGING), "w").close()  # tell the test
             time.sleep(3600)
         if trigger == -4:
             raise ValueError("bad physics")
@@ -112,6 +116,14 @@ def child_pids() -> set[int]:
 def exited(pid: int) -> bool:
     """Whether child ``pid`` has exited, without reaping it (its owner still must)."""
     return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
 
 
 @pytest.fixture
@@ -183,8 +195,7 @@ def test_a_process_killed_between_calls_is_replaced_silently(runtime: ProcessRun
     first = runtime.pid
     assert first is not None
     os.kill(first, signal.SIGKILL)
-    while not exited(first):
-        time.sleep(0.01)
+    wait_for(lambda: exited(first), "the killed model process to exit")
     assert int(runtime.infer(inputs())["pid"]) not in (first, os.getpid())
 
 
@@ -262,7 +273,8 @@ def test_unload_kills_a_process_stuck_in_a_call(source: ModelSource) -> None:
 
     thread = threading.Thread(target=call)
     thread.start()
-    time.sleep(0.3)  # let the call reach the model
+    # The model marks the call's arrival before it hangs.
+    wait_for(lambda: (source.root / "hanging").exists(), "the call to reach the model")
     runtime.unload()
     thread.join(10)
     assert not thread.is_alive()

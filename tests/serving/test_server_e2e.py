@@ -8,7 +8,10 @@ compared with in-process execution of the same package.
 
 from __future__ import annotations
 
+import json
 import queue
+import re
+import subprocess
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,9 +25,10 @@ from tritonclient.utils import InferenceServerException
 
 import sciserve
 from sciserve.config import Settings
+from sciserve.package.card import render_card
 from sciserve.registry.registry import Registry
 
-from helpers.packages import identity_package, make_onnx_package, write_package
+from helpers.packages import expected_linear, identity_package, make_onnx_package, write_package
 from helpers.server import Running, start_server, stop_server
 
 HTTP_DATATYPES = [
@@ -422,3 +426,35 @@ def test_grpc_streaming_every_datatype(server: Running) -> None:
         assert error is None, error
         datatype = result.get_response().id
         np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), sent[datatype])
+
+
+def test_the_cards_usage_snippets_run_as_written(
+    server: Running,
+    registry: Registry,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The SDK, tritonclient and curl examples of a model card work, with only the
+    server's address changed."""
+    info = registry.resolve("linear:2.0.0")
+    card = render_card(info.manifest, digest=info.digest)
+    usage = card.split("\n## Use it\n", 1)[1]
+    sdk, triton, curl = (code for _, code in re.findall(r"```(\w+)\n(.*?)```", usage, re.S))
+    expected = expected_linear(np.zeros((1, 4), np.float32), scale=2.0)
+
+    monkeypatch.setenv("SCISERVE_HOME", str(server.home))
+    exec(sdk, {})
+    exec(triton.replace("localhost:8000", server.http), {})
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == [str(expected), str(expected)]
+
+    done = subprocess.run(
+        ["sh", "-c", curl.replace("localhost:8000", server.http)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    (output,) = json.loads(done.stdout)["outputs"]
+    assert output["name"] == "y"
+    np.testing.assert_allclose(np.reshape(output["data"], output["shape"]), expected)

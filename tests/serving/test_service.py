@@ -137,14 +137,25 @@ async def test_alias_flip_under_load_has_no_failures(
             await asyncio.sleep(0)
 
     v1, v2 = float(expected_linear(x)[0, 0]), float(expected_linear(x, scale=2.0)[0, 0])
+
+    async def until(condition: Callable[[], bool], what: str) -> None:
+        deadline = clock() + 30
+        while not condition():
+            assert clock() < deadline, f"timed out waiting for {what}"
+            await asyncio.sleep(0.01)
+
     try:
         clients = [asyncio.create_task(client()) for _ in range(8)]
-        await asyncio.sleep(0.3)
+        await until(lambda: len(seen) >= 50, "answers from the first version")
         flipped = clock()
         await asyncio.to_thread(reg.tag, "linear:2.0.0", "production")
-        while clock() < flipped + 5 and not any(v == v2 for _, _, v in seen):
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(0.2)
+        await until(lambda: any(v == v2 for _, _, v in seen), "an answer from the new version")
+        # Enough requests after the switch to show that all of them got it.
+        switched_at = min(done for _, done, v in seen if v == v2)
+        await until(
+            lambda: sum(started > switched_at for started, _, _ in seen) >= 50,
+            "requests after the switch",
+        )
         stop.set()
         await asyncio.gather(*clients)
         assert {v for _, _, v in seen} == {v1, v2}

@@ -4,27 +4,28 @@ These act on the registry database directly (no server), which is how an
 operator mints the first admin token::
 
     sciserve token create --admin --subject ops
+
+With ``--server`` (or ``SCISERVE_URL``) and an admin token in
+``SCISERVE_TOKEN``, ``token`` and ``audit`` act on a server's registry.
 """
 
 from __future__ import annotations
 
-import os
-import pwd
 import sys
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
-from rich.table import Column, Table
 from rich.text import Text
 
 from ..access.duration import parse_duration
-from ..access.tokens import TokenRecord, TokenStore
+from ..access.tokens import TokenStore
 from ..access.usage import UsageStore, to_csv
 from ..config import RateLimit
 from ..errors import InvalidInput
 from ..registry.db import utcnow
-from ._context import state
+from ..registry.remote import RemoteRegistry
+from ._context import folding_table, local_actor, state
 
 __all__ = ["register"]
 
@@ -36,14 +37,6 @@ def register(app: typer.Typer) -> None:
     app.add_typer(token_app, name="token")
     app.command("usage")(usage)
     app.command("audit")(audit)
-
-
-def _actor() -> str:
-    # Who ran the command, for the audit trail (from the OS, not the environment).
-    try:
-        return f"local:{pwd.getpwuid(os.getuid()).pw_name}"
-    except KeyError:
-        return f"local:uid={os.getuid()}"
 
 
 def _parse_scopes(values: list[str]) -> dict[str, set[str]]:
@@ -67,8 +60,18 @@ def _day(value: str | None) -> str:
     return value[:10] if value else "-"
 
 
-def _scopes_text(record: TokenRecord) -> str:
-    return "; ".join(f"{ns}:{','.join(sorted(s))}" for ns, s in sorted(record.scopes.items()))
+def _scopes_text(token: dict[str, Any]) -> str:
+    # One grant per line, so a table cell wraps between grants, not inside one.
+    return "\n".join(f"{ns}:{','.join(s)}" for ns, s in sorted(token["scopes"].items()))
+
+
+def _token_state(token: dict[str, Any]) -> str:
+    lines = [token["state"]]
+    if token["expires_at"]:
+        lines.append(f"until {_day(token['expires_at'])}")
+    if token["last_used_at"]:
+        lines.append(f"used {_day(token['last_used_at'])}")
+    return "\n".join(lines)
 
 
 @token_app.command("create")
@@ -104,62 +107,71 @@ def token_create(
             )
         except ValueError as exc:
             raise InvalidInput(f"invalid limits: {exc}") from exc
-    with st.local_registry() as reg:
-        record, raw = TokenStore(reg).create(
-            subject,
-            _parse_scopes(scope or []),
-            priority=priority,
-            expires_in=parse_duration(expires_in) if expires_in else None,
-            label=label,
-            admin=admin,
-            limit=limit,
-            actor=_actor(),
-        )
+    scopes = _parse_scopes(scope or [])
+    lifetime = parse_duration(expires_in) if expires_in else None
+    with st.registry() as reg:
+        if isinstance(reg, RemoteRegistry):
+            created = reg.create_token(
+                subject,
+                scopes,
+                priority=priority,
+                expires_in=lifetime.total_seconds() if lifetime is not None else None,
+                label=label,
+                admin=admin,
+                limit=limit.model_dump() if limit is not None else None,
+            )
+        else:
+            record, raw = TokenStore(reg).create(
+                subject,
+                scopes,
+                priority=priority,
+                expires_in=lifetime,
+                label=label,
+                admin=admin,
+                limit=limit,
+                actor=local_actor(),
+            )
+            created = {**record.to_dict(), "token": raw}
 
     def human() -> None:
         st.err.print("token created; it is shown only this once, store it now:")
-        sys.stdout.write(raw + "\n")
-        expires = _when(record.to_dict()["expires_at"])
+        sys.stdout.write(created["token"] + "\n")
+        scopes_line = _scopes_text(created).replace("\n", "; ")
         st.err.print(
-            f"id {record.token_id}, subject {record.subject}, scopes {_scopes_text(record)}, "
-            f"priority {record.priority.name.lower()}, expires {expires}",
+            f"id {created['token_id']}, subject {created['subject']}, scopes {scopes_line}, "
+            f"priority {created['priority']}, expires {_when(created['expires_at'])}",
             markup=False,
         )
 
-    st.emit({**record.to_dict(), "token": raw}, human)
+    st.emit(created, human)
 
 
 @token_app.command("list")
 def token_list(ctx: typer.Context) -> None:
     """List tokens (ids and metadata; secrets are never stored, so never shown)."""
     st = state(ctx)
-    with st.local_registry() as reg:
-        records = TokenStore(reg).list()
+    with st.registry() as reg:
+        if isinstance(reg, RemoteRegistry):
+            tokens = reg.tokens()
+        else:
+            tokens = [r.to_dict() for r in TokenStore(reg).list()]
 
     def human() -> None:
-        if not records:
+        if not tokens:
             st.console.print("no tokens yet: create one with 'sciserve token create'")
             return
-        table = Table(
-            Column("id", no_wrap=True),
-            *("subject", "label", "scopes", "priority", "expires", "state", "last used"),
-        )
-        for r in records:
-            d = r.to_dict()
+        rows = []
+        for d in tokens:
             # Text, not markup: subjects and labels are free-form.
-            table.add_row(
-                r.token_id,
-                Text(r.subject),
-                Text(r.label or ""),
-                _scopes_text(r),
-                d["priority"],
-                _day(d["expires_at"]),
-                d["state"],
-                _day(d["last_used_at"]),
-            )
-        st.console.print(table)
+            who = Text(d["subject"])
+            if d["label"]:
+                who.append("\n" + d["label"], style="dim")
+            rows.append((d["token_id"], who, Text(_scopes_text(d)), d["priority"], _token_state(d)))
+        headers = ("id", "subject / label", "scopes", "priority", "state")
+        fixed = ("id", "priority", "state")
+        st.console.print(folding_table(headers, rows, width=st.console.width, fixed=fixed))
 
-    st.emit([r.to_dict() for r in records], human)
+    st.emit(tokens, human)
 
 
 @token_app.command("revoke")
@@ -168,10 +180,16 @@ def token_revoke(
 ) -> None:
     """Revoke a token for good."""
     st = state(ctx)
-    with st.local_registry() as reg:
-        record = TokenStore(reg).revoke(token_id, actor=_actor())
+    with st.registry() as reg:
+        if isinstance(reg, RemoteRegistry):
+            revoked = reg.revoke_token(token_id)
+        else:
+            revoked = TokenStore(reg).revoke(token_id, actor=local_actor()).to_dict()
     st.emit(
-        record.to_dict(), lambda: st.console.print(f"revoked {record.token_id} ({record.subject})")
+        revoked,
+        lambda: st.console.print(
+            f"revoked {revoked['token_id']} ({revoked['subject']})", markup=False
+        ),
     )
 
 
@@ -197,9 +215,8 @@ def usage(
         if not rows:
             st.console.print("no usage recorded")
             return
-        table = Table("namespace", "caller", "subject", "model", "requests", "rows", "compute s")
-        for r in rows:
-            table.add_row(
+        cells = [
+            (
                 r["namespace"],
                 Text(r["principal"]),
                 Text(r["subject"]),
@@ -208,6 +225,11 @@ def usage(
                 str(r["rows"]),
                 f"{r['compute_seconds']:.3f}",
             )
+            for r in rows
+        ]
+        headers = ("namespace", "caller", "subject", "model", "requests", "rows", "compute s")
+        fixed = ("caller", "requests", "rows", "compute s")
+        table = folding_table(headers, cells, width=st.console.width, fixed=fixed)
         st.console.print(table)
 
     st.emit(rows, human)
@@ -219,21 +241,29 @@ def audit(
 ) -> None:
     """The audit trail: publishing, trust, tokens and denied requests."""
     st = state(ctx)
-    with st.local_registry() as reg:
+    with st.registry() as reg:
         events = reg.events(limit)
 
     def human() -> None:
-        table = Table("at", "action", "subject", "actor", "detail")
+        rows = []
         for e in events:
             items = sorted((e["detail"] or {}).items())
             detail = ", ".join(f"{k}={v}" for k, v in items if v is not None)
-            table.add_row(
-                _when(e["at"]),
-                e["action"],
-                Text(e["subject"]),
-                Text(e["actor"] or ""),
-                Text(detail),
+            rows.append(
+                (
+                    _when(e["at"]),
+                    e["action"],
+                    Text(e["subject"]),
+                    Text(e["actor"] or ""),
+                    Text(detail),
+                )
             )
+        table = folding_table(
+            ("at", "action", "subject", "actor", "detail"),
+            rows,
+            width=st.console.width,
+            fixed=("at", "action"),
+        )
         st.console.print(table)
 
     st.emit(events, human)

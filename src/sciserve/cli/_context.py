@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import pwd
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -20,6 +23,7 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
+from rich.table import Column, Table
 from rich.text import Text
 
 from .. import errors
@@ -44,6 +48,15 @@ EXIT_CODES: list[tuple[type[errors.SciserveError], int]] = [
 ]
 
 T = TypeVar("T")
+
+
+def local_actor() -> str:
+    """Who runs this command, for the audit trail of local changes: ``local:<os user>``
+    (from the OS, not from the environment, which anyone can set)."""
+    try:
+        return f"local:{pwd.getpwuid(os.getuid()).pw_name}"
+    except KeyError:
+        return f"local:uid={os.getuid()}"
 
 
 @dataclass
@@ -110,6 +123,68 @@ class State:
         ) as bar:
             task = bar.add_task(description, total=total)
             yield lambda n: bar.advance(task, n)
+
+
+#: :func:`folding_table` narrows no column below this many characters.
+_NARROWEST = 6
+
+
+def _words(cell: str | Text) -> list[str]:
+    return (cell.plain if isinstance(cell, Text) else cell).split() or [""]
+
+
+def folding_table(
+    headers: Sequence[str],
+    rows: Iterable[Sequence[str | Text]],
+    *,
+    width: int,
+    fixed: Collection[str] = (),
+) -> Table:
+    """A table of at most ``width`` characters that keeps every character of every cell.
+
+    Cells wrap, and words longer than their column fold onto the next line,
+    rather than being cut with an ellipsis (rich's default).  Columns are
+    as wide as their content until the table would be too wide; then the
+    widest column not in ``fixed`` (short values such as ids, dates and
+    numbers, best kept whole) gives way first.  Rich's own narrowing cannot
+    be trusted with this: it crops what does not fit.
+    """
+    rows = [list(row) for row in rows]
+
+    def lines(cell: str | Text) -> list[str]:
+        return (cell.plain if isinstance(cell, Text) else cell).splitlines() or [""]
+
+    widths = [
+        max(len(line) for line in [header, *(ln for row in rows for ln in lines(row[i]))])
+        for i, header in enumerate(headers)
+    ]
+    # The longest word of each column: narrower, and it must fold.
+    words = [
+        max(len(word) for word in [header, *(w for row in rows for w in _words(row[i]))])
+        for i, header in enumerate(headers)
+    ]
+    flexible = [i for i, h in enumerate(headers) if h not in fixed]
+    # Columns are two spaces apart (collapsed padding, no rules).
+    room = width - 2 * (len(headers) - 1)
+    # Narrow the widest column first: flexible ones while they only wrap
+    # between words, then folding them, then, if need be, the fixed ones.
+    for group, floor in (
+        (flexible, words),
+        (flexible, [_NARROWEST] * len(headers)),
+        (range(len(headers)), [_NARROWEST] * len(headers)),
+    ):
+        candidates = [i for i in group if widths[i] > floor[i]]
+        while sum(widths) > room and candidates:
+            widest = max(candidates, key=lambda i: widths[i])
+            widths[widest] -= 1
+            candidates = [i for i in candidates if widths[i] > floor[i]]
+    columns = [Column(h, overflow="fold", width=w) for h, w in zip(headers, widths, strict=True)]
+    table = Table(
+        *columns, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True
+    )
+    for row in rows:
+        table.add_row(*row)
+    return table
 
 
 def state(ctx: typer.Context) -> State:

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from ..registry.registry import NamespaceInfo
-from ._context import State, state
+from ._context import State, local_actor, state
 
 app = typer.Typer(
     help="Namespaces own models; only trusted ones may publish code.", no_args_is_help=True
@@ -37,7 +37,12 @@ def create(
     """Create a namespace."""
     st = state(ctx)
     with st.local_registry() as reg:
-        _show(st, reg.create_namespace(name, trusted=trusted, description=description))
+        _show(
+            st,
+            reg.create_namespace(
+                name, trusted=trusted, description=description, actor=local_actor()
+            ),
+        )
 
 
 @app.command("list")
@@ -63,7 +68,7 @@ def trust(ctx: typer.Context, name: str) -> None:
     """Allow a namespace to publish and load code-executing runtimes (pickle, Python)."""
     st = state(ctx)
     with st.local_registry() as reg:
-        _show(st, reg.set_trusted(name, True))
+        _show(st, reg.set_trusted(name, True, actor=local_actor()))
 
 
 @app.command("distrust")
@@ -71,4 +76,4 @@ def distrust(ctx: typer.Context, name: str) -> None:
     """Withdraw trust: its code-executing packages no longer load."""
     st = state(ctx)
     with st.local_registry() as reg:
-        _show(st, reg.set_trusted(name, False))
+        _show(st, reg.set_trusted(name, False, actor=local_actor()))

@@ -9,13 +9,13 @@ from typing import Annotated
 
 import typer
 from rich.markdown import Markdown
-from rich.table import Table
 
 from .._hashing import sha256_file
 from ..errors import IntegrityError, InvalidInput
 from ..package.manifest import MANIFEST_NAME, load_manifest
 from ..registry.registry import VersionInfo
-from ._context import State, state
+from ..registry.remote import RemoteRegistry
+from ._context import State, folding_table, local_actor, state
 
 models_app = typer.Typer(help="Inspect published models.", no_args_is_help=True)
 
@@ -55,7 +55,7 @@ def publish(
     """Publish a package (a no-op when identical content is already published)."""
     st = state(ctx)
     with st.registry() as reg, st.progress("uploading", _package_size(source)) as advance:
-        result = reg.publish(source, progress=advance)
+        result = reg.publish(source, progress=advance, actor=local_actor())
     info = result.version
     verb = "published" if result.created else "already published (identical)"
     st.emit(
@@ -72,15 +72,24 @@ def models_list(
     """List models with their default version."""
     st = state(ctx)
     with st.registry() as reg:
-        items = reg.list_models(namespace)
+        if isinstance(reg, RemoteRegistry):
+            items, complete = reg.list_visible(namespace)
+        else:
+            items, complete = reg.list_models(namespace), True
 
     def human() -> None:
+        if not items and not complete:
+            # A server lists only the namespaces the caller's token may read.
+            st.console.print(
+                f"no models visible to this token on {st.settings.server_url}: "
+                "it lists only namespaces the token may read"
+            )
+            return
         if not items:
             st.console.print("no models yet: publish one with 'sciserve publish DIR'")
             return
-        table = Table("model", "version", "aliases", "runtime", "license", "size")
-        for v in items:
-            table.add_row(
+        rows = [
+            (
                 f"{v.namespace}/{v.name}",
                 v.version + (" (yanked)" if v.yanked else ""),
                 ", ".join(v.aliases),
@@ -88,6 +97,10 @@ def models_list(
                 v.manifest.license or "",
                 _size(v.size),
             )
+            for v in items
+        ]
+        headers = ("model", "version", "aliases", "runtime", "license", "size")
+        table = folding_table(headers, rows, width=st.console.width, fixed=("size",))
         st.console.print(table)
 
     st.emit([v.to_dict() for v in items], human)
@@ -153,14 +166,13 @@ def models_rename(
     digest; the files are unchanged. Clients must use the new name.
     """
     from ..package.reference import parse_reference
-    from ._access import _actor
 
     st = state(ctx)
     ref = parse_reference(model)
     if ref.version is not None or ref.alias is not None or "/" not in model:
         raise InvalidInput(f"{model!r}: name the model as NAMESPACE/NAME, without a version")
     with st.local_registry() as reg:
-        versions = reg.rename_model(ref.namespace, ref.name, new_name, actor=_actor())
+        versions = reg.rename_model(ref.namespace, ref.name, new_name, actor=local_actor())
 
     def human() -> None:
         st.console.print(f"renamed {ref.namespace}/{ref.name} to {ref.namespace}/{new_name}:")
@@ -208,7 +220,7 @@ def tag(
     """Point an alias (production, staging, …) at a version."""
     st = state(ctx)
     with st.registry() as reg:
-        info = reg.tag(ref, alias)
+        info = reg.tag(ref, alias, actor=local_actor())
     st.emit(info.to_dict(), lambda: st.console.print(f"{alias} -> {_line(info)}"))
 
 
@@ -216,7 +228,7 @@ def untag(ctx: typer.Context, ref: Annotated[str, typer.Argument(help="NAME")], 
     """Remove an alias."""
     st = state(ctx)
     with st.registry() as reg:
-        reg.untag(ref, alias)
+        reg.untag(ref, alias, actor=local_actor())
     st.emit({"removed": alias}, lambda: st.console.print(f"removed alias {alias}"))
 
 
@@ -228,7 +240,7 @@ def yank(
     """Withdraw a version; its record and files are kept, exact pins still resolve."""
     st = state(ctx)
     with st.registry() as reg:
-        info = reg.yank(ref, reason)
+        info = reg.yank(ref, reason, actor=local_actor())
     st.emit(info.to_dict(), lambda: st.console.print(f"yanked {_line(info)}"))
 
 
@@ -236,7 +248,7 @@ def unyank(ctx: typer.Context, ref: Annotated[str, typer.Argument(help="NAME:VER
     """Undo a yank."""
     st = state(ctx)
     with st.registry() as reg:
-        info = reg.unyank(ref)
+        info = reg.unyank(ref, actor=local_actor())
     st.emit(info.to_dict(), lambda: st.console.print(f"restored {_line(info)}"))
 
 

@@ -6,7 +6,7 @@ import asyncio
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from pydantic import ValidationError
@@ -14,6 +14,9 @@ from pydantic import ValidationError
 from ..config import ServingConfig, Settings
 from ..errors import ConfigError
 from ._context import log_to_stderr, state
+
+if TYPE_CHECKING:
+    from ..server import Addresses
 
 
 def register(app: typer.Typer) -> None:
@@ -132,15 +135,23 @@ def _options_problem(exc: ValidationError) -> str:
 SWITCH_INTERVAL = 0.0005
 
 
-def run_server(settings: Settings, config: ServingConfig) -> None:
-    """Run until SIGTERM / SIGINT; print one line with the bound addresses."""
-    from ..server import Addresses, Server
+def run_server(
+    settings: Settings,
+    config: ServingConfig,
+    *,
+    announce: Callable[[Addresses], None] | None = None,
+) -> None:
+    """Run until SIGTERM / SIGINT; print one line with the bound addresses, then
+    call ``announce`` with them."""
+    from ..server import Server
 
     log_to_stderr()
     sys.setswitchinterval(SWITCH_INTERVAL)
 
     def ready(addresses: Addresses) -> None:
         sys.stdout.write(f"{addresses.banner()}\n")
+        if announce is not None:
+            announce(addresses)
         sys.stdout.flush()
 
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:

@@ -8,20 +8,28 @@ real, working content.
 
 from __future__ import annotations
 
+import shlex
+import shutil
+import sys
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
+import platformdirs
 import typer
-from rich.markdown import Markdown
-from rich.table import Table
+from rich.table import Column, Table
+from rich.text import Text
 
 from ..config import ServingConfig
 from ..errors import NotFound
 from ..model import load
+from ..package.reference import served_name
 from ..registry.registry import Registry, VersionInfo
-from ._context import State, state
+from ._context import State, local_actor, state
+
+if TYPE_CHECKING:
+    from ..server import Addresses
 
 EXAMPLES = ("examples/lc-classifier", "examples/lc-classifier-gbm")
 
@@ -45,10 +53,10 @@ def ensure_examples(reg: Registry) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="examples-", dir=reg.settings.home) as tmp:
         added = []
         for package in build_examples(Path(tmp)):
-            result = reg.publish(package, actor="sciserve up")
+            result = reg.publish(package, actor=local_actor())
             info = result.version
             if info.ref.rsplit(":", 1)[0] in missing:
-                reg.tag(info.ref, "production", actor="sciserve up")
+                reg.tag(info.ref, "production", actor=local_actor())
                 added.append(info.ref)
     return added
 
@@ -65,7 +73,6 @@ def up(
     with st.local_registry() as reg:
         added = ensure_examples(reg)
         models = reg.list_models()
-        card_ref = reg.resolve(EXAMPLES[0])
         demo = _demo_prediction(reg)
     if st.json:
         st.emit(
@@ -74,23 +81,27 @@ def up(
                 "added": added,
                 "models": [m.to_dict() for m in models],
                 "prediction": demo,
+                "next": next_commands(st, None),
             },
             lambda: None,
         )
     else:
-        _show(st, added, models, card_ref, demo)
-    if serve:
-        from ._serve import run_server
-
+        _show(st, added, models, demo)
+    if not serve:
         if not st.json:
-            st.console.print(
-                "serving the registry (Ctrl-C stops): try\n"
-                f"  curl localhost:{http_port}/v2/models/examples.lc-classifier"
-            )
-        run_server(
-            st.settings,
-            ServingConfig(http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port),
-        )
+            _print_next(st, None)
+        return
+    from ._serve import run_server
+
+    def announce(addresses: Addresses) -> None:
+        if not st.json:
+            _print_next(st, f"{addresses.host}:{addresses.http_port}")
+
+    run_server(
+        st.settings,
+        ServingConfig(http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port),
+        announce=announce,
+    )
 
 
 def _demo_prediction(reg: Registry) -> dict[str, Any]:
@@ -111,29 +122,60 @@ def _demo_prediction(reg: Registry) -> dict[str, Any]:
     return {"models": list(predicted), "rows": rows}
 
 
-def _show(
-    st: State, added: list[str], models: list[VersionInfo], info: VersionInfo, demo: dict[str, Any]
-) -> None:
-    from ..package.card import render_card
+def next_commands(st: State, http: str | None) -> list[str]:
+    """Commands to try next, written so they work in a fresh shell.
 
+    A plain ``sciserve`` there would find neither this registry (unless it is
+    the default one) nor, outside the virtual environment, the program:
+    the first line sets both when needed.
+    """
+    setup = []
+    home = st.settings.home.absolute()
+    if home != Path(platformdirs.user_data_dir("sciserve")).absolute():
+        setup.append(f"SCISERVE_HOME={shlex.quote(str(home))}")
+    program = "sciserve"
+    script = Path(sys.argv[0]).absolute()
+    if script.name != "sciserve":  # python -m sciserve
+        program = f"{shlex.quote(sys.executable)} -m sciserve"
+    else:
+        # In a virtual environment, a fresh shell has not activated it.
+        found = shutil.which("sciserve")
+        in_venv = sys.prefix != sys.base_prefix
+        if in_venv or found is None or Path(found).resolve() != script.resolve():
+            setup.append(f"PATH={shlex.quote(str(script.parent))}:$PATH")
+    commands = [f"export {' '.join(setup)}"] if setup else []
+    commands += [f"{program} models list", f"{program} models card {EXAMPLES[0]}"]
+    if http is not None:
+        served = served_name(*EXAMPLES[0].split("/"))
+        commands.append(f"curl -s {http}/v2/models/{served}")
+    return commands
+
+
+def _print_next(st: State, http: str | None) -> None:
+    where = "in another shell (Ctrl-C here stops the server)" if http else "in any shell"
+    lines = "\n".join(f"  {command}" for command in next_commands(st, http))
+    st.console.print(f"next, {where}:\n{lines}", markup=False, soft_wrap=True)
+
+
+def _show(st: State, added: list[str], models: list[VersionInfo], demo: dict[str, Any]) -> None:
+    """One summary table: what the registry serves, and how each example did."""
     con = st.console
-    con.rule("sciserve")
-    con.print(f"registry: {st.settings.database_url}\nartifacts: {st.settings.store_url}")
-    for ref in added:
-        con.print(f"published example {ref} (alias production)")
-    table = Table("model", "version", "aliases", "runtime", "license")
+    con.print(f"registry in {st.settings.home.absolute()}", markup=False, soft_wrap=True)
+    if added:
+        con.print(f"published {len(added)} example models (first start)")
+    rows = len(demo["rows"])
+    right = {ref: sum(row[ref] == row["truth"] for row in demo["rows"]) for ref in demo["models"]}
+    table = Table(
+        Column("model, served as", overflow="fold"),
+        Column("aliases", overflow="fold"),
+        Column("check", overflow="fold"),
+        caption=f"check: {rows} freshly simulated light curves classified in-process",
+    )
     for m in models:
+        check = right.get(m.ref)
         table.add_row(
-            f"{m.namespace}/{m.name}",
-            m.version,
-            ", ".join(m.aliases),
-            m.manifest.runtime,
-            m.manifest.license or "",
+            Text(f"{m.ref}\n{served_name(m.namespace, m.name)}"),
+            Text(", ".join(m.aliases)),
+            "" if check is None else f"{check}/{rows} right",
         )
     con.print(table)
-    con.print(Markdown(render_card(info.manifest, digest=info.digest, aliases=info.aliases)))
-    pred = Table("object", "truth", *demo["models"], title="in-process predictions")
-    for row in demo["rows"]:
-        pred.add_row(str(row["object"]), row["truth"], *(row[m] for m in demo["models"]))
-    con.print(pred)
-    con.print("next: sciserve models card examples/lc-classifier · sciserve --help")

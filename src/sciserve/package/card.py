@@ -43,6 +43,7 @@ from .manifest import (
     MetricValue,
     TensorSpec,
 )
+from .reference import served_name
 
 __all__ = [
     "CONTEXT_URL",
@@ -153,8 +154,101 @@ def model_iri(manifest: Manifest, base_url: str | None = None) -> str:
     )
 
 
+#: numpy's name of each datatype's array type, for the usage snippets
+#: (tritonclient sends BF16 from float32 arrays; numpy has no bfloat16).
+_NUMPY_TYPES: Final = {
+    "BOOL": "bool_", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32",
+    "UINT64": "uint64", "INT8": "int8", "INT16": "int16", "INT32": "int32", "INT64": "int64",
+    "FP16": "float16", "BF16": "float32", "FP32": "float32", "FP64": "float64",
+}  # fmt: skip
+#: Up to this many values, the ``curl`` example spells the whole tensor out.
+_CURL_VALUES: Final = 64
+
+
+def _example_shape(tensor: TensorSpec) -> list[int]:
+    """A concrete shape for an example request: one row wherever the size is free."""
+    return [1 if dim == -1 else dim for dim in tensor.shape]
+
+
+def _example_array(tensor: TensorSpec) -> str:
+    """Python source of an all-zero numpy array of ``tensor``'s shape and type."""
+    shape = tuple(_example_shape(tensor))
+    if tensor.datatype == "BYTES":
+        return f'np.full({shape!r}, b"", dtype=object)'
+    return f"np.zeros({shape!r}, np.{_NUMPY_TYPES[tensor.datatype]})"
+
+
 def _usage_snippet(manifest: Manifest) -> str:
-    return f"import sciserve\n\nmodel = sciserve.load({json.dumps(manifest.ref)})\n"
+    """In-process use through the SDK."""
+    lines = ["import numpy as np", "import sciserve", ""]
+    lines.append(f"model = sciserve.load({json.dumps(manifest.ref)})")
+    if len(manifest.inputs) == 1:
+        lines.append(f"outputs = model.predict({_example_array(manifest.inputs[0])})")
+    elif manifest.inputs:
+        lines.append("outputs = model.predict({")
+        lines += [f"    {json.dumps(t.name)}: {_example_array(t)}," for t in manifest.inputs]
+        lines.append("})")
+    lines += [f"print(outputs[{json.dumps(t.name)}])" for t in manifest.outputs[:1]]
+    return "\n".join(lines) + "\n"
+
+
+def _tritonclient_snippet(manifest: Manifest, served: str) -> str:
+    """The same call against a server, with NVIDIA's unmodified ``tritonclient``."""
+    lines = [
+        "import numpy as np",
+        "import tritonclient.http as httpclient",
+        "",
+        'client = httpclient.InferenceServerClient("localhost:8000")',
+        "inputs = []",
+    ]
+    for tensor in manifest.inputs:
+        shape = _example_shape(tensor)
+        lines += [
+            f"x = httpclient.InferInput({json.dumps(tensor.name)}, {shape}, "
+            f"{json.dumps(tensor.datatype)})",
+            f"x.set_data_from_numpy({_example_array(tensor)})",
+            "inputs.append(x)",
+        ]
+    lines.append(
+        f"result = client.infer({json.dumps(served)}, inputs, "
+        f"model_version={json.dumps(manifest.version)})"
+    )
+    lines += [f"print(result.as_numpy({json.dumps(t.name)}))" for t in manifest.outputs[:1]]
+    return "\n".join(lines) + "\n"
+
+
+def _curl_line(manifest: Manifest, served: str) -> str:
+    """One JSON inference request with ``curl``, all zeros (or a placeholder if large)."""
+    tensors = []
+    for tensor in manifest.inputs:
+        shape = _example_shape(tensor)
+        count = math.prod(shape)
+        zero: object = {"BOOL": False, "BYTES": ""}.get(tensor.datatype, 0)
+        data: object = [zero] * count if count <= _CURL_VALUES else f"<{count} values>"
+        tensors.append(
+            {"name": tensor.name, "datatype": tensor.datatype, "shape": shape, "data": data}
+        )
+    body = json.dumps({"inputs": tensors}, separators=(",", ":"))
+    url = (
+        f"localhost:8000/v2/models/{quote(served, safe='')}"
+        f"/versions/{quote(manifest.version, safe='')}/infer"
+    )
+    # Single quotes around the body for the shell; a quote inside it is closed and escaped.
+    escaped = body.replace("'", "'\\''")
+    return f"curl -s {url} -H 'Content-Type: application/json' -d '{escaped}'\n"
+
+
+def _usage(manifest: Manifest) -> str:
+    served = served_name(manifest.namespace, manifest.name)
+    return _section(
+        "Use it",
+        f"In Python, in this process:\n\n```python\n{_usage_snippet(manifest)}```\n\n"
+        f"`sciserve serve` serves this version as {_code(served)} "
+        f"(version {_code(manifest.version)}) over the Open Inference Protocol, "
+        "for example to `tritonclient`:\n\n"
+        f"```python\n{_tritonclient_snippet(manifest, served)}```\n\n"
+        f"or to `curl`:\n\n```console\n{_curl_line(manifest, served)}```",
+    )
 
 
 # -- Markdown helpers ----------------------------------------------------
@@ -423,7 +517,7 @@ def render_card(
         _compatibility(manifest.compatible_with),
         _section("Tags", " ".join(_code(tag) for tag in manifest.tags)),
         _files(manifest.files),
-        _section("Use it", f"```python\n{_usage_snippet(manifest)}```"),
+        _usage(manifest),
     ]
     return "\n\n".join(section for section in sections if section) + "\n"
 

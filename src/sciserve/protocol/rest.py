@@ -29,7 +29,9 @@ where ``{ref}`` is one of ``/models/{ns}/{name}`` (the default version),
 
     GET    /namespaces                      {"namespaces": [...]}
     GET    /events?limit=N                  {"events": [...]}, newest first
-    GET    /models?namespace=NS             {"models": [...]}: each model's default version
+    GET    /models?namespace=NS             {"models": [...], "complete"}: each model's default
+                                            version the caller may see; "complete" when it
+                                            sees every namespace (an admin)
     POST   /models                          publish; body: the package as .tar.gz (or .tar);
                                             201 {"created": true, "version"} or 200 if it existed
     GET    /models/{ns}/{name}/versions     {"versions": [...]}, newest first
@@ -43,6 +45,14 @@ where ``{ref}`` is one of ``/models/{ns}/{name}`` (the default version),
     POST   {ref}/unyank
     PUT    /models/{ns}/{name}/aliases/{a}  tag; body {"version": V} or {"alias": A} (or {})
     DELETE /models/{ns}/{name}/aliases/{a}  untag
+    GET    /tokens                          {"tokens": [...]}: API tokens, never their secrets
+    POST   /tokens                          mint; body {"subject", "scopes": {ns: [scope]},
+                                            "admin", "priority", "expires_in" (s), "label",
+                                            "limit"}; 201 {..., "token"}: the only time it is sent
+    POST   /tokens/{token_id}/revoke        the token's record, revoked
+
+The token routes need ``admin`` on ``*`` and a server with authentication
+on; each change is in the audit trail under the admin's token id.
 
 Versions travel in the form :func:`sciserve.registry.remote.version_to_wire`
 writes, which :class:`~sciserve.registry.remote.RemoteRegistry` reads.
@@ -73,6 +83,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
 from starlette import types as asgi
 from starlette.applications import Starlette
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
@@ -84,6 +95,8 @@ from starlette.routing import BaseRoute, Route
 from .._hashing import CHUNK
 from ..access.identity import Identity, Scope
 from ..access.policy import authorize
+from ..access.tokens import TokenStore
+from ..config import RateLimit
 from ..errors import (
     ConfigError,
     Conflict,
@@ -512,6 +525,9 @@ class _RegistryApi:
             (base + "/events", self.events, get),
             (base + "/verify", self.verify_all, post),
             (base + "/models", self.list_models, get),
+            (base + "/tokens", self.tokens, get),
+            (base + "/tokens", self.create_token, post),
+            (base + "/tokens/{token_id}/revoke", self.revoke_token, post),
             (base + "/models", self.publish, post),
             (model + "/versions", self.versions, get),
             (model + "/aliases/{alias}", self.tag, ["PUT"]),
@@ -554,7 +570,11 @@ class _RegistryApi:
         identity = await self._authorize(request, "read", namespace)
         found = await self._call(self.registry.list_models, namespace)
         shown = [v for v in found if identity.can_see(v.namespace)]
-        return _json({"models": [version_to_wire(v) for v in shown]})
+        # "complete": whether the caller sees every namespace, so a client can
+        # tell "nothing published" from "nothing it may see" (without learning
+        # whether anything is hidden).
+        models = [version_to_wire(v) for v in shown]
+        return _json({"models": models, "complete": identity.is_admin})
 
     async def versions(self, request: Request) -> Response:
         ref = _reference(request)
@@ -689,6 +709,95 @@ class _RegistryApi:
         await _json_object(request)
         info = await self._call(self.registry.unyank, str(ref), actor=actor)
         return _json(version_to_wire(info))
+
+    # -- tokens ------------------------------------------------------------
+
+    async def _token_admin(self, request: Request) -> tuple[TokenStore, Identity]:
+        """The server's token store and the admin asking; refused unless auth is on."""
+        identity = await self._authorize(request, "admin", None)
+        if self.service.access is None:
+            # Anyone may call an unauthenticated server: minting tokens there
+            # would hand out credentials that count once auth is turned on.
+            raise PermissionDenied(
+                "this server runs without authentication, so it does not manage tokens; "
+                "create them where the registry is ('sciserve token create')"
+            )
+        return self.service.access.tokens, identity
+
+    async def tokens(self, request: Request) -> Response:
+        store, _ = await self._token_admin(request)
+        records = await self._call(store.list)
+        return _json({"tokens": [r.to_dict() for r in records]})
+
+    async def create_token(self, request: Request) -> Response:
+        store, identity = await self._token_admin(request)
+        doc = await _json_object(request)
+        unknown = sorted(set(doc) - _TOKEN_FIELDS)
+        if unknown:
+            raise InvalidInput(f"unknown token field(s) {', '.join(map(repr, unknown))}")
+        record, raw = await self._call(
+            store.create,
+            _required_str(doc, "subject"),
+            _scope_map(doc.get("scopes")),
+            priority=_optional(doc, "priority", str, "interactive"),
+            expires_in=_lifetime(doc.get("expires_in")),
+            label=_optional(doc, "label", str),
+            admin=_optional(doc, "admin", bool, False),
+            limit=_rate_limit(doc.get("limit")),
+            actor=identity.principal,
+        )
+        return _json({**record.to_dict(), "token": raw}, 201)
+
+    async def revoke_token(self, request: Request) -> Response:
+        store, identity = await self._token_admin(request)
+        token_id = request.path_params["token_id"]
+        record = await self._call(store.revoke, token_id, actor=identity.principal)
+        return _json(record.to_dict())
+
+
+#: The fields of a token creation request.
+_TOKEN_FIELDS = frozenset(
+    {"subject", "scopes", "admin", "priority", "expires_in", "label", "limit"}
+)
+#: Longest token lifetime a request may ask for (100 years, in seconds).
+_MAX_LIFETIME = 100 * 365 * 86400
+
+
+def _required_str(doc: dict[str, Any], key: str) -> str:
+    value = _optional(doc, key, str)
+    if value is None:
+        raise InvalidInput(f"{key!r} is required")
+    return str(value)
+
+
+def _scope_map(value: Any) -> dict[str, list[str]]:
+    """``{"namespace": ["scope", ...]}`` from a request body (checked again by the store)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(
+        isinstance(scopes, list) and all(isinstance(s, str) for s in scopes)
+        for scopes in value.values()
+    ):
+        raise InvalidInput("'scopes' must map namespaces to lists of scopes")
+    return value
+
+
+def _lifetime(value: Any) -> float | None:
+    if value is None:
+        return None
+    if type(value) not in (int, float) or not 0 < value <= _MAX_LIFETIME:
+        raise InvalidInput(f"'expires_in' must be seconds, more than 0 and at most {_MAX_LIFETIME}")
+    return float(value)
+
+
+def _rate_limit(value: Any) -> RateLimit | None:
+    if value is None:
+        return None
+    try:
+        return RateLimit.model_validate(value)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise InvalidInput(f"invalid 'limit': {problems}") from exc
 
 
 def _reference(request: Request) -> Reference:

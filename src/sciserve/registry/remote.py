@@ -4,7 +4,9 @@
 :class:`~sciserve.registry.registry.Registry` with the same names, arguments
 and return types, so code written against a local registry works against a
 server (``sciserve --server URL``).  Errors the server reports come back as
-the same :mod:`sciserve.errors` classes a local registry would raise.
+the same :mod:`sciserve.errors` classes a local registry would raise.  The
+``actor`` argument of changes is accepted and not sent: a server records the
+caller its credentials name.
 
 Packages travel as single ``.tar.gz`` files, streamed in
 :data:`~sciserve._hashing.CHUNK` pieces both ways, so a many-GB package is
@@ -23,7 +25,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -219,10 +221,16 @@ class RemoteRegistry:
         return [namespace_from_wire(item) for item in _field(data, "namespaces")]
 
     def list_models(self, namespace: str | None = None) -> list[VersionInfo]:
-        """The default version of every model (of one namespace)."""
+        """The default version of every model (of one namespace) the caller may see."""
+        return self.list_visible(namespace)[0]
+
+    def list_visible(self, namespace: str | None = None) -> tuple[list[VersionInfo], bool]:
+        """:meth:`list_models`, and whether the caller sees every namespace (an admin):
+        only then does an empty list mean that nothing is published."""
         params = {"namespace": namespace} if namespace is not None else None
         data = self._json("GET", "/models", params=params)
-        return [version_from_wire(item) for item in _field(data, "models")]
+        models = [version_from_wire(item) for item in _field(data, "models")]
+        return models, data.get("complete") is True
 
     def versions(self, ref: str | Reference) -> list[VersionInfo]:
         """Every version of a model, newest first (yanked ones included)."""
@@ -242,7 +250,11 @@ class RemoteRegistry:
     # -- changes ---------------------------------------------------------
 
     def publish(
-        self, source: str | os.PathLike[str], *, progress: Progress | None = None
+        self,
+        source: str | os.PathLike[str],
+        *,
+        progress: Progress | None = None,
+        actor: str | None = None,
     ) -> PublishResult:
         """Publish the package directory or archive at ``source``.
 
@@ -275,24 +287,24 @@ class RemoteRegistry:
         data = _json_body(response)
         return PublishResult(version_from_wire(_field(data, "version")), bool(data["created"]))
 
-    def tag(self, ref: str, alias: str) -> VersionInfo:
+    def tag(self, ref: str, alias: str, *, actor: str | None = None) -> VersionInfo:
         """Point ``alias`` of the model at the version ``ref`` names."""
         r = _reference(ref)
         body = {"version": r.version, "alias": r.alias}
         path = reference_path(Reference(r.namespace, r.name, alias=alias))
         return version_from_wire(self._json("PUT", path, json=body))
 
-    def untag(self, ref: str, alias: str) -> None:
+    def untag(self, ref: str, alias: str, *, actor: str | None = None) -> None:
         """Remove ``alias`` from the model ``ref`` names."""
         r = _reference(ref)
         self._send("DELETE", reference_path(Reference(r.namespace, r.name, alias=alias)))
 
-    def yank(self, ref: str, reason: str) -> VersionInfo:
+    def yank(self, ref: str, reason: str, *, actor: str | None = None) -> VersionInfo:
         """Withdraw the exact version ``ref`` names, keeping its record and files."""
         path = reference_path(_reference(ref)) + "/yank"
         return version_from_wire(self._json("POST", path, json={"reason": reason}))
 
-    def unyank(self, ref: str) -> VersionInfo:
+    def unyank(self, ref: str, *, actor: str | None = None) -> VersionInfo:
         """Undo :meth:`yank`."""
         return version_from_wire(self._json("POST", reference_path(_reference(ref)) + "/unyank"))
 
@@ -307,6 +319,41 @@ class RemoteRegistry:
             ]
         except (KeyError, TypeError, ValueError) as exc:
             raise SciserveError(f"malformed verify report from the server: {exc!r}") from exc
+
+    # -- tokens (admin) --------------------------------------------------
+
+    def tokens(self) -> list[dict[str, Any]]:
+        """Every API token of the server's registry, as
+        :meth:`~sciserve.access.tokens.TokenRecord.to_dict` describes it (no secrets)."""
+        return [_token(item) for item in _field(self._json("GET", "/tokens"), "tokens")]
+
+    def create_token(
+        self,
+        subject: str,
+        scopes: Mapping[str, Iterable[str]],
+        *,
+        priority: str = "interactive",
+        expires_in: float | None = None,
+        label: str | None = None,
+        admin: bool = False,
+        limit: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Mint a token on the server (admin only); the result's ``"token"`` is the
+        token itself, which nobody can retrieve again."""
+        body = {
+            "subject": subject,
+            "scopes": {ns: sorted(granted) for ns, granted in scopes.items()},
+            "priority": priority,
+            "expires_in": expires_in,
+            "label": label,
+            "admin": admin,
+            "limit": dict(limit) if limit is not None else None,
+        }
+        return _token(self._json("POST", "/tokens", json=body))
+
+    def revoke_token(self, token_id: str) -> dict[str, Any]:
+        """Revoke a token on the server (admin only); returns its record."""
+        return _token(self._json("POST", f"/tokens/{_segment(token_id)}/revoke"))
 
     # -- files -----------------------------------------------------------
 
@@ -379,6 +426,12 @@ class RemoteRegistry:
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         return _json_body(self._send(method, path, **kwargs))
+
+
+def _token(data: object) -> dict[str, Any]:
+    if not isinstance(data, dict) or not isinstance(data.get("token_id"), str):
+        raise SciserveError("malformed token record from the server")
+    return data
 
 
 def _reference(ref: str | Reference) -> Reference:
