@@ -13,8 +13,9 @@ from pathlib import Path
 
 import yaml
 
+from .. import _yaml
 from .._hashing import sha256_file
-from ..errors import ManifestError, NotFound, Problem, SciserveError
+from ..errors import ManifestError, NotFound, PayloadTooLarge, Problem, SciserveError
 from .manifest import MANIFEST_NAME, Manifest, TensorSpec, load_manifest
 
 __all__ = ["check_package", "ensure_valid", "license_problems"]
@@ -219,8 +220,8 @@ def _file_problems(root: Path, m: Manifest) -> list[Problem]:
 
 def _cff_problems(path: Path) -> list[Problem]:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        data = _yaml.load(path.read_text(encoding="utf-8"), what="a CITATION.cff file")
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, PayloadTooLarge) as exc:
         return [Problem("citation.cff", f"cannot read {path.name}: {exc}", "fix the CFF file")]
     if not isinstance(data, dict) or "cff-version" not in data or "title" not in data:
         return [

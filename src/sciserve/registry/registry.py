@@ -33,8 +33,10 @@ from ..errors import (
     DependencyMissing,
     IntegrityError,
     InvalidInput,
+    ManifestError,
     NotFound,
     PermissionDenied,
+    Problem,
     ReadOnlyRegistry,
     VersionConflict,
 )
@@ -316,6 +318,7 @@ class Registry:
         )
         if check is not None:
             check(manifest)
+        self._check_size(manifest)
         self._check_code_policy(manifest)
         ensure_valid(root, manifest)
         existing = self._existing(manifest)
@@ -338,6 +341,22 @@ class Registry:
                 if attempt == 4:
                     raise
         return PublishResult(self.resolve(manifest.ref), created=True)
+
+    def _check_size(self, manifest: Manifest) -> None:
+        # The canonical form is what the database stores and every listing
+        # reads back: bound it, whatever the YAML it came from looked like.
+        limit = self.settings.limits.max_manifest_bytes
+        size = len(manifest.canonical_bytes())
+        if size > limit:
+            raise ManifestError(
+                [
+                    Problem(
+                        "",
+                        f"the canonical manifest is {size} bytes, over the {limit}-byte limit",
+                        "move long texts into files of the package",
+                    )
+                ]
+            )
 
     def _check_code_policy(self, manifest: Manifest) -> None:
         if not self.executes_code(manifest):
