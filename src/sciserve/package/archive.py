@@ -220,6 +220,7 @@ def unpack(
     dest: str | os.PathLike[str],
     *,
     limits: Limits = _DEFAULT_LIMITS,
+    label: str | None = None,
 ) -> Path:
     """Extract the package archive ``archive`` into ``dest`` and return ``dest``.
 
@@ -235,9 +236,10 @@ def unpack(
     list or listed files the archive lacks; :class:`ManifestError` if the
     manifest is invalid; :class:`NotFound` if ``archive`` does not exist;
     :class:`Conflict` if ``dest`` is not empty.  On any error nothing is left
-    at or beside ``dest``.
+    at or beside ``dest``.  Errors name the archive ``label`` (default: its
+    path), so a server can keep its own paths out of what a client sees.
     """
-    return _install(Path(archive), Path(dest), limits, _package_root)
+    return _install(Path(archive), Path(dest), limits, _package_root, label)
 
 
 def extract_tree(
@@ -349,9 +351,11 @@ class _Extraction:
 _RootPicker = Callable[[str, Path, _Extraction, Limits], Path]
 
 
-def _install(archive: Path, dest: Path, limits: Limits, pick_root: _RootPicker) -> Path:
+def _install(
+    archive: Path, dest: Path, limits: Limits, pick_root: _RootPicker, label: str | None = None
+) -> Path:
     _require_empty(dest)
-    label = str(archive)
+    label = str(archive) if label is None else label
     with _open_archive(archive) as raw:
         dest.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(

@@ -221,7 +221,9 @@ def _file_problems(root: Path, m: Manifest) -> list[Problem]:
 def _cff_problems(path: Path) -> list[Problem]:
     try:
         data = _yaml.load(path.read_text(encoding="utf-8"), what="a CITATION.cff file")
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, PayloadTooLarge) as exc:
+    except OSError as exc:  # its strerror, not its text: that holds the whole path
+        return [Problem("citation.cff", f"cannot read {path.name}: {exc.strerror}")]
+    except (UnicodeDecodeError, yaml.YAMLError, PayloadTooLarge) as exc:
         return [Problem("citation.cff", f"cannot read {path.name}: {exc}", "fix the CFF file")]
     if not isinstance(data, dict) or "cff-version" not in data or "title" not in data:
         return [

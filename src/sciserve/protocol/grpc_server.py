@@ -52,8 +52,9 @@ from ..errors import (
     Unauthenticated,
     Unavailable,
 )
-from ..serving.service import InferenceService
+from ..serving.service import InferenceService, max_input_elements
 from ._grpc_listen import listen, server_options
+from ._messages import client_message
 from .grpc_codec import decode_infer_request, encode_infer_response
 
 __all__ = [
@@ -168,7 +169,7 @@ def _failure(exc: Exception) -> _Failure:
             ("retry-after", str(max(1, math.ceil(exc.retry_after)))),
             ("grpc-retry-pushback-ms", str(max(0, round(exc.retry_after * 1000)))),
         )
-    return _Failure(code, str(exc), metadata)
+    return _Failure(code, client_message(str(exc)), metadata)
 
 
 _Request = TypeVar("_Request")
@@ -312,9 +313,16 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
     async def _infer(
         self, request: service_pb2.ModelInferRequest, identity: Identity
     ) -> service_pb2.ModelInferResponse:
+        # Scope and model are checked before the tensors are decoded, and
+        # decoding builds no more elements than the model's inputs can hold.
+        model = await self.service.admit_infer(
+            identity, request.model_name, _version(request.model_version)
+        )
+        max_elements = max_input_elements(model.info.manifest)
         # Raw inputs are decoded as views over the message's bytes: no copy
         # between the wire and the batcher.
-        response = await self.service.infer(decode_infer_request(request), identity=identity)
+        decoded = decode_infer_request(request, max_elements=max_elements)
+        response = await self.service.infer(decoded, identity=identity)
         return encode_infer_response(response)
 
     async def ModelStreamInfer(

@@ -135,6 +135,17 @@ class VerifyReport:
         return not self.failures
 
 
+@contextlib.contextmanager
+def _manifest_named(label: str | None) -> Iterator[None]:
+    """Name manifest errors after ``label`` rather than a (scratch) path."""
+    try:
+        yield
+    except ManifestError as exc:
+        if label is None:
+            raise
+        raise ManifestError(exc.problems, f"{label}: {MANIFEST_NAME}") from exc
+
+
 def _version_key(version: str, published_at: datetime) -> tuple[int, Any, datetime]:
     # PEP 440 versions sort by their meaning; any other version sorts below
     # them, by publish time.
@@ -271,6 +282,7 @@ class Registry:
         actor: str | None = None,
         progress: Progress | None = None,
         check: Callable[[Manifest], None] | None = None,
+        label: str | None = None,
     ) -> PublishResult:
         """Publish the package directory or archive at ``source``.
 
@@ -280,6 +292,8 @@ class Registry:
         (pickles, TorchScript, custom Python) are refused unless the
         namespace is trusted.  ``check`` sees the manifest before anything
         else is read (a server checks the publisher's scope on its namespace).
+        Errors name the package ``label`` (default: its path), so a server
+        can keep its own paths out of what a client sees.
         """
         if self.read_only:
             raise ReadOnlyRegistry("this registry is open read-only")
@@ -288,11 +302,14 @@ class Registry:
             from ..package.archive import unpack
 
             with self._scratch("unpack") as scratch:
-                root = unpack(source, scratch / "package", limits=self.settings.limits)
-                return self._publish_dir(root, actor, progress, check)
+                limits = self.settings.limits
+                root = unpack(source, scratch / "package", limits=limits, label=label)
+                with _manifest_named(label):
+                    return self._publish_dir(root, actor, progress, check)
         if not source.is_dir():
             raise NotFound(f"no package directory or archive at {source}")
-        return self._publish_dir(source, actor, progress, check)
+        with _manifest_named(label):
+            return self._publish_dir(source, actor, progress, check)
 
     @contextlib.contextmanager
     def _scratch(self, purpose: str) -> Iterator[Path]:
