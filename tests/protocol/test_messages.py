@@ -35,3 +35,21 @@ def test_absolute_paths_are_cut_to_their_last_component(text: str, shown: str) -
 )
 def test_everything_else_is_left_alone(text: str) -> None:
     assert client_message(text) == text
+
+
+def test_an_echoed_name_of_100_kb_is_cut() -> None:
+    text = client_message(f"unknown model {'x' * 100_000!r}")
+    assert text.startswith("unknown model 'xxx")
+    assert "100002 characters" in text
+    assert len(text) < 200
+
+
+def test_words_of_ordinary_length_are_kept() -> None:
+    digest = "sha256:" + "a" * 64
+    assert client_message(f"{digest} differs") == f"{digest} differs"
+
+
+def test_the_whole_message_can_be_capped() -> None:
+    text = client_message("word " * 1000, max_chars=100)
+    assert len(text) == 100
+    assert text.endswith("...")

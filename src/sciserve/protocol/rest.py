@@ -149,6 +149,9 @@ _SMALL_BODY = 1 << 20
 _JSON_TYPES = {str: "string", bool: "boolean", int: "integer"}
 #: Largest number of events one request may ask for.
 _MAX_EVENTS = 10_000
+#: Most digits of a number a client sends (a header, a query parameter):
+#: more than any size or count, and few enough for ``int()``.
+_MAX_DIGITS = 18
 #: Inference bodies: the most bytes one tensor element takes in JSON (a
 #: float's repr, separator and indentation) or raw, and the room left for
 #: everything else (names, ids, parameters).
@@ -247,8 +250,12 @@ def _guarded(endpoint: Endpoint, denied: Denied | None = None) -> Endpoint:
 def _check_declared_length(request: Request, limit: int) -> None:
     """Refuse a body whose Content-Length is over ``limit`` before reading any of it."""
     raw = request.headers.get("content-length")
-    if raw is not None and raw.isascii() and raw.isdigit() and int(raw) > limit:
+    if raw is not None and _digits(raw) and (len(raw) > _MAX_DIGITS or int(raw) > limit):
         raise PayloadTooLarge(f"request body is {raw} bytes; the limit is {limit} bytes")
+
+
+def _digits(raw: str) -> bool:
+    return raw.isascii() and raw.isdigit()
 
 
 def _decoder(request: Request) -> Any:
@@ -341,8 +348,10 @@ def _header_length(request: Request) -> int | None:
     raw = request.headers.get(HEADER_LENGTH_HEADER)
     if raw is None:
         return None
-    if not (raw.isascii() and raw.isdigit()):
+    if not _digits(raw):
         raise InvalidInput(f"{HEADER_LENGTH_HEADER} must be a non-negative integer, got {raw!r}")
+    if len(raw) > _MAX_DIGITS:  # int() refuses thousands of digits; no body is that long
+        raise InvalidInput(f"{HEADER_LENGTH_HEADER} ({len(raw)} digits) exceeds the body length")
     return int(raw)
 
 
@@ -579,7 +588,7 @@ class _RegistryApi:
     async def events(self, request: Request) -> Response:
         await self._authorize(request, "admin", None)
         raw = request.query_params.get("limit", "100")
-        if not (raw.isascii() and raw.isdigit()) or not 0 < int(raw) <= _MAX_EVENTS:
+        if not _digits(raw) or len(raw) > _MAX_DIGITS or not 0 < int(raw) <= _MAX_EVENTS:
             raise InvalidInput(f"limit must be an integer from 1 to {_MAX_EVENTS}, got {raw!r}")
         return _json({"events": await self._call(self.registry.events, int(raw))})
 
