@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from sciserve import _yaml
 from sciserve.config import Settings
 from sciserve.errors import InvalidInput, ManifestError, NotFound
 from sciserve.package.manifest import load_manifest, parse_manifest_text
@@ -44,11 +45,19 @@ def bombed_package(root: Path, depth: int = 9) -> Path:
     return root
 
 
+@pytest.fixture(params=["libyaml", "pure Python"])
+def parser(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways of parsing: with libyaml, and without it (PyYAML built without)."""
+    if request.param == "pure Python":
+        monkeypatch.setattr(_yaml, "_FAST", None)
+    return str(request.param)
+
+
 def test_the_bomb_is_small() -> None:
     assert len(alias_bomb().encode()) < 1024
 
 
-def test_validate_refuses_an_alias_bomb_quickly(tmp_path: Path) -> None:
+def test_validate_refuses_an_alias_bomb_quickly(tmp_path: Path, parser: str) -> None:
     root = bombed_package(tmp_path / "pkg")
     started = time.monotonic()
     problems = check_package(root)
@@ -60,10 +69,20 @@ def test_validate_refuses_an_alias_bomb_quickly(tmp_path: Path) -> None:
     assert problems[0].path.startswith("line ")
 
 
-def test_any_alias_is_refused_even_a_harmless_one() -> None:
+def test_any_alias_is_refused_even_a_harmless_one(parser: str) -> None:
     text = "name: &n linear\ndescription: *n\n"
-    with pytest.raises(ManifestError, match="alias"):
+    with pytest.raises(ManifestError, match="alias") as caught:
         parse_manifest_text(text)
+    assert caught.value.problems[0].path == "line 1, column 7"
+
+
+def test_both_parsers_read_a_manifest_alike(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = (make_onnx_package(tmp_path / "pkg") / "sciserve.yaml").read_text()
+    fast = _yaml.load(text, what="a manifest")
+    monkeypatch.setattr(_yaml, "_FAST", None)
+    assert _yaml.load(text, what="a manifest") == fast
 
 
 def test_publish_refuses_an_alias_bomb_quickly_and_stores_nothing(
