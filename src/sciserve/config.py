@@ -49,8 +49,11 @@ class Limits(BaseModel):
     #: Largest ratio of unpacked to packed bytes for compressed archives
     #: (a gzip bomb reaches >1000).
     max_compression_ratio: float = Field(default=200.0, gt=1)
-    #: Largest manifest file.
+    #: Largest manifest file, and largest canonical manifest the registry stores.
     max_manifest_bytes: int = Field(default=4 * 2**20, gt=0)
+    #: Largest package upload the server's registry API accepts (``[limits]
+    #: max_upload_bytes`` in ``sciserve.toml``).
+    max_upload_bytes: int = Field(default=2 * 2**30, gt=0)
 
 
 class ServingConfig(BaseModel):

@@ -37,6 +37,7 @@ __all__ = [
     "MAX_DIMS",
     "MAX_ELEMENTS",
     "Datatype",
+    "check_element_total",
     "check_shape",
     "datatype_of",
     "deserialize_bytes_tensor",
@@ -164,6 +165,19 @@ def check_shape(shape: object, what: str = "tensor") -> tuple[int, ...]:
 def element_count(shape: Sequence[int]) -> int:
     """Number of elements of a tensor of ``shape`` (1 for a scalar)."""
     return math.prod(shape)
+
+
+def check_element_total(shapes: Sequence[Sequence[int]], limit: int | None) -> None:
+    """Refuse a request whose input ``shapes`` declare more than ``limit``
+    elements in all (``None``: no bound), before any of its data is decoded."""
+    if limit is None:
+        return
+    total = sum(element_count(shape) for shape in shapes)
+    if total > limit:
+        raise InvalidInput(
+            f"the inputs declare {total} elements; this model takes at most {limit} "
+            "in one request (its input shapes, with max_batch_size rows)"
+        )
 
 
 # -- raw ---------------------------------------------------------------------

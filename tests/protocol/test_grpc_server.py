@@ -407,6 +407,58 @@ def test_health_service(channel: grpc.Channel) -> None:
 # -- errors ------------------------------------------------------------------
 
 
+def test_undecodable_messages_are_invalid_argument_and_logged_briefly(
+    channel: grpc.Channel, caplog: pytest.LogCaptureFixture
+) -> None:
+    garbage = channel.unary_unary(
+        "/inference.GRPCInferenceService/ModelInfer",
+        request_serializer=lambda b: b,
+        response_deserializer=lambda b: b,
+    )
+    stream = channel.stream_stream(
+        "/inference.GRPCInferenceService/ModelStreamInfer",
+        request_serializer=lambda b: b,
+        response_deserializer=lambda b: b,
+    )
+    watch = channel.unary_stream(
+        "/grpc.health.v1.Health/Watch",
+        request_serializer=lambda b: b,
+        response_deserializer=lambda b: b,
+    )
+    calls = [
+        lambda: garbage(b"\xff\xff\xff\xff not protobuf", timeout=10),
+        lambda: list(stream(iter([b"\xff\xff\xff\xff not protobuf"]), timeout=10)),
+        lambda: list(watch(b"\xff\xff\xff\xff not protobuf", timeout=10)),
+    ]
+    with caplog.at_level(logging.WARNING):
+        for call in calls * 10:
+            with pytest.raises(grpc.RpcError) as undecodable:
+                call()
+            assert undecodable.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "not a valid" in (undecodable.value.details() or "")
+    # A client's mistake, not the server's: no traceback, and not a line per message.
+    assert [r for r in caplog.records if r.exc_info] == []
+    assert len(caplog.records) <= 1, [r.getMessage() for r in caplog.records]
+
+
+def test_a_huge_model_name_stays_not_found(channel: grpc.Channel) -> None:
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    name = "x" * 100_000
+    request = service_pb2.ModelInferRequest(model_name=name)
+    request.inputs.add(name="x", datatype="FP32", shape=[1, 4]).contents.fp32_contents.extend(
+        [1, 2, 3, 4]
+    )
+    calls = [
+        lambda: stub.ModelInfer(request, timeout=10),
+        lambda: stub.ModelMetadata(service_pb2.ModelMetadataRequest(name=name), timeout=10),
+    ]
+    for call in calls:
+        with pytest.raises(grpc.RpcError) as missing:
+            call()
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+        assert len(missing.value.details() or "") < 1000
+
+
 def test_hostile_requests_get_errors_and_the_server_keeps_serving(
     client: grpcclient.InferenceServerClient, channel: grpc.Channel
 ) -> None:

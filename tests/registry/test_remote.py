@@ -50,7 +50,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server_registry(home: Path) -> Iterator[Registry]:
-    limits = Limits(max_unpacked_bytes=UPLOAD_LIMIT)
+    limits = Limits(max_unpacked_bytes=UPLOAD_LIMIT, max_upload_bytes=UPLOAD_LIMIT)
     with Registry(Settings.load(home, environ={}, limits=limits)) as registry:
         yield registry
 

@@ -105,6 +105,10 @@ class Identity:
             return True
         return bool(self._granted(namespace) & _IMPLIED[scope])
 
+    def allows_somewhere(self, scope: Scope) -> bool:
+        """Whether this identity holds ``scope`` (or one implying it) in some namespace."""
+        return self.is_admin or any(self.allows(scope, namespace) for namespace in self.scopes)
+
     def can_see(self, namespace: str) -> bool:
         """Whether the namespace and its models are visible at all (any scope there)."""
         return self.is_admin or bool(self._granted(namespace))

@@ -29,7 +29,7 @@ import tempfile
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 from .._hashing import CHUNK
 from ..config import Limits
@@ -220,6 +220,7 @@ def unpack(
     dest: str | os.PathLike[str],
     *,
     limits: Limits = _DEFAULT_LIMITS,
+    label: str | None = None,
 ) -> Path:
     """Extract the package archive ``archive`` into ``dest`` and return ``dest``.
 
@@ -235,9 +236,10 @@ def unpack(
     list or listed files the archive lacks; :class:`ManifestError` if the
     manifest is invalid; :class:`NotFound` if ``archive`` does not exist;
     :class:`Conflict` if ``dest`` is not empty.  On any error nothing is left
-    at or beside ``dest``.
+    at or beside ``dest``.  Errors name the archive ``label`` (default: its
+    path), so a server can keep its own paths out of what a client sees.
     """
-    return _install(Path(archive), Path(dest), limits, _package_root)
+    return _install(Path(archive), Path(dest), limits, _package_root, label)
 
 
 def extract_tree(
@@ -256,7 +258,28 @@ def extract_tree(
 
 
 class _Refused(Exception):
-    """An archive breaks a rule; the caller adds which archive and member."""
+    """An archive breaks a rule; the caller adds which archive and member
+    (``member``, when the rule is broken before the member is current)."""
+
+    def __init__(self, message: str, member: str | None = None) -> None:
+        super().__init__(message)
+        self.member = member
+
+
+class _NoSparseInfo(tarfile.TarInfo):
+    """Refuses GNU sparse members as soon as their PAX header announces them.
+
+    tarfile would otherwise parse the sparse map, which it reads with
+    ``int()`` from the member's data: a malformed one is a bare
+    ``ValueError`` rather than a refusal.  Sparse files are refused anyway.
+    """
+
+    def _refuse_sparse(self, next: tarfile.TarInfo, *args: Any) -> None:
+        raise _Refused(
+            "is a GNU sparse file; only regular files and directories are allowed", next.name
+        )
+
+    _proc_gnusparse_00 = _proc_gnusparse_01 = _proc_gnusparse_10 = _refuse_sparse
 
 
 class _Corrupt(Exception):
@@ -349,9 +372,11 @@ class _Extraction:
 _RootPicker = Callable[[str, Path, _Extraction, Limits], Path]
 
 
-def _install(archive: Path, dest: Path, limits: Limits, pick_root: _RootPicker) -> Path:
+def _install(
+    archive: Path, dest: Path, limits: Limits, pick_root: _RootPicker, label: str | None = None
+) -> Path:
     _require_empty(dest)
-    label = str(archive)
+    label = str(archive) if label is None else label
     with _open_archive(archive) as raw:
         dest.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(
@@ -395,16 +420,24 @@ def _extract(raw: io.BufferedReader, extraction: _Extraction, label: str, limits
     stream = _Inflated(raw, limits)
     current: str | None = None
     try:
-        with tarfile.open(fileobj=stream, mode="r|", bufsize=_TAR_BUFSIZE, encoding="utf-8") as tar:
+        with tarfile.open(
+            fileobj=stream,
+            mode="r|",
+            bufsize=_TAR_BUFSIZE,
+            encoding="utf-8",
+            tarinfo=_NoSparseInfo,
+        ) as tar:
             for member in tar:
                 current = member.name
                 extraction.add(tar, member)
         current = None
         stream.drain()
     except _Refused as exc:
+        current = exc.member if exc.member is not None else current
         where = f"member {current!r} " if current is not None else ""
         raise ArchiveError(f"{label}: {where}{exc}") from None
-    except (tarfile.TarError, _Corrupt, EOFError, zlib.error) as exc:
+    # tarfile reports some malformed headers as ValueError (e.g. a bad number).
+    except (tarfile.TarError, _Corrupt, EOFError, zlib.error, ValueError) as exc:
         raise ArchiveError(f"{label} is truncated or not a tar archive: {exc}") from exc
 
 

@@ -29,12 +29,14 @@ from pydantic import (
     model_validator,
 )
 
+from .. import _yaml
 from ..datatypes import DATATYPES, Datatype
-from ..errors import ManifestError, Problem
+from ..errors import ManifestError, PayloadTooLarge, Problem
 
 __all__ = [
     "DATATYPES",
     "MANIFEST_NAME",
+    "MAX_MANIFEST_BYTES",
     "SCHEMA_VERSION",
     "Author",
     "Citation",
@@ -52,6 +54,8 @@ __all__ = [
 
 MANIFEST_NAME = "sciserve.yaml"
 SCHEMA_VERSION = 1
+#: Largest manifest file, and largest canonical manifest the registry stores.
+MAX_MANIFEST_BYTES = 4 * 2**20
 
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -391,7 +395,7 @@ def parse_manifest(data: Any, source: str = "") -> Manifest:
         raise error from exc
 
 
-def load_manifest(path: str | Path, *, max_bytes: int = 4 * 2**20) -> Manifest:
+def load_manifest(path: str | Path, *, max_bytes: int = MAX_MANIFEST_BYTES) -> Manifest:
     """Read and validate a ``sciserve.yaml`` file (or a package directory)."""
     path = Path(path)
     if path.is_dir():
@@ -406,12 +410,17 @@ def load_manifest(path: str | Path, *, max_bytes: int = 4 * 2**20) -> Manifest:
         raise ManifestError(
             [Problem("", f"manifest is {size} bytes, over the {max_bytes}-byte limit")], str(path)
         )
-    return parse_manifest_text(path.read_bytes(), str(path))
+    return parse_manifest_text(path.read_bytes(), str(path), max_bytes=max_bytes)
 
 
-def parse_manifest_text(text: bytes | str, source: str = "") -> Manifest:
+def parse_manifest_text(
+    text: bytes | str, source: str = "", *, max_bytes: int = MAX_MANIFEST_BYTES
+) -> Manifest:
+    """Parse and validate manifest text; anchors and aliases are refused."""
     try:
-        data = yaml.safe_load(text)
+        data = _yaml.load(text, what="a manifest", max_bytes=max_bytes)
+    except PayloadTooLarge as exc:
+        raise ManifestError([Problem("", str(exc))], source) from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""

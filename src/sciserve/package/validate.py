@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 
 import yaml
 
+from .. import _yaml
 from .._hashing import sha256_file
-from ..errors import ManifestError, NotFound, Problem, SciserveError
+from ..errors import ManifestError, NotFound, PayloadTooLarge, Problem, SciserveError
 from .batch_dims import batch_dim_problems
 from .card import identifier_iri
 from .manifest import MANIFEST_NAME, Manifest, TensorSpec, load_manifest
@@ -348,8 +349,10 @@ def _file_problems(root: Path, m: Manifest) -> list[Problem]:
 
 def _cff_problems(path: Path) -> list[Problem]:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        data = _yaml.load(path.read_text(encoding="utf-8"), what="a CITATION.cff file")
+    except OSError as exc:  # its strerror, not its text: that holds the whole path
+        return [Problem("citation.cff", f"cannot read {path.name}: {exc.strerror}")]
+    except (UnicodeDecodeError, yaml.YAMLError, PayloadTooLarge) as exc:
         return [Problem("citation.cff", f"cannot read {path.name}: {exc}", "fix the CFF file")]
     if not isinstance(data, dict) or "cff-version" not in data or "title" not in data:
         return [

@@ -27,7 +27,15 @@ from typing import Any
 import numpy as np
 from tritonclient.grpc import service_pb2
 
-from ..datatypes import DATATYPES, check_shape, element_count, from_raw, numpy_dtype, to_raw
+from ..datatypes import (
+    DATATYPES,
+    check_element_total,
+    check_shape,
+    element_count,
+    from_raw,
+    numpy_dtype,
+    to_raw,
+)
 from ..errors import InvalidInput
 from ..serving.types import (
     InferenceRequest,
@@ -77,11 +85,15 @@ _INT64 = (-(2**63), 2**63 - 1)
 _UINT64_MAX = 2**64 - 1
 
 
-def decode_infer_request(msg: service_pb2.ModelInferRequest) -> InferenceRequest:
+def decode_infer_request(
+    msg: service_pb2.ModelInferRequest, *, max_elements: int | None = None
+) -> InferenceRequest:
     """Decode a ``ModelInferRequest`` into an :class:`InferenceRequest`.
 
     Raw input tensors are read-only views over the message's bytes.  An
-    empty ``model_version`` or ``id`` becomes ``None``.
+    empty ``model_version`` or ``id`` becomes ``None``.  Inputs declaring
+    more than ``max_elements`` elements in all are refused before any
+    tensor is built.
     """
     raw_contents = msg.raw_input_contents
     if raw_contents and len(raw_contents) != len(msg.inputs):
@@ -89,6 +101,8 @@ def decode_infer_request(msg: service_pb2.ModelInferRequest) -> InferenceRequest
             f"raw_input_contents has {len(raw_contents)} entries but the request has "
             f"{len(msg.inputs)} inputs; give exactly one per input, in input order"
         )
+    shapes = [check_shape(list(t.shape), f"input {t.name!r}") for t in msg.inputs]
+    check_element_total(shapes, max_elements)
     inputs: list[InferInput] = []
     for index, tensor in enumerate(msg.inputs):
         name = tensor.name
@@ -100,7 +114,7 @@ def decode_infer_request(msg: service_pb2.ModelInferRequest) -> InferenceRequest
             raise InvalidInput(
                 f"{label}: unknown datatype {datatype!r}; expected one of {', '.join(DATATYPES)}"
             )
-        shape = check_shape(list(tensor.shape), label)
+        shape = shapes[index]
         parameters = decode_parameters(tensor.parameters, f"{label} parameters")
         refuse_extensions(parameters, label)
         try:

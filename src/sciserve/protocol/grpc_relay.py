@@ -51,7 +51,13 @@ from ._relay_frames import (
     parse_call,
     status_body,
 )
-from .grpc_server import HealthServicer, InferenceServicer
+from .grpc_server import (
+    HealthServicer,
+    InferenceServicer,
+    Undecodable,
+    is_undecodable,
+    undecodable_details,
+)
 
 __all__ = ["GrpcFrontends", "RelayContext"]
 
@@ -176,7 +182,7 @@ class _Connection(asyncio.Protocol):
         except asyncio.CancelledError:
             raise  # the client went away: nobody to answer
         except Exception as exc:
-            if _is_undecodable(exc):
+            if is_undecodable(exc):
                 self._send(call, STATUS, _undecodable(method))
                 return
             # The servicers report every error themselves; this is a bug.
@@ -184,20 +190,8 @@ class _Connection(asyncio.Protocol):
             self._send(call, STATUS, _status(grpc.StatusCode.INTERNAL, "internal server error"))
 
 
-class _Undecodable(Exception):
-    """A streamed request message that is not protobuf."""
-
-
-def _is_undecodable(exc: BaseException) -> bool:
-    # A stream's reader runs in a task group, which wraps what it raises.
-    if isinstance(exc, BaseExceptionGroup):
-        return any(_is_undecodable(inner) for inner in exc.exceptions)
-    return isinstance(exc, _Undecodable)
-
-
 def _undecodable(method: Method) -> bytes:
-    name = method.request.DESCRIPTOR.full_name
-    return _status(grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid {name} message")
+    return _status(grpc.StatusCode.INVALID_ARGUMENT, undecodable_details(method))
 
 
 async def _requests(method: Method, inbox: asyncio.Queue[bytes | None]) -> AsyncIterator[Any]:
@@ -205,7 +199,7 @@ async def _requests(method: Method, inbox: asyncio.Queue[bytes | None]) -> Async
         try:
             yield method.request.FromString(message)
         except DecodeError as exc:
-            raise _Undecodable from exc
+            raise Undecodable from exc
 
 
 class GrpcFrontends:

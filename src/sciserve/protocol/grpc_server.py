@@ -23,12 +23,14 @@ import asyncio
 import functools
 import logging
 import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
@@ -52,8 +54,10 @@ from ..errors import (
     Unauthenticated,
     Unavailable,
 )
-from ..serving.service import InferenceService
+from ..serving.service import InferenceService, max_input_elements
 from ._grpc_listen import listen, server_options
+from ._messages import client_message
+from ._relay_frames import METHODS, Method
 from .grpc_codec import decode_infer_request, encode_infer_response
 
 __all__ = [
@@ -94,6 +98,10 @@ STATUS_TABLE: tuple[tuple[type[SciserveError], grpc.StatusCode], ...] = (
 _SERVER_FAULTS = frozenset({_Code.INTERNAL, _Code.DATA_LOSS})
 
 _INTERNAL = "internal server error; the server log has the details"
+
+#: Longest status message: it travels in the trailing metadata, which
+#: clients accept up to 8 KiB by default.
+_MAX_DETAILS = 4096
 
 #: Requests one ModelStreamInfer stream may have in flight (running, or
 #: answered but not yet sent).  Past it the server stops reading the stream,
@@ -168,7 +176,7 @@ def _failure(exc: Exception) -> _Failure:
             ("retry-after", str(max(1, math.ceil(exc.retry_after)))),
             ("grpc-retry-pushback-ms", str(max(0, round(exc.retry_after * 1000)))),
         )
-    return _Failure(code, str(exc), metadata)
+    return _Failure(code, client_message(str(exc), _MAX_DETAILS), metadata)
 
 
 _Request = TypeVar("_Request")
@@ -312,9 +320,16 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
     async def _infer(
         self, request: service_pb2.ModelInferRequest, identity: Identity
     ) -> service_pb2.ModelInferResponse:
+        # Scope and model are checked before the tensors are decoded, and
+        # decoding builds no more elements than the model's inputs can hold.
+        model = await self.service.admit_infer(
+            identity, request.model_name, _version(request.model_version)
+        )
+        max_elements = max_input_elements(model.info.manifest)
         # Raw inputs are decoded as views over the message's bytes: no copy
         # between the wire and the batcher.
-        response = await self.service.infer(decode_infer_request(request), identity=identity)
+        decoded = decode_infer_request(request, max_elements=max_elements)
+        response = await self.service.infer(decoded, identity=identity)
         return encode_infer_response(response)
 
     async def ModelStreamInfer(
@@ -528,6 +543,141 @@ class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
             await asyncio.sleep(_WATCH_INTERVAL)
 
 
+# -- messages that are not protobuf ---------------------------------------------
+
+
+class Undecodable(Exception):
+    """A request message that is not the protobuf message its method takes."""
+
+
+def is_undecodable(exc: BaseException) -> bool:
+    """Whether ``exc`` is (or, from a stream's task group, wraps) :class:`Undecodable`."""
+    if isinstance(exc, BaseExceptionGroup):
+        return any(is_undecodable(inner) for inner in exc.exceptions)
+    return isinstance(exc, Undecodable)
+
+
+def undecodable_details(method: Method) -> str:
+    """The INVALID_ARGUMENT message for a request that is not ``method``'s message."""
+    return f"the request is not a valid {method.request.DESCRIPTOR.full_name} message"
+
+
+class _NotProtobuf:
+    """What the servicers get instead of a message gRPC could not decode."""
+
+
+_NOT_PROTOBUF = _NotProtobuf()
+
+
+class _ClientMistakes:
+    """Logs refused client messages briefly, at most once per ``interval`` (s),
+    so a client sending garbage cannot flood the log."""
+
+    def __init__(self, interval: float = 60.0) -> None:
+        self.interval = interval
+        self._last = -math.inf
+        self._unreported = 0
+
+    def refused(self, method: Method) -> None:
+        self._unreported += 1
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            return
+        log.warning(
+            "refused %d gRPC request message(s) that were not protobuf (latest: %s); "
+            "the next report comes in %.0f s at the earliest",
+            self._unreported,
+            method.path,
+            self.interval,
+        )
+        self._last, self._unreported = now, 0
+
+
+_MISTAKES = _ClientMistakes()
+
+
+def _lenient(message: Any) -> Callable[[bytes], Any]:
+    """``message.FromString``, but undecodable bytes give ``_NOT_PROTOBUF``
+    instead of an exception, which gRPC would log with its traceback and
+    answer UNKNOWN."""
+    parse = message.FromString
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError:
+            return _NOT_PROTOBUF
+
+    return deserialize
+
+
+def _checked(method: Method, behavior: Any) -> Any:
+    """``behavior`` refusing undecodable requests with INVALID_ARGUMENT."""
+
+    async def refuse(context: grpc.aio.ServicerContext) -> None:
+        _MISTAKES.refused(method)
+        await context.abort(_Code.INVALID_ARGUMENT, undecodable_details(method))
+
+    if method.client_streaming:
+
+        async def messages(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+            async for request in requests:
+                if request is _NOT_PROTOBUF:
+                    raise Undecodable
+                yield request
+
+        async def streams(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+            try:
+                async for response in behavior(messages(requests), context):
+                    yield response
+            except Exception as exc:
+                if not is_undecodable(exc):
+                    raise
+                await refuse(context)
+
+        return streams
+
+    if method.server_streaming:
+
+        async def replies(request: Any, context: Any) -> AsyncIterator[Any]:
+            if request is _NOT_PROTOBUF:
+                await refuse(context)
+            async for response in behavior(request, context):
+                yield response
+
+        return replies
+
+    async def unary(request: Any, context: Any) -> Any:
+        if request is _NOT_PROTOBUF:
+            await refuse(context)
+        return await behavior(request, context)
+
+    return unary
+
+
+def _add_servicers(server: grpc.aio.Server, servicers: Mapping[str, Any]) -> None:
+    """Register every method of :data:`METHODS` on ``server``, as the generated
+    ``add_…_to_server`` functions do, but with lenient deserializers."""
+    factories = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }
+    handlers: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
+    for method in METHODS:
+        behavior = getattr(servicers[method.service], method.name)
+        factory = factories[(method.client_streaming, method.server_streaming)]
+        handlers.setdefault(method.service, {})[method.name] = factory(
+            _checked(method, behavior),
+            request_deserializer=_lenient(method.request),
+            response_serializer=method.response.SerializeToString,
+        )
+    for name, table in handlers.items():
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, table),))
+        server.add_registered_method_handlers(name, table)
+
+
 def create_grpc_server(
     service: InferenceService,
     host: str,
@@ -546,6 +696,9 @@ def create_grpc_server(
     cannot be bound.
     """
     server = grpc.aio.server(options=server_options(service.config.max_request_bytes))
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service), server)
-    health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(service), server)
+    servicers = {
+        "inference.GRPCInferenceService": InferenceServicer(service),
+        "grpc.health.v1.Health": HealthServicer(service),
+    }
+    _add_servicers(server, servicers)
     return server, listen(server, host, port, tls)

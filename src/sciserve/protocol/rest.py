@@ -118,10 +118,12 @@ from ..errors import (
 )
 from ..package.archive import pack
 from ..package.card import render_card, to_jsonld
+from ..package.manifest import Manifest
 from ..package.reference import Reference, parse_reference
 from ..registry.registry import VersionInfo
 from ..registry.remote import REGISTRY_PREFIX, namespace_to_wire, version_to_wire
-from ..serving.service import InferenceService
+from ..serving.service import InferenceService, max_input_elements
+from ._messages import client_message
 from .rest_codec import (
     HEADER_LENGTH_HEADER,
     decode_infer_request,
@@ -160,6 +162,17 @@ _SMALL_BODY = 1 << 20
 _JSON_TYPES = {str: "string", bool: "boolean", int: "integer"}
 #: Largest number of events one request may ask for.
 _MAX_EVENTS = 10_000
+#: Most digits of a number a client sends (a header, a query parameter):
+#: more than any size or count, and few enough for ``int()``.
+_MAX_DIGITS = 18
+#: Inference bodies: the most bytes one tensor element takes in JSON (a
+#: float's repr, separator and indentation) or raw, and the room left for
+#: everything else (names, ids, parameters).
+_BYTES_PER_ELEMENT = 64
+_BODY_OVERHEAD = 64 * 1024
+#: Inference bodies up to this size are decoded on the event loop (it takes
+#: well under a millisecond); larger ones in a worker thread.
+_INLINE_DECODE = 256 * 1024
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -203,7 +216,7 @@ def _domain_error(exc: SciserveError) -> Response:
         # The rest of an oversized body may still be on its way; closing the
         # connection spares the server from reading it.
         headers["Connection"] = "close"
-    return _error(status, str(exc), type(exc).__name__, headers)
+    return _error(status, client_message(str(exc)), type(exc).__name__, headers)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -250,8 +263,12 @@ def _guarded(endpoint: Endpoint, denied: Denied | None = None) -> Endpoint:
 def _check_declared_length(request: Request, limit: int) -> None:
     """Refuse a body whose Content-Length is over ``limit`` before reading any of it."""
     raw = request.headers.get("content-length")
-    if raw is not None and raw.isascii() and raw.isdigit() and int(raw) > limit:
+    if raw is not None and _digits(raw) and (len(raw) > _MAX_DIGITS or int(raw) > limit):
         raise PayloadTooLarge(f"request body is {raw} bytes; the limit is {limit} bytes")
+
+
+def _digits(raw: str) -> bool:
+    return raw.isascii() and raw.isdigit()
 
 
 def _decoder(request: Request) -> Any:
@@ -327,12 +344,27 @@ def _optional(doc: dict[str, Any], key: str, kind: type, default: Any = None) ->
     return value
 
 
+def _body_bound(manifest: Manifest, max_elements: int | None, limit: int) -> int:
+    """The largest inference body a model's inputs can need, at most ``limit``.
+
+    A JSON or raw element takes at most :data:`_BYTES_PER_ELEMENT`; strings
+    (``BYTES``) or unbounded shapes leave only ``limit``.  The bound holds
+    for the inflated body too, so a small compressed body cannot make the
+    server inflate and parse megabytes for a model taking a few numbers.
+    """
+    if max_elements is None or any(t.datatype == "BYTES" for t in manifest.inputs):
+        return limit
+    return min(limit, max_elements * _BYTES_PER_ELEMENT + _BODY_OVERHEAD)
+
+
 def _header_length(request: Request) -> int | None:
     raw = request.headers.get(HEADER_LENGTH_HEADER)
     if raw is None:
         return None
-    if not (raw.isascii() and raw.isdigit()):
+    if not _digits(raw):
         raise InvalidInput(f"{HEADER_LENGTH_HEADER} must be a non-negative integer, got {raw!r}")
+    if len(raw) > _MAX_DIGITS:  # int() refuses thousands of digits; no body is that long
+        raise InvalidInput(f"{HEADER_LENGTH_HEADER} ({len(raw)} digits) exceeds the body length")
     return int(raw)
 
 
@@ -379,16 +411,27 @@ class _Inference:
 
     async def infer(self, request: Request) -> Response:
         params = request.path_params
-        # Credentials first: an unauthenticated body is never read.
+        name, version = params["name"], params.get("version")
+        # Caller, scope and model first: the body of a request that will be
+        # refused anyway is never read, let alone inflated or parsed.
         identity = await self._identity(request)
-        body = await _read_body(request, self.limit)
-        decoded = decode_infer_request(
+        model = await self.service.admit_infer(identity, name, version)
+        header_length = _header_length(request)
+        max_elements = max_input_elements(model.info.manifest)
+        limit = _body_bound(model.info.manifest, max_elements, self.limit)
+        body = await _read_body(request, limit)
+        decode = functools.partial(
+            decode_infer_request,
             body,
-            _header_length(request),
-            model_name=params["name"],
-            model_version=params.get("version"),
-            max_body_bytes=self.limit,
+            header_length,
+            model_name=name,
+            model_version=version,
+            max_body_bytes=limit,
+            max_elements=max_elements,
         )
+        # Parsing a large body takes long enough to stall every other request
+        # on the loop (health probes included): do it in a thread.
+        decoded = decode() if len(body) <= _INLINE_DECODE else await run_in_threadpool(decode)
         result = await self.service.infer(decoded, identity=identity)
         payload, json_length = encode_infer_response(
             result, decoded.outputs, binary_default=wants_binary_output(decoded)
@@ -561,7 +604,7 @@ class _RegistryApi:
     async def events(self, request: Request) -> Response:
         await self._authorize(request, "admin", None)
         raw = request.query_params.get("limit", "100")
-        if not (raw.isascii() and raw.isdigit()) or not 0 < int(raw) <= _MAX_EVENTS:
+        if not _digits(raw) or len(raw) > _MAX_DIGITS or not 0 < int(raw) <= _MAX_EVENTS:
             raise InvalidInput(f"limit must be an integer from 1 to {_MAX_EVENTS}, got {raw!r}")
         return _json({"events": await self._call(self.registry.events, int(raw))})
 
@@ -656,9 +699,13 @@ class _RegistryApi:
 
     async def publish(self, request: Request) -> Response:
         identity = await self._authorize(request, "publish", None)
+        # The target namespace is only known once the manifest is unpacked;
+        # a caller who may publish nowhere is refused before the upload is read.
+        if not identity.allows_somewhere("publish"):
+            raise PermissionDenied(f"{identity.subject} may not publish in any namespace")
         if self.registry.read_only:
             raise ReadOnlyRegistry("this server's registry is read-only")
-        limit = self.registry.settings.limits.max_unpacked_bytes
+        limit = self.registry.settings.limits.max_upload_bytes
         _check_declared_length(request, limit)
         with self._scratch() as scratch:
             upload = scratch / "upload.tar.gz"
@@ -670,6 +717,7 @@ class _RegistryApi:
                 upload,
                 actor=identity.principal,
                 check=lambda manifest: authorize(identity, "publish", manifest.namespace),
+                label="the upload",
             )
         body = {"created": result.created, "version": version_to_wire(result.version)}
         return _json(body, 201 if result.created else 200)

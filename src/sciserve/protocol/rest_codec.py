@@ -34,7 +34,15 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ..datatypes import DATATYPES, check_shape, from_json_data, from_raw, raw_buffer, to_json_data
+from ..datatypes import (
+    DATATYPES,
+    check_element_total,
+    check_shape,
+    from_json_data,
+    from_raw,
+    raw_buffer,
+    to_json_data,
+)
 from ..errors import InvalidInput, PayloadTooLarge
 from ..serving.types import (
     InferenceRequest,
@@ -77,13 +85,15 @@ def decode_infer_request(
     model_name: str,
     model_version: str | None,
     max_body_bytes: int,
+    max_elements: int | None = None,
 ) -> InferenceRequest:
     """Decode an inference request body.
 
     ``header_length`` is the value of the ``Inference-Header-Content-Length``
     header (``None`` when absent); ``model_name`` and ``model_version`` come
     from the URL.  Binary input tensors are returned as read-only views over
-    ``body``, without copying.
+    ``body``, without copying.  Inputs declaring more than ``max_elements``
+    elements in all are refused before any tensor is built.
     """
     view = memoryview(body).cast("B")
     size = len(view)
@@ -106,6 +116,7 @@ def decode_infer_request(
     default_binary = _optional_bool(parameters, "binary_data_output", "parameters")
 
     specs = _input_specs(doc.get("inputs"))
+    check_element_total([spec.shape for spec in specs], max_elements)
     _check_binary_section(specs, len(binary))
     inputs: list[InferInput] = []
     offset = 0

@@ -33,8 +33,10 @@ from ..errors import (
     DependencyMissing,
     IntegrityError,
     InvalidInput,
+    ManifestError,
     NotFound,
     PermissionDenied,
+    Problem,
     ReadOnlyRegistry,
     VersionConflict,
 )
@@ -162,6 +164,17 @@ class NameIssue:
 
     def to_dict(self) -> dict[str, str]:
         return {"subject": self.subject, "problem": self.problem, "hint": self.hint}
+
+
+@contextlib.contextmanager
+def _manifest_named(label: str | None) -> Iterator[None]:
+    """Name manifest errors after ``label`` rather than a (scratch) path."""
+    try:
+        yield
+    except ManifestError as exc:
+        if label is None:
+            raise
+        raise ManifestError(exc.problems, f"{label}: {MANIFEST_NAME}") from exc
 
 
 def _version_key(version: str, published_at: datetime) -> tuple[int, Any, datetime]:
@@ -300,6 +313,7 @@ class Registry:
         actor: str | None = None,
         progress: Progress | None = None,
         check: Callable[[Manifest], None] | None = None,
+        label: str | None = None,
     ) -> PublishResult:
         """Publish the package directory or archive at ``source``.
 
@@ -309,6 +323,8 @@ class Registry:
         (pickles, TorchScript, custom Python) are refused unless the
         namespace is trusted.  ``check`` sees the manifest before anything
         else is read (a server checks the publisher's scope on its namespace).
+        Errors name the package ``label`` (default: its path), so a server
+        can keep its own paths out of what a client sees.
         """
         if self.read_only:
             raise ReadOnlyRegistry("this registry is open read-only")
@@ -317,11 +333,14 @@ class Registry:
             from ..package.archive import unpack
 
             with self._scratch("unpack") as scratch:
-                root = unpack(source, scratch / "package", limits=self.settings.limits)
-                return self._publish_dir(root, actor, progress, check)
+                limits = self.settings.limits
+                root = unpack(source, scratch / "package", limits=limits, label=label)
+                with _manifest_named(label):
+                    return self._publish_dir(root, actor, progress, check)
         if not source.is_dir():
             raise NotFound(f"no package directory or archive at {source}")
-        return self._publish_dir(source, actor, progress, check)
+        with _manifest_named(label):
+            return self._publish_dir(source, actor, progress, check)
 
     @contextlib.contextmanager
     def _scratch(self, purpose: str) -> Iterator[Path]:
@@ -348,6 +367,7 @@ class Registry:
         if check is not None:
             check(manifest)
         self._check_names(manifest)
+        self._check_size(manifest)
         self._check_code_policy(manifest)
         ensure_valid(root, manifest)
         existing = self._existing(manifest)
@@ -387,6 +407,22 @@ class Registry:
             raise Conflict(
                 f"{manifest.namespace}/{manifest.name} has an alias {manifest.version!r}; a "
                 "version of that name could be taken for it: choose another version"
+            )
+
+    def _check_size(self, manifest: Manifest) -> None:
+        # The canonical form is what the database stores and every listing
+        # reads back: bound it, whatever the YAML it came from looked like.
+        limit = self.settings.limits.max_manifest_bytes
+        size = len(manifest.canonical_bytes())
+        if size > limit:
+            raise ManifestError(
+                [
+                    Problem(
+                        "",
+                        f"the canonical manifest is {size} bytes, over the {limit}-byte limit",
+                        "move long texts into files of the package",
+                    )
+                ]
             )
 
     def _check_code_policy(self, manifest: Manifest) -> None:

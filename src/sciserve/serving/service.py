@@ -30,11 +30,11 @@ from ..config import ServingConfig
 from ..errors import InvalidInput, NotFound, SciserveError
 from ..package.manifest import Manifest, TensorSpec
 from ..registry.registry import Registry
-from .manager import ModelManager
+from .manager import LoadedModel, ModelManager
 from .metrics import ServerMetrics
 from .types import InferenceRequest, InferenceResponse, InferOutput
 
-__all__ = ["EXTENSIONS", "InferenceService"]
+__all__ = ["EXTENSIONS", "InferenceService", "max_input_elements"]
 
 #: The caller when authentication is off (loopback only, or ``--insecure``).
 ANONYMOUS = Identity.anonymous()
@@ -267,6 +267,20 @@ class InferenceService:
 
     # -- inference -------------------------------------------------------
 
+    async def admit_infer(
+        self, identity: Identity, name: str, version: str | None = None
+    ) -> LoadedModel:
+        """Check that ``identity`` may run model ``name`` and return the version it names.
+
+        Adapters call this before they read or decode a request's tensors,
+        so a caller without the ``infer`` scope, or a request for a model
+        that does not exist (or that the caller may not see), costs no
+        decoding; :func:`max_input_elements` of the model's manifest bounds
+        what decoding a request for it may build.
+        """
+        self.authorize_model(identity, "infer", name)
+        return await self.manager.get(name, version)
+
     async def infer(
         self,
         request: InferenceRequest,
@@ -347,6 +361,28 @@ def requested_priority(parameters: Mapping[str, Any]) -> Priority | None:
         # Triton numbers priorities from 1 (highest); 0 means "the default".
         return None if value == 0 else Priority(min(max(value - 1, 0), len(Priority) - 1))
     return parse_priority(value)
+
+
+def max_input_elements(manifest: Manifest) -> int | None:
+    """The most tensor elements one request to the model described by ``manifest``
+    can carry, or ``None`` when its shapes set no bound.
+
+    A variable batch dimension counts as ``max_batch_size`` (the batcher
+    refuses larger requests); any other variable dimension leaves the
+    request unbounded.
+    """
+    total = 0
+    for spec in manifest.inputs:
+        batch_dim = manifest.batch_dim_of(spec)
+        count = 1
+        for axis, dim in enumerate(spec.shape):
+            if dim < 0 and axis == batch_dim:
+                dim = manifest.max_batch_size
+            if dim < 0:
+                return None
+            count *= dim
+        total += count
+    return total
 
 
 def _platform(manifest: Manifest) -> str:

@@ -28,6 +28,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
+from .. import _yaml
 from ..errors import InvalidInput
 from .expr import Expression, parse_expression
 
@@ -207,7 +208,7 @@ def load_spec(path: str | Path) -> PipelineSpec:
     except OSError as exc:
         raise InvalidInput(f"cannot read pipeline spec {path}: {exc.strerror or exc}") from exc
     try:
-        data = yaml.safe_load(text)
+        data = _yaml.load(text, what="a pipeline spec")
     except yaml.YAMLError as exc:
         raise InvalidInput(f"pipeline spec {path} is not valid YAML: {exc}") from exc
     return parse_spec(data, base_dir=path.resolve().parent, source=str(path))
