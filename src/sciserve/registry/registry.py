@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -36,6 +37,7 @@ from ..errors import (
     NotFound,
     PermissionDenied,
     ReadOnlyRegistry,
+    SciserveError,
     VersionConflict,
 )
 from ..package.manifest import (
@@ -54,6 +56,16 @@ from .store import ArtifactStore, open_store
 __all__ = ["NamespaceInfo", "PublishResult", "Registry", "VerifyReport", "VersionInfo"]
 
 Progress = Callable[[int], None]
+
+log = logging.getLogger(__name__)
+
+#: Temporary files of uploads into the store older than this (s) are the
+#: leftovers of killed publishers and are removed on open and on publish.
+#: An upload in progress rewrites its file with every chunk (and a stalled
+#: one fails its own read long before), so an hour spares every live upload
+#: with a wide margin, while a crashed multi-GB upload is reclaimed the
+#: same day.
+ORPHAN_TEMP_AGE = 3600.0
 
 
 @dataclass(frozen=True)
@@ -149,22 +161,47 @@ def _new_id(conn: Connection, insert: sa.Insert) -> int:
 
 
 class Registry:
-    """A registry of model packages.  Use as a context manager or call :meth:`close`."""
+    """A registry of model packages.  Use as a context manager or call :meth:`close`.
 
-    def __init__(self, settings: Settings, *, store: ArtifactStore | None = None) -> None:
+    ``create=False`` is for commands that only read: a registry that does not
+    exist yet is :class:`~sciserve.errors.NotFound` rather than created empty
+    (e.g. under a mistyped ``--database-url``).
+    """
+
+    def __init__(
+        self, settings: Settings, *, store: ArtifactStore | None = None, create: bool = True
+    ) -> None:
         self.settings = settings
         self.read_only = settings.read_only
-        if not self.read_only:
+        if not self.read_only and create:
             settings.home.mkdir(parents=True, exist_ok=True)
-        self._engine = db.connect(settings.database_url, read_only=self.read_only)
-        if not self.read_only:
-            db.migrate(self._engine, lock_path=settings.home / ".migrate.lock")
-        self.store = store or open_store(settings.store_url, read_only=self.read_only)
+        self._engine = db.connect(settings.database_url, read_only=self.read_only, create=create)
+        try:
+            if not self.read_only:
+                db.migrate(self._engine, lock_path=settings.home / ".migrate.lock", create=create)
+            self.store = store or open_store(settings.store_url, read_only=self.read_only)
+        except BaseException:
+            self._engine.dispose()
+            raise
+        if not self.read_only and create:
+            self._remove_orphan_temps()
 
     @classmethod
-    def open(cls, home: str | os.PathLike[str] | None = None, **overrides: Any) -> Registry:
+    def open(
+        cls, home: str | os.PathLike[str] | None = None, *, create: bool = True, **overrides: Any
+    ) -> Registry:
         """Open the registry of ``home`` (see :meth:`Settings.load` for the rest)."""
-        return cls(Settings.load(home, **overrides))
+        return cls(Settings.load(home, **overrides), create=create)
+
+    def _remove_orphan_temps(self) -> None:
+        """Reclaim what killed publishers left in the store (see :data:`ORPHAN_TEMP_AGE`)."""
+        try:
+            removed = self.store.remove_orphan_temps(ORPHAN_TEMP_AGE)
+        except SciserveError as exc:  # housekeeping must never fail the caller's work
+            log.warning("cannot remove leftover upload files from %s: %s", self.store, exc)
+            return
+        if removed:
+            log.info("removed %d leftover upload file(s) from %s", removed, self.store)
 
     def close(self) -> None:
         self._engine.dispose()
@@ -281,6 +318,7 @@ class Registry:
         """
         if self.read_only:
             raise ReadOnlyRegistry("this registry is open read-only")
+        self._remove_orphan_temps()
         source = Path(source)
         if source.is_file():
             from ..package.archive import unpack
