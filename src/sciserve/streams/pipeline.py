@@ -62,6 +62,7 @@ import asyncio
 import base64
 import concurrent.futures
 import contextlib
+import ctypes
 import functools
 import hashlib
 import importlib.metadata
@@ -70,8 +71,11 @@ import json
 import logging
 import math
 import multiprocessing
+import os
 import platform
 import signal
+import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -565,10 +569,36 @@ def _prepare(config: _PrepareConfig, values: Sequence[bytes]) -> _PrepareResult:
     return _preparer(config)(values)
 
 
-def _ignore_interrupts() -> None:
-    # Ctrl-C reaches the whole process group; the pipeline process drains
-    # and needs its workers until the batch in hand is written.
+#: How often a worker process checks that the pipeline process still lives (s).
+_PARENT_POLL = 0.5
+#: ``prctl`` option: the signal the kernel sends when the parent exits (Linux).
+_PR_SET_PDEATHSIG = 1
+
+
+def _init_worker(parent: int) -> None:
+    """Set up a preparing worker process of the pipeline process ``parent``.
+
+    Ctrl-C reaches the whole process group; the pipeline process drains and
+    needs its workers until the batch in hand is written, so they ignore it.
+    A pipeline killed with SIGKILL cannot stop its workers, and they would
+    run (and hold memory) forever: on Linux the kernel kills them when it
+    exits, and everywhere a thread exits them once their parent changed.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # it died before the line above took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(_PARENT_POLL)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="sciserve-parent-watch", daemon=True).start()
 
 
 # -- one batch -----------------------------------------------------------------
@@ -813,7 +843,8 @@ class Pipeline:
             # A fresh interpreter per worker: forking a process that runs
             # threads (the event loop's, ONNX Runtime's) is unsafe.
             mp_context=multiprocessing.get_context("spawn"),
-            initializer=_ignore_interrupts,
+            initializer=_init_worker,
+            initargs=(os.getpid(),),
         )
         loop = asyncio.get_running_loop()
         await asyncio.gather(
