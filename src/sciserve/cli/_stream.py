@@ -87,6 +87,8 @@ def status(
             "state",
             "consumed",
             "annotated",
+            "stored",
+            "already",
             "dead",
             "lag",
             "p50 s",
@@ -102,6 +104,8 @@ def status(
                 row["state"],
                 _number(row.get("consumed")),
                 _number(row.get("annotated")),
+                _number(row.get("stored")),
+                _number(row.get("already_stored")),
                 _number(row.get("dead_lettered")),
                 _number(row.get("lag")),
                 _number(row.get("latency_p50")),
@@ -109,11 +113,19 @@ def status(
                 str(row.get("updated_at", ""))[:19],
             )
         st.console.print(table)
+        shared = sum(int(row.get("conflicting") or 0) for row in rows)
+        if shared:
+            st.console.print(
+                f"warning: {shared} annotation(s) were of alerts whose id an earlier, different "
+                "alert already had; the earlier annotations are kept (see the pipeline log)"
+            )
 
     st.emit(rows, human)
 
 
-_NUMERIC = frozenset({"pid", "consumed", "annotated", "dead", "lag", "p50 s", "p99 s"})
+_NUMERIC = frozenset(
+    {"pid", "consumed", "annotated", "stored", "already", "dead", "lag", "p50 s", "p99 s"}
+)
 
 
 def _number(value: Any) -> str:

@@ -102,7 +102,7 @@ from ..package.manifest import TensorSpec
 from .base import Message, OutRecord, Sink, Source, open_sink, open_source
 from .expr import EvaluationError, Expression
 from .metrics import PipelineMetrics, State, process_identity, status_path, write_status
-from .results import Annotation, ResultStore
+from .results import Annotation, ResultStore, WriteOutcome
 from .spec import PipelineSpec, PythonFeatures
 
 __all__ = ["DeadLetter", "Pipeline", "run_pipeline"]
@@ -621,6 +621,8 @@ class _Batch:
     dead: list[DeadLetter] = field(default_factory=list)
     #: Broker timestamps of the alerts that got at least one annotation.
     annotated_timestamps: list[int | None] = field(default_factory=list)
+    #: What the result store made of the annotations.
+    stored: WriteOutcome = field(default_factory=WriteOutcome)
 
     @property
     def published(self) -> list[Annotation]:
@@ -1126,11 +1128,12 @@ class Pipeline:
         started = time.perf_counter()
         writes: list[Awaitable[None]] = []
         if self._store is not None and batch.annotations:
-            writes.append(
-                self._durably(
-                    "the result store", asyncio.to_thread, self._store.write, batch.annotations
-                )
-            )
+            store = self._store
+
+            async def store_annotations() -> None:
+                batch.stored = await asyncio.to_thread(store.write_checked, batch.annotations)
+
+            writes.append(self._durably("the result store", store_annotations))
         published = [OutRecord(value=a.to_json(), key=a.key.encode()) for a in batch.published]
         if published:
             for sink, url in zip(self._sinks, self.spec.topic_sinks, strict=True):
@@ -1189,6 +1192,17 @@ class Pipeline:
                 self.metrics.latency(max(0.0, now_ms - timestamp) / 1000)
         self.metrics.annotated(len(batch.annotated_timestamps))
         self.metrics.published(len(batch.published))
+        stored = batch.stored
+        self.metrics.stored(stored.new, stored.duplicate, stored.conflicting)
+        if stored.conflicting:
+            log.warning(
+                "pipeline %s: %d annotation(s) belong to alerts whose id was already annotated "
+                "with other outputs, so these are different alerts sharing an alert id; the "
+                "stored annotations are kept: %s",
+                self.spec.name,
+                stored.conflicting,
+                ", ".join(stored.conflicts),
+            )
         for letter in batch.dead:
             self.metrics.dead_lettered(letter.stage)
 
