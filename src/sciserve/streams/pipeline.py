@@ -99,7 +99,7 @@ from ..errors import (
     Unavailable,
 )
 from ..package.manifest import TensorSpec
-from .base import Message, OutRecord, Sink, Source, open_sink, open_source
+from .base import Message, OutRecord, Sink, Source, error_text, open_sink, open_source
 from .expr import EvaluationError, Expression
 from .metrics import PipelineMetrics, State, process_identity, status_path, write_status
 from .results import Annotation, ResultStore, WriteOutcome
@@ -548,7 +548,7 @@ class _Preparer:
         try:
             vector = np.asarray(self.features(alert), dtype=self.dtype).reshape(-1)
         except Exception as exc:  # a feature function may fail in any way on odd data
-            reason = f"{type(exc).__name__}: {exc}"
+            reason = f"{type(exc).__name__}: {error_text(exc)}"
             return _Prepared(alert_id, failure=("features", "features-failed", reason))
         width = self.config.width
         if width is not None and len(vector) != width:
@@ -1081,7 +1081,11 @@ class Pipeline:
                     attempt,
                     exc,
                 )
-        reason = f"{model.model}:{model.version} failed twice: {type(failure).__name__}: {failure}"
+        assert failure is not None
+        reason = (
+            f"{model.model}:{model.version} failed twice: "
+            f"{type(failure).__name__}: {error_text(failure)}"
+        )
         dead.extend(
             DeadLetter(item.message, "model", "model-error", reason, item.alert_id)
             for item in alerts
