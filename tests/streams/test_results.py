@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 from datetime import UTC, datetime
@@ -116,3 +118,54 @@ async def test_a_pipeline_reports_alerts_sharing_an_id_apart_from_new_ones(
     assert main(["--home", str(settings.home), "--json", "stream", "status"]) == 0
     [status] = json.loads(capsys.readouterr().out)
     assert (status["stored"], status["already_stored"], status["conflicting"]) == (2, 1, 1)
+
+
+async def test_stream_results_reads_annotations_back(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = Settings.load(tmp_path / "home", environ={})
+    home = str(settings.home)
+    # Nothing is created by asking before anything ran.
+    assert main(["--home", home, "stream", "results", "readback"]) == 3
+    assert "no registry at" in capsys.readouterr().err and not settings.home.exists()
+    with Registry(settings) as registry:
+        registry.publish(make_onnx_package(tmp_path / "pkg", name="lc", n_in=len(FEATURE_NAMES)))
+    simulated = list(AlertSimulator(seed=4, first_id=4 * 10**9).alerts(3))
+    alerts = tmp_path / "alerts.avro"
+    sink = open_sink(f"file://{alerts}")
+    await sink.start()
+    await sink.write([OutRecord(a.payload) for a in simulated])
+    await sink.close()
+    spec = {
+        "name": "readback",
+        "source": f"file://{alerts}",
+        "models": [{"ref": "lc"}],
+        "sinks": ["results"],
+        "dead_letter": f"file://{tmp_path / 'dead.jsonl'}",
+    }
+    await Pipeline(parse_spec(spec), settings, write_status_file=False).run()
+    ids = sorted(a.alert_id for a in simulated)
+    capsys.readouterr()
+
+    assert main(["--home", home, "stream", "results", "readback"]) == 0
+    table = capsys.readouterr().out
+    assert all(str(i) in table for i in ids) and "default/lc" in table
+
+    assert main(["--home", home, "stream", "results", "readback", "--csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [int(r["alert_id"]) for r in rows] == ids
+    with ResultStore.open(settings) as store:
+        stored = store.get(ids[1], "default/lc", "1.0.0")
+    assert stored is not None
+    assert json.loads(rows[1]["outputs"]) == stored.outputs
+    assert rows[1]["model_digest"] == stored.model_digest
+
+    args = ["--home", home, "--json", "stream", "results", "readback", "--alert", str(ids[2])]
+    assert main(args) == 0
+    [one] = json.loads(capsys.readouterr().out)
+    assert one["alert_id"] == ids[2] and one["model"] == "default/lc"
+
+    assert main(["--home", home, "stream", "results", "readback", "--alert", "1"]) == 3
+    assert "no annotations of alert 1" in capsys.readouterr().err
+    assert main(["--home", home, "stream", "results", "other"]) == 3
+    assert "pipeline 'other'" in capsys.readouterr().err

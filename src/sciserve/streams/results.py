@@ -193,12 +193,17 @@ class ResultStore:
         self._engine = engine
 
     @classmethod
-    def open(cls, settings: Settings) -> ResultStore:
-        """The store in the registry database ``settings`` name, migrated to the newest schema."""
-        settings.home.mkdir(parents=True, exist_ok=True)
-        engine = db.connect(settings.database_url)
+    def open(cls, settings: Settings, *, create: bool = True) -> ResultStore:
+        """The store in the registry database ``settings`` name, migrated to the newest schema.
+
+        ``create=False`` is for readers: a registry that does not exist is
+        :class:`~sciserve.errors.NotFound` rather than created.
+        """
+        if create:
+            settings.home.mkdir(parents=True, exist_ok=True)
+        engine = db.connect(settings.database_url, create=create)
         try:
-            db.migrate(engine, lock_path=settings.home / ".migrate.lock")
+            db.migrate(engine, lock_path=settings.home / ".migrate.lock", create=create)
         except BaseException:
             engine.dispose()
             raise
@@ -297,10 +302,20 @@ class ResultStore:
         return None if row is None else Annotation._from_row(row)
 
     def read(
-        self, *, pipeline: str | None = None, model: str | None = None
+        self,
+        *,
+        pipeline: str | None = None,
+        model: str | None = None,
+        alert_id: int | None = None,
+        limit: int | None = None,
     ) -> Iterator[Annotation]:
-        """Every stored annotation (of one pipeline and/or model), by alert id."""
+        """Every stored annotation (of one pipeline, model and/or alert), by
+        alert id; the first ``limit`` of them if given."""
         query = _where(sa.select(annotation_table), pipeline, model).order_by(*_key_columns())
+        if alert_id is not None:
+            query = query.where(annotation_table.c.alert_id == alert_id)
+        if limit is not None:
+            query = query.limit(limit)
         with self._engine.connect() as conn:
             for row in conn.execute(query):
                 yield Annotation._from_row(row)
