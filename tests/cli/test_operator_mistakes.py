@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -184,3 +185,32 @@ def test_opening_a_registry_for_writing_removes_old_leftovers(tmp_path: Path) ->
     with Registry(settings):
         pass
     assert not stale.exists() and live.exists()
+
+
+def _scratch_dir(home: Path, name: str, age: float) -> Path:
+    """A publish's scratch directory (an unpacked archive), made ``age`` s ago."""
+    path = home / "tmp" / name
+    (path / "package").mkdir(parents=True)
+    (path / "package" / "model.onnx").write_bytes(b"unpacked weights")
+    (path / ".in-use").touch()
+    stamp = time.time() - age
+    os.utime(path, (stamp, stamp))
+    return path
+
+
+def test_publish_removes_scratch_directories_of_killed_publishers(
+    cli: Cli, onnx_package: MakePackage
+) -> None:
+    cli("publish", str(onnx_package(name="first")))
+    old = ORPHAN_TEMP_AGE + 60
+    orphan = _scratch_dir(cli.home, "unpack-killed", old)
+    # A long publish still at work: as old, but its lock is held.
+    busy = _scratch_dir(cli.home, "unpack-busy", old)
+    fd = os.open(busy / ".in-use", os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        cli("publish", str(onnx_package(name="second")))
+        assert not orphan.exists()
+        assert (busy / "package" / "model.onnx").is_file()
+    finally:
+        os.close(fd)

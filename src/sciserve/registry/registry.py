@@ -11,11 +11,13 @@ which a later publish of the same content simply reuses.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -66,6 +68,12 @@ log = logging.getLogger(__name__)
 #: with a wide margin, while a crashed multi-GB upload is reclaimed the
 #: same day.
 ORPHAN_TEMP_AGE = 3600.0
+#: A file in each publish's scratch directory, locked while the publish runs:
+#: the kernel drops the lock of a killed publisher, so an unlocked scratch
+#: directory (older than :data:`ORPHAN_TEMP_AGE`, so surely past its
+#: creation) is a leftover, however long a live publish takes.
+_SCRATCH_LOCK = ".in-use"
+_SCRATCH_PREFIX = "unpack"
 
 
 @dataclass(frozen=True)
@@ -194,14 +202,53 @@ class Registry:
         return cls(Settings.load(home, **overrides), create=create)
 
     def _remove_orphan_temps(self) -> None:
-        """Reclaim what killed publishers left in the store (see :data:`ORPHAN_TEMP_AGE`)."""
+        """Reclaim what killed publishers left in the store and in the data
+        directory's scratch space (see :data:`ORPHAN_TEMP_AGE`)."""
         try:
             removed = self.store.remove_orphan_temps(ORPHAN_TEMP_AGE)
         except SciserveError as exc:  # housekeeping must never fail the caller's work
             log.warning("cannot remove leftover upload files from %s: %s", self.store, exc)
-            return
-        if removed:
-            log.info("removed %d leftover upload file(s) from %s", removed, self.store)
+        else:
+            if removed:
+                log.info("removed %d leftover upload file(s) from %s", removed, self.store)
+        try:
+            removed = self._remove_orphan_scratch()
+        except OSError as exc:
+            log.warning("cannot remove leftover scratch directories: %s", exc)
+        else:
+            if removed:
+                log.info("removed %d leftover scratch director(ies)", removed)
+
+    def _remove_orphan_scratch(self) -> int:
+        """Remove scratch directories of killed publishers; how many."""
+        base = self.settings.home / "tmp"
+        cutoff = time.time() - ORPHAN_TEMP_AGE
+        removed = 0
+        try:
+            entries = sorted(base.iterdir())
+        except FileNotFoundError:
+            return 0
+        for path in entries:
+            if not path.name.startswith(f"{_SCRATCH_PREFIX}-") or path.is_symlink():
+                continue
+            try:
+                if not path.is_dir() or path.stat().st_mtime >= cutoff:
+                    continue
+                fd = os.open(path / _SCRATCH_LOCK, os.O_RDONLY)
+            except FileNotFoundError:
+                # Killed before it made its lock file (or removed meanwhile).
+                shutil.rmtree(path, ignore_errors=True)
+                removed += 1
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a publish is still working in it
+            finally:
+                os.close(fd)
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+        return removed
 
     def close(self) -> None:
         self._engine.dispose()
@@ -323,7 +370,7 @@ class Registry:
         if source.is_file():
             from ..package.archive import unpack
 
-            with self._scratch("unpack") as scratch:
+            with self._scratch() as scratch:
                 root = unpack(source, scratch / "package", limits=self.settings.limits)
                 return self._publish_dir(root, actor, progress, check)
         if not source.is_dir():
@@ -331,14 +378,18 @@ class Registry:
         return self._publish_dir(source, actor, progress, check)
 
     @contextlib.contextmanager
-    def _scratch(self, purpose: str) -> Iterator[Path]:
+    def _scratch(self) -> Iterator[Path]:
+        """A scratch directory under ``<home>/tmp``, locked as in use until removed."""
         base = self.settings.home / "tmp"
         base.mkdir(parents=True, exist_ok=True)
-        path = Path(tempfile.mkdtemp(prefix=f"{purpose}-", dir=base))
+        path = Path(tempfile.mkdtemp(prefix=f"{_SCRATCH_PREFIX}-", dir=base))
+        fd = os.open(path / _SCRATCH_LOCK, os.O_RDONLY | os.O_CREAT, 0o600)
         try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
             yield path
         finally:
             shutil.rmtree(path, ignore_errors=True)
+            os.close(fd)
 
     def _publish_dir(
         self,
