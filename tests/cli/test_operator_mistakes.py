@@ -80,6 +80,25 @@ def test_read_commands_do_not_create_a_registry(
     assert "no registry at" in out and not cli.home.exists()
 
 
+def test_a_mistyped_database_url_in_the_environment_is_reported(tmp_path: Path) -> None:
+    missing = tmp_path / "nonexistent" / "dir" / "x.db"
+    done = subprocess.run(
+        [sys.executable, "-m", "sciserve", "models", "list"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={
+            **os.environ,
+            "SCISERVE_HOME": str(tmp_path / "home"),
+            "SCISERVE_DATABASE_URL": f"sqlite:///{missing}",
+        },
+    )
+    assert done.returncode == 3, done.stderr
+    assert f"no registry at {missing}" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "nonexistent").exists()
+
+
 def test_read_commands_see_a_registry_once_one_is_published(
     cli: Cli, onnx_package: MakePackage
 ) -> None:

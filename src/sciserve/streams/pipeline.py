@@ -845,6 +845,8 @@ class Pipeline:
             # A fresh interpreter per worker: forking a process that runs
             # threads (the event loop's, ONNX Runtime's) is unsafe.
             mp_context=multiprocessing.get_context("spawn"),
+            # Workers start on the first submits, from this (the event loop's)
+            # thread: the thread whose end PR_SET_PDEATHSIG ties them to.
             initializer=_init_worker,
             initargs=(os.getpid(),),
         )
