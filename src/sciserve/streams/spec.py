@@ -12,6 +12,7 @@
     sinks: [kafka://127.0.0.1:9092/annotations, results]
     dead_letter: file:///var/tmp/dead.jsonl
     batch: 256
+    fetch_timeout: 1.0
     max_message_bytes: 1048576
 
 Everything that can be checked without connecting to anything is checked
