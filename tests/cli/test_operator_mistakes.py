@@ -126,13 +126,17 @@ def test_a_database_without_a_registry_is_reported_not_filled(cli: Cli, postgres
         ("sqlite://", "needs a SQLite file"),
     ],
 )
-def test_unsupported_database_urls_are_named(cli: Cli, url: str, message: str) -> None:
+def test_unsupported_database_urls_are_named(
+    cli: Cli, url: str, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # relative paths land here, should anything be made
     for command in (("models", "list"), ("namespace", "create", "astro")):
         out = cli("--database-url", url, *command, code=2)
         assert message in out, out
         assert "Traceback" not in out
         assert "sciserve[postgres]" not in out  # not the hint for another database
         assert "s3cret" not in out
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_read_only_import_refuses_before_writing(
