@@ -230,6 +230,7 @@ def _migration_lock(engine: Engine, conn: Connection, lock_path: Path | None) ->
             conn.exec_driver_sql("SELECT pg_advisory_unlock(727274)")
             conn.commit()
     elif lock_path is not None:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)

@@ -181,10 +181,11 @@ class Registry:
     ) -> None:
         self.settings = settings
         self.read_only = settings.read_only
-        if not self.read_only and create:
-            settings.home.mkdir(parents=True, exist_ok=True)
+        # The URL is checked first: a mistyped one creates nothing.
         self._engine = db.connect(settings.database_url, read_only=self.read_only, create=create)
         try:
+            if not self.read_only and create:
+                settings.home.mkdir(parents=True, exist_ok=True)
             if not self.read_only:
                 db.migrate(self._engine, lock_path=settings.home / ".migrate.lock", create=create)
             self.store = store or open_store(settings.store_url, read_only=self.read_only)

@@ -199,10 +199,10 @@ class ResultStore:
         ``create=False`` is for readers: a registry that does not exist is
         :class:`~sciserve.errors.NotFound` rather than created.
         """
-        if create:
-            settings.home.mkdir(parents=True, exist_ok=True)
         engine = db.connect(settings.database_url, create=create)
         try:
+            if create:
+                settings.home.mkdir(parents=True, exist_ok=True)
             db.migrate(engine, lock_path=settings.home / ".migrate.lock", create=create)
         except BaseException:
             engine.dispose()
