@@ -143,6 +143,7 @@ def test_rate_limit_options(cli: Cli) -> None:
 
 
 def test_usage_table_json_and_csv(cli: Cli) -> None:
+    cli.registry().close()  # an empty registry: "usage" reads, it does not create one
     assert "no usage" in cli("usage")
     with cli.registry() as reg:
         usage = UsageStore(reg)

@@ -45,7 +45,7 @@ from sciserve.access.bind import check_bind_safety
 from sciserve.access.tokens import TokenStore
 from sciserve.cli import main
 from sciserve.config import Settings
-from sciserve.errors import ConfigError
+from sciserve.errors import PermissionDenied
 from sciserve.package.archive import pack
 from sciserve.registry.registry import Registry
 
@@ -629,5 +629,5 @@ def test_bind_safety_rule() -> None:
     check_bind_safety("0.0.0.0", auth_enabled=True, insecure=False)
     check_bind_safety("127.0.0.1", auth_enabled=False, insecure=False)
     for host in ("0.0.0.0", "::", "192.0.2.7", "example.org"):
-        with pytest.raises(ConfigError, match="without authentication"):
+        with pytest.raises(PermissionDenied, match="without authentication"):
             check_bind_safety(host, auth_enabled=False, insecure=False)

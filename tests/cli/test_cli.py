@@ -102,13 +102,13 @@ def test_init_validate_publish_list_card_tag_pull(cli: Cli, tmp_path: Path) -> N
 
 
 def test_errors_map_to_exit_codes(cli: Cli, tmp_path: Path, onnx_package: MakePackage) -> None:
+    cli("publish", str(onnx_package()))
     assert "no model default/nope" in cli("models", "show", "nope", code=3)
     assert "not a model reference" in cli("models", "show", "a b", code=2)
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "sciserve.yaml").write_bytes(b"\xff\xfe not yaml: [")
     assert "manifest" in cli("publish", str(bad), code=2)
-    cli("publish", str(onnx_package()))
     assert "immutable" in cli("publish", str(onnx_package(scale=9.0)), code=4)
     payload = cli.json("publish", str(onnx_package(scale=9.0)), code=4)
     assert isinstance(payload, dict) and payload["type"] == "VersionConflict"

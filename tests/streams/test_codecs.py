@@ -6,8 +6,9 @@ import contextlib
 import io
 import json
 import random
+import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -18,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sciserve.errors import InvalidInput, NotFound, Unavailable
+from sciserve.streams.base import error_text
 from sciserve.streams.codecs import (
     DecodeError,
     JsonCodec,
@@ -215,6 +217,59 @@ def test_random_bytes_after_a_valid_header(latest: list[SimulatedAlert]) -> None
         reasons.add(caught.value.reason)
     assert reasons <= {"truncated", "invalid-avro", "trailing-bytes"}
     assert "truncated" in reasons
+
+
+#: What must never be in a dead-letter reason: object reprs and addresses.
+_REPR = re.compile(r"<[^<>]*\bat 0x[0-9a-fA-F]+>|0x[0-9a-fA-F]{6,}")
+
+
+def _reason(decode: Callable[[bytes], Any], value: bytes) -> str:
+    with pytest.raises(DecodeError) as caught:
+        decode(value)
+    return str(caught.value)
+
+
+def test_decode_errors_are_stable_readable_text(latest: list[SimulatedAlert]) -> None:
+    good = latest[0].payload
+    rng = random.Random(7)
+    broken = [good[:end] for end in range(5, len(good), 3)]
+    for _ in range(300):
+        value = bytearray(good)
+        for _ in range(4):
+            value[rng.randrange(5, len(value))] = rng.randrange(256)
+        broken.append(bytes(value))
+    containers = [b"Obj\x01" + bytes(20), b"Obj\x01garbage", b"Obj\x01" + bytes(range(256))]
+    cases: list[tuple[Callable[[], Any], list[bytes]]] = [
+        (lambda: RubinCodec(schemas=SCHEMAS), broken),
+        (lambda: RubinCodec(schemas=SCHEMAS, fields="lightcurve"), broken),
+        (ZtfCodec, containers),
+    ]
+    checked = 0
+    for make, values in cases:
+        first, second = make(), make()
+        for value in values:
+            try:
+                second.decode(value)
+            except DecodeError:
+                pass
+            else:
+                continue  # a mutation that still decodes
+            text = _reason(first.decode, value)
+            assert not _REPR.search(text), text
+            _, _, detail = text.partition(": ")
+            assert detail and not detail.rstrip().endswith(":"), text
+            # The same bytes give the same reason, in any process, at any time.
+            assert _reason(second.decode, value) == text
+            checked += 1
+    assert checked > 300
+
+
+def test_error_text_keeps_no_object_reprs() -> None:
+    # Feature functions and models fail with messages like these too.
+    assert error_text(ValueError(f"cannot use {io.BytesIO()}")) == "cannot use the BytesIO"
+    assert error_text(TypeError(f"bad {object()}!")) == "bad the object!"
+    assert error_text(KeyError("flux")) == "missing key 'flux'"
+    assert error_text(EOFError()) == "EOFError"
 
 
 _CODEC = RubinCodec(schemas=SCHEMAS)

@@ -133,6 +133,28 @@ async def test_a_cancelled_fetch_loses_no_messages(
     assert [m.value for m in got] == [b"c0", b"c1", b"c2"]
 
 
+async def test_a_commit_does_not_wait_for_a_fetch_in_progress(
+    kafka_bootstrap: str, kafka_topic: Callable[..., str], kafka_group: str
+) -> None:
+    topic = kafka_topic(partitions=1)
+    async with KafkaSink(kafka_bootstrap, topic) as sink:
+        await sink.write([OutRecord(b"f%d" % i) for i in range(5)])
+    async with KafkaSource(kafka_bootstrap, topic, kafka_group) as source:
+        got = await _fetch_n(source, 5)
+        # The pipeline fetches the next batch while it commits this one; the
+        # topic is drained, so this fetch waits its whole timeout.
+        fetching = asyncio.create_task(source.fetch(10, 5.0))
+        for _ in range(5):
+            await asyncio.sleep(0)  # the fetch is under way
+        started = time.monotonic()
+        await source.commit(got)
+        took = time.monotonic() - started
+        assert took < 1.0, f"the commit waited {took:.2f} s for the fetch"
+        assert not fetching.done()  # the commit really overlapped the fetch
+        assert await source.lag() == 0
+        assert await fetching == []
+
+
 async def test_lag_counts_uncommitted_messages(
     kafka_bootstrap: str, kafka_topic: Callable[..., str], kafka_group: str
 ) -> None:

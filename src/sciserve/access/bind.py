@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from ..errors import ConfigError
+from ..errors import PermissionDenied
 
 __all__ = ["check_bind_safety", "is_loopback"]
 
@@ -22,14 +22,14 @@ def is_loopback(host: str) -> bool:
 
 
 def check_bind_safety(host: str, auth_enabled: bool, insecure: bool) -> None:
-    """Raise :class:`ConfigError` when serving on ``host`` would be open to the network.
+    """Raise :class:`PermissionDenied` when serving on ``host`` would be open to the network.
 
     Allowed: any host with authentication on, a loopback host without it,
     or anything at all when the operator explicitly said ``--insecure``.
     """
     if auth_enabled or insecure or is_loopback(host):
         return
-    raise ConfigError(
+    raise PermissionDenied(
         f"refusing to serve on {host or 'all interfaces'} without authentication; "
         "enable auth or pass --insecure"
     )

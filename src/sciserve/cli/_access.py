@@ -150,7 +150,7 @@ def token_create(
 def token_list(ctx: typer.Context) -> None:
     """List tokens (ids and metadata; secrets are never stored, so never shown)."""
     st = state(ctx)
-    with st.registry() as reg:
+    with st.registry(create=False) as reg:
         if isinstance(reg, RemoteRegistry):
             tokens = reg.tokens()
         else:
@@ -205,7 +205,7 @@ def usage(
     """Requests, rows and compute seconds per namespace, caller and model."""
     st = state(ctx)
     start: datetime | None = utcnow() - parse_duration(since) if since else None
-    with st.local_registry() as reg:
+    with st.local_registry(create=False) as reg:
         rows = UsageStore(reg).report(start, namespace=namespace)
     if csv:
         sys.stdout.write(to_csv(rows))
@@ -241,7 +241,7 @@ def audit(
 ) -> None:
     """The audit trail: publishing, trust, tokens and denied requests."""
     st = state(ctx)
-    with st.registry() as reg:
+    with st.registry(create=False) as reg:
         events = reg.events(limit)
 
     def human() -> None:

@@ -74,8 +74,12 @@ class State:
         return Settings.load(self.home, **self.overrides)
 
     @contextlib.contextmanager
-    def registry(self) -> Iterator[Registry | RemoteRegistry]:
-        """The registry: a remote server's (``--server`` / ``SCISERVE_URL``) or the local one."""
+    def registry(self, *, create: bool = True) -> Iterator[Registry | RemoteRegistry]:
+        """The registry: a remote server's (``--server`` / ``SCISERVE_URL``) or the local one.
+
+        Commands that only read pass ``create=False``: a local registry that
+        does not exist is then reported, not created empty.
+        """
         settings = self.settings
         if settings.server_url:
             with RemoteRegistry(
@@ -85,11 +89,11 @@ class State:
             ) as remote:
                 yield remote
             return
-        with Registry(settings) as reg:
+        with Registry(settings, create=create) as reg:
             yield reg
 
     @contextlib.contextmanager
-    def local_registry(self) -> Iterator[Registry]:
+    def local_registry(self, *, create: bool = True) -> Iterator[Registry]:
         """The local registry, for commands that need direct access (admin, serve)."""
         settings = self.settings
         if settings.server_url:
@@ -97,7 +101,7 @@ class State:
                 "this command works on the registry directly; run it where the registry is, "
                 "without --server / SCISERVE_URL"
             )
-        with Registry(settings) as reg:
+        with Registry(settings, create=create) as reg:
             yield reg
 
     def emit(self, data: Any, human: Callable[[], None]) -> None:

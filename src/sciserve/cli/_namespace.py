@@ -49,7 +49,7 @@ def create(
 def list_(ctx: typer.Context) -> None:
     """List namespaces."""
     st = state(ctx)
-    with st.local_registry() as reg:
+    with st.local_registry(create=False) as reg:
         items = reg.namespaces()
 
     def human() -> None:

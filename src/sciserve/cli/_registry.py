@@ -71,7 +71,7 @@ def models_list(
 ) -> None:
     """List models with their default version."""
     st = state(ctx)
-    with st.registry() as reg:
+    with st.registry(create=False) as reg:
         if isinstance(reg, RemoteRegistry):
             items, complete = reg.list_visible(namespace)
         else:
@@ -110,7 +110,7 @@ def models_list(
 def models_show(ctx: typer.Context, ref: str) -> None:
     """Every version of a model, newest first, with its manifest (JSON)."""
     st = state(ctx)
-    with st.registry() as reg:
+    with st.registry(create=False) as reg:
         versions = reg.versions(ref)
         chosen = reg.resolve(ref)
 
@@ -194,7 +194,7 @@ def models_card(
     from ..package.card import render_card, to_jsonld
 
     st = state(ctx)
-    with st.registry() as reg:
+    with st.registry(create=False) as reg:
         info = reg.resolve(ref)
     if format_ == "jsonld" or st.json:
         sys.stdout.write(json.dumps(to_jsonld(info.manifest, digest=info.digest), indent=2) + "\n")
@@ -259,7 +259,7 @@ def pull(
 ) -> None:
     """Materialise a package locally, every file verified against its checksum."""
     st = state(ctx)
-    with st.registry() as reg:
+    with st.registry(create=False) as reg:
         info = reg.resolve(ref)
         with st.progress("downloading", info.size) as advance:
             path = reg.pull(info.ref, dest, progress=advance)
@@ -283,7 +283,7 @@ def verify(
     if ref is not None and Path(ref).is_dir():
         _verify_local(st, Path(ref))
         return
-    with st.registry() as reg:
+    with st.registry(create=False) as reg:
         reports = reg.verify(ref)
 
     def human() -> None:
@@ -330,7 +330,7 @@ def export(
     from ..registry.exchange import export_models
 
     st = state(ctx)
-    with st.local_registry() as reg:
+    with st.local_registry(create=False) as reg:
         written = export_models(reg, refs, out, all_versions=all_versions)
     st.emit(
         {"path": str(out), "models": [v.ref for v in written]},

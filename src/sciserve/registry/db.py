@@ -17,11 +17,17 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 
-from ..errors import ConfigError, ReadOnlyRegistry, Unavailable
+from ..errors import DependencyMissing, InvalidInput, NotFound, ReadOnlyRegistry, Unavailable
 
-__all__ = ["connect", "metadata", "migrate", "utcnow"]
+__all__ = ["NO_REGISTRY_HINT", "connect", "metadata", "migrate", "parse_url", "utcnow"]
+
+#: The databases the registry (its migrations, its ``ON CONFLICT`` writes)
+#: is written and tested for.
+_BACKENDS = ("sqlite", "postgresql")
+#: What to tell someone who reads a registry that was never created.
+NO_REGISTRY_HINT = "run 'sciserve publish DIR' or 'sciserve up' first"
 
 metadata = sa.MetaData(
     naming_convention={
@@ -106,29 +112,60 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def connect(url: str, *, read_only: bool = False) -> Engine:
+def parse_url(url: str) -> URL:
+    """``url`` parsed, if it names a database the registry supports.
+
+    An operator's typo (``foo://``, ``mysql://``, ``postgres:/x``) is
+    :class:`~sciserve.errors.InvalidInput` naming what is accepted, never a
+    driver's traceback or a hint to install the wrong thing.  Passwords are
+    masked in every message.
+    """
+    try:
+        parsed = make_url(url)
+    except (sa.exc.ArgumentError, ValueError) as exc:
+        shown = url.split("://", 1)[0] + "://…" if "://" in url else repr(url)
+        raise InvalidInput(
+            f"not a database URL: {shown}; use sqlite:///PATH or postgresql://USER@HOST/DB"
+        ) from exc
+    backend = parsed.get_backend_name()
+    if backend not in _BACKENDS:
+        raise InvalidInput(
+            f"unsupported database {backend!r} in {parsed.render_as_string(hide_password=True)}; "
+            "the registry runs on SQLite (sqlite:///PATH) or PostgreSQL (postgresql://USER@HOST/DB)"
+        )
+    if backend == "sqlite" and parsed.get_driver_name() != "pysqlite":
+        raise InvalidInput(f"unsupported SQLite driver in {parsed}; use sqlite:///PATH")
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def connect(url: str, *, read_only: bool = False, create: bool = True) -> Engine:
     """An engine for ``url`` with the settings sciserve relies on.
 
     SQLite: WAL journal, a generous busy timeout and ``BEGIN IMMEDIATE`` for
     write transactions, so concurrent publishers queue up instead of failing
     with "database is locked" halfway through.  Read-only SQLite (e.g. an
     export on CVMFS) is opened ``immutable`` so nothing is ever written, not
-    even a lock or WAL file.
+    even a lock or WAL file.  Without ``create`` (and when read-only) a
+    missing SQLite file is :class:`~sciserve.errors.NotFound`, not created.
     """
-    try:
-        parsed = make_url(url)
-    except sa.exc.ArgumentError as exc:
-        raise ConfigError(f"not a database URL: {url!r}") from exc
+    parsed = parse_url(url)
     if parsed.get_backend_name() == "sqlite":
-        return _sqlite_engine(parsed.database or "", read_only=read_only)
+        return _sqlite_engine(parsed.database or "", read_only=read_only, create=create)
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
-    if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
-        parsed = parsed.set(drivername="postgresql+psycopg")
     try:
         engine = sa.create_engine(parsed, **kwargs)
     except ImportError as exc:
-        raise ConfigError(
-            f"no driver for {parsed.drivername}; install it with: pip install 'sciserve[postgres]'"
+        hint = (
+            "pip install 'sciserve[postgres]'"
+            if parsed.get_driver_name() == "psycopg"
+            else f"install the {parsed.get_driver_name()} package, or use postgresql://"
+        )
+        raise DependencyMissing(f"no driver for {parsed.drivername}; {hint}") from exc
+    except sa.exc.ArgumentError as exc:  # e.g. postgresql+nosuchdriver://
+        raise InvalidInput(
+            f"unsupported database driver {parsed.drivername!r}; use postgresql://USER@HOST/DB"
         ) from exc
     if read_only:
 
@@ -139,13 +176,13 @@ def connect(url: str, *, read_only: bool = False) -> Engine:
     return engine
 
 
-def _sqlite_engine(database: str, *, read_only: bool) -> Engine:
+def _sqlite_engine(database: str, *, read_only: bool, create: bool) -> Engine:
     if not database or database == ":memory:":
-        raise ConfigError("the registry needs a SQLite file, not an in-memory database")
+        raise InvalidInput("the registry needs a SQLite file, not an in-memory database")
     path = Path(database)
+    if (read_only or not create) and not path.is_file():
+        raise NotFound(f"no registry at {path}; {NO_REGISTRY_HINT}")
     if read_only:
-        if not path.is_file():
-            raise ConfigError(f"no registry database at {path}")
         target = f"file:{path.resolve()}?mode=ro&immutable=1"
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -193,6 +230,7 @@ def _migration_lock(engine: Engine, conn: Connection, lock_path: Path | None) ->
             conn.exec_driver_sql("SELECT pg_advisory_unlock(727274)")
             conn.commit()
     elif lock_path is not None:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -204,11 +242,13 @@ def _migration_lock(engine: Engine, conn: Connection, lock_path: Path | None) ->
         yield
 
 
-def migrate(engine: Engine, *, lock_path: Path | None = None) -> None:
+def migrate(engine: Engine, *, lock_path: Path | None = None, create: bool = True) -> None:
     """Bring the schema to the newest revision (a no-op when it already is).
 
     ``lock_path`` names a file used as an inter-process lock where the
-    database has no lock of its own (SQLite).
+    database has no lock of its own (SQLite).  Without ``create`` a database
+    that holds no registry yet is :class:`~sciserve.errors.NotFound` instead
+    of being given one (existing registries are still upgraded).
     """
     from alembic import command
     from alembic.config import Config
@@ -224,6 +264,9 @@ def migrate(engine: Engine, *, lock_path: Path | None = None) -> None:
             conn.rollback()
             if current == head:
                 return
+            if current is None and not create:
+                where = engine.url.render_as_string(hide_password=True)
+                raise NotFound(f"no registry in {where}; {NO_REGISTRY_HINT}")
             with _migration_lock(engine, conn, lock_path):
                 config.attributes["connection"] = conn
                 command.upgrade(config, "head")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .._version import __version__
 from ..config import Settings
-from ..errors import Conflict, InvalidInput, NotFound
+from ..errors import Conflict, InvalidInput, NotFound, ReadOnlyRegistry
 from ..package.reference import LATEST, parse_reference
 from . import db
 from .registry import PublishResult, Registry, VersionInfo
@@ -142,6 +142,10 @@ def import_models(reg: Registry, source: str | Path) -> list[PublishResult]:
     Namespace trust is not imported: code-executing packages need the
     receiving registry's admin to trust their namespace first.
     """
+    if reg.read_only:
+        # Refused before anything is unpacked into the registry's home,
+        # which may well be a read-only file system.
+        raise ReadOnlyRegistry("this registry is open read-only; import needs a writable one")
     source = Path(source)
     if source.is_file():
         from ..package.archive import extract_tree

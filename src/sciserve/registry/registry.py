@@ -11,10 +11,13 @@ which a later publish of the same content simply reuses.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
+import logging
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +41,7 @@ from ..errors import (
     PermissionDenied,
     Problem,
     ReadOnlyRegistry,
+    SciserveError,
     VersionConflict,
 )
 from ..package.manifest import (
@@ -74,6 +78,22 @@ __all__ = [
 ]
 
 Progress = Callable[[int], None]
+
+log = logging.getLogger(__name__)
+
+#: Temporary files of uploads into the store older than this (s) are the
+#: leftovers of killed publishers and are removed on open and on publish.
+#: An upload in progress rewrites its file with every chunk (and a stalled
+#: one fails its own read long before), so an hour spares every live upload
+#: with a wide margin, while a crashed multi-GB upload is reclaimed the
+#: same day.
+ORPHAN_TEMP_AGE = 3600.0
+#: A file in each publish's scratch directory, locked while the publish runs:
+#: the kernel drops the lock of a killed publisher, so an unlocked scratch
+#: directory (older than :data:`ORPHAN_TEMP_AGE`, so surely past its
+#: creation) is a leftover, however long a live publish takes.
+_SCRATCH_LOCK = ".in-use"
+_SCRATCH_PREFIX = "unpack"
 
 
 @dataclass(frozen=True)
@@ -193,22 +213,87 @@ def _new_id(conn: Connection, insert: sa.Insert) -> int:
 
 
 class Registry:
-    """A registry of model packages.  Use as a context manager or call :meth:`close`."""
+    """A registry of model packages.  Use as a context manager or call :meth:`close`.
 
-    def __init__(self, settings: Settings, *, store: ArtifactStore | None = None) -> None:
+    ``create=False`` is for commands that only read: a registry that does not
+    exist yet is :class:`~sciserve.errors.NotFound` rather than created empty
+    (e.g. under a mistyped ``--database-url``).
+    """
+
+    def __init__(
+        self, settings: Settings, *, store: ArtifactStore | None = None, create: bool = True
+    ) -> None:
         self.settings = settings
         self.read_only = settings.read_only
-        if not self.read_only:
-            settings.home.mkdir(parents=True, exist_ok=True)
-        self._engine = db.connect(settings.database_url, read_only=self.read_only)
-        if not self.read_only:
-            db.migrate(self._engine, lock_path=settings.home / ".migrate.lock")
-        self.store = store or open_store(settings.store_url, read_only=self.read_only)
+        # The URL is checked first: a mistyped one creates nothing.
+        self._engine = db.connect(settings.database_url, read_only=self.read_only, create=create)
+        try:
+            if not self.read_only and create:
+                settings.home.mkdir(parents=True, exist_ok=True)
+            if not self.read_only:
+                db.migrate(self._engine, lock_path=settings.home / ".migrate.lock", create=create)
+            self.store = store or open_store(settings.store_url, read_only=self.read_only)
+        except BaseException:
+            self._engine.dispose()
+            raise
+        if not self.read_only and create:
+            self._remove_orphan_temps()
 
     @classmethod
-    def open(cls, home: str | os.PathLike[str] | None = None, **overrides: Any) -> Registry:
+    def open(
+        cls, home: str | os.PathLike[str] | None = None, *, create: bool = True, **overrides: Any
+    ) -> Registry:
         """Open the registry of ``home`` (see :meth:`Settings.load` for the rest)."""
-        return cls(Settings.load(home, **overrides))
+        return cls(Settings.load(home, **overrides), create=create)
+
+    def _remove_orphan_temps(self) -> None:
+        """Reclaim what killed publishers left in the store and in the data
+        directory's scratch space (see :data:`ORPHAN_TEMP_AGE`)."""
+        try:
+            removed = self.store.remove_orphan_temps(ORPHAN_TEMP_AGE)
+        except SciserveError as exc:  # housekeeping must never fail the caller's work
+            log.warning("cannot remove leftover upload files from %s: %s", self.store, exc)
+        else:
+            if removed:
+                log.info("removed %d leftover upload file(s) from %s", removed, self.store)
+        try:
+            removed = self._remove_orphan_scratch()
+        except OSError as exc:
+            log.warning("cannot remove leftover scratch directories: %s", exc)
+        else:
+            if removed:
+                log.info("removed %d leftover scratch director(ies)", removed)
+
+    def _remove_orphan_scratch(self) -> int:
+        """Remove scratch directories of killed publishers; how many."""
+        base = self.settings.home / "tmp"
+        cutoff = time.time() - ORPHAN_TEMP_AGE
+        removed = 0
+        try:
+            entries = sorted(base.iterdir())
+        except FileNotFoundError:
+            return 0
+        for path in entries:
+            if not path.name.startswith(f"{_SCRATCH_PREFIX}-") or path.is_symlink():
+                continue
+            try:
+                if not path.is_dir() or path.stat().st_mtime >= cutoff:
+                    continue
+                fd = os.open(path / _SCRATCH_LOCK, os.O_RDONLY)
+            except FileNotFoundError:
+                # Killed before it made its lock file (or removed meanwhile).
+                shutil.rmtree(path, ignore_errors=True)
+                removed += 1
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a publish is still working in it
+            finally:
+                os.close(fd)
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+        return removed
 
     def close(self) -> None:
         self._engine.dispose()
@@ -328,11 +413,12 @@ class Registry:
         """
         if self.read_only:
             raise ReadOnlyRegistry("this registry is open read-only")
+        self._remove_orphan_temps()
         source = Path(source)
         if source.is_file():
             from ..package.archive import unpack
 
-            with self._scratch("unpack") as scratch:
+            with self._scratch() as scratch:
                 limits = self.settings.limits
                 root = unpack(source, scratch / "package", limits=limits, label=label)
                 with _manifest_named(label):
@@ -343,14 +429,18 @@ class Registry:
             return self._publish_dir(source, actor, progress, check)
 
     @contextlib.contextmanager
-    def _scratch(self, purpose: str) -> Iterator[Path]:
+    def _scratch(self) -> Iterator[Path]:
+        """A scratch directory under ``<home>/tmp``, locked as in use until removed."""
         base = self.settings.home / "tmp"
         base.mkdir(parents=True, exist_ok=True)
-        path = Path(tempfile.mkdtemp(prefix=f"{purpose}-", dir=base))
+        path = Path(tempfile.mkdtemp(prefix=f"{_SCRATCH_PREFIX}-", dir=base))
+        fd = os.open(path / _SCRATCH_LOCK, os.O_RDONLY | os.O_CREAT, 0o600)
         try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
             yield path
         finally:
             shutil.rmtree(path, ignore_errors=True)
+            os.close(fd)
 
     def _publish_dir(
         self,

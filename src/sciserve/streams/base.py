@@ -20,6 +20,7 @@ dependencies are needed only by whoever uses them.
 from __future__ import annotations
 
 import abc
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,9 +35,34 @@ __all__ = [
     "OutRecord",
     "Sink",
     "Source",
+    "error_text",
     "open_sink",
     "open_source",
 ]
+
+#: An object's default repr, ``<_io.BytesIO object at 0x7f…>``: its address
+#: changes from run to run and it says nothing to a reader.
+_OBJECT_REPR = re.compile(r"<([\w.]+?)(?: object)? at 0x[0-9a-fA-F]+>")
+#: Longest error detail kept in a dead letter.
+_ERROR_TEXT_CHARS = 500
+
+
+def error_text(exc: BaseException) -> str:
+    """``exc`` as stable, readable text for a dead letter or a log line.
+
+    Libraries put object reprs in their messages (fastavro: "cannot read
+    float from <_io.BytesIO object at 0x…>"), and some exceptions have no
+    message at all; neither belongs in a record someone reads or counts.
+    """
+    if isinstance(exc, KeyError) and len(exc.args) == 1:
+        text = f"missing key {exc.args[0]!r}"  # str() of a KeyError is the bare repr
+    else:
+        text = str(exc)
+    text = _OBJECT_REPR.sub(lambda m: f"the {m.group(1).rpartition('.')[2]}", text).strip()
+    if len(text) > _ERROR_TEXT_CHARS:
+        text = text[: _ERROR_TEXT_CHARS - 1] + "…"
+    return text or type(exc).__name__
+
 
 #: Port assumed when a ``kafka://`` or ``nats://`` URL names none.
 _DEFAULT_PORTS = {"kafka": 9092, "nats": 4222}

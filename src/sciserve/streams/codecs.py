@@ -32,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final, Literal, Protocol
 
 from ..errors import InvalidInput, NotFound
+from .base import error_text
 from .schemas import RubinSchema, RubinSchemas, reader_schema
 
 try:
@@ -151,13 +152,21 @@ def _read_avro(reader: Any, what: str) -> Any:
     try:
         return reader()
     except EOFError as exc:
-        raise DecodeError("truncated", f"{what} ends early: {exc}") from exc
+        detail = f" ({_detail(exc)})" if str(exc).strip() else ""
+        raise DecodeError("truncated", f"{what} ends early{detail}") from exc
     except Exception as exc:
         # Arbitrary bytes reach fastavro's C reader here, and a wrong union
         # index, a negative length, invalid UTF-8 or a mangled container
         # header each surface as a different (partly private) exception
         # type.  All mean the same thing: this message is malformed.
-        raise DecodeError("invalid-avro", f"{what} is not valid Avro: {exc}") from exc
+        raise DecodeError("invalid-avro", f"{what} is not valid Avro ({_detail(exc)})") from exc
+
+
+def _detail(exc: BaseException) -> str:
+    """What fastavro said, without its stream reprs; its exception type if nothing."""
+    text = error_text(exc)
+    # "cannot read float from the BytesIO": the BytesIO is this message.
+    return text.replace(" from the BytesIO", "").replace("the BytesIO", "the message")
 
 
 def _parse_record(schema: Mapping[str, Any]) -> dict[str, Any]:

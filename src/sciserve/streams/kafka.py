@@ -51,6 +51,12 @@ _REBALANCED = frozenset(
 )
 #: How long metadata calls (committed offsets, watermarks) may take (s).
 _QUERY_TIMEOUT = 10.0
+#: Longest single wait in librdkafka's consume() (s).  A synchronous commit
+#: waits until a concurrent consume() returns, so one long poll of
+#: ``fetch_timeout`` made every commit cost up to that much end-to-end
+#: latency; in slices this short a commit waits at most one slice, for a
+#: thread hand-over per slice while the stream is idle.
+_FETCH_SLICE = 0.05
 
 
 class KafkaSource(Source):
@@ -104,6 +110,11 @@ class KafkaSource(Source):
         # A consume() running on a worker thread; kept when fetch() is
         # cancelled so the batch is not lost but returned by the next fetch.
         self._inflight: asyncio.Future[list[KafkaMessage]] | None = None
+        # Messages consumed and not yet returned by fetch().
+        self._fetched: list[Message] = []
+        # Whose turn it is to call the consumer: one fetch slice or one
+        # commit at a time, in the order they asked (asyncio.Lock is fair).
+        self._turn = asyncio.Lock()
         self._committed: dict[tuple[str, int], int] = {}
 
     async def start(self) -> None:
@@ -120,24 +131,44 @@ class KafkaSource(Source):
     async def fetch(self, max_messages: int, timeout: float) -> list[Message]:
         """Return up to ``max_messages`` messages, ``[]`` after ``timeout`` s.
 
-        Partition-EOF events are ignored and transient errors logged; a fatal
-        client error raises :class:`~sciserve.errors.Unavailable`.
+        Returns once ``max_messages`` arrived or ``timeout`` passed, with
+        what arrived.  librdkafka is polled in slices of
+        :data:`_FETCH_SLICE` s, and a :meth:`commit` waiting for the
+        consumer runs between two slices.  Partition-EOF events are ignored
+        and transient errors logged; a fatal client error raises
+        :class:`~sciserve.errors.Unavailable`.
         """
         consumer = self._require()
-        if self._inflight is None:
-            count = max(1, min(max_messages, 1_000_000))  # librdkafka's own bound
-            self._inflight = asyncio.ensure_future(
-                asyncio.to_thread(consumer.consume, count, max(timeout, 0.0))
-            )
-        inflight = self._inflight
-        try:
-            raw = await asyncio.shield(inflight)
-        except KafkaException as exc:
-            raise Unavailable(f"Kafka consume failed: {exc}") from exc
-        finally:
-            # A cancelled fetch leaves the consume running for the next one.
-            if inflight.done():
-                self._inflight = None
+        count = max(1, min(max_messages, 1_000_000))  # librdkafka's own bound
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(timeout, 0.0)
+        while len(self._fetched) < count:
+            if self._inflight is None:
+                wait = min(_FETCH_SLICE, max(deadline - loop.time(), 0.0))
+                self._inflight = asyncio.ensure_future(
+                    self._consume(consumer, count - len(self._fetched), wait)
+                )
+            inflight = self._inflight
+            try:
+                raw = await asyncio.shield(inflight)
+            except KafkaException as exc:
+                raise Unavailable(f"Kafka consume failed: {exc}") from exc
+            finally:
+                # A cancelled fetch leaves the consume running for the next
+                # one, and what the finished ones got in self._fetched.
+                if inflight.done():
+                    self._inflight = None
+            self._fetched += self._accept(raw)
+            if loop.time() >= deadline:
+                break
+        messages, self._fetched = self._fetched[:count], self._fetched[count:]
+        return messages
+
+    async def _consume(self, consumer: Consumer, count: int, timeout: float) -> list[KafkaMessage]:
+        async with self._turn:
+            return await asyncio.to_thread(consumer.consume, count, timeout)
+
+    def _accept(self, raw: Sequence[KafkaMessage]) -> list[Message]:
         messages = []
         for item in raw:
             error = item.error()
@@ -172,7 +203,12 @@ class KafkaSource(Source):
         if not offsets:
             return
         try:
-            result = await asyncio.to_thread(consumer.commit, offsets=offsets, asynchronous=False)
+            # Between two fetch slices: librdkafka would hold a synchronous
+            # commit until a concurrent consume() returned.
+            async with self._turn:
+                result = await asyncio.to_thread(
+                    consumer.commit, offsets=offsets, asynchronous=False
+                )
         except KafkaException as exc:
             error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
             if error is not None and error.code() in _REBALANCED:

@@ -83,6 +83,14 @@ class PipelineMetrics:
             labels,
             registry=self.registry,
         )
+        self._stored = Counter(
+            "sciserve_stream_annotations_stored",
+            "Annotations written to the result store, by outcome: new; duplicate (already "
+            "stored, a re-delivery); conflicting (another alert with an alert id already "
+            "annotated, not stored)",
+            (*labels, "outcome"),
+            registry=self.registry,
+        )
         self._dead = Counter(
             "sciserve_stream_alerts_dead_lettered",
             "Messages sent to the dead-letter sink, by the stage that failed",
@@ -130,10 +138,15 @@ class PipelineMetrics:
             metric.labels(pipeline)
         for stage in ("decode", "features", "model"):
             self._dead.labels(pipeline, stage)
+        for outcome in ("new", "duplicate", "conflicting"):
+            self._stored.labels(pipeline, outcome)
         self.totals: dict[str, int] = {
             "consumed": 0,
             "annotated": 0,
             "published": 0,
+            "stored": 0,
+            "already_stored": 0,
+            "conflicting": 0,
             "dead_lettered": 0,
             "batches": 0,
         }
@@ -159,6 +172,17 @@ class PipelineMetrics:
         self._published.labels(self.pipeline).inc(n)
         with self._lock:
             self.totals["published"] += n
+
+    def stored(self, new: int, duplicate: int = 0, conflicting: int = 0) -> None:
+        """Count annotations the result store took (``new``), already held
+        (``duplicate``), or held for another alert of the same id (``conflicting``)."""
+        for outcome, n in (("new", new), ("duplicate", duplicate), ("conflicting", conflicting)):
+            if n:
+                self._stored.labels(self.pipeline, outcome).inc(n)
+        with self._lock:
+            self.totals["stored"] += new
+            self.totals["already_stored"] += duplicate
+            self.totals["conflicting"] += conflicting
 
     def dead_lettered(self, stage: str, n: int = 1) -> None:
         self._dead.labels(self.pipeline, stage).inc(n)

@@ -62,6 +62,7 @@ import asyncio
 import base64
 import concurrent.futures
 import contextlib
+import ctypes
 import functools
 import hashlib
 import importlib.metadata
@@ -70,8 +71,11 @@ import json
 import logging
 import math
 import multiprocessing
+import os
 import platform
 import signal
+import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -98,14 +102,14 @@ from ..errors import (
 )
 from ..package.manifest import Manifest, TensorSpec
 from ..package.reference import served_name
-from .base import Message, OutRecord, Sink, Source, open_sink, open_source
+from .base import Message, OutRecord, Sink, Source, error_text, open_sink, open_source
 from .expr import EvaluationError, Expression
 from .metrics import PipelineMetrics, State, process_identity, status_path, write_status
+from .results import Annotation, ResultStore, WriteOutcome
+from .spec import PipelineSpec, PythonFeatures
 
 if TYPE_CHECKING:
     from ..protocol.client import InferenceClient
-from .results import Annotation, ResultStore
-from .spec import PipelineSpec, PythonFeatures
 
 __all__ = ["DeadLetter", "Pipeline", "run_pipeline"]
 
@@ -508,7 +512,7 @@ class _Preparer:
         try:
             vector = np.asarray(self.features(alert), dtype=self.dtype).reshape(-1)
         except Exception as exc:  # a feature function may fail in any way on odd data
-            reason = f"{type(exc).__name__}: {exc}"
+            reason = f"{type(exc).__name__}: {error_text(exc)}"
             return _Prepared(alert_id, failure=("features", "features-failed", reason))
         width = self.config.width
         if width is not None and len(vector) != width:
@@ -529,10 +533,36 @@ def _prepare(config: _PrepareConfig, values: Sequence[bytes]) -> _PrepareResult:
     return _preparer(config)(values)
 
 
-def _ignore_interrupts() -> None:
-    # Ctrl-C reaches the whole process group; the pipeline process drains
-    # and needs its workers until the batch in hand is written.
+#: How often a worker process checks that the pipeline process still lives (s).
+_PARENT_POLL = 0.5
+#: ``prctl`` option: the signal the kernel sends when the parent exits (Linux).
+_PR_SET_PDEATHSIG = 1
+
+
+def _init_worker(parent: int) -> None:
+    """Set up a preparing worker process of the pipeline process ``parent``.
+
+    Ctrl-C reaches the whole process group; the pipeline process drains and
+    needs its workers until the batch in hand is written, so they ignore it.
+    A pipeline killed with SIGKILL cannot stop its workers, and they would
+    run (and hold memory) forever: on Linux the kernel kills them when it
+    exits, and everywhere a thread exits them once their parent changed.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # it died before the line above took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(_PARENT_POLL)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="sciserve-parent-watch", daemon=True).start()
 
 
 # -- one batch -----------------------------------------------------------------
@@ -555,6 +585,8 @@ class _Batch:
     dead: list[DeadLetter] = field(default_factory=list)
     #: Broker timestamps of the alerts that got at least one annotation.
     annotated_timestamps: list[int | None] = field(default_factory=list)
+    #: What the result store made of the annotations.
+    stored: WriteOutcome = field(default_factory=WriteOutcome)
 
     @property
     def published(self) -> list[Annotation]:
@@ -777,7 +809,10 @@ class Pipeline:
             # A fresh interpreter per worker: forking a process that runs
             # threads (the event loop's, ONNX Runtime's) is unsafe.
             mp_context=multiprocessing.get_context("spawn"),
-            initializer=_ignore_interrupts,
+            # Workers start on the first submits, from this (the event loop's)
+            # thread: the thread whose end PR_SET_PDEATHSIG ties them to.
+            initializer=_init_worker,
+            initargs=(os.getpid(),),
         )
         loop = asyncio.get_running_loop()
         await asyncio.gather(
@@ -1012,7 +1047,11 @@ class Pipeline:
                     attempt,
                     exc,
                 )
-        reason = f"{model.model}:{model.version} failed twice: {type(failure).__name__}: {failure}"
+        assert failure is not None
+        reason = (
+            f"{model.model}:{model.version} failed twice: "
+            f"{type(failure).__name__}: {error_text(failure)}"
+        )
         dead.extend(
             DeadLetter(item.message, "model", "model-error", reason, item.alert_id)
             for item in alerts
@@ -1059,11 +1098,12 @@ class Pipeline:
         started = time.perf_counter()
         writes: list[Awaitable[None]] = []
         if self._store is not None and batch.annotations:
-            writes.append(
-                self._durably(
-                    "the result store", asyncio.to_thread, self._store.write, batch.annotations
-                )
-            )
+            store = self._store
+
+            async def store_annotations() -> None:
+                batch.stored = await asyncio.to_thread(store.write_checked, batch.annotations)
+
+            writes.append(self._durably("the result store", store_annotations))
         published = [OutRecord(value=a.to_json(), key=a.key.encode()) for a in batch.published]
         if published:
             for sink, url in zip(self._sinks, self.spec.topic_sinks, strict=True):
@@ -1122,6 +1162,17 @@ class Pipeline:
                 self.metrics.latency(max(0.0, now_ms - timestamp) / 1000)
         self.metrics.annotated(len(batch.annotated_timestamps))
         self.metrics.published(len(batch.published))
+        stored = batch.stored
+        self.metrics.stored(stored.new, stored.duplicate, stored.conflicting)
+        if stored.conflicting:
+            log.warning(
+                "pipeline %s: %d annotation(s) belong to alerts whose id was already annotated "
+                "with other outputs, so these are different alerts sharing an alert id; the "
+                "stored annotations are kept: %s",
+                self.spec.name,
+                stored.conflicting,
+                ", ".join(stored.conflicts),
+            )
         for letter in batch.dead:
             self.metrics.dead_lettered(letter.stage)
 

@@ -9,12 +9,18 @@ rows are inserted with ``INSERT … ON CONFLICT DO NOTHING``.  A pipeline that
 crashes after writing but before committing its source sees the same alerts
 again after a restart, and writing their annotations a second time changes
 nothing.
+
+The first annotation stored under a key stays.  :meth:`ResultStore.write_checked`
+says which annotations were new, which were already stored (a re-delivery:
+the same outputs) and which *conflict*: a different alert that carries an
+alert id already annotated, whose outputs differ from the stored ones.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import math
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -27,7 +33,7 @@ from ..config import Settings
 from ..errors import ConfigError, Unavailable
 from ..registry import db
 
-__all__ = ["Annotation", "ResultStore", "annotation_table"]
+__all__ = ["Annotation", "ResultStore", "WriteOutcome", "annotation_table"]
 
 _ts = sa.DateTime(timezone=True)
 
@@ -51,6 +57,27 @@ annotation_table = sa.Table(
 )
 
 _KEY = ("alert_id", "model", "model_version")
+#: Outputs that differ by less than this (relative, or absolute near zero)
+#: are the same: a re-delivered alert computed in a batch of another size
+#: may differ in the last bits, a different alert differs by far more.
+_SAME_OUTPUTS = 1e-5
+#: Keys of conflicting annotations kept in a :class:`WriteOutcome`, at most.
+_CONFLICTS_KEPT = 20
+
+
+@dataclass(frozen=True)
+class WriteOutcome:
+    """What :meth:`ResultStore.write_checked` did with each annotation."""
+
+    #: Stored now.
+    new: int = 0
+    #: Already stored with the same outputs: a re-delivered alert.
+    duplicate: int = 0
+    #: Already stored with other outputs: a different alert with an alert id
+    #: that was annotated before (the stored annotation is kept).
+    conflicting: int = 0
+    #: ``alert_id:model:version`` of the first conflicting annotations.
+    conflicts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -166,12 +193,17 @@ class ResultStore:
         self._engine = engine
 
     @classmethod
-    def open(cls, settings: Settings) -> ResultStore:
-        """The store in the registry database ``settings`` name, migrated to the newest schema."""
-        settings.home.mkdir(parents=True, exist_ok=True)
-        engine = db.connect(settings.database_url)
+    def open(cls, settings: Settings, *, create: bool = True) -> ResultStore:
+        """The store in the registry database ``settings`` name, migrated to the newest schema.
+
+        ``create=False`` is for readers: a registry that does not exist is
+        :class:`~sciserve.errors.NotFound` rather than created.
+        """
+        engine = db.connect(settings.database_url, create=create)
         try:
-            db.migrate(engine, lock_path=settings.home / ".migrate.lock")
+            if create:
+                settings.home.mkdir(parents=True, exist_ok=True)
+            db.migrate(engine, lock_path=settings.home / ".migrate.lock", create=create)
         except BaseException:
             engine.dispose()
             raise
@@ -192,23 +224,57 @@ class ResultStore:
         Returns how many were new.  Safe to repeat, and safe against other
         processes writing the same keys at the same time.
         """
+        return self.write_checked(items).new
+
+    def write_checked(self, items: Sequence[Annotation]) -> WriteOutcome:
+        """Like :meth:`write`, and say which annotations were new, already
+        stored, or in conflict with the stored annotation of their key."""
         if not items:
-            return 0
+            return WriteOutcome()
         dialect = postgresql if self._engine.dialect.name == "postgresql" else sqlite
         statement = (
             dialect.insert(annotation_table)
             .on_conflict_do_nothing(index_elements=_KEY)
             # Only inserted rows come back, which is how new ones are counted
             # (drivers disagree on the row count of a batched insert).
-            .returning(annotation_table.c.alert_id)
+            .returning(*_key_columns())
         )
         rows = [item._row() for item in items]
         engine = self._engine.execution_options(sciserve_write=True)
         try:
             with engine.connect() as conn, conn.begin():
-                return len(conn.execute(statement, rows).all())
+                inserted = [tuple(row) for row in conn.execute(statement, rows).all()]
+                by_key: dict[tuple[Any, ...], list[Annotation]] = {}
+                for item in items:
+                    by_key.setdefault(_key(item), []).append(item)
+                for key in inserted:  # the first item with that key was stored
+                    by_key[key].pop(0)
+                left = [item for same_key in by_key.values() for item in same_key]
+                stored = self._outputs(conn, {_key(a) for a in left})
         except sa.exc.OperationalError as exc:  # locked, disconnected, server gone
             raise Unavailable(f"cannot write annotations: {exc.orig}") from exc
+        conflicts = [a.key for a in left if not _same(a.outputs, stored.get(_key(a)))]
+        return WriteOutcome(
+            new=len(inserted),
+            duplicate=len(left) - len(conflicts),
+            conflicting=len(conflicts),
+            conflicts=tuple(conflicts[:_CONFLICTS_KEPT]),
+        )
+
+    @staticmethod
+    def _outputs(conn: sa.Connection, keys: set[tuple[Any, ...]]) -> dict[tuple[Any, ...], Any]:
+        """The stored outputs of ``keys``."""
+        if not keys:
+            return {}
+        found: dict[tuple[Any, ...], Any] = {}
+        ordered = sorted(keys)
+        for start in range(0, len(ordered), 500):  # bounded statement size
+            query = sa.select(*_key_columns(), annotation_table.c.outputs).where(
+                sa.tuple_(*_key_columns()).in_(ordered[start : start + 500])
+            )
+            for row in conn.execute(query):
+                found[(int(row.alert_id), row.model, row.model_version)] = json.loads(row.outputs)
+        return found
 
     def count(self, *, pipeline: str | None = None, model: str | None = None) -> int:
         """How many annotations are stored (of one pipeline and/or model)."""
@@ -236,17 +302,44 @@ class ResultStore:
         return None if row is None else Annotation._from_row(row)
 
     def read(
-        self, *, pipeline: str | None = None, model: str | None = None
+        self,
+        *,
+        pipeline: str | None = None,
+        model: str | None = None,
+        alert_id: int | None = None,
+        limit: int | None = None,
     ) -> Iterator[Annotation]:
-        """Every stored annotation (of one pipeline and/or model), by alert id."""
+        """Every stored annotation (of one pipeline, model and/or alert), by
+        alert id; the first ``limit`` of them if given."""
         query = _where(sa.select(annotation_table), pipeline, model).order_by(*_key_columns())
+        if alert_id is not None:
+            query = query.where(annotation_table.c.alert_id == alert_id)
+        if limit is not None:
+            query = query.limit(limit)
         with self._engine.connect() as conn:
             for row in conn.execute(query):
                 yield Annotation._from_row(row)
 
 
-def _key_columns() -> Iterable[sa.ColumnElement[Any]]:
+def _key_columns() -> list[sa.ColumnElement[Any]]:
     return [annotation_table.c[name] for name in _KEY]
+
+
+def _key(item: Annotation) -> tuple[Any, ...]:
+    return (item.alert_id, item.model, item.model_version)
+
+
+def _same(ours: Any, stored: Any) -> bool:
+    """Whether two annotations' outputs (nested lists of numbers) agree."""
+    if isinstance(ours, Mapping) and isinstance(stored, Mapping):
+        return ours.keys() == stored.keys() and all(_same(ours[k], stored[k]) for k in ours)
+    if isinstance(ours, list | tuple) and isinstance(stored, list | tuple):
+        return len(ours) == len(stored) and all(
+            _same(a, b) for a, b in zip(ours, stored, strict=True)
+        )
+    if isinstance(ours, int | float) and isinstance(stored, int | float):
+        return math.isclose(ours, stored, rel_tol=_SAME_OUTPUTS, abs_tol=_SAME_OUTPUTS)
+    return bool(ours == stored)
 
 
 def _where(query: Any, pipeline: str | None, model: str | None) -> Any:

@@ -12,6 +12,7 @@
     sinks: [kafka://127.0.0.1:9092/annotations, results]
     dead_letter: file:///var/tmp/dead.jsonl
     batch: 256
+    fetch_timeout: 1.0
     max_message_bytes: 1048576
 
 Everything that can be checked without connecting to anything is checked
@@ -114,8 +115,10 @@ class PipelineSpec(_Strict):
     #: it in the pipeline's own process.  Worth it when decoding dominates
     #: and there are cores to spare.
     workers: int = Field(default=0, ge=0, le=64)
-    #: How long one fetch waits for messages before the loop looks around
-    #: (drain requests, status) again, in seconds.
+    #: How long one fetch waits to fill a batch of ``batch`` messages before
+    #: it hands on what arrived (s); also how often an idle loop looks
+    #: around (drain requests) again.  Lower it on slow streams to bound the
+    #: latency an alert gets waiting for its batch.
     fetch_timeout: float = Field(default=1.0, gt=0, le=60)
 
     _filter: Expression | None = PrivateAttr(default=None)
