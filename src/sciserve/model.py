@@ -114,7 +114,8 @@ def load(
     Packages whose runtime executes code load only from trusted namespaces.
     """
     own = registry is None
-    reg = registry if registry is not None else Registry.open(home)
+    # Loading only reads: a mistyped home is reported, not created empty.
+    reg = registry if registry is not None else Registry.open(home, create=False)
     try:
         info = reg.resolve(ref)
         if reg.executes_code(info.manifest) and not reg.namespace(info.namespace).trusted:

@@ -227,13 +227,18 @@ def test_publish_removes_scratch_directories_of_killed_publishers(
     cli("publish", str(onnx_package(name="first")))
     old = ORPHAN_TEMP_AGE + 60
     orphan = _scratch_dir(cli.home, "unpack-killed", old)
+    # What a server killed while receiving an upload left behind.
+    upload = _scratch_dir(cli.home, "http-killed", old)
+    # Not the registry's: left alone, however old.
+    foreign = _scratch_dir(cli.home, "notes-kept", old)
     # A long publish still at work: as old, but its lock is held.
     busy = _scratch_dir(cli.home, "unpack-busy", old)
     fd = os.open(busy / ".in-use", os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         cli("publish", str(onnx_package(name="second")))
-        assert not orphan.exists()
+        assert not orphan.exists() and not upload.exists()
         assert (busy / "package" / "model.onnx").is_file()
+        assert foreign.exists()
     finally:
         os.close(fd)

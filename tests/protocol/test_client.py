@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import httpx
+import numpy as np
 import pytest
 
 from sciserve import errors
-from sciserve.protocol.client import error_from_response
+from sciserve.config import Settings
+from sciserve.protocol.client import InferenceClient, error_from_response
+from sciserve.registry.registry import Registry
+
+from helpers.legacy import insert_legacy_alias, insert_legacy_version
+from helpers.packages import expected_linear
+from helpers.server import start_server, stop_server
 
 
 def _response(status: int, body: object = None, **headers: str) -> httpx.Response:
@@ -63,3 +73,30 @@ def test_a_body_that_is_not_json_still_gives_the_status() -> None:
     error = error_from_response(_response(502))
     assert type(error) is errors.SciserveError
     assert str(error) == "502 Bad Gateway"
+
+
+async def test_the_inference_client_runs_a_model_on_a_real_server(
+    tmp_path: Path, onnx_package: Callable[..., Path]
+) -> None:
+    home = tmp_path / "home"
+    with Registry(Settings.load(home, environ={})) as registry:
+        registry.publish(onnx_package(version="1.0.0", scale=1.0))
+        registry.publish(onnx_package(version="3.0.0", scale=3.0))
+        # An older registry's version named like an alias of another version.
+        insert_legacy_version(registry.settings, onnx_package(version="beta", scale=4.0))
+        insert_legacy_alias(registry.settings, "default", "linear", "beta", "3.0.0")
+    server = start_server(home, "--model", "linear")
+    try:
+        x = np.arange(8, dtype=np.float32).reshape(2, 4)
+        async with InferenceClient(f"http://{server.http}") as client:
+            assert (await client.server_metadata())["name"] == "sciserve"
+            answer = await client.infer("linear", {"x": (x, "FP32")}, ["y"], version="3.0.0")
+            np.testing.assert_allclose(answer["y"], expected_linear(x, scale=3.0))
+            # The server takes "beta" for the alias (3.0.0): the client refuses
+            # an answer from another version than the one it asked for.
+            with pytest.raises(errors.ModelExecutionError, match=r"answered by version '3\.0\.0'"):
+                await client.infer("linear", {"x": (x, "FP32")}, ["y"], version="beta")
+            with pytest.raises(errors.NotFound):
+                await client.infer("nope", {"x": (x, "FP32")}, ["y"])
+    finally:
+        stop_server(server.proc)

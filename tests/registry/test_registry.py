@@ -219,6 +219,13 @@ def test_export_import_and_read_only(
             assert other.resolve("linear:2.0.0").digest == registry.resolve("linear:2.0.0").digest
 
 
+def test_loading_from_a_home_without_a_registry_creates_none(tmp_path: Path) -> None:
+    home = tmp_path / "mistyped"
+    with pytest.raises(NotFound, match="no registry"):
+        sciserve.load("linear", home=home)
+    assert not home.exists()
+
+
 def test_predict_takes_a_plain_array_for_a_single_input_model(
     registry: Registry, onnx_package: MakePackage
 ) -> None:

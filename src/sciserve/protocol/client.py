@@ -195,7 +195,14 @@ class InferenceClient:
                 "Content-Type": "application/octet-stream",
             },
         )
-        answer = _parse_response(response)
+        answered_version, answer = _parse_response(response)
+        if version is not None and answered_version not in (None, version):
+            # Results are recorded under the version asked for: an answer
+            # from another one (an alias of that name on an older registry)
+            # must not be recorded as if it came from it.
+            raise ModelExecutionError(
+                f"{model}:{version} on {self.url} was answered by version {answered_version!r}"
+            )
         missing = set(outputs) - set(answer)
         if missing:
             raise ModelExecutionError(f"the inference response lacks {sorted(missing)}")
@@ -213,7 +220,8 @@ class InferenceClient:
         return response
 
 
-def _parse_response(response: httpx.Response) -> dict[str, npt.NDArray[Any]]:
+def _parse_response(response: httpx.Response) -> tuple[str | None, dict[str, npt.NDArray[Any]]]:
+    """The model version that answered (if the server said) and the outputs."""
     body = response.content
     try:
         length = int(response.headers.get(HEADER_LENGTH_HEADER, len(body)))
@@ -228,6 +236,7 @@ def _parse_response(response: httpx.Response) -> dict[str, npt.NDArray[Any]]:
                 array = from_raw(body[offset : offset + size], entry["datatype"], entry["shape"])
                 offset += size
             outputs[entry["name"]] = np.asarray(array)
-    except (ValueError, KeyError, TypeError, InvalidInput) as exc:
+        version = doc.get("model_version")
+    except (ValueError, KeyError, TypeError, AttributeError, InvalidInput) as exc:
         raise ModelExecutionError(f"malformed inference response: {exc}") from exc
-    return outputs
+    return (None if version is None else str(version)), outputs

@@ -678,10 +678,13 @@ class _RegistryApi:
 
     @contextlib.contextmanager
     def _scratch(self) -> Iterator[Path]:
-        settings = self.registry.settings
-        base = Path(tempfile.gettempdir()) if settings.read_only else settings.home / "tmp"
-        base.mkdir(parents=True, exist_ok=True)
-        path = Path(tempfile.mkdtemp(prefix="http-", dir=base))
+        if not self.registry.settings.read_only:
+            # The registry's own scratch space: what a killed server leaves
+            # there is reclaimed when a registry is next opened for writing.
+            with self.registry.scratch("http") as path:
+                yield path
+            return
+        path = Path(tempfile.mkdtemp(prefix="sciserve-http-"))
         try:
             yield path
         finally:

@@ -93,7 +93,9 @@ ORPHAN_TEMP_AGE = 3600.0
 #: directory (older than :data:`ORPHAN_TEMP_AGE`, so surely past its
 #: creation) is a leftover, however long a live publish takes.
 _SCRATCH_LOCK = ".in-use"
-_SCRATCH_PREFIX = "unpack"
+#: What scratch directories are for (their name's prefix): unpacking an
+#: archive to publish, and staging an upload or a download over HTTP.
+_SCRATCH_PURPOSES = frozenset({"unpack", "http"})
 
 
 @dataclass(frozen=True)
@@ -274,7 +276,7 @@ class Registry:
         except FileNotFoundError:
             return 0
         for path in entries:
-            if not path.name.startswith(f"{_SCRATCH_PREFIX}-") or path.is_symlink():
+            if path.name.partition("-")[0] not in _SCRATCH_PURPOSES or path.is_symlink():
                 continue
             try:
                 if not path.is_dir() or path.stat().st_mtime >= cutoff:
@@ -418,7 +420,7 @@ class Registry:
         if source.is_file():
             from ..package.archive import unpack
 
-            with self._scratch() as scratch:
+            with self.scratch() as scratch:
                 limits = self.settings.limits
                 root = unpack(source, scratch / "package", limits=limits, label=label)
                 with _manifest_named(label):
@@ -429,11 +431,16 @@ class Registry:
             return self._publish_dir(source, actor, progress, check)
 
     @contextlib.contextmanager
-    def _scratch(self) -> Iterator[Path]:
-        """A scratch directory under ``<home>/tmp``, locked as in use until removed."""
+    def scratch(self, purpose: str = "unpack") -> Iterator[Path]:
+        """A scratch directory under ``<home>/tmp``, locked as in use until it
+        is removed on exit; one a killed process leaves behind is removed
+        later (see :data:`ORPHAN_TEMP_AGE`).  ``purpose`` is ``"unpack"`` or
+        ``"http"``."""
+        if purpose not in _SCRATCH_PURPOSES:
+            raise ValueError(f"unknown scratch purpose {purpose!r}")
         base = self.settings.home / "tmp"
         base.mkdir(parents=True, exist_ok=True)
-        path = Path(tempfile.mkdtemp(prefix=f"{_SCRATCH_PREFIX}-", dir=base))
+        path = Path(tempfile.mkdtemp(prefix=f"{purpose}-", dir=base))
         fd = os.open(path / _SCRATCH_LOCK, os.O_RDONLY | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
