@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import re
 import socket
+import subprocess
+import sys
 import tarfile
-import threading
-import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -330,31 +331,33 @@ def _rss(pid: int, field: str) -> int:
     return int(match.group(1)) * 1024
 
 
-class _Prober(threading.Thread):
-    """Asks ``/v2/health/live`` over and over, recording how long each answer took."""
+#: Asks ``/v2/health/live`` over and over until its stdin closes, then prints
+#: how long each answer took.  A process of its own, so that building and
+#: sending the hostile requests in the test's process (with its GIL) is not
+#: counted as the server's latency.
+PROBER = """
+import json, sys, threading, time
+import httpx
 
-    def __init__(self, address: str) -> None:
-        super().__init__(daemon=True)
-        self.address = address
-        self.latencies: list[float] = []
-        self.failures: list[str] = []
-        self.stop = threading.Event()
-        self.answered = threading.Event()
-
-    def run(self) -> None:
-        with httpx.Client(base_url=f"http://{self.address}", timeout=10) as client:
-            while not self.stop.is_set():
-                started = time.perf_counter()
-                try:
-                    status = client.get("/v2/health/live").status_code
-                except httpx.HTTPError as exc:
-                    self.failures.append(repr(exc))
-                    continue
-                self.latencies.append(time.perf_counter() - started)
-                self.answered.set()
-                if status != 200:
-                    self.failures.append(f"status {status}")
-                self.stop.wait(0.005)
+stop = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+latencies, failures = [], []
+with httpx.Client(base_url="http://" + sys.argv[1], timeout=10) as client:
+    while not stop.is_set():
+        started = time.perf_counter()
+        try:
+            status = client.get("/v2/health/live").status_code
+        except httpx.HTTPError as exc:
+            failures.append(repr(exc))
+            continue
+        latencies.append(time.perf_counter() - started)
+        if len(latencies) == 1:
+            print("answered", flush=True)
+        if status != 200:
+            failures.append("status %d" % status)
+        stop.wait(0.005)
+print(json.dumps({"latencies": latencies, "failures": failures}), flush=True)
+"""
 
 
 def _send(world: World, path: str, body: bytes, headers: dict[str, str]) -> int | None:
@@ -409,23 +412,30 @@ def test_hostile_inputs_leave_memory_bounded_and_the_server_live(world: World) -
     # From here on VmHWM is the peak of what follows (Linux: "5" resets it).
     Path(f"/proc/{pid}/clear_refs").write_text("5")
     baseline = _rss(pid, "VmRSS")
-    prober = _Prober(world.server.http)
-    prober.start()
+    prober = subprocess.Popen(
+        [sys.executable, "-c", PROBER, world.server.http],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert prober.stdin is not None and prober.stdout is not None
     try:
-        assert prober.answered.wait(timeout=30)
+        assert prober.stdout.readline().strip() == "answered"
         answers = [
             (path, _send(world, path, body, headers), allowed)
             for _ in range(3)
             for path, body, headers, allowed in hostile
         ]
     finally:
-        prober.stop.set()
-        prober.join(timeout=30)
+        prober.stdin.close()
+        probed = json.loads(prober.stdout.read().strip().splitlines()[-1])
+        prober.wait(timeout=30)
+        prober.stdout.close()
     peak = _rss(pid, "VmHWM")
     assert peak - baseline < RSS_GROWTH, f"peak RSS grew by {(peak - baseline) / 2**20:.0f} MB"
-    assert prober.failures == []
-    assert len(prober.latencies) >= 2  # some while the hostile requests were sent
-    slowest = max(prober.latencies)
+    assert probed["failures"] == []
+    assert len(probed["latencies"]) >= 2  # some while the hostile requests were sent
+    slowest = max(probed["latencies"])
     assert slowest < LIVE_LATENCY, f"/v2/health/live took {slowest * 1000:.1f} ms"
     unexpected = [(path, status) for path, status, allowed in answers if status not in allowed]
     assert unexpected == []
