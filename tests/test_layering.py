@@ -22,6 +22,7 @@ LAYERS: dict[str, int] = {
     "_version": 0,
     "_hashing": 0,
     "_yaml": 0,
+    "_parent": 0,
     "config": 1,
     "datatypes": 1,
     "package": 2,

@@ -14,31 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sciserve.cli import main
-
+from helpers.cli import Cli
 from helpers.packages import linear_onnx
 
 MakePackage = Callable[..., Path]
-
-
-class Cli:
-    def __init__(self, home: Path, capsys: pytest.CaptureFixture[str]) -> None:
-        self.home = home
-        self.capsys = capsys
-
-    def __call__(self, *args: str, code: int = 0) -> str:
-        rc = main(["--home", str(self.home), *args])
-        out, err = self.capsys.readouterr()
-        assert rc == code, (args, rc, out, err)
-        return out + err
-
-    def json(self, *args: str, code: int = 0) -> object:
-        return json.loads(self("--json", *args, code=code))
-
-
-@pytest.fixture
-def cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Cli:
-    return Cli(tmp_path / "home", capsys)
 
 
 def test_init_validate_publish_list_card_tag_pull(cli: Cli, tmp_path: Path) -> None:

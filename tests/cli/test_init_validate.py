@@ -3,41 +3,18 @@ and ``sciserve validate`` reporting every problem at once."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 import yaml
 
 from sciserve._hashing import sha256_file
-from sciserve.cli import main
 
+from helpers.cli import Cli
 from helpers.packages import linear_onnx
 
 ORCID = "0000-0002-1825-0097"
-
-
-class Cli:
-    def __init__(self, home: Path, capsys: pytest.CaptureFixture[str]) -> None:
-        self.home = home
-        self.capsys = capsys
-
-    def __call__(self, *args: str, code: int = 0) -> str:
-        rc = main(["--home", str(self.home), *args])
-        out, err = self.capsys.readouterr()
-        assert rc == code, (args, rc, out, err)
-        assert "Traceback" not in out + err
-        return out + err
-
-    def json(self, *args: str, code: int = 0) -> Any:
-        return json.loads(self("--json", *args, code=code))
-
-
-@pytest.fixture
-def cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Cli:
-    return Cli(tmp_path / "home", capsys)
 
 
 def _model(path: Path, n_out: int = 3, scale: float = 1.0) -> Path:

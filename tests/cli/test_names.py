@@ -3,39 +3,16 @@ older release left with names publishing refuses today."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
-from sciserve.cli import main
 from sciserve.config import Settings
 from sciserve.registry.registry import Registry
 
+from helpers.cli import Cli
 from helpers.legacy import insert_legacy_alias, insert_legacy_version
 from helpers.packages import make_onnx_package
-
-
-class Cli:
-    """``sciserve --home HOME …`` in-process; checks the exit code, returns the output."""
-
-    def __init__(self, home: Path, capsys: pytest.CaptureFixture[str]) -> None:
-        self.home = home
-        self.capsys = capsys
-
-    def __call__(self, *args: str, code: int = 0) -> str:
-        rc = main(["--home", str(self.home), *args])
-        out, err = self.capsys.readouterr()
-        assert rc == code, (args, rc, out, err)
-        return out + err
-
-    def json(self, *args: str, code: int = 0) -> object:
-        return json.loads(self("--json", *args, code=code))
-
-
-@pytest.fixture
-def cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Cli:
-    return Cli(tmp_path / "home", capsys)
 
 
 def _legacy_home(cli: Cli, work: Path) -> None:

@@ -22,28 +22,12 @@ from pathlib import Path
 
 import pytest
 
-from sciserve.cli import main
 from sciserve.config import Settings
 from sciserve.registry.registry import ORPHAN_TEMP_AGE, Registry
 
+from helpers.cli import Cli
+
 MakePackage = Callable[..., Path]
-
-
-class Cli:
-    def __init__(self, home: Path, capsys: pytest.CaptureFixture[str]) -> None:
-        self.home = home
-        self.capsys = capsys
-
-    def __call__(self, *args: str, code: int = 0) -> str:
-        rc = main(["--home", str(self.home), *args])
-        out, err = self.capsys.readouterr()
-        assert rc == code, (args, rc, out, err)
-        return out + err
-
-
-@pytest.fixture
-def cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Cli:
-    return Cli(tmp_path / "home", capsys)
 
 
 READ_COMMANDS = [

@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
-import os
 import pickle
 import signal
 import socket
@@ -47,6 +46,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 from .. import errors
+from .._parent import exit_with_parent
 from ..errors import ManifestError, ModelExecutionError, ModelNotReady, Problem, SciserveError
 from ..package.manifest import Manifest
 from ..runtimes import ModelSource, Runtime, get_runtime
@@ -203,7 +203,11 @@ def _serve(sock: socket.socket, source: ModelSource) -> None:
     # Ctrl-C in a terminal signals the whole process group; the parent
     # decides when its children stop, so that it can drain first.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _exit_with_parent()
+    # A child blocked on the socket sees the parent's exit as end of stream;
+    # one busy inside a model (or holding the GIL in a loop) is stopped here.
+    # Model processes start from whichever thread loads the model, so the
+    # kernel's parent-death signal (which follows the thread) is not used.
+    exit_with_parent(poll=_PARENT_POLL, kernel=False)
     with sock:
         channel = _Channel(sock)
         try:
@@ -238,21 +242,6 @@ def _answer(channel: _Channel, runtime: Runtime, inputs: Mapping[str, np.ndarray
         ref = runtime.source.manifest.ref
         failure = ModelExecutionError(f"{ref} returned outputs that cannot be sent: {exc}")
         channel.send(("error", _Failure.capture(failure)))
-
-
-def _exit_with_parent() -> None:
-    # A child blocked on the socket sees the parent's exit as end of stream;
-    # one busy inside a model (or holding the GIL in a loop) is stopped by
-    # this thread instead, so no model process outlives its server.
-    parent = os.getppid()
-
-    def watch() -> None:
-        while True:
-            time.sleep(_PARENT_POLL)
-            if os.getppid() != parent:
-                os._exit(1)
-
-    threading.Thread(target=watch, name="sciserve-parent-watch", daemon=True).start()
 
 
 # -- the parent's handle on one child ---------------------------------------

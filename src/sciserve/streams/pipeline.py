@@ -62,7 +62,6 @@ import asyncio
 import base64
 import concurrent.futures
 import contextlib
-import ctypes
 import functools
 import hashlib
 import importlib.metadata
@@ -74,8 +73,6 @@ import multiprocessing
 import os
 import platform
 import signal
-import sys
-import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -86,6 +83,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from .._parent import exit_with_parent
 from .._version import __version__
 from ..config import Settings
 from ..errors import (
@@ -533,12 +531,6 @@ def _prepare(config: _PrepareConfig, values: Sequence[bytes]) -> _PrepareResult:
     return _preparer(config)(values)
 
 
-#: How often a worker process checks that the pipeline process still lives (s).
-_PARENT_POLL = 0.5
-#: ``prctl`` option: the signal the kernel sends when the parent exits (Linux).
-_PR_SET_PDEATHSIG = 1
-
-
 def _init_worker(parent: int) -> None:
     """Set up a preparing worker process of the pipeline process ``parent``.
 
@@ -549,20 +541,7 @@ def _init_worker(parent: int) -> None:
     exits, and everywhere a thread exits them once their parent changed.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:  # it died before the line above took effect
-        os._exit(1)
-
-    def watch() -> None:
-        while True:
-            time.sleep(_PARENT_POLL)
-            if os.getppid() != parent:
-                os._exit(1)
-
-    threading.Thread(target=watch, name="sciserve-parent-watch", daemon=True).start()
+    exit_with_parent(parent)
 
 
 # -- one batch -----------------------------------------------------------------
