@@ -21,6 +21,7 @@ from sciserve.config import Settings
 from sciserve.registry.registry import Registry
 
 from helpers.packages import make_onnx_package
+from helpers.slurm import SlurmCluster, missing_binaries, slurm_cluster
 
 POSTGRES_URL = os.environ.get(
     "SCISERVE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -63,6 +64,40 @@ def postgres_url(postgres_base_url: str) -> Iterator[str]:
         with engine.begin() as conn:
             conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
         engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
+    """A real one-node Slurm cluster (Debian's slurm-wlm and munge), for the whole session.
+
+    ``SLURM_CONF`` is exported while it runs, so Slurm clients started by the
+    tests (and by dask-jobqueue) talk to it.  Without the Slurm binaries the
+    tests fail in CI (``CI`` set) and are skipped, with the reason, elsewhere.
+    """
+    missing = missing_binaries()
+    if missing:
+        message = (
+            f"Slurm is not installed (missing: {', '.join(missing)}); "
+            "install it with `apt-get install slurm-wlm munge`"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    if os.geteuid() != 0:
+        message = "the test Slurm cluster runs its daemons as root"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    with slurm_cluster(tmp_path_factory.mktemp("slurm")) as cluster:
+        previous = os.environ.get("SLURM_CONF")
+        os.environ["SLURM_CONF"] = str(cluster.conf)
+        try:
+            yield cluster
+        finally:
+            if previous is None:
+                os.environ.pop("SLURM_CONF", None)
+            else:
+                os.environ["SLURM_CONF"] = previous
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
