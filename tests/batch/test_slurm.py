@@ -42,7 +42,8 @@ def test_dask_workers_run_as_slurm_jobs(slurm: SlurmCluster, tmp_path: Path) -> 
         memory="256MiB",
         walltime="00:05:00",
         python=sys.executable,
-        scheduler_options={"host": "127.0.0.1", "dashboard": False},
+        # Loopback only, and a free dashboard port (8787 may be taken).
+        scheduler_options={"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"},
         worker_extra_args=["--host", "127.0.0.1"],
         local_directory=str(tmp_path / "workers"),
         log_directory=str(tmp_path / "logs"),

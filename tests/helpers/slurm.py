@@ -218,8 +218,9 @@ def _stop(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
 def _stray_job_processes(conf: Path) -> list[psutil.Process]:
     """Job steps and job processes of this cluster still alive after its daemons stopped.
 
-    ``slurmstepd`` detaches from ``slurmd``, and jobs inherit the submitter's
-    ``SLURM_CONF``; so they are found by that (unique, temporary) path.
+    ``slurmstepd`` detaches from ``slurmd`` (inheriting its environment), and
+    jobs inherit the submitter's; so both are found by this cluster's (unique,
+    temporary) ``SLURM_CONF`` path.
     """
     me = os.getpid()
     strays = []
@@ -227,9 +228,12 @@ def _stray_job_processes(conf: Path) -> list[psutil.Process]:
         if proc.pid == me:
             continue
         try:
-            if proc.environ().get("SLURM_CONF") == str(conf) and me not in {
-                p.pid for p in proc.parents()
-            }:
+            environ = proc.environ()
+            if (
+                environ.get("SLURM_CONF") == str(conf)
+                and (proc.name() == "slurmstepd" or "SLURM_JOB_ID" in environ)
+                and me not in {p.pid for p in proc.parents()}
+            ):
                 strays.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
