@@ -1,0 +1,479 @@
+"""Batch jobs on real Dask clusters: a local one of 2 worker processes on
+127.0.0.1, and a separately started ``dask scheduler`` + ``dask worker``.
+
+The archive mixes hive-partitioned Parquet (two row groups per file) and
+JSON Lines, with rows that cannot be converted; the models are tiny real
+ONNX (and one slow Python) packages in a real registry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from sciserve._hashing import sha256_file
+from sciserve.batch.executor import dask_client
+from sciserve.batch.job import BatchJob
+from sciserve.config import Settings
+from sciserve.package.manifest import Manifest, dump_manifest
+from sciserve.registry.registry import Registry
+from sciserve.streams.base import OutRecord, open_sink
+from sciserve.streams.simulate import AlertSimulator, features_from_alert
+from sciserve.streams.spec import parse_batch_spec
+
+from helpers.cli import Cli
+from helpers.packages import expected_linear, make_onnx_package
+
+#: Ids of the Parquet rows with a null feature, and of the JSON Lines row
+#: whose feature is text.
+NULL_IDS = {1053, 1077}
+TEXT_ID = 2002
+
+SLOW_MODEL = """
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+class Model:
+    def __init__(self, root, options):
+        self.marks = Path(options["marks"])
+        self.delay = float(options["delay"])
+        (self.marks / f"loaded-{os.getpid()}-{time.monotonic_ns()}").touch()
+
+    def predict(self, inputs):
+        (self.marks / f"busy-{os.getpid()}").touch()
+        time.sleep(self.delay)  # a slow model: the test kills a worker meanwhile
+        x = inputs["x"]
+        return {"y": x.sum(axis=1, keepdims=True).astype(np.float32)}
+"""
+
+
+def _slow_package(root: Path, marks: Path, delay: float) -> Path:
+    root.mkdir(parents=True)
+    (root / "model.py").write_text(SLOW_MODEL)
+    sha, size = sha256_file(root / "model.py")
+    manifest = Manifest.model_validate(
+        {
+            "name": "slow",
+            "version": "1.0.0",
+            "namespace": "lab",
+            "runtime": "python",
+            "runtime_options": {
+                "entrypoint": "model.py:Model",
+                "marks": str(marks),
+                "delay": delay,
+            },
+            "license": "MIT",
+            "files": [{"path": "model.py", "size": size, "sha256": sha, "role": "model"}],
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
+            "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 1]}],
+            "max_batch_size": 1024,
+        }
+    )
+    (root / "sciserve.yaml").write_text(dump_manifest(manifest))
+    return root
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, Path]:
+    """A registry with ``default/linear`` (4 → 3), ``default/lc`` (features → 2)
+    and the slow Python model ``lab/slow``; and the directory the slow model marks."""
+    base = tmp_path_factory.mktemp("batch")
+    marks = base / "marks"
+    marks.mkdir()
+    settings = Settings.load(base / "home", environ={})
+    width = len(features_from_alert(next(AlertSimulator(seed=1).alerts(1)).alert))
+    with Registry(settings) as registry:
+        registry.publish(make_onnx_package(base / "linear"))
+        registry.publish(make_onnx_package(base / "lc", name="lc", n_in=width, n_out=2))
+        registry.create_namespace("lab", trusted=True)
+        registry.publish(_slow_package(base / "slow", marks, delay=0.4))
+    return settings, marks
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[Any]:
+    with dask_client(None, workers=2) as c:
+        yield c
+
+
+@pytest.fixture
+def cli(lab: tuple[Settings, Path], capsys: pytest.CaptureFixture[str]) -> Cli:
+    return Cli(lab[0].home, capsys)
+
+
+def _archive(root: Path) -> dict[str, np.ndarray]:
+    """Two hive partitions of Parquet (50 rows, row groups of 25) and a JSON
+    Lines file; returns each good row's features by id."""
+    rng = np.random.default_rng(3)
+    good: dict[str, np.ndarray] = {}
+    for night, first in ((1, 1000), (2, 1050)):
+        ids = np.arange(first, first + 50)
+        x = rng.normal(size=(50, 4))
+        columns: dict[str, Any] = {"obj": ids}
+        for j in range(4):
+            values: list[float | None] = x[:, j].tolist()
+            if night == 2:
+                for bad in NULL_IDS:
+                    values[bad - first] = None
+            columns[f"f{j}"] = pa.array(values, pa.float64())
+        columns["note"] = [f"n{i}" for i in ids]
+        (root / f"night={night}").mkdir(parents=True)
+        pq.write_table(
+            pa.table(columns), root / f"night={night}" / "part-0.parquet", row_group_size=25
+        )
+        good.update({str(i): x[k] for k, i in enumerate(ids) if int(i) not in NULL_IDS})
+    lines = []
+    for k, i in enumerate(range(2000, 2004)):
+        row = rng.normal(size=4)
+        record = {"obj": i, **{f"f{j}": float(row[j]) for j in range(4)}}
+        if i == TEXT_ID:
+            record["f1"] = "abc"
+        else:
+            good[str(i)] = row
+        lines.append(json.dumps(record))
+        if k == 1:
+            lines.append("{not json")
+    (root / "extra.jsonl").write_text("\n".join(lines) + "\n")
+    return good
+
+
+def _spec(tmp_path: Path, **fields: Any) -> Path:
+    doc = {
+        "name": "rescore",
+        "input": "archive",
+        "columns": ["f0", "f1", "f2", "f3"],
+        "id": "obj",
+        "models": [{"ref": "default/linear"}],
+        "filter": "y[2] > 30",
+        "batch": 16,
+        **fields,
+    }
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def _outputs(out_dir: Path) -> tuple[pa.Table, list[dict[str, Any]]]:
+    table = pa.concat_tables(
+        [pq.read_table(p) for p in sorted(out_dir.glob("shard-*.parquet"))],
+        promote_options="default",
+    )
+    dead = [
+        json.loads(line)
+        for p in sorted(out_dir.glob("shard-*.dead.jsonl"))
+        for line in p.read_text().splitlines()
+    ]
+    return table, dead
+
+
+def test_a_job_annotates_every_row_once_with_provenance(tmp_path: Path, cli: Cli) -> None:
+    good = _archive(tmp_path / "archive")
+    report = cli.json(
+        "batch", "run", str(_spec(tmp_path)), "--workers", "2", "--out", str(tmp_path / "out")
+    )
+    assert report["verified"] is True
+    assert report["shards"] == 5  # 2 row groups in each Parquet file, and the JSON Lines file
+    assert report["rows"] == 105 and report["outputs"] == len(good) == 101
+    assert report["dead_letters"] == 4
+    out_dir = Path(report["out_dir"])
+    table, dead = _outputs(out_dir)
+    rows = table.to_pylist()
+    ids = [r["row_id"] for r in rows]
+    assert sorted(ids) == sorted(good) and len(set(ids)) == len(ids)
+    for row in rows:
+        np.testing.assert_allclose(
+            row["y"], expected_linear(good[row["row_id"]][None, :])[0], rtol=1e-5
+        )
+        assert row["selected"] is (row["y"][2] > 30)
+    assert any(r["selected"] for r in rows) and not all(r["selected"] for r in rows)
+    first = rows[0]
+    assert (first["model"], first["model_version"], first["runtime"]) == (
+        "default/linear",
+        "1.0.0",
+        "onnx",
+    )
+    assert first["model_digest"].startswith("sha256:") or len(first["model_digest"]) >= 64
+    assert "onnxruntime" in json.loads(first["library_versions"])
+    assert {r["job_id"] for r in rows} == {report["job_id"]}
+    assert {r["shard_id"] for r in rows} == {f"{i:05d}" for i in range(5)}
+    by_id = {d["row_id"]: d for d in dead}
+    assert set(by_id) == {*map(str, NULL_IDS), str(TEXT_ID), "extra.jsonl:2"}
+    assert "column 'f0' is null" in by_id["1053"]["reason"]
+    assert "'abc' is not a number" in by_id[str(TEXT_ID)]["reason"]
+    assert by_id["extra.jsonl:2"]["error"] == "not-json"
+    assert "verified" in cli(
+        "batch", "run", str(_spec(tmp_path)), "--workers", "1", "--out", str(tmp_path / "out")
+    )
+    assert not list(out_dir.glob(".*"))  # nothing half-written left
+
+
+def test_rerunning_a_job_redoes_only_the_missing_shards(
+    tmp_path: Path, lab: tuple[Settings, Path], client: Any
+) -> None:
+    _archive(tmp_path / "archive")
+    spec = parse_batch_spec(yaml.safe_load(_spec(tmp_path).read_text()), base_dir=tmp_path)
+    job = BatchJob(spec, lab[0], tmp_path / "out")
+    job.plan()
+    first = job.run(client)
+    assert first.ran == [f"{i:05d}" for i in range(5)] and first.verified
+    stamps = {p.name: p.stat().st_mtime_ns for p in job.out_dir.glob("shard-*")}
+    # An interrupted job: shard 2 never got its manifest, shard 3 none of its files.
+    (job.out_dir / "shard-00002.json").unlink()
+    for p in job.out_dir.glob("shard-00003.*"):
+        p.unlink()
+    again = BatchJob(spec, lab[0], tmp_path / "out")
+    again.plan()
+    assert again.job_id == job.job_id
+    report = again.run(client)
+    assert report.ran == ["00002", "00003"] and report.skipped == ["00000", "00001", "00004"]
+    assert report.verified and report.outputs == first.outputs
+    for p in job.out_dir.glob("shard-*"):
+        if not p.name.startswith(("shard-00002", "shard-00003")):
+            assert p.stat().st_mtime_ns == stamps[p.name], p.name
+    # A damaged output is not trusted either.
+    (job.out_dir / "shard-00004.parquet").write_bytes(b"garbage")
+    assert again.run(client).ran == ["00004"]
+
+
+def test_alert_archives_go_through_the_codec_and_features(
+    tmp_path: Path, lab: tuple[Settings, Path], client: Any
+) -> None:
+    alerts = list(AlertSimulator(seed=5).alerts(30))
+    archive = tmp_path / "alerts"
+    archive.mkdir()
+
+    async def write(path: Path, values: list[bytes]) -> None:
+        sink = open_sink(f"file://{path}")
+        await sink.start()
+        await sink.write([OutRecord(v) for v in values])
+        await sink.close()
+
+    asyncio.run(write(archive / "a.avro", [a.payload for a in alerts[:15]] + [b"\x00garbage"]))
+    asyncio.run(write(archive / "b.avro", [a.payload for a in alerts[15:]]))
+    spec = parse_batch_spec(
+        {
+            "name": "alerts",
+            "input": str(archive),
+            "models": [{"ref": "default/lc"}],
+            "filter": "alert.diaSource.band in ['g', 'r']",
+        }
+    )
+    job = BatchJob(spec, lab[0], tmp_path / "out")
+    job.plan()
+    report = job.run(client)
+    assert report.verified and report.shards == 2
+    assert (report.rows, report.outputs, report.dead_letters) == (31, 30, 1)
+    table, dead = _outputs(job.out_dir)
+    assert sorted(table.column("alert_id").to_pylist()) == sorted(a.alert_id for a in alerts)
+    bands = {a.alert_id: a.alert["diaSource"]["band"] for a in alerts}
+    for row in table.to_pylist():
+        assert row["selected"] is (bands[row["alert_id"]] in ("g", "r"))
+    assert [(d["row_id"], d["stage"]) for d in dead] == [("a.avro:15", "decode")]
+
+
+def test_a_worker_killed_mid_shard_is_retried_without_duplicates(
+    tmp_path: Path, lab: tuple[Settings, Path], client: Any
+) -> None:
+    settings, marks = lab
+    for mark in marks.iterdir():
+        mark.unlink()
+    ids = np.arange(40)
+    x = np.random.default_rng(0).normal(size=(40, 4))
+    (tmp_path / "archive").mkdir()
+    pq.write_table(
+        pa.table({"obj": ids, "x": [list(r) for r in x]}),
+        tmp_path / "archive" / "data.parquet",
+        row_group_size=10,
+    )
+    spec = parse_batch_spec(
+        {
+            "name": "slow",
+            "input": str(tmp_path / "archive"),
+            "columns": "x",
+            "id": "obj",
+            "models": [{"ref": "lab/slow"}],
+            "batch": 5,
+        }
+    )
+    job = BatchJob(spec, settings, tmp_path / "out")
+    job.plan()
+    assert len(job.shards) == 4
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["report"] = job.run(client)
+        except BaseException as exc:  # handed to the test's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.monotonic() + 60
+    busy: list[Path] = []
+    while not busy and time.monotonic() < deadline:
+        busy = list(marks.glob("busy-*"))
+        time.sleep(0.02)
+    assert busy, "no shard started"
+    victim = int(busy[0].name.removeprefix("busy-"))
+    os.kill(victim, signal.SIGKILL)
+    thread.join(120)
+    assert not thread.is_alive()
+    assert "error" not in outcome, outcome.get("error")
+    report = outcome["report"]
+    assert report.verified and (report.rows, report.outputs, report.dead_letters) == (40, 40, 0)
+    table, _ = _outputs(job.out_dir)
+    row_ids = table.column("row_id").to_pylist()
+    assert sorted(row_ids, key=int) == [str(i) for i in ids]
+    np.testing.assert_allclose(
+        np.array(table.column("y").to_pylist())[:, 0],
+        x[np.array(row_ids, dtype=int)].sum(axis=1),
+        rtol=1e-5,
+    )
+    # The killed process ran nothing to the end; the model was loaded once per process.
+    assert victim not in {
+        json.loads(p.read_text())["pid"] for p in job.out_dir.glob("shard-*.json")
+    }
+    loads = [p.name.split("-")[1] for p in marks.glob("loaded-*")]
+    assert len(loads) == len(set(loads))
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"columns": ["f0", "f1", "f2", "nope"]}, "has no column 'nope'"),
+        (
+            {"columns": ["f0", "f1", "f2", "note"]},
+            "column 'note' is string, which does not convert",
+        ),
+        ({"columns": ["f0", "f1", "f2"]}, "3 columns do not fit the models' input of shape [4]"),
+        ({"id": "missing_id"}, "has no column 'missing_id'"),
+        ({"filter": "z > 1"}, "the filter reads ['z']"),
+        ({"models": [{"ref": "default/absent"}]}, "no model default/absent"),
+    ],
+)
+def test_a_bad_spec_fails_before_any_work(
+    tmp_path: Path, cli: Cli, fields: dict[str, Any], message: str
+) -> None:
+    _archive(tmp_path / "archive")
+    (tmp_path / "archive" / "extra.jsonl").unlink()
+    code = 3 if "no model" in message else 2
+    out = cli(
+        "batch", "run", str(_spec(tmp_path, **fields)), "--out", str(tmp_path / "out"), code=code
+    )
+    assert message in out
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unreadable_parquet_file_fails_before_any_work(tmp_path: Path, cli: Cli) -> None:
+    _archive(tmp_path / "archive")
+    (tmp_path / "archive" / "night=3").mkdir()
+    (tmp_path / "archive" / "night=3" / "part-0.parquet").write_bytes(b"PAR1 cut off")
+    out = cli("batch", "run", str(_spec(tmp_path)), "--out", str(tmp_path / "out"), code=2)
+    assert "cannot read Parquet file night=3/part-0.parquet" in out
+    assert not (tmp_path / "out").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def test_an_unreachable_scheduler_is_reported(
+    tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sciserve.batch.executor.CONNECT_TIMEOUT", 2)
+    _archive(tmp_path / "archive")
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    out = cli(
+        "batch",
+        "run",
+        str(_spec(tmp_path)),
+        "--scheduler",
+        address,
+        "--out",
+        str(tmp_path / "out"),
+        code=7,
+    )
+    assert f"cannot reach the Dask scheduler at {address}" in out
+    assert not list((tmp_path / "out").glob("*/shard-*"))
+    out = cli("batch", "run", str(_spec(tmp_path)), "--scheduler", "localhost", code=2)
+    assert "not a scheduler address" in out
+
+
+def test_the_same_spec_runs_on_a_separately_started_cluster(tmp_path: Path, cli: Cli) -> None:
+    good = _archive(tmp_path / "archive")
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    logs = [open(tmp_path / name, "wb") for name in ("scheduler.log", "worker.log")]  # noqa: SIM115
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", str(port),
+             "--no-dashboard"],
+            stdout=logs[0], stderr=subprocess.STDOUT, env=env,
+        )
+    ]  # fmt: skip
+    try:
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "dask", "worker", address, "--host", "127.0.0.1",
+                 "--nworkers", "1", "--nthreads", "1", "--no-dashboard"],
+                stdout=logs[1], stderr=subprocess.STDOUT, env=env,
+            )
+        )  # fmt: skip
+        from distributed import Client
+
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with Client(address, timeout=5) as probe:
+                    probe.wait_for_workers(1, timeout=60)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, (tmp_path / "scheduler.log").read_text()
+                time.sleep(0.1)
+        report = cli.json(
+            "batch",
+            "run",
+            str(_spec(tmp_path)),
+            "--scheduler",
+            address,
+            "--out",
+            str(tmp_path / "out"),
+        )
+        assert report["verified"] and report["outputs"] == len(good) and report["dead_letters"] == 4
+        table, _ = _outputs(Path(report["out_dir"]))
+        assert sorted(table.column("row_id").to_pylist()) == sorted(good)
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+        for process in reversed(processes):
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        for log in logs:
+            log.close()
