@@ -67,25 +67,37 @@ class Model:
 """
 
 
-def _slow_package(root: Path, marks: Path, delay: float) -> Path:
+PICKY_MODEL = """
+import numpy as np
+
+
+class Model:
+    def __init__(self, root, options):
+        pass
+
+    def predict(self, inputs):
+        x = inputs["x"]
+        if (x[:, 0] > 100).any():
+            raise RuntimeError("cannot score a first feature over 100")
+        return {"z": x[:, :1] * 2}
+"""
+
+
+def _python_package(root: Path, name: str, source: str, output: str, **options: object) -> Path:
     root.mkdir(parents=True)
-    (root / "model.py").write_text(SLOW_MODEL)
+    (root / "model.py").write_text(source)
     sha, size = sha256_file(root / "model.py")
     manifest = Manifest.model_validate(
         {
-            "name": "slow",
+            "name": name,
             "version": "1.0.0",
             "namespace": "lab",
             "runtime": "python",
-            "runtime_options": {
-                "entrypoint": "model.py:Model",
-                "marks": str(marks),
-                "delay": delay,
-            },
+            "runtime_options": {"entrypoint": "model.py:Model", **options},
             "license": "MIT",
             "files": [{"path": "model.py", "size": size, "sha256": sha, "role": "model"}],
             "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
-            "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 1]}],
+            "outputs": [{"name": output, "datatype": "FP32", "shape": [-1, 1]}],
             "max_batch_size": 1024,
         }
     )
@@ -95,8 +107,9 @@ def _slow_package(root: Path, marks: Path, delay: float) -> Path:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, Path]:
-    """A registry with ``default/linear`` (4 → 3), ``default/lc`` (features → 2)
-    and the slow Python model ``lab/slow``; and the directory the slow model marks."""
+    """A registry with ``default/linear`` (4 → 3), ``default/lc`` (features → 2),
+    the slow Python model ``lab/slow`` and ``lab/picky``, which fails on
+    batches with a first feature over 100; and the directory the slow model marks."""
     base = tmp_path_factory.mktemp("batch")
     marks = base / "marks"
     marks.mkdir()
@@ -106,7 +119,10 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, Path]:
         registry.publish(make_onnx_package(base / "linear"))
         registry.publish(make_onnx_package(base / "lc", name="lc", n_in=width, n_out=2))
         registry.create_namespace("lab", trusted=True)
-        registry.publish(_slow_package(base / "slow", marks, delay=0.4))
+        registry.publish(
+            _python_package(base / "slow", "slow", SLOW_MODEL, "y", marks=str(marks), delay=0.4)
+        )
+        registry.publish(_python_package(base / "picky", "picky", PICKY_MODEL, "z"))
     return settings, marks
 
 
@@ -355,6 +371,50 @@ def test_a_worker_killed_mid_shard_is_retried_without_duplicates(
     }
     loads = [p.name.split("-")[1] for p in marks.glob("loaded-*")]
     assert len(loads) == len(set(loads))
+
+
+def test_rows_a_model_fails_on_are_dead_letters_of_that_model(
+    tmp_path: Path, lab: tuple[Settings, Path], client: Any
+) -> None:
+    x = np.random.default_rng(1).normal(size=(20, 4))
+    x[12, 0] = 1000.0
+    vectors: list[list[float]] = [list(r) for r in x]
+    vectors[3] = vectors[3][:3]  # one value short
+    (tmp_path / "archive").mkdir()
+    pq.write_table(
+        pa.table({"obj": np.arange(20), "x": vectors}), tmp_path / "archive" / "data.parquet"
+    )
+    spec = parse_batch_spec(
+        {
+            "name": "two-models",
+            "input": str(tmp_path / "archive"),
+            "columns": "x",
+            "id": "obj",
+            "models": [{"ref": "default/linear"}, {"ref": "lab/picky"}],
+            "batch": 5,
+        }
+    )
+    job = BatchJob(spec, lab[0], tmp_path / "out")
+    job.plan()
+    report = job.run(client)
+    assert report.verified and report.rows == 20
+    table, dead = _outputs(job.out_dir)
+    rows = table.to_pylist()
+    linear = sorted(int(r["row_id"]) for r in rows if r["model"] == "default/linear")
+    picky = sorted(int(r["row_id"]) for r in rows if r["model"] == "lab/picky")
+    good = [i for i in range(20) if i != 3]
+    # Rows go to the models in batches of 5 (of the rows that converted): the
+    # batch holding row 12 (rows 11-15) fails twice for lab/picky only.
+    failed = good[10:15]
+    assert linear == good and picky == [i for i in good if i not in failed]
+    assert [(d["row_id"], d["stage"], d["model"]) for d in dead] == [
+        ("3", "convert", None),
+        *((str(i), "model", "lab/picky:1.0.0") for i in failed),
+    ]
+    assert "3 values per row; the models take shape [4]" in dead[0]["reason"]
+    assert dead[1]["reason"].startswith("lab/picky:1.0.0 failed twice: ")
+    assert "cannot score a first feature over 100" in dead[1]["reason"]
+    assert report.outputs == len(linear) + len(picky) and report.dead_letters == 6
 
 
 @pytest.mark.parametrize(

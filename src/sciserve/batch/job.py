@@ -179,7 +179,7 @@ class BatchJob:
 
     def pending(self) -> list[Shard]:
         """The shards a run would compute (those without a finished output)."""
-        return [s for s in self.shards if not finished(self.out_dir, s.id, self.job_id)]
+        return [s for s in self.shards if not finished(self.out_dir, s, self.job_id)]
 
     def run(self, client: Any, on_shard: Callable[[ShardResult], None] | None = None) -> JobReport:
         """Run the shards not yet finished on ``client``'s cluster, then verify
@@ -193,7 +193,7 @@ class BatchJob:
         report = JobReport(self.job_id, self.out_dir, len(self.shards))
         todo = []
         for shard in self.shards:
-            if finished(self.out_dir, shard.id, self.job_id):
+            if finished(self.out_dir, shard, self.job_id):
                 report.skipped.append(shard.id)
             else:
                 todo.append(shard)
@@ -255,6 +255,8 @@ class BatchJob:
 
     def _clean_partials(self) -> None:
         # Left by attempts killed mid-write; never trusted, never renamed.
+        # (Two runs of one job at once are not supported: they would redo
+        # each other's shards, and this may remove the other's files aside.)
         for leftover in self.out_dir.glob(".*.partial"):
             leftover.unlink(missing_ok=True)
 

@@ -409,14 +409,17 @@ def _write(
 # -- checking a shard ----------------------------------------------------------
 
 
-def finished(out_dir: str | Path, shard: str, job_id: str) -> bool:
-    """Whether ``shard`` has a manifest of ``job_id`` that agrees with its files."""
-    output, dead_path, manifest = paths(out_dir, shard)
+def finished(out_dir: str | Path, shard: Shard, job_id: str) -> bool:
+    """Whether ``shard`` has a manifest of ``job_id`` and of this input that
+    agrees with its files."""
+    output, dead_path, manifest = paths(out_dir, shard.id)
     try:
         doc = json.loads(manifest.read_text())
         files = doc["files"]
+        source = doc["input"]
         return bool(
             doc["job_id"] == job_id
+            and (source["file"], source["row_group"]) == (shard.label, shard.row_group)
             and _sha256(output) == files["output"]["sha256"]
             and _sha256(dead_path) == files["dead_letters"]["sha256"]
         )
@@ -431,7 +434,7 @@ def verify_shard(task: ShardTask) -> list[str]:
 
     shard = task.shard
     spec = _spec(task.spec_json)
-    if not finished(task.out_dir, shard.id, task.job_id):
+    if not finished(task.out_dir, shard, task.job_id):
         return [f"shard {shard.id}: no manifest agreeing with its files"]
     output, dead_path, manifest = paths(task.out_dir, shard.id)
     expected = sorted(input_ids(spec, shard))
