@@ -9,6 +9,7 @@ ONNX (and one slow Python) packages in a real registry.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import signal
@@ -537,3 +538,22 @@ def test_the_same_spec_runs_on_a_separately_started_cluster(tmp_path: Path, cli:
                 process.wait()
         for log in logs:
             log.close()
+
+
+def test_the_progress_bar_counts_shards_and_rows() -> None:
+    from rich.console import Console
+
+    from sciserve.batch.worker import ShardResult
+    from sciserve.cli._batch import _progress
+    from sciserve.cli._context import State
+
+    screen = io.StringIO()
+    st = State(err=Console(file=screen, force_terminal=True, width=120))
+    with _progress(st, 2) as advance:
+        advance(ShardResult("00000", 1000, 1000, 0, 0.1, 1))
+        advance(ShardResult("00001", 1000, 999, 1, 0.1, 1))
+    assert "2/2" in screen.getvalue() and "rows/s" in screen.getvalue()
+    quiet = io.StringIO()
+    with _progress(State(json=True, err=Console(file=quiet, force_terminal=True)), 1) as advance:
+        advance(ShardResult("00000", 5, 5, 0, 0.1, 1))
+    assert quiet.getvalue() == ""
