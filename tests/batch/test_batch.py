@@ -286,7 +286,8 @@ def test_alert_archives_go_through_the_codec_and_features(
         await sink.close()
 
     asyncio.run(write(archive / "a.avro", [a.payload for a in alerts[:15]] + [b"\x00garbage"]))
-    asyncio.run(write(archive / "b.avro", [a.payload for a in alerts[15:]]))
+    asyncio.run(write(archive / "b.avro", [a.payload for a in alerts[15:25]]))
+    asyncio.run(write(archive / "c.parquet", [a.payload for a in alerts[25:]]))
     spec = parse_batch_spec(
         {
             "name": "alerts",
@@ -298,7 +299,7 @@ def test_alert_archives_go_through_the_codec_and_features(
     job = BatchJob(spec, lab[0], tmp_path / "out")
     job.plan()
     report = job.run(client)
-    assert report.verified and report.shards == 2
+    assert report.verified and report.shards == 3
     assert (report.rows, report.outputs, report.dead_letters) == (31, 30, 1)
     table, dead = _outputs(job.out_dir)
     assert sorted(table.column("alert_id").to_pylist()) == sorted(a.alert_id for a in alerts)
@@ -430,6 +431,11 @@ def test_rows_a_model_fails_on_are_dead_letters_of_that_model(
         ({"id": "missing_id"}, "has no column 'missing_id'"),
         ({"filter": "z > 1"}, "the filter reads ['z']"),
         ({"models": [{"ref": "default/absent"}]}, "no model default/absent"),
+        (
+            {"models": [{"ref": "default/linear", "server": "http://127.0.0.1:9"}]},
+            "server: is not supported by batch jobs yet",
+        ),
+        ({"columns": "f0"}, "column 'f0' is double, not a list column"),
     ],
 )
 def test_a_bad_spec_fails_before_any_work(
@@ -557,3 +563,27 @@ def test_the_progress_bar_counts_shards_and_rows() -> None:
     with _progress(State(json=True, err=Console(file=quiet, force_terminal=True)), 1) as advance:
         advance(ShardResult("00000", 5, 5, 0, 0.1, 1))
     assert quiet.getvalue() == ""
+
+
+def test_without_dask_the_job_says_what_to_install(
+    tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _archive(tmp_path / "archive")
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed fails
+    out = cli("batch", "run", str(_spec(tmp_path)), "--out", str(tmp_path / "out"), code=8)
+    assert "pip install 'sciserve[dask]'" in out
+
+
+def test_the_registry_can_be_named_on_the_command(
+    tmp_path: Path, lab: tuple[Settings, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _archive(tmp_path / "archive")
+    elsewhere = Cli(tmp_path / "empty-home", capsys)
+    spec = str(_spec(tmp_path))
+    out = elsewhere("batch", "run", spec, "--out", str(tmp_path / "out"), code=3)
+    assert "no registry at" in out
+    report = elsewhere.json(
+        "batch", "run", spec, "--home", str(lab[0].home), "--workers", "1",
+        "--out", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert report["verified"] and report["outputs"] == 101

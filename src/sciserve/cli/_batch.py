@@ -49,6 +49,14 @@ def run(
         str | None,
         typer.Option(help="Job id [default: derived from the spec, the models and the input]."),
     ] = None,
+    home: Annotated[
+        Path | None,
+        typer.Option(
+            "--home",
+            help="The registry the workers load models from [default: the global --home].",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run a batch job: every input row gives one output row per model, or a
     dead letter; re-running the same job redoes only unfinished shards.
@@ -61,6 +69,8 @@ def run(
     from ..streams.spec import load_batch_spec
 
     st = state(ctx)
+    if home is not None:
+        st.home = str(home)
     settings = st.settings
     job = BatchJob(load_batch_spec(spec), settings, out or settings.home / "batch", job_id=job_id)
     job.plan()  # every check before a cluster starts
