@@ -587,3 +587,31 @@ def test_the_registry_can_be_named_on_the_command(
         "--out", str(tmp_path / "out"),
     )  # fmt: skip
     assert report["verified"] and report["outputs"] == 101
+
+
+def test_an_archive_damaged_past_its_start_fails_its_shard_cleanly(
+    tmp_path: Path, cli: Cli
+) -> None:
+    alerts = [a.payload for a in AlertSimulator(seed=9).alerts(40)]
+    archive = tmp_path / "alerts"
+    archive.mkdir()
+
+    async def write(path: Path, values: list[bytes]) -> None:
+        sink = open_sink(f"file://{path}")
+        await sink.start()
+        for value in values:  # one Avro block per write: the damage is past the first
+            await sink.write([OutRecord(value)])
+        await sink.close()
+
+    asyncio.run(write(archive / "a.avro", alerts[:20]))
+    asyncio.run(write(archive / "b.avro", alerts[20:]))
+    data = (archive / "b.avro").read_bytes()
+    (archive / "b.avro").write_bytes(data[: len(data) - 700])
+    spec = tmp_path / "alerts.yaml"
+    spec.write_text(
+        yaml.safe_dump({"name": "alerts", "input": "alerts", "models": [{"ref": "default/lc"}]})
+    )
+    out = cli("batch", "run", str(spec), "--workers", "1", "--out", str(tmp_path / "out"), code=2)
+    assert "b.avro: truncated or damaged Avro file" in out
+    assert not list((tmp_path / "out").glob("*/shard-00001.*"))
+    assert not list((tmp_path / "out").glob("*/.*.partial"))
