@@ -118,7 +118,12 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, Path]:
     width = len(features_from_alert(next(AlertSimulator(seed=1).alerts(1)).alert))
     with Registry(settings) as registry:
         registry.publish(make_onnx_package(base / "linear"))
-        registry.publish(make_onnx_package(base / "lc", name="lc", n_in=width, n_out=2))
+        labelled = {
+            "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 2], "labels": ["a", "b"]}]
+        }
+        registry.publish(
+            make_onnx_package(base / "lc", name="lc", n_in=width, n_out=2, extra=labelled)
+        )
         registry.create_namespace("lab", trusted=True)
         registry.publish(
             _python_package(base / "slow", "slow", SLOW_MODEL, "y", marks=str(marks), delay=0.4)
@@ -306,6 +311,8 @@ def test_alert_archives_go_through_the_codec_and_features(
     bands = {a.alert_id: a.alert["diaSource"]["band"] for a in alerts}
     for row in table.to_pylist():
         assert row["selected"] is (bands[row["alert_id"]] in ("g", "r"))
+        assert row["label"] == "ab"[int(np.argmax(row["y"]))]
+        assert row["score"] == pytest.approx(max(row["y"]))
     assert [(d["row_id"], d["stage"]) for d in dead] == [("a.avro:15", "decode")]
 
 

@@ -52,7 +52,6 @@ from ..streams.pipeline import (
     _plain,
     _prepare,
     _PrepareConfig,
-    _top_class,
     evaluate_filter,
 )
 from ..streams.spec import BatchSpec
@@ -242,28 +241,38 @@ def run_shard(task: ShardTask) -> ShardResult:
         _dead(task, rows, index, stage, error, reason, None)
         for index, stage, error, reason in rows.failures
     ]
-    out: list[dict[str, Any]] = []
+    tables = []
     processed_at = datetime.now(UTC).isoformat()
-    expression = spec.filter_expression
     if rows.matrix is not None:
         for model, pin in zip(models, task.models, strict=True):
             chunks, reasons = _predict(model, rows.matrix, spec.batch)
+            done: list[npt.NDArray[np.int64]] = []
+            parts: list[dict[str, npt.NDArray[Any]]] = []
             for number, (outputs, reason) in enumerate(zip(chunks, reasons, strict=True)):
-                first = number * spec.batch
-                span = range(first, min(first + spec.batch, len(rows.good)))
+                span = np.arange(
+                    number * spec.batch, min((number + 1) * spec.batch, len(rows.good))
+                )
                 if outputs is None:
                     dead.extend(
                         _dead(task, rows, rows.good[i], "model", "model-error", reason, pin.ref)
                         for i in span
                     )
-                    continue
-                for local, i in enumerate(span):
-                    values = {name: array[local] for name, array in outputs.items()}
-                    out.append(_row(task, spec, model, rows, i, values, expression, processed_at))
-    _write(task, rows, out, dead)
+                else:
+                    done.append(span)
+                    parts.append(outputs)
+            if parts:
+                values = {o.name: np.concatenate([p[o.name] for p in parts]) for o in model.outputs}
+                tables.append(
+                    _model_table(
+                        task, spec, model, rows, np.concatenate(done), values, processed_at
+                    )
+                )
+    table = _concat(tables)
+    _write(task, rows, table, dead)
     return ShardResult(
-        shard.id, len(rows.ids), len(out), len(dead), time.perf_counter() - started, os.getpid()
-    )
+        shard.id, len(rows.ids), table.num_rows, len(dead), time.perf_counter() - started,
+        os.getpid(),
+    )  # fmt: skip
 
 
 def _dead(
@@ -287,70 +296,133 @@ def _dead(
     }
 
 
-def _row(
+def _top_classes(
+    model: LocalModel, values: dict[str, npt.NDArray[Any]], count: int
+) -> tuple[list[str | None], npt.NDArray[np.float64] | None]:
+    """Per row, what :func:`~sciserve.streams.pipeline._top_class` gives a
+    single row (the largest element of the first labelled output), for all
+    rows at once; non-finite scores are NaN (null in the output)."""
+    for spec in model.outputs:
+        array = values.get(spec.name)
+        if (
+            spec.labels
+            and array is not None
+            and array.ndim == 2
+            and array.shape[1] == len(spec.labels)
+            and count
+        ):
+            index = np.argmax(array, axis=1)
+            labels = [spec.labels[i] for i in index]
+            return labels, array[np.arange(count), index].astype(np.float64)
+    return [None] * count, None
+
+
+def _column(array: npt.NDArray[Any]) -> Any:
+    """A model output as an Arrow column: scalars, or fixed-size lists per row."""
+    import pyarrow as pa
+
+    if array.ndim == 1:
+        return pa.array(array)
+    flat: Any = pa.array(np.ascontiguousarray(array).reshape(-1))
+    for size in reversed(array.shape[1:]):
+        flat = pa.FixedSizeListArray.from_arrays(flat, size)
+    return flat
+
+
+def _model_table(
     task: ShardTask,
     spec: BatchSpec,
     model: LocalModel,
     rows: ShardRows,
-    good: int,
+    done: npt.NDArray[np.int64],
     values: dict[str, npt.NDArray[Any]],
-    expression: Any,
     processed_at: str,
-) -> dict[str, Any]:
-    outputs = {name: _plain(value) for name, value in values.items()}
-    label, score = _top_class(model.outputs, values)
-    index = rows.good[good]
-    context: dict[str, Any] = {**outputs, "label": label, "score": score}
-    if task.prepare is not None:
-        context["alert"] = rows.alerts[good] or {}
-    else:
-        context["id"] = rows.ids[index]
-    selected, filter_error = evaluate_filter(expression, context)
-    return {
-        "row_id": rows.ids[index],
-        "alert_id": rows.alert_ids[good] if rows.alert_ids else None,
+) -> Any:
+    """The output rows of one model: ``done`` (positions in ``rows.good``)
+    with the model's ``values`` for them, built column by column."""
+    import pyarrow as pa
+
+    count = len(done)
+    ids = [rows.ids[rows.good[i]] for i in done]
+    labels, scores = _top_classes(model, values, count)
+    selected: list[bool] | None = None
+    errors: list[str | None] | None = None
+    expression = spec.filter_expression
+    if expression is not None:
+        selected, errors = [], []
+        for local, i in enumerate(done):
+            score = None if scores is None else float(scores[local])
+            context: dict[str, Any] = {
+                **{name: _plain(array[local]) for name, array in values.items()},
+                "label": labels[local],
+                "score": score if score is not None and np.isfinite(score) else None,
+            }
+            if task.prepare is not None:
+                context["alert"] = rows.alerts[i] or {}
+            else:
+                context["id"] = ids[local]
+            passed, error = evaluate_filter(expression, context)
+            selected.append(passed)
+            errors.append(error)
+    libraries = json.dumps(dict(model.library_versions), sort_keys=True)
+    constant = {
         "model": model.model,
         "model_version": model.version,
         "model_digest": model.digest,
         "runtime": model.runtime,
-        "library_versions": json.dumps(dict(model.library_versions), sort_keys=True),
+        "library_versions": libraries,
         "job_id": task.job_id,
         "shard_id": task.shard.id,
-        "label": label,
-        "score": score,
-        "selected": selected,
-        "filter_error": filter_error,
         "processed_at": processed_at,
-        **outputs,
     }
-
-
-def _table(out: list[dict[str, Any]]) -> Any:
-    import pyarrow as pa
-
-    fixed = {
-        "row_id": pa.string(),
-        "alert_id": pa.int64(),
-        "model": pa.string(),
-        "model_version": pa.string(),
-        "model_digest": pa.string(),
-        "runtime": pa.string(),
-        "library_versions": pa.string(),
-        "job_id": pa.string(),
-        "shard_id": pa.string(),
-        "label": pa.string(),
-        "score": pa.float64(),
-        "selected": pa.bool_(),
-        "filter_error": pa.string(),
-        "processed_at": pa.string(),
-    }
-    names = list(fixed)
-    for row in out:
-        names.extend(name for name in row if name not in names)
-    columns = {
-        name: pa.array([row.get(name) for row in out], type=fixed.get(name)) for name in names
+    columns: dict[str, Any] = {
+        "row_id": pa.array(ids, pa.string()),
+        "alert_id": pa.array(
+            [rows.alert_ids[i] for i in done] if rows.alert_ids else [None] * count, pa.int64()
+        ),
+        **{
+            name: pa.repeat(pa.scalar(value, pa.string()), count)
+            for name, value in constant.items()
+        },
+        "label": pa.array(labels, pa.string()),
+        "score": (
+            pa.nulls(count, pa.float64())
+            if scores is None
+            else pa.array(scores, mask=~np.isfinite(scores))
+        ),
+        "selected": pa.array([True] * count if selected is None else selected, pa.bool_()),
+        "filter_error": pa.array([None] * count if errors is None else errors, pa.string()),
+        **{name: _column(array) for name, array in values.items()},
     }
     return pa.table(columns)
+
+
+#: The output's own columns, in order, and their types.
+def _schema() -> Any:
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("row_id", pa.string()),
+            ("alert_id", pa.int64()),
+            *((name, pa.string()) for name in (
+                "model", "model_version", "model_digest", "runtime", "library_versions",
+                "job_id", "shard_id", "processed_at",
+            )),
+            ("label", pa.string()),
+            ("score", pa.float64()),
+            ("selected", pa.bool_()),
+            ("filter_error", pa.string()),
+        ]
+    )  # fmt: skip
+
+
+def _concat(tables: list[Any]) -> Any:
+    import pyarrow as pa
+
+    if not tables:
+        return _schema().empty_table()
+    return pa.concat_tables(tables, promote_options="default")
 
 
 def _replace(tmp: Path, final: Path) -> None:
@@ -359,9 +431,7 @@ def _replace(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)
 
 
-def _write(
-    task: ShardTask, rows: ShardRows, out: list[dict[str, Any]], dead: list[dict[str, Any]]
-) -> None:
+def _write(task: ShardTask, rows: ShardRows, table: Any, dead: list[dict[str, Any]]) -> None:
     import pyarrow.parquet as pq
 
     directory = Path(task.out_dir)
@@ -370,7 +440,7 @@ def _write(
     # the half-written file of an attempt that was killed.
     aside = f".{uuid.uuid4().hex[:12]}.partial"
     tmp_out = directory / f".{output.name}{aside}"
-    pq.write_table(_table(out), tmp_out)
+    pq.write_table(table, tmp_out)
     _replace(tmp_out, output)
     tmp_dead = directory / f".{dead_path.name}{aside}"
     tmp_dead.write_text("".join(json.dumps(d, sort_keys=True) + "\n" for d in dead))
@@ -384,7 +454,7 @@ def _write(
             "first_row": task.shard.first_row,
         },
         "rows": len(rows.ids),
-        "outputs": len(out),
+        "outputs": table.num_rows,
         "dead_letters": len(dead),
         "ids_sha256": ids_checksum(rows.ids),
         "models": [{"ref": pin.ref, "digest": pin.digest} for pin in task.models],
