@@ -149,15 +149,10 @@ class BatchJob:
             self._job_id = self._derive_id()
 
     def _derive_id(self) -> str:
-        root, files = find_inputs(self.spec)
-        described = []
-        for path, _ in files:
-            stat = path.stat()
-            described.append([path.relative_to(root).as_posix(), stat.st_size, stat.st_mtime_ns])
         doc = {
-            "spec": self.spec.model_dump(mode="json"),
-            "root": str(root.resolve()),
-            "inputs": described,
+            # Credentials are not part of what a job computes.
+            "spec": self.spec.model_dump(mode="json", exclude={"storage_options"}),
+            "inputs": [[f.label, f.size, f.version] for f in find_inputs(self.spec)],
             "models": [[pin.ref, pin.digest] for pin in self.pins],
         }
         digest = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
@@ -263,7 +258,7 @@ class BatchJob:
     def _write_job_file(self) -> None:
         doc = {
             "job_id": self.job_id,
-            "spec": self.spec.model_dump(mode="json"),
+            "spec": self.spec.model_dump(mode="json", exclude={"storage_options"}),
             "models": [{"ref": p.ref, "digest": p.digest} for p in self.pins],
             "shards": [
                 {"id": s.id, "file": s.label, "row_group": s.row_group} for s in self.shards

@@ -13,12 +13,15 @@ dropped; :func:`input_ids` reads the ids alone, for verifying outputs.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
-from collections.abc import Sequence
+import posixpath
+import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -28,7 +31,17 @@ from ..errors import DependencyMissing, InvalidInput
 from ..streams.base import error_text
 from ..streams.spec import BatchSpec
 
-__all__ = ["InputLayout", "Shard", "ShardRows", "find_inputs", "input_ids", "plan", "read_shard"]
+__all__ = [
+    "InputFile",
+    "InputLayout",
+    "Shard",
+    "ShardRows",
+    "find_inputs",
+    "input_ids",
+    "plan",
+    "read_shard",
+    "read_values",
+]
 
 _SUFFIXES = {".parquet": "parquet", ".jsonl": "jsonl", ".avro": "avro"}
 _GLOB_CHARS = frozenset("*?[")
@@ -90,16 +103,49 @@ def _pyarrow() -> tuple[Any, Any]:
 # -- finding the input ----------------------------------------------------------
 
 
-def find_inputs(spec: BatchSpec) -> tuple[Path, list[tuple[Path, str]]]:
-    """The input's root directory and its files with their formats, sorted.
+@dataclass(frozen=True)
+class InputFile:
+    """One file of the input."""
 
-    A directory is searched recursively (hive-style ``key=value/``
-    partitions included); hidden files and ``_``-files (``_SUCCESS``,
-    ``_metadata``) are skipped.
+    #: A local path or an fsspec URL.
+    path: str
+    #: ``path`` relative to the input's root: the file part of row ids.
+    label: str
+    format: str
+    size: int
+    #: What changes when the file does: its mtime, or its ETag on object stores.
+    version: str
+
+
+def _filesystem(spec: BatchSpec, url: str) -> tuple[Any, str]:
+    try:
+        import fsspec
+
+        fs, target = fsspec.core.url_to_fs(url, **spec.storage_options)
+    except ImportError as exc:
+        raise DependencyMissing(
+            f"reading {url.split('://')[0]}:// input needs its fsspec backend "
+            f"(for S3: pip install 'sciserve[s3]'): {exc}"
+        ) from exc
+    except ValueError as exc:  # fsspec's "Protocol not known"
+        raise InvalidInput(f"input {url}: {exc}") from exc
+    return fs, str(target)
+
+
+def find_inputs(spec: BatchSpec) -> list[InputFile]:
+    """The input's files with their formats, sorted.
+
+    ``input`` is a local path or an fsspec URL (``s3://…``; credentials from
+    the environment or the spec's ``storage_options``).  A directory is
+    searched recursively (hive-style ``key=value/`` partitions included);
+    hidden files and ``_``-files (``_SUCCESS``, ``_metadata``) are skipped.
     """
     where = spec.input
     if "://" in where:
-        raise InvalidInput(f"input {where}: only local paths are supported by batch jobs yet")
+        try:
+            return _remote_inputs(spec, where)
+        except OSError as exc:
+            raise InvalidInput(f"cannot list input {where}: {error_text(exc)}") from exc
     path = Path(where)
     if _GLOB_CHARS & set(where):
         files = sorted(Path(p) for p in glob.glob(where, recursive=True) if Path(p).is_file())
@@ -116,18 +162,103 @@ def find_inputs(spec: BatchSpec) -> tuple[Path, list[tuple[Path, str]]]:
         root, files = path.parent, [path]
     else:
         raise InvalidInput(f"input {where} does not exist")
-    if not files:
-        raise InvalidInput(f"input {where} holds no files")
     found = []
     for file in files:
-        fmt = spec.format or _SUFFIXES.get(file.suffix)
-        if fmt is None:
-            raise InvalidInput(
-                f"input file {file.relative_to(root)} has no known suffix "
-                f"({', '.join(_SUFFIXES)}); set format: in the spec"
+        stat = file.stat()
+        label = file.relative_to(root).as_posix()
+        found.append(
+            InputFile(str(file), label, _format(spec, label), stat.st_size, str(stat.st_mtime_ns))
+        )
+    if not found:
+        raise InvalidInput(f"input {where} holds no files")
+    return found
+
+
+def _remote_inputs(spec: BatchSpec, where: str) -> list[InputFile]:
+    fs, target = _filesystem(spec, where)
+    target = target.rstrip("/")
+    if _GLOB_CHARS & set(target):
+        names = sorted(n for n in fs.glob(target) if fs.isfile(n))
+        root = posixpath.commonpath([posixpath.dirname(n) for n in names]) if names else ""
+    elif fs.isdir(target):
+        root = target
+        names = sorted(
+            n
+            for n in fs.find(target)
+            if not any(
+                part.startswith((".", "_")) for part in posixpath.relpath(n, target).split("/")
             )
-        found.append((file, fmt))
-    return root, found
+        )
+    elif fs.isfile(target):
+        root, names = posixpath.dirname(target), [target]
+    else:
+        raise InvalidInput(f"input {where} does not exist")
+    found = []
+    for name in names:
+        info = fs.info(name)
+        label = posixpath.relpath(name, root)
+        version = info.get("ETag") or info.get("LastModified") or info.get("mtime") or ""
+        found.append(
+            InputFile(
+                fs.unstrip_protocol(name),
+                label,
+                _format(spec, label),
+                int(info.get("size") or 0),
+                str(version),
+            )
+        )
+    if not found:
+        raise InvalidInput(f"input {where} holds no files")
+    return found
+
+
+def _format(spec: BatchSpec, label: str) -> str:
+    fmt = spec.format or _SUFFIXES.get(PurePosixPath(label).suffix)
+    if fmt is None:
+        raise InvalidInput(
+            f"input file {label} has no known suffix ({', '.join(_SUFFIXES)}); "
+            "set format: in the spec"
+        )
+    return fmt
+
+
+@contextlib.contextmanager
+def _parquet(spec: BatchSpec, path: str) -> Iterator[Any]:
+    """The Parquet file at ``path`` (local or fsspec URL), open."""
+    _, pq = _pyarrow()
+    if "://" not in path:
+        with pq.ParquetFile(path) as parquet:
+            yield parquet
+        return
+    fs, target = _filesystem(spec, path)
+    with fs.open(target, "rb") as fh, pq.ParquetFile(fh) as parquet:
+        yield parquet
+
+
+@contextlib.contextmanager
+def _local(spec: BatchSpec, path: str) -> Iterator[Path]:
+    """``path`` as a local file: itself, or a temporary copy of a remote one."""
+    if "://" not in path:
+        yield Path(path)
+        return
+    fs, target = _filesystem(spec, path)
+    with tempfile.TemporaryDirectory(prefix="sciserve-batch-") as tmp:
+        local = Path(tmp) / posixpath.basename(target)
+        fs.get_file(target, str(local))
+        yield local
+
+
+def read_values(spec: BatchSpec, shard: Shard) -> list[bytes]:
+    """The message bytes of every record of an alert shard."""
+    if shard.format == "parquet":
+        with _parquet(spec, shard.path) as parquet:
+            table = parquet.read_row_group(shard.row_group, columns=["value"])
+        values: list[bytes] = table.column(0).to_pylist()
+        return values
+    from ..streams.files import read_messages
+
+    with _local(spec, shard.path) as local:
+        return [m.value for m in read_messages(local, shard.format)]
 
 
 # -- planning -------------------------------------------------------------------
@@ -140,25 +271,24 @@ def plan(spec: BatchSpec, layout: InputLayout | None) -> list[Shard]:
     ``layout`` is the models' input (needed for tabular input).  Problems
     raise :class:`~sciserve.errors.InvalidInput` before any work starts.
     """
-    root, files = find_inputs(spec)
     tabular = spec.columns is not None
     if tabular:
         assert layout is not None
         _check_layout(spec, layout)
     shards: list[Shard] = []
-    for path, fmt in files:
-        label = path.relative_to(root).as_posix()
+    for file in find_inputs(spec):
+        path, label, fmt = file.path, file.label, file.format
         if fmt == "parquet":
             for group, first, rows in _row_groups(path, label, spec, layout):
-                shards.append(Shard("", str(path), label, fmt, group, first, rows))
+                shards.append(Shard("", path, label, fmt, group, first, rows))
             continue
         if tabular and fmt != "jsonl":
             raise InvalidInput(f"{label}: columns: needs Parquet or JSON Lines input, not {fmt}")
         if fmt == "jsonl" and tabular:
-            _check_jsonl(path, label, spec)
+            _check_jsonl(spec, path, label)
         if fmt == "avro":
-            _check_avro(path, label)
-        shards.append(Shard("", str(path), label, fmt))
+            _check_avro(spec, path, label)
+        shards.append(Shard("", path, label, fmt))
     width = max(5, len(str(len(shards))))
     return [
         Shard(f"{i:0{width}d}", s.path, s.label, s.format, s.row_group, s.first_row, s.rows)
@@ -188,11 +318,11 @@ def _check_layout(spec: BatchSpec, layout: InputLayout) -> None:
 
 
 def _row_groups(
-    path: Path, label: str, spec: BatchSpec, layout: InputLayout | None
+    path: str, label: str, spec: BatchSpec, layout: InputLayout | None
 ) -> list[tuple[int, int, int]]:
-    pa, pq = _pyarrow()
+    pa, _ = _pyarrow()
     try:
-        with pq.ParquetFile(path) as parquet:
+        with _parquet(spec, path) as parquet:
             schema = parquet.schema_arrow
             meta = parquet.metadata
             groups = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
@@ -252,10 +382,10 @@ def _check_columns(schema: Any, label: str, spec: BatchSpec, layout: InputLayout
             )
 
 
-def _check_jsonl(path: Path, label: str, spec: BatchSpec) -> None:
+def _check_jsonl(spec: BatchSpec, path: str, label: str) -> None:
     """The first record must name every column (later ones failing are dead letters)."""
     try:
-        with path.open("rb") as fh:
+        with _local(spec, path) as local, local.open("rb") as fh:
             line = next((ln for ln in fh if ln.strip()), b"")
         first = json.loads(line) if line else None
     except (OSError, ValueError) as exc:
@@ -273,11 +403,12 @@ def _check_jsonl(path: Path, label: str, spec: BatchSpec) -> None:
         )
 
 
-def _check_avro(path: Path, label: str) -> None:
+def _check_avro(spec: BatchSpec, path: str, label: str) -> None:
     from ..streams.files import read_messages
 
     try:
-        next(iter(read_messages(path, "avro")), None)
+        with _local(spec, path) as local:
+            next(iter(read_messages(local, "avro")), None)
     except (InvalidInput, OSError) as exc:
         raise InvalidInput(f"cannot read Avro file {label}: {error_text(exc)}") from exc
 
@@ -296,28 +427,27 @@ def _id_text(value: Any) -> str | None:
 def input_ids(spec: BatchSpec, shard: Shard) -> list[str]:
     """The ids of every row of ``shard``, in order (reading as little as possible)."""
     if shard.format == "parquet":
-        _, pq = _pyarrow()
         if spec.columns is not None and spec.id:
-            with pq.ParquetFile(shard.path) as parquet:
+            with _parquet(spec, shard.path) as parquet:
                 table = parquet.read_row_group(shard.row_group, columns=[spec.id])
             ids = [_id_text(v) for v in table.column(0).to_pylist()]
             return [v or p for v, p in zip(ids, _position_ids(shard, len(ids)), strict=True)]
         if shard.rows is not None:
             return _position_ids(shard, shard.rows)
     if spec.columns is not None and spec.id:
-        return [row_id for row_id, _ in _jsonl_records(shard, spec.id)]
-    from ..streams.files import read_messages
-
-    count = sum(1 for _ in read_messages(shard.path, shard.format, row_group=shard.row_group))
-    return _position_ids(shard, count)
+        return [row_id for row_id, _ in _jsonl_records(spec, shard)]
+    return _position_ids(shard, len(read_values(spec, shard)))
 
 
-def _jsonl_records(shard: Shard, id_column: str | None) -> list[tuple[str, Any]]:
+def _jsonl_records(spec: BatchSpec, shard: Shard) -> list[tuple[str, Any]]:
     """``(row id, parsed record or the exception)`` of every non-blank line."""
     from ..streams.files import read_messages
 
+    id_column = spec.id
+    with _local(spec, shard.path) as local:
+        messages = list(read_messages(local, "jsonl"))
     out: list[tuple[str, Any]] = []
-    for message in read_messages(shard.path, "jsonl"):
+    for message in messages:
         position = f"{shard.label}:{message.offset}"
         try:
             record: Any = json.loads(message.value)
@@ -337,7 +467,7 @@ def read_shard(spec: BatchSpec, shard: Shard, layout: InputLayout) -> ShardRows:
         return _parquet_rows(spec, shard, layout)
     rows = ShardRows(ids=[])
     values: list[Any] = []
-    for index, (row_id, record) in enumerate(_jsonl_records(shard, spec.id)):
+    for index, (row_id, record) in enumerate(_jsonl_records(spec, shard)):
         rows.ids.append(row_id)
         if isinstance(record, Exception):
             rows.failures.append((index, "read", "not-json", f"not JSON: {error_text(record)}"))
@@ -352,10 +482,9 @@ def read_shard(spec: BatchSpec, shard: Shard, layout: InputLayout) -> ShardRows:
 
 
 def _parquet_rows(spec: BatchSpec, shard: Shard, layout: InputLayout) -> ShardRows:
-    _, pq = _pyarrow()
     wanted = [spec.columns] if isinstance(spec.columns, str) else list(spec.columns or ())
     columns = [*wanted, *([spec.id] if spec.id and spec.id not in wanted else [])]
-    with pq.ParquetFile(shard.path) as parquet:
+    with _parquet(spec, shard.path) as parquet:
         table = parquet.read_row_group(shard.row_group, columns=columns)
     positions = _position_ids(shard, table.num_rows)
     if spec.id:

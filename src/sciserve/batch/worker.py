@@ -55,7 +55,7 @@ from ..streams.pipeline import (
     evaluate_filter,
 )
 from ..streams.spec import BatchSpec
-from .shards import InputLayout, Shard, ShardRows, input_ids, read_shard
+from .shards import InputLayout, Shard, ShardRows, input_ids, read_shard, read_values
 
 __all__ = ["ModelPin", "ShardResult", "ShardTask", "ids_checksum", "run_shard", "verify_shard"]
 
@@ -170,12 +170,10 @@ def _spec(spec_json: str) -> BatchSpec:
 # -- one shard ------------------------------------------------------------------
 
 
-def _alert_rows(shard: Shard, config: _PrepareConfig) -> ShardRows:
-    from ..streams.files import read_messages
-
-    messages = list(read_messages(shard.path, shard.format, row_group=shard.row_group))
-    rows = ShardRows(ids=[f"{shard.label}:{shard.first_row + i}" for i in range(len(messages))])
-    prepared, _, _ = _prepare(config, [m.value for m in messages])
+def _alert_rows(spec: BatchSpec, shard: Shard, config: _PrepareConfig) -> ShardRows:
+    values = read_values(spec, shard)
+    rows = ShardRows(ids=[f"{shard.label}:{shard.first_row + i}" for i in range(len(values))])
+    prepared, _, _ = _prepare(config, values)
     vectors = []
     for index, item in enumerate(prepared):
         if item.failure is not None:
@@ -233,7 +231,7 @@ def run_shard(task: ShardTask) -> ShardResult:
     models = [_model(pin, task.settings) for pin in task.models]
     shard = task.shard
     if task.prepare is not None:
-        rows = _alert_rows(shard, task.prepare)
+        rows = _alert_rows(spec, shard, task.prepare)
     else:
         assert task.layout is not None
         rows = read_shard(spec, shard, task.layout)

@@ -96,26 +96,15 @@ def offset_path_for(path: str | os.PathLike[str], group: str | None = None) -> P
     return path.with_name(f"{path.name}.{group}.offset")
 
 
-def read_messages(
-    path: str | os.PathLike[str], fmt: str, *, row_group: int | None = None
-) -> Iterator[Message]:
+def read_messages(path: str | os.PathLike[str], fmt: str) -> Iterator[Message]:
     """Every record of the stream file ``path`` in format ``fmt`` (``jsonl``,
-    ``avro`` or ``parquet``), or of one row group of a Parquet file; a
-    record's offset is its index in what is read."""
+    ``avro`` or ``parquet``); a record's offset is its index in the file."""
     path = Path(path)
     if fmt == "jsonl":
         return _read_jsonl(path, 0, path.name)
     if fmt == "avro":
         return _read_avro(path, 0, path.name)
-    if row_group is None:
-        return _read_parquet(path, 0, path.name)
-    return _read_row_group(path, row_group)
-
-
-def _read_row_group(path: Path, group: int) -> Iterator[Message]:
-    with _open_parquet(path) as parquet:
-        rows = list(_parquet_rows(parquet, [group]))
-    return (_message(row, index, path.name) for index, row in enumerate(rows))
+    return _read_parquet(path, 0, path.name)
 
 
 class FileSource(Source):

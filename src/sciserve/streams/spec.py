@@ -218,7 +218,8 @@ class BatchSpec(StepsSpec):
     """
 
     #: A file, a glob or a directory (searched recursively, so hive-style
-    #: ``key=value/`` partitions are found); relative to the spec's directory.
+    #: ``key=value/`` partitions are found), local (relative to the spec's
+    #: directory) or an fsspec URL such as ``s3://bucket/archive/``.
     input: str = Field(min_length=1)
     #: ``parquet``, ``jsonl`` or ``avro``; by default from the file suffix.
     format: Literal["parquet", "jsonl", "avro"] | None = None
@@ -230,6 +231,10 @@ class BatchSpec(StepsSpec):
     id: str | None = None
     #: Rows per model call.
     batch: int = Field(default=4096, ge=1, le=1_000_000)
+    #: Options of the fsspec file system of an ``input`` URL (e.g. an S3
+    #: ``endpoint_url``); credentials are better left to the environment.
+    #: Never written to the job's output.
+    storage_options: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("columns")
     @classmethod
