@@ -32,6 +32,7 @@ from sciserve._hashing import sha256_file
 from sciserve.batch.executor import dask_client
 from sciserve.batch.job import BatchJob
 from sciserve.config import Settings
+from sciserve.errors import InvalidInput
 from sciserve.package.manifest import Manifest, dump_manifest
 from sciserve.registry.registry import Registry
 from sciserve.streams.base import OutRecord, open_sink
@@ -40,6 +41,8 @@ from sciserve.streams.spec import parse_batch_spec
 
 from helpers.cli import Cli
 from helpers.packages import expected_linear, make_onnx_package
+from helpers.s3 import S3_BUCKET, S3_KEY, S3_REGION, S3_SECRET, moto_server
+from helpers.s3 import client as s3_client
 
 #: Ids of the Parquet rows with a null feature, and of the JSON Lines row
 #: whose feature is text.
@@ -622,3 +625,35 @@ def test_an_archive_damaged_past_its_start_fails_its_shard_cleanly(
     assert "b.avro: truncated or damaged Avro file" in out
     assert not list((tmp_path / "out").glob("*/shard-00001.*"))
     assert not list((tmp_path / "out").glob("*/.*.partial"))
+
+
+def test_an_archive_on_s3_runs_like_a_local_one(
+    tmp_path: Path, lab: tuple[Settings, Path], client: Any
+) -> None:
+    good = _archive(tmp_path / "archive")
+    with moto_server(tmp_path / "moto.log") as endpoint:
+        s3 = s3_client(endpoint)
+        for path in sorted((tmp_path / "archive").rglob("*")):
+            if path.is_file():
+                key = f"lsst/{path.relative_to(tmp_path).as_posix()}"
+                s3.put_object(Bucket=S3_BUCKET, Key=key, Body=path.read_bytes())
+        options = {
+            "key": S3_KEY,
+            "secret": S3_SECRET,
+            "client_kwargs": {"endpoint_url": endpoint, "region_name": S3_REGION},
+        }
+        doc = yaml.safe_load(_spec(tmp_path).read_text())
+        doc.update(input=f"s3://{S3_BUCKET}/lsst/archive", storage_options=options)
+        job = BatchJob(parse_batch_spec(doc), lab[0], tmp_path / "out")
+        job.plan()
+        report = job.run(client)
+        assert report.verified and report.shards == 5
+        assert (report.rows, report.outputs, report.dead_letters) == (105, 101, 4)
+        table, dead = _outputs(job.out_dir)
+        assert sorted(table.column("row_id").to_pylist()) == sorted(good)
+        assert "extra.jsonl:2" in {d["row_id"] for d in dead}
+        # The credentials are not written with the job.
+        assert S3_SECRET not in (job.out_dir / "job.json").read_text()
+        s3.put_object(Bucket=S3_BUCKET, Key="lsst/archive/night=3/bad.parquet", Body=b"PAR1 no")
+        with pytest.raises(InvalidInput, match=r"cannot read Parquet file night=3/bad\.parquet"):
+            BatchJob(parse_batch_spec(doc), lab[0], tmp_path / "out").plan()
