@@ -36,6 +36,7 @@ from sciserve.errors import InvalidInput
 from sciserve.package.manifest import Manifest, dump_manifest
 from sciserve.registry.registry import Registry
 from sciserve.streams.base import OutRecord, open_sink
+from sciserve.streams.results import ResultStore
 from sciserve.streams.simulate import AlertSimulator, features_from_alert
 from sciserve.streams.spec import parse_batch_spec
 
@@ -302,6 +303,7 @@ def test_alert_archives_go_through_the_codec_and_features(
             "input": str(archive),
             "models": [{"ref": "default/lc"}],
             "filter": "alert.diaSource.band in ['g', 'r']",
+            "results": True,
         }
     )
     job = BatchJob(spec, lab[0], tmp_path / "out")
@@ -317,6 +319,23 @@ def test_alert_archives_go_through_the_codec_and_features(
         assert row["label"] == "ab"[int(np.argmax(row["y"]))]
         assert row["score"] == pytest.approx(max(row["y"]))
     assert [(d["row_id"], d["stage"]) for d in dead] == [("a.avro:15", "decode")]
+    # The annotations are in the result store too, once each, even after a
+    # shard is redone.
+    with ResultStore.open(lab[0]) as store:
+        assert sorted(store.alert_ids(pipeline="alerts")) == sorted(a.alert_id for a in alerts)
+        stored = store.get(alerts[0].alert_id, "default/lc", "1.0.0")
+        assert stored is not None and stored.published is (bands[alerts[0].alert_id] in "gr")
+    (job.out_dir / "shard-00000.json").unlink()
+    assert job.run(client).ran == ["00000"]
+    with ResultStore.open(lab[0]) as store:
+        assert store.count(pipeline="alerts") == 30
+
+
+def test_results_need_alert_input() -> None:
+    with pytest.raises(InvalidInput, match="results: needs alert input"):
+        parse_batch_spec(
+            {"name": "t", "input": "x", "columns": ["a"], "models": [{"ref": "m"}], "results": True}
+        )
 
 
 def test_a_worker_killed_mid_shard_is_retried_without_duplicates(

@@ -144,6 +144,10 @@ class BatchJob:
             if isinstance(spec.features, PythonFeatures):
                 _check_trusted(spec.features, self.settings)
             self.prepare = preparation(spec, [t for t, _ in inputs], outputs)
+        if spec.results:
+            from ..streams.results import ResultStore
+
+            ResultStore.open(self.settings).close()  # migrated (or refused) now, not per worker
         self.shards = plan(spec, self.layout)
         if self._job_id is None:
             self._job_id = self._derive_id()

@@ -49,11 +49,13 @@ from ..streams.base import error_text
 from ..streams.pipeline import (
     _SERVICE_ERRORS,
     LocalModel,
+    _finite,
     _plain,
     _prepare,
     _PrepareConfig,
     evaluate_filter,
 )
+from ..streams.results import Annotation, ResultStore
 from ..streams.spec import BatchSpec
 from .shards import InputLayout, Shard, ShardRows, input_ids, read_shard, read_values
 
@@ -162,6 +164,41 @@ def _model(pin: ModelPin, settings: Settings) -> LocalModel:
         return model
 
 
+# The result store of each registry database, per worker process (an engine
+# and its connection pool), for jobs that write annotations there too.
+_STORES: dict[str, ResultStore] = {}
+
+
+def _store(task: ShardTask, spec: BatchSpec, table: Any) -> None:
+    """Write the shard's annotations to the result store.  Keys that are
+    stored already (a shard redone after a worker died) are skipped there."""
+    with _MODELS_LOCK:
+        store = _STORES.get(task.settings.database_url)
+        if store is None:
+            store = _STORES[task.settings.database_url] = ResultStore.open(task.settings)
+    fixed = set(_schema().names)
+    annotations = [
+        Annotation(
+            alert_id=row["alert_id"],
+            model=row["model"],
+            model_version=row["model_version"],
+            model_digest=row["model_digest"],
+            outputs={k: _finite(v) for k, v in row.items() if k not in fixed and v is not None},
+            label=row["label"],
+            score=row["score"],
+            pipeline=spec.name,
+            runtime=row["runtime"],
+            library_versions=json.loads(row["library_versions"]),
+            broker_timestamp_ms=None,
+            processed_at=datetime.fromisoformat(row["processed_at"]),
+            published=row["selected"],
+            filter_error=row["filter_error"],
+        )
+        for row in table.to_pylist()
+    ]
+    store.write_checked(annotations)
+
+
 @functools.cache
 def _spec(spec_json: str) -> BatchSpec:
     return BatchSpec.model_validate_json(spec_json)
@@ -266,6 +303,8 @@ def run_shard(task: ShardTask) -> ShardResult:
                     )
                 )
     table = _concat(tables)
+    if spec.results and table.num_rows:
+        _store(task, spec, table)
     _write(task, rows, table, dead)
     return ShardResult(
         shard.id, len(rows.ids), table.num_rows, len(dead), time.perf_counter() - started,

@@ -235,6 +235,18 @@ class BatchSpec(StepsSpec):
     #: ``endpoint_url``); credentials are better left to the environment.
     #: Never written to the job's output.
     storage_options: dict[str, Any] = Field(default_factory=dict)
+    #: Also write the annotations to the registry database's result store
+    #: (alert input: it is keyed by alert id, model and version), where
+    #: ``sciserve stream results NAME`` finds them.
+    results: bool = False
+
+    def model_post_init(self, context: Any) -> None:
+        super().model_post_init(context)
+        if self.results and self.columns is not None:
+            raise ValueError(
+                "results: needs alert input (the result store is keyed by alert id); "
+                "tabular output is in the job's Parquet files"
+            )
 
     @field_validator("columns")
     @classmethod
