@@ -32,7 +32,7 @@ from sciserve._hashing import sha256_file
 from sciserve.batch.executor import dask_client
 from sciserve.batch.job import BatchJob
 from sciserve.config import Settings
-from sciserve.errors import InvalidInput
+from sciserve.errors import InvalidInput, NotFound
 from sciserve.package.manifest import Manifest, dump_manifest
 from sciserve.registry.registry import Registry
 from sciserve.streams.base import OutRecord, open_sink
@@ -680,3 +680,21 @@ def test_an_archive_on_s3_runs_like_a_local_one(
         s3.put_object(Bucket=S3_BUCKET, Key="lsst/archive/night=3/bad.parquet", Body=b"PAR1 no")
         with pytest.raises(InvalidInput, match=r"cannot read Parquet file night=3/bad\.parquet"):
             BatchJob(parse_batch_spec(doc), lab[0], tmp_path / "out").plan()
+
+
+def test_a_worker_that_cannot_see_the_registry_says_so_and_creates_none(
+    tmp_path: Path, lab: tuple[Settings, Path]
+) -> None:
+    import dataclasses
+
+    from sciserve.batch.worker import run_shard
+
+    _archive(tmp_path / "archive")
+    spec = parse_batch_spec(yaml.safe_load(_spec(tmp_path).read_text()), base_dir=tmp_path)
+    job = BatchJob(spec, lab[0], tmp_path / "out")
+    job.plan()
+    elsewhere = Settings.load(tmp_path / "not-shared", environ={})
+    task = dataclasses.replace(job._task(job.shards[0]), settings=elsewhere)
+    with pytest.raises(NotFound, match="no registry"):
+        run_shard(task)
+    assert not (tmp_path / "not-shared").exists()

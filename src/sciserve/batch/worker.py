@@ -150,11 +150,21 @@ _MODELS: dict[str, LocalModel] = {}
 _MODELS_LOCK = threading.Lock()
 
 
+def _load(ref: str, settings: Settings) -> Any:
+    """``ref`` from the registry of ``settings``, which a worker only reads:
+    a worker that cannot see it says so rather than creating an empty one."""
+    from ..model import load
+    from ..registry.registry import Registry
+
+    with Registry(settings, create=False) as registry:
+        return load(ref, registry=registry)
+
+
 def _model(pin: ModelPin, settings: Settings) -> LocalModel:
     with _MODELS_LOCK:
         model = _MODELS.get(pin.digest)
         if model is None:
-            model = asyncio.run(LocalModel.load(pin.ref, settings))
+            model = LocalModel(_load(pin.ref, settings))
             if model.digest != pin.digest:
                 raise IntegrityError(
                     f"{pin.ref} in this worker's registry has digest {model.digest}, "
