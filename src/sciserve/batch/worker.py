@@ -25,7 +25,6 @@ digest.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import hashlib
 import json
@@ -248,7 +247,7 @@ def _predict(
         failure: Exception | None = None
         for _ in range(2):
             try:
-                outputs = asyncio.run(model.predict(chunk))
+                outputs = model.predict_now(chunk)
                 for name, values in outputs.items():
                     if len(values) != len(chunk):
                         raise ValueError(

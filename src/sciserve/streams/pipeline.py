@@ -309,6 +309,18 @@ class LocalModel:
         ]
         return {o.name: np.concatenate([p[o.name] for p in parts]) for o in self.outputs}
 
+    def predict_now(self, features: npt.NDArray[Any]) -> dict[str, npt.NDArray[Any]]:
+        """:meth:`predict` in the calling thread, for callers without an event
+        loop (batch workers): no thread hand-off per chunk of ``max_batch_size``."""
+        if self._max_batch == 0:
+            parts = [self._model.predict({self.input.name: row}) for row in features]
+            return {o.name: np.stack([p[o.name] for p in parts]) for o in self.outputs}
+        parts = [
+            self._model.predict({self.input.name: features[part]})
+            for part in _chunks(len(features), self._max_batch)
+        ]
+        return {o.name: np.concatenate([p[o.name] for p in parts]) for o in self.outputs}
+
     async def close(self) -> None:
         await asyncio.to_thread(self._model.close)
 
