@@ -698,3 +698,26 @@ def test_a_worker_that_cannot_see_the_registry_says_so_and_creates_none(
     with pytest.raises(NotFound, match="no registry"):
         run_shard(task)
     assert not (tmp_path / "not-shared").exists()
+
+
+def test_the_final_check_catches_an_output_that_lost_a_row(
+    tmp_path: Path, lab: tuple[Settings, Path], client: Any
+) -> None:
+    import hashlib
+
+    from sciserve.errors import IntegrityError
+
+    _archive(tmp_path / "archive")
+    spec = parse_batch_spec(yaml.safe_load(_spec(tmp_path).read_text()), base_dir=tmp_path)
+    job = BatchJob(spec, lab[0], tmp_path / "out")
+    job.plan()
+    assert job.run(client).verified
+    # A row goes missing behind the manifest's back (its checksums redone to match).
+    output = job.out_dir / "shard-00001.parquet"
+    pq.write_table(pq.read_table(output).slice(1), output)
+    manifest = job.out_dir / "shard-00001.json"
+    doc = json.loads(manifest.read_text())
+    doc["files"]["output"]["sha256"] = hashlib.sha256(output.read_bytes()).hexdigest()
+    manifest.write_text(json.dumps(doc))
+    with pytest.raises(IntegrityError, match=r"shard 00001, default/linear:1\.0\.0: 24 rows out"):
+        job.run(client)
