@@ -44,6 +44,7 @@ from helpers.cli import Cli
 from helpers.packages import expected_linear, make_onnx_package
 from helpers.s3 import S3_BUCKET, S3_KEY, S3_REGION, S3_SECRET, moto_server
 from helpers.s3 import client as s3_client
+from helpers.server import start_server, stop_server
 
 #: Ids of the Parquet rows with a null feature, and of the JSON Lines row
 #: whose feature is text.
@@ -466,7 +467,7 @@ def test_rows_a_model_fails_on_are_dead_letters_of_that_model(
         ({"models": [{"ref": "default/absent"}]}, "no model default/absent"),
         (
             {"models": [{"ref": "default/linear", "server": "http://127.0.0.1:9"}]},
-            "server: is not supported by batch jobs yet",
+            "http://127.0.0.1:9",
         ),
         ({"columns": "f0"}, "column 'f0' is double, not a list column"),
     ],
@@ -476,7 +477,7 @@ def test_a_bad_spec_fails_before_any_work(
 ) -> None:
     _archive(tmp_path / "archive")
     (tmp_path / "archive" / "extra.jsonl").unlink()
-    code = 3 if "no model" in message else 2
+    code = 3 if "no model" in message else 7 if "127.0.0.1:9" in message else 2
     out = cli(
         "batch", "run", str(_spec(tmp_path, **fields)), "--out", str(tmp_path / "out"), code=code
     )
@@ -721,3 +722,26 @@ def test_the_final_check_catches_an_output_that_lost_a_row(
     manifest.write_text(json.dumps(doc))
     with pytest.raises(IntegrityError, match=r"shard 00001, default/linear:1\.0\.0: 24 rows out"):
         job.run(client)
+
+
+def test_a_step_with_server_runs_its_model_on_a_sciserve_server(
+    tmp_path: Path, lab: tuple[Settings, Path], client: Any
+) -> None:
+    good = _archive(tmp_path / "archive")
+    running = start_server(lab[0].home, "--model", "default/linear")
+    try:
+        doc = yaml.safe_load(_spec(tmp_path).read_text())
+        doc["models"] = [{"ref": "default/linear", "server": f"http://{running.http}"}]
+        job = BatchJob(parse_batch_spec(doc, base_dir=tmp_path), lab[0], tmp_path / "out")
+        job.plan()
+        report = job.run(client)
+    finally:
+        stop_server(running.proc)
+    assert report.verified and (report.outputs, report.dead_letters) == (101, 4)
+    table, _ = _outputs(job.out_dir)
+    for row in table.to_pylist():
+        np.testing.assert_allclose(
+            row["y"], expected_linear(good[row["row_id"]][None, :])[0], rtol=1e-5
+        )
+    versions = json.loads(table.column("library_versions")[0].as_py())
+    assert "sciserve-server" in versions

@@ -112,21 +112,25 @@ class BatchJob:
         pins: list[ModelPin] = []
         inputs: list[tuple[TensorSpec, bool]] = []
         outputs: list[str] = []
-        with Registry(self.settings, create=False) as registry:
-            for step in spec.models:
-                if step.server:
-                    raise InvalidInput(
-                        f"model {step.ref}: batch jobs run the models in their workers; "
-                        "server: is not supported by batch jobs yet"
-                    )
-                info = registry.resolve(step.ref)
-                manifest = info.manifest
-                tensor = _single_input(info.ref, manifest.inputs)
-                _rows_along_dim0(info.ref, manifest)
-                batched = manifest.batch_dim_of(tensor) is not None
-                pins.append(ModelPin(info.ref, info.digest))
-                inputs.append((tensor, batched))
-                outputs.extend(o.name for o in manifest.outputs)
+        local = [step.ref for step in spec.models if not step.server]
+        resolved = {}
+        if local:
+            with Registry(self.settings, create=False) as registry:
+                resolved = {ref: registry.resolve(ref) for ref in local}
+        for step in spec.models:
+            # A step with server: runs on that server; the version it means
+            # there is pinned now, as the stream pipeline does at start.
+            info = (
+                resolved.get(step.ref) if not step.server else self._remote(step.ref, step.server)
+            )
+            assert info is not None
+            manifest = info.manifest
+            tensor = _single_input(info.ref, manifest.inputs)
+            _rows_along_dim0(info.ref, manifest)
+            batched = manifest.batch_dim_of(tensor) is not None
+            pins.append(ModelPin(info.ref, info.digest, step.server))
+            inputs.append((tensor, batched))
+            outputs.extend(o.name for o in manifest.outputs)
         clash = set(outputs) & {*PROVENANCE, "processed_at"}
         if clash:
             raise InvalidInput(f"model outputs {sorted(clash)} clash with provenance columns")
@@ -152,12 +156,18 @@ class BatchJob:
         if self._job_id is None:
             self._job_id = self._derive_id()
 
+    def _remote(self, ref: str, server: str) -> Any:
+        from ..registry.remote import RemoteRegistry
+
+        with RemoteRegistry(server, headers=self.settings.auth_headers()) as registry:
+            return registry.resolve(ref)
+
     def _derive_id(self) -> str:
         doc = {
             # Credentials are not part of what a job computes.
             "spec": self.spec.model_dump(mode="json", exclude={"storage_options"}),
             "inputs": [[f.label, f.size, f.version] for f in find_inputs(self.spec)],
-            "models": [[pin.ref, pin.digest] for pin in self.pins],
+            "models": [[pin.ref, pin.digest, pin.server] for pin in self.pins],
         }
         digest = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
         return f"{self.spec.name}-{digest[:12]}"
@@ -263,7 +273,7 @@ class BatchJob:
         doc = {
             "job_id": self.job_id,
             "spec": self.spec.model_dump(mode="json", exclude={"storage_options"}),
-            "models": [{"ref": p.ref, "digest": p.digest} for p in self.pins],
+            "models": [{"ref": p.ref, "digest": p.digest, "server": p.server} for p in self.pins],
             "shards": [
                 {"id": s.id, "file": s.label, "row_group": s.row_group} for s in self.shards
             ],

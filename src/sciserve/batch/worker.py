@@ -25,6 +25,7 @@ digest.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import json
@@ -33,21 +34,23 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from ..config import Settings
 from ..errors import IntegrityError
+from ..package.manifest import TensorSpec
 from ..streams.base import error_text
 from ..streams.pipeline import (
     _SERVICE_ERRORS,
     LocalModel,
+    RemoteModel,
     _finite,
     _plain,
     _prepare,
@@ -84,6 +87,8 @@ class ModelPin:
 
     ref: str
     digest: str
+    #: The sciserve server that runs it (``server:`` in the spec), if not the worker.
+    server: str | None = None
 
 
 @dataclass(frozen=True)
@@ -141,11 +146,53 @@ def _sha256(path: Path) -> str:
 
 # -- models, once per process -----------------------------------------------------
 
-# Loaded models of this worker process by content digest.  This module runs
-# in batch worker processes only (Dask workers), never in a server: the
-# cache lives as long as the worker, holds read-only models, and a digest
-# names exactly one model, so an entry can never be stale.
-_MODELS: dict[str, LocalModel] = {}
+
+class Runner(Protocol):
+    """A model as a shard uses it: in the worker, or on a sciserve server."""
+
+    model: str
+    version: str
+    digest: str
+    runtime: str
+    outputs: Sequence[TensorSpec]
+    library_versions: Mapping[str, str]
+
+    def predict_now(self, features: npt.NDArray[Any]) -> dict[str, npt.NDArray[Any]]: ...
+
+
+class _Remote:
+    """The pipeline's :class:`~sciserve.streams.pipeline.RemoteModel`, called
+    from worker threads through this process's one event loop (its HTTP
+    client and connections belong to that loop)."""
+
+    def __init__(self, model: RemoteModel, loop: asyncio.AbstractEventLoop) -> None:
+        self._model = model
+        self._loop = loop
+        self.model = model.model
+        self.version = model.version
+        self.digest = model.digest
+        self.runtime = model.runtime
+        self.outputs = model.outputs
+        self.library_versions = model.library_versions
+
+    def predict_now(self, features: npt.NDArray[Any]) -> dict[str, npt.NDArray[Any]]:
+        future = asyncio.run_coroutine_threadsafe(self._model.predict(features), self._loop)
+        return future.result()
+
+
+@functools.cache
+def _event_loop() -> asyncio.AbstractEventLoop:
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, name="sciserve-batch-remote", daemon=True).start()
+    return loop
+
+
+# Models of this worker process by server and content digest.  This module
+# runs in batch worker processes only (Dask workers), never in a server:
+# the cache lives as long as the worker, holds read-only models (or
+# connections to a server), and a digest names exactly one model, so an
+# entry can never be stale.
+_MODELS: dict[tuple[str | None, str], Runner] = {}
 _MODELS_LOCK = threading.Lock()
 
 
@@ -159,18 +206,27 @@ def _load(ref: str, settings: Settings) -> Any:
         return load(ref, registry=registry)
 
 
-def _model(pin: ModelPin, settings: Settings) -> LocalModel:
+def _model(pin: ModelPin, settings: Settings) -> Runner:
     with _MODELS_LOCK:
-        model = _MODELS.get(pin.digest)
+        model = _MODELS.get((pin.server, pin.digest))
         if model is None:
-            model = LocalModel(_load(pin.ref, settings))
+            model = _open(pin, settings)
             if model.digest != pin.digest:
+                where = f"server {pin.server}" if pin.server else "this worker's registry"
                 raise IntegrityError(
-                    f"{pin.ref} in this worker's registry has digest {model.digest}, "
+                    f"{pin.ref} on {where} has digest {model.digest}, "
                     f"not {pin.digest} as when the job started"
                 )
-            _MODELS[pin.digest] = model
+            _MODELS[(pin.server, pin.digest)] = model
         return model
+
+
+def _open(pin: ModelPin, settings: Settings) -> Runner:
+    if pin.server is None:
+        return LocalModel(_load(pin.ref, settings))
+    loop = _event_loop()
+    connecting = RemoteModel.connect(pin.ref, pin.server, settings.auth_headers())
+    return _Remote(asyncio.run_coroutine_threadsafe(connecting, loop).result(), loop)
 
 
 # The result store of each registry database, per worker process (an engine
@@ -236,7 +292,7 @@ def _alert_rows(spec: BatchSpec, shard: Shard, config: _PrepareConfig) -> ShardR
 
 
 def _predict(
-    model: LocalModel, matrix: npt.NDArray[Any], batch: int
+    model: Runner, matrix: npt.NDArray[Any], batch: int
 ) -> tuple[list[dict[str, npt.NDArray[Any]] | None], list[str]]:
     """Outputs of each chunk of ``batch`` rows (``None`` for a chunk the model
     failed on twice), and the reason of each failed chunk."""
@@ -343,7 +399,7 @@ def _dead(
 
 
 def _top_classes(
-    model: LocalModel, values: dict[str, npt.NDArray[Any]], count: int
+    model: Runner, values: dict[str, npt.NDArray[Any]], count: int
 ) -> tuple[list[str | None], npt.NDArray[np.float64] | None]:
     """Per row, what :func:`~sciserve.streams.pipeline._top_class` gives a
     single row (the largest element of the first labelled output), for all
@@ -378,7 +434,7 @@ def _column(array: npt.NDArray[Any]) -> Any:
 def _model_table(
     task: ShardTask,
     spec: BatchSpec,
-    model: LocalModel,
+    model: Runner,
     rows: ShardRows,
     done: npt.NDArray[np.int64],
     values: dict[str, npt.NDArray[Any]],
