@@ -181,6 +181,10 @@ def _archive(root: Path) -> dict[str, np.ndarray]:
         if k == 1:
             lines.append("{not json")
     (root / "extra.jsonl").write_text("\n".join(lines) + "\n")
+    # What a HATS catalogue keeps beside its partitions: not data.
+    (root / "properties").write_text("obs_collection=test\n")
+    (root / "partition_info.csv").write_text("Norder,Npix\n0,1\n")
+    (root / "_metadata").write_bytes(b"PAR1")
     return good
 
 

@@ -137,8 +137,9 @@ def find_inputs(spec: BatchSpec) -> list[InputFile]:
 
     ``input`` is a local path or an fsspec URL (``s3://…``; credentials from
     the environment or the spec's ``storage_options``).  A directory is
-    searched recursively (hive-style ``key=value/`` partitions included);
-    hidden files and ``_``-files (``_SUCCESS``, ``_metadata``) are skipped.
+    searched recursively (hive-style ``key=value/`` partitions included) for
+    files of a known suffix (or of the spec's ``format``); hidden files and
+    ``_``-files (``_SUCCESS``, ``_metadata``) are skipped.
     """
     where = spec.input
     if "://" in where:
@@ -156,6 +157,7 @@ def find_inputs(spec: BatchSpec) -> list[InputFile]:
             p
             for p in path.rglob("*")
             if p.is_file()
+            and _data_file(spec, p.name)
             and not any(part.startswith((".", "_")) for part in p.relative_to(path).parts)
         )
     elif path.is_file():
@@ -185,7 +187,8 @@ def _remote_inputs(spec: BatchSpec, where: str) -> list[InputFile]:
         names = sorted(
             n
             for n in fs.find(target)
-            if not any(
+            if _data_file(spec, posixpath.basename(n))
+            and not any(
                 part.startswith((".", "_")) for part in posixpath.relpath(n, target).split("/")
             )
         )
@@ -210,6 +213,16 @@ def _remote_inputs(spec: BatchSpec, where: str) -> list[InputFile]:
     if not found:
         raise InvalidInput(f"input {where} holds no files")
     return found
+
+
+def _data_file(spec: BatchSpec, name: str) -> bool:
+    """Whether a file found in an input directory is data: of the spec's
+    format, or with a known suffix (a HATS catalogue's ``properties`` and
+    ``partition_info.csv`` beside its Parquet files are not)."""
+    suffix = PurePosixPath(name).suffix
+    if spec.format is not None:
+        return _SUFFIXES.get(suffix, spec.format) == spec.format
+    return suffix in _SUFFIXES
 
 
 def _format(spec: BatchSpec, label: str) -> str:
