@@ -749,3 +749,31 @@ def test_a_step_with_server_runs_its_model_on_a_sciserve_server(
         )
     versions = json.loads(table.column("library_versions")[0].as_py())
     assert "sciserve-server" in versions
+
+
+def test_service_errors_are_waited_out_and_then_fail_the_shard(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sciserve.batch import worker
+    from sciserve.errors import Unavailable
+
+    monkeypatch.setattr(worker, "_SERVICE_WAITS", (0.0, 0.0))
+
+    class Restarting:
+        model, version, digest, runtime = "default/m", "1", "sha256:0", "onnx"
+        outputs: tuple[Any, ...] = ()
+        library_versions: dict[str, str] = {}
+
+        def __init__(self, failures: int) -> None:
+            self.failures = failures
+
+        def predict_now(self, features: np.ndarray) -> dict[str, np.ndarray]:
+            if self.failures:
+                self.failures -= 1
+                raise Unavailable("the server is restarting")
+            return {"y": features[:, :1]}
+
+    outputs, reasons = worker._predict(Restarting(failures=2), np.ones((3, 4)), 10)
+    assert reasons == [""] and outputs[0] is not None and len(outputs[0]["y"]) == 3
+    with pytest.raises(Unavailable, match="restarting"):
+        worker._predict(Restarting(failures=3), np.ones((3, 4)), 10)

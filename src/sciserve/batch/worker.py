@@ -291,6 +291,22 @@ def _alert_rows(spec: BatchSpec, shard: Shard, config: _PrepareConfig) -> ShardR
     return rows
 
 
+#: Waits (s) between calls of a model step through service errors (a server
+#: restarting, rate limits): about half a minute in all, then the task fails.
+_SERVICE_WAITS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+
+
+def _patiently(model: Runner, chunk: npt.NDArray[Any]) -> dict[str, npt.NDArray[Any]]:
+    """``model``'s outputs for ``chunk``, retrying through service errors,
+    which say nothing about the rows."""
+    for wait in _SERVICE_WAITS:
+        try:
+            return model.predict_now(chunk)
+        except _SERVICE_ERRORS:
+            time.sleep(wait)
+    return model.predict_now(chunk)
+
+
 def _predict(
     model: Runner, matrix: npt.NDArray[Any], batch: int
 ) -> tuple[list[dict[str, npt.NDArray[Any]] | None], list[str]]:
@@ -303,7 +319,7 @@ def _predict(
         failure: Exception | None = None
         for _ in range(2):
             try:
-                outputs = model.predict_now(chunk)
+                outputs = _patiently(model, chunk)
                 for name, values in outputs.items():
                     if len(values) != len(chunk):
                         raise ValueError(
