@@ -284,6 +284,12 @@ def test_rerunning_a_job_redoes_only_the_missing_shards(
     # A damaged output is not trusted either.
     (job.out_dir / "shard-00004.parquet").write_bytes(b"garbage")
     assert again.run(client).ran == ["00004"]
+    # A job named on the command line is planned by its first run.
+    named = BatchJob(spec, lab[0], tmp_path / "out", job_id="night-2024.1")
+    assert named.run(client).ran == [f"{i:05d}" for i in range(5)]
+    assert (tmp_path / "out" / "night-2024.1" / "shard-00004.json").is_file()
+    with pytest.raises(InvalidInput, match="is not a job id"):
+        BatchJob(spec, lab[0], tmp_path / "out", job_id="../escape")
 
 
 def test_alert_archives_go_through_the_codec_and_features(

@@ -113,17 +113,14 @@ class BatchJob:
         inputs: list[tuple[TensorSpec, bool]] = []
         outputs: list[str] = []
         local = [step.ref for step in spec.models if not step.server]
-        resolved = {}
+        resolved: dict[str, Any] = {}
         if local:
             with Registry(self.settings, create=False) as registry:
                 resolved = {ref: registry.resolve(ref) for ref in local}
         for step in spec.models:
             # A step with server: runs on that server; the version it means
             # there is pinned now, as the stream pipeline does at start.
-            info = (
-                resolved.get(step.ref) if not step.server else self._remote(step.ref, step.server)
-            )
-            assert info is not None
+            info = self._remote(step.ref, step.server) if step.server else resolved[step.ref]
             manifest = info.manifest
             tensor = _single_input(info.ref, manifest.inputs)
             _rows_along_dim0(info.ref, manifest)
@@ -194,7 +191,7 @@ class BatchJob:
         """Run the shards not yet finished on ``client``'s cluster, then verify
         every shard; a failed check raises :class:`~sciserve.errors.IntegrityError`."""
         started = time.perf_counter()
-        if not self.shards and self._job_id is None:
+        if not self.pins:
             self.plan()
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._clean_partials()
