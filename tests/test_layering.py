@@ -35,6 +35,7 @@ LAYERS: dict[str, int] = {
     "model": 9,
     "examples": 9,
     "streams": 10,
+    "batch": 10,
     "cli": 11,
     "__main__": 12,
     "__init__": 12,

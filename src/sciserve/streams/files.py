@@ -46,7 +46,7 @@ from typing import Any, Final, Protocol
 from ..errors import DependencyMissing, InvalidInput, NotFound
 from .base import Message, OutRecord, Sink, Source
 
-__all__ = ["AVRO_SCHEMA", "FileSink", "FileSource", "offset_path_for"]
+__all__ = ["AVRO_SCHEMA", "FileSink", "FileSource", "offset_path_for", "read_messages"]
 
 #: The record every Avro stream file holds.
 AVRO_SCHEMA: Final[dict[str, Any]] = {
@@ -94,6 +94,17 @@ def offset_path_for(path: str | os.PathLike[str], group: str | None = None) -> P
     if not _GROUP_RE.fullmatch(group):
         raise InvalidInput(f"{group!r} is not a consumer-group name (letters, digits, ._-)")
     return path.with_name(f"{path.name}.{group}.offset")
+
+
+def read_messages(path: str | os.PathLike[str], fmt: str) -> Iterator[Message]:
+    """Every record of the stream file ``path`` in format ``fmt`` (``jsonl``,
+    ``avro`` or ``parquet``); a record's offset is its index in the file."""
+    path = Path(path)
+    if fmt == "jsonl":
+        return _read_jsonl(path, 0, path.name)
+    if fmt == "avro":
+        return _read_avro(path, 0, path.name)
+    return _read_parquet(path, 0, path.name)
 
 
 class FileSource(Source):

@@ -74,7 +74,7 @@ import os
 import platform
 import signal
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -104,7 +104,7 @@ from .base import Message, OutRecord, Sink, Source, error_text, open_sink, open_
 from .expr import EvaluationError, Expression
 from .metrics import PipelineMetrics, State, process_identity, status_path, write_status
 from .results import Annotation, ResultStore, WriteOutcome
-from .spec import PipelineSpec, PythonFeatures
+from .spec import PipelineSpec, PythonFeatures, StepsSpec
 
 if TYPE_CHECKING:
     from ..protocol.client import InferenceClient
@@ -305,6 +305,18 @@ class LocalModel:
             return {o.name: np.stack([p[o.name] for p in parts]) for o in self.outputs}
         parts = [
             await asyncio.to_thread(self._model.predict, {self.input.name: features[part]})
+            for part in _chunks(len(features), self._max_batch)
+        ]
+        return {o.name: np.concatenate([p[o.name] for p in parts]) for o in self.outputs}
+
+    def predict_now(self, features: npt.NDArray[Any]) -> dict[str, npt.NDArray[Any]]:
+        """:meth:`predict` in the calling thread, for callers without an event
+        loop (batch workers): no thread hand-off per chunk of ``max_batch_size``."""
+        if self._max_batch == 0:
+            parts = [self._model.predict({self.input.name: row}) for row in features]
+            return {o.name: np.stack([p[o.name] for p in parts]) for o in self.outputs}
+        parts = [
+            self._model.predict({self.input.name: features[part]})
             for part in _chunks(len(features), self._max_batch)
         ]
         return {o.name: np.concatenate([p[o.name] for p in parts]) for o in self.outputs}
@@ -531,6 +543,85 @@ def _prepare(config: _PrepareConfig, values: Sequence[bytes]) -> _PrepareResult:
     return _preparer(config)(values)
 
 
+def preparation(
+    spec: StepsSpec, inputs: Sequence[TensorSpec], output_names: Collection[str]
+) -> _PrepareConfig:
+    """How ``spec``'s records become feature vectors for models taking
+    ``inputs``, checked against them and against the filter's names."""
+    from ..datatypes import numpy_dtype
+
+    widths = {spec_.shape[-1] for spec_ in inputs if spec_.shape}
+    widths.discard(-1)
+    if len(widths) > 1:
+        raise InvalidInput(f"the models expect feature vectors of different lengths {widths}")
+    dtypes = {spec_.datatype for spec_ in inputs}
+    if len(dtypes) > 1:
+        raise InvalidInput(f"the models expect features of different datatypes {dtypes}")
+    check_filter_names(spec.filter_expression, output_names, FILTER_NAMES)
+    options: dict[str, Any] = {"max_bytes": spec.max_message_bytes}
+    if spec.codec.partition(":")[0] == "lsst":
+        options["fields"] = _projection(spec)
+    elif spec.id_field:
+        options["id_field"] = spec.id_field
+    features = spec.features
+    return _PrepareConfig(
+        codec=spec.codec,
+        codec_options=tuple(sorted(options.items())),
+        python=(
+            (str(features.file), features.function)
+            if isinstance(features, PythonFeatures)
+            else None
+        ),
+        dtype=numpy_dtype(dtypes.pop()).str,
+        width=widths.pop() if widths else None,
+        keep_alerts=spec.filter_expression is not None,
+    )
+
+
+def check_filter_names(
+    expression: Expression | None, output_names: Collection[str], names: Collection[str]
+) -> None:
+    """Refuse a filter that reads a name that is neither a model output nor one of ``names``."""
+    if expression is None:
+        return
+    known = set(names) | set(output_names)
+    unknown = expression.names - known
+    if unknown:
+        raise InvalidInput(
+            f"the filter reads {sorted(unknown)}, which are neither model outputs "
+            f"nor one of {sorted(names)}; known names: {sorted(known)}"
+        )
+
+
+def _projection(spec: StepsSpec) -> tuple[str, ...] | str | None:
+    """The Rubin fields to decode: what the features and the filter read."""
+    expression = spec.filter_expression
+    wanted = [".".join(p) for p in expression.alert_paths] if expression else []
+    if spec.fields == "all":
+        return None
+    if spec.fields is not None:
+        return (*spec.fields, *wanted)
+    if isinstance(spec.features, PythonFeatures):
+        return None  # a user function may read anything
+    if not wanted:
+        return "lightcurve"
+    from .schemas import RubinSchemas
+
+    return (*RubinSchemas().get(spec.codec).lightcurve_paths(), *wanted)
+
+
+def evaluate_filter(
+    expression: Expression | None, context: Mapping[str, Any]
+) -> tuple[bool, str | None]:
+    """Whether an annotation passes the filter, and why not if the filter failed on it."""
+    if expression is None:
+        return True, None
+    try:
+        return expression.matches(context), None
+    except EvaluationError as exc:
+        return False, str(exc)
+
+
 def _init_worker(parent: int) -> None:
     """Set up a preparing worker process of the pipeline process ``parent``.
 
@@ -724,57 +815,11 @@ class Pipeline:
 
     def _preparation(self) -> _PrepareConfig:
         """What decoding and features need to know, checked against the models."""
-        from ..datatypes import numpy_dtype
-
-        widths = {m.input.shape[-1] for m in self._models if m.input.shape}
-        widths.discard(-1)
-        if len(widths) > 1:
-            raise InvalidInput(f"the models expect feature vectors of different lengths {widths}")
-        dtypes = {m.input.datatype for m in self._models}
-        if len(dtypes) > 1:
-            raise InvalidInput(f"the models expect features of different datatypes {dtypes}")
-        if self._filter is not None:
-            known = FILTER_NAMES | {o.name for m in self._models for o in m.outputs}
-            unknown = self._filter.names - known
-            if unknown:
-                raise InvalidInput(
-                    f"the filter reads {sorted(unknown)}, which are neither model outputs "
-                    f"nor one of {sorted(FILTER_NAMES)}; known names: {sorted(known)}"
-                )
-        spec = self.spec
-        options: dict[str, Any] = {"max_bytes": spec.max_message_bytes}
-        if spec.codec.partition(":")[0] == "lsst":
-            options["fields"] = self._projection()
-        elif spec.id_field:
-            options["id_field"] = spec.id_field
-        features = spec.features
-        return _PrepareConfig(
-            codec=spec.codec,
-            codec_options=tuple(sorted(options.items())),
-            python=(
-                (str(features.file), features.function)
-                if isinstance(features, PythonFeatures)
-                else None
-            ),
-            dtype=numpy_dtype(dtypes.pop()).str,
-            width=widths.pop() if widths else None,
-            keep_alerts=self._filter is not None,
+        return preparation(
+            self.spec,
+            [m.input for m in self._models],
+            {o.name for m in self._models for o in m.outputs},
         )
-
-    def _projection(self) -> tuple[str, ...] | str | None:
-        """The Rubin fields to decode: what the features and the filter read."""
-        wanted = [".".join(p) for p in self._filter.alert_paths] if self._filter else []
-        if self.spec.fields == "all":
-            return None
-        if self.spec.fields is not None:
-            return (*self.spec.fields, *wanted)
-        if isinstance(self.spec.features, PythonFeatures):
-            return None  # a user function may read anything
-        if not wanted:
-            return "lightcurve"
-        from .schemas import RubinSchemas
-
-        return (*RubinSchemas().get(self.spec.codec).lightcurve_paths(), *wanted)
 
     async def _start_preparers(self, config: _PrepareConfig) -> None:
         """Build the preparer here, or in every worker process, before the
@@ -1049,10 +1094,7 @@ class Pipeline:
         published, filter_error = True, None
         if self._filter is not None:
             context = {**outputs, "alert": item.alert or {}, "label": label, "score": score}
-            try:
-                published = self._filter.matches(context)
-            except EvaluationError as exc:
-                published, filter_error = False, str(exc)
+            published, filter_error = evaluate_filter(self._filter, context)
         return Annotation(
             alert_id=item.alert_id,
             model=model.model,

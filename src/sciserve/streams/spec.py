@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
@@ -33,7 +33,18 @@ from .. import _yaml
 from ..errors import InvalidInput
 from .expr import Expression, parse_expression
 
-__all__ = ["RESULTS", "ModelStep", "PipelineSpec", "PythonFeatures", "load_spec", "parse_spec"]
+__all__ = [
+    "RESULTS",
+    "BatchSpec",
+    "ModelStep",
+    "PipelineSpec",
+    "PythonFeatures",
+    "StepsSpec",
+    "load_batch_spec",
+    "load_spec",
+    "parse_batch_spec",
+    "parse_spec",
+]
 
 #: The sink name that stands for the registry database's result store.
 RESULTS = "results"
@@ -89,11 +100,15 @@ class PythonFeatures(_Strict):
         return self.python.rsplit(":", 1)[1]
 
 
-class PipelineSpec(_Strict):
-    """A validated pipeline spec (see the module documentation)."""
+class StepsSpec(_Strict):
+    """What a stream pipeline and a batch job share: how records become
+    feature vectors, the models they go through and the filter.
+
+    One spec language for both executors: :class:`PipelineSpec` adds a
+    stream source and sinks, :class:`BatchSpec` an archive input.
+    """
 
     name: str
-    source: str
     codec: str = "lsst"
     #: Dotted path of the alert id for the ``ztf`` and ``json`` codecs
     #: (Rubin alerts name it by schema version).
@@ -107,19 +122,7 @@ class PipelineSpec(_Strict):
     #: Which annotations are published to topic sinks (the result store
     #: keeps all of them).
     filter: str | None = None
-    sinks: tuple[str, ...] = Field(min_length=1)
-    dead_letter: str
-    batch: int = Field(default=256, ge=1, le=100_000)
     max_message_bytes: int = Field(default=2**20, gt=0)
-    #: Processes that decode alerts and compute features in parallel; 0 does
-    #: it in the pipeline's own process.  Worth it when decoding dominates
-    #: and there are cores to spare.
-    workers: int = Field(default=0, ge=0, le=64)
-    #: How long one fetch waits to fill a batch of ``batch`` messages before
-    #: it hands on what arrived (s); also how often an idle loop looks
-    #: around (drain requests) again.  Lower it on slow streams to bound the
-    #: latency an alert gets waiting for its batch.
-    fetch_timeout: float = Field(default=1.0, gt=0, le=60)
 
     _filter: Expression | None = PrivateAttr(default=None)
 
@@ -130,23 +133,6 @@ class PipelineSpec(_Strict):
             raise ValueError(
                 f"{value!r} is not a pipeline name (lowercase letters, digits, '.', '_', '-')"
             )
-        return value
-
-    @field_validator("source", "dead_letter")
-    @classmethod
-    def _stream_url(cls, value: str) -> str:
-        if not value.startswith(_STREAM_SCHEMES):
-            raise ValueError(f"{value!r} is not a kafka://, nats:// or file:// URL")
-        return value
-
-    @field_validator("sinks")
-    @classmethod
-    def _sinks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for sink in value:
-            if sink != RESULTS and not sink.startswith(_STREAM_SCHEMES):
-                raise ValueError(f"{sink!r} is neither {RESULTS!r} nor a stream URL")
-        if len(set(value)) != len(value):
-            raise ValueError("a sink is listed twice")
         return value
 
     @field_validator("codec")
@@ -166,6 +152,41 @@ class PipelineSpec(_Strict):
         """The parsed :attr:`filter`, or ``None`` when every annotation is published."""
         return self._filter
 
+
+class PipelineSpec(StepsSpec):
+    """A validated pipeline spec (see the module documentation)."""
+
+    source: str
+    sinks: tuple[str, ...] = Field(min_length=1)
+    dead_letter: str
+    batch: int = Field(default=256, ge=1, le=100_000)
+    #: Processes that decode alerts and compute features in parallel; 0 does
+    #: it in the pipeline's own process.  Worth it when decoding dominates
+    #: and there are cores to spare.
+    workers: int = Field(default=0, ge=0, le=64)
+    #: How long one fetch waits to fill a batch of ``batch`` messages before
+    #: it hands on what arrived (s); also how often an idle loop looks
+    #: around (drain requests) again.  Lower it on slow streams to bound the
+    #: latency an alert gets waiting for its batch.
+    fetch_timeout: float = Field(default=1.0, gt=0, le=60)
+
+    @field_validator("source", "dead_letter")
+    @classmethod
+    def _stream_url(cls, value: str) -> str:
+        if not value.startswith(_STREAM_SCHEMES):
+            raise ValueError(f"{value!r} is not a kafka://, nats:// or file:// URL")
+        return value
+
+    @field_validator("sinks")
+    @classmethod
+    def _sinks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for sink in value:
+            if sink != RESULTS and not sink.startswith(_STREAM_SCHEMES):
+                raise ValueError(f"{sink!r} is neither {RESULTS!r} nor a stream URL")
+        if len(set(value)) != len(value):
+            raise ValueError("a sink is listed twice")
+        return value
+
     @property
     def writes_results(self) -> bool:
         """Whether annotations go to the registry database's result store."""
@@ -177,6 +198,69 @@ class PipelineSpec(_Strict):
         return tuple(sink for sink in self.sinks if sink != RESULTS)
 
 
+class BatchSpec(StepsSpec):
+    """A batch job: the models of a pipeline spec run over an archive.
+
+    ::
+
+        name: rescore-2024
+        input: archive/objects/          # a file, a glob or a directory
+        columns: [f1, f2, f3, f4]        # or one list column: columns: flux
+        id: objectId                     # the rows' id column
+        models:
+          - ref: examples/lc-classifier@production
+        filter: "score > 0.5"
+
+    Without ``columns`` the records are alerts (Avro stream containers,
+    JSON Lines, or Parquet with a binary ``value`` column), decoded with
+    ``codec`` and turned into feature vectors by ``features``, as a stream
+    pipeline does.
+    """
+
+    #: A file, a glob or a directory (searched recursively, so hive-style
+    #: ``key=value/`` partitions are found), local (relative to the spec's
+    #: directory) or an fsspec URL such as ``s3://bucket/archive/``.
+    input: str = Field(min_length=1)
+    #: ``parquet``, ``jsonl`` or ``avro``; by default from the file suffix.
+    format: Literal["parquet", "jsonl", "avro"] | None = None
+    #: Tabular input: the columns stacked into the model's input, or the
+    #: name of one list column holding each row's whole input.
+    columns: tuple[str, ...] | str | None = None
+    #: The id column of tabular input; without it a row's id is
+    #: ``file:row`` (its position in the archive).
+    id: str | None = None
+    #: Rows per model call.
+    batch: int = Field(default=4096, ge=1, le=1_000_000)
+    #: Options of the fsspec file system of an ``input`` URL (e.g. an S3
+    #: ``endpoint_url``); credentials are better left to the environment.
+    #: Never written to the job's output.
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    #: Also write the annotations to the registry database's result store
+    #: (alert input: it is keyed by alert id, model and version), where
+    #: ``sciserve stream results NAME`` finds them.
+    results: bool = False
+
+    def model_post_init(self, context: Any) -> None:
+        super().model_post_init(context)
+        if self.results and self.columns is not None:
+            raise ValueError(
+                "results: needs alert input (the result store is keyed by alert id); "
+                "tabular output is in the job's Parquet files"
+            )
+
+    @field_validator("columns")
+    @classmethod
+    def _columns(cls, value: tuple[str, ...] | str | None) -> tuple[str, ...] | str | None:
+        if isinstance(value, tuple):
+            if not value or not all(value):
+                raise ValueError("columns must name at least one column")
+            if len(set(value)) != len(value):
+                raise ValueError("a column is listed twice")
+        elif value == "":
+            raise ValueError("columns must name a column")
+        return value
+
+
 def parse_spec(data: object, *, base_dir: Path | None = None, source: str = "") -> PipelineSpec:
     """Validate a spec given as parsed YAML.
 
@@ -184,9 +268,28 @@ def parse_spec(data: object, *, base_dir: Path | None = None, source: str = "") 
     (the spec's directory).  Every problem raises
     :class:`~sciserve.errors.InvalidInput` naming the field.
     """
+    return _parse(PipelineSpec, data, base_dir=base_dir, source=source, what="pipeline spec")
+
+
+def parse_batch_spec(data: object, *, base_dir: Path | None = None, source: str = "") -> BatchSpec:
+    """Validate a batch job spec given as parsed YAML (see :func:`parse_spec`);
+    a relative ``input`` is taken relative to ``base_dir`` too."""
+    if isinstance(data, dict) and base_dir and isinstance(data.get("input"), str):
+        entry = data["input"]
+        if "://" not in entry and not Path(entry).is_absolute():
+            data = {**data, "input": str(base_dir / entry)}
+    return _parse(BatchSpec, data, base_dir=base_dir, source=source, what="batch spec")
+
+
+_SpecT = TypeVar("_SpecT", bound=StepsSpec)
+
+
+def _parse(
+    cls: type[_SpecT], data: object, *, base_dir: Path | None, source: str, what: str
+) -> _SpecT:
     label = f" {source}" if source else ""
     if not isinstance(data, dict):
-        raise InvalidInput(f"pipeline spec{label} must be a mapping of settings")
+        raise InvalidInput(f"{what}{label} must be a mapping of settings")
     features = data.get("features")
     if isinstance(features, dict) and isinstance(features.get("python"), str) and base_dir:
         entry = features["python"]
@@ -194,24 +297,35 @@ def parse_spec(data: object, *, base_dir: Path | None = None, source: str = "") 
         if colon and file and not Path(file).is_absolute():
             data = {**data, "features": {**features, "python": f"{base_dir / file}:{function}"}}
     try:
-        return PipelineSpec.model_validate(data)
+        return cls.model_validate(data)
     except ValidationError as exc:
         problems = "\n".join(
             f"  - {'.'.join(str(p) for p in error['loc']) or '<spec>'}: {error['msg']}"
             for error in exc.errors()
         )
-        raise InvalidInput(f"invalid pipeline spec{label}:\n{problems}") from exc
+        raise InvalidInput(f"invalid {what}{label}:\n{problems}") from exc
 
 
 def load_spec(path: str | Path) -> PipelineSpec:
     """Read and validate the pipeline spec at ``path``."""
     path = Path(path)
+    data = _read(path, "pipeline spec")
+    return parse_spec(data, base_dir=path.resolve().parent, source=str(path))
+
+
+def load_batch_spec(path: str | Path) -> BatchSpec:
+    """Read and validate the batch job spec at ``path``."""
+    path = Path(path)
+    data = _read(path, "batch spec")
+    return parse_batch_spec(data, base_dir=path.resolve().parent, source=str(path))
+
+
+def _read(path: Path, what: str) -> object:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise InvalidInput(f"cannot read pipeline spec {path}: {exc.strerror or exc}") from exc
+        raise InvalidInput(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
     try:
-        data = _yaml.load(text, what="a pipeline spec")
+        return _yaml.load(text, what=f"a {what}")
     except yaml.YAMLError as exc:
-        raise InvalidInput(f"pipeline spec {path} is not valid YAML: {exc}") from exc
-    return parse_spec(data, base_dir=path.resolve().parent, source=str(path))
+        raise InvalidInput(f"{what} {path} is not valid YAML: {exc}") from exc

@@ -1,0 +1,653 @@
+"""What a Dask worker does with one shard: read, annotate, write atomically.
+
+The steps are the stream pipeline's own: its decoding and feature step
+(:func:`sciserve.streams.pipeline._prepare`), its in-process model runner
+(:class:`~sciserve.streams.pipeline.LocalModel`), its filter and its
+dead-letter error text.  A shard's output is three files under the job's
+directory, each written under a hidden name and renamed into place:
+
+``shard-N.parquet``
+    One row per input row and model (provenance columns included).
+``shard-N.dead.jsonl``
+    One dead letter per input row that could not be annotated (and model,
+    when the model failed on it), naming the row's id and the reason.
+``shard-N.json``
+    The manifest, renamed last: rows, dead letters, a checksum of the
+    input ids and the sha256 of the two files.  A shard is finished
+    exactly when its manifest exists and agrees with the files, so a
+    worker killed at any point leaves nothing a re-run would trust.
+
+Models are loaded once per worker process, not per shard, and never
+travel through the scheduler: each worker resolves the exact version the
+job pinned from the registry it can read (``--home``), and checks its
+digest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from ..config import Settings
+from ..errors import IntegrityError
+from ..package.manifest import TensorSpec
+from ..streams.base import error_text
+from ..streams.pipeline import (
+    _SERVICE_ERRORS,
+    LocalModel,
+    RemoteModel,
+    _finite,
+    _plain,
+    _prepare,
+    _PrepareConfig,
+    evaluate_filter,
+)
+from ..streams.results import Annotation, ResultStore
+from ..streams.spec import BatchSpec
+from .shards import InputLayout, Shard, ShardRows, input_ids, read_shard, read_values
+
+__all__ = ["ModelPin", "ShardResult", "ShardTask", "ids_checksum", "run_shard", "verify_shard"]
+
+#: Columns every output row has besides the models' outputs.
+PROVENANCE = (
+    "row_id",
+    "alert_id",
+    "model",
+    "model_version",
+    "model_digest",
+    "runtime",
+    "library_versions",
+    "job_id",
+    "shard_id",
+    "label",
+    "score",
+    "selected",
+    "filter_error",
+)
+
+
+@dataclass(frozen=True)
+class ModelPin:
+    """A model of the job: the exact version resolved when the job started."""
+
+    ref: str
+    digest: str
+    #: The sciserve server that runs it (``server:`` in the spec), if not the worker.
+    server: str | None = None
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """Everything a worker needs for one shard (small and picklable)."""
+
+    job_id: str
+    spec_json: str
+    settings: Settings
+    models: tuple[ModelPin, ...]
+    shard: Shard
+    out_dir: str
+    #: Tabular input: the models' input row.
+    layout: InputLayout | None = None
+    #: Alert input: the pipeline's decoding and features configuration.
+    prepare: _PrepareConfig | None = None
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    shard: str
+    rows: int
+    outputs: int
+    dead_letters: int
+    seconds: float
+    pid: int
+
+
+def paths(out_dir: str | Path, shard: str) -> tuple[Path, Path, Path]:
+    """The output, dead-letter and manifest files of ``shard``."""
+    base = Path(out_dir)
+    return (
+        base / f"shard-{shard}.parquet",
+        base / f"shard-{shard}.dead.jsonl",
+        base / f"shard-{shard}.json",
+    )
+
+
+def ids_checksum(ids: Sequence[str]) -> str:
+    """sha256 of the sorted ids: the same for the same multiset of ids."""
+    digest = hashlib.sha256()
+    for row_id in sorted(ids):
+        digest.update(row_id.encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# -- models, once per process -----------------------------------------------------
+
+
+class Runner(Protocol):
+    """A model as a shard uses it: in the worker, or on a sciserve server."""
+
+    model: str
+    version: str
+    digest: str
+    runtime: str
+    outputs: Sequence[TensorSpec]
+    library_versions: Mapping[str, str]
+
+    def predict_now(self, features: npt.NDArray[Any]) -> dict[str, npt.NDArray[Any]]: ...
+
+
+class _Remote:
+    """The pipeline's :class:`~sciserve.streams.pipeline.RemoteModel`, called
+    from worker threads through this process's one event loop (its HTTP
+    client and connections belong to that loop)."""
+
+    def __init__(self, model: RemoteModel, loop: asyncio.AbstractEventLoop) -> None:
+        self._model = model
+        self._loop = loop
+        self.model = model.model
+        self.version = model.version
+        self.digest = model.digest
+        self.runtime = model.runtime
+        self.outputs = model.outputs
+        self.library_versions = model.library_versions
+
+    def predict_now(self, features: npt.NDArray[Any]) -> dict[str, npt.NDArray[Any]]:
+        future = asyncio.run_coroutine_threadsafe(self._model.predict(features), self._loop)
+        return future.result()
+
+
+@functools.cache
+def _event_loop() -> asyncio.AbstractEventLoop:
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, name="sciserve-batch-remote", daemon=True).start()
+    return loop
+
+
+# Models of this worker process by server and content digest.  This module
+# runs in batch worker processes only (Dask workers), never in a server:
+# the cache lives as long as the worker, holds read-only models (or
+# connections to a server), and a digest names exactly one model, so an
+# entry can never be stale.
+_MODELS: dict[tuple[str | None, str], Runner] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def _load(ref: str, settings: Settings) -> Any:
+    """``ref`` from the registry of ``settings``, which a worker only reads:
+    a worker that cannot see it says so rather than creating an empty one."""
+    from ..model import load
+    from ..registry.registry import Registry
+
+    with Registry(settings, create=False) as registry:
+        return load(ref, registry=registry)
+
+
+def _model(pin: ModelPin, settings: Settings) -> Runner:
+    with _MODELS_LOCK:
+        model = _MODELS.get((pin.server, pin.digest))
+        if model is None:
+            model = _open(pin, settings)
+            if model.digest != pin.digest:
+                where = f"server {pin.server}" if pin.server else "this worker's registry"
+                raise IntegrityError(
+                    f"{pin.ref} on {where} has digest {model.digest}, "
+                    f"not {pin.digest} as when the job started"
+                )
+            _MODELS[(pin.server, pin.digest)] = model
+        return model
+
+
+def _open(pin: ModelPin, settings: Settings) -> Runner:
+    if pin.server is None:
+        return LocalModel(_load(pin.ref, settings))
+    loop = _event_loop()
+    connecting = RemoteModel.connect(pin.ref, pin.server, settings.auth_headers())
+    return _Remote(asyncio.run_coroutine_threadsafe(connecting, loop).result(), loop)
+
+
+# The result store of each registry database, per worker process (an engine
+# and its connection pool), for jobs that write annotations there too.
+_STORES: dict[str, ResultStore] = {}
+
+
+def _store(task: ShardTask, spec: BatchSpec, table: Any) -> None:
+    """Write the shard's annotations to the result store.  Keys that are
+    stored already (a shard redone after a worker died) are skipped there."""
+    with _MODELS_LOCK:
+        store = _STORES.get(task.settings.database_url)
+        if store is None:
+            store = _STORES[task.settings.database_url] = ResultStore.open(task.settings)
+    fixed = set(_schema().names)
+    annotations = [
+        Annotation(
+            alert_id=row["alert_id"],
+            model=row["model"],
+            model_version=row["model_version"],
+            model_digest=row["model_digest"],
+            outputs={k: _finite(v) for k, v in row.items() if k not in fixed and v is not None},
+            label=row["label"],
+            score=row["score"],
+            pipeline=spec.name,
+            runtime=row["runtime"],
+            library_versions=json.loads(row["library_versions"]),
+            broker_timestamp_ms=None,
+            processed_at=datetime.fromisoformat(row["processed_at"]),
+            published=row["selected"],
+            filter_error=row["filter_error"],
+        )
+        for row in table.to_pylist()
+    ]
+    store.write_checked(annotations)
+
+
+@functools.cache
+def _spec(spec_json: str) -> BatchSpec:
+    return BatchSpec.model_validate_json(spec_json)
+
+
+# -- one shard ------------------------------------------------------------------
+
+
+def _alert_rows(spec: BatchSpec, shard: Shard, config: _PrepareConfig) -> ShardRows:
+    values = read_values(spec, shard)
+    rows = ShardRows(ids=[f"{shard.label}:{shard.first_row + i}" for i in range(len(values))])
+    prepared, _, _ = _prepare(config, values)
+    vectors = []
+    for index, item in enumerate(prepared):
+        if item.failure is not None:
+            rows.failures.append((index, *item.failure))
+            continue
+        assert item.vector is not None
+        rows.good.append(index)
+        rows.alert_ids.append(item.alert_id)
+        rows.alerts.append(item.alert)
+        vectors.append(item.vector)
+    if vectors:
+        rows.matrix = np.stack(vectors)
+    return rows
+
+
+#: Waits (s) between calls of a model step through service errors (a server
+#: restarting, rate limits): about half a minute in all, then the task fails.
+_SERVICE_WAITS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+
+
+def _patiently(model: Runner, chunk: npt.NDArray[Any]) -> dict[str, npt.NDArray[Any]]:
+    """``model``'s outputs for ``chunk``, retrying through service errors,
+    which say nothing about the rows."""
+    for wait in _SERVICE_WAITS:
+        try:
+            return model.predict_now(chunk)
+        except _SERVICE_ERRORS:
+            time.sleep(wait)
+    return model.predict_now(chunk)
+
+
+def _predict(
+    model: Runner, matrix: npt.NDArray[Any], batch: int
+) -> tuple[list[dict[str, npt.NDArray[Any]] | None], list[str]]:
+    """Outputs of each chunk of ``batch`` rows (``None`` for a chunk the model
+    failed on twice), and the reason of each failed chunk."""
+    results: list[dict[str, npt.NDArray[Any]] | None] = []
+    reasons: list[str] = []
+    for start in range(0, len(matrix), batch):
+        chunk = matrix[start : start + batch]
+        failure: Exception | None = None
+        for _ in range(2):
+            try:
+                outputs = _patiently(model, chunk)
+                for name, values in outputs.items():
+                    if len(values) != len(chunk):
+                        raise ValueError(
+                            f"output {name!r} has {len(values)} rows for {len(chunk)} inputs"
+                        )
+                results.append(outputs)
+                reasons.append("")
+                break
+            except _SERVICE_ERRORS:
+                raise  # the deployment's problem, not the rows': the task fails
+            except Exception as exc:  # any other failure is the model's on these rows
+                failure = exc
+        else:
+            assert failure is not None
+            results.append(None)
+            reasons.append(
+                f"{model.model}:{model.version} failed twice: "
+                f"{type(failure).__name__}: {error_text(failure)}"
+            )
+    return results, reasons
+
+
+def run_shard(task: ShardTask) -> ShardResult:
+    """Annotate one shard and write its output, dead letters and manifest."""
+    started = time.perf_counter()
+    spec = _spec(task.spec_json)
+    models = [_model(pin, task.settings) for pin in task.models]
+    shard = task.shard
+    if task.prepare is not None:
+        rows = _alert_rows(spec, shard, task.prepare)
+    else:
+        assert task.layout is not None
+        rows = read_shard(spec, shard, task.layout)
+    dead: list[dict[str, Any]] = [
+        _dead(task, rows, index, stage, error, reason, None)
+        for index, stage, error, reason in rows.failures
+    ]
+    tables = []
+    processed_at = datetime.now(UTC).isoformat()
+    if rows.matrix is not None:
+        for model, pin in zip(models, task.models, strict=True):
+            chunks, reasons = _predict(model, rows.matrix, spec.batch)
+            done: list[npt.NDArray[np.int64]] = []
+            parts: list[dict[str, npt.NDArray[Any]]] = []
+            for number, (outputs, reason) in enumerate(zip(chunks, reasons, strict=True)):
+                span = np.arange(
+                    number * spec.batch, min((number + 1) * spec.batch, len(rows.good))
+                )
+                if outputs is None:
+                    dead.extend(
+                        _dead(task, rows, rows.good[i], "model", "model-error", reason, pin.ref)
+                        for i in span
+                    )
+                else:
+                    done.append(span)
+                    parts.append(outputs)
+            if parts:
+                values = {o.name: np.concatenate([p[o.name] for p in parts]) for o in model.outputs}
+                tables.append(
+                    _model_table(
+                        task, spec, model, rows, np.concatenate(done), values, processed_at
+                    )
+                )
+    table = _concat(tables)
+    if spec.results and table.num_rows:
+        _store(task, spec, table)
+    _write(task, rows, table, dead)
+    return ShardResult(
+        shard.id, len(rows.ids), table.num_rows, len(dead), time.perf_counter() - started,
+        os.getpid(),
+    )  # fmt: skip
+
+
+def _dead(
+    task: ShardTask,
+    rows: ShardRows,
+    index: int,
+    stage: str,
+    error: str,
+    reason: str,
+    model: str | None,
+) -> dict[str, Any]:
+    return {
+        "row_id": rows.ids[index],
+        "job_id": task.job_id,
+        "shard_id": task.shard.id,
+        "stage": stage,
+        "error": error,
+        "reason": reason,
+        #: ``None``: the row reached no model.
+        "model": model,
+    }
+
+
+def _top_classes(
+    model: Runner, values: dict[str, npt.NDArray[Any]], count: int
+) -> tuple[list[str | None], npt.NDArray[np.float64] | None]:
+    """Per row, what :func:`~sciserve.streams.pipeline._top_class` gives a
+    single row (the largest element of the first labelled output), for all
+    rows at once; non-finite scores are NaN (null in the output)."""
+    for spec in model.outputs:
+        array = values.get(spec.name)
+        if (
+            spec.labels
+            and array is not None
+            and array.ndim == 2
+            and array.shape[1] == len(spec.labels)
+            and count
+        ):
+            index = np.argmax(array, axis=1)
+            labels = [spec.labels[i] for i in index]
+            return labels, array[np.arange(count), index].astype(np.float64)
+    return [None] * count, None
+
+
+def _column(array: npt.NDArray[Any]) -> Any:
+    """A model output as an Arrow column: scalars, or fixed-size lists per row."""
+    import pyarrow as pa
+
+    if array.ndim == 1:
+        return pa.array(array)
+    flat: Any = pa.array(np.ascontiguousarray(array).reshape(-1))
+    for size in reversed(array.shape[1:]):
+        flat = pa.FixedSizeListArray.from_arrays(flat, size)
+    return flat
+
+
+def _model_table(
+    task: ShardTask,
+    spec: BatchSpec,
+    model: Runner,
+    rows: ShardRows,
+    done: npt.NDArray[np.int64],
+    values: dict[str, npt.NDArray[Any]],
+    processed_at: str,
+) -> Any:
+    """The output rows of one model: ``done`` (positions in ``rows.good``)
+    with the model's ``values`` for them, built column by column."""
+    import pyarrow as pa
+
+    count = len(done)
+    ids = [rows.ids[rows.good[i]] for i in done]
+    labels, scores = _top_classes(model, values, count)
+    selected: list[bool] | None = None
+    errors: list[str | None] | None = None
+    expression = spec.filter_expression
+    if expression is not None:
+        selected, errors = [], []
+        for local, i in enumerate(done):
+            score = None if scores is None else float(scores[local])
+            context: dict[str, Any] = {
+                **{name: _plain(array[local]) for name, array in values.items()},
+                "label": labels[local],
+                "score": score if score is not None and np.isfinite(score) else None,
+            }
+            if task.prepare is not None:
+                context["alert"] = rows.alerts[i] or {}
+            else:
+                context["id"] = ids[local]
+            passed, error = evaluate_filter(expression, context)
+            selected.append(passed)
+            errors.append(error)
+    libraries = json.dumps(dict(model.library_versions), sort_keys=True)
+    constant = {
+        "model": model.model,
+        "model_version": model.version,
+        "model_digest": model.digest,
+        "runtime": model.runtime,
+        "library_versions": libraries,
+        "job_id": task.job_id,
+        "shard_id": task.shard.id,
+        "processed_at": processed_at,
+    }
+    columns: dict[str, Any] = {
+        "row_id": pa.array(ids, pa.string()),
+        "alert_id": pa.array(
+            [rows.alert_ids[i] for i in done] if rows.alert_ids else [None] * count, pa.int64()
+        ),
+        **{
+            name: pa.repeat(pa.scalar(value, pa.string()), count)
+            for name, value in constant.items()
+        },
+        "label": pa.array(labels, pa.string()),
+        "score": (
+            pa.nulls(count, pa.float64())
+            if scores is None
+            else pa.array(scores, mask=~np.isfinite(scores))
+        ),
+        "selected": pa.array([True] * count if selected is None else selected, pa.bool_()),
+        "filter_error": pa.array([None] * count if errors is None else errors, pa.string()),
+        **{name: _column(array) for name, array in values.items()},
+    }
+    return pa.table(columns)
+
+
+#: The output's own columns, in order, and their types.
+def _schema() -> Any:
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("row_id", pa.string()),
+            ("alert_id", pa.int64()),
+            *((name, pa.string()) for name in (
+                "model", "model_version", "model_digest", "runtime", "library_versions",
+                "job_id", "shard_id", "processed_at",
+            )),
+            ("label", pa.string()),
+            ("score", pa.float64()),
+            ("selected", pa.bool_()),
+            ("filter_error", pa.string()),
+        ]
+    )  # fmt: skip
+
+
+def _concat(tables: list[Any]) -> Any:
+    import pyarrow as pa
+
+    if not tables:
+        return _schema().empty_table()
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def _replace(tmp: Path, final: Path) -> None:
+    with tmp.open("rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, final)
+
+
+def _write(task: ShardTask, rows: ShardRows, table: Any, dead: list[dict[str, Any]]) -> None:
+    import pyarrow.parquet as pq
+
+    directory = Path(task.out_dir)
+    output, dead_path, manifest = paths(directory, task.shard.id)
+    # A unique hidden name per attempt: a retried shard never writes into
+    # the half-written file of an attempt that was killed.
+    aside = f".{uuid.uuid4().hex[:12]}.partial"
+    tmp_out = directory / f".{output.name}{aside}"
+    pq.write_table(table, tmp_out)
+    _replace(tmp_out, output)
+    tmp_dead = directory / f".{dead_path.name}{aside}"
+    tmp_dead.write_text("".join(json.dumps(d, sort_keys=True) + "\n" for d in dead))
+    _replace(tmp_dead, dead_path)
+    doc = {
+        "job_id": task.job_id,
+        "shard_id": task.shard.id,
+        "input": {
+            "file": task.shard.label,
+            "row_group": task.shard.row_group,
+            "first_row": task.shard.first_row,
+        },
+        "rows": len(rows.ids),
+        "outputs": table.num_rows,
+        "dead_letters": len(dead),
+        "ids_sha256": ids_checksum(rows.ids),
+        "models": [{"ref": pin.ref, "digest": pin.digest} for pin in task.models],
+        "files": {
+            "output": {"name": output.name, "sha256": _sha256(output)},
+            "dead_letters": {"name": dead_path.name, "sha256": _sha256(dead_path)},
+        },
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "finished_at": datetime.now(UTC).isoformat(),
+    }
+    tmp_manifest = directory / f".{manifest.name}{aside}"
+    tmp_manifest.write_text(json.dumps(doc, indent=2) + "\n")
+    _replace(tmp_manifest, manifest)
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# -- checking a shard ----------------------------------------------------------
+
+
+def finished(out_dir: str | Path, shard: Shard, job_id: str) -> bool:
+    """Whether ``shard`` has a manifest of ``job_id`` and of this input that
+    agrees with its files."""
+    output, dead_path, manifest = paths(out_dir, shard.id)
+    try:
+        doc = json.loads(manifest.read_text())
+        files = doc["files"]
+        source = doc["input"]
+        return bool(
+            doc["job_id"] == job_id
+            and (source["file"], source["row_group"]) == (shard.label, shard.row_group)
+            and _sha256(output) == files["output"]["sha256"]
+            and _sha256(dead_path) == files["dead_letters"]["sha256"]
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def verify_shard(task: ShardTask) -> list[str]:
+    """Problems of ``task``'s finished shard against its input: every input
+    id must appear exactly once per model, as an output row or a dead letter."""
+    import pyarrow.parquet as pq
+
+    shard = task.shard
+    spec = _spec(task.spec_json)
+    if not finished(task.out_dir, shard, task.job_id):
+        return [f"shard {shard.id}: no manifest agreeing with its files"]
+    output, dead_path, manifest = paths(task.out_dir, shard.id)
+    expected = sorted(input_ids(spec, shard))
+    doc = json.loads(manifest.read_text())
+    problems = []
+    if doc["rows"] != len(expected) or doc["ids_sha256"] != ids_checksum(expected):
+        problems.append(f"shard {shard.id}: the manifest's ids are not the input's")
+    table = pq.read_table(output, columns=["row_id", "model_version", "model"])
+    produced = list(
+        zip(
+            table.column("row_id").to_pylist(),
+            table.column("model").to_pylist(),
+            table.column("model_version").to_pylist(),
+            strict=True,
+        )
+    )
+    letters = [json.loads(line) for line in dead_path.read_text().splitlines() if line]
+    for pin in task.models:
+        name, _, version = pin.ref.rpartition(":")
+        ids = [row_id for row_id, m, v in produced if (m, v) == (name, version)]
+        ids += [d["row_id"] for d in letters if d["model"] in (None, pin.ref)]
+        if sorted(ids) != expected:
+            missing = len(set(expected) - set(ids))
+            problems.append(
+                f"shard {shard.id}, {pin.ref}: {len(ids)} rows out for {len(expected)} in "
+                f"({missing} ids missing)"
+            )
+    return problems
