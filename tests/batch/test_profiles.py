@@ -276,6 +276,8 @@ def test_cluster_choices_are_checked(
     assert "no cluster profile 'nope' in sciserve.toml (known: k8s, lab)" in out
     out = cli("batch", "run", job, "--cluster", "lab", "--scheduler", "tcp://127.0.0.1:1", code=2)
     assert "--scheduler and --cluster exclude each other" in out
+    out = cli("batch", "run", job, "--cluster", "lab", "--workers", "4", code=2)
+    assert "--workers sizes the local cluster only" in out
     out = cli("batch", "run", job, "--cluster", "k8s", code=8)
     assert "pip install dask-kubernetes" in out
     assert "pip install dask-kubernetes" in cli("batch", "script", "--cluster", "k8s", code=8)

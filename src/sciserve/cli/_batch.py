@@ -79,6 +79,8 @@ def run(
 
     if scheduler is not None and cluster is not None:
         raise InvalidInput("--scheduler and --cluster exclude each other: give one")
+    if workers is not None and (scheduler is not None or cluster is not None):
+        raise InvalidInput("--workers sizes the local cluster only (a profile has min/max_jobs)")
     st = state(ctx)
     if home is not None:
         st.home = str(home)
