@@ -143,6 +143,28 @@ start_timeout = 3
     _wait_until_gone(slurm, "sciserve-big")  # closing the cluster cancelled the pending job
 
 
+def test_a_job_the_site_refuses_is_reported_at_once(
+    slurm: SlurmCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home = _home(
+        tmp_path,
+        f"""
+[clusters.typo]
+kind = "slurm"
+queue = "no-such-partition"
+memory = "256MiB"
+python = "{sys.executable}"
+""",
+    )
+    archive(tmp_path / "archive")
+    started = time.monotonic()
+    out = Cli(home, capsys)("batch", "run", str(spec(tmp_path)), "--cluster", "typo", code=7)
+    assert time.monotonic() - started < 30  # not the 300 s start_timeout
+    assert "cluster 'typo': the slurm scheduler refused the job: " in out
+    assert "Invalid partition name specified" in out
+    assert not (home / "batch").exists()
+
+
 def _fields(description: str) -> dict[str, str]:
     """The ``key = value`` lines of an HTCondor submit description."""
     fields = {}

@@ -204,6 +204,35 @@ def _cluster(name: str, profile: ClusterProfile, settings: Settings) -> Any:
     )
 
 
+def _submit_first_jobs(name: str, cluster: Any, profile: ClusterProfile) -> None:
+    """Submit the first ``min_jobs`` jobs now, so that a submission the site
+    refuses (a wrong partition, account or directive) is reported at once
+    with the scheduler's own words, rather than as workers that never come."""
+    # Adding the jobs to the spec and bringing the cluster to it in one call
+    # (``scale`` alone would submit in the background and only log a failure).
+    cluster.worker_spec.update(
+        {
+            cluster._new_worker_name(i): cluster.new_spec
+            for i in range(len(cluster.worker_spec), profile.min_jobs)
+        }
+    )
+    try:
+        cluster.sync(cluster._correct_state)
+    except RuntimeError as exc:
+        # Jobs never submitted have nothing to cancel (and would stop the
+        # cluster from closing); the others are cancelled when it closes.
+        for key, job in list(cluster.workers.items()):
+            if getattr(job, "job_id", None) is None:
+                job.status = _distributed().core.Status.failed
+                del cluster.workers[key]
+                cluster.worker_spec.pop(key, None)
+        said = [line for line in str(exc).splitlines() if "error" in line.lower()]
+        raise Unavailable(
+            f"cluster {name!r}: the {profile.kind} scheduler refused the job: "
+            + ("; ".join(said) or str(exc))
+        ) from None
+
+
 @contextlib.contextmanager
 def cluster_client(name: str, profile: ClusterProfile, settings: Settings) -> Iterator[Any]:
     """A ``distributed.Client`` of a cluster built from ``profile``: jobs
@@ -217,6 +246,7 @@ def cluster_client(name: str, profile: ClusterProfile, settings: Settings) -> It
         if profile.kind == "kubernetes":
             cluster.adapt(minimum=profile.min_jobs, maximum=profile.max_jobs)
         else:
+            _submit_first_jobs(name, cluster, profile)
             cluster.adapt(minimum_jobs=profile.min_jobs, maximum_jobs=profile.max_jobs)
         with distributed.Client(cluster) as client:
             wanted = profile.min_jobs * profile.processes
