@@ -269,6 +269,10 @@ class ClusterProfile(BaseModel):
     log_directory: str | None = None
     #: Kubernetes namespace of the pods.
     namespace: str | None = None
+    #: Whether the job's tasks carry the submitter's token to the workers
+    #: (over the Dask connection, never in a job script); ``false``: workers
+    #: use the ``SCISERVE_TOKEN`` their site sets in their own environment.
+    send_token: bool = True
 
     @field_validator("worker_env")
     @classmethod
@@ -330,6 +334,15 @@ class Settings(BaseModel):
         if self.token is None:
             return {}
         return {"Authorization": f"Bearer {self.token.get_secret_value()}"}
+
+    def worker_auth_headers(self, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The ``Authorization`` header of a batch worker: the job's token, or,
+        when the job sent none, the ``SCISERVE_TOKEN`` of the worker's own
+        environment (set by the site where the worker runs)."""
+        if self.token is not None:
+            return self.auth_headers()
+        raw = (os.environ if environ is None else environ).get(_ENV_PREFIX + "TOKEN")
+        return {"Authorization": f"Bearer {raw}"} if raw else {}
 
     @property
     def package_cache(self) -> Path:

@@ -79,8 +79,14 @@ def _wait_until_gone(slurm: SlurmCluster, name: str) -> None:
 
 
 def test_a_job_with_a_slurm_profile_runs_on_slurm_jobs(
-    slurm: SlurmCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    slurm: SlurmCluster,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # The site's token, in the environment Slurm gives the jobs (sbatch's
+    # --export=ALL), never in the job script.
+    monkeypatch.setenv("SCISERVE_TOKEN", "site-token")
     home = _home(tmp_path, _slurm_profile(slurm, tmp_path / "logs"))
     good = archive(tmp_path / "archive")
     settings = Settings.load(home, environ={})
@@ -91,18 +97,21 @@ def test_a_job_with_a_slurm_profile_runs_on_slurm_jobs(
     )
     job.plan()
     with cluster_client("lab", settings.cluster("lab"), settings) as client:
+        assert "site-token" not in client.cluster.job_script()
 
-        def where() -> tuple[str | None, str | None, str | None]:
+        def where() -> tuple[str | None, str | None, str | None, dict[str, str]]:
             return (
                 os.environ.get("SLURM_JOB_ID"),
                 os.environ.get("SCISERVE_HOME"),
                 os.environ.get("SCISERVE_TEST_MARK"),
+                settings.worker_auth_headers(),  # a job sent without a token
             )
 
         placed = client.run(where)
-        job_ids = {job_id for job_id, _, _ in placed.values()}
+        job_ids = {job_id for job_id, *_ in placed.values()}
         assert len(placed) == 2 and len(job_ids) == 2 and None not in job_ids
-        assert {(h, m) for _, h, m in placed.values()} == {(str(home), "from the profile")}
+        assert {(h, m) for _, h, m, _ in placed.values()} == {(str(home), "from the profile")}
+        assert [a for *_, a in placed.values()] == [{"Authorization": "Bearer site-token"}] * 2
         queue = slurm.jobs()
         assert {i: queue[i] for i in job_ids} == {i: ("sciserve-lab", "RUNNING") for i in job_ids}
         report = job.run(client)
@@ -306,10 +315,19 @@ def test_cluster_choices_are_checked(
     assert not (home / "batch").exists()
 
 
+def test_workers_use_the_jobs_token_or_their_sites(tmp_path: Path) -> None:
+    site = {"SCISERVE_TOKEN": "site-token"}
+    sent = Settings.load(tmp_path, environ={}, token="job-token")
+    assert sent.worker_auth_headers(site) == {"Authorization": "Bearer job-token"}
+    unsent = sent.model_copy(update={"token": None})
+    assert unsent.worker_auth_headers(site) == {"Authorization": "Bearer site-token"}
+    assert unsent.worker_auth_headers({}) == {}
+
+
 def test_profiles_are_typed_settings(tmp_path: Path) -> None:
     (tmp_path / "sciserve.toml").write_text(
         '[clusters.lab]\nkind = "slurm"\nqueue = "cpu"\nmax_jobs = 8\n'
     )
     p: Any = Settings.load(tmp_path, environ={}).cluster("lab")
     assert (p.kind, p.queue, p.min_jobs, p.max_jobs) == ("slurm", "cpu", 1, 8)
-    assert p.scheduler_host == "127.0.0.1" and p.python is None
+    assert p.scheduler_host == "127.0.0.1" and p.python is None and p.send_token is True

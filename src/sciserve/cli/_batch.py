@@ -88,6 +88,10 @@ def run(
     profile = settings.cluster(cluster) if cluster is not None else None
     job = BatchJob(load_batch_spec(spec), settings, out or settings.home / "batch", job_id=job_id)
     job.plan()  # every check before a cluster starts
+    if profile is not None and not profile.send_token:
+        # Planned with the token (models pinned on servers); the tasks go
+        # without it, and workers use the one their site sets.
+        job.settings = settings.model_copy(update={"token": None})
     executor = (
         cluster_client(cluster, profile, settings)
         if cluster is not None and profile is not None
