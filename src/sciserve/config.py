@@ -30,9 +30,17 @@ from pydantic import (
     model_validator,
 )
 
-from .errors import ConfigError
+from .errors import ConfigError, InvalidInput
 
-__all__ = ["AccessConfig", "IssuerConfig", "Limits", "RateLimit", "ServingConfig", "Settings"]
+__all__ = [
+    "AccessConfig",
+    "ClusterProfile",
+    "IssuerConfig",
+    "Limits",
+    "RateLimit",
+    "ServingConfig",
+    "Settings",
+]
 
 _ENV_PREFIX = "SCISERVE_"
 
@@ -215,6 +223,78 @@ class AccessConfig(BaseModel):
     issuers: tuple[IssuerConfig, ...] = ()
 
 
+class ClusterProfile(BaseModel):
+    """A batch cluster (``[clusters.NAME]`` in ``sciserve.toml``): where Dask
+    workers run as jobs of a site's scheduler (dask-jobqueue) or as
+    Kubernetes pods (dask-kubernetes), and what they need there.
+
+    Tokens are not set here: a job script is written to disk in clear, so the
+    site sets ``SCISERVE_TOKEN`` in the workers' environment if they need one.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["slurm", "htcondor", "pbs", "kubernetes"]
+    #: The Python of the workers (a venv's ``bin/python`` on a shared file
+    #: system); default the interpreter running sciserve, or ``python3`` in ``image``.
+    python: str | None = None
+    #: A container image for the workers (HTCondor's container universe, Kubernetes pods).
+    image: str | None = None
+    #: Cores, memory and worker processes of each job.
+    cores: int = Field(default=1, gt=0)
+    memory: str = "2GiB"
+    processes: int = Field(default=1, gt=0)
+    #: Local disk of each job (HTCondor only).
+    disk: str | None = None
+    walltime: str | None = None
+    #: The partition (Slurm) or queue (PBS).
+    queue: str | None = None
+    account: str | None = None
+    #: Site directives added to the job script as they are (``--constraint=el9``,
+    #: ``-l place=scatter``; for HTCondor ``key = value`` lines).
+    job_extra_directives: tuple[str, ...] = ()
+    #: Shell lines run before the worker starts (``module load …``).
+    prologue: tuple[str, ...] = ()
+    #: Environment of the workers (e.g. ``SCISERVE_URL``); exported by the job script.
+    worker_env: dict[str, str] = {}
+    #: Adaptive scaling: jobs kept at least / at most; the job waits for ``min_jobs``.
+    min_jobs: int = Field(default=1, ge=1)
+    max_jobs: int = Field(default=1, ge=1)
+    #: How long to wait for the first ``min_jobs`` jobs' workers to join (s).
+    start_timeout: float = Field(default=300.0, gt=0)
+    #: Address the scheduler listens on: the loopback interface unless set
+    #: (workers on other nodes need the submit host's address on their network).
+    scheduler_host: str = "127.0.0.1"
+    #: Where the jobs' stdout and stderr go (default: the scheduler's own default).
+    log_directory: str | None = None
+    #: Kubernetes namespace of the pods.
+    namespace: str | None = None
+    #: Whether the job's tasks carry the submitter's token to the workers
+    #: (over the Dask connection, never in a job script); ``false``: workers
+    #: use the ``SCISERVE_TOKEN`` their site sets in their own environment.
+    send_token: bool = True
+
+    @field_validator("worker_env")
+    @classmethod
+    def _no_token_in_scripts(cls, value: dict[str, str]) -> dict[str, str]:
+        if "SCISERVE_TOKEN" in value:
+            raise ValueError(
+                "SCISERVE_TOKEN would be written in clear into job scripts: "
+                "set it in the workers' environment at the site instead"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ClusterProfile:
+        if self.max_jobs < self.min_jobs:
+            raise ValueError(f"max_jobs ({self.max_jobs}) is below min_jobs ({self.min_jobs})")
+        if self.kind == "kubernetes" and self.image is None:
+            raise ValueError("a kubernetes profile needs an image")
+        if self.image is not None and self.kind in ("slurm", "pbs"):
+            raise ValueError(f"image is for htcondor and kubernetes profiles, not {self.kind}")
+        return self
+
+
 class Settings(BaseModel):
     """Everything sciserve needs to know about where it keeps state."""
 
@@ -236,12 +316,33 @@ class Settings(BaseModel):
     cache_dir: Path | None = None
     limits: Limits = Limits()
     access: AccessConfig = AccessConfig()
+    #: Named batch clusters (``sciserve batch run --cluster NAME``).
+    clusters: dict[str, ClusterProfile] = {}
+
+    def cluster(self, name: str) -> ClusterProfile:
+        """The cluster profile ``name``; an unknown name lists the known ones."""
+        try:
+            return self.clusters[name]
+        except KeyError:
+            known = ", ".join(sorted(self.clusters)) or "none"
+            raise InvalidInput(
+                f"no cluster profile {name!r} in sciserve.toml (known: {known})"
+            ) from None
 
     def auth_headers(self) -> dict[str, str]:
         """The ``Authorization`` header for remote servers, if a token is set."""
         if self.token is None:
             return {}
         return {"Authorization": f"Bearer {self.token.get_secret_value()}"}
+
+    def worker_auth_headers(self, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The ``Authorization`` header of a batch worker: the job's token, or,
+        when the job sent none, the ``SCISERVE_TOKEN`` of the worker's own
+        environment (set by the site where the worker runs)."""
+        if self.token is not None:
+            return self.auth_headers()
+        raw = (os.environ if environ is None else environ).get(_ENV_PREFIX + "TOKEN")
+        return {"Authorization": f"Bearer {raw}"} if raw else {}
 
     @property
     def package_cache(self) -> Path:
@@ -288,7 +389,25 @@ class Settings(BaseModel):
         try:
             return cls.model_validate(values)
         except ValidationError as exc:
+            profiles = [e for e in exc.errors() if e["loc"][:1] == ("clusters",)]
+            if profiles:
+                # A mistake in a cluster profile is the user's, and is named
+                # precisely (the values are left out: worker_env may be private).
+                raise InvalidInput(
+                    "invalid cluster profile in sciserve.toml: "
+                    + "; ".join(_profile_error(e) for e in profiles)
+                ) from None
             raise ConfigError(f"invalid settings: {exc}") from exc
+
+
+def _profile_error(error: Any) -> str:
+    loc = [str(part) for part in error["loc"][1:]]
+    where = f"[clusters.{loc[0]}]" if loc else "[clusters]"
+    key = ".".join(loc[1:])
+    if error["type"] == "extra_forbidden":
+        return f"{where} has an unknown key {key!r}"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{where} {key}: {message}" if key else f"{where} {message}"
 
 
 def _read_file(path: Path) -> dict[str, Any]:

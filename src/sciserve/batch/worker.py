@@ -225,7 +225,7 @@ def _open(pin: ModelPin, settings: Settings) -> Runner:
     if pin.server is None:
         return LocalModel(_load(pin.ref, settings))
     loop = _event_loop()
-    connecting = RemoteModel.connect(pin.ref, pin.server, settings.auth_headers())
+    connecting = RemoteModel.connect(pin.ref, pin.server, settings.worker_auth_headers())
     return _Remote(asyncio.run_coroutine_threadsafe(connecting, loop).result(), loop)
 
 

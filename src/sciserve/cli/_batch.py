@@ -27,6 +27,7 @@ def register(app: typer.Typer) -> None:
         no_args_is_help=True,
     )
     batch.command("run")(run)
+    batch.command("script")(script)
     app.add_typer(batch, name="batch")
 
 
@@ -36,6 +37,13 @@ def run(
     scheduler: Annotated[
         str | None,
         typer.Option(help="Run on an existing Dask cluster: its scheduler, tcp://HOST:PORT."),
+    ] = None,
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            help="Run on workers started as jobs of a cluster profile ([clusters.NAME] "
+            "in sciserve.toml): Slurm, HTCondor, PBS or Kubernetes."
+        ),
     ] = None,
     workers: Annotated[
         int | None,
@@ -61,21 +69,36 @@ def run(
     """Run a batch job: every input row gives one output row per model, or a
     dead letter; re-running the same job redoes only unfinished shards.
 
-    Workers load the models from the registry (--home): with --scheduler,
-    every worker must be able to read it (e.g. a shared file system).
+    Workers load the models from the registry (--home): with --scheduler or
+    --cluster, every worker must be able to read it (e.g. a shared file system).
     """
-    from ..batch.executor import dask_client
+    from ..batch.executor import cluster_client, dask_client
     from ..batch.job import BatchJob
+    from ..errors import InvalidInput
     from ..streams.spec import load_batch_spec
 
+    if scheduler is not None and cluster is not None:
+        raise InvalidInput("--scheduler and --cluster exclude each other: give one")
+    if workers is not None and (scheduler is not None or cluster is not None):
+        raise InvalidInput("--workers sizes the local cluster only (a profile has min/max_jobs)")
     st = state(ctx)
     if home is not None:
         st.home = str(home)
     settings = st.settings
+    profile = settings.cluster(cluster) if cluster is not None else None
     job = BatchJob(load_batch_spec(spec), settings, out or settings.home / "batch", job_id=job_id)
     job.plan()  # every check before a cluster starts
+    if profile is not None and not profile.send_token:
+        # Planned with the token (models pinned on servers); the tasks go
+        # without it, and workers use the one their site sets.
+        job.settings = settings.model_copy(update={"token": None})
+    executor = (
+        cluster_client(cluster, profile, settings)
+        if cluster is not None and profile is not None
+        else dask_client(scheduler, workers or os.cpu_count() or 1)
+    )
     with (
-        dask_client(scheduler, workers or os.cpu_count() or 1) as client,
+        executor as client,
         _progress(st, len(job.pending())) as on_shard,
     ):
         report = job.run(client, on_shard)
@@ -89,6 +112,23 @@ def run(
             f"once\noutput: {report.out_dir}"
         ),
     )
+
+
+def script(
+    ctx: typer.Context,
+    cluster: Annotated[
+        str, typer.Option(help="The cluster profile ([clusters.NAME] in sciserve.toml).")
+    ],
+) -> None:
+    """Print the job script a cluster profile submits for each of its jobs
+    (Slurm or PBS script, HTCondor submit description, Kubernetes resource),
+    to check with the site before a run.  The scheduler's port in it is the
+    default one; a run picks a free port."""
+    from ..batch.executor import job_script
+
+    settings = state(ctx).settings
+    text = job_script(cluster, settings.cluster(cluster), settings)
+    typer.echo(text, nl=not text.endswith("\n"))
 
 
 @contextmanager
