@@ -89,6 +89,19 @@ PROVENANCE = (
 )
 
 
+#: Provenance columns with one value per shard and model, dictionary-encoded.
+PER_SHARD = (
+    "model",
+    "model_version",
+    "model_digest",
+    "runtime",
+    "library_versions",
+    "job_id",
+    "shard_id",
+    "processed_at",
+)
+
+
 @dataclass(frozen=True)
 class ModelPin:
     """A model of the job: the exact version resolved when the job started."""
@@ -531,8 +544,12 @@ def _model_table(
             if rows.alert_ids
             else pa.nulls(count, pa.int64())
         ),
+        # One value per shard and model: dictionary-encoded, each row an
+        # index into a dictionary of that one value (no copy of it per row).
         **{
-            name: pa.repeat(pa.scalar(value, pa.string()), count)
+            name: pa.DictionaryArray.from_arrays(
+                pa.array(np.zeros(count, dtype=np.int32)), pa.array([value], pa.string())
+            )
             for name, value in constant.items()
         },
         "label": labels,
@@ -562,10 +579,7 @@ def _schema() -> Any:
         [
             ("row_id", pa.string()),
             ("alert_id", pa.int64()),
-            *((name, pa.string()) for name in (
-                "model", "model_version", "model_digest", "runtime", "library_versions",
-                "job_id", "shard_id", "processed_at",
-            )),
+            *((name, pa.dictionary(pa.int32(), pa.string())) for name in PER_SHARD),
             ("label", pa.string()),
             ("score", pa.float64()),
             ("selected", pa.bool_()),
