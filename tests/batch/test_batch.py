@@ -853,3 +853,23 @@ def test_the_final_check_catches_an_output_with_a_changed_id_and_accepts_another
     replace(original.set_column(0, "row_id", pa.array(ids, pa.string())))
     with pytest.raises(IntegrityError, match=r"shard 00001, default/linear:1\.0\.0: 25 rows out"):
         job.run(client)
+
+
+def test_a_shard_written_under_another_manifest_format_is_redone(
+    tmp_path: Path, lab: tuple[Settings, Path], client: Any
+) -> None:
+    _archive(tmp_path / "archive")
+    spec = parse_batch_spec(yaml.safe_load(_spec(tmp_path).read_text()), base_dir=tmp_path)
+    job = BatchJob(spec, lab[0], tmp_path / "out")
+    job.plan()
+    first = job.run(client)
+    assert first.verified
+    # A manifest of the first version (no "format", ids checksummed otherwise).
+    manifest = job.out_dir / "shard-00001.json"
+    doc = json.loads(manifest.read_text())
+    del doc["format"]
+    doc["ids_sha256"] = "0" * 64
+    manifest.write_text(json.dumps(doc))
+    report = job.run(client)
+    assert report.ran == ["00001"] and report.verified and report.outputs == first.outputs
+    assert json.loads(manifest.read_text())["format"] == 2

@@ -138,6 +138,12 @@ class ShardResult:
     pid: int
 
 
+#: The version of the shard manifest and of what it describes (the ids
+#: checksum, the output's columns).  A shard written under another version
+#: is not finished: a re-run redoes it rather than mixing formats.
+MANIFEST_FORMAT = 2
+
+
 def paths(out_dir: str | Path, shard: str) -> tuple[Path, Path, Path]:
     """The output, dead-letter and manifest files of ``shard``."""
     base = Path(out_dir)
@@ -631,6 +637,7 @@ def _write(task: ShardTask, rows: ShardRows, table: Any, dead: list[dict[str, An
     tmp_dead.write_text("".join(json.dumps(d, sort_keys=True) + "\n" for d in dead))
     _replace(tmp_dead, dead_path)
     doc = {
+        "format": MANIFEST_FORMAT,
         "job_id": task.job_id,
         "shard_id": task.shard.id,
         "input": {
@@ -673,7 +680,8 @@ def finished(out_dir: str | Path, shard: Shard, job_id: str) -> bool:
         files = doc["files"]
         source = doc["input"]
         return bool(
-            doc["job_id"] == job_id
+            doc.get("format") == MANIFEST_FORMAT
+            and doc["job_id"] == job_id
             and (source["file"], source["row_group"]) == (shard.label, shard.row_group)
             and _sha256(output) == files["output"]["sha256"]
             and _sha256(dead_path) == files["dead_letters"]["sha256"]
