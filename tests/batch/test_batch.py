@@ -713,3 +713,93 @@ def test_service_errors_are_waited_out_and_then_fail_the_shard(
     assert reasons == [""] and outputs[0] is not None and len(outputs[0]["y"]) == 3
     with pytest.raises(Unavailable, match="restarting"):
         worker._predict(Restarting(failures=3), np.ones((3, 4)), 10)
+
+
+def test_the_ids_checksum_changes_with_any_lost_added_changed_or_moved_id() -> None:
+    from sciserve.batch.worker import ids_checksum
+
+    ids = ["a", "bc", "d", "17"]
+    base = ids_checksum(pa.array(ids))
+    assert base == ids_checksum(ids) == ids_checksum(pa.chunked_array([ids[:1], ids[1:]]))
+    assert base == ids_checksum(pa.array(["x", *ids]).slice(1))  # an array with an offset
+    for other in (
+        ids[:-1],  # lost
+        [*ids, "17"],  # duplicated
+        ["a", "bd", "d", "17"],  # changed
+        ["ab", "c", "d", "17"],  # the same bytes, cut elsewhere
+        ["bc", "a", "d", "17"],  # moved
+        [],
+    ):
+        assert ids_checksum(other) != base, other
+    assert ids_checksum([]) == ids_checksum(pa.array([], pa.string()))
+    with pytest.raises(ValueError, match="null"):
+        ids_checksum(pa.array(["a", None]))
+
+
+def test_row_ids_of_an_id_column_are_its_text_or_the_row_position() -> None:
+    from sciserve.batch.shards import Shard, _id_array
+
+    shard = Shard("00000", "x.parquet", "part/x.parquet", "parquet", 0, first_row=10, rows=4)
+    ints = pa.chunked_array([[5, None], [-7, 2**62]])
+    assert _id_array(shard, ints).to_pylist() == ["5", "part/x.parquet:11", "-7", str(2**62)]
+    texts = pa.array(["", "b", None, "d"])
+    assert _id_array(shard, texts).to_pylist() == [
+        "part/x.parquet:10", "b", "part/x.parquet:12", "d",
+    ]  # fmt: skip
+    floats = pa.array([1.0, 2.5, None, 4.0])  # value by value, as str() writes them
+    assert _id_array(shard, floats).to_pylist() == ["1.0", "2.5", "part/x.parquet:12", "4.0"]
+
+
+def test_the_final_check_catches_an_output_with_a_changed_id_and_accepts_another_order(
+    tmp_path: Path, lab: tuple[Settings, Path], client: Any
+) -> None:
+    import hashlib
+
+    import pyarrow.compute as pc
+
+    from sciserve.errors import IntegrityError
+
+    _archive(tmp_path / "archive")
+    spec = parse_batch_spec(yaml.safe_load(_spec(tmp_path).read_text()), base_dir=tmp_path)
+    job = BatchJob(spec, lab[0], tmp_path / "out")
+    job.plan()
+    assert job.run(client).verified
+    output = job.out_dir / "shard-00001.parquet"
+    manifest = job.out_dir / "shard-00001.json"
+    original = pq.read_table(output)
+
+    def replace(table: pa.Table) -> None:
+        pq.write_table(table, output)
+        doc = json.loads(manifest.read_text())
+        doc["files"]["output"]["sha256"] = hashlib.sha256(output.read_bytes()).hexdigest()
+        manifest.write_text(json.dumps(doc))
+
+    # Rows in another order: still every id once.
+    replace(original.take(pc.sort_indices(original, sort_keys=[("row_id", "descending")])))
+    assert job.run(client).verified
+    # One id changed, the count kept.
+    ids = original.column("row_id").to_pylist()
+    ids[3] = "not-an-input-id"
+    replace(original.set_column(0, "row_id", pa.array(ids, pa.string())))
+    with pytest.raises(IntegrityError, match=r"shard 00001, default/linear:1\.0\.0: 25 rows out"):
+        job.run(client)
+
+
+def test_a_shard_written_under_another_manifest_format_is_redone(
+    tmp_path: Path, lab: tuple[Settings, Path], client: Any
+) -> None:
+    _archive(tmp_path / "archive")
+    spec = parse_batch_spec(yaml.safe_load(_spec(tmp_path).read_text()), base_dir=tmp_path)
+    job = BatchJob(spec, lab[0], tmp_path / "out")
+    job.plan()
+    first = job.run(client)
+    assert first.verified
+    # A manifest of the first version (no "format", ids checksummed otherwise).
+    manifest = job.out_dir / "shard-00001.json"
+    doc = json.loads(manifest.read_text())
+    del doc["format"]
+    doc["ids_sha256"] = "0" * 64
+    manifest.write_text(json.dumps(doc))
+    report = job.run(client)
+    assert report.ran == ["00001"] and report.verified and report.outputs == first.outputs
+    assert json.loads(manifest.read_text())["format"] == 2

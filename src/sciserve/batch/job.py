@@ -203,11 +203,27 @@ class BatchJob:
                 report.skipped.append(shard.id)
             else:
                 todo.append(shard)
-        self._run_shards(client, todo, report, on_shard)
+        nonce = os.urandom(4).hex()
+        # Each shard is verified once its output is final: a finished one
+        # now, a computed one as soon as its task returns (while others
+        # still run, rather than in a second round after the last).
+        checks = {
+            s.id: self._check(client, s, nonce) for s in self.shards if s.id in report.skipped
+        }
+        try:
+            self._run_shards(client, todo, report, on_shard, checks, nonce)
+        except BaseException:
+            client.cancel(list(checks.values()))
+            raise
         self._clean_partials()
-        self._verify(client, report)
+        self._verify(client, report, checks)
         report.seconds = time.perf_counter() - started
         return report
+
+    def _check(self, client: Any, shard: Shard, nonce: str) -> Any:
+        return client.submit(
+            verify_shard, self._task(shard), key=f"{self.job_id}-{shard.id}-verify-{nonce}"
+        )
 
     def _run_shards(
         self,
@@ -215,10 +231,12 @@ class BatchJob:
         todo: list[Shard],
         report: JobReport,
         on_shard: Callable[[ShardResult], None] | None,
+        checks: dict[str, Any],
+        nonce: str,
     ) -> None:
         from distributed import as_completed
 
-        nonce = os.urandom(4).hex()
+        shards = {s.id: s for s in todo}
         futures = [
             client.submit(run_shard, self._task(s), key=f"{self.job_id}-{s.id}-{nonce}")
             for s in todo
@@ -226,6 +244,7 @@ class BatchJob:
         try:
             for future in as_completed(futures):  # type: ignore[no-untyped-call]
                 result = self._result(future)
+                checks[result.shard] = self._check(client, shards[result.shard], nonce)
                 report.ran.append(result.shard)
                 if on_shard is not None:
                     on_shard(result)
@@ -244,9 +263,9 @@ class BatchJob:
             raise Unavailable(f"shard {future.key} failed: {type(exc).__name__}: {exc}") from exc
         return result
 
-    def _verify(self, client: Any, report: JobReport) -> None:
-        tasks = [self._task(s) for s in self.shards]
-        problems = [p for found in client.gather(client.map(verify_shard, tasks)) for p in found]
+    def _verify(self, client: Any, report: JobReport, checks: dict[str, Any]) -> None:
+        found = client.gather([checks[s.id] for s in self.shards])
+        problems = [p for shard_problems in found for p in shard_problems]
         if problems:
             raise IntegrityError(
                 f"job {self.job_id}: the output does not match the input:\n  "

@@ -39,6 +39,7 @@ __all__ = [
     "find_inputs",
     "input_ids",
     "plan",
+    "position_ids",
     "read_shard",
     "read_values",
 ]
@@ -79,7 +80,8 @@ class ShardRows:
     """A shard read and converted: ids of all rows, and the model input of
     the rows that converted."""
 
-    ids: list[str]
+    #: The row ids, in input order: an Arrow string array.
+    ids: Any
     #: Indices (into ``ids``) of the rows that became model input, in order.
     good: list[int] = field(default_factory=list)
     matrix: npt.NDArray[Any] | None = None
@@ -89,6 +91,14 @@ class ShardRows:
     alerts: list[dict[str, Any] | None] = field(default_factory=list)
     #: ``(row index, stage, error, reason)`` of the rows that did not.
     failures: list[tuple[int, str, str, str]] = field(default_factory=list)
+    _id_list: list[str] | None = field(default=None, repr=False)
+
+    def row_id(self, index: int) -> str:
+        """The id of row ``index`` (for dead letters: the ids as Python
+        strings are made once, and only for shards that have some)."""
+        if self._id_list is None:
+            self._id_list = self.ids.to_pylist()
+        return self._id_list[index]
 
 
 def _pyarrow() -> tuple[Any, Any]:
@@ -429,27 +439,53 @@ def _check_avro(spec: BatchSpec, path: str, label: str) -> None:
 # -- reading a shard ------------------------------------------------------------
 
 
-def _position_ids(shard: Shard, count: int) -> list[str]:
-    return [f"{shard.label}:{shard.first_row + i}" for i in range(count)]
+def position_ids(shard: Shard, count: int) -> Any:
+    """``file:row`` of the shard's ``count`` rows, as an Arrow string array."""
+    pa, _ = _pyarrow()
+    import pyarrow.compute as pc
+
+    rows = pa.array(np.arange(shard.first_row, shard.first_row + count, dtype=np.int64))
+    return pc.binary_join_element_wise(pa.scalar(f"{shard.label}:"), pc.cast(rows, pa.string()), "")
 
 
 def _id_text(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def input_ids(spec: BatchSpec, shard: Shard) -> list[str]:
-    """The ids of every row of ``shard``, in order (reading as little as possible)."""
+def _id_array(shard: Shard, column: Any) -> Any:
+    """The row ids of an id column: its values as text, ``file:row`` where
+    a value is null or empty.  Integer and text columns are converted by
+    Arrow at once (the same text as ``str()`` of each value); other types
+    value by value."""
+    pa, _ = _pyarrow()
+    import pyarrow.compute as pc
+
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    kind = column.type
+    if pa.types.is_integer(kind) or pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        ids = pc.cast(column, pa.string())
+    else:
+        ids = pa.array([_id_text(v) for v in column.to_pylist()], pa.string())
+    empty = pc.equal(pc.binary_length(ids), 0)
+    if ids.null_count or pc.any(empty).as_py():
+        ids = pc.if_else(pc.fill_null(empty, True), position_ids(shard, len(ids)), ids)
+    return ids
+
+
+def input_ids(spec: BatchSpec, shard: Shard) -> Any:
+    """The ids of every row of ``shard``, in order, as an Arrow string array
+    (reading as little as possible)."""
+    pa, _ = _pyarrow()
     if shard.format == "parquet":
         if spec.columns is not None and spec.id:
             with _parquet(spec, shard.path) as parquet:
                 table = parquet.read_row_group(shard.row_group, columns=[spec.id])
-            ids = [_id_text(v) for v in table.column(0).to_pylist()]
-            return [v or p for v, p in zip(ids, _position_ids(shard, len(ids)), strict=True)]
+            return _id_array(shard, table.column(0))
         if shard.rows is not None:
-            return _position_ids(shard, shard.rows)
+            return position_ids(shard, shard.rows)
     if spec.columns is not None and spec.id:
-        return [row_id for row_id, _ in _jsonl_records(spec, shard)]
-    return _position_ids(shard, len(read_values(spec, shard)))
+        return pa.array([row_id for row_id, _ in _jsonl_records(spec, shard)], pa.string())
+    return position_ids(shard, len(read_values(spec, shard)))
 
 
 def _jsonl_records(spec: BatchSpec, shard: Shard) -> list[tuple[str, Any]]:
@@ -478,10 +514,11 @@ def read_shard(spec: BatchSpec, shard: Shard, layout: InputLayout) -> ShardRows:
     """The rows of a tabular shard (``spec.columns``) as model input."""
     if shard.format == "parquet":
         return _parquet_rows(spec, shard, layout)
-    rows = ShardRows(ids=[])
+    pa, _ = _pyarrow()
+    records = _jsonl_records(spec, shard)
+    rows = ShardRows(ids=pa.array([row_id for row_id, _ in records], pa.string()))
     values: list[Any] = []
-    for index, (row_id, record) in enumerate(_jsonl_records(spec, shard)):
-        rows.ids.append(row_id)
+    for index, (_, record) in enumerate(records):
         if isinstance(record, Exception):
             rows.failures.append((index, "read", "not-json", f"not JSON: {error_text(record)}"))
             continue
@@ -499,12 +536,10 @@ def _parquet_rows(spec: BatchSpec, shard: Shard, layout: InputLayout) -> ShardRo
     columns = [*wanted, *([spec.id] if spec.id and spec.id not in wanted else [])]
     with _parquet(spec, shard.path) as parquet:
         table = parquet.read_row_group(shard.row_group, columns=columns)
-    positions = _position_ids(shard, table.num_rows)
     if spec.id:
-        ids = [_id_text(v) for v in table.column(spec.id).to_pylist()]
-        row_ids = [v or p for v, p in zip(ids, positions, strict=True)]
+        row_ids = _id_array(shard, table.column(spec.id))
     else:
-        row_ids = positions
+        row_ids = position_ids(shard, table.num_rows)
     rows = ShardRows(ids=row_ids)
     fast = _vectorised(spec, layout, table)
     if fast is not None:

@@ -59,7 +59,15 @@ from ..streams.pipeline import (
 )
 from ..streams.results import Annotation, ResultStore
 from ..streams.spec import BatchSpec
-from .shards import InputLayout, Shard, ShardRows, input_ids, read_shard, read_values
+from .shards import (
+    InputLayout,
+    Shard,
+    ShardRows,
+    input_ids,
+    position_ids,
+    read_shard,
+    read_values,
+)
 
 __all__ = ["ModelPin", "ShardResult", "ShardTask", "ids_checksum", "run_shard", "verify_shard"]
 
@@ -78,6 +86,19 @@ PROVENANCE = (
     "score",
     "selected",
     "filter_error",
+)
+
+
+#: Provenance columns with one value per shard and model, dictionary-encoded.
+PER_SHARD = (
+    "model",
+    "model_version",
+    "model_digest",
+    "runtime",
+    "library_versions",
+    "job_id",
+    "shard_id",
+    "processed_at",
 )
 
 
@@ -117,6 +138,12 @@ class ShardResult:
     pid: int
 
 
+#: The version of the shard manifest and of what it describes (the ids
+#: checksum, the output's columns).  A shard written under another version
+#: is not finished: a re-run redoes it rather than mixing formats.
+MANIFEST_FORMAT = 2
+
+
 def paths(out_dir: str | Path, shard: str) -> tuple[Path, Path, Path]:
     """The output, dead-letter and manifest files of ``shard``."""
     base = Path(out_dir)
@@ -127,12 +154,28 @@ def paths(out_dir: str | Path, shard: str) -> tuple[Path, Path, Path]:
     )
 
 
-def ids_checksum(ids: Sequence[str]) -> str:
-    """sha256 of the sorted ids: the same for the same multiset of ids."""
-    digest = hashlib.sha256()
-    for row_id in sorted(ids):
-        digest.update(row_id.encode())
-        digest.update(b"\n")
+def ids_checksum(ids: Any) -> str:
+    """sha256 of the ids in input order (an Arrow string array, or a list
+    of str): of every id's length in bytes, then of all their bytes, so a
+    lost, added, duplicated, changed or moved id changes it.  Computed over
+    Arrow's buffers, without a Python object per id."""
+    import pyarrow as pa
+
+    if not isinstance(ids, pa.Array | pa.ChunkedArray):
+        ids = pa.array(ids, pa.string())
+    if isinstance(ids, pa.ChunkedArray):
+        ids = ids.combine_chunks()
+    if ids.null_count:
+        raise ValueError("row ids cannot be null")
+    ids = ids.cast(pa.large_string())
+    _, offsets, data = ids.buffers()
+    if len(ids) and offsets is not None:
+        bounds = np.frombuffer(offsets, dtype=np.int64)[ids.offset : ids.offset + len(ids) + 1]
+    else:
+        bounds = np.zeros(1, dtype=np.int64)
+    digest = hashlib.sha256(np.diff(bounds).astype("<i8").tobytes())
+    if len(bounds) > 1 and data is not None:
+        digest.update(memoryview(data)[int(bounds[0]) : int(bounds[-1])])
     return digest.hexdigest()
 
 
@@ -274,7 +317,7 @@ def _spec(spec_json: str) -> BatchSpec:
 
 def _alert_rows(spec: BatchSpec, shard: Shard, config: _PrepareConfig) -> ShardRows:
     values = read_values(spec, shard)
-    rows = ShardRows(ids=[f"{shard.label}:{shard.first_row + i}" for i in range(len(values))])
+    rows = ShardRows(ids=position_ids(shard, len(values)))
     prepared, _, _ = _prepare(config, values)
     vectors = []
     for index, item in enumerate(prepared):
@@ -403,7 +446,7 @@ def _dead(
     model: str | None,
 ) -> dict[str, Any]:
     return {
-        "row_id": rows.ids[index],
+        "row_id": rows.row_id(index),
         "job_id": task.job_id,
         "shard_id": task.shard.id,
         "stage": stage,
@@ -416,10 +459,13 @@ def _dead(
 
 def _top_classes(
     model: Runner, values: dict[str, npt.NDArray[Any]], count: int
-) -> tuple[list[str | None], npt.NDArray[np.float64] | None]:
+) -> tuple[Any, npt.NDArray[np.float64] | None]:
     """Per row, what :func:`~sciserve.streams.pipeline._top_class` gives a
     single row (the largest element of the first labelled output), for all
-    rows at once; non-finite scores are NaN (null in the output)."""
+    rows at once, as an Arrow string array; non-finite scores are NaN (null
+    in the output)."""
+    import pyarrow as pa
+
     for spec in model.outputs:
         array = values.get(spec.name)
         if (
@@ -430,9 +476,9 @@ def _top_classes(
             and count
         ):
             index = np.argmax(array, axis=1)
-            labels = [spec.labels[i] for i in index]
+            labels = pa.array(list(spec.labels), pa.string()).take(pa.array(index))
             return labels, array[np.arange(count), index].astype(np.float64)
-    return [None] * count, None
+    return pa.nulls(count, pa.string()), None
 
 
 def _column(array: npt.NDArray[Any]) -> Any:
@@ -461,24 +507,28 @@ def _model_table(
     import pyarrow as pa
 
     count = len(done)
-    ids = [rows.ids[rows.good[i]] for i in done]
+    # rows.good lists input rows in order: as long as the input, it is all of them.
+    positions = done if len(rows.good) == len(rows.ids) else np.asarray(rows.good)[done]
+    ids = rows.ids if len(positions) == len(rows.ids) else rows.ids.take(pa.array(positions))
     labels, scores = _top_classes(model, values, count)
     selected: list[bool] | None = None
     errors: list[str | None] | None = None
     expression = spec.filter_expression
     if expression is not None:
         selected, errors = [], []
+        id_list = ids.to_pylist()
+        label_list = labels.to_pylist()
         for local, i in enumerate(done):
             score = None if scores is None else float(scores[local])
             context: dict[str, Any] = {
                 **{name: _plain(array[local]) for name, array in values.items()},
-                "label": labels[local],
+                "label": label_list[local],
                 "score": score if score is not None and np.isfinite(score) else None,
             }
             if task.prepare is not None:
                 context["alert"] = rows.alerts[i] or {}
             else:
-                context["id"] = ids[local]
+                context["id"] = id_list[local]
             passed, error = evaluate_filter(expression, context)
             selected.append(passed)
             errors.append(error)
@@ -494,22 +544,34 @@ def _model_table(
         "processed_at": processed_at,
     }
     columns: dict[str, Any] = {
-        "row_id": pa.array(ids, pa.string()),
-        "alert_id": pa.array(
-            [rows.alert_ids[i] for i in done] if rows.alert_ids else [None] * count, pa.int64()
+        "row_id": ids,
+        "alert_id": (
+            pa.array([rows.alert_ids[i] for i in done], pa.int64())
+            if rows.alert_ids
+            else pa.nulls(count, pa.int64())
         ),
+        # One value per shard and model: dictionary-encoded, each row an
+        # index into a dictionary of that one value (no copy of it per row).
         **{
-            name: pa.repeat(pa.scalar(value, pa.string()), count)
+            name: pa.DictionaryArray.from_arrays(
+                pa.array(np.zeros(count, dtype=np.int32)), pa.array([value], pa.string())
+            )
             for name, value in constant.items()
         },
-        "label": pa.array(labels, pa.string()),
+        "label": labels,
         "score": (
             pa.nulls(count, pa.float64())
             if scores is None
             else pa.array(scores, mask=~np.isfinite(scores))
         ),
-        "selected": pa.array([True] * count if selected is None else selected, pa.bool_()),
-        "filter_error": pa.array([None] * count if errors is None else errors, pa.string()),
+        "selected": (
+            pa.repeat(pa.scalar(True), count)
+            if selected is None
+            else pa.array(selected, pa.bool_())
+        ),
+        "filter_error": (
+            pa.nulls(count, pa.string()) if errors is None else pa.array(errors, pa.string())
+        ),
         **{name: _column(array) for name, array in values.items()},
     }
     return pa.table(columns)
@@ -523,16 +585,17 @@ def _schema() -> Any:
         [
             ("row_id", pa.string()),
             ("alert_id", pa.int64()),
-            *((name, pa.string()) for name in (
-                "model", "model_version", "model_digest", "runtime", "library_versions",
-                "job_id", "shard_id", "processed_at",
-            )),
+            *((name, pa.dictionary(pa.int32(), pa.string())) for name in PER_SHARD),
             ("label", pa.string()),
             ("score", pa.float64()),
             ("selected", pa.bool_()),
             ("filter_error", pa.string()),
         ]
     )  # fmt: skip
+
+
+#: Columns of the output whose values rarely repeat.
+_UNIQUE = frozenset(("row_id", "alert_id", "score"))
 
 
 def _concat(tables: list[Any]) -> Any:
@@ -554,16 +617,27 @@ def _write(task: ShardTask, rows: ShardRows, table: Any, dead: list[dict[str, An
 
     directory = Path(task.out_dir)
     output, dead_path, manifest = paths(directory, task.shard.id)
+    own = set(_schema().names) - _UNIQUE
     # A unique hidden name per attempt: a retried shard never writes into
     # the half-written file of an attempt that was killed.
     aside = f".{uuid.uuid4().hex[:12]}.partial"
     tmp_out = directory / f".{output.name}{aside}"
-    pq.write_table(table, tmp_out)
+    pq.write_table(
+        table,
+        tmp_out,
+        # Dictionary pages where values repeat (the provenance columns, the
+        # label): trying them on the row ids and the model outputs, which
+        # rarely repeat, costs more time than it saves space.
+        use_dictionary=[n for n in table.column_names if n in own],
+        # Statistics where a reader would filter on them.
+        write_statistics=["row_id", "alert_id", "score"],
+    )
     _replace(tmp_out, output)
     tmp_dead = directory / f".{dead_path.name}{aside}"
     tmp_dead.write_text("".join(json.dumps(d, sort_keys=True) + "\n" for d in dead))
     _replace(tmp_dead, dead_path)
     doc = {
+        "format": MANIFEST_FORMAT,
         "job_id": task.job_id,
         "shard_id": task.shard.id,
         "input": {
@@ -606,7 +680,8 @@ def finished(out_dir: str | Path, shard: Shard, job_id: str) -> bool:
         files = doc["files"]
         source = doc["input"]
         return bool(
-            doc["job_id"] == job_id
+            doc.get("format") == MANIFEST_FORMAT
+            and doc["job_id"] == job_id
             and (source["file"], source["row_group"]) == (shard.label, shard.row_group)
             and _sha256(output) == files["output"]["sha256"]
             and _sha256(dead_path) == files["dead_letters"]["sha256"]
@@ -618,6 +693,8 @@ def finished(out_dir: str | Path, shard: Shard, job_id: str) -> bool:
 def verify_shard(task: ShardTask) -> list[str]:
     """Problems of ``task``'s finished shard against its input: every input
     id must appear exactly once per model, as an output row or a dead letter."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     shard = task.shard
@@ -625,29 +702,40 @@ def verify_shard(task: ShardTask) -> list[str]:
     if not finished(task.out_dir, shard, task.job_id):
         return [f"shard {shard.id}: no manifest agreeing with its files"]
     output, dead_path, manifest = paths(task.out_dir, shard.id)
-    expected = sorted(input_ids(spec, shard))
+    expected = input_ids(spec, shard)
     doc = json.loads(manifest.read_text())
     problems = []
     if doc["rows"] != len(expected) or doc["ids_sha256"] != ids_checksum(expected):
         problems.append(f"shard {shard.id}: the manifest's ids are not the input's")
-    table = pq.read_table(output, columns=["row_id", "model_version", "model"])
-    produced = list(
-        zip(
-            table.column("row_id").to_pylist(),
-            table.column("model").to_pylist(),
-            table.column("model_version").to_pylist(),
-            strict=True,
-        )
+    table = pq.read_table(
+        output,
+        columns=["row_id", "model", "model_version"],
+        read_dictionary=["model", "model_version"],
     )
     letters = [json.loads(line) for line in dead_path.read_text().splitlines() if line]
     for pin in task.models:
         name, _, version = pin.ref.rpartition(":")
-        ids = [row_id for row_id, m, v in produced if (m, v) == (name, version)]
-        ids += [d["row_id"] for d in letters if d["model"] in (None, pin.ref)]
-        if sorted(ids) != expected:
-            missing = len(set(expected) - set(ids))
+        mine = pc.and_(
+            pc.equal(table.column("model"), name), pc.equal(table.column("model_version"), version)
+        )
+        produced = table.column("row_id").filter(mine).combine_chunks()
+        dead = [d["row_id"] for d in letters if d["model"] in (None, pin.ref)]
+        # The worker writes a model's rows in input order: then the ids
+        # compare element by element; dead letters (or another order) are
+        # compared as multisets.
+        if not dead and len(produced) == len(expected) and produced.equals(expected):
+            continue
+        ids = pa.concat_arrays([produced.cast(pa.string()), pa.array(dead, pa.string())])
+        if len(ids) != len(expected) or not _sorted(ids).equals(_sorted(expected)):
+            missing = len(set(expected.to_pylist()) - set(ids.to_pylist()))
             problems.append(
                 f"shard {shard.id}, {pin.ref}: {len(ids)} rows out for {len(expected)} in "
                 f"({missing} ids missing)"
             )
     return problems
+
+
+def _sorted(ids: Any) -> Any:
+    import pyarrow.compute as pc
+
+    return ids.take(pc.sort_indices(ids))
