@@ -26,12 +26,12 @@ from ..config import Settings
 from ..errors import IntegrityError, InvalidInput, SciserveError, Unavailable
 from ..package.manifest import TensorSpec
 from ..streams.pipeline import (
-    _check_trusted,
-    _PrepareConfig,
-    _rows_along_dim0,
-    _single_input,
+    PrepareConfig,
     check_filter_names,
+    check_trusted,
     preparation,
+    rows_along_dim0,
+    single_input,
 )
 from ..streams.spec import BatchSpec, PythonFeatures
 from .shards import InputLayout, Shard, find_inputs, plan
@@ -90,7 +90,7 @@ class BatchJob:
         self.pins: tuple[ModelPin, ...] = ()
         self.shards: list[Shard] = []
         self.layout: InputLayout | None = None
-        self.prepare: _PrepareConfig | None = None
+        self.prepare: PrepareConfig | None = None
 
     @property
     def job_id(self) -> str:
@@ -122,8 +122,8 @@ class BatchJob:
             # there is pinned now, as the stream pipeline does at start.
             info = self._remote(step.ref, step.server) if step.server else resolved[step.ref]
             manifest = info.manifest
-            tensor = _single_input(info.ref, manifest.inputs)
-            _rows_along_dim0(info.ref, manifest)
+            tensor = single_input(info.ref, manifest.inputs)
+            rows_along_dim0(info.ref, manifest)
             batched = manifest.batch_dim_of(tensor) is not None
             pins.append(ModelPin(info.ref, info.digest, step.server))
             inputs.append((tensor, batched))
@@ -143,7 +143,7 @@ class BatchJob:
             check_filter_names(spec.filter_expression, outputs, TABULAR_FILTER_NAMES)
         else:
             if isinstance(spec.features, PythonFeatures):
-                _check_trusted(spec.features, self.settings)
+                check_trusted(spec.features, self.settings)
             self.prepare = preparation(spec, [t for t, _ in inputs], outputs)
         if spec.results:
             from ..streams.results import ResultStore

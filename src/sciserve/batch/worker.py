@@ -48,14 +48,14 @@ from ..errors import IntegrityError
 from ..package.manifest import TensorSpec
 from ..streams.base import error_text
 from ..streams.pipeline import (
-    _SERVICE_ERRORS,
+    SERVICE_ERRORS,
     LocalModel,
+    PrepareConfig,
     RemoteModel,
-    _finite,
-    _plain,
-    _prepare,
-    _PrepareConfig,
     evaluate_filter,
+    json_safe,
+    json_safe_row,
+    prepare_values,
 )
 from ..streams.results import Annotation, ResultStore
 from ..streams.spec import BatchSpec
@@ -125,7 +125,7 @@ class ShardTask:
     #: Tabular input: the models' input row.
     layout: InputLayout | None = None
     #: Alert input: the pipeline's decoding and features configuration.
-    prepare: _PrepareConfig | None = None
+    prepare: PrepareConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -291,7 +291,7 @@ def _store(task: ShardTask, spec: BatchSpec, table: Any) -> None:
             model=row["model"],
             model_version=row["model_version"],
             model_digest=row["model_digest"],
-            outputs={k: _finite(v) for k, v in row.items() if k not in fixed and v is not None},
+            outputs={k: json_safe(v) for k, v in row.items() if k not in fixed and v is not None},
             label=row["label"],
             score=row["score"],
             pipeline=spec.name,
@@ -315,10 +315,10 @@ def _spec(spec_json: str) -> BatchSpec:
 # -- one shard ------------------------------------------------------------------
 
 
-def _alert_rows(spec: BatchSpec, shard: Shard, config: _PrepareConfig) -> ShardRows:
+def _alert_rows(spec: BatchSpec, shard: Shard, config: PrepareConfig) -> ShardRows:
     values = read_values(spec, shard)
     rows = ShardRows(ids=position_ids(shard, len(values)))
-    prepared, _, _ = _prepare(config, values)
+    prepared, _, _ = prepare_values(config, values)
     vectors = []
     for index, item in enumerate(prepared):
         if item.failure is not None:
@@ -345,7 +345,7 @@ def _patiently(model: Runner, chunk: npt.NDArray[Any]) -> dict[str, npt.NDArray[
     for wait in _SERVICE_WAITS:
         try:
             return model.predict_now(chunk)
-        except _SERVICE_ERRORS:
+        except SERVICE_ERRORS:
             time.sleep(wait)
     return model.predict_now(chunk)
 
@@ -371,7 +371,7 @@ def _predict(
                 results.append(outputs)
                 reasons.append("")
                 break
-            except _SERVICE_ERRORS:
+            except SERVICE_ERRORS:
                 raise  # the deployment's problem, not the rows': the task fails
             except Exception as exc:  # any other failure is the model's on these rows
                 failure = exc
@@ -521,7 +521,7 @@ def _model_table(
         for local, i in enumerate(done):
             score = None if scores is None else float(scores[local])
             context: dict[str, Any] = {
-                **{name: _plain(array[local]) for name, array in values.items()},
+                **{name: json_safe_row(array[local]) for name, array in values.items()},
                 "label": label_list[local],
                 "score": score if score is not None and np.isfinite(score) else None,
             }

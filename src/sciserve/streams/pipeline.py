@@ -28,6 +28,11 @@ as a loop over batches::
   ends with exactly one annotation per alert and model version.
 * :meth:`Pipeline.request_stop` (SIGTERM, SIGINT) drains: the batches in
   hand are finished, written and committed, then everything is closed.
+* The steps are shared with the batch executor (:mod:`sciserve.batch`),
+  which runs the same spec over archives: the module-level names without a
+  leading underscore (``LocalModel``, ``RemoteModel``, ``PrepareConfig``,
+  ``prepare_values``, ``preparation``, ``evaluate_filter``, ...) are that
+  shared surface; the rest is this executor's own.
 
 Fetching, preparing (decoding and features) and writing run as three
 stages, so consecutive batches overlap; batches are still committed in
@@ -131,7 +136,7 @@ _STATUS_INTERVAL = 1.0
 #: back-off, and if they persist the pipeline stops without committing, so
 #: the batch is re-delivered once the deployment is fixed instead of being
 #: dead-lettered.
-_SERVICE_ERRORS = (
+SERVICE_ERRORS = (
     Unavailable,
     Unauthenticated,
     PermissionDenied,
@@ -233,7 +238,7 @@ def _library_versions(runtime: str) -> dict[str, str]:
     return versions
 
 
-def _single_input(ref: str, inputs: Sequence[TensorSpec]) -> TensorSpec:
+def single_input(ref: str, inputs: Sequence[TensorSpec]) -> TensorSpec:
     if len(inputs) != 1:
         raise InvalidInput(
             f"{ref} takes {len(inputs)} inputs; a stream pipeline feeds exactly one "
@@ -242,7 +247,7 @@ def _single_input(ref: str, inputs: Sequence[TensorSpec]) -> TensorSpec:
     return inputs[0]
 
 
-def _rows_along_dim0(ref: str, manifest: Manifest) -> None:
+def rows_along_dim0(ref: str, manifest: Manifest) -> None:
     """Refuse a model whose input or outputs batch along another dim than 0.
 
     The pipeline stacks one feature vector per alert along dim 0 and reads
@@ -277,8 +282,8 @@ class LocalModel:
         self.version = manifest.version
         self.digest = model.digest
         self.runtime = manifest.runtime
-        self.input = _single_input(model.ref, manifest.inputs)
-        _rows_along_dim0(model.ref, manifest)
+        self.input = single_input(model.ref, manifest.inputs)
+        rows_along_dim0(model.ref, manifest)
         self.outputs: Sequence[TensorSpec] = tuple(manifest.outputs)
         self.library_versions: Mapping[str, str] = _library_versions(manifest.runtime)
         self._max_batch = manifest.max_batch_size
@@ -335,7 +340,7 @@ class RemoteModel:
     errors through the one client-side table
     (:func:`~sciserve.protocol.client.error_from_response`): credentials,
     visibility, quotas and load are the deployment's problem, not the
-    alerts' (see ``_SERVICE_ERRORS``); anything else is the model failing on
+    alerts' (see ``SERVICE_ERRORS``); anything else is the model failing on
     the batch.
     """
 
@@ -345,8 +350,8 @@ class RemoteModel:
         self.version = manifest.version
         self.digest = info.digest
         self.runtime = manifest.runtime
-        self.input = _single_input(info.ref, manifest.inputs)
-        _rows_along_dim0(info.ref, manifest)
+        self.input = single_input(info.ref, manifest.inputs)
+        rows_along_dim0(info.ref, manifest)
         self.outputs: Sequence[TensorSpec] = tuple(manifest.outputs)
         self.library_versions: Mapping[str, str] = {
             **_library_versions(""),
@@ -404,7 +409,7 @@ class RemoteModel:
 # -- decoding and features ------------------------------------------------------
 
 
-def _check_trusted(features: PythonFeatures, settings: Settings) -> None:
+def check_trusted(features: PythonFeatures, settings: Settings) -> None:
     """Refuse a user's feature function unless an admin trusts its namespace.
 
     Loading the function runs the code of its file: hence this check first.
@@ -443,7 +448,7 @@ def _load_function(file: str, name: str) -> FeatureFunction:
 
 
 @dataclass(frozen=True)
-class _PrepareConfig:
+class PrepareConfig:
     """How to turn message bytes into feature vectors; small, hashable and
     picklable, so worker processes can be told it with every task."""
 
@@ -477,13 +482,13 @@ _Fetched = Sequence[Message] | BaseException | None
 _Intake = tuple[Sequence[Message], list[_Prepared]] | BaseException | None
 
 #: Prepared messages, and the seconds spent decoding and computing features.
-_PrepareResult = tuple[list[_Prepared], float, float]
+PrepareResult = tuple[list[_Prepared], float, float]
 
 
 class _Preparer:
     """Decodes messages and computes their feature vectors."""
 
-    def __init__(self, config: _PrepareConfig) -> None:
+    def __init__(self, config: PrepareConfig) -> None:
         from .codecs import codec_for
 
         self.config = config
@@ -496,7 +501,7 @@ class _Preparer:
             self.features = _load_function(*config.python)
         self.dtype = np.dtype(config.dtype)
 
-    def __call__(self, values: Sequence[bytes]) -> _PrepareResult:
+    def __call__(self, values: Sequence[bytes]) -> PrepareResult:
         """The prepared messages, and the seconds spent decoding and in features."""
         from .codecs import DecodeError
 
@@ -532,20 +537,20 @@ class _Preparer:
 
 
 @functools.cache
-def _preparer(config: _PrepareConfig) -> _Preparer:
+def _preparer(config: PrepareConfig) -> _Preparer:
     # One preparer per configuration and process: building a codec parses
     # every alert schema, which must not happen per batch.
     return _Preparer(config)
 
 
-def _prepare(config: _PrepareConfig, values: Sequence[bytes]) -> _PrepareResult:
+def prepare_values(config: PrepareConfig, values: Sequence[bytes]) -> PrepareResult:
     """Prepare ``values`` with the preparer of ``config`` (in whichever process runs this)."""
     return _preparer(config)(values)
 
 
 def preparation(
     spec: StepsSpec, inputs: Sequence[TensorSpec], output_names: Collection[str]
-) -> _PrepareConfig:
+) -> PrepareConfig:
     """How ``spec``'s records become feature vectors for models taking
     ``inputs``, checked against them and against the filter's names."""
     from ..datatypes import numpy_dtype
@@ -564,7 +569,7 @@ def preparation(
     elif spec.id_field:
         options["id_field"] = spec.id_field
     features = spec.features
-    return _PrepareConfig(
+    return PrepareConfig(
         codec=spec.codec,
         codec_options=tuple(sorted(options.items())),
         python=(
@@ -663,17 +668,17 @@ class _Batch:
         return [a for a in self.annotations if a.published]
 
 
-def _plain(values: npt.NDArray[Any]) -> Any:
+def json_safe_row(values: npt.NDArray[Any]) -> Any:
     """A numpy row as JSON-safe nested lists (non-finite numbers become ``None``)."""
     data = values.tolist()
     if values.dtype.kind == "f" and not np.isfinite(values).all():
-        return _finite(data)
+        return json_safe(data)
     return data
 
 
-def _finite(data: Any) -> Any:
+def json_safe(data: Any) -> Any:
     if isinstance(data, list):
-        return [_finite(item) for item in data]
+        return [json_safe(item) for item in data]
     if isinstance(data, float) and not math.isfinite(data):
         return None
     return data
@@ -729,7 +734,7 @@ class Pipeline:
         self._sinks: list[Sink] = []
         self._dead_letter: Sink | None = None
         self._filter: Expression | None = spec.filter_expression
-        self._prepare_config: _PrepareConfig | None = None
+        self._prepare_config: PrepareConfig | None = None
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
 
     @property
@@ -791,7 +796,7 @@ class Pipeline:
     async def _start(self) -> None:
         spec = self.spec
         if isinstance(spec.features, PythonFeatures):
-            await asyncio.to_thread(_check_trusted, spec.features, self.settings)
+            await asyncio.to_thread(check_trusted, spec.features, self.settings)
         if spec.writes_results:
             self._store = await asyncio.to_thread(ResultStore.open, self.settings)
         for step in spec.models:
@@ -813,7 +818,7 @@ class Pipeline:
         self._source = open_source(spec.source, consumer=spec.name)
         await self._source.start()
 
-    def _preparation(self) -> _PrepareConfig:
+    def _preparation(self) -> PrepareConfig:
         """What decoding and features need to know, checked against the models."""
         return preparation(
             self.spec,
@@ -821,7 +826,7 @@ class Pipeline:
             {o.name for m in self._models for o in m.outputs},
         )
 
-    async def _start_preparers(self, config: _PrepareConfig) -> None:
+    async def _start_preparers(self, config: PrepareConfig) -> None:
         """Build the preparer here, or in every worker process, before the
         first batch (so a bad configuration fails now, not on data)."""
         workers = self.spec.workers
@@ -840,7 +845,7 @@ class Pipeline:
         )
         loop = asyncio.get_running_loop()
         await asyncio.gather(
-            *(loop.run_in_executor(self._pool, _prepare, config, ()) for _ in range(workers))
+            *(loop.run_in_executor(self._pool, prepare_values, config, ()) for _ in range(workers))
         )
 
     async def _open_sink(self, url: str) -> Sink:
@@ -1009,13 +1014,13 @@ class Pipeline:
         assert self._prepare_config is not None
         config = self._prepare_config
         if self._pool is None:
-            parts = [await asyncio.to_thread(_prepare, config, values)]
+            parts = [await asyncio.to_thread(prepare_values, config, values)]
         else:
             loop = asyncio.get_running_loop()
             size = -(-len(values) // self.spec.workers)
             parts = await asyncio.gather(
                 *(
-                    loop.run_in_executor(self._pool, _prepare, config, values[i : i + size])
+                    loop.run_in_executor(self._pool, prepare_values, config, values[i : i + size])
                     for i in range(0, len(values), size)
                 )
             )
@@ -1054,11 +1059,11 @@ class Pipeline:
                 return await self._backoff(
                     f"{model.model}:{model.version}",
                     predict,
-                    retry_on=_SERVICE_ERRORS,
+                    retry_on=SERVICE_ERRORS,
                     attempts=_SERVICE_ATTEMPTS,
                     max_delay=32.0,
                 )
-            except _SERVICE_ERRORS:
+            except SERVICE_ERRORS:
                 raise
             except Exception as exc:  # any other failure of the model is the model's, not ours
                 failure = exc
@@ -1089,7 +1094,7 @@ class Pipeline:
         rows: Mapping[str, npt.NDArray[Any]],
         processed_at: datetime,
     ) -> Annotation:
-        outputs = {name: _plain(row) for name, row in rows.items()}
+        outputs = {name: json_safe_row(row) for name, row in rows.items()}
         label, score = _top_class(model.outputs, rows)
         published, filter_error = True, None
         if self._filter is not None:
