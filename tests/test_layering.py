@@ -29,6 +29,8 @@ LAYERS: dict[str, int] = {
     "runtimes": 3,
     "registry": 4,
     "access": 5,
+    # Job and schedule records: on the registry database, under the access rules.
+    "jobs": 5,
     "serving": 6,
     "protocol": 7,
     "server": 8,

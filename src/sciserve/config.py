@@ -36,6 +36,7 @@ __all__ = [
     "AccessConfig",
     "ClusterProfile",
     "IssuerConfig",
+    "JobsConfig",
     "Limits",
     "RateLimit",
     "ServingConfig",
@@ -295,6 +296,34 @@ class ClusterProfile(BaseModel):
         return self
 
 
+class JobsConfig(BaseModel):
+    """``[jobs]`` in ``sciserve.toml``: batch jobs submitted to a server, and
+    the runners and schedulers that execute them."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: Directories (or fsspec URL prefixes such as ``s3://bucket/archive/``)
+    #: that a job submitted over the API may read.  Empty: such jobs may read
+    #: no files at all (a remote caller must not make the server read its own
+    #: disk).  Jobs submitted locally (``sciserve jobs submit`` on the
+    #: database) are the local user's and are not limited.
+    archives: tuple[str, ...] = ()
+    #: Where jobs write their output (one directory per job); default ``<home>/batch``.
+    out: Path | None = None
+    #: Worker processes of the local Dask cluster a runner starts per job
+    #: (default: the cores).  Jobs naming a cluster profile use its workers.
+    workers: int | None = Field(default=None, gt=0, le=1024)
+    #: Lower the CPU priority (nice) of local workers, so a batch job never
+    #: takes the cores realtime requests of the same machine need.
+    worker_nice: int = Field(default=10, ge=0, le=19)
+    #: Whether ``sciserve serve`` runs a job runner and a scheduler.
+    run_in_server: bool = True
+    #: Seconds between a runner's looks at the queue and at its jobs' state.
+    poll_interval: float = Field(default=1.0, gt=0, le=3600)
+    #: A running job whose runner has been silent this long (s) is re-queued.
+    stale_after: float = Field(default=120.0, gt=0)
+
+
 class Settings(BaseModel):
     """Everything sciserve needs to know about where it keeps state."""
 
@@ -318,6 +347,7 @@ class Settings(BaseModel):
     access: AccessConfig = AccessConfig()
     #: Named batch clusters (``sciserve batch run --cluster NAME``).
     clusters: dict[str, ClusterProfile] = {}
+    jobs: JobsConfig = JobsConfig()
 
     def cluster(self, name: str) -> ClusterProfile:
         """The cluster profile ``name``; an unknown name lists the known ones."""
