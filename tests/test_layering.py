@@ -48,8 +48,13 @@ OVERRIDES: dict[str, int] = {
     # Authoring tools: they inspect model files through the runtimes.
     "package.init": LAYERS["runtimes"],
     "package.validate": LAYERS["runtimes"],
-    # The client of the registry API: it speaks the protocol's status codes.
+    # The clients of the registry and jobs APIs: they speak the protocol's status codes.
     "registry.remote": LAYERS["protocol"],
+    "jobs.remote": LAYERS["protocol"],
+    # The spec language (parsing, filter expressions): pure data, no I/O;
+    # the jobs API checks a submitted spec with it.
+    "streams.spec": LAYERS["config"],
+    "streams.expr": LAYERS["config"],
 }
 
 

@@ -3,7 +3,8 @@
 One real ``sciserve serve --auth`` process (SQLite registry) serves three
 models: ``alpha/m`` (inference and model metadata), ``alpha/pub`` (versions
 1.0.0, aliased ``stable``, and 2.0.0: the registry's changing routes and
-load/unload) and ``beta/b``.  Every REST route is taken from the Starlette
+load/unload) and ``beta/b``, and batch jobs of ``alpha``, ``beta`` and ``zeta`` (a namespace
+the registry does not have).  Every REST route is taken from the Starlette
 application and every gRPC method from the service descriptors, so an
 endpoint added without an expectation here fails the test.
 
@@ -44,6 +45,7 @@ import httpx
 import jwt
 import numpy as np
 import pytest
+import yaml
 from cryptography.hazmat.primitives.asymmetric import ec
 from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
@@ -53,12 +55,14 @@ from tritonclient.grpc import service_pb2
 
 from sciserve.access.tokens import TokenStore
 from sciserve.config import Settings
+from sciserve.jobs import JobStore
 from sciserve.package.archive import pack
 from sciserve.protocol.rest import create_app
 from sciserve.registry import db as registry_db
 from sciserve.registry.registry import Registry
 from sciserve.serving.service import InferenceService
 
+from helpers.batch import archive as write_archive
 from helpers.legacy import insert_legacy_version
 from helpers.packages import expected_linear, make_onnx_package
 from helpers.server import Running, start_server, stop_server
@@ -192,7 +196,12 @@ def _build(home: Path, work: Path) -> tuple[dict[str, Credential], bytes]:
         f"jwks_file = {json.dumps(str(jwks))}\n"
         'algorithms = ["ES256"]\n'
         'group_map = { "/alpha" = "alpha" }\n'
+        # Jobs stay where the cells put them: no runner executes them here.
+        "[jobs]\n"
+        f"archives = [{json.dumps(str(work / 'archives'))}]\n"
+        "run_in_server = false\n"
     )
+    write_archive(work / "archives" / "lsst")
     pub = make_onnx_package(work / "pub1", name="pub", namespace="alpha")
     archive = pack(pub, work / "pub1.tar.gz").read_bytes()
     with Registry(Settings.load(home, environ={})) as reg:
@@ -215,6 +224,10 @@ def _build(home: Path, work: Path) -> tuple[dict[str, Credential], bytes]:
         revoked_record, revoked = tokens.create("matrix", {"alpha": set(SCOPES)})
         tokens.revoke(revoked_record.token_id)
         REVOKED["token_id"] = revoked_record.token_id
+        jobs = JobStore.of(reg)
+        for namespace, where in (("alpha", JOB), ("beta", {}), ("zeta", ZETA_JOB)):
+            job = jobs.submit(yaml.safe_dump(JOB_SPEC), namespace=namespace, submitter="matrix")
+            where["job_id"] = job.id
         granted = {
             "other_namespace": {"beta": SCOPES},
             "default_namespace": {"default": SCOPES},
@@ -303,6 +316,22 @@ class Rest:
     seen: Callable[[Any], set[str]] | None = None
     #: For listings: the namespaces they can show.
     universe: tuple[str, ...] = SERVED_NAMESPACES
+    #: Routes about something other than a model named in the path (jobs):
+    #: the same request about one that does not exist, and about one in a
+    #: namespace that does not exist.  By default the model is renamed.
+    ghost: Callable[[Rest, bytes], Stand] | None = None
+    elsewhere: Callable[[Rest, bytes], Stand] | None = None
+
+
+@dataclass(frozen=True)
+class Stand:
+    """A request standing in for a cell's: its parameters and body, and the
+    text naming the stand-in (``mark``) where the cell's answer names ``real``."""
+
+    params: dict[str, str]
+    body: bytes
+    mark: str
+    real: str
 
 
 def _served_namespaces(names: list[str]) -> set[str]:
@@ -319,6 +348,42 @@ REG = {"namespace": "alpha", "name": "pub", "version": "2.0.0", "alias": "stable
 #: The revoked token of the world (_build fills in its id): revoking it again is a no-op.
 REVOKED = {"token_id": ""}
 _RELOAD = ("POST", "/v2/repository/models/alpha.pub/load", b"")
+JOBS = "/v2/sciserve/jobs"
+#: The jobs of the world (_build fills in their ids): one of alpha, one of zeta.
+JOB = {"job_id": ""}
+ZETA_JOB = {"job_id": ""}
+#: A job id nobody has.
+NO_JOB = "j-0000000000000000"
+JOB_SPEC = {
+    "name": "matrix",
+    "input": "lsst",
+    "columns": ["f0", "f1", "f2", "f3"],
+    "id": "obj",
+    "models": [{"ref": "alpha/m"}],
+}
+
+
+def _job_body(ref: str) -> bytes:
+    return json.dumps({"spec": {**JOB_SPEC, "models": [{"ref": ref}]}}).encode()
+
+
+def _no_job(spec: Rest, body: bytes) -> Stand:
+    return Stand({"job_id": NO_JOB}, body, NO_JOB, spec.params["job_id"])
+
+
+def _zeta_job(spec: Rest, body: bytes) -> Stand:
+    return Stand(ZETA_JOB, body, ZETA_JOB["job_id"], spec.params["job_id"])
+
+
+def _ghost_model(spec: Rest, body: bytes) -> Stand:
+    return Stand({}, _job_body(f"alpha/{GHOST}"), GHOST, "m")
+
+
+def _zeta_model(spec: Rest, body: bytes) -> Stand:
+    return Stand({}, _job_body("zeta/m"), "zeta", "alpha")
+
+
+_JOB_ROUTE = {"params": JOB, "ghost": _no_job, "elsewhere": _zeta_job}
 _UNYANK = ("POST", f"{REGISTRY}/models/alpha/pub/versions/2.0.0/unyank", b"")
 
 
@@ -364,6 +429,25 @@ def _rest_table() -> dict[tuple[str, str], Rest]:
             Target("publish", "publish"), body=lambda w: w.archive
         ),
         ("GET", reg_model + "/versions"): Rest(MODEL, params=REG),
+        ("POST", JOBS): Rest(
+            INFER,
+            ok=201,
+            body=lambda w: _job_body("alpha/m"),
+            ghost=_ghost_model,
+            elsewhere=_zeta_model,
+        ),
+        ("GET", JOBS): Rest(
+            LISTING,
+            seen=lambda d: {j["namespace"] for j in d["jobs"]},
+            universe=("alpha", "beta", "zeta"),
+        ),
+        ("GET", JOBS + "/{job_id}"): Rest(MODEL, **_JOB_ROUTE),
+        ("GET", JOBS + "/{job_id}/logs"): Rest(MODEL, **_JOB_ROUTE),
+        # Cancelling a cancelled job is a no-op; resuming needs one cancelled.
+        ("POST", JOBS + "/{job_id}/cancel"): Rest(INFER, **_JOB_ROUTE),
+        ("POST", JOBS + "/{job_id}/resume"): Rest(
+            INFER, before=("POST", JOBS + "/{job_id}/cancel", b""), **_JOB_ROUTE
+        ),
         ("PUT", reg_model + "/aliases/{alias}"): Rest(
             PUBLISH, body=lambda w: b'{"version": "1.0.0"}', params=REG
         ),
@@ -447,20 +531,28 @@ def _call(client: httpx.Client, method: str, path: str, header: str | None, body
     return Answer(response.status_code, response.content, response.headers)
 
 
-def _ghost(params: dict[str, str]) -> tuple[dict[str, str], str]:
-    """The same parameters naming a model that does not exist, and the real name."""
+def _ghost(spec: Rest, body: bytes) -> Stand:
+    """The same request naming a model that does not exist."""
+    params = spec.params
     name = params["name"]
     if "namespace" in params:
-        return {**params, "name": GHOST}, name
+        return Stand({**params, "name": GHOST}, body, GHOST, name)
     namespace, real = name.split(".", 1)
-    return {**params, "name": f"{namespace}.{GHOST}"}, real
+    return Stand({**params, "name": f"{namespace}.{GHOST}"}, body, GHOST, real)
 
 
-def _elsewhere(params: dict[str, str]) -> dict[str, str]:
-    """The same parameters in a namespace that does not exist."""
+def _elsewhere(spec: Rest, body: bytes) -> Stand:
+    """The same request in a namespace that does not exist."""
+    params = spec.params
     if "namespace" in params:
-        return {**params, "namespace": "zeta"}
-    return {**params, "name": params["name"].replace("alpha.", "zeta.", 1)}
+        return Stand({**params, "namespace": "zeta"}, body, "zeta", "alpha")
+    renamed = params["name"].replace("alpha.", "zeta.", 1)
+    return Stand({**params, "name": renamed}, body, "zeta", "alpha")
+
+
+def _as(answer: bytes, stand: Stand) -> bytes:
+    """An answer about a stand-in, as it would read about the real thing."""
+    return answer.replace(stand.mark.encode(), stand.real.encode())
 
 
 def _rest_cell(
@@ -473,7 +565,7 @@ def _rest_cell(
     url = _fill(path, spec.params)
     if spec.before is not None:
         m, p, b = spec.before
-        assert _call(client, m, p, world.admin, b).status < 300
+        assert _call(client, m, _fill(p, spec.params), world.admin, b).status < 300
     try:
         got = _call(client, method, url, cred.header, body)
     finally:
@@ -500,16 +592,15 @@ def _rest_cell(
         # Invisible must read exactly like missing: for an all-seeing caller
         # asking for a model that does not exist, and for this caller asking
         # in a namespace that does not exist.
-        ghost, real = _ghost(spec.params)
-        missing = _call(client, method, _fill(path, ghost), world.admin, body)
+        ghost = (spec.ghost or _ghost)(spec, body)
+        missing = _call(client, method, _fill(path, ghost.params), world.admin, ghost.body)
         if missing.status != spec.missing:
             problems.append(f"{where}: a missing model gets {missing.status}")
-        elif missing.status == 404 and missing.body.replace(GHOST.encode(), real.encode()) != (
-            got.body
-        ):
+        elif missing.status == 404 and _as(missing.body, ghost) != got.body:
             problems.append(f"{where}: {got.body!r} differs from missing {missing.body!r}")
-        nowhere = _call(client, method, _fill(path, _elsewhere(spec.params)), cred.header, body)
-        if (nowhere.status, nowhere.body.replace(b"zeta", b"alpha")) != (got.status, got.body):
+        other = (spec.elsewhere or _elsewhere)(spec, body)
+        nowhere = _call(client, method, _fill(path, other.params), cred.header, other.body)
+        if (nowhere.status, _as(nowhere.body, other)) != (got.status, got.body):
             problems.append(f"{where}: {got.body!r} differs from nowhere {nowhere.body!r}")
     if want is Outcome.OK and spec.seen is not None:
         seen = spec.seen(json.loads(got.body))

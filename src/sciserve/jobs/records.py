@@ -28,7 +28,7 @@ import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -39,6 +39,9 @@ from ..errors import Conflict, InvalidInput, NotFound
 from ..registry import db
 from ..registry.db import metadata, utcnow
 
+if TYPE_CHECKING:
+    from ..registry.registry import Registry
+
 __all__ = [
     "JobLogLine",
     "JobRecord",
@@ -46,6 +49,7 @@ __all__ = [
     "JobStore",
     "job_log_table",
     "jobs_table",
+    "parse_states",
 ]
 
 _ts = sa.DateTime(timezone=True)
@@ -136,6 +140,16 @@ TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
     JobState.FAILED: frozenset({JobState.QUEUED}),
     JobState.CANCELLED: frozenset({JobState.QUEUED}),
 }
+
+
+def parse_states(raw: str) -> list[JobState]:
+    """``RUNNING`` or ``QUEUED,RUNNING`` (any case) as states; else
+    :class:`~sciserve.errors.InvalidInput` naming the choices."""
+    try:
+        return [JobState(part.strip().upper()) for part in raw.split(",")]
+    except ValueError:
+        choices = ", ".join(s.value for s in JobState)
+        raise InvalidInput(f"a job state is one of {choices}; got {raw[:64]!r}") from None
 
 
 def _sources(target: JobState) -> list[str]:
@@ -290,6 +304,14 @@ class JobStore:
             engine.dispose()
             raise
         return cls(engine, owns_engine=True)
+
+    @classmethod
+    def of(cls, registry: Registry) -> JobStore:
+        """The store in an open registry's database, on the registry's own engine
+        (its pool, SQLite locking and read-only mode)."""
+        from ..access._db import engine_of
+
+        return cls(engine_of(registry))
 
     def close(self) -> None:
         if self._owns:

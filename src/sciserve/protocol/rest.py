@@ -93,8 +93,10 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from .._hashing import CHUNK
-from ..access.identity import Identity, Scope
-from ..access.policy import authorize
+from ..access.audit import audit
+from ..access.identity import ANY_NAMESPACE, Identity, Scope
+from ..access.policy import authorize, visible
+from ..access.priority import Priority, parse_priority
 from ..access.tokens import TokenStore
 from ..config import RateLimit
 from ..errors import (
@@ -116,13 +118,18 @@ from ..errors import (
     Unauthenticated,
     Unavailable,
 )
+from ..jobs.archives import Archives
+from ..jobs.records import MAX_SPEC_BYTES, JobRecord, JobStore, parse_states
+from ..jobs.remote import JOBS_PREFIX
+from ..jobs.submission import api_spec, model_references, spec_document
 from ..package.archive import pack
 from ..package.card import render_card, to_jsonld
-from ..package.manifest import Manifest
+from ..package.manifest import NAMESPACE_RE, Manifest
 from ..package.reference import Reference, parse_reference
 from ..registry.registry import VersionInfo
 from ..registry.remote import REGISTRY_PREFIX, namespace_to_wire, version_to_wire
 from ..serving.service import InferenceService, max_input_elements
+from ..streams.spec import PythonFeatures, parse_batch_spec
 from ._messages import client_message
 from .rest_codec import (
     HEADER_LENGTH_HEADER,
@@ -320,9 +327,9 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def _json_object(request: Request) -> dict[str, Any]:
+async def _json_object(request: Request, limit: int = _SMALL_BODY) -> dict[str, Any]:
     """The body as a JSON object; an empty body is ``{}``."""
-    body = await _read_body(request, _SMALL_BODY)
+    body = await _read_body(request, limit)
     if not body.strip():
         return {}
     try:
@@ -897,6 +904,192 @@ async def _receive_file(request: Request, dest: Path, limit: int) -> None:
         raise InvalidInput("the upload is empty; send the package archive as the body")
 
 
+# -- jobs API ----------------------------------------------------------------
+
+#: The fields of a job submission.
+_SUBMIT_FIELDS = frozenset({"spec", "namespace", "cluster", "priority"})
+#: The query parameters of a job listing.
+_LIST_PARAMS = frozenset({"state", "namespace", "limit"})
+#: Most jobs one listing returns, and how many when the caller does not say.
+_MAX_JOBS = 10_000
+_DEFAULT_JOBS = 100
+
+
+class _JobsApi:
+    """Batch jobs over the registry database: submitted and watched here,
+    executed by runners (:mod:`sciserve.batch.runner`) wherever they run.
+
+    A job belongs to a namespace: seeing it needs a scope there, acting on
+    it (submit, cancel, resume) ``infer``.  A job the caller may not see
+    answers exactly like a job that does not exist.
+    """
+
+    def __init__(self, service: InferenceService) -> None:
+        self.service = service
+        self.registry = service.registry
+        self.store = JobStore.of(service.registry)
+        self.archives = Archives(self.registry.settings.jobs.archives)
+
+    def routes(self) -> list[BaseRoute]:
+        job = JOBS_PREFIX + "/{job_id}"
+        get, post = ["GET"], ["POST"]
+        table: list[tuple[str, Endpoint, list[str]]] = [
+            (JOBS_PREFIX, self.submit, post),
+            (JOBS_PREFIX, self.list_jobs, get),
+            (job, self.job, get),
+            (job + "/logs", self.logs, get),
+            (job + "/cancel", self.cancel, post),
+            (job + "/resume", self.resume, post),
+        ]
+        denied = _denied_recorder(self.service)
+        return [Route(path, _guarded(fn, denied), methods=methods) for path, fn, methods in table]
+
+    async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        # The job store is synchronous database I/O: keep it off the loop.
+        return await run_in_threadpool(fn, *args, **kwargs)
+
+    async def _identity(self, request: Request) -> Identity:
+        return await self.service.identify(request.headers.get("authorization"))
+
+    async def _record(self, request: Request, action: Scope) -> tuple[JobRecord, Identity]:
+        """The job the path names, if the caller may do ``action`` in its namespace."""
+        identity = await self._identity(request)
+        job_id = request.path_params["job_id"]
+        record: JobRecord = await self._call(self.store.get, job_id)
+        if not identity.can_see(record.namespace):
+            # The very words of a missing job: whether it exists is not told.
+            raise NotFound(f"no job {job_id!r}")
+        authorize(identity, action, record.namespace)
+        return record, identity
+
+    async def _audit(self, action: str, record: JobRecord, identity: Identity) -> None:
+        detail = {"namespace": record.namespace, "state": record.state.value}
+        await self._call(audit, self.registry, action, record.id, identity.principal, detail)
+
+    # -- submitting --------------------------------------------------------
+
+    async def submit(self, request: Request) -> Response:
+        identity = await self._identity(request)
+        doc = await _json_object(request, MAX_SPEC_BYTES)
+        unknown = sorted(set(doc) - _SUBMIT_FIELDS)
+        if unknown:
+            raise InvalidInput(f"unknown job field(s) {', '.join(map(repr, unknown))}")
+        if doc.get("spec") is None:
+            raise InvalidInput("'spec' is required: the batch spec, as YAML text or an object")
+        data = spec_document(doc["spec"], source="'spec'")
+        spec = parse_batch_spec(data, source="submitted")
+        # Who may do this first: what the spec asks of the server comes after.
+        refs = model_references(spec)
+        for ref in refs:
+            authorize(identity, "infer", ref.namespace, ref.name)
+        namespace = _optional(doc, "namespace", str) or refs[0].namespace
+        if not NAMESPACE_RE.fullmatch(namespace):
+            raise InvalidInput(f"{namespace!r} is not a namespace")
+        authorize(identity, "infer", namespace)
+        if isinstance(spec.features, PythonFeatures):
+            authorize(identity, "infer", spec.features.namespace)
+        cluster = _optional(doc, "cluster", str)
+        if cluster is not None:
+            self.registry.settings.cluster(cluster)
+        priority = _job_priority(identity, _optional(doc, "priority", str))
+        await self._call(self._check_models, refs, namespace)
+        checked = await self._call(api_spec, data, self.archives)
+        record: JobRecord = await self._call(
+            self.store.submit,
+            checked.text,
+            namespace=namespace,
+            submitter=identity.principal,
+            priority=priority,
+            cluster=cluster,
+        )
+        await self._audit("job.submit", record, identity)
+        return _json(record.to_dict(), 201)
+
+    def _check_models(self, refs: list[Reference], namespace: str) -> None:
+        for ref in refs:
+            self.registry.resolve(ref)
+        self.registry.namespace(namespace)
+
+    # -- reading -----------------------------------------------------------
+
+    async def list_jobs(self, request: Request) -> Response:
+        identity = await self._identity(request)
+        params = request.query_params
+        unknown = sorted(set(params) - _LIST_PARAMS)
+        if unknown:
+            raise InvalidInput(f"unknown query parameter(s) {', '.join(map(repr, unknown))}")
+        repeated = sorted(key for key in params if len(params.getlist(key)) > 1)
+        if repeated:
+            raise InvalidInput(f"query parameter {repeated[0]!r} is given more than once")
+        namespace = params.get("namespace")
+        namespaces: list[str] | None
+        if namespace is not None:
+            if not NAMESPACE_RE.fullmatch(namespace):
+                raise InvalidInput(f"{namespace[:64]!r} is not a namespace")
+            authorize(identity, "read", namespace)
+            namespaces = [namespace]
+        elif identity.can_see(ANY_NAMESPACE):  # an admin, or a scope on every namespace
+            namespaces = None
+        else:
+            namespaces = visible(identity, [ns for ns in identity.scopes if ns != ANY_NAMESPACE])
+        raw_states = params.get("state")
+        states = parse_states(raw_states) if raw_states is not None else None
+        limit = _bounded_int(params.get("limit"), "limit", _DEFAULT_JOBS, 1, _MAX_JOBS)
+        records = await self._call(
+            self.store.find, namespaces=namespaces, states=states, limit=limit
+        )
+        return _json({"jobs": [r.to_dict(spec=False) for r in records]})
+
+    async def job(self, request: Request) -> Response:
+        record, _ = await self._record(request, "read")
+        return _json(record.to_dict())
+
+    async def logs(self, request: Request) -> Response:
+        record, _ = await self._record(request, "read")
+        after = _bounded_int(request.query_params.get("after"), "after", 0, 0, None)
+        lines = await self._call(self.store.logs, record.id, after=after)
+        return _json({"lines": [line.to_dict() for line in lines]})
+
+    # -- changing ----------------------------------------------------------
+
+    async def cancel(self, request: Request) -> Response:
+        record, identity = await self._record(request, "infer")
+        await _json_object(request)
+        record = await self._call(self.store.cancel, record.id, by=identity.principal)
+        await self._audit("job.cancel", record, identity)
+        return _json(record.to_dict())
+
+    async def resume(self, request: Request) -> Response:
+        record, identity = await self._record(request, "infer")
+        await _json_object(request)
+        record = await self._call(self.store.resume, record.id, by=identity.principal)
+        await self._audit("job.resume", record, identity)
+        return _json(record.to_dict())
+
+
+def _job_priority(identity: Identity, asked: str | None) -> Priority:
+    """The caller's class, or the lower one it asks for (as inference requests do)."""
+    if asked is None:
+        return identity.priority
+    priority = parse_priority(asked)
+    if identity.kind == "anonymous":
+        return priority  # no identity to cap it: auth is off
+    return max(priority, identity.priority)
+
+
+def _bounded_int(raw: str | None, name: str, default: int, low: int, high: int | None) -> int:
+    """A non-negative integer query parameter within ``low``..``high``."""
+    if raw is None:
+        return default
+    bound = f"from {low} to {high}" if high is not None else f"of at least {low}"
+    if not _digits(raw) or len(raw) > _MAX_DIGITS:
+        raise InvalidInput(f"{name} must be an integer {bound}, got {raw[:64]!r}")
+    value = int(raw)
+    if value < low or (high is not None and value > high):
+        raise InvalidInput(f"{name} must be an integer {bound}, got {raw[:64]!r}")
+    return value
+
+
 # -- applications ------------------------------------------------------------
 
 
@@ -908,7 +1101,7 @@ def create_app(service: InferenceService, *, manage_service: bool = False) -> St
     the servers (HTTP, gRPC) starts the service once for all of them.
     """
     inference = _Inference(service)
-    routes = inference.routes() + _RegistryApi(service).routes()
+    routes = inference.routes() + _RegistryApi(service).routes() + _JobsApi(service).routes()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
