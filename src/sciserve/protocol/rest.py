@@ -54,6 +54,23 @@ where ``{ref}`` is one of ``/models/{ns}/{name}`` (the default version),
 The token routes need ``admin`` on ``*`` and a server with authentication
 on; each change is in the audit trail under the admin's token id.
 
+The jobs API, under ``/v2/sciserve/jobs`` (``JOBS_PREFIX``): batch jobs
+recorded in the registry database, which runners execute::
+
+    POST /                                  submit; body {"spec": YAML text or object,
+                                            "namespace", "cluster", "priority"}; 201, the record
+    GET  /?state=S[,S]&namespace=NS&limit=N {"jobs": [...]}: the caller's namespaces, newest first
+    GET  /{job_id}                          the record, its spec included
+    GET  /{job_id}/logs?after=N             {"lines": [...]}: log lines after line id N
+    POST /{job_id}/cancel                   the record; 409 once it has finished
+    POST /{job_id}/resume                   the record, queued again; 409 unless failed or cancelled
+
+A job is its namespace's: seeing it needs a scope there, and a job the
+caller may not see answers like a missing one.  Submitting, cancelling and
+resuming need ``infer`` (submitting: also in the namespace of every model
+the spec names).  A submitted spec may read only under ``[jobs] archives``
+(:mod:`sciserve.jobs.archives`); each change is in the audit trail.
+
 Versions travel in the form :func:`sciserve.registry.remote.version_to_wire`
 writes, which :class:`~sciserve.registry.remote.RemoteRegistry` reads.
 
