@@ -56,6 +56,10 @@ class World:
 
 def _home(base: Path) -> tuple[Path, Path, Path]:
     """A registry with alpha/m and beta/b, an archive root and a directory outside it."""
+    return _home_on(base, None)
+
+
+def _home_on(base: Path, database_url: str | None) -> tuple[Path, Path, Path]:
     home, root, outside = base / "home", base / "archives", base / "outside"
     archive(root / "lsst")
     outside.mkdir()
@@ -73,7 +77,7 @@ def _home(base: Path) -> tuple[Path, Path, Path]:
         "[clusters.small]\n"
         "kind = 'slurm'\n"
     )
-    with Registry(Settings.load(home, environ={})) as reg:
+    with Registry(Settings.load(home, environ={}, database_url=database_url)) as reg:
         reg.publish(make_onnx_package(base / "m", name="m", namespace="alpha"))
         reg.publish(make_onnx_package(base / "b", name="b", namespace="beta"))
     return home, root, outside
@@ -380,9 +384,10 @@ def test_a_body_declared_too_long_is_refused_before_it_is_read(
     assert answer.startswith(b"HTTP/1.1 " + status + b" "), answer[:200]
 
 
-def test_a_namespace_that_is_no_namespace_is_refused(world: World) -> None:
+@pytest.mark.parametrize("namespace", ["../etc", "", "A" * 1000])
+def test_a_namespace_that_is_no_namespace_is_refused(world: World, namespace: str) -> None:
     with world.client("admin") as admin:
-        assert "is not a namespace" in _error(_submit(admin, namespace="../etc"), 400)
+        assert "is not a namespace" in _error(_submit(admin, namespace=namespace), 400)
 
 
 @pytest.mark.parametrize(
@@ -464,3 +469,26 @@ def test_without_auth_the_local_user_submits_and_no_file_is_readable_unless_conf
         ):
             denied = _submit(client, {**SPEC, "input": str(root / "lsst")})
             assert "[jobs] archives is empty" in _error(denied, 403)
+
+
+# -- both databases -----------------------------------------------------------------
+
+
+def test_jobs_through_the_api_on_sqlite_and_postgresql(tmp_path: Path, database_url: str) -> None:
+    home, root, _ = _home_on(tmp_path, database_url)
+    with Registry(Settings.load(home, environ={}, database_url=database_url)) as reg:
+        app = create_app(InferenceService(reg), manage_service=True)
+        with (
+            ServerThread(app) as address,
+            httpx.Client(base_url=f"http://{address}", timeout=60) as client,
+        ):
+            jobs = [_submit(client).json() for _ in range(3)]
+            assert all(job["state"] == "QUEUED" for job in jobs)
+            listed = client.get(JOBS, params={"state": "QUEUED", "limit": "2"}).json()["jobs"]
+            assert [j["id"] for j in listed] == [jobs[2]["id"], jobs[1]["id"]]
+            url = f"{JOBS}/{jobs[0]['id']}"
+            assert client.post(url + "/cancel").json()["state"] == "CANCELLED"
+            assert client.post(url + "/resume").json()["state"] == "QUEUED"
+            messages = [line["message"] for line in client.get(url + "/logs").json()["lines"]]
+            assert len(messages) == 3 and messages[-1] == "CANCELLED → QUEUED by anonymous"
+            assert yaml.safe_load(jobs[0]["spec"])["input"] == str((root / "lsst").resolve())

@@ -146,7 +146,7 @@ from ..package.reference import Reference, parse_reference
 from ..registry.registry import VersionInfo
 from ..registry.remote import REGISTRY_PREFIX, namespace_to_wire, version_to_wire
 from ..serving.service import InferenceService, max_input_elements
-from ..streams.spec import PythonFeatures, parse_batch_spec
+from ..streams.spec import BatchSpec, PythonFeatures, parse_batch_spec
 from ._messages import client_message
 from .rest_codec import (
     HEADER_LENGTH_HEADER,
@@ -993,13 +993,15 @@ class _JobsApi:
             raise InvalidInput(f"unknown job field(s) {', '.join(map(repr, unknown))}")
         if doc.get("spec") is None:
             raise InvalidInput("'spec' is required: the batch spec, as YAML text or an object")
-        data = spec_document(doc["spec"], source="'spec'")
-        spec = parse_batch_spec(data, source="submitted")
+        # Up to 256 KiB of YAML: parsed off the loop, like a large inference body.
+        data, spec = await self._call(_submitted_spec, doc["spec"])
         # Who may do this first: what the spec asks of the server comes after.
         refs = model_references(spec)
         for ref in refs:
             authorize(identity, "infer", ref.namespace, ref.name)
-        namespace = _optional(doc, "namespace", str) or refs[0].namespace
+        namespace = _optional(doc, "namespace", str)
+        if namespace is None:
+            namespace = refs[0].namespace
         if not NAMESPACE_RE.fullmatch(namespace):
             raise InvalidInput(f"{namespace!r} is not a namespace")
         authorize(identity, "infer", namespace)
@@ -1082,6 +1084,12 @@ class _JobsApi:
         record = await self._call(self.store.resume, record.id, by=identity.principal)
         await self._audit("job.resume", record, identity)
         return _json(record.to_dict())
+
+
+def _submitted_spec(value: object) -> tuple[dict[str, Any], BatchSpec]:
+    """The ``spec`` of a submission as a mapping, and validated."""
+    data = spec_document(value, source="'spec'")
+    return data, parse_batch_spec(data, source="submitted")
 
 
 def _job_priority(identity: Identity, asked: str | None) -> Priority:
