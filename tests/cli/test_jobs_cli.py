@@ -147,6 +147,9 @@ def test_local_mistakes_get_their_exit_code(cli: Cli, local: Path, tmp_path: Pat
         assert words in cli.json("jobs", "submit", str(bad), code=code)["error"]
     bad.write_bytes(b"\xff\xfe not text")
     cli("jobs", "submit", str(bad), code=2)
+    bad.write_text("name: " + "x" * 300_000 + "\n")
+    assert cli.json("jobs", "submit", str(bad), code=2)["type"] == "PayloadTooLarge"
+    cli("jobs", "submit", str(tmp_path), code=2)  # a directory
     cli("jobs", "submit", str(local), "--cluster", "huge", code=2)
     cli("jobs", "submit", str(local), "--namespace", "lab", code=3)
     cli("jobs", "submit", str(local), "--priority", "urgent", code=2)
@@ -234,6 +237,10 @@ def test_the_jobs_commands_work_through_a_server(
     assert user("jobs", "status", "j-0000000000000000", code=3)["type"] == "NotFound"  # type: ignore[index]
     assert user("jobs", "logs", "../x", code=3)["type"] == "NotFound"  # type: ignore[index]
     assert user("jobs", "list", "--state", "nope", code=2)["type"] == "InvalidInput"  # type: ignore[index]
+    huge = tmp_path / "evil" / "huge.yaml"
+    huge.write_text("name: " + "x" * 300_000 + "\n")
+    assert "over 262144 bytes" in user("jobs", "submit", str(huge), code=2)["error"]  # type: ignore[index]
+    user("jobs", "submit", str(tmp_path / "evil"), code=2)  # a directory
     # Human output: a table and key: value lines.
     monkeypatch.setenv("SCISERVE_TOKEN", tokens["user"])
     table = client("--server", f"http://{server.http}", "jobs", "list")
