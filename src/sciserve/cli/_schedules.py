@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any
@@ -108,8 +108,12 @@ def _named(store: ScheduleStore, name: str, namespace: str | None) -> Schedule:
     return found[0]
 
 
+def _utc(instant: datetime) -> str:
+    return instant.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
+
+
 def _row(schedule: Schedule) -> list[str]:
-    due = schedule.next_due_at.isoformat() if schedule.next_due_at else ""
+    due = _utc(schedule.next_due_at) if schedule.next_due_at else ""
     return [
         f"{schedule.namespace}/{schedule.name}",
         schedule.when,
@@ -190,7 +194,8 @@ def add(
         )
         st.console.print(
             f"schedule {schedule.namespace}/{schedule.name} added: {schedule.when}{first}; "
-            f"missed runs: {schedule.missed.value}"
+            f"missed runs: {schedule.missed.value}",
+            soft_wrap=True,
         )
 
     st.emit(schedule.to_dict(spec=False), human)
@@ -267,7 +272,7 @@ def history(
             return
         rows = [
             [
-                r.due_at.isoformat(),
+                _utc(r.due_at),
                 r.outcome.value,
                 r.job_id or "",
                 r.job_state.value if r.job_state else "",
