@@ -35,6 +35,8 @@ from sciserve.jobs.records import MAX_SPEC_BYTES
 from sciserve.jobs.schedules import CronRule, schedule_runs_table, schedules_table
 from sciserve.registry.registry import Registry
 
+from helpers.server import start_server, stop_server
+
 SPEC = "name: nightly\ninput: /data/archive/\ncolumns: [f0, f1, f2, f3]\nmodels:\n  - ref: linear\n"
 
 
@@ -526,3 +528,41 @@ def test_the_scheduler_command_fires_a_schedule_in_real_time(tmp_path: Path) -> 
             if proc.poll() is None:
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("run_in_server", [True, False])
+def test_serve_runs_a_scheduler_unless_told_not_to(
+    tmp_path: Path, onnx_package: Callable[..., Path], run_in_server: bool
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    if not run_in_server:
+        (home / "sciserve.toml").write_text("[jobs]\nrun_in_server = false\n")
+    settings = Settings.load(home, environ={})
+    with Registry(settings) as registry, ScheduleStore.open(settings) as store:
+        for version in ("1.0.0", "1.1.0"):
+            registry.publish(onnx_package(version=version))
+        registry.tag("linear:1.0.0", "production")
+        schedule = store.add(
+            "rescore", SPEC, namespace="default", owner="local:alice", on_alias="linear@production"
+        )
+        running = start_server(home)
+        try:
+            registry.tag("linear:1.1.0", "production")
+            jobs = JobStore(store.engine)
+            # The server's scheduler looks every 5 s; without one, nothing
+            # comes in over two of its intervals.
+            deadline = time.monotonic() + (20 if run_in_server else 12)
+            found = jobs.find(schedule_id=schedule.id)
+            while not found and time.monotonic() < deadline:
+                time.sleep(0.2)
+                found = jobs.find(schedule_id=schedule.id)
+        finally:
+            assert stop_server(running.proc) == 0
+        history = store.history("rescore", namespace="default")
+    if run_in_server:
+        [run] = history
+        assert [job.id for job in found] == [run.job_id]
+    else:
+        assert found == [] and history == []

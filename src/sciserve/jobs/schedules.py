@@ -29,13 +29,14 @@ and submits nothing.  Either way the history shows them.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import enum
 import logging
 import os
 import re
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -64,6 +65,7 @@ __all__ = [
     "Schedule",
     "ScheduleStore",
     "Scheduler",
+    "running_scheduler",
     "schedule_runs_table",
     "schedules_table",
 ]
@@ -849,6 +851,27 @@ class Scheduler:
             )
         )
         return run
+
+
+@contextlib.contextmanager
+def running_scheduler(settings: Settings, *, interval: float = 5.0) -> Iterator[Scheduler]:
+    """A scheduler ticking in a thread of this process (it only does database
+    I/O) until the block ends; what ``sciserve serve`` runs beside its models."""
+    stop = threading.Event()
+    with Scheduler(settings) as scheduler:
+        thread = threading.Thread(
+            target=scheduler.serve_forever,
+            args=(stop, interval),
+            name="sciserve-scheduler",
+            # A tick stuck on the database must not keep a stopping server alive.
+            daemon=True,
+        )
+        thread.start()
+        try:
+            yield scheduler
+        finally:
+            stop.set()
+            thread.join(timeout=30)
 
 
 def _duration(delta: timedelta) -> str:
