@@ -75,6 +75,8 @@ def test_the_missed_run_policy_is_stated_in_the_help(cli: Cli) -> None:
         (["--cron", "0 2 * *", "--tz", "UTC"], "has 4 fields"),
         (["--cron", "every night", "--tz", "UTC"], "has 2 fields"),
         (["--cron", "0 25 * * *", "--tz", "UTC"], "invalid cron expression"),
+        (["--cron", "0," * 100 + "0 * * * *", "--tz", "UTC"], "over 128 characters"),
+        (["--cron", "0 2 * * *", "--tz", "x" * 10_000], "IANA time zone"),
         (["--cron", "0 2 * * *", "--tz", "Mars/Olympus"], "unknown time zone"),
         (["--cron", "0 2 * * *"], "--cron needs --tz"),
         (["--tz", "UTC"], "give either --cron"),

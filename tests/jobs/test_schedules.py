@@ -33,6 +33,7 @@ from sciserve.jobs import (
 )
 from sciserve.jobs.records import MAX_SPEC_BYTES
 from sciserve.jobs.schedules import CronRule, schedule_runs_table, schedules_table
+from sciserve.registry.db import events
 from sciserve.registry.registry import Registry
 
 from helpers.server import start_server, stop_server
@@ -317,6 +318,16 @@ def test_removing_a_schedule_stops_it(
     # Its job stays; the name is free again.
     assert len(jobs.find()) == 1
     add_cron(store, now=clock.now)
+    # Both changes are in the registry's audit trail.
+    with store.engine.connect() as conn:
+        trail = conn.execute(
+            sa.select(events.c.action, events.c.subject, events.c.actor).order_by(events.c.id)
+        ).all()
+    assert [tuple(row) for row in trail] == [
+        ("schedule-add", "default/nightly", "local:alice"),
+        ("schedule-remove", "default/nightly", None),
+        ("schedule-add", "default/nightly", "local:alice"),
+    ]
 
 
 def test_schedules_are_listed_and_names_are_unique_per_namespace(store: ScheduleStore) -> None:
@@ -343,6 +354,7 @@ def test_schedules_are_listed_and_names_are_unique_per_namespace(store: Schedule
         ({"cron": "0 0 2 * * *"}, "has 6 fields"),
         ({"cron": "61 2 * * *"}, "invalid cron expression"),
         ({"cron": "0 0 30 2 *"}, "invalid cron expression"),
+        ({"cron": ",".join(str(m) for m in range(60)) + " * * * *"}, "over 128 characters"),
         ({"timezone": "Mars/Olympus"}, "unknown time zone 'Mars/Olympus'"),
         ({"timezone": "../../etc/passwd"}, "unknown time zone"),
         ({"timezone": None}, "needs its time zone"),

@@ -248,7 +248,7 @@ def remove(
 
 def _remove(store: ScheduleStore, name: str, namespace: str | None) -> Schedule:
     found = _named(store, name, namespace)
-    return store.remove(found.name, namespace=found.namespace)
+    return store.remove(found.name, namespace=found.namespace, actor=local_actor())
 
 
 def history(

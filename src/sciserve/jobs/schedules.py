@@ -31,6 +31,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import enum
+import json
 import logging
 import os
 import re
@@ -131,6 +132,8 @@ schedule_runs_table = sa.Table(
 DEFAULT_GRACE = timedelta(minutes=2)
 #: Due instants decided one by one after an outage; more are summed up in one row.
 MAX_CATCH_UP = 1000
+#: The ``schedules.cron`` column's width.
+MAX_CRON_LENGTH = 128
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 
 
@@ -174,6 +177,11 @@ class CronRule:
 
     def __init__(self, expression: str, timezone: str) -> None:
         self.expression = " ".join(expression.split())
+        if len(self.expression) > MAX_CRON_LENGTH:
+            raise InvalidInput(
+                f"cron expression is over {MAX_CRON_LENGTH} characters; "
+                "use ranges and steps (e.g. */5) rather than long lists"
+            )
         self.timezone = timezone
         self.zone = _zone(timezone)
         fields = self.expression.split(" ")
@@ -481,6 +489,8 @@ class ScheduleStore:
                     **values,
                 )
             )
+            when = f"{cron} ({timezone})" if cron is not None else f"on {on_alias}"
+            _audit(conn, "schedule-add", f"{namespace}/{name}", owner, {"when": when})
         return self.get(name, namespace=namespace)
 
     @staticmethod
@@ -517,7 +527,7 @@ class ScheduleStore:
         with self._engine.connect() as conn:
             return [Schedule._from_row(row) for row in conn.execute(query)]
 
-    def remove(self, name: str, *, namespace: str) -> Schedule:
+    def remove(self, name: str, *, namespace: str, actor: str | None = None) -> Schedule:
         """Delete a schedule and its history (its jobs stay); no scheduler fires it again."""
         schedule = self.get(name, namespace=namespace)
         with writing(self._engine) as conn:
@@ -527,6 +537,7 @@ class ScheduleStore:
             done = conn.execute(
                 schedules_table.delete().where(schedules_table.c.id == schedule.id)
             ).rowcount
+            _audit(conn, "schedule-remove", f"{namespace}/{name}", actor, None)
         if done != 1:
             raise NotFound(f"no schedule {name!r} in namespace {namespace}")
         return schedule
@@ -544,6 +555,19 @@ class ScheduleStore:
         )
         with self._engine.connect() as conn:
             return [_run(row) for row in conn.execute(query)]
+
+
+def _audit(conn: sa.Connection, action: str, subject: str, actor: str | None, detail: Any) -> None:
+    """A line in the registry's audit trail (``events``), in the change's transaction."""
+    conn.execute(
+        db.events.insert().values(
+            at=utcnow(),
+            action=action,
+            subject=subject,
+            actor=actor[:128] if actor else None,
+            detail=json.dumps(detail, sort_keys=True) if detail else None,
+        )
+    )
 
 
 def _run(row: Any) -> Run:
