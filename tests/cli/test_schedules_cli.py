@@ -144,3 +144,13 @@ def test_schedules_need_the_local_database(cli: Cli, spec: Path) -> None:
     assert "registry database directly" in out
     out = cli("--server", "http://127.0.0.1:9", "scheduler", code=2)
     assert "registry database directly" in out
+
+
+def test_a_read_only_registry_is_listed_and_not_changed(cli: Cli, spec: Path) -> None:
+    every = ["--cron", "* * * * *", "--tz", "UTC"]
+    cli("schedules", "add", "s", str(spec), *every)
+    assert [s["name"] for s in cli.json("--read-only", "schedules", "list")] == ["s"]
+    assert "read-only" in cli("--read-only", "schedules", "remove", "s", code=6)
+    assert "read-only" in cli("--read-only", "schedules", "add", "t", str(spec), *every, code=6)
+    assert "read-only" in cli("--read-only", "scheduler", code=6)
+    assert [s["name"] for s in cli.json("schedules", "list")] == ["s"]

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..errors import InvalidInput
+from ..errors import InvalidInput, ReadOnlyRegistry
 from ._context import State, folding_table, local_actor, log_to_stderr, state
 
 if TYPE_CHECKING:
@@ -317,6 +317,10 @@ def scheduler(
         raise InvalidInput(
             "the scheduler works on the registry database directly; run it where the "
             "registry is, without --server / SCISERVE_URL"
+        )
+    if settings.read_only:
+        raise ReadOnlyRegistry(
+            "a scheduler records its runs: it cannot work on a read-only registry"
         )
     log_to_stderr()
     stop = threading.Event()

@@ -368,11 +368,15 @@ def _parse_trigger(text: str) -> tuple[str, str]:
 
 
 def _open_engine(settings: Settings, *, create: bool) -> Engine:
-    engine = db.connect(settings.database_url, create=create)
+    # A read-only registry (e.g. an export) is read as it is: never migrated,
+    # and every write refused by the engine.
+    read_only = settings.read_only
+    engine = db.connect(settings.database_url, read_only=read_only, create=create and not read_only)
     try:
-        if create:
+        if create and not read_only:
             settings.home.mkdir(parents=True, exist_ok=True)
-        db.migrate(engine, lock_path=settings.home / ".migrate.lock", create=create)
+        if not read_only:
+            db.migrate(engine, lock_path=settings.home / ".migrate.lock", create=create)
     except BaseException:
         engine.dispose()
         raise
