@@ -414,15 +414,20 @@ from time import time as real
 from sciserve.config import Settings
 from sciserve.jobs import Scheduler
 
-home, url, name, base, real0, speed, end = sys.argv[1:]
+home, url, name, base, speed, end = sys.argv[1:]
 base, end = datetime.fromisoformat(base), datetime.fromisoformat(end)
-real0, speed = float(real0), float(speed)
+speed = float(speed)
 
 def clock():
     return base + timedelta(seconds=(real() - real0) * speed)
 
 settings = Settings.load(home, environ={}, database_url=url)
-with Scheduler(settings, name=name, clock=clock) as scheduler:
+# A generous grace (15 s real): a process stalled by a busy machine is late,
+# not missing a run.
+with Scheduler(settings, name=name, clock=clock, grace=timedelta(minutes=30)) as scheduler:
+    # Both processes start their clocks together, once both are ready.
+    print("ready", flush=True)
+    real0 = float(sys.stdin.readline())
     decided = 0
     while clock() < end:
         decided += len(scheduler.tick())
@@ -450,7 +455,6 @@ def test_two_scheduler_processes_run_each_due_run_exactly_once(
                 timezone="UTC",
                 now=base,
             )
-        real0 = time.time() + 3  # both processes start their clocks together
         procs = [
             subprocess.Popen(
                 [
@@ -461,10 +465,10 @@ def test_two_scheduler_processes_run_each_due_run_exactly_once(
                     postgres_url,
                     name,
                     base.isoformat(),
-                    str(real0),
                     str(speed),
                     end.isoformat(),
                 ],
+                stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
@@ -472,12 +476,28 @@ def test_two_scheduler_processes_run_each_due_run_exactly_once(
             for name in ("proc-a", "proc-b")
         ]
         try:
-            outputs = [proc.communicate(timeout=120) for proc in procs]
+            for proc in procs:
+                assert proc.stdout is not None
+                assert proc.stdout.readline() == "ready\n", proc.stderr
+            real0 = time.time() + 0.5
+            for proc in procs:
+                assert proc.stdin is not None
+                proc.stdin.write(f"{real0}\n")
+                proc.stdin.close()
+            # The output is one line each: the pipes cannot fill up.
+            outputs = []
+            for proc in procs:
+                proc.wait(timeout=120)
+                assert proc.stdout is not None and proc.stderr is not None
+                outputs.append((proc.stdout.read(), proc.stderr.read()))
         finally:
             for proc in procs:
                 if proc.poll() is None:
                     os.kill(proc.pid, signal.SIGKILL)
                     proc.wait()
+                for stream in (proc.stdin, proc.stdout, proc.stderr):
+                    if stream is not None:
+                        stream.close()
         assert [proc.returncode for proc in procs] == [0, 0], outputs
         decided = [int(out.strip()) for out, _ in outputs]
         jobs = JobStore(store.engine)
