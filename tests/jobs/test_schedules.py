@@ -281,6 +281,22 @@ def test_a_trigger_fires_once_per_alias_move(
     assert len(store.history("rescore", namespace="default")) == 3
 
 
+def test_two_schedulers_decide_each_due_instant_once(
+    store: ScheduleStore, clock: Clock, jobs: JobStore
+) -> None:
+    schedule = add_cron(store, "minutely", cron="* * * * *", now=clock.now)
+    racers = [Scheduler(store.engine, name=n, clock=clock) for n in ("a", "b", "c")]
+    runs: list[Run] = []
+    for minute in range(1, 21):
+        clock.now = at("2026-07-01T00:00:00+00:00") + timedelta(minutes=minute, seconds=1)
+        runs += _tick_together(racers, rounds=3)
+    assert sorted(r.due_at.minute for r in runs) == list(range(1, 21))
+    assert {r.outcome for r in runs} == {RunOutcome.SUBMITTED}
+    records = jobs.find(schedule_id=schedule.id)
+    assert sorted(j.id for j in records) == sorted(r.job_id or "" for r in runs)
+    assert len(store.history("minutely", namespace="default")) == 20
+
+
 def _tick_together(schedulers: list[Scheduler], *, rounds: int) -> list[Run]:
     """Every scheduler ticks ``rounds`` times, all at once in threads."""
     found: list[Run] = []
@@ -380,6 +396,7 @@ def test_a_bad_schedule_is_refused_with_a_clear_message(
         ("default/linear:1.0.0", "give MODEL@ALIAS"),
         ("default/linear@latest", "'latest' moves with every publication"),
         ("default/linear@bad alias!", "not a valid alias"),
+        ("a" * 5000 + "@production", "too long"),
     ],
 )
 def test_a_bad_trigger_is_refused(store: ScheduleStore, on_alias: str, message: str) -> None:

@@ -355,6 +355,8 @@ def _alias_target(conn: sa.Connection, model: str, alias: str) -> _Target | None
 
 def _parse_trigger(text: str) -> tuple[str, str]:
     """``ns/model@alias`` → (``ns/model``, ``alias``)."""
+    if len(text) > 260:  # namespace, name and alias at their longest
+        raise InvalidInput("--on-alias is too long to name a model and an alias")
     ref = parse_reference(text)
     if ref.alias is None or ref.version is not None:
         raise InvalidInput(
