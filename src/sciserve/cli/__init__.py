@@ -24,6 +24,7 @@ from . import (
     _namespace,
     _package,
     _registry,
+    _schedules,
     _serve,
     _stream,
     _up,
@@ -91,6 +92,7 @@ _alerts.register(app)
 _stream.register(app)
 _batch.register(app)
 _jobs.register(app)
+_schedules.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

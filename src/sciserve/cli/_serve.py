@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -154,8 +155,21 @@ def run_server(
             announce(addresses)
         sys.stdout.flush()
 
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+    with (
+        _scheduler(settings),
+        asyncio.Runner(loop_factory=_loop_factory()) as runner,
+    ):
         runner.run(Server(settings, config).serve(on_ready=ready))
+
+
+def _scheduler(settings: Settings) -> contextlib.AbstractContextManager[object]:
+    """The schedules' scheduler, in a thread, while the server runs (``[jobs]
+    run_in_server``); a read-only registry has no schedules to advance."""
+    if not settings.jobs.run_in_server or settings.read_only:
+        return contextlib.nullcontext()
+    from ..jobs.schedules import running_scheduler
+
+    return running_scheduler(settings)
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -47,6 +47,7 @@ __all__ = [
     "JobRecord",
     "JobState",
     "JobStore",
+    "insert_job",
     "job_log_table",
     "jobs_table",
     "parse_states",
@@ -283,6 +284,50 @@ def check_job_id(value: str) -> str:
     return value
 
 
+def insert_job(
+    conn: sa.Connection,
+    spec: str,
+    *,
+    namespace: str,
+    submitter: str,
+    priority: Priority = Priority.BATCH,
+    cluster: str | None = None,
+    schedule_id: int | None = None,
+    note: str | None = None,
+) -> str:
+    """Insert a new QUEUED job in the caller's transaction; its id.
+
+    The one place a job record is created: :meth:`JobStore.submit` calls it
+    in a transaction of its own, a scheduler in the transaction that also
+    records the schedule's run, so the two commit (or vanish) together.
+    ``note`` is added to the first log line (e.g. the schedule that fired).
+    """
+    if len(spec.encode()) > MAX_SPEC_BYTES:
+        raise InvalidInput(f"the spec is over {MAX_SPEC_BYTES} bytes")
+    job_id = new_job_id()
+    conn.execute(
+        jobs_table.insert().values(
+            id=job_id,
+            namespace=namespace,
+            spec=spec,
+            submitter=submitter,
+            priority=priority.name.lower(),
+            state=JobState.QUEUED.value,
+            cluster=cluster,
+            schedule_id=schedule_id,
+            shards_done=0,
+            rows_in=0,
+            rows_out=0,
+            dead_letters=0,
+            attempts=0,
+            submitted_at=utcnow(),
+        )
+    )
+    message = f"submitted by {submitter} ({priority.name.lower()})"
+    JobStore._log(conn, job_id, "info", message + (f"; {note}" if note else ""))
+    return job_id
+
+
 class JobStore:
     """Job records in a registry database.  Synchronous (database I/O):
     asynchronous callers run its methods in a thread.  Use as a context
@@ -340,30 +385,16 @@ class JobStore:
         schedule_id: int | None = None,
     ) -> JobRecord:
         """A new QUEUED job.  The spec is stored as given; the caller has checked it."""
-        if len(spec.encode()) > MAX_SPEC_BYTES:
-            raise InvalidInput(f"the spec is over {MAX_SPEC_BYTES} bytes")
-        job_id = new_job_id()
-        now = utcnow()
         with self._writing() as conn:
-            conn.execute(
-                jobs_table.insert().values(
-                    id=job_id,
-                    namespace=namespace,
-                    spec=spec,
-                    submitter=submitter,
-                    priority=priority.name.lower(),
-                    state=JobState.QUEUED.value,
-                    cluster=cluster,
-                    schedule_id=schedule_id,
-                    shards_done=0,
-                    rows_in=0,
-                    rows_out=0,
-                    dead_letters=0,
-                    attempts=0,
-                    submitted_at=now,
-                )
+            job_id = insert_job(
+                conn,
+                spec,
+                namespace=namespace,
+                submitter=submitter,
+                priority=priority,
+                cluster=cluster,
+                schedule_id=schedule_id,
             )
-            self._log(conn, job_id, "info", f"submitted by {submitter} ({priority.name.lower()})")
         return self.get(job_id)
 
     def claim(self, runner: str, *, namespaces: Iterable[str] | None = None) -> JobRecord | None:
