@@ -16,7 +16,18 @@ from typing import Annotated
 import typer
 
 from .. import errors
-from . import _access, _alerts, _batch, _namespace, _package, _registry, _serve, _stream, _up
+from . import (
+    _access,
+    _alerts,
+    _batch,
+    _jobs_runner,
+    _namespace,
+    _package,
+    _registry,
+    _serve,
+    _stream,
+    _up,
+)
 from ._context import State, report_error
 
 __all__ = ["app", "main"]
@@ -79,6 +90,7 @@ _access.register(app)
 _alerts.register(app)
 _stream.register(app)
 _batch.register(app)
+_jobs_runner.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

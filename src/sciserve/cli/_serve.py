@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +22,8 @@ from ._context import log_to_stderr, state
 
 if TYPE_CHECKING:
     from ..server import Addresses
+
+logger = logging.getLogger(__name__)
 
 
 def register(app: typer.Typer) -> None:
@@ -81,6 +88,13 @@ def serve(
     ] = False,
     tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate (chain) for TLS.")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="PEM private key for TLS.")] = None,
+    jobs: Annotated[
+        bool | None,
+        typer.Option(
+            "--jobs/--no-jobs",
+            help="Run a batch job runner beside the server (default: [jobs] run_in_server).",
+        ),
+    ] = None,
 ) -> None:
     """Serve the registry's models over HTTP and gRPC (KServe v2 / Triton protocol)."""
     st = state(ctx)
@@ -113,7 +127,8 @@ def serve(
         settings = settings.model_copy(
             update={"access": settings.access.model_copy(update={"enabled": auth})}
         )
-    run_server(settings, config)
+    run_jobs = settings.jobs.run_in_server if jobs is None else jobs
+    run_server(settings, config, jobs=run_jobs and not settings.read_only)
 
 
 def _options_problem(exc: ValidationError) -> str:
@@ -140,22 +155,86 @@ def run_server(
     config: ServingConfig,
     *,
     announce: Callable[[Addresses], None] | None = None,
+    jobs: bool = False,
 ) -> None:
     """Run until SIGTERM / SIGINT; print one line with the bound addresses, then
-    call ``announce`` with them."""
+    call ``announce`` with them.  With ``jobs``, a job runner runs beside the
+    server once it is up (see :class:`JobsRunnerChild`)."""
     from ..server import Server
 
     log_to_stderr()
     sys.setswitchinterval(SWITCH_INTERVAL)
+    child = JobsRunnerChild(settings) if jobs else None
 
     def ready(addresses: Addresses) -> None:
         sys.stdout.write(f"{addresses.banner()}\n")
         if announce is not None:
             announce(addresses)
         sys.stdout.flush()
+        if child is not None:
+            child.start()
 
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(Server(settings, config).serve(on_ready=ready))
+    try:
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(Server(settings, config).serve(on_ready=ready))
+    finally:
+        if child is not None:
+            child.stop()
+
+
+class JobsRunnerChild:
+    """``sciserve jobs runner`` as a child process of the server.
+
+    A separate process, so that nothing a batch job does (memory, a crash,
+    a Dask cluster's threads and signals) can take the server down; in a
+    session of its own, so that a terminal's Ctrl-C reaches only the server,
+    which stops it (SIGTERM: its job is cancelled and queued again; then
+    SIGKILL if it lingers).  It exits by itself if the server is killed.
+    """
+
+    #: Seconds the runner gets to put its job back before it is killed.
+    STOP_TIMEOUT = 30.0
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        # The registry is passed in the environment, not on a command line
+        # every user of the machine can read (a database URL may hold a password).
+        env = {
+            **os.environ,
+            "SCISERVE_HOME": str(self.settings.home),
+            "SCISERVE_DATABASE_URL": self.settings.database_url,
+            "SCISERVE_STORE_URL": self.settings.store_url,
+        }
+        command = [sys.executable, "-m", "sciserve", "jobs", "runner", "--exit-with-parent"]
+        try:
+            self.proc = subprocess.Popen(
+                command,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,  # the server's stdout carries its banner
+                start_new_session=True,
+            )
+        except OSError as exc:  # the server serves on without it
+            logger.error("cannot start the job runner: %s", exc)
+            return
+        logger.info("job runner started (pid %d)", self.proc.pid)
+
+    def stop(self) -> None:
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=self.STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            logger.warning("the job runner (pid %d) did not stop; killed", proc.pid)
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait()
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

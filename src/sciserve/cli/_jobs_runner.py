@@ -1,0 +1,94 @@
+"""``sciserve jobs runner``: execute the batch jobs queued in the registry database."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Annotated
+
+import typer
+
+from ._context import log_to_stderr, state
+
+__all__ = ["register", "runner"]
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``jobs runner`` (in a ``jobs`` group of its own; the group is
+    shared with the other ``jobs`` commands where they are registered)."""
+    jobs = typer.Typer(name="jobs", help="Batch jobs run by runners.", no_args_is_help=True)
+    jobs.command("runner")(runner)
+    app.add_typer(jobs, name="jobs")
+
+
+def runner(
+    ctx: typer.Context,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Worker processes of the local Dask cluster each job gets "
+            "[default: [jobs] workers, else the cores]."
+        ),
+    ] = None,
+    once: Annotated[
+        bool, typer.Option("--once", help="Run one queued job (if any) and exit.")
+    ] = False,
+    name: Annotated[
+        str | None,
+        typer.Option(help="This runner's name in the job records [default: host:pid:random]."),
+    ] = None,
+    exit_with_parent: Annotated[
+        bool,
+        typer.Option(
+            "--exit-with-parent",
+            hidden=True,
+            help="Exit when the parent process does (a runner started by a server).",
+        ),
+    ] = False,
+) -> None:
+    """Run the batch jobs queued in the registry database, one at a time, each
+    on a local Dask cluster of its own (or its cluster profile).
+
+    SIGTERM or Ctrl-C stops the runner: a job it is running is cancelled on
+    its cluster and queued again, for a runner to resume (its finished
+    shards are kept and skipped).
+    """
+    from .._parent import exit_with_parent as watch_parent
+    from ..batch.runner import JobRunner
+
+    st = state(ctx)
+    if exit_with_parent:
+        # No orphaned runner if the server is killed: its job goes stale and
+        # another runner takes it over.
+        watch_parent(kernel=False)
+    settings = st.settings
+    with JobRunner(settings, name=name, workers=workers) as job_runner:
+        if once:
+            record = job_runner.run_once()
+            if record is None:
+                st.emit(None, lambda: st.console.print("no job queued"))
+                return
+            done = record
+            st.emit(
+                done.to_dict(spec=False),
+                lambda: st.console.print(
+                    f"job {done.id}: {done.state.value}"
+                    + (f": {done.error}" if done.error else "")
+                    + f" ({done.shards_done}/{done.shards_total or 0} shards, "
+                    f"{done.rows_in} rows in, {done.rows_out} output rows, "
+                    f"{done.dead_letters} dead letters)"
+                ),
+            )
+            return
+        log_to_stderr()
+        stop = threading.Event()
+
+        def on_signal(signum: int, frame: object) -> None:
+            stop.set()
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            job_runner.serve_forever(stop)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
