@@ -213,8 +213,10 @@ def test_a_job_runs_to_succeeded_with_exact_counts_and_its_log(
     # A relative input resolves against the first [jobs] archives root.
     settings = _configure(home, archives=[str(tmp_path / "data")])
     job = _submit(settings, _spec(tmp_path, input="archive"))
+    nice = os.nice(0)
     with JobRunner(settings, name="r1") as runner:
         done = runner.run_once()
+        assert os.nice(0) == nice  # only the workers run at a lower priority
         assert done is not None and done.id == job.id
         assert done.state is JobState.SUCCEEDED, done.error
         assert (done.shards_total, done.shards_done) == (SHARDS, SHARDS)
@@ -477,6 +479,28 @@ def test_a_killed_runners_job_is_taken_over_when_it_goes_stale(
         assert _log_line(heir.store, job.id, "runner doomed stopped answering")
 
 
+def test_a_runner_process_told_to_stop_queues_its_job_again(
+    home: Path, tmp_path: Path, data: dict[str, np.ndarray]
+) -> None:
+    settings = _configure(home)
+    job = _submit(settings, _slow_spec(tmp_path, "lab/slower"))
+    proc = _runner_process(home, "--workers", "1")
+    try:
+        with JobStore.open(settings) as store:
+            line = _wait(
+                "the cluster", lambda: _log_line(store, job.id, "running on a local cluster")
+            )
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(60) == 0
+            queued = store.get(job.id)
+            assert queued.state is JobState.QUEUED and queued.runner is None
+            assert _log_line(store, job.id, "the runner stopped; job queued again")
+        assert "Traceback" not in proc.stderr.read()
+    finally:
+        _end(proc)
+    _wait("the workers to exit", lambda: not any(_alive(p) for p in _worker_pids(line)), 30)
+
+
 @pytest.mark.postgres
 def test_two_runner_processes_on_postgresql_never_run_the_same_job(
     postgres_url: str, tmp_path: Path, data: dict[str, np.ndarray]
@@ -525,7 +549,8 @@ def test_the_runner_command_once_and_its_mistakes(
     shown = cli.json("jobs", "runner", "--once")
     assert shown["id"] == job.id and shown["state"] == "FAILED" and "spec" not in shown
     assert "pipeline name" in shown["error"]
-    assert "at least 1 worker" in cli("jobs", "runner", "--once", "--workers", "0", code=2)
+    assert "1 to 1024 workers, not 0" in cli("jobs", "runner", "--once", "--workers", "0", code=2)
+    assert "not 99999" in cli("jobs", "runner", "--once", "--workers", "99999", code=2)
     assert "Invalid value" in cli("jobs", "runner", "--workers", "lots", code=2)
 
 

@@ -40,6 +40,7 @@ is a local directory, and are refused otherwise.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -70,6 +71,10 @@ logger = logging.getLogger(__name__)
 
 #: How often (s) a running job's watcher looks at the runner's stop event.
 _TICK = 0.1
+#: The lowest CPU priority (highest nice value).
+_LOWEST = 19
+#: Most worker processes a runner's local cluster may have (as ``[jobs] workers``).
+MAX_WORKERS = 1024
 
 
 @dataclass
@@ -110,8 +115,8 @@ class JobRunner:
     def __init__(
         self, settings: Settings, *, name: str | None = None, workers: int | None = None
     ) -> None:
-        if workers is not None and workers < 1:
-            raise InvalidInput("a runner needs at least 1 worker")
+        if workers is not None and not 1 <= workers <= MAX_WORKERS:
+            raise InvalidInput(f"a runner needs 1 to {MAX_WORKERS} workers, not {workers}")
         self.settings = settings
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
         self.workers = workers or settings.jobs.workers or os.cpu_count() or 1
@@ -162,6 +167,14 @@ class JobRunner:
         not end the loop: it is logged and tried again."""
         interval = self.settings.jobs.poll_interval
         logger.info("job runner %s: %d local worker(s) per job", self.name, self.workers)
+        if self.settings.jobs.stale_after < 2 * interval:
+            # A heartbeat every poll interval: a shorter silence is no sign of death.
+            logger.warning(
+                "[jobs] stale_after (%g s) is under two poll intervals (%g s): "
+                "runners that are alive may lose their jobs",
+                self.settings.jobs.stale_after,
+                2 * interval,
+            )
         while not stop.is_set():
             try:
                 record = self.run_once(stop)
@@ -372,14 +385,15 @@ class JobRunner:
             yield client
 
     def _lower_priority(self, client: Any) -> list[int]:
-        """Lower the local workers' (and their nannies') CPU priority, so a batch
-        job beside a server never takes the cores its realtime requests need;
-        the workers' process ids."""
+        """Lower the local workers' CPU priority, so a batch job beside a server
+        never takes the cores its realtime requests need; the workers' process ids."""
         nice = self.settings.jobs.worker_nice
         if nice:
-            # On the nannies too, so a worker they restart inherits it.
-            client.run(os.nice, nice, nanny=True)
-            client.run(os.nice, nice)
+            # Relative to this runner; on the workers there are and on any a
+            # nanny starts again (their nannies run in this process, which
+            # keeps its own priority).
+            level = min(os.getpriority(os.PRIO_PROCESS, 0) + nice, _LOWEST)
+            client.register_worker_callbacks(setup=functools.partial(lower_priority, level))
         pids: dict[str, int] = client.run(os.getpid)
         return sorted(pids.values())
 
@@ -406,6 +420,17 @@ class JobRunner:
             self._look(run, state)
 
         return on_shard
+
+
+def lower_priority(level: int) -> None:
+    """Give every thread of this process the nice value ``level`` (if it is
+    lower): Linux keeps one per thread, and threads inherit their creator's."""
+    tasks = Path("/proc/self/task")
+    tids = [int(t.name) for t in tasks.iterdir()] if tasks.is_dir() else [0]
+    for tid in tids:
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            if os.getpriority(os.PRIO_PROCESS, tid) < level:
+                os.setpriority(os.PRIO_PROCESS, tid, level)
 
 
 def _refuse_relative(data: object) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import signal
 import threading
 from typing import Annotated
@@ -81,6 +83,12 @@ def runner(
             )
             return
         log_to_stderr()
+        # Dask narrates its clusters' starts and stops at INFO (with the
+        # tracebacks of connections it closes itself); its warnings suffice.
+        # (Imported first: importing it sets its loggers' levels.)
+        with contextlib.suppress(ImportError):
+            import distributed  # noqa: F401
+        logging.getLogger("distributed").setLevel(logging.WARNING)
         stop = threading.Event()
 
         def on_signal(signum: int, frame: object) -> None:
