@@ -551,6 +551,7 @@ def test_the_runner_command_once_and_its_mistakes(
     assert "pipeline name" in shown["error"]
     assert "1 to 1024 workers, not 0" in cli("jobs", "runner", "--once", "--workers", "0", code=2)
     assert "not 99999" in cli("jobs", "runner", "--once", "--workers", "99999", code=2)
+    assert "read-only registry" in cli("--read-only", "jobs", "runner", "--once", code=6)
     assert "Invalid value" in cli("jobs", "runner", "--workers", "lots", code=2)
 
 

@@ -58,7 +58,7 @@ import yaml
 
 from .. import _yaml
 from ..config import Settings
-from ..errors import Conflict, InvalidInput, SciserveError, Unavailable
+from ..errors import Conflict, InvalidInput, ReadOnlyRegistry, SciserveError, Unavailable
 from ..jobs.records import JobRecord, JobState, JobStore
 from ..streams.spec import BatchSpec, parse_batch_spec
 from .executor import cluster_client, dask_client
@@ -115,6 +115,10 @@ class JobRunner:
     def __init__(
         self, settings: Settings, *, name: str | None = None, workers: int | None = None
     ) -> None:
+        if settings.read_only:
+            raise ReadOnlyRegistry(
+                "a job runner records its jobs' progress: not on a read-only registry"
+            )
         if workers is not None and not 1 <= workers <= MAX_WORKERS:
             raise InvalidInput(f"a runner needs 1 to {MAX_WORKERS} workers, not {workers}")
         self.settings = settings

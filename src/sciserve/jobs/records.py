@@ -514,11 +514,18 @@ class JobStore:
                 values: dict[str, Any] = {"state": target.value, "runner": None}
                 if cancelling:
                     values["finished_at"] = utcnow()
-                conn.execute(
+                done = conn.execute(
                     jobs_table.update()
-                    .where(jobs_table.c.id == row.id, jobs_table.c.state == row.state)
+                    .where(
+                        jobs_table.c.id == row.id,
+                        jobs_table.c.state == row.state,
+                        # A beat committed since the select: the runner lives.
+                        jobs_table.c.heartbeat_at < limit,
+                    )
                     .values(**values)
                 )
+                if done.rowcount != 1:
+                    continue
                 self._log(
                     conn,
                     row.id,
