@@ -562,7 +562,10 @@ def _children(pid: int) -> list[tuple[int, str]]:
     found = []
     for task in Path(f"/proc/{pid}/task").iterdir():
         for child in (task / "children").read_text().split():
-            cmdline = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ")
+            try:
+                cmdline = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ")
+            except FileNotFoundError:  # it has just exited
+                continue
             found.append((int(child), cmdline.decode()))
     return found
 
@@ -583,8 +586,17 @@ def test_the_server_runs_jobs_in_a_child_it_stops(
             done = _wait("the job", finished, 180)
         assert done.state is JobState.SUCCEEDED, done.error
         assert (done.rows_in, done.rows_out, done.dead_letters) == (ROWS, OUTPUTS, DEAD)
-        runner_pid = int(str(done.runner).split(":")[1])
-        assert runner_pid in [pid for pid, _ in _children(server.proc.pid)]
+        first_pid = int(str(done.runner).split(":")[1])
+        assert first_pid in [pid for pid, _ in _children(server.proc.pid)]
+        # A runner that dies is replaced; the server serves on.
+        os.kill(first_pid, signal.SIGKILL)
+
+        def replaced() -> int | None:
+            found = [p for p, cmd in _children(server.proc.pid) if "jobs runner" in cmd]
+            return next((p for p in found if p != first_pid), None)
+
+        runner_pid = _wait("another runner", replaced, 60)
+        assert server.proc.poll() is None
     finally:
         assert stop_server(server.proc) == 0
     _wait("the runner to exit", lambda: not _alive(runner_pid), 30)

@@ -9,6 +9,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -189,17 +191,29 @@ class JobsRunnerChild:
     a Dask cluster's threads and signals) can take the server down; in a
     session of its own, so that a terminal's Ctrl-C reaches only the server,
     which stops it (SIGTERM: its job is cancelled and queued again; then
-    SIGKILL if it lingers).  It exits by itself if the server is killed.
+    SIGKILL if it lingers).  A runner that exits on its own (the database
+    was down, it crashed) is started again after a pause that doubles up to
+    a minute; one that is killed with the server exits by itself.
     """
 
     #: Seconds the runner gets to put its job back before it is killed.
     STOP_TIMEOUT = 30.0
+    #: Pauses (s) before starting a runner that exited again.
+    FIRST_PAUSE, LONGEST_PAUSE = 1.0, 60.0
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(
+            target=self._supervise, name="sciserve-jobs-runner", daemon=True
+        )
 
     def start(self) -> None:
+        self._thread.start()
+
+    def _spawn(self) -> subprocess.Popen[bytes] | None:
         # The registry is passed in the environment, not on a command line
         # every user of the machine can read (a database URL may hold a password).
         env = {
@@ -209,32 +223,59 @@ class JobsRunnerChild:
             "SCISERVE_STORE_URL": self.settings.store_url,
         }
         command = [sys.executable, "-m", "sciserve", "jobs", "runner", "--exit-with-parent"]
-        try:
-            self.proc = subprocess.Popen(
-                command,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,  # the server's stdout carries its banner
-                start_new_session=True,
-            )
-        except OSError as exc:  # the server serves on without it
-            logger.error("cannot start the job runner: %s", exc)
-            return
-        logger.info("job runner started (pid %d)", self.proc.pid)
+        with self._lock:
+            if self._stopping.is_set():
+                return None
+            try:
+                self.proc = subprocess.Popen(
+                    command,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,  # the server's stdout carries its banner
+                    start_new_session=True,
+                )
+            except OSError as exc:  # the server serves on without it, and tries again
+                logger.error("cannot start the job runner: %s", exc)
+                return None
+            logger.info("job runner started (pid %d)", self.proc.pid)
+            return self.proc
+
+    def _supervise(self) -> None:
+        pause = self.FIRST_PAUSE
+        while not self._stopping.is_set():
+            proc = self._spawn()
+            if proc is not None:
+                started = time.monotonic()
+                code = proc.wait()
+                if self._stopping.is_set():
+                    return
+                logger.warning(
+                    "the job runner (pid %d) exited with code %d; starting another in %g s",
+                    proc.pid,
+                    code,
+                    pause,
+                )
+                if time.monotonic() - started > self.LONGEST_PAUSE:
+                    pause = self.FIRST_PAUSE  # it had been running well
+            self._stopping.wait(pause)
+            pause = min(pause * 2, self.LONGEST_PAUSE)
 
     def stop(self) -> None:
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=self.STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            logger.warning("the job runner (pid %d) did not stop; killed", proc.pid)
+        with self._lock:
+            self._stopping.set()
+            proc = self.proc
+        if proc is not None and proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            proc.wait()
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=self.STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                logger.warning("the job runner (pid %d) did not stop; killed", proc.pid)
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                proc.wait()
+        if self._thread.is_alive():
+            self._thread.join(self.STOP_TIMEOUT)
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
