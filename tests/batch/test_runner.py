@@ -370,7 +370,7 @@ def test_a_stopped_runner_puts_its_job_back_for_another_to_resume(
         assert queued.state is JobState.QUEUED and queued.runner is None
         assert _log_line(first.store, job.id, "the runner stopped; job queued again")
     _wait("the workers to exit", lambda: not any(_alive(p) for p in _worker_pids(line)), 30)
-    # Another runner takes it over (faster: the model of a resumed job is pinned anew).
+    # Another runner takes it over and finishes it.
     with JobRunner(settings, name="second") as second:
         done = second.run_once()
     assert done is not None and done.state is JobState.SUCCEEDED, done.error

@@ -45,6 +45,7 @@ import json
 import logging
 import os
 import secrets
+import signal
 import socket
 import threading
 import time
@@ -386,7 +387,17 @@ class JobRunner:
                 f"running on a local cluster of {len(pids)} worker(s) "
                 f"(pids {', '.join(map(str, pids))}; nice {settings.jobs.worker_nice})",
             )
-            yield client
+            try:
+                yield client
+            finally:
+                if job.cancelled:
+                    # A cancelled task that is running runs on (Dask cannot
+                    # interrupt it) and the cluster's close waits for it: the
+                    # workers are killed instead.  Their shards are written
+                    # aside and renamed, so nothing half-written is kept.
+                    for pid in pids:
+                        with contextlib.suppress(OSError):
+                            os.kill(pid, signal.SIGKILL)
 
     def _lower_priority(self, client: Any) -> list[int]:
         """Lower the local workers' CPU priority, so a batch job beside a server
