@@ -42,6 +42,7 @@ from helpers.batch import outputs as _outputs
 from helpers.cli import Cli
 from helpers.packages import expected_linear, make_onnx_package
 from helpers.server import ServerThread, start_server, stop_server
+from helpers.slurm import SlurmCluster
 
 SLOW_MODEL = """
 import os
@@ -400,6 +401,36 @@ def test_two_records_of_one_batch_never_run_at_once(
         assert f"batch {planned.job_id} is already being run by job {first.id}" in (refused.error)
         assert store.get(first.id).state is JobState.RUNNING
         assert not (home / "batch" / planned.job_id).exists()
+
+
+def test_a_job_naming_a_cluster_profile_runs_on_its_slurm_jobs(
+    slurm: SlurmCluster, home: Path, tmp_path: Path, data: dict[str, np.ndarray]
+) -> None:
+    _configure(home)
+    with (home / "sciserve.toml").open("a") as toml:
+        toml.write(
+            f"""
+[clusters.lab]
+kind = "slurm"
+queue = "{slurm.partition}"
+memory = "480MiB"
+walltime = "00:05:00"
+python = "{sys.executable}"
+start_timeout = 60
+log_directory = "{tmp_path / "logs"}"
+"""
+        )
+    settings = Settings.load(home, environ={})
+    job = _submit(settings, _spec(tmp_path), cluster="lab")
+    with JobRunner(settings) as runner:
+        done = runner.run_once()
+        assert done is not None and done.state is JobState.SUCCEEDED, done.error
+        assert (done.rows_in, done.rows_out, done.dead_letters) == (ROWS, OUTPUTS, DEAD)
+        assert _log_line(runner.store, job.id, "running on cluster profile lab")
+    deadline = time.monotonic() + 30
+    while any(name == "sciserve-lab" for name, _ in slurm.jobs().values()):
+        assert time.monotonic() < deadline, f"Slurm jobs left\n{slurm.log_tails()}"
+        time.sleep(0.2)
 
 
 # -- priority of server: steps ---------------------------------------------------
