@@ -6,6 +6,7 @@ import contextlib
 import logging
 import signal
 import threading
+from collections.abc import Iterator
 from typing import Annotated
 
 import typer
@@ -64,9 +65,9 @@ def runner(
         # another runner takes it over.
         watch_parent(kernel=False)
     settings = st.settings
-    with JobRunner(settings, name=name, workers=workers) as job_runner:
+    with JobRunner(settings, name=name, workers=workers) as job_runner, _signals() as stop:
         if once:
-            record = job_runner.run_once()
+            record = job_runner.run_once(stop)
             if record is None:
                 st.emit(None, lambda: st.console.print("no job queued"))
                 return
@@ -89,14 +90,20 @@ def runner(
         with contextlib.suppress(ImportError):
             import distributed  # noqa: F401
         logging.getLogger("distributed").setLevel(logging.WARNING)
-        stop = threading.Event()
+        job_runner.serve_forever(stop)
 
-        def on_signal(signum: int, frame: object) -> None:
-            stop.set()
 
-        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            job_runner.serve_forever(stop)
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+@contextlib.contextmanager
+def _signals() -> Iterator[threading.Event]:
+    """An event SIGTERM and SIGINT set (instead of ending the process mid-job)."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
