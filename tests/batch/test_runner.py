@@ -213,9 +213,14 @@ def test_a_job_runs_to_succeeded_with_exact_counts_and_its_log(
 ) -> None:
     # A relative input resolves against the first [jobs] archives root.
     settings = _configure(home, archives=[str(tmp_path / "data")])
+    escaping = _submit(settings, _spec(tmp_path, input="archive/../../home"))
     job = _submit(settings, _spec(tmp_path, input="archive"))
     nice = os.nice(0)
     with JobRunner(settings, name="r1") as runner:
+        refused = runner.run_once()
+        assert refused is not None and refused.id == escaping.id
+        assert refused.state is JobState.FAILED and refused.error is not None
+        assert "'archive/../../home' leads out of" in refused.error
         done = runner.run_once()
         assert os.nice(0) == nice  # only the workers run at a lower priority
         assert done is not None and done.id == job.id

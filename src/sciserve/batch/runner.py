@@ -34,7 +34,7 @@ to QUEUED would be claimed again at once, before any other.
 
 A spec is stored as text, so relative paths in it have no directory of
 their own: they resolve against the first ``[jobs] archives`` root when it
-is a local directory, and are refused otherwise.
+is a local directory (and may not lead out of it), and are refused otherwise.
 """
 
 from __future__ import annotations
@@ -345,8 +345,7 @@ class JobRunner:
         except yaml.YAMLError as exc:
             raise InvalidInput(f"the spec of job {record.id} is not valid YAML: {exc}") from exc
         base = self._base_dir()
-        if base is None:
-            _refuse_relative(data)
+        _check_relative(data, base)
         return parse_batch_spec(data, base_dir=base, source=f"job {record.id}")
 
     def _base_dir(self) -> Path | None:
@@ -419,19 +418,23 @@ class JobRunner:
             run.rows_out += result.outputs
             run.dead_letters += result.dead_letters
             job_id = run.record.id
-            self.store.log(
-                job_id,
-                f"shard {result.shard}: {result.rows} rows, {result.outputs} output rows, "
-                f"{result.dead_letters} dead letters in {result.seconds:.2f} s "
-                f"(worker pid {result.pid})",
-            )
-            state = self.store.progress(
-                job_id,
-                shards_done=run.shards_done,
-                rows_in=run.rows_in,
-                rows_out=run.rows_out,
-                dead_letters=run.dead_letters,
-            )
+            try:
+                self.store.log(
+                    job_id,
+                    f"shard {result.shard}: {result.rows} rows, {result.outputs} output rows, "
+                    f"{result.dead_letters} dead letters in {result.seconds:.2f} s "
+                    f"(worker pid {result.pid})",
+                )
+                state = self.store.progress(
+                    job_id,
+                    shards_done=run.shards_done,
+                    rows_in=run.rows_in,
+                    rows_out=run.rows_out,
+                    dead_letters=run.dead_letters,
+                )
+            except Exception as exc:  # a database hiccup fails no job: the next shard tells
+                logger.warning("job %s: progress not recorded: %s", job_id, exc)
+                return
             self._look(run, state)
 
         return on_shard
@@ -448,9 +451,9 @@ def lower_priority(level: int) -> None:
                 os.setpriority(os.PRIO_PROCESS, tid, level)
 
 
-def _refuse_relative(data: object) -> None:
-    """Without a directory to resolve them against, relative paths would name
-    whatever the runner's working directory holds: refused."""
+def _check_relative(data: object, base: Path | None) -> None:
+    """Relative paths of a stored spec resolve inside ``base``; without it they
+    would name whatever the runner's working directory holds: refused."""
     if not isinstance(data, dict):
         return  # parse_batch_spec says what is wrong with it
     entries: list[tuple[str, object]] = [("input", data.get("input"))]
@@ -460,17 +463,17 @@ def _refuse_relative(data: object) -> None:
         if isinstance(python, str):
             entries.append(("features.python", python.rpartition(":")[0]))
     for field, value in entries:
-        if (
-            isinstance(value, str)
-            and value
-            and "://" not in value
-            and not Path(value).is_absolute()
-        ):
+        if not isinstance(value, str) or not value or "://" in value or Path(value).is_absolute():
+            continue
+        if base is None:
             raise InvalidInput(
                 f"the spec's {field} {value!r} is a relative path, and a stored spec has no "
                 "directory of its own: give an absolute path or URL, or make the first "
                 "[jobs] archives entry a directory to resolve it against"
             )
+        root = os.path.normpath(base.absolute())
+        if os.path.commonpath([root, os.path.normpath(base.absolute() / value)]) != root:
+            raise InvalidInput(f"the spec's {field} {value!r} leads out of {base}")
 
 
 def _describe(exc: BaseException) -> str:
