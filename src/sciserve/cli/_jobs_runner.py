@@ -17,8 +17,12 @@ __all__ = ["register", "runner"]
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``jobs runner`` (in a ``jobs`` group of its own; the group is
-    shared with the other ``jobs`` commands where they are registered)."""
+    """Add ``runner`` to the ``jobs`` group of ``app``, creating the group if
+    no module has registered it yet (register this one after the others)."""
+    for group in app.registered_groups:
+        if group.name == "jobs" and group.typer_instance is not None:
+            group.typer_instance.command("runner")(runner)
+            return
     jobs = typer.Typer(name="jobs", help="Batch jobs run by runners.", no_args_is_help=True)
     jobs.command("runner")(runner)
     app.add_typer(jobs, name="jobs")
