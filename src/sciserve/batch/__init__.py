@@ -6,5 +6,7 @@ per shard (:mod:`.worker`: the stream pipeline's own decoding, features,
 model and filter steps), each writing its output atomically, and ends by
 verifying every shard's output against its input (:mod:`.job`).
 :mod:`.executor` provides the Dask cluster: a local one on 127.0.0.1 by
-default, or an existing scheduler.
+default, or an existing scheduler.  :mod:`.runner` executes the job records
+of the registry database (:mod:`sciserve.jobs`): ``sciserve jobs runner``,
+and a child process of ``sciserve serve``.
 """

@@ -16,12 +16,14 @@ import hashlib
 import json
 import os
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..access.priority import Priority
 from ..config import Settings
 from ..errors import IntegrityError, InvalidInput, SciserveError, Unavailable
 from ..package.manifest import TensorSpec
@@ -79,18 +81,32 @@ class BatchJob:
     """One job of ``spec`` over its input, writing under ``out / job_id``."""
 
     def __init__(
-        self, spec: BatchSpec, settings: Settings, out: Path, *, job_id: str | None = None
+        self,
+        spec: BatchSpec,
+        settings: Settings,
+        out: Path,
+        *,
+        job_id: str | None = None,
+        priority: Priority | None = None,
     ) -> None:
+        """``priority``: the class the job's ``server:`` steps ask to be served in."""
         if job_id is not None and not _JOB_ID_RE.fullmatch(job_id):
             raise InvalidInput(f"{job_id!r} is not a job id (letters, digits, '.', '_', '-')")
         self.spec = spec
         self.settings = settings
         self.out = out
         self._job_id = job_id
+        self.priority = priority
         self.pins: tuple[ModelPin, ...] = ()
         self.shards: list[Shard] = []
         self.layout: InputLayout | None = None
         self.prepare: PrepareConfig | None = None
+        # What cancel() stops, from another thread: the client and the
+        # futures (shard tasks and checks) of the run in progress.
+        self._lock = threading.Lock()
+        self._cancelled = False
+        self._client: Any = None
+        self._futures: list[Any] = []
 
     @property
     def job_id(self) -> str:
@@ -179,9 +195,39 @@ class BatchJob:
             out_dir=str(self.out_dir),
             layout=self.layout,
             prepare=self.prepare,
+            priority=self.priority,
         )
 
     # -- running -----------------------------------------------------------
+
+    def cancel(self) -> None:
+        """Stop a :meth:`run` in progress (or the next one) from another
+        thread: its tasks are cancelled and it raises
+        :class:`~sciserve.errors.Unavailable`.  The shards finished so far
+        keep their output, so running the job again skips them."""
+        with self._lock:
+            self._cancelled = True
+            client, futures = self._client, list(self._futures)
+        if client is not None and futures:
+            client.cancel(futures)
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def _track(self, client: Any, futures: list[Any]) -> None:
+        """Remember ``futures`` for :meth:`cancel` (at once cancelled if it came first)."""
+        with self._lock:
+            self._client = client
+            self._futures.extend(futures)
+            cancelled = self._cancelled
+            everything = list(self._futures)
+        if cancelled:
+            client.cancel(everything)
+            self._stopped()
+
+    def _stopped(self) -> None:
+        raise Unavailable(f"job {self.job_id} was cancelled; its finished shards are kept")
 
     def pending(self) -> list[Shard]:
         """The shards a run would compute (those without a finished output)."""
@@ -207,23 +253,31 @@ class BatchJob:
         # Each shard is verified once its output is final: a finished one
         # now, a computed one as soon as its task returns (while others
         # still run, rather than in a second round after the last).
-        checks = {
-            s.id: self._check(client, s, nonce) for s in self.shards if s.id in report.skipped
-        }
+        checks: dict[str, Any] = {}
         try:
+            for shard in self.shards:
+                if shard.id in report.skipped:
+                    checks[shard.id] = self._check(client, shard, nonce)
             self._run_shards(client, todo, report, on_shard, checks, nonce)
+            self._clean_partials()
+            self._verify(client, report, checks)
         except BaseException:
             client.cancel(list(checks.values()))
+            if self._cancelled:
+                self._stopped()
             raise
-        self._clean_partials()
-        self._verify(client, report, checks)
+        finally:
+            with self._lock:
+                self._client, self._futures = None, []
         report.seconds = time.perf_counter() - started
         return report
 
     def _check(self, client: Any, shard: Shard, nonce: str) -> Any:
-        return client.submit(
+        future = client.submit(
             verify_shard, self._task(shard), key=f"{self.job_id}-{shard.id}-verify-{nonce}"
         )
+        self._track(client, [future])
+        return future
 
     def _run_shards(
         self,
@@ -242,7 +296,10 @@ class BatchJob:
             for s in todo
         ]
         try:
+            self._track(client, futures)
             for future in as_completed(futures):  # type: ignore[no-untyped-call]
+                if self._cancelled:
+                    self._stopped()
                 result = self._result(future)
                 checks[result.shard] = self._check(client, shards[result.shard], nonce)
                 report.ran.append(result.shard)

@@ -43,6 +43,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from ..access.priority import Priority
 from ..config import Settings
 from ..errors import IntegrityError
 from ..package.manifest import TensorSpec
@@ -126,6 +127,8 @@ class ShardTask:
     layout: InputLayout | None = None
     #: Alert input: the pipeline's decoding and features configuration.
     prepare: PrepareConfig | None = None
+    #: The class ``server:`` steps ask to be served in (a job's priority).
+    priority: Priority | None = None
 
 
 @dataclass(frozen=True)
@@ -230,12 +233,12 @@ def _event_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
-# Models of this worker process by server and content digest.  This module
+# Models of this worker process by server, content digest and priority class.  This module
 # runs in batch worker processes only (Dask workers), never in a server:
 # the cache lives as long as the worker, holds read-only models (or
 # connections to a server), and a digest names exactly one model, so an
 # entry can never be stale.
-_MODELS: dict[tuple[str | None, str], Runner] = {}
+_MODELS: dict[tuple[str | None, str, Priority | None], Runner] = {}
 _MODELS_LOCK = threading.Lock()
 
 
@@ -249,26 +252,30 @@ def _load(ref: str, settings: Settings) -> Any:
         return load(ref, registry=registry)
 
 
-def _model(pin: ModelPin, settings: Settings) -> Runner:
+def _model(pin: ModelPin, settings: Settings, priority: Priority | None = None) -> Runner:
+    # A local model runs in this process whatever the job's class.
+    key = (pin.server, pin.digest, priority if pin.server else None)
     with _MODELS_LOCK:
-        model = _MODELS.get((pin.server, pin.digest))
+        model = _MODELS.get(key)
         if model is None:
-            model = _open(pin, settings)
+            model = _open(pin, settings, key[2])
             if model.digest != pin.digest:
                 where = f"server {pin.server}" if pin.server else "this worker's registry"
                 raise IntegrityError(
                     f"{pin.ref} on {where} has digest {model.digest}, "
                     f"not {pin.digest} as when the job started"
                 )
-            _MODELS[(pin.server, pin.digest)] = model
+            _MODELS[key] = model
         return model
 
 
-def _open(pin: ModelPin, settings: Settings) -> Runner:
+def _open(pin: ModelPin, settings: Settings, priority: Priority | None) -> Runner:
     if pin.server is None:
         return LocalModel(_load(pin.ref, settings))
     loop = _event_loop()
-    connecting = RemoteModel.connect(pin.ref, pin.server, settings.worker_auth_headers())
+    connecting = RemoteModel.connect(
+        pin.ref, pin.server, settings.worker_auth_headers(), priority=priority
+    )
     return _Remote(asyncio.run_coroutine_threadsafe(connecting, loop).result(), loop)
 
 
@@ -389,7 +396,7 @@ def run_shard(task: ShardTask) -> ShardResult:
     """Annotate one shard and write its output, dead letters and manifest."""
     started = time.perf_counter()
     spec = _spec(task.spec_json)
-    models = [_model(pin, task.settings) for pin in task.models]
+    models = [_model(pin, task.settings, task.priority) for pin in task.models]
     shard = task.shard
     if task.prepare is not None:
         rows = _alert_rows(spec, shard, task.prepare)

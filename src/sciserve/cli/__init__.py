@@ -21,6 +21,7 @@ from . import (
     _alerts,
     _batch,
     _jobs,
+    _jobs_runner,
     _namespace,
     _package,
     _registry,
@@ -92,6 +93,7 @@ _alerts.register(app)
 _stream.register(app)
 _batch.register(app)
 _jobs.register(app)
+_jobs_runner.register(app)  # adds `runner` to the `jobs` group
 _schedules.register(app)
 
 

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
+import signal
+import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -18,6 +24,8 @@ from ._context import log_to_stderr, state
 
 if TYPE_CHECKING:
     from ..server import Addresses
+
+logger = logging.getLogger(__name__)
 
 
 def register(app: typer.Typer) -> None:
@@ -82,6 +90,14 @@ def serve(
     ] = False,
     tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate (chain) for TLS.")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="PEM private key for TLS.")] = None,
+    jobs: Annotated[
+        bool | None,
+        typer.Option(
+            "--jobs/--no-jobs",
+            help="Run the schedules' scheduler and a batch job runner beside the server "
+            "(default: [jobs] run_in_server).",
+        ),
+    ] = None,
 ) -> None:
     """Serve the registry's models over HTTP and gRPC (KServe v2 / Triton protocol)."""
     st = state(ctx)
@@ -114,7 +130,8 @@ def serve(
         settings = settings.model_copy(
             update={"access": settings.access.model_copy(update={"enabled": auth})}
         )
-    run_server(settings, config)
+    run_jobs = settings.jobs.run_in_server if jobs is None else jobs
+    run_server(settings, config, jobs=run_jobs and not settings.read_only)
 
 
 def _options_problem(exc: ValidationError) -> str:
@@ -141,31 +158,135 @@ def run_server(
     config: ServingConfig,
     *,
     announce: Callable[[Addresses], None] | None = None,
+    jobs: bool = False,
 ) -> None:
     """Run until SIGTERM / SIGINT; print one line with the bound addresses, then
-    call ``announce`` with them."""
+    call ``announce`` with them.  With ``jobs``, the schedules' scheduler runs
+    in a thread and a job runner beside the server once it is up (see
+    :class:`JobsRunnerChild`)."""
     from ..server import Server
 
     log_to_stderr()
     sys.setswitchinterval(SWITCH_INTERVAL)
+    child = JobsRunnerChild(settings) if jobs else None
 
     def ready(addresses: Addresses) -> None:
         sys.stdout.write(f"{addresses.banner()}\n")
         if announce is not None:
             announce(addresses)
         sys.stdout.flush()
+        if child is not None:
+            child.start()
 
-    with (
-        _scheduler(settings),
-        asyncio.Runner(loop_factory=_loop_factory()) as runner,
-    ):
-        runner.run(Server(settings, config).serve(on_ready=ready))
+    try:
+        with (
+            _scheduler(settings) if jobs else contextlib.nullcontext(),
+            asyncio.Runner(loop_factory=_loop_factory()) as runner,
+        ):
+            runner.run(Server(settings, config).serve(on_ready=ready))
+    finally:
+        if child is not None:
+            child.stop()
+
+
+class JobsRunnerChild:
+    """``sciserve jobs runner`` as a child process of the server.
+
+    A separate process, so that nothing a batch job does (memory, a crash,
+    a Dask cluster's threads and signals) can take the server down; in a
+    session of its own, so that a terminal's Ctrl-C reaches only the server,
+    which stops it (SIGTERM: its job is cancelled and queued again; then
+    SIGKILL if it lingers).  A runner that exits on its own (the database
+    was down, it crashed) is started again after a pause that doubles up to
+    a minute; one that is killed with the server exits by itself.
+    """
+
+    #: Seconds the runner gets to put its job back before it is killed.
+    STOP_TIMEOUT = 30.0
+    #: Pauses (s) before starting a runner that exited again.
+    FIRST_PAUSE, LONGEST_PAUSE = 1.0, 60.0
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(
+            target=self._supervise, name="sciserve-jobs-runner", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _spawn(self) -> subprocess.Popen[bytes] | None:
+        # The registry is passed in the environment, not on a command line
+        # every user of the machine can read (a database URL may hold a password).
+        env = {
+            **os.environ,
+            "SCISERVE_HOME": str(self.settings.home),
+            "SCISERVE_DATABASE_URL": self.settings.database_url,
+            "SCISERVE_STORE_URL": self.settings.store_url,
+        }
+        command = [sys.executable, "-m", "sciserve", "jobs", "runner", "--exit-with-parent"]
+        with self._lock:
+            if self._stopping.is_set():
+                return None
+            try:
+                self.proc = subprocess.Popen(
+                    command,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,  # the server's stdout carries its banner
+                    start_new_session=True,
+                )
+            except OSError as exc:  # the server serves on without it, and tries again
+                logger.error("cannot start the job runner: %s", exc)
+                return None
+            logger.info("job runner started (pid %d)", self.proc.pid)
+            return self.proc
+
+    def _supervise(self) -> None:
+        pause = self.FIRST_PAUSE
+        while not self._stopping.is_set():
+            proc = self._spawn()
+            if proc is not None:
+                started = time.monotonic()
+                code = proc.wait()
+                if self._stopping.is_set():
+                    return
+                logger.warning(
+                    "the job runner (pid %d) exited with code %d; starting another in %g s",
+                    proc.pid,
+                    code,
+                    pause,
+                )
+                if time.monotonic() - started > self.LONGEST_PAUSE:
+                    pause = self.FIRST_PAUSE  # it had been running well
+            self._stopping.wait(pause)
+            pause = min(pause * 2, self.LONGEST_PAUSE)
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping.set()
+            proc = self.proc
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=self.STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                logger.warning("the job runner (pid %d) did not stop; killed", proc.pid)
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                proc.wait()
+        if self._thread.is_alive():
+            self._thread.join(self.STOP_TIMEOUT)
 
 
 def _scheduler(settings: Settings) -> contextlib.AbstractContextManager[object]:
-    """The schedules' scheduler, in a thread, while the server runs (``[jobs]
-    run_in_server``); a read-only registry has no schedules to advance."""
-    if not settings.jobs.run_in_server or settings.read_only:
+    """The schedules' scheduler, in a thread, while the server runs; a
+    read-only registry has no schedules to advance."""
+    if settings.read_only:
         return contextlib.nullcontext()
     from ..jobs.schedules import running_scheduler
 

@@ -101,6 +101,7 @@ def up(
         st.settings,
         ServingConfig(http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port),
         announce=announce,
+        jobs=st.settings.jobs.run_in_server and not st.settings.read_only,
     )
 
 

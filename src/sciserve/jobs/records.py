@@ -513,25 +513,34 @@ class JobStore:
         one that has finished otherwise is :class:`Conflict`.
         """
         with self._writing() as conn:
-            state = self._state(conn, job_id)
-            if state in (JobState.CANCELLING, JobState.CANCELLED):
-                pass
-            elif state is JobState.QUEUED:
-                conn.execute(
+            # The update names the state it read: a runner finishing the job
+            # (or claiming it) meanwhile makes it match nothing, and the new
+            # state is looked at again, never overwritten.
+            for _ in range(3):
+                state = self._state(conn, job_id)
+                if state in (JobState.CANCELLING, JobState.CANCELLED):
+                    break
+                if state is JobState.QUEUED:
+                    values: dict[str, Any] = {
+                        "state": JobState.CANCELLED.value,
+                        "finished_at": utcnow(),
+                    }
+                    message = f"cancelled by {by} before it started"
+                elif state is JobState.RUNNING:
+                    values = {"state": JobState.CANCELLING.value}
+                    message = f"cancel requested by {by}"
+                else:
+                    raise Conflict(f"job {job_id} has already finished ({state.value})")
+                done = conn.execute(
                     jobs_table.update()
-                    .where(jobs_table.c.id == job_id)
-                    .values(state=JobState.CANCELLED.value, finished_at=utcnow())
+                    .where(jobs_table.c.id == job_id, jobs_table.c.state == state.value)
+                    .values(**values)
                 )
-                self._log(conn, job_id, "info", f"cancelled by {by} before it started")
-            elif state is JobState.RUNNING:
-                conn.execute(
-                    jobs_table.update()
-                    .where(jobs_table.c.id == job_id)
-                    .values(state=JobState.CANCELLING.value)
-                )
-                self._log(conn, job_id, "info", f"cancel requested by {by}")
+                if done.rowcount == 1:
+                    self._log(conn, job_id, "info", message)
+                    break
             else:
-                raise Conflict(f"job {job_id} has already finished ({state.value})")
+                raise Conflict(f"job {job_id} kept changing state; cancel it again")
         return self.get(job_id)
 
     def resume(self, job_id: str, *, by: str) -> JobRecord:
@@ -558,11 +567,18 @@ class JobStore:
                 values: dict[str, Any] = {"state": target.value, "runner": None}
                 if cancelling:
                     values["finished_at"] = utcnow()
-                conn.execute(
+                done = conn.execute(
                     jobs_table.update()
-                    .where(jobs_table.c.id == row.id, jobs_table.c.state == row.state)
+                    .where(
+                        jobs_table.c.id == row.id,
+                        jobs_table.c.state == row.state,
+                        # A beat committed since the select: the runner lives.
+                        jobs_table.c.heartbeat_at < limit,
+                    )
                     .values(**values)
                 )
+                if done.rowcount != 1:
+                    continue
                 self._log(
                     conn,
                     row.id,

@@ -164,15 +164,19 @@ class InferenceClient:
         outputs: Sequence[str],
         *,
         version: str | None = None,
+        parameters: Mapping[str, Any] | None = None,
     ) -> dict[str, npt.NDArray[Any]]:
         """Run served model ``model`` (at ``version``) on ``inputs`` (name →
-        array and its protocol datatype) and return the ``outputs`` named."""
+        array and its protocol datatype) and return the ``outputs`` named;
+        ``parameters`` are the request's (e.g. ``{"priority": "batch"}``)."""
         path = f"/v2/models/{model}"
         if version is not None:
             path += f"/versions/{version}"
         raws = {name: to_raw(array, datatype) for name, (array, datatype) in inputs.items()}
+        request: dict[str, Any] = {"parameters": dict(parameters)} if parameters else {}
         header = json.dumps(
             {
+                **request,
                 "inputs": [
                     {
                         "name": name,

@@ -90,6 +90,7 @@ import numpy.typing as npt
 
 from .._parent import exit_with_parent
 from .._version import __version__
+from ..access.priority import Priority
 from ..config import Settings
 from ..errors import (
     DependencyMissing,
@@ -342,9 +343,21 @@ class RemoteModel:
     visibility, quotas and load are the deployment's problem, not the
     alerts' (see ``SERVICE_ERRORS``); anything else is the model failing on
     the batch.
+
+    With ``priority`` every request asks to be served in that class (the
+    Open Inference Protocol parameter ``priority``); a server only ever
+    lowers a caller's class with it, so a batch job's requests queue behind
+    realtime ones even when its token could ask for more.
     """
 
-    def __init__(self, client: InferenceClient, info: Any, server_version: str) -> None:
+    def __init__(
+        self,
+        client: InferenceClient,
+        info: Any,
+        server_version: str,
+        *,
+        priority: Priority | None = None,
+    ) -> None:
         manifest = info.manifest
         self.model = f"{manifest.namespace}/{manifest.name}"
         self.version = manifest.version
@@ -360,13 +373,19 @@ class RemoteModel:
         self._max_batch = manifest.max_batch_size
         self._served = served_name(manifest.namespace, manifest.name)
         self._client = client
+        self._parameters = {"priority": priority.name.lower()} if priority is not None else None
 
     @classmethod
     async def connect(
-        cls, ref: str, server: str, headers: Mapping[str, str] | None = None
+        cls,
+        ref: str,
+        server: str,
+        headers: Mapping[str, str] | None = None,
+        *,
+        priority: Priority | None = None,
     ) -> RemoteModel:
         """Resolve ``ref`` on the server at ``server``, sending ``headers``
-        (credentials) with every request."""
+        (credentials) with every request, and asking for ``priority``."""
         from ..protocol.client import InferenceClient
         from ..registry.remote import RemoteRegistry
 
@@ -380,7 +399,7 @@ class RemoteModel:
         client = InferenceClient(server, headers=headers)
         try:
             meta = await client.server_metadata()
-            return cls(client, info, str(meta.get("version", "unknown")))
+            return cls(client, info, str(meta.get("version", "unknown")), priority=priority)
         except BaseException:
             await client.aclose()
             raise
@@ -400,6 +419,7 @@ class RemoteModel:
             {self.input.name: (batch, self.input.datatype)},
             [o.name for o in self.outputs],
             version=self.version,
+            parameters=self._parameters,
         )
 
     async def close(self) -> None:
