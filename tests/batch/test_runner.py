@@ -30,7 +30,7 @@ from sciserve.access.priority import Priority
 from sciserve.batch.job import BatchJob
 from sciserve.batch.runner import JobRunner
 from sciserve.config import Settings
-from sciserve.jobs import JobRecord, JobState, JobStore
+from sciserve.jobs import JobOrigin, JobRecord, JobState, JobStore
 from sciserve.package.manifest import Manifest, dump_manifest
 from sciserve.protocol.rest import create_app
 from sciserve.registry.registry import Registry
@@ -298,6 +298,35 @@ def test_bad_specs_fail_with_a_clear_error_and_write_nothing(
             assert last.level == "error" and expected[what] in last.message, what
     out = home / "batch"
     assert not out.exists() or not any(out.iterdir())  # nothing half-written
+
+
+def test_a_job_from_the_api_is_confined_to_the_archives_again_when_it_runs(
+    home: Path, tmp_path: Path, data: dict[str, np.ndarray]
+) -> None:
+    # Accepted when submitted: every file lay under the archives root.  Then
+    # a link pointing out of it appears in the input directory; the runner
+    # checks again and refuses, where a local user's job would just run.
+    archive = tmp_path / "data" / "archive"
+    settings = _configure(home, archives=[str(tmp_path / "data")])
+    job = _submit(settings, _spec(tmp_path), origin=JobOrigin.API)
+    outside = tmp_path / "secret"
+    outside.mkdir()
+    shutil.copy(archive / "night=1" / "part-0.parquet", outside / "stolen.parquet")
+    (archive / "night=3").mkdir()
+    (archive / "night=3" / "part-0.parquet").symlink_to(outside / "stolen.parquet")
+    with JobRunner(settings) as runner:
+        done = runner.run_once()
+    assert done is not None and done.id == job.id and done.origin is JobOrigin.API
+    assert done.state is JobState.FAILED
+    assert done.error is not None and "outside" in done.error and "archives" in done.error
+    assert not (home / "batch").exists() or not any((home / "batch").iterdir())
+    shutil.rmtree(archive / "night=3")
+    with JobStore.open(settings) as store:
+        store.resume(job.id, by="tester")
+    with JobRunner(settings) as runner:
+        again = runner.run_once()
+    assert again is not None and again.state is JobState.SUCCEEDED, again.error
+    assert (again.rows_in, again.rows_out, again.dead_letters) == (ROWS, OUTPUTS, DEAD)
 
 
 # -- stopping -----------------------------------------------------------------

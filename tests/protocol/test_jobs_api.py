@@ -127,6 +127,7 @@ def test_a_job_is_submitted_seen_listed_and_logged(world: World) -> None:
         assert created.status_code == 201, created.text
         job = created.json()
         assert job["state"] == "QUEUED" and job["namespace"] == "alpha"
+        assert job["origin"] == "api"  # the runner confines its input again when it runs
         assert job["priority"] == "interactive" and job["id"].startswith("j-")
         # The submitter is the token's id, never its secret.
         assert job["submitter"] == world.token_ids["alice"]

@@ -60,7 +60,7 @@ import yaml
 from .. import _yaml
 from ..config import Settings
 from ..errors import Conflict, InvalidInput, ReadOnlyRegistry, SciserveError, Unavailable
-from ..jobs.records import JobRecord, JobState, JobStore
+from ..jobs.records import JobOrigin, JobRecord, JobState, JobStore
 from ..streams.spec import BatchSpec, parse_batch_spec
 from .executor import cluster_client, dask_client
 from .job import BatchJob, JobReport
@@ -344,6 +344,13 @@ class JobRunner:
             data = _yaml.load(record.spec, what="a batch spec")
         except yaml.YAMLError as exc:
             raise InvalidInput(f"the spec of job {record.id} is not valid YAML: {exc}") from exc
+        if record.origin is JobOrigin.API:
+            # Checked when it was submitted; checked again now, as what the
+            # archives hold (links included) may have changed since.
+            from ..jobs.archives import Archives
+            from ..jobs.submission import api_spec, spec_document
+
+            return api_spec(spec_document(data), Archives(self.settings.jobs.archives)).spec
         base = self._base_dir()
         _check_relative(data, base)
         return parse_batch_spec(data, base_dir=base, source=f"job {record.id}")

@@ -6,11 +6,12 @@ every process sharing the database sees; runners in the batch layer
 submits jobs at cron times or when a model's alias moves.
 """
 
-from .records import JobLogLine, JobRecord, JobState, JobStore
+from .records import JobLogLine, JobOrigin, JobRecord, JobState, JobStore
 from .schedules import MissedPolicy, Run, RunOutcome, Schedule, Scheduler, ScheduleStore
 
 __all__ = [
     "JobLogLine",
+    "JobOrigin",
     "JobRecord",
     "JobState",
     "JobStore",

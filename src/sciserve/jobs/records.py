@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "JobLogLine",
+    "JobOrigin",
     "JobRecord",
     "JobState",
     "JobStore",
@@ -65,6 +66,10 @@ jobs_table = sa.Table(
     sa.Column("spec", sa.Text, nullable=False),
     #: Who submitted it: token id / subject@issuer, or the local user.
     sa.Column("submitter", sa.String(384), nullable=False),
+    #: How it came: ``local`` (the database's own user), ``api`` (a caller of
+    #: the jobs API: its input is confined to ``[jobs] archives``, checked
+    #: again when it runs) or ``schedule``.
+    sa.Column("origin", sa.String(16), nullable=False, server_default="local"),
     sa.Column("priority", sa.String(16), nullable=False),
     sa.Column("state", sa.String(16), nullable=False, index=True),
     #: Cluster profile to run on (NULL: the runner's local cluster).
@@ -108,6 +113,14 @@ MAX_SPEC_BYTES = 256 * 1024
 #: Longest log message kept; longer ones are cut (with a mark) rather than refused.
 MAX_LOG_MESSAGE = 8 * 1024
 _LEVELS = frozenset({"debug", "info", "warning", "error"})
+
+
+class JobOrigin(enum.Enum):
+    """Who stands behind a job's spec, which decides what a runner re-checks."""
+
+    LOCAL = "local"
+    API = "api"
+    SCHEDULE = "schedule"
 
 
 class JobState(enum.Enum):
@@ -165,6 +178,7 @@ class JobRecord:
     namespace: str
     spec: str
     submitter: str
+    origin: JobOrigin
     priority: Priority
     state: JobState
     cluster: str | None
@@ -195,6 +209,7 @@ class JobRecord:
             "id": self.id,
             "namespace": self.namespace,
             "submitter": self.submitter,
+            "origin": self.origin.value,
             "priority": self.priority.name.lower(),
             "state": self.state.value,
             "cluster": self.cluster,
@@ -228,6 +243,7 @@ class JobRecord:
             namespace=row.namespace,
             spec=row.spec,
             submitter=row.submitter,
+            origin=JobOrigin(row.origin),
             priority=Priority[row.priority.upper()],
             state=JobState(row.state),
             cluster=row.cluster,
@@ -293,6 +309,7 @@ def insert_job(
     priority: Priority = Priority.BATCH,
     cluster: str | None = None,
     schedule_id: int | None = None,
+    origin: JobOrigin = JobOrigin.LOCAL,
     note: str | None = None,
 ) -> str:
     """Insert a new QUEUED job in the caller's transaction; its id.
@@ -311,6 +328,7 @@ def insert_job(
             namespace=namespace,
             spec=spec,
             submitter=submitter,
+            origin=origin.value,
             priority=priority.name.lower(),
             state=JobState.QUEUED.value,
             cluster=cluster,
@@ -383,6 +401,7 @@ class JobStore:
         priority: Priority = Priority.BATCH,
         cluster: str | None = None,
         schedule_id: int | None = None,
+        origin: JobOrigin = JobOrigin.LOCAL,
     ) -> JobRecord:
         """A new QUEUED job.  The spec is stored as given; the caller has checked it."""
         with self._writing() as conn:
@@ -394,6 +413,7 @@ class JobStore:
                 priority=priority,
                 cluster=cluster,
                 schedule_id=schedule_id,
+                origin=origin,
             )
         return self.get(job_id)
 

@@ -55,7 +55,7 @@ from ..package.manifest import NAMESPACE_RE
 from ..package.reference import LATEST, parse_reference
 from ..registry import db
 from ..registry.db import metadata, utcnow
-from .records import MAX_SPEC_BYTES, JobState, insert_job, jobs_table
+from .records import MAX_SPEC_BYTES, JobOrigin, JobState, insert_job, jobs_table
 
 __all__ = [
     "DEFAULT_GRACE",
@@ -843,6 +843,7 @@ class Scheduler:
             priority=schedule.priority,
             cluster=schedule.cluster,
             schedule_id=schedule.id,
+            origin=JobOrigin.SCHEDULE,
             note=f"schedule {schedule.namespace}/{schedule.name}, due {due.isoformat()}",
         )
         return self._record(conn, schedule, key, due, now, RunOutcome.SUBMITTED, detail, job_id)

@@ -136,7 +136,7 @@ from ..errors import (
     Unavailable,
 )
 from ..jobs.archives import Archives
-from ..jobs.records import MAX_SPEC_BYTES, JobRecord, JobStore, parse_states
+from ..jobs.records import MAX_SPEC_BYTES, JobOrigin, JobRecord, JobStore, parse_states
 from ..jobs.remote import JOBS_PREFIX
 from ..jobs.submission import api_spec, model_references, spec_document
 from ..package.archive import pack
@@ -1020,6 +1020,7 @@ class _JobsApi:
             submitter=identity.principal,
             priority=priority,
             cluster=cluster,
+            origin=JobOrigin.API,
         )
         await self._audit("job.submit", record, identity)
         return _json(record.to_dict(), 201)

@@ -25,6 +25,7 @@ def upgrade() -> None:
         sa.Column("namespace", sa.String(64), nullable=False),
         sa.Column("spec", sa.Text, nullable=False),
         sa.Column("submitter", sa.String(384), nullable=False),
+        sa.Column("origin", sa.String(16), nullable=False, server_default="local"),
         sa.Column("priority", sa.String(16), nullable=False),
         sa.Column("state", sa.String(16), nullable=False),
         sa.Column("cluster", sa.String(64)),
