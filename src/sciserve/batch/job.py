@@ -35,7 +35,16 @@ from ..streams.pipeline import (
 )
 from ..streams.spec import BatchSpec, PythonFeatures
 from .shards import InputLayout, Shard, find_inputs, plan
-from .worker import PROVENANCE, ModelPin, ShardResult, ShardTask, finished, run_shard, verify_shard
+from .worker import (
+    PROVENANCE,
+    ModelPin,
+    ShardResult,
+    ShardTask,
+    finished,
+    make_durable,
+    run_shard,
+    verify_shard,
+)
 
 __all__ = ["BatchJob", "JobReport"]
 
@@ -276,7 +285,22 @@ class BatchJob:
             report.rows += doc["rows"]
             report.outputs += doc["outputs"]
             report.dead_letters += doc["dead_letters"]
+        self._make_durable(client)
         report.verified = True
+
+    def _make_durable(self, client: Any) -> None:
+        """Flush the whole output to disk, once, before it is reported
+        verified: on every worker (each flushes what it wrote), then here
+        (the job file, and a cluster that has no worker left)."""
+        ids = [s.id for s in self.shards]
+        try:
+            client.run(make_durable, str(self.out_dir), ids)
+            make_durable(str(self.out_dir), ids)
+        except OSError as exc:
+            raise Unavailable(
+                f"job {self.job_id}: cannot flush the output to disk: {exc}; "
+                "a new run redoes whatever was lost"
+            ) from exc
 
     def _clean_partials(self) -> None:
         # Left by attempts killed mid-write; never trusted, never renamed.

@@ -17,6 +17,12 @@ directory, each written under a hidden name and renamed into place:
     exactly when its manifest exists and agrees with the files, so a
     worker killed at any point leaves nothing a re-run would trust.
 
+A shard's files are not flushed to disk one by one: a power cut that loses
+or tears any of them leaves a manifest that is missing, unreadable or
+disagrees with the files, and the next run redoes the shard.  The job makes
+its whole output durable once, with :func:`make_durable`, before it
+reports it verified.
+
 Models are loaded once per worker process, not per shard, and never
 travel through the scheduler: each worker resolves the exact version the
 job pinned from the registry it can read (``--home``), and checks its
@@ -69,7 +75,15 @@ from .shards import (
     read_values,
 )
 
-__all__ = ["ModelPin", "ShardResult", "ShardTask", "ids_checksum", "run_shard", "verify_shard"]
+__all__ = [
+    "ModelPin",
+    "ShardResult",
+    "ShardTask",
+    "ids_checksum",
+    "make_durable",
+    "run_shard",
+    "verify_shard",
+]
 
 #: Columns every output row has besides the models' outputs.
 PROVENANCE = (
@@ -141,7 +155,8 @@ class ShardResult:
 #: The version of the shard manifest and of what it describes (the ids
 #: checksum, the output's columns).  A shard written under another version
 #: is not finished: a re-run redoes it rather than mixing formats.
-MANIFEST_FORMAT = 2
+#: 3: the columns every row has a value of are required (not nullable).
+MANIFEST_FORMAT = 3
 
 
 def paths(out_dir: str | Path, shard: str) -> tuple[Path, Path, Path]:
@@ -481,15 +496,17 @@ def _top_classes(
     return pa.nulls(count, pa.string()), None
 
 
-def _column(array: npt.NDArray[Any]) -> Any:
-    """A model output as an Arrow column: scalars, or fixed-size lists per row."""
+def _column(array: npt.NDArray[Any], required: bool) -> Any:
+    """A model output as an Arrow column: scalars, or fixed-size lists per
+    row; with ``required``, lists whose items are declared never null."""
     import pyarrow as pa
 
     if array.ndim == 1:
         return pa.array(array)
     flat: Any = pa.array(np.ascontiguousarray(array).reshape(-1))
     for size in reversed(array.shape[1:]):
-        flat = pa.FixedSizeListArray.from_arrays(flat, size)
+        kind = pa.list_(pa.field("item", flat.type, nullable=not required), size)
+        flat = pa.FixedSizeListArray.from_arrays(flat, type=kind)
     return flat
 
 
@@ -572,23 +589,34 @@ def _model_table(
         "filter_error": (
             pa.nulls(count, pa.string()) if errors is None else pa.array(errors, pa.string())
         ),
-        **{name: _column(array) for name, array in values.items()},
     }
-    return pa.table(columns)
+    # A job of one model has every numeric output in every row: its columns
+    # are declared required, which spares the Parquet writer a definition
+    # level per value.  With several models, a row of one has nulls in the
+    # other's columns.
+    single = len(task.models) == 1
+    fields = list(_schema())
+    for name, array in values.items():
+        required = single and array.dtype.kind in "biuf"
+        columns[name] = _column(array, required)
+        fields.append(pa.field(name, columns[name].type, nullable=not required))
+    return pa.Table.from_arrays([columns[f.name] for f in fields], schema=pa.schema(fields))
 
 
-#: The output's own columns, in order, and their types.
+#: The output's own columns, in order, and their types; those every row
+#: has a value of are declared required (written without definition levels).
 def _schema() -> Any:
     import pyarrow as pa
 
+    per_shard = pa.dictionary(pa.int32(), pa.string())
     return pa.schema(
         [
-            ("row_id", pa.string()),
+            pa.field("row_id", pa.string(), nullable=False),
             ("alert_id", pa.int64()),
-            *((name, pa.dictionary(pa.int32(), pa.string())) for name in PER_SHARD),
+            *(pa.field(name, per_shard, nullable=False) for name in PER_SHARD),
             ("label", pa.string()),
             ("score", pa.float64()),
-            ("selected", pa.bool_()),
+            pa.field("selected", pa.bool_(), nullable=False),
             ("filter_error", pa.string()),
         ]
     )  # fmt: skip
@@ -604,12 +632,6 @@ def _concat(tables: list[Any]) -> Any:
     if not tables:
         return _schema().empty_table()
     return pa.concat_tables(tables, promote_options="default")
-
-
-def _replace(tmp: Path, final: Path) -> None:
-    with tmp.open("rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
 
 
 def _write(task: ShardTask, rows: ShardRows, table: Any, dead: list[dict[str, Any]]) -> None:
@@ -632,10 +654,10 @@ def _write(task: ShardTask, rows: ShardRows, table: Any, dead: list[dict[str, An
         # Statistics where a reader would filter on them.
         write_statistics=["row_id", "alert_id", "score"],
     )
-    _replace(tmp_out, output)
+    os.replace(tmp_out, output)
     tmp_dead = directory / f".{dead_path.name}{aside}"
     tmp_dead.write_text("".join(json.dumps(d, sort_keys=True) + "\n" for d in dead))
-    _replace(tmp_dead, dead_path)
+    os.replace(tmp_dead, dead_path)
     doc = {
         "format": MANIFEST_FORMAT,
         "job_id": task.job_id,
@@ -660,12 +682,44 @@ def _write(task: ShardTask, rows: ShardRows, table: Any, dead: list[dict[str, An
     }
     tmp_manifest = directory / f".{manifest.name}{aside}"
     tmp_manifest.write_text(json.dumps(doc, indent=2) + "\n")
-    _replace(tmp_manifest, manifest)
-    fd = os.open(directory, os.O_RDONLY)
+    # Written aside and renamed: a reader sees the whole file or none.  No
+    # fsync here: see make_durable().
+    os.replace(tmp_manifest, manifest)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def make_durable(out_dir: str, shards: Sequence[str]) -> int:
+    """Flush the files of ``shards`` (and ``job.json``) under ``out_dir`` to
+    disk, then the directory (their names); the number of files flushed.
+
+    Once per job instead of once per file as shards finish: the first flush
+    commits the file system's journal for all of them, the others find
+    little left to do.  It runs where the shards were written (each worker
+    process), since on a shared file system a host flushes only what it
+    wrote itself.  A file missing here is skipped: verification, not this,
+    decides whether the output is complete; a flush that fails (the disk)
+    raises :class:`OSError`.
+    """
+    base = Path(out_dir)
+    flushed = 0
+    names = ["job.json"]
+    for shard in shards:
+        names.extend(p.name for p in paths(base, shard))
+    for name in names:
+        try:
+            _fsync(base / name)
+        except FileNotFoundError:
+            continue
+        flushed += 1
+    _fsync(base)
+    return flushed
 
 
 # -- checking a shard ----------------------------------------------------------
