@@ -40,7 +40,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -728,20 +728,29 @@ def make_durable(out_dir: str, shards: Sequence[str]) -> int:
 def finished(out_dir: str | Path, shard: Shard, job_id: str) -> bool:
     """Whether ``shard`` has a manifest of ``job_id`` and of this input that
     agrees with its files."""
+    return _agreeing(out_dir, shard, job_id, _sha256) is not None
+
+
+def _agreeing(
+    out_dir: str | Path, shard: Shard, job_id: str, output_sha256: Callable[[Path], str]
+) -> dict[str, Any] | None:
+    """The manifest of ``shard`` if it is one of ``job_id`` and of this input
+    that agrees with the files (``output_sha256(path)`` hashes the output)."""
     output, dead_path, manifest = paths(out_dir, shard.id)
     try:
         doc = json.loads(manifest.read_text())
         files = doc["files"]
         source = doc["input"]
-        return bool(
+        agrees = bool(
             doc.get("format") == MANIFEST_FORMAT
             and doc["job_id"] == job_id
             and (source["file"], source["row_group"]) == (shard.label, shard.row_group)
-            and _sha256(output) == files["output"]["sha256"]
+            and output_sha256(output) == files["output"]["sha256"]
             and _sha256(dead_path) == files["dead_letters"]["sha256"]
         )
     except (OSError, ValueError, KeyError, TypeError):
-        return False
+        return None
+    return doc if agrees else None
 
 
 def verify_shard(task: ShardTask) -> list[str]:
@@ -753,16 +762,23 @@ def verify_shard(task: ShardTask) -> list[str]:
 
     shard = task.shard
     spec = _spec(task.spec_json)
-    if not finished(task.out_dir, shard, task.job_id):
+    # The output is read once: hashed against the manifest, then parsed.
+    read: list[bytes] = []
+
+    def output_sha256(path: Path) -> str:
+        read.append(path.read_bytes())
+        return hashlib.sha256(read[0]).hexdigest()
+
+    doc = _agreeing(task.out_dir, shard, task.job_id, output_sha256)
+    if doc is None:
         return [f"shard {shard.id}: no manifest agreeing with its files"]
-    output, dead_path, manifest = paths(task.out_dir, shard.id)
+    _, dead_path, _ = paths(task.out_dir, shard.id)
     expected = input_ids(spec, shard)
-    doc = json.loads(manifest.read_text())
     problems = []
     if doc["rows"] != len(expected) or doc["ids_sha256"] != ids_checksum(expected):
         problems.append(f"shard {shard.id}: the manifest's ids are not the input's")
     table = pq.read_table(
-        output,
+        pa.BufferReader(read[0]),
         columns=["row_id", "model", "model_version"],
         read_dictionary=["model", "model_version"],
     )
