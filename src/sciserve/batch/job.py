@@ -213,19 +213,22 @@ class BatchJob:
             else:
                 todo.append(shard)
         nonce = os.urandom(4).hex()
-        # Each shard is verified once its output is final: a finished one
-        # now, a computed one as soon as its task returns (while others
-        # still run, rather than in a second round after the last).
+        # Each shard is verified once its output is final: a finished one by
+        # a task of its own, submitted now; a computed one by its own task,
+        # right after writing it (while others still run, rather than in a
+        # second round after the last).
         checks = {
             s.id: self._check(client, s, nonce) for s in self.shards if s.id in report.skipped
         }
+        found: dict[str, tuple[str, ...]] = {}
         try:
-            self._run_shards(client, todo, report, on_shard, checks, nonce)
+            self._run_shards(client, todo, report, on_shard, found, nonce)
         except BaseException:
             client.cancel(list(checks.values()))
             raise
         self._clean_partials()
-        self._verify(client, report, checks)
+        found.update(zip(checks, client.gather(list(checks.values())), strict=True))
+        self._verify(client, report, found)
         report.seconds = time.perf_counter() - started
         return report
 
@@ -240,12 +243,11 @@ class BatchJob:
         todo: list[Shard],
         report: JobReport,
         on_shard: Callable[[ShardResult], None] | None,
-        checks: dict[str, Any],
+        found: dict[str, tuple[str, ...]],
         nonce: str,
     ) -> None:
         from distributed import as_completed
 
-        shards = {s.id: s for s in todo}
         futures = [
             client.submit(run_shard, self._task(s), key=f"{self.job_id}-{s.id}-{nonce}")
             for s in todo
@@ -253,7 +255,7 @@ class BatchJob:
         try:
             for future in as_completed(futures):  # type: ignore[no-untyped-call]
                 result = self._result(future)
-                checks[result.shard] = self._check(client, shards[result.shard], nonce)
+                found[result.shard] = result.problems
                 report.ran.append(result.shard)
                 if on_shard is not None:
                     on_shard(result)
@@ -272,9 +274,8 @@ class BatchJob:
             raise Unavailable(f"shard {future.key} failed: {type(exc).__name__}: {exc}") from exc
         return result
 
-    def _verify(self, client: Any, report: JobReport, checks: dict[str, Any]) -> None:
-        found = client.gather([checks[s.id] for s in self.shards])
-        problems = [p for shard_problems in found for p in shard_problems]
+    def _verify(self, client: Any, report: JobReport, found: dict[str, tuple[str, ...]]) -> None:
+        problems = [p for s in self.shards for p in found[s.id]]
         if problems:
             raise IntegrityError(
                 f"job {self.job_id}: the output does not match the input:\n  "

@@ -150,6 +150,8 @@ class ShardResult:
     dead_letters: int
     seconds: float
     pid: int
+    #: What :func:`verify_shard` found reading the shard back once written.
+    problems: tuple[str, ...] = ()
 
 
 #: The version of the shard manifest and of what it describes (the ids
@@ -401,7 +403,8 @@ def _predict(
 
 
 def run_shard(task: ShardTask) -> ShardResult:
-    """Annotate one shard and write its output, dead letters and manifest."""
+    """Annotate one shard, write its output, dead letters and manifest, and
+    verify them (:func:`verify_shard`)."""
     started = time.perf_counter()
     spec = _spec(task.spec_json)
     models = [_model(pin, task.settings) for pin in task.models]
@@ -445,9 +448,13 @@ def run_shard(task: ShardTask) -> ShardResult:
     if spec.results and table.num_rows:
         _store(task, spec, table)
     _write(task, rows, table, dead)
+    # Read back in the same task (from the files and the input, not from
+    # memory): a task of its own per shard would cost the scheduler, the
+    # client and the worker more than the check itself.
+    problems = tuple(verify_shard(task))
     return ShardResult(
         shard.id, len(rows.ids), table.num_rows, len(dead), time.perf_counter() - started,
-        os.getpid(),
+        os.getpid(), problems,
     )  # fmt: skip
 
 
