@@ -708,6 +708,35 @@ def test_the_final_check_catches_an_output_that_lost_a_row(
         job.run(client)
 
 
+def test_the_final_check_catches_a_manifest_whose_ids_are_not_the_inputs(
+    tmp_path: Path, lab: tuple[Settings, Path], client: Any
+) -> None:
+    from sciserve.errors import IntegrityError
+
+    _archive(tmp_path / "archive")
+    spec = parse_batch_spec(yaml.safe_load(_spec(tmp_path).read_text()), base_dir=tmp_path)
+    job = BatchJob(spec, lab[0], tmp_path / "out")
+    job.plan()
+    assert job.run(client).verified
+    manifests = {p: json.loads(p.read_text()) for p in sorted(job.out_dir.glob("shard-*.json"))}
+    # A shard with dead letters: its ids are compared as a set, and the
+    # manifest's checksum of them against the input's.
+    lettered = next(p for p, doc in manifests.items() if doc["dead_letters"])
+    doc = manifests[lettered]
+    lettered.write_text(json.dumps({**doc, "ids_sha256": "0" * 64}))
+    shard = lettered.name.removeprefix("shard-").removesuffix(".json")
+    with pytest.raises(IntegrityError, match=rf"shard {shard}: the manifest's ids are not"):
+        job.run(client)
+    lettered.write_text(json.dumps(doc))
+    assert job.run(client).verified
+    # Any shard: its row count.
+    clean = next(p for p, doc in manifests.items() if not doc["dead_letters"])
+    clean.write_text(json.dumps({**manifests[clean], "rows": manifests[clean]["rows"] + 1}))
+    shard = clean.name.removeprefix("shard-").removesuffix(".json")
+    with pytest.raises(IntegrityError, match=rf"shard {shard}: the manifest's ids are not"):
+        job.run(client)
+
+
 def test_a_step_with_server_runs_its_model_on_a_sciserve_server(
     tmp_path: Path, lab: tuple[Settings, Path], client: Any
 ) -> None:
