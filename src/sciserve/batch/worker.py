@@ -714,11 +714,12 @@ def make_durable(out_dir: str, shards: Sequence[str]) -> int:
     """Flush the files of ``shards`` (and ``job.json``) under ``out_dir`` to
     disk, then the directory (their names); the number of files flushed.
 
-    Once per job instead of once per file as shards finish: the first flush
-    commits the file system's journal for all of them, the others find
-    little left to do.  It runs where the shards were written (each worker
-    process), since on a shared file system a host flushes only what it
-    wrote itself.  A file missing here is skipped: verification, not this,
+    Once per job, not four times per shard as each one finishes: the
+    workers do not wait for the disk between shards, and a journalling file
+    system commits once for many files (on ext4, the first flush writes most
+    of what the others would).  It runs where the shards were written (each
+    worker process), since on a shared file system a host flushes only what
+    it wrote itself.  A file missing here is skipped: verification, not this,
     decides whether the output is complete; a flush that fails (the disk)
     raises :class:`OSError`.
     """
