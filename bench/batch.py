@@ -3,6 +3,7 @@
     python bench/batch.py --setup    # once: pandas for the hand-written Dask job
     python bench/batch.py            # 2,000,000 rows, 16 files
     python bench/batch.py --rows 200000 --runs 1   # a quick look
+    python bench/batch.py --shard-cost 15          # CPU of one shard, in this process
 
 The archive holds the example light-curve features (the 21 columns of
 :mod:`sciserve.examples.features`, float32, plus an int64 id): the features
@@ -45,6 +46,13 @@ by one with 2 worker processes for decoding and features (batches of
 (capped at the machine's cores).
 
 Results go to ``bench/results/batch-<timestamp>.json``.
+
+``--shard-cost N`` measures instead what a worker spends on one shard of
+125,000 rows (read, model, provenance, Parquet output, manifest, read-back
+verification): :func:`~sciserve.batch.worker.run_shard` called ``N`` times
+in this process after a warm-up, as CPU time (user and system, all
+threads), which other work on the machine disturbs far less than it does
+wall-clock comparisons.
 """
 
 from __future__ import annotations
@@ -291,6 +299,47 @@ def pipeline_capacity(
     return rows
 
 
+def shard_cost(data_dir: Path, settings: Settings, distinct: int, seed: int, reps: int) -> None:
+    """Print the CPU time of ``run_shard`` on one shard of 125,000 rows."""
+    from sciserve.batch.worker import ShardTask, run_shard
+
+    root = archive(data_dir, 125_000, 1, distinct, seed)
+    spec = parse_batch_spec(
+        {
+            "name": "shard-cost",
+            "input": str(root),
+            "columns": list(FEATURE_NAMES),
+            "id": "obj",
+            "models": [{"ref": MODEL}],
+            "batch": 1024,
+        }
+    )
+    out = data_dir / "scratch-shard-cost"
+    shutil.rmtree(out, ignore_errors=True)
+    job = BatchJob(spec, settings, out, job_id="shard-cost")
+    job.plan()
+    job.out_dir.mkdir(parents=True)
+    [shard] = job.shards
+    task = ShardTask(
+        job.job_id, spec.model_dump_json(), settings, job.pins, shard, str(job.out_dir),
+        layout=job.layout, prepare=job.prepare,
+    )  # fmt: skip
+    run_shard(task)  # the model loaded, the caches warm
+    costs = []
+    for _ in range(reps):
+        started = time.process_time()
+        result = run_shard(task)
+        costs.append(time.process_time() - started)
+        if result.problems:
+            raise RuntimeError(f"the shard did not verify: {result.problems}")
+    costs.sort()
+    print(
+        f"one shard of {result.rows:,} rows, in process: CPU min {costs[0] * 1e3:.1f} ms, "
+        f"median {costs[len(costs) // 2] * 1e3:.1f} ms over {reps} runs"
+    )
+    shutil.rmtree(out, ignore_errors=True)
+
+
 def timed(work: Callable[[], int], runs: int, scratch: Path) -> dict[str, float]:
     best = 0.0
     rows = 0
@@ -317,6 +366,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2, help="best of N per contender")
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--shard-cost", type=int, metavar="N", help="CPU of one shard, N runs")
     parser.add_argument("--alerts", type=int, default=20_000, help="alerts to re-score (0: skip)")
     parser.add_argument("--alert-files", type=int, default=8, help="Avro files of the alerts")
     parser.add_argument("--alert-unique", type=int, default=4000, help="distinct alerts simulated")
@@ -326,6 +376,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.setup:
         setup()
+        return
+    if args.shard_cost:
+        settings, _ = model(args.data_dir)
+        shard_cost(args.data_dir, settings, args.distinct, args.seed, args.shard_cost)
         return
     if not (PYLIB / "pandas").exists():
         sys.exit(f"pandas is missing: run {Path(__file__).name} --setup first")
