@@ -356,6 +356,14 @@ def timed(work: Callable[[], int], runs: int, scratch: Path) -> dict[str, float]
 # -- the run ------------------------------------------------------------------------
 
 
+def positive(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not at least 1")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--setup", action="store_true", help="install pandas, then exit")
@@ -366,11 +374,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2, help="best of N per contender")
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--shard-cost", type=int, metavar="N", help="CPU of one shard, N runs")
+    parser.add_argument("--shard-cost", type=positive, metavar="N", help="CPU of one shard, N runs")
     parser.add_argument("--alerts", type=int, default=20_000, help="alerts to re-score (0: skip)")
-    parser.add_argument("--alert-files", type=int, default=8, help="Avro files of the alerts")
-    parser.add_argument("--alert-unique", type=int, default=4000, help="distinct alerts simulated")
-    parser.add_argument("--alert-batch", type=int, default=256, help="stream pipeline batch")
+    parser.add_argument("--alert-files", type=positive, default=8, help="Avro files of the alerts")
+    parser.add_argument("--alert-unique", type=positive, default=4000, help="distinct alerts")
+    parser.add_argument("--alert-batch", type=positive, default=256, help="stream pipeline batch")
     parser.add_argument("--data-dir", type=Path, default=HERE / ".data" / "batch")
     parser.add_argument("--output-dir", type=Path, default=HERE / "results")
     args = parser.parse_args()
