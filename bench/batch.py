@@ -3,6 +3,7 @@
     python bench/batch.py --setup    # once: pandas for the hand-written Dask job
     python bench/batch.py            # 2,000,000 rows, 16 files
     python bench/batch.py --rows 200000 --runs 1   # a quick look
+    python bench/batch.py --shard-cost 15          # CPU of one shard, in this process
 
 The archive holds the example light-curve features (the 21 columns of
 :mod:`sciserve.examples.features`, float32, plus an int64 id): the features
@@ -29,19 +30,42 @@ processes with one thread each, on 127.0.0.1, as ``sciserve batch run
 --workers N`` makes it), first with 1 worker, then with 2; each cluster is
 closed before the next.  Targets: sciserve ≥ 1.0x the hand-written job;
 sciserve's rows/s per core used ≥ 80 % of in-process ONNX Runtime; sciserve's
-rows/s at 2 workers ≥ 1.7x at 1 worker.  Results go to
-``bench/results/batch-<timestamp>.json``.
+rows/s at 2 workers ≥ 1.7x at 1 worker.
+
+A second table (``--alerts N``, 0 to skip) re-scores an archive of ``N``
+simulated Rubin alerts (schema ``lsst``, 30 previous detections each, the
+first ``--alert-unique`` of :class:`~sciserve.streams.simulate.AlertSimulator`
+repeated) in ``--alert-files`` Avro object containers: ``sciserve batch``
+decodes them (the reader-schema projection), computes light-curve features
+and runs the classifier, with 1 and 2 workers, best of ``--runs``.  Beside
+it, the stream pipeline's capacity measured in the same run on the same
+alerts by ``bench/stream.py``'s :func:`capacity`: a backlog in a Kafka topic
+of a memory-only broker on 127.0.0.1, drained by one pipeline process, then
+by one with 2 worker processes for decoding and features (batches of
+``--alert-batch``).  Per core is alerts/s over the processes doing the work
+(capped at the machine's cores).
+
+Results go to ``bench/results/batch-<timestamp>.json``.
+
+``--shard-cost N`` measures instead what a worker spends on one shard of
+125,000 rows (read, model, provenance, Parquet output, manifest, read-back
+verification): :func:`~sciserve.batch.worker.run_shard` called ``N`` times
+in this process after a warm-up, as CPU time (user and system, all
+threads), which other work on the machine disturbs far less than it does
+wall-clock comparisons.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -62,6 +86,9 @@ from sciserve.examples import build_examples
 from sciserve.examples.features import FEATURE_NAMES, extract_many
 from sciserve.examples.lightcurves import simulate
 from sciserve.registry.registry import Registry
+from sciserve.streams.base import OutRecord, open_sink
+from sciserve.streams.files import read_messages
+from sciserve.streams.simulate import AlertSimulator
 from sciserve.streams.spec import parse_batch_spec
 
 HERE = Path(__file__).resolve().parent
@@ -120,6 +147,45 @@ def model(data_dir: Path) -> tuple[Settings, Path]:
             registry.publish(packages / "lc-classifier")
     [onnx_file] = (packages / "lc-classifier").glob("*.onnx")
     return settings, onnx_file
+
+
+def alert_archive(data_dir: Path, alerts: int, files: int, unique: int, seed: int) -> Path:
+    """The cached directory of ``alerts`` simulated alerts in ``files`` Avro
+    object containers (the stream file format), written on first use."""
+    root = data_dir / f"alerts-{alerts}-{files}-{unique}-{seed}"
+    if (root / "DONE").exists():
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    started = time.perf_counter()
+    payloads = [a.payload for a in AlertSimulator("lsst", seed=seed).alerts(min(unique, alerts))]
+    print(f"simulated {len(payloads)} alerts in {time.perf_counter() - started:.1f} s")
+    per_file = -(-alerts // files)
+    for part, first in enumerate(range(0, alerts, per_file)):
+        values = [payloads[i % len(payloads)] for i in range(first, min(first + per_file, alerts))]
+        asyncio.run(_write_avro(root / f"part-{part:04d}.avro", values))
+    (root / "DONE").touch()
+    return root
+
+
+async def _write_avro(path: Path, values: list[bytes]) -> None:
+    sink = open_sink(f"file://{path}")
+    await sink.start()
+    try:
+        await sink.write([OutRecord(v) for v in values])
+    finally:
+        await sink.close()
+
+
+def stream_settings(data_dir: Path) -> Settings:
+    """A registry with the example models tagged ``production``, as
+    ``bench/stream.py``'s pipeline spec names them."""
+    from sciserve.cli._up import ensure_examples
+
+    settings = Settings.load(data_dir / "stream-home", environ={})
+    with Registry(settings) as registry:
+        ensure_examples(registry)
+    return settings
 
 
 # -- the contenders --------------------------------------------------------------
@@ -189,6 +255,91 @@ def sciserve_job(client: Any, settings: Settings, root: Path, out: Path, batch: 
     return report.outputs
 
 
+def sciserve_alert_job(client: Any, settings: Settings, root: Path, out: Path, batch: int) -> int:
+    """``sciserve batch`` over the alert archive: decode, features, model."""
+    spec = parse_batch_spec(
+        {
+            "name": "alerts",
+            "input": str(root),
+            "codec": "lsst",
+            "models": [{"ref": MODEL}],
+            "batch": batch,
+        }
+    )
+    job = BatchJob(spec, settings, out, job_id=f"bench-{os.urandom(4).hex()}")
+    job.plan()
+    report = job.run(client)
+    if not report.verified or report.dead_letters:
+        raise RuntimeError(f"the job did not finish cleanly: {report.to_dict()}")
+    return report.outputs
+
+
+def pipeline_capacity(
+    settings: Settings, payloads: list[bytes], batch: int, pools: list[int]
+) -> list[dict[str, Any]]:
+    """The stream pipeline draining a backlog of ``payloads`` as fast as it
+    can, once per number of worker processes in ``pools`` (``bench/stream.py``)."""
+    import stream
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="batch-bench-stream-") as tmp:
+        scratch = Path(tmp)
+        with stream.tansu(scratch / "broker.log") as bootstrap:
+            for workers in pools:
+                label = "projection" + (f", {workers} worker processes" if workers else "")
+                config = stream.Config(label, None, workers)
+                print(f"stream pipeline capacity: {label}…")
+                rows.append(
+                    asyncio.run(
+                        stream.capacity(
+                            settings, bootstrap, payloads, len(payloads), config, batch, scratch
+                        )
+                    )
+                )
+    return rows
+
+
+def shard_cost(data_dir: Path, settings: Settings, distinct: int, seed: int, reps: int) -> None:
+    """Print the CPU time of ``run_shard`` on one shard of 125,000 rows."""
+    from sciserve.batch.worker import ShardTask, run_shard
+
+    root = archive(data_dir, 125_000, 1, distinct, seed)
+    spec = parse_batch_spec(
+        {
+            "name": "shard-cost",
+            "input": str(root),
+            "columns": list(FEATURE_NAMES),
+            "id": "obj",
+            "models": [{"ref": MODEL}],
+            "batch": 1024,
+        }
+    )
+    out = data_dir / "scratch-shard-cost"
+    shutil.rmtree(out, ignore_errors=True)
+    job = BatchJob(spec, settings, out, job_id="shard-cost")
+    job.plan()
+    job.out_dir.mkdir(parents=True)
+    [shard] = job.shards
+    task = ShardTask(
+        job.job_id, spec.model_dump_json(), settings, job.pins, shard, str(job.out_dir),
+        layout=job.layout, prepare=job.prepare,
+    )  # fmt: skip
+    run_shard(task)  # the model loaded, the caches warm
+    costs = []
+    for _ in range(reps):
+        started = time.process_time()
+        result = run_shard(task)
+        costs.append(time.process_time() - started)
+        if result.problems:
+            raise RuntimeError(f"the shard did not verify: {result.problems}")
+    costs.sort()
+    print(
+        f"one shard of {result.rows:,} rows, in process: CPU min {costs[0] * 1e3:.1f} ms, "
+        f"median {costs[len(costs) // 2] * 1e3:.1f} ms over {reps} runs"
+    )
+    shutil.rmtree(out, ignore_errors=True)
+
+
 def timed(work: Callable[[], int], runs: int, scratch: Path) -> dict[str, float]:
     best = 0.0
     rows = 0
@@ -205,6 +356,14 @@ def timed(work: Callable[[], int], runs: int, scratch: Path) -> dict[str, float]
 # -- the run ------------------------------------------------------------------------
 
 
+def positive(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not at least 1")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--setup", action="store_true", help="install pandas, then exit")
@@ -215,11 +374,20 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2, help="best of N per contender")
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--shard-cost", type=positive, metavar="N", help="CPU of one shard, N runs")
+    parser.add_argument("--alerts", type=int, default=20_000, help="alerts to re-score (0: skip)")
+    parser.add_argument("--alert-files", type=positive, default=8, help="Avro files of the alerts")
+    parser.add_argument("--alert-unique", type=positive, default=4000, help="distinct alerts")
+    parser.add_argument("--alert-batch", type=positive, default=256, help="stream pipeline batch")
     parser.add_argument("--data-dir", type=Path, default=HERE / ".data" / "batch")
     parser.add_argument("--output-dir", type=Path, default=HERE / "results")
     args = parser.parse_args()
     if args.setup:
         setup()
+        return
+    if args.shard_cost:
+        settings, _ = model(args.data_dir)
+        shard_cost(args.data_dir, settings, args.distinct, args.seed, args.shard_cost)
         return
     if not (PYLIB / "pandas").exists():
         sys.exit(f"pandas is missing: run {Path(__file__).name} --setup first")
@@ -270,11 +438,70 @@ def main() -> None:
             assert result["rows"] == args.rows, result
         results[f"workers_{workers}"] = {"dask": dask_run, "sciserve": ours}
     report(results, cores)
+    if args.alerts > 0:
+        results["alerts"] = alerts_section(args, settings, scratch, cores)
+        report_alerts(results["alerts"], cores)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     path = args.output_dir / f"batch-{stamp}.json"
     path.write_text(json.dumps(results, indent=2) + "\n")
     print(f"results: {path}")
+
+
+def alerts_section(
+    args: argparse.Namespace, settings: Settings, scratch: Path, cores: int
+) -> dict[str, Any]:
+    """Re-scoring the alert archive with sciserve batch at 1 and 2 workers,
+    and the stream pipeline's capacity on the same alerts."""
+    root = alert_archive(args.data_dir, args.alerts, args.alert_files, args.alert_unique, args.seed)
+    section: dict[str, Any] = {
+        "alerts": args.alerts,
+        "files": args.alert_files,
+        "unique": args.alert_unique,
+        "batch": args.batch,
+        "pipeline_batch": args.alert_batch,
+    }
+    for workers in [int(w) for w in args.workers.split(",")]:
+        with dask_client(None, workers=workers) as client:
+            ours = timed(
+                lambda: sciserve_alert_job(client, settings, root, scratch, args.batch),
+                args.runs,
+                scratch,
+            )
+        assert ours["rows"] == args.alerts, ours
+        print(f"{workers} worker(s), sciserve batch: {ours['rows_per_s']:,.0f} alerts/s")
+        section[f"workers_{workers}"] = {
+            **ours,
+            "per_core": round(ours["rows_per_s"] / min(workers, cores), 1),
+        }
+    payloads = [m.value for p in sorted(root.glob("*.avro")) for m in read_messages(p, "avro")]
+    pipeline = pipeline_capacity(stream_settings(args.data_dir), payloads, args.alert_batch, [0, 2])
+    for row in pipeline:
+        row["per_core"] = round(row["alerts_per_s"] / min(max(row["workers"], 1), cores), 1)
+    section["pipeline"] = pipeline
+    return section
+
+
+def report_alerts(section: dict[str, Any], cores: int) -> None:
+    table = Table(
+        title=f"Re-scoring {section['alerts']:,} simulated Rubin alerts: decode → features → "
+        f"model ({cores} cores)"
+    )
+    for column in ("contender", "processes", "alerts/s", "alerts/s per core",
+                   "per core vs stream pipeline"):  # fmt: skip
+        table.add_column(column, justify="right" if column != "contender" else "left")
+    [single] = [row for row in section["pipeline"] if row["workers"] == 0]
+    base = single["per_core"]
+    for row in section["pipeline"]:
+        processes = f"1 + {row['workers']} workers" if row["workers"] else "1"
+        table.add_row("stream pipeline capacity", processes,
+                      f"{row['alerts_per_s']:,.0f}", f"{row['per_core']:,.0f}",
+                      f"{row['per_core'] / base:.0%}")  # fmt: skip
+    for key in sorted(k for k in section if k.startswith("workers_")):
+        row = section[key]
+        table.add_row("sciserve batch", key.split("_")[1], f"{row['rows_per_s']:,.0f}",
+                      f"{row['per_core']:,.0f}", f"{row['per_core'] / base:.0%}")  # fmt: skip
+    Console(width=120).print(table)
 
 
 def report(results: dict[str, Any], cores: int) -> None:

@@ -31,6 +31,7 @@ import yaml
 from sciserve._hashing import sha256_file
 from sciserve.batch.executor import dask_client
 from sciserve.batch.job import BatchJob
+from sciserve.batch.worker import MANIFEST_FORMAT
 from sciserve.config import Settings
 from sciserve.errors import InvalidInput, NotFound
 from sciserve.package.manifest import Manifest, dump_manifest
@@ -220,6 +221,49 @@ def test_rerunning_a_job_redoes_only_the_missing_shards(
     assert (tmp_path / "out" / "night-2024.1" / "shard-00004.json").is_file()
     with pytest.raises(InvalidInput, match="is not a job id"):
         BatchJob(spec, lab[0], tmp_path / "out", job_id="../escape")
+
+
+def test_shard_files_torn_after_their_manifest_are_redone_on_resume(
+    tmp_path: Path, lab: tuple[Settings, Path], client: Any
+) -> None:
+    """What a power cut can leave, since shards are not flushed one by one:
+    files cut short or with other bytes than the manifest recorded, a
+    manifest cut short.  None of them is trusted; the next run redoes them."""
+    from sciserve.batch.worker import make_durable
+
+    _archive(tmp_path / "archive")
+    spec = parse_batch_spec(yaml.safe_load(_spec(tmp_path).read_text()), base_dir=tmp_path)
+    job = BatchJob(spec, lab[0], tmp_path / "out")
+    job.plan()
+    first = job.run(client)
+    assert first.verified and first.dead_letters == 4
+    out = job.out_dir
+    output = out / "shard-00001.parquet"
+    output.write_bytes(output.read_bytes()[: output.stat().st_size // 2])
+    torn_letters = next(p for p in sorted(out.glob("shard-*.dead.jsonl")) if p.stat().st_size > 0)
+    letters = bytearray(torn_letters.read_bytes())
+    letters[len(letters) // 2] ^= 0x01  # one bit flipped, the size kept
+    torn_letters.write_bytes(bytes(letters))
+    manifest = out / "shard-00003.json"
+    manifest.write_bytes(manifest.read_bytes()[:40])
+    torn = sorted({"00001", "00003", torn_letters.name.split(".")[0].removeprefix("shard-")})
+    pending = [s.id for s in job.pending()]
+    assert pending == torn
+    report = job.run(client)
+    assert report.ran == torn and report.verified
+    assert (report.rows, report.outputs, report.dead_letters) == (
+        first.rows,
+        first.outputs,
+        first.dead_letters,
+    )
+    assert job.pending() == []
+    # Every file of every shard and the job file, flushed once more at will;
+    # a missing one is verification's business, not the flush's.
+    assert make_durable(str(out), [s.id for s in job.shards]) == 1 + 3 * 5
+    output.unlink()
+    assert make_durable(str(out), [s.id for s in job.shards]) == 3 * 5
+    with pytest.raises(FileNotFoundError):
+        make_durable(str(tmp_path / "nowhere"), ["00000"])
 
 
 def test_alert_archives_go_through_the_codec_and_features(
@@ -664,6 +708,35 @@ def test_the_final_check_catches_an_output_that_lost_a_row(
         job.run(client)
 
 
+def test_the_final_check_catches_a_manifest_whose_ids_are_not_the_inputs(
+    tmp_path: Path, lab: tuple[Settings, Path], client: Any
+) -> None:
+    from sciserve.errors import IntegrityError
+
+    _archive(tmp_path / "archive")
+    spec = parse_batch_spec(yaml.safe_load(_spec(tmp_path).read_text()), base_dir=tmp_path)
+    job = BatchJob(spec, lab[0], tmp_path / "out")
+    job.plan()
+    assert job.run(client).verified
+    manifests = {p: json.loads(p.read_text()) for p in sorted(job.out_dir.glob("shard-*.json"))}
+    # A shard with dead letters: its ids are compared as a set, and the
+    # manifest's checksum of them against the input's.
+    lettered = next(p for p, doc in manifests.items() if doc["dead_letters"])
+    doc = manifests[lettered]
+    lettered.write_text(json.dumps({**doc, "ids_sha256": "0" * 64}))
+    shard = lettered.name.removeprefix("shard-").removesuffix(".json")
+    with pytest.raises(IntegrityError, match=rf"shard {shard}: the manifest's ids are not"):
+        job.run(client)
+    lettered.write_text(json.dumps(doc))
+    assert job.run(client).verified
+    # Any shard: its row count.
+    clean = next(p for p, doc in manifests.items() if not doc["dead_letters"])
+    clean.write_text(json.dumps({**manifests[clean], "rows": manifests[clean]["rows"] + 1}))
+    shard = clean.name.removeprefix("shard-").removesuffix(".json")
+    with pytest.raises(IntegrityError, match=rf"shard {shard}: the manifest's ids are not"):
+        job.run(client)
+
+
 def test_a_step_with_server_runs_its_model_on_a_sciserve_server(
     tmp_path: Path, lab: tuple[Settings, Path], client: Any
 ) -> None:
@@ -802,4 +875,4 @@ def test_a_shard_written_under_another_manifest_format_is_redone(
     manifest.write_text(json.dumps(doc))
     report = job.run(client)
     assert report.ran == ["00001"] and report.verified and report.outputs == first.outputs
-    assert json.loads(manifest.read_text())["format"] == 2
+    assert json.loads(manifest.read_text())["format"] == MANIFEST_FORMAT

@@ -37,7 +37,16 @@ from ..streams.pipeline import (
 )
 from ..streams.spec import BatchSpec, PythonFeatures
 from .shards import InputLayout, Shard, find_inputs, plan
-from .worker import PROVENANCE, ModelPin, ShardResult, ShardTask, finished, run_shard, verify_shard
+from .worker import (
+    PROVENANCE,
+    ModelPin,
+    ShardResult,
+    ShardTask,
+    finished,
+    make_durable,
+    run_shard,
+    verify_shard,
+)
 
 __all__ = ["BatchJob", "JobReport"]
 
@@ -250,17 +259,20 @@ class BatchJob:
             else:
                 todo.append(shard)
         nonce = os.urandom(4).hex()
-        # Each shard is verified once its output is final: a finished one
-        # now, a computed one as soon as its task returns (while others
-        # still run, rather than in a second round after the last).
+        # Each shard is verified once its output is final: a finished one by
+        # a task of its own, submitted now; a computed one by its own task,
+        # right after writing it (while others still run, rather than in a
+        # second round after the last).
         checks: dict[str, Any] = {}
+        found: dict[str, tuple[str, ...]] = {}
         try:
             for shard in self.shards:
                 if shard.id in report.skipped:
                     checks[shard.id] = self._check(client, shard, nonce)
-            self._run_shards(client, todo, report, on_shard, checks, nonce)
+            self._run_shards(client, todo, report, on_shard, found, nonce)
             self._clean_partials()
-            self._verify(client, report, checks)
+            found.update(zip(checks, client.gather(list(checks.values())), strict=True))
+            self._verify(client, report, found)
         except BaseException:
             client.cancel(list(checks.values()))
             if self._cancelled:
@@ -285,12 +297,11 @@ class BatchJob:
         todo: list[Shard],
         report: JobReport,
         on_shard: Callable[[ShardResult], None] | None,
-        checks: dict[str, Any],
+        found: dict[str, tuple[str, ...]],
         nonce: str,
     ) -> None:
         from distributed import as_completed
 
-        shards = {s.id: s for s in todo}
         futures = [
             client.submit(run_shard, self._task(s), key=f"{self.job_id}-{s.id}-{nonce}")
             for s in todo
@@ -301,7 +312,7 @@ class BatchJob:
                 if self._cancelled:
                     self._stopped()
                 result = self._result(future)
-                checks[result.shard] = self._check(client, shards[result.shard], nonce)
+                found[result.shard] = result.problems
                 report.ran.append(result.shard)
                 if on_shard is not None:
                     on_shard(result)
@@ -320,9 +331,8 @@ class BatchJob:
             raise Unavailable(f"shard {future.key} failed: {type(exc).__name__}: {exc}") from exc
         return result
 
-    def _verify(self, client: Any, report: JobReport, checks: dict[str, Any]) -> None:
-        found = client.gather([checks[s.id] for s in self.shards])
-        problems = [p for shard_problems in found for p in shard_problems]
+    def _verify(self, client: Any, report: JobReport, found: dict[str, tuple[str, ...]]) -> None:
+        problems = [p for s in self.shards for p in found[s.id]]
         if problems:
             raise IntegrityError(
                 f"job {self.job_id}: the output does not match the input:\n  "
@@ -333,7 +343,22 @@ class BatchJob:
             report.rows += doc["rows"]
             report.outputs += doc["outputs"]
             report.dead_letters += doc["dead_letters"]
+        self._make_durable(client)
         report.verified = True
+
+    def _make_durable(self, client: Any) -> None:
+        """Flush the whole output to disk, once, before it is reported
+        verified: on every worker (each flushes what it wrote), then here
+        (the job file, and a cluster that has no worker left)."""
+        ids = [s.id for s in self.shards]
+        try:
+            client.run(make_durable, str(self.out_dir), ids)
+            make_durable(str(self.out_dir), ids)
+        except OSError as exc:
+            raise Unavailable(
+                f"job {self.job_id}: cannot flush the output to disk: {exc}; "
+                "a new run redoes whatever was lost"
+            ) from exc
 
     def _clean_partials(self) -> None:
         # Left by attempts killed mid-write; never trusted, never renamed.

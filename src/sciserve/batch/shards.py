@@ -464,6 +464,8 @@ def _id_array(shard: Shard, column: Any) -> Any:
     kind = column.type
     if pa.types.is_integer(kind) or pa.types.is_string(kind) or pa.types.is_large_string(kind):
         ids = pc.cast(column, pa.string())
+        if pa.types.is_integer(kind) and not ids.null_count:
+            return ids  # the text of an integer is never empty
     else:
         ids = pa.array([_id_text(v) for v in column.to_pylist()], pa.string())
     empty = pc.equal(pc.binary_length(ids), 0)
@@ -485,6 +487,12 @@ def input_ids(spec: BatchSpec, shard: Shard) -> Any:
             return position_ids(shard, shard.rows)
     if spec.columns is not None and spec.id:
         return pa.array([row_id for row_id, _ in _jsonl_records(spec, shard)], pa.string())
+    if shard.format == "avro":
+        from ..streams.files import count_records
+
+        # The records counted block by block, none of them decoded.
+        with _local(spec, shard.path) as local:
+            return position_ids(shard, count_records(local, "avro"))
     return position_ids(shard, len(read_values(spec, shard)))
 
 

@@ -17,6 +17,12 @@ directory, each written under a hidden name and renamed into place:
     exactly when its manifest exists and agrees with the files, so a
     worker killed at any point leaves nothing a re-run would trust.
 
+A shard's files are not flushed to disk one by one: a power cut that loses
+or tears any of them leaves a manifest that is missing, unreadable or
+disagrees with the files, and the next run redoes the shard.  The job makes
+its whole output durable once, with :func:`make_durable`, before it
+reports it verified.
+
 Models are loaded once per worker process, not per shard, and never
 travel through the scheduler: each worker resolves the exact version the
 job pinned from the registry it can read (``--home``), and checks its
@@ -34,7 +40,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -70,7 +76,15 @@ from .shards import (
     read_values,
 )
 
-__all__ = ["ModelPin", "ShardResult", "ShardTask", "ids_checksum", "run_shard", "verify_shard"]
+__all__ = [
+    "ModelPin",
+    "ShardResult",
+    "ShardTask",
+    "ids_checksum",
+    "make_durable",
+    "run_shard",
+    "verify_shard",
+]
 
 #: Columns every output row has besides the models' outputs.
 PROVENANCE = (
@@ -139,12 +153,15 @@ class ShardResult:
     dead_letters: int
     seconds: float
     pid: int
+    #: What :func:`verify_shard` found reading the shard back once written.
+    problems: tuple[str, ...] = ()
 
 
 #: The version of the shard manifest and of what it describes (the ids
 #: checksum, the output's columns).  A shard written under another version
 #: is not finished: a re-run redoes it rather than mixing formats.
-MANIFEST_FORMAT = 2
+#: 3: the columns every row has a value of are required (not nullable).
+MANIFEST_FORMAT = 3
 
 
 def paths(out_dir: str | Path, shard: str) -> tuple[Path, Path, Path]:
@@ -393,8 +410,24 @@ def _predict(
 
 
 def run_shard(task: ShardTask) -> ShardResult:
-    """Annotate one shard and write its output, dead letters and manifest."""
+    """Annotate one shard, write its output, dead letters and manifest, and
+    verify them (:func:`verify_shard`)."""
     started = time.perf_counter()
+    rows, outputs, dead_letters = _annotate(task)
+    # Read back in the same task (from the files and the input, not from
+    # memory): a task of its own per shard would cost the scheduler, the
+    # client and the worker more than the check itself.  The shard's arrays
+    # are freed by now, so the check reuses their memory.
+    problems = tuple(verify_shard(task))
+    return ShardResult(
+        task.shard.id, rows, outputs, dead_letters, time.perf_counter() - started, os.getpid(),
+        problems,
+    )  # fmt: skip
+
+
+def _annotate(task: ShardTask) -> tuple[int, int, int]:
+    """Annotate one shard and write its files: its rows, output rows and
+    dead letters."""
     spec = _spec(task.spec_json)
     models = [_model(pin, task.settings, task.priority) for pin in task.models]
     shard = task.shard
@@ -437,10 +470,7 @@ def run_shard(task: ShardTask) -> ShardResult:
     if spec.results and table.num_rows:
         _store(task, spec, table)
     _write(task, rows, table, dead)
-    return ShardResult(
-        shard.id, len(rows.ids), table.num_rows, len(dead), time.perf_counter() - started,
-        os.getpid(),
-    )  # fmt: skip
+    return len(rows.ids), table.num_rows, len(dead)
 
 
 def _dead(
@@ -488,15 +518,17 @@ def _top_classes(
     return pa.nulls(count, pa.string()), None
 
 
-def _column(array: npt.NDArray[Any]) -> Any:
-    """A model output as an Arrow column: scalars, or fixed-size lists per row."""
+def _column(array: npt.NDArray[Any], required: bool) -> Any:
+    """A model output as an Arrow column: scalars, or fixed-size lists per
+    row; with ``required``, lists whose items are declared never null."""
     import pyarrow as pa
 
     if array.ndim == 1:
         return pa.array(array)
     flat: Any = pa.array(np.ascontiguousarray(array).reshape(-1))
     for size in reversed(array.shape[1:]):
-        flat = pa.FixedSizeListArray.from_arrays(flat, size)
+        kind = pa.list_(pa.field("item", flat.type, nullable=not required), size)
+        flat = pa.FixedSizeListArray.from_arrays(flat, type=kind)
     return flat
 
 
@@ -579,23 +611,34 @@ def _model_table(
         "filter_error": (
             pa.nulls(count, pa.string()) if errors is None else pa.array(errors, pa.string())
         ),
-        **{name: _column(array) for name, array in values.items()},
     }
-    return pa.table(columns)
+    # A job of one model has every numeric output in every row: its columns
+    # are declared required, which spares the Parquet writer a definition
+    # level per value.  With several models, a row of one has nulls in the
+    # other's columns.
+    single = len(task.models) == 1
+    fields = list(_schema())
+    for name, array in values.items():
+        required = single and array.dtype.kind in "biuf"
+        columns[name] = _column(array, required)
+        fields.append(pa.field(name, columns[name].type, nullable=not required))
+    return pa.Table.from_arrays([columns[f.name] for f in fields], schema=pa.schema(fields))
 
 
-#: The output's own columns, in order, and their types.
+#: The output's own columns, in order, and their types; those every row
+#: has a value of are declared required (written without definition levels).
 def _schema() -> Any:
     import pyarrow as pa
 
+    per_shard = pa.dictionary(pa.int32(), pa.string())
     return pa.schema(
         [
-            ("row_id", pa.string()),
+            pa.field("row_id", pa.string(), nullable=False),
             ("alert_id", pa.int64()),
-            *((name, pa.dictionary(pa.int32(), pa.string())) for name in PER_SHARD),
+            *(pa.field(name, per_shard, nullable=False) for name in PER_SHARD),
             ("label", pa.string()),
             ("score", pa.float64()),
-            ("selected", pa.bool_()),
+            pa.field("selected", pa.bool_(), nullable=False),
             ("filter_error", pa.string()),
         ]
     )  # fmt: skip
@@ -611,12 +654,6 @@ def _concat(tables: list[Any]) -> Any:
     if not tables:
         return _schema().empty_table()
     return pa.concat_tables(tables, promote_options="default")
-
-
-def _replace(tmp: Path, final: Path) -> None:
-    with tmp.open("rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
 
 
 def _write(task: ShardTask, rows: ShardRows, table: Any, dead: list[dict[str, Any]]) -> None:
@@ -639,10 +676,10 @@ def _write(task: ShardTask, rows: ShardRows, table: Any, dead: list[dict[str, An
         # Statistics where a reader would filter on them.
         write_statistics=["row_id", "alert_id", "score"],
     )
-    _replace(tmp_out, output)
+    os.replace(tmp_out, output)
     tmp_dead = directory / f".{dead_path.name}{aside}"
     tmp_dead.write_text("".join(json.dumps(d, sort_keys=True) + "\n" for d in dead))
-    _replace(tmp_dead, dead_path)
+    os.replace(tmp_dead, dead_path)
     doc = {
         "format": MANIFEST_FORMAT,
         "job_id": task.job_id,
@@ -667,12 +704,45 @@ def _write(task: ShardTask, rows: ShardRows, table: Any, dead: list[dict[str, An
     }
     tmp_manifest = directory / f".{manifest.name}{aside}"
     tmp_manifest.write_text(json.dumps(doc, indent=2) + "\n")
-    _replace(tmp_manifest, manifest)
-    fd = os.open(directory, os.O_RDONLY)
+    # Written aside and renamed: a reader sees the whole file or none.  No
+    # fsync here: see make_durable().
+    os.replace(tmp_manifest, manifest)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def make_durable(out_dir: str, shards: Sequence[str]) -> int:
+    """Flush the files of ``shards`` (and ``job.json``) under ``out_dir`` to
+    disk, then the directory (their names); the number of files flushed.
+
+    Once per job, not four times per shard as each one finishes: the
+    workers do not wait for the disk between shards, and a journalling file
+    system commits once for many files (on ext4, the first flush writes most
+    of what the others would).  It runs where the shards were written (each
+    worker process), since on a shared file system a host flushes only what
+    it wrote itself.  A file missing here is skipped: verification, not this,
+    decides whether the output is complete; a flush that fails (the disk)
+    raises :class:`OSError`.
+    """
+    base = Path(out_dir)
+    flushed = 0
+    names = ["job.json"]
+    for shard in shards:
+        names.extend(p.name for p in paths(base, shard))
+    for name in names:
+        try:
+            _fsync(base / name)
+        except FileNotFoundError:
+            continue
+        flushed += 1
+    _fsync(base)
+    return flushed
 
 
 # -- checking a shard ----------------------------------------------------------
@@ -681,20 +751,29 @@ def _write(task: ShardTask, rows: ShardRows, table: Any, dead: list[dict[str, An
 def finished(out_dir: str | Path, shard: Shard, job_id: str) -> bool:
     """Whether ``shard`` has a manifest of ``job_id`` and of this input that
     agrees with its files."""
+    return _agreeing(out_dir, shard, job_id, _sha256) is not None
+
+
+def _agreeing(
+    out_dir: str | Path, shard: Shard, job_id: str, output_sha256: Callable[[Path], str]
+) -> dict[str, Any] | None:
+    """The manifest of ``shard`` if it is one of ``job_id`` and of this input
+    that agrees with the files (``output_sha256(path)`` hashes the output)."""
     output, dead_path, manifest = paths(out_dir, shard.id)
     try:
         doc = json.loads(manifest.read_text())
         files = doc["files"]
         source = doc["input"]
-        return bool(
+        agrees = bool(
             doc.get("format") == MANIFEST_FORMAT
             and doc["job_id"] == job_id
             and (source["file"], source["row_group"]) == (shard.label, shard.row_group)
-            and _sha256(output) == files["output"]["sha256"]
+            and output_sha256(output) == files["output"]["sha256"]
             and _sha256(dead_path) == files["dead_letters"]["sha256"]
         )
     except (OSError, ValueError, KeyError, TypeError):
-        return False
+        return None
+    return doc if agrees else None
 
 
 def verify_shard(task: ShardTask) -> list[str]:
@@ -706,31 +785,41 @@ def verify_shard(task: ShardTask) -> list[str]:
 
     shard = task.shard
     spec = _spec(task.spec_json)
-    if not finished(task.out_dir, shard, task.job_id):
+    # The output is read once: hashed against the manifest, then parsed.
+    read: list[bytes] = []
+
+    def output_sha256(path: Path) -> str:
+        read.append(path.read_bytes())
+        return hashlib.sha256(read[0]).hexdigest()
+
+    doc = _agreeing(task.out_dir, shard, task.job_id, output_sha256)
+    if doc is None:
         return [f"shard {shard.id}: no manifest agreeing with its files"]
-    output, dead_path, manifest = paths(task.out_dir, shard.id)
+    _, dead_path, _ = paths(task.out_dir, shard.id)
     expected = input_ids(spec, shard)
-    doc = json.loads(manifest.read_text())
     problems = []
-    if doc["rows"] != len(expected) or doc["ids_sha256"] != ids_checksum(expected):
-        problems.append(f"shard {shard.id}: the manifest's ids are not the input's")
     table = pq.read_table(
-        output,
+        pa.BufferReader(read[0]),
         columns=["row_id", "model", "model_version"],
         read_dictionary=["model", "model_version"],
     )
     letters = [json.loads(line) for line in dead_path.read_text().splitlines() if line]
+    in_order = 0
     for pin in task.models:
         name, _, version = pin.ref.rpartition(":")
         mine = pc.and_(
             pc.equal(table.column("model"), name), pc.equal(table.column("model_version"), version)
         )
-        produced = table.column("row_id").filter(mine).combine_chunks()
+        produced = table.column("row_id")
+        if not pc.all(mine).as_py():  # else every row is this model's: nothing to filter
+            produced = produced.filter(mine)
+        produced = produced.combine_chunks()
         dead = [d["row_id"] for d in letters if d["model"] in (None, pin.ref)]
         # The worker writes a model's rows in input order: then the ids
         # compare element by element; dead letters (or another order) are
         # compared as multisets.
         if not dead and len(produced) == len(expected) and produced.equals(expected):
+            in_order += 1
             continue
         ids = pa.concat_arrays([produced.cast(pa.string()), pa.array(dead, pa.string())])
         if len(ids) != len(expected) or not _sorted(ids).equals(_sorted(expected)):
@@ -739,6 +828,15 @@ def verify_shard(task: ShardTask) -> list[str]:
                 f"shard {shard.id}, {pin.ref}: {len(ids)} rows out for {len(expected)} in "
                 f"({missing} ids missing)"
             )
+    # The manifest's ids checksum is that of the ids the worker read.  When
+    # every model's rows are the input's ids in order, the output itself has
+    # shown the worker read the input's ids, and the checksum (a pass over
+    # all the ids' bytes) is not computed again.
+    manifest_ok = doc["rows"] == len(expected) and (
+        in_order == len(task.models) or doc["ids_sha256"] == ids_checksum(expected)
+    )
+    if not manifest_ok:
+        problems.insert(0, f"shard {shard.id}: the manifest's ids are not the input's")
     return problems
 
 

@@ -46,7 +46,14 @@ from typing import Any, Final, Protocol
 from ..errors import DependencyMissing, InvalidInput, NotFound
 from .base import Message, OutRecord, Sink, Source
 
-__all__ = ["AVRO_SCHEMA", "FileSink", "FileSource", "offset_path_for", "read_messages"]
+__all__ = [
+    "AVRO_SCHEMA",
+    "FileSink",
+    "FileSource",
+    "count_records",
+    "offset_path_for",
+    "read_messages",
+]
 
 #: The record every Avro stream file holds.
 AVRO_SCHEMA: Final[dict[str, Any]] = {
@@ -193,7 +200,7 @@ class FileSource(Source):
     async def lag(self) -> int | None:
         """Records after the committed offset (the file is counted once)."""
         if self._total is None:
-            self._total = await asyncio.to_thread(_count_records, self.path, self.format)
+            self._total = await asyncio.to_thread(count_records, self.path, self.format)
         return max(0, self._total - self._committed)
 
     async def close(self) -> None:
@@ -326,7 +333,9 @@ def _row(record: OutRecord, stamp: int) -> dict[str, Any]:
     }
 
 
-def _count_records(path: Path, fmt: str) -> int:
+def count_records(path: Path, fmt: str) -> int:
+    """How many records the stream file ``path`` holds, without decoding
+    them (Avro: block by block; Parquet: from its footer)."""
     if fmt == "parquet":
         with _open_parquet(path) as parquet:
             return int(parquet.metadata.num_rows)
