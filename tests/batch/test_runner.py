@@ -671,3 +671,79 @@ def test_the_server_runs_jobs_in_a_child_it_stops(
         assert not [c for c in _children(quiet.proc.pid) if "jobs runner" in c[1]]
     finally:
         assert stop_server(quiet.proc) == 0
+
+
+def test_a_job_over_the_api_runs_in_the_server_is_cancelled_and_resumed(
+    home: Path, tmp_path: Path, data: dict[str, np.ndarray]
+) -> None:
+    """The jobs API end to end, on a real ``serve --auth`` and its runner child:
+    submit, watch the progress, cancel (the workers freed, the finished shards
+    kept whole), resume (only the rest is run) and an exact result; a token of
+    another namespace neither sees nor cancels the job."""
+    import httpx
+
+    from sciserve.access.tokens import TokenStore
+
+    settings = _configure(home, archives=[str(tmp_path / "data")], workers=1)
+    with Registry(settings) as registry:
+        tokens = TokenStore(registry)
+        alice = tokens.create("alice", {"lab": {"infer"}}, priority="batch")[1]
+        mallory = tokens.create("mallory", {"default": {"infer", "read"}})[1]
+    server = start_server(home, "--auth")
+    jobs = f"http://{server.http}/v2/sciserve/jobs"
+    as_alice = {"Authorization": f"Bearer {alice}"}
+    as_mallory = {"Authorization": f"Bearer {mallory}"}
+    try:
+        with httpx.Client(timeout=30) as http:
+            spec = _slow_spec(tmp_path, "lab/slower")  # 2 s a shard: there is time to cancel
+            created = http.post(jobs, json={"spec": spec}, headers=as_alice)
+            assert created.status_code == 201, created.text
+            job = created.json()
+            assert (job["namespace"], job["priority"], job["origin"]) == ("lab", "batch", "api")
+            url = f"{jobs}/{job['id']}"
+
+            def shown() -> dict[str, Any]:
+                answer = http.get(url, headers=as_alice)
+                assert answer.status_code == 200, answer.text
+                record: dict[str, Any] = answer.json()
+                return record
+
+            # Progress: at least one shard finished, not all of them.
+            running = _wait("a finished shard", lambda: (r := shown())["shards_done"] and r)
+            assert running["state"] in ("RUNNING", "CANCELLING", "SUCCEEDED")
+            assert running["shards_total"] == SHARDS
+            # Another namespace's token: the job does not exist for it.
+            assert http.get(url, headers=as_mallory).status_code == 404
+            assert http.post(url + "/cancel", headers=as_mallory).status_code == 404
+            cancel = http.post(url + "/cancel", headers=as_alice)
+            assert cancel.status_code == 200, cancel.text
+            done = _wait("the job to stop", lambda: (r := shown())["state"] in TERMINAL and r)
+            assert done["state"] == "CANCELLED", done
+            logs = http.get(url + "/logs", headers=as_alice).json()["lines"]
+            line = next(x["message"] for x in logs if "running on a local cluster" in x["message"])
+            pids = _worker_pids(line)
+            _wait("the workers to exit", lambda: not any(_alive(pid) for pid in pids), 30)
+            # What was kept is whole shards, each with its manifest, nothing aside.
+            out = Path(done["out_dir"])
+            kept = sorted(p.name[len("shard-") : -len(".json")] for p in out.glob("shard-*.json"))
+            assert 1 <= len(kept) == done["shards_done"] < SHARDS
+            assert all((out / f"shard-{k}.parquet").is_file() for k in kept)
+            assert not list(out.glob(".*.partial"))
+            resumed = http.post(url + "/resume", headers=as_alice)
+            assert resumed.status_code == 200, resumed.text
+            done = _wait("the resumed job", lambda: (r := shown())["state"] in TERMINAL and r, 180)
+            assert done["state"] == "SUCCEEDED", done["error"]
+            assert sorted(done["report"]["skipped"]) == kept
+            assert (done["rows_in"], done["rows_out"], done["dead_letters"]) == (
+                ROWS,
+                OUTPUTS,
+                DEAD,
+            )
+            assert done["report"]["verified"] is True
+            listed = http.get(jobs, headers=as_mallory)
+            assert listed.status_code == 200 and listed.json()["jobs"] == []
+    finally:
+        assert stop_server(server.proc) == 0
+
+
+TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
