@@ -175,18 +175,20 @@ def run_server(
         if announce is not None:
             announce(addresses)
         sys.stdout.flush()
+        if jobs:
+            # Only once the server is up: a refused start (bind safety, a
+            # port in use) must not have touched the registry first.
+            background.enter_context(_scheduler(settings))
         if child is not None:
             child.start()
 
-    try:
-        with (
-            _scheduler(settings) if jobs else contextlib.nullcontext(),
-            asyncio.Runner(loop_factory=_loop_factory()) as runner,
-        ):
-            runner.run(Server(settings, config).serve(on_ready=ready))
-    finally:
-        if child is not None:
-            child.stop()
+    with contextlib.ExitStack() as background:
+        try:
+            with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+                runner.run(Server(settings, config).serve(on_ready=ready))
+        finally:
+            if child is not None:
+                child.stop()
 
 
 class JobsRunnerChild:
