@@ -31,13 +31,11 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
 
 from ..access.priority import Priority
-from ..config import Settings
 from ..errors import Conflict, InvalidInput, NotFound
-from ..registry import db
 from ..registry.db import metadata, utcnow
+from ._database import DatabaseStore
 
 if TYPE_CHECKING:
     from ..registry.registry import Registry
@@ -346,27 +344,10 @@ def insert_job(
     return job_id
 
 
-class JobStore:
+class JobStore(DatabaseStore):
     """Job records in a registry database.  Synchronous (database I/O):
     asynchronous callers run its methods in a thread.  Use as a context
     manager or :meth:`close` it when it owns its engine (:meth:`open`)."""
-
-    def __init__(self, engine: Engine, *, owns_engine: bool = False) -> None:
-        self._engine = engine
-        self._owns = owns_engine
-
-    @classmethod
-    def open(cls, settings: Settings, *, create: bool = True) -> JobStore:
-        """The store in the registry database of ``settings``, migrated to the newest schema."""
-        engine = db.connect(settings.database_url, create=create)
-        try:
-            if create:
-                settings.home.mkdir(parents=True, exist_ok=True)
-            db.migrate(engine, lock_path=settings.home / ".migrate.lock", create=create)
-        except BaseException:
-            engine.dispose()
-            raise
-        return cls(engine, owns_engine=True)
 
     @classmethod
     def of(cls, registry: Registry) -> JobStore:
@@ -375,20 +356,6 @@ class JobStore:
         from ..access._db import engine_of
 
         return cls(engine_of(registry))
-
-    def close(self) -> None:
-        if self._owns:
-            self._engine.dispose()
-
-    def __enter__(self) -> JobStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @property
-    def engine(self) -> Engine:
-        return self._engine
 
     # -- writing -------------------------------------------------------------
 

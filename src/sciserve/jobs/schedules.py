@@ -55,6 +55,7 @@ from ..package.manifest import NAMESPACE_RE
 from ..package.reference import LATEST, parse_reference
 from ..registry import db
 from ..registry.db import metadata, utcnow
+from ._database import DatabaseStore, open_engine
 from .records import MAX_SPEC_BYTES, JobOrigin, JobState, insert_job, jobs_table
 
 __all__ = [
@@ -369,48 +370,9 @@ def _parse_trigger(text: str) -> tuple[str, str]:
     return f"{ref.namespace}/{ref.name}", ref.alias
 
 
-def _open_engine(settings: Settings, *, create: bool) -> Engine:
-    # A read-only registry (e.g. an export) is read as it is: never migrated,
-    # and every write refused by the engine.
-    read_only = settings.read_only
-    engine = db.connect(settings.database_url, read_only=read_only, create=create and not read_only)
-    try:
-        if create and not read_only:
-            settings.home.mkdir(parents=True, exist_ok=True)
-        if not read_only:
-            db.migrate(engine, lock_path=settings.home / ".migrate.lock", create=create)
-    except BaseException:
-        engine.dispose()
-        raise
-    return engine
-
-
-class ScheduleStore:
+class ScheduleStore(DatabaseStore):
     """Schedules in a registry database: add, list, get, remove and their history.
     Use as a context manager or :meth:`close` it when it owns its engine (:meth:`open`)."""
-
-    def __init__(self, engine: Engine, *, owns_engine: bool = False) -> None:
-        self._engine = engine
-        self._owns = owns_engine
-
-    @classmethod
-    def open(cls, settings: Settings, *, create: bool = True) -> ScheduleStore:
-        """The store in the registry database of ``settings``, migrated to the newest schema."""
-        return cls(_open_engine(settings, create=create), owns_engine=True)
-
-    def close(self) -> None:
-        if self._owns:
-            self._engine.dispose()
-
-    def __enter__(self) -> ScheduleStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @property
-    def engine(self) -> Engine:
-        return self._engine
 
     def add(
         self,
@@ -615,7 +577,7 @@ class Scheduler:
         if isinstance(source, Engine):
             self._engine, self._owns = source, False
         else:
-            self._engine, self._owns = _open_engine(source, create=True), True
+            self._engine, self._owns = open_engine(source, create=True), True
         self.name = (name or default_scheduler_name())[:128]
         self._clock = clock
         self.grace = grace
