@@ -28,13 +28,11 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from sciserve._hashing import sha256_file
 from sciserve.batch.executor import dask_client
 from sciserve.batch.job import BatchJob
 from sciserve.batch.worker import MANIFEST_FORMAT
 from sciserve.config import Settings
 from sciserve.errors import InvalidInput, NotFound
-from sciserve.package.manifest import Manifest, dump_manifest
 from sciserve.registry.registry import Registry
 from sciserve.streams.base import OutRecord, open_sink
 from sciserve.streams.results import ResultStore
@@ -46,7 +44,7 @@ from helpers.batch import archive as _archive
 from helpers.batch import outputs as _outputs
 from helpers.batch import spec as _spec
 from helpers.cli import Cli
-from helpers.packages import expected_linear, make_onnx_package
+from helpers.packages import expected_linear, make_onnx_package, python_package
 from helpers.s3 import S3_BUCKET, S3_KEY, S3_REGION, S3_SECRET, moto_server
 from helpers.s3 import client as s3_client
 from helpers.server import start_server, stop_server
@@ -90,25 +88,9 @@ class Model:
 
 
 def _python_package(root: Path, name: str, source: str, output: str, **options: object) -> Path:
-    root.mkdir(parents=True)
-    (root / "model.py").write_text(source)
-    sha, size = sha256_file(root / "model.py")
-    manifest = Manifest.model_validate(
-        {
-            "name": name,
-            "version": "1.0.0",
-            "namespace": "lab",
-            "runtime": "python",
-            "runtime_options": {"entrypoint": "model.py:Model", **options},
-            "license": "MIT",
-            "files": [{"path": "model.py", "size": size, "sha256": sha, "role": "model"}],
-            "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
-            "outputs": [{"name": output, "datatype": "FP32", "shape": [-1, 1]}],
-            "max_batch_size": 1024,
-        }
-    )
-    (root / "sciserve.yaml").write_text(dump_manifest(manifest))
-    return root
+    inputs = [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]
+    outputs = [{"name": output, "datatype": "FP32", "shape": [-1, 1]}]
+    return python_package(root, name, source, inputs=inputs, outputs=outputs, **options)
 
 
 @pytest.fixture(scope="module")

@@ -25,13 +25,11 @@ import numpy as np
 import pytest
 import yaml
 
-from sciserve._hashing import sha256_file
 from sciserve.access.priority import Priority
 from sciserve.batch.job import BatchJob
 from sciserve.batch.runner import JobRunner
 from sciserve.config import Settings
 from sciserve.jobs import JobOrigin, JobRecord, JobState, JobStore
-from sciserve.package.manifest import Manifest, dump_manifest
 from sciserve.protocol.rest import create_app
 from sciserve.registry.registry import Registry
 from sciserve.serving.service import InferenceService, requested_priority
@@ -40,7 +38,7 @@ from sciserve.streams.spec import parse_batch_spec
 from helpers.batch import archive as _archive
 from helpers.batch import outputs as _outputs
 from helpers.cli import Cli
-from helpers.packages import expected_linear, make_onnx_package
+from helpers.packages import expected_linear, make_onnx_package, python_package
 from helpers.server import ServerThread, start_server, stop_server
 from helpers.slurm import SlurmCluster
 
@@ -70,28 +68,12 @@ DEADLINE = 120.0
 
 
 def _slow_package(root: Path, name: str, delay: float) -> Path:
-    root.mkdir(parents=True)
-    (root / "model.py").write_text(SLOW_MODEL)
-    sha, size = sha256_file(root / "model.py")
-    manifest = Manifest.model_validate(
-        {
-            "name": name,
-            "version": "1.0.0",
-            "namespace": "lab",
-            "runtime": "python",
-            "runtime_options": {"entrypoint": "model.py:Model", "delay": delay},
-            "license": "MIT",
-            "files": [{"path": "model.py", "size": size, "sha256": sha, "role": "model"}],
-            "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
-            "outputs": [
-                {"name": "y", "datatype": "FP32", "shape": [-1, 1]},
-                {"name": "nice", "datatype": "FP32", "shape": [-1, 1]},
-            ],
-            "max_batch_size": 1024,
-        }
-    )
-    (root / "sciserve.yaml").write_text(dump_manifest(manifest))
-    return root
+    outputs = [
+        {"name": "y", "datatype": "FP32", "shape": [-1, 1]},
+        {"name": "nice", "datatype": "FP32", "shape": [-1, 1]},
+    ]
+    inputs = [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]
+    return python_package(root, name, SLOW_MODEL, inputs=inputs, outputs=outputs, delay=delay)
 
 
 @pytest.fixture(scope="module")

@@ -114,6 +114,34 @@ def write_package(
     return root
 
 
+def python_package(
+    root: Path,
+    name: str,
+    source: str,
+    *,
+    inputs: list[dict[str, Any]],
+    outputs: list[dict[str, Any]],
+    namespace: str = "lab",
+    **options: Any,
+) -> Path:
+    """A ``python``-runtime package of ``source`` (a module with a ``Model``
+    class) under ``root``; ``options`` go to its runtime options.  Its
+    namespace must be trusted to publish it."""
+    root.mkdir(parents=True)
+    (root / "model.py").write_text(source)
+    return write_package(
+        root,
+        name=name,
+        runtime="python",
+        model_file="model.py",
+        inputs=inputs,
+        outputs=outputs,
+        namespace=namespace,
+        max_batch_size=1024,
+        runtime_options={"entrypoint": "model.py:Model", **options},
+    )
+
+
 #: OIP datatype → ONNX element type, for identity models.
 ONNX_TYPES = {
     "BOOL": TensorProto.BOOL, "UINT8": TensorProto.UINT8, "UINT16": TensorProto.UINT16,

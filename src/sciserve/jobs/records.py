@@ -464,12 +464,7 @@ class JobStore(DatabaseStore):
                 )
                 .values(**values)
             )
-            state = conn.execute(
-                sa.select(jobs_table.c.state).where(jobs_table.c.id == job_id)
-            ).scalar()
-        if state is None:
-            raise NotFound(f"no job {job_id!r}")
-        return JobState(state)
+            return self._state(conn, job_id)
 
     def finish(
         self,
