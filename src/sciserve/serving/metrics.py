@@ -132,3 +132,14 @@ class ServerMetrics:
             series.request_seconds.observe(seconds)
         else:
             series.failed.inc()
+
+    def latency_buckets(self, model: str) -> list[tuple[float, float]]:
+        """The request-latency histogram of ``model`` (every version), cumulative:
+        ``(upper bound in seconds, requests at most that long)``, the last bound ``inf``."""
+        totals: dict[float, float] = {}
+        for metric in self.request_seconds.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_bucket") and sample.labels.get("model") == model:
+                    bound = float(sample.labels["le"])
+                    totals[bound] = totals.get(bound, 0.0) + sample.value
+        return sorted(totals.items())
