@@ -462,6 +462,10 @@ def _rest_table() -> dict[tuple[str, str], Rest]:
         ("GET", "/models/{namespace}/{name}"): Rest(
             MODEL, params={"namespace": "alpha", "name": "pub"}
         ),
+        ("GET", "/jobs"): Rest(
+            LISTING, parse=_page_namespaces, seen=set, universe=("alpha", "beta", "zeta")
+        ),
+        ("GET", "/jobs/{job_id}"): Rest(MODEL, **_JOB_ROUTE),
         ("GET", "/health"): Rest(LISTING, parse=_page_namespaces, seen=set),
         ("GET", "/v2/sciserve/health"): Rest(
             LISTING, seen=lambda d: {m["namespace"] for m in d["models"]}

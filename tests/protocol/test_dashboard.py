@@ -20,9 +20,11 @@ from typing import Any
 import httpx
 import pytest
 import trustme
+import yaml
 
 from sciserve.access.tokens import TokenStore
 from sciserve.config import Settings
+from sciserve.jobs import JobState, JobStore
 from sciserve.registry.registry import Registry
 
 from helpers.packages import make_onnx_package
@@ -51,6 +53,15 @@ HOSTILE = {
     "validation_data": [{"identifier": 'https://example.org/"><svg/onload=alert(2)>'}],
     "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4], "description": IMG}],
 }
+JOB_SPEC = {
+    "name": "dashboard",
+    "input": "lsst",
+    "columns": ["f0", "f1", "f2", "f3"],
+    "id": "obj",
+    "models": [{"ref": "alpha/m"}],
+}
+#: The jobs of the world: a failed one of alpha, a finished one of beta.
+JOBS: dict[str, str] = {}
 INFER_BODY = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
 
 
@@ -82,8 +93,17 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         admin = tokens.create("root", {}, admin=True)[1]
         record, revoked = tokens.create("eve", {"alpha": ["read"]})
         tokens.revoke(record.token_id)
+        jobs = JobStore.of(reg)
+        failed = jobs.submit(yaml.safe_dump(JOB_SPEC), namespace="alpha", submitter="alice")
+        assert jobs.claim("runner-1", namespaces=["alpha"]) is not None
+        jobs.log(failed.id, f"shard 3: {SCRIPT}", level="error")
+        jobs.finish(failed.id, JobState.FAILED, error=f"dead letter {IMG}")
+        done = jobs.submit(yaml.safe_dump(JOB_SPEC), namespace="beta", submitter="bob")
+        assert jobs.claim("runner-1", namespaces=["beta"]) is not None
+        jobs.finish(done.id, JobState.SUCCEEDED)
     log = work / "server.log"
     server = start_server(home, "--auth", stderr_file=log)
+    JOBS.update(failed=failed.id, done=done.id)
     try:
         # Once the server is up (it would never be ready otherwise): a version
         # that cannot load here, which the health report explains.
@@ -236,17 +256,49 @@ def test_health_says_what_is_wrong_and_what_to_do(world: World) -> None:
         "artifact_store": "ok",
         "disk": "ok",
         "models": "problem",
-        "jobs": "ok",
+        "jobs": "problem",
     }
-    [problem] = alpha["problems"]
-    assert problem["component"] == "model"
-    assert "alpha.broken" in problem["message"] and "cuda" in problem["message"].lower()
-    assert "publish a new version" in problem["action"]
+    problems = {p["component"]: p for p in alpha["problems"]}
+    assert set(problems) == {"model", "job"} and len(alpha["problems"]) == 2
+    model = problems["model"]
+    assert "alpha.broken" in model["message"] and "cuda" in model["message"].lower()
+    assert "publish a new version" in model["action"]
+    job = problems["job"]
+    assert JOBS["failed"] in job["message"] and "dead letter" in job["message"]
+    assert f"sciserve jobs resume {JOBS['failed']}" in job["action"]
     assert {m["namespace"] for m in alpha["models"]} == {"alpha"}
     # Another namespace's failure is not beta's business.
     assert beta["status"] == "ok" and beta["problems"] == []
     assert {m["name"] for m in beta["models"]} == {"beta.b"}
     assert page.status_code == 200 and "alpha.broken" in page.text and "What to do" in page.text
+
+
+def _jobs(page: str) -> set[str]:
+    return set(re.findall(r'data-job="([^"]+)"', page))
+
+
+def test_jobs_show_progress_and_failures_to_their_namespace_only(world: World) -> None:
+    failed, done = JOBS["failed"], JOBS["done"]
+    with httpx.Client(base_url=world.base) as client:
+        alpha, admin = world.bearer(world.alpha), world.bearer(world.admin)
+        assert _jobs(client.get("/jobs", headers=alpha).text) == {failed}
+        assert _jobs(client.get("/jobs", headers=admin).text) == {failed, done}
+        only_failed = client.get("/jobs", params={"state": "FAILED"}, headers=admin)
+        assert _jobs(only_failed.text) == {failed}
+        assert client.get("/jobs", params={"state": "bogus"}, headers=admin).status_code == 400
+        page = client.get(f"/jobs/{failed}", headers=alpha)
+        assert page.status_code == 200
+        _scripts_are_only_the_dashboards(page.text)
+        # The failure and the log are shown, as text.
+        assert "dead letter &#34;&gt;&lt;img src=x onerror=alert(1)&gt;" in page.text
+        assert "shard 3: &lt;script&gt;alert(&#34;card&#34;)&lt;/script&gt;" in page.text
+        assert f"sciserve jobs resume {failed}" in page.text
+        hidden = client.get(f"/jobs/{done}", headers=alpha)
+        missing = client.get("/jobs/j-0000000000000000", headers=admin)
+        assert hidden.status_code == missing.status_code == 404
+        assert hidden.text == missing.text.replace("j-0000000000000000", done)
+        odd = client.get("/jobs/%3Cscript%3E", headers=admin)
+        assert odd.status_code == 404 and "<script>" not in odd.text
 
 
 # -- logins --------------------------------------------------------------------------

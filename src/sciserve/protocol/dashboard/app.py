@@ -4,6 +4,8 @@
 
     GET  /                           the catalogue; ?q=&namespace=&runtime=&license=&tag=&alias=
     GET  /models/{namespace}/{name}  a model's page; ?version=V for another version
+    GET  /jobs                       batch jobs, newest first; ?state=S[,S]
+    GET  /jobs/{job_id}              one job: progress, failure, log
     GET  /health                     what is wrong and what to do (page)
     GET  /v2/sciserve/health         the same as JSON
     GET  /ui/live/{name}             live numbers of a served model, JSON (the charts poll it)
@@ -37,9 +39,10 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from ...access.identity import Identity
+from ...access.identity import ANY_NAMESPACE, Identity
 from ...access.policy import authorize
 from ...errors import InvalidInput, NotFound, PermissionDenied, SciserveError, Unauthenticated
+from ...jobs.records import JobLogLine, JobRecord, JobStore, parse_states
 from ...package.card import bibtex, identifier_iri, snippets
 from ...package.manifest import NAME_RE, NAMESPACE_RE
 from ...package.reference import Reference, served_name
@@ -70,6 +73,9 @@ _HEADERS: Final = {
 #: The catalogue's filters (query parameters), and their longest value.
 _FILTERS: Final = ("q", "namespace", "runtime", "license", "tag", "alias")
 _MAX_FILTER: Final = 200
+#: Most jobs a listing shows, and log lines a job page shows.
+_MAX_JOBS: Final = 200
+_MAX_LOG: Final = 1000
 #: The largest login form accepted.
 _MAX_FORM: Final = 16 * 1024
 #: What a token may look like to be kept in a cookie (API tokens and JWTs do).
@@ -116,6 +122,8 @@ class Dashboard:
         pages: list[tuple[str, Endpoint, list[str]]] = [
             ("/", self.catalogue, get),
             ("/models/{namespace}/{name}", self.model, get),
+            ("/jobs", self.jobs, get),
+            ("/jobs/{job_id}", self.job, get),
             ("/health", self.health_page, get),
             ("/login", self.login_page, get),
             ("/login", self.login, post),
@@ -353,6 +361,43 @@ class Dashboard:
                 ],
             }
         )
+
+    # -- jobs ------------------------------------------------------------
+
+    async def jobs(self, request: Request) -> Response:
+        identity = await self._identity(request)
+        raw = request.query_params.get("state") or None
+        if raw is not None and len(raw) > _MAX_FILTER:
+            raise InvalidInput(f"the 'state' filter is longer than {_MAX_FILTER} characters")
+        states = parse_states(raw) if raw is not None else None
+        namespaces: list[str] | None
+        if identity.can_see(ANY_NAMESPACE):
+            namespaces = None
+        else:
+            namespaces = [
+                ns for ns in identity.scopes if ns != ANY_NAMESPACE and identity.can_see(ns)
+            ]
+        records: list[JobRecord] = []
+        if namespaces is None or namespaces:
+            records = await asyncio.to_thread(
+                self._job_store().find, namespaces=namespaces, states=states, limit=_MAX_JOBS
+            )
+        return self._render(
+            request, "jobs.html", identity=identity, jobs=records, state=raw or "", limit=_MAX_JOBS
+        )
+
+    async def job(self, request: Request) -> Response:
+        identity = await self._identity(request)
+        job_id = request.path_params["job_id"]
+        store = self._job_store()
+        record: JobRecord = await asyncio.to_thread(store.get, job_id)
+        if not identity.can_see(record.namespace):
+            raise NotFound(f"no job {job_id!r}")  # the very words of a missing job
+        lines: list[JobLogLine] = await asyncio.to_thread(store.logs, job_id, limit=_MAX_LOG)
+        return self._render(request, "job.html", identity=identity, job=record, lines=lines)
+
+    def _job_store(self) -> JobStore:
+        return JobStore.of(self.registry)
 
     # -- health ----------------------------------------------------------
 
