@@ -412,6 +412,32 @@ def test_the_session_cookie_is_secure_under_tls(tmp_path: Path) -> None:
         stop_server(server.proc)
 
 
+def test_without_authentication_every_page_is_open_and_login_is_not_needed(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "home"
+    with Registry(Settings.load(home, environ={})) as reg:
+        reg.publish(make_onnx_package(tmp_path / "m", name="m", namespace="alpha"))
+        reg.publish(make_onnx_package(tmp_path / "b", name="b", namespace="beta"))
+    server = start_server(home)
+    try:
+        with httpx.Client(base_url=f"http://{server.http}") as client:
+            assert _rows(client.get("/").text) == {("alpha", "m"), ("beta", "b")}
+            page = client.get("/models/alpha/m")
+            assert page.status_code == 200
+            assert "SCISERVE_TOKEN" not in page.text and 'href="/login"' not in page.text
+            login = client.get("/login")
+            assert "runs without authentication" in login.text
+            assert client.post("/login", data={"token": "x"}).status_code == 403
+            csrf = login.cookies["sciserve_login"]
+            answer = client.post("/login", data={"csrf": csrf, "token": "x"})
+            assert answer.status_code == 303 and answer.headers["location"] == "/"
+            assert "sciserve_session" not in answer.headers.get("set-cookie", "")
+            assert client.get("/v2/sciserve/health").json()["status"] == "ok"
+    finally:
+        stop_server(server.proc)
+
+
 # -- hostile input ---------------------------------------------------------------------
 
 
