@@ -24,7 +24,7 @@ import yaml
 
 from sciserve.access.tokens import TokenStore
 from sciserve.config import Settings
-from sciserve.jobs import JobState, JobStore
+from sciserve.jobs import JobState, JobStore, ScheduleStore
 from sciserve.registry.registry import Registry
 
 from helpers.packages import make_onnx_package
@@ -101,6 +101,16 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         done = jobs.submit(yaml.safe_dump(JOB_SPEC), namespace="beta", submitter="bob")
         assert jobs.claim("runner-1", namespaces=["beta"]) is not None
         jobs.finish(done.id, JobState.SUCCEEDED)
+        schedules = ScheduleStore(jobs.engine)
+        for namespace in ("alpha", "beta"):
+            schedules.add(
+                f"nightly-{namespace}",
+                yaml.safe_dump(JOB_SPEC),
+                namespace=namespace,
+                owner="ops",
+                cron="0 2 * * *",
+                timezone="UTC",
+            )
     log = work / "server.log"
     server = start_server(home, "--auth", stderr_file=log)
     JOBS.update(failed=failed.id, done=done.id)
@@ -206,6 +216,11 @@ def test_a_model_page_shows_the_card_and_snippets_that_work(world: World) -> Non
         answer = client.post(url.group(1), json=INFER_BODY)
         assert answer.status_code == 200
         assert answer.json()["outputs"][0]["data"] == [61.0, 71.0, 81.0]
+        for selector in ("1.0.0", "latest"):
+            assert client.get("/models/alpha/m", params={"version": selector}).status_code == 200
+        other = client.get("/models/alpha/m", params={"version": "9.9.9"})
+        assert other.status_code == 404
+        assert "alpha/m has no version or alias &#39;9.9.9&#39;" in other.text
 
 
 def test_a_model_the_token_may_not_see_is_a_missing_model(world: World) -> None:
@@ -277,12 +292,20 @@ def _jobs(page: str) -> set[str]:
     return set(re.findall(r'data-job="([^"]+)"', page))
 
 
+def _schedules(page: str) -> set[str]:
+    return set(re.findall(r'data-schedule="([^"]+)"', page))
+
+
 def test_jobs_show_progress_and_failures_to_their_namespace_only(world: World) -> None:
     failed, done = JOBS["failed"], JOBS["done"]
     with httpx.Client(base_url=world.base) as client:
         alpha, admin = world.bearer(world.alpha), world.bearer(world.admin)
-        assert _jobs(client.get("/jobs", headers=alpha).text) == {failed}
-        assert _jobs(client.get("/jobs", headers=admin).text) == {failed, done}
+        mine, everything = client.get("/jobs", headers=alpha), client.get("/jobs", headers=admin)
+        assert _jobs(mine.text) == {failed}
+        assert _jobs(everything.text) == {failed, done}
+        assert _schedules(mine.text) == {"nightly-alpha"}
+        assert _schedules(everything.text) == {"nightly-alpha", "nightly-beta"}
+        assert "0 2 * * * (UTC)" in mine.text
         only_failed = client.get("/jobs", params={"state": "FAILED"}, headers=admin)
         assert _jobs(only_failed.text) == {failed}
         assert client.get("/jobs", params={"state": "bogus"}, headers=admin).status_code == 400

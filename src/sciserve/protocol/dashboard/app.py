@@ -4,7 +4,7 @@
 
     GET  /                           the catalogue; ?q=&namespace=&runtime=&license=&tag=&alias=
     GET  /models/{namespace}/{name}  a model's page; ?version=V for another version
-    GET  /jobs                       batch jobs, newest first; ?state=S[,S]
+    GET  /jobs                       batch jobs, newest first (?state=S[,S]), and schedules
     GET  /jobs/{job_id}              one job: progress, failure, log
     GET  /health                     what is wrong and what to do (page)
     GET  /v2/sciserve/health         the same as JSON
@@ -43,6 +43,7 @@ from ...access.identity import ANY_NAMESPACE, Identity
 from ...access.policy import authorize
 from ...errors import InvalidInput, NotFound, PermissionDenied, SciserveError, Unauthenticated
 from ...jobs.records import JobLogLine, JobRecord, JobStore, parse_states
+from ...jobs.schedules import Run, Schedule, ScheduleStore
 from ...package.card import bibtex, identifier_iri, snippets
 from ...package.manifest import NAME_RE, NAMESPACE_RE
 from ...package.reference import Reference, served_name
@@ -76,6 +77,9 @@ _MAX_FILTER: Final = 200
 #: Most jobs a listing shows, and log lines a job page shows.
 _MAX_JOBS: Final = 200
 _MAX_LOG: Final = 1000
+#: Most schedules the jobs page shows, and runs of each.
+_MAX_SCHEDULES: Final = 100
+_SCHEDULE_RUNS: Final = 5
 #: The largest login form accepted.
 _MAX_FORM: Final = 16 * 1024
 #: What a token may look like to be kept in a cookie (API tokens and JWTs do).
@@ -278,10 +282,7 @@ class Dashboard:
         selector = request.query_params.get("version")
         if selector is not None and (len(selector) > _MAX_FILTER or not selector.strip()):
             raise InvalidInput("'version' must be a version or an alias")
-        try:
-            info, versions = await asyncio.to_thread(self._model, namespace, name, selector)
-        except NotFound:
-            raise NotFound(f"no model {namespace}/{name}") from None
+        info, versions = await asyncio.to_thread(self._model, namespace, name, selector)
         manifest = info.manifest
         served = self._served(info)
         base = str(request.base_url).rstrip("/")
@@ -312,12 +313,17 @@ class Dashboard:
         self, namespace: str, name: str, selector: str | None
     ) -> tuple[VersionInfo, list[VersionInfo]]:
         ref = Reference(namespace, name)
-        versions = self.registry.versions(ref)
-        if selector is None:
-            info = self.registry.resolve(ref)
-        else:
-            info = self.registry.resolve_selector(namespace, name, selector)
-        return info, versions
+        try:
+            versions = self.registry.versions(ref)
+            if selector is None:
+                return self.registry.resolve(ref), versions
+        except NotFound:
+            # One wording for every missing model, as for one the caller may not see.
+            raise NotFound(f"no model {namespace}/{name}") from None
+        try:
+            return self.registry.resolve_selector(namespace, name, selector), versions
+        except NotFound:
+            raise NotFound(f"{namespace}/{name} has no version or alias {selector!r}") from None
 
     # -- live numbers ----------------------------------------------------
 
@@ -378,13 +384,29 @@ class Dashboard:
                 ns for ns in identity.scopes if ns != ANY_NAMESPACE and identity.can_see(ns)
             ]
         records: list[JobRecord] = []
+        schedules: list[tuple[Schedule, list[Run]]] = []
         if namespaces is None or namespaces:
             records = await asyncio.to_thread(
                 self._job_store().find, namespaces=namespaces, states=states, limit=_MAX_JOBS
             )
+            schedules = await asyncio.to_thread(self._schedules, identity)
         return self._render(
-            request, "jobs.html", identity=identity, jobs=records, state=raw or "", limit=_MAX_JOBS
+            request,
+            "jobs.html",
+            identity=identity,
+            jobs=records,
+            schedules=schedules,
+            state=raw or "",
+            limit=_MAX_JOBS,
         )
+
+    def _schedules(self, identity: Identity) -> list[tuple[Schedule, list[Run]]]:
+        """The schedules the caller may see, each with its latest runs."""
+        store = ScheduleStore(self._job_store().engine)
+        shown = [s for s in store.list() if identity.can_see(s.namespace)][:_MAX_SCHEDULES]
+        return [
+            (s, store.history(s.name, namespace=s.namespace, limit=_SCHEDULE_RUNS)) for s in shown
+        ]
 
     async def job(self, request: Request) -> Response:
         identity = await self._identity(request)
