@@ -324,6 +324,31 @@ def test_jobs_show_progress_and_failures_to_their_namespace_only(world: World) -
         assert odd.status_code == 404 and "<script>" not in odd.text
 
 
+def test_admins_see_usage_and_the_audit_trail_and_nobody_else_does(world: World) -> None:
+    with httpx.Client(base_url=world.base) as client:
+        for _ in range(3):
+            infer = client.post(
+                "/v2/models/alpha.m/infer", json=INFER_BODY, headers=world.bearer(world.alpha)
+            )
+            assert infer.status_code == 200
+        refused = client.get("/admin", headers=world.bearer(world.alpha))
+        assert refused.status_code == 403
+        assert "usage" not in refused.text.lower()
+        assert client.get("/admin").status_code == 401
+        deadline = time.monotonic() + 60
+        while True:  # usage reaches the database on the server's flush interval
+            page = client.get("/admin", headers=world.bearer(world.admin))
+            assert page.status_code == 200
+            if 'class="usage-row" data-namespace="alpha"' in page.text:
+                break
+            assert time.monotonic() < deadline, "no usage shown"
+            time.sleep(0.5)
+    # The denied requests above are in the audit trail, the tokens are not.
+    assert "GET /admin" in page.text and "forbidden" in page.text
+    for token in (world.alpha, world.admin):
+        assert token not in page.text
+
+
 # -- logins --------------------------------------------------------------------------
 
 

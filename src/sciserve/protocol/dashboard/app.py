@@ -6,6 +6,7 @@
     GET  /models/{namespace}/{name}  a model's page; ?version=V for another version
     GET  /jobs                       batch jobs, newest first (?state=S[,S]), and schedules
     GET  /jobs/{job_id}              one job: progress, failure, log
+    GET  /admin                      usage per namespace, caller and model; the audit trail
     GET  /health                     what is wrong and what to do (page)
     GET  /v2/sciserve/health         the same as JSON
     GET  /ui/live/{name}             live numbers of a served model, JSON (the charts poll it)
@@ -41,6 +42,7 @@ from starlette.routing import BaseRoute, Route
 
 from ...access.identity import ANY_NAMESPACE, Identity
 from ...access.policy import authorize
+from ...access.usage import UsageStore
 from ...errors import InvalidInput, NotFound, PermissionDenied, SciserveError, Unauthenticated
 from ...jobs.records import JobLogLine, JobRecord, JobStore, parse_states
 from ...jobs.schedules import Run, Schedule, ScheduleStore
@@ -80,6 +82,9 @@ _MAX_LOG: Final = 1000
 #: Most schedules the jobs page shows, and runs of each.
 _MAX_SCHEDULES: Final = 100
 _SCHEDULE_RUNS: Final = 5
+#: Most usage rows and audit events the admin page shows.
+_MAX_USAGE: Final = 500
+_MAX_EVENTS: Final = 100
 #: The largest login form accepted.
 _MAX_FORM: Final = 16 * 1024
 #: What a token may look like to be kept in a cookie (API tokens and JWTs do).
@@ -128,6 +133,7 @@ class Dashboard:
             ("/models/{namespace}/{name}", self.model, get),
             ("/jobs", self.jobs, get),
             ("/jobs/{job_id}", self.job, get),
+            ("/admin", self.admin, get),
             ("/health", self.health_page, get),
             ("/login", self.login_page, get),
             ("/login", self.login, post),
@@ -420,6 +426,21 @@ class Dashboard:
 
     def _job_store(self) -> JobStore:
         return JobStore.of(self.registry)
+
+    # -- admins ----------------------------------------------------------
+
+    async def admin(self, request: Request) -> Response:
+        identity = await self._identity(request)
+        if not identity.is_admin:
+            raise PermissionDenied(f"{identity.subject} needs the admin scope on '*'")
+        usage, events = await asyncio.to_thread(self._admin_data)
+        return self._render(
+            request, "admin.html", identity=identity, usage=usage, events=events, limit=_MAX_EVENTS
+        )
+
+    def _admin_data(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        usage = UsageStore(self.registry).report()[:_MAX_USAGE]
+        return usage, self.registry.events(_MAX_EVENTS)
 
     # -- health ----------------------------------------------------------
 
