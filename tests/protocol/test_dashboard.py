@@ -245,9 +245,14 @@ def test_live_numbers_follow_the_requests(world: World) -> None:
         before = client.get("/ui/live/alpha.m").json()
         for _ in range(5):
             assert client.post("/v2/models/alpha.m/infer", json=INFER_BODY).status_code == 200
+        wrong = {"inputs": [{**INFER_BODY["inputs"][0], "name": "z"}]}
+        for _ in range(2):
+            assert client.post("/v2/models/alpha.m/infer", json=wrong).status_code == 400
         after = client.get("/ui/live/alpha.m").json()
-    assert after["requests"] == before["requests"] + 5
+    assert after["requests"] == before["requests"] + 7
+    assert after["failures"] == before["failures"] + 2
     assert after["rows"] == before["rows"] + 5
+    assert after["errors"] == [["InvalidInput", 400, 2]]
     assert after["latency_buckets"][-1][0] is None  # +Inf: every request
     assert _answered(after) == _answered(before) + 5
     assert sum(count for _, count in after["batch_sizes"]) >= 1

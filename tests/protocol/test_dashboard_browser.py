@@ -234,6 +234,14 @@ def test_the_live_numbers_move_while_load_is_sent(world: World, page: Any) -> No
         sender.join(timeout=DEADLINE)
     assert len(sent) >= 20 and set(sent) == {200}
     assert page.text_content("#live-p50").endswith(" ms")
+    wrong = {"inputs": [{"name": "z", "datatype": "FP32", "shape": [1, 4], "data": [1] * 4}]}
+    refused = httpx.post(
+        f"{world.base}/v2/models/alpha.m/infer",
+        json=wrong,
+        headers={"Authorization": f"Bearer {world.alpha}"},
+    )
+    assert refused.status_code == 400
+    _wait(lambda: "InvalidInput400" in (page.text_content("#live-errors") or ""), "the error")
     world.screenshot(page, "live")
 
 

@@ -158,7 +158,14 @@ from .rest_codec import (
     wants_binary_output,
 )
 
-__all__ = ["REGISTRY_PREFIX", "STATUS_TABLE", "create_app", "create_metrics_app", "status_of"]
+__all__ = [
+    "REGISTRY_PREFIX",
+    "STATUS_TABLE",
+    "create_app",
+    "create_metrics_app",
+    "status_of",
+    "status_of_type",
+]
 
 log = logging.getLogger("sciserve.protocol.rest")
 
@@ -206,10 +213,15 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 def status_of(exc: SciserveError) -> int:
     """The HTTP status :data:`STATUS_TABLE` gives ``exc``."""
+    return status_of_type(type(exc))
+
+
+def status_of_type(kind: type[BaseException]) -> int:
+    """The HTTP status of errors of class ``kind``: 500 for any but domain errors."""
     for cls, status in STATUS_TABLE:
-        if isinstance(exc, cls):
+        if issubclass(kind, cls):
             return status
-    return 500  # unreachable: SciserveError closes the table
+    return 500  # a fault of the server, not a domain error
 
 
 # -- responses ---------------------------------------------------------------
@@ -1138,7 +1150,7 @@ def create_app(service: InferenceService, *, manage_service: bool = False) -> St
     dashboard = Dashboard(
         service,
         json_guard=lambda endpoint: _guarded(endpoint, denied),
-        status_of=status_of,
+        status_of=status_of_type,
         json_response=_json,
     )
     # The dashboard's routes come last: inference and the APIs keep their paths.

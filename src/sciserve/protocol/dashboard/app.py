@@ -98,7 +98,7 @@ class Dashboard:
     """The dashboard over one :class:`InferenceService`.
 
     ``json_guard`` wraps the JSON routes exactly as the REST API wraps its
-    own (errors as JSON, denials audited); ``status_of`` maps domain errors
+    own (errors as JSON, denials audited); ``status_of`` maps error classes
     to HTTP statuses, the one table the REST API keeps.
     """
 
@@ -107,7 +107,7 @@ class Dashboard:
         service: InferenceService,
         *,
         json_guard: Guard,
-        status_of: Callable[[SciserveError], int],
+        status_of: Callable[[type[BaseException]], int],
         json_response: Callable[[Any], Response],
     ) -> None:
         self.service = service
@@ -203,7 +203,7 @@ class Dashboard:
             try:
                 return await endpoint(request)
             except SciserveError as exc:
-                status = self._status_of(exc)
+                status = self._status_of(type(exc))
                 if isinstance(exc, Unauthenticated | PermissionDenied):
                     reason = "unauthenticated" if status == 401 else "forbidden"
                     await self._denied(request, reason)
@@ -353,6 +353,7 @@ class Dashboard:
         loaded = self.service.manager.loaded_versions(name)
         queued = sum(m.batcher.queued for m in loaded if m.batcher is not None)
         buckets = self.service.metrics.latency_buckets(name)
+        errors = self.service.metrics.error_counts(name)
         return self._json(
             {
                 "name": name,
@@ -363,6 +364,8 @@ class Dashboard:
                 "batches": batches,
                 "queue_depth": queued,
                 "batch_sizes": [[size, count] for size, count in sorted(batch_sizes.items())],
+                # Failed requests per error type, with the HTTP status it answers.
+                "errors": [[kind.__name__, self._status_of(kind), n] for kind, n in errors],
                 # Cumulative counts per upper bound (s); the last bound is +Inf, sent as null.
                 "latency_buckets": [
                     [None if bound == float("inf") else bound, count] for bound, count in buckets

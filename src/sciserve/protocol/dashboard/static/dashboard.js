@@ -110,6 +110,23 @@
     if (el) { el.textContent = text; }
   }
 
+  // Text only (textContent): error names come from the server, never as markup.
+  function showErrors(errors) {
+    var body = document.getElementById("live-errors");
+    if (!body) { return; }
+    while (body.firstChild) { body.removeChild(body.firstChild); }
+    var rows = errors.length ? errors : [["none", "", ""]];
+    for (var i = 0; i < rows.length; i++) {
+      var tr = document.createElement("tr");
+      for (var j = 0; j < 3; j++) {
+        var td = document.createElement("td");
+        td.textContent = String(rows[i][j]);
+        tr.appendChild(td);
+      }
+      body.appendChild(tr);
+    }
+  }
+
   function setupLive() {
     var section = document.getElementById("live");
     if (!section) { return; }
@@ -177,6 +194,7 @@
         chart.appendChild(bar);
       }
       label(chart, sizes.length ? "sizes " + sizes[0][0] + "…" + sizes[sizes.length - 1][0] : "no batches yet");
+      showErrors(data.errors);
       previous = data;
     }
 
