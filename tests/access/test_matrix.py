@@ -467,6 +467,7 @@ def _rest_table() -> dict[tuple[str, str], Rest]:
         ),
         ("GET", "/jobs/{job_id}"): Rest(MODEL, **_JOB_ROUTE),
         ("GET", "/admin"): Rest(Target("global")),
+        ("GET", "/streams"): Rest(Target("global")),
         ("GET", "/health"): Rest(LISTING, parse=_page_namespaces, seen=set),
         ("GET", "/v2/sciserve/health"): Rest(
             LISTING, seen=lambda d: {m["namespace"] for m in d["models"]}

@@ -9,8 +9,11 @@ matrix covers every dashboard route in ``tests/access/test_matrix.py``.)
 
 from __future__ import annotations
 
+import os
 import re
+import socket
 import ssl
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +29,7 @@ from sciserve.access.tokens import TokenStore
 from sciserve.config import Settings
 from sciserve.jobs import JobState, JobStore, ScheduleStore
 from sciserve.registry.registry import Registry
+from sciserve.streams.metrics import process_identity, status_path, write_status
 
 from helpers.packages import make_onnx_package
 from helpers.server import Running, start_server, stop_server
@@ -79,6 +83,20 @@ class World:
         return {"Authorization": f"Bearer {token}"}
 
 
+def _stream_workers(home: Path) -> None:
+    """Status files as pipeline workers write them: one running (this very
+    process stands in for it) and one whose process is gone."""
+    running = {**process_identity(), "name": "alerts", "state": "running"}
+    write_status(
+        status_path(home, "alerts", os.getpid()),
+        {**running, "source": f"kafka://127.0.0.1:9092/{SCRIPT}", "consumed": 42, "lag": 7},
+    )
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    dead = {"pid": gone.pid, "host": socket.gethostname(), "started": 1, "name": "ztf"}
+    write_status(status_path(home, "ztf", gone.pid), {**dead, "state": "running"})
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     work = tmp_path_factory.mktemp("dashboard")
@@ -111,6 +129,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                 cron="0 2 * * *",
                 timezone="UTC",
             )
+    _stream_workers(home)
     log = work / "server.log"
     server = start_server(home, "--auth", stderr_file=log)
     JOBS.update(failed=failed.id, done=done.id)
@@ -352,6 +371,24 @@ def test_admins_see_usage_and_the_audit_trail_and_nobody_else_does(world: World)
     assert "GET /admin" in page.text and "forbidden" in page.text
     for token in (world.alpha, world.admin):
         assert token not in page.text
+
+
+def test_admins_see_stream_workers_and_the_ones_that_died(world: World) -> None:
+    with httpx.Client(base_url=world.base) as client:
+        page = client.get("/streams", headers=world.bearer(world.admin))
+        assert client.get("/streams", headers=world.bearer(world.alpha)).status_code == 403
+        health = client.get("/v2/sciserve/health", headers=world.bearer(world.admin)).json()
+        alpha = client.get("/v2/sciserve/health", headers=world.bearer(world.alpha)).json()
+    assert page.status_code == 200
+    assert set(re.findall(r'data-stream="([^"]+)"', page.text)) == {"alerts", "ztf"}
+    _scripts_are_only_the_dashboards(page.text)
+    assert "kafka://127.0.0.1:9092/&lt;script&gt;" in page.text
+    [stream] = [p for p in health["problems"] if p["component"] == "stream"]
+    assert "pipeline ztf" in stream["message"] and "gone" in stream["message"]
+    assert "sciserve stream run" in stream["action"]
+    assert health["checks"]["streams"] == "problem"
+    assert not any(p["component"] == "stream" for p in alpha["problems"])
+    assert "streams" in alpha["not_checked"]
 
 
 # -- logins --------------------------------------------------------------------------

@@ -7,6 +7,7 @@
     GET  /jobs                       batch jobs, newest first (?state=S[,S]), and schedules
     GET  /jobs/{job_id}              one job: progress, failure, log
     GET  /admin                      usage per namespace, caller and model; the audit trail
+    GET  /streams                    alert-stream workers from their status files (admins)
     GET  /health                     what is wrong and what to do (page)
     GET  /v2/sciserve/health         the same as JSON
     GET  /ui/live/{name}             live numbers of a served model, JSON (the charts poll it)
@@ -51,6 +52,7 @@ from ...package.manifest import NAME_RE, NAMESPACE_RE
 from ...package.reference import Reference, served_name
 from ...registry.registry import VersionInfo
 from ...serving.service import InferenceService
+from ...streams.metrics import WorkerStatus, read_statuses
 from .._messages import client_message
 from . import session
 from .health import check_health
@@ -134,6 +136,7 @@ class Dashboard:
             ("/jobs", self.jobs, get),
             ("/jobs/{job_id}", self.job, get),
             ("/admin", self.admin, get),
+            ("/streams", self.streams, get),
             ("/health", self.health_page, get),
             ("/login", self.login_page, get),
             ("/login", self.login, post),
@@ -432,14 +435,27 @@ class Dashboard:
 
     # -- admins ----------------------------------------------------------
 
-    async def admin(self, request: Request) -> Response:
+    async def _admin(self, request: Request) -> Identity:
         identity = await self._identity(request)
         if not identity.is_admin:
             raise PermissionDenied(f"{identity.subject} needs the admin scope on '*'")
+        return identity
+
+    async def admin(self, request: Request) -> Response:
+        identity = await self._admin(request)
         usage, events = await asyncio.to_thread(self._admin_data)
         return self._render(
             request, "admin.html", identity=identity, usage=usage, events=events, limit=_MAX_EVENTS
         )
+
+    async def streams(self, request: Request) -> Response:
+        # Pipelines belong to no namespace (their specs name models of any):
+        # their sources, sinks and counts are for admins.
+        identity = await self._admin(request)
+        workers: list[WorkerStatus] = await asyncio.to_thread(
+            read_statuses, self.registry.settings.home
+        )
+        return self._render(request, "streams.html", identity=identity, workers=workers)
 
     def _admin_data(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         usage = UsageStore(self.registry).report()[:_MAX_USAGE]

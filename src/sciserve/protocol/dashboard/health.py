@@ -24,6 +24,7 @@ from ...access.identity import ANY_NAMESPACE, Identity
 from ...jobs.records import JobRecord, JobState, JobStore
 from ...serving.lifecycle import ModelState
 from ...serving.service import InferenceService
+from ...streams.metrics import read_statuses
 from .._messages import client_message
 
 __all__ = ["HealthReport", "Problem", "Status", "check_health"]
@@ -190,16 +191,47 @@ async def check_health(service: InferenceService, identity: Identity) -> HealthR
                 f"(sciserve jobs resume {job.id}); dead letters hold the rows that failed",
             )
         )
+    not_checked = {
+        "stream_lag": "pipelines declare no lag budget yet; their lag is on /streams",
+    }
+    if identity.is_admin:
+        streams = await asyncio.to_thread(_stream_problems, registry.settings.home)
+        checks["streams"] = "problem" if streams else "ok"
+        problems += streams
+    else:
+        not_checked["streams"] = "stream workers are shown to admins only"
     return HealthReport(
         checked_at=datetime.now(UTC),
         problems=problems,
         models=models,
         checks=checks,
-        not_checked={
-            "streams": "stream consumers run as their own processes (sciserve stream run); "
-            "their lag is not reported to this server yet",
-        },
+        not_checked=not_checked,
     )
+
+
+def _stream_problems(home: Any) -> list[Problem]:
+    """Pipeline workers that died without stopping, or failed, by their status files."""
+    problems = []
+    for worker in read_statuses(home):
+        where = f"pipeline {worker.name} (pid {worker.pid} on {worker.host})"
+        if worker.stale:
+            problems.append(
+                Problem(
+                    "stream",
+                    f"{where} is gone without having stopped: alerts are not being consumed",
+                    "start it again (sciserve stream run SPEC): it resumes from the last "
+                    "committed offset; its old status file stays until then",
+                )
+            )
+        elif worker.state == "failed":
+            problems.append(
+                Problem(
+                    "stream",
+                    f"{where} failed",
+                    "read its log, fix the cause and start it again (sciserve stream run SPEC)",
+                )
+            )
+    return problems
 
 
 def _disk_problem(home: Any, identity: Identity) -> Problem | None:
