@@ -9,11 +9,13 @@ matrix covers every dashboard route in ``tests/access/test_matrix.py``.)
 
 from __future__ import annotations
 
+import html
 import os
 import re
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -235,6 +237,19 @@ def test_a_model_page_shows_the_card_and_snippets_that_work(world: World) -> Non
         answer = client.post(url.group(1), json=INFER_BODY)
         assert answer.status_code == 200
         assert answer.json()["outputs"][0]["data"] == [61.0, 71.0, 81.0]
+        # The tritonclient snippet runs as written too, the token from the environment.
+        python = re.search(r'<pre id="snippet-tritonclient">(.*?)</pre>', text, re.S)
+        assert python is not None
+        ran = subprocess.run(
+            [sys.executable, "-c", html.unescape(python.group(1))],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "SCISERVE_TOKEN": world.alpha},
+            check=False,
+        )
+        assert ran.returncode == 0, ran.stderr
+        assert ran.stdout.split() == ["[[1.", "1.", "1.]]"]  # zeros in: the bias out
         for selector in ("1.0.0", "latest"):
             assert client.get("/models/alpha/m", params={"version": selector}).status_code == 200
         other = client.get("/models/alpha/m", params={"version": "9.9.9"})
