@@ -179,8 +179,19 @@ async def check_health(service: InferenceService, identity: Identity) -> HealthR
         "ok" if all(m.state != ModelState.FAILED.value for m in models) else "problem"
     )
 
-    failed = await asyncio.to_thread(_failed_jobs, service, identity)
-    checks["jobs"] = "problem" if failed else "ok"
+    not_checked = {
+        "stream_lag": "pipelines declare no lag budget yet; their lag is on /streams",
+    }
+    failed: list[JobRecord] = []
+    if checks["database"] == "ok":
+        try:
+            failed = await asyncio.to_thread(_failed_jobs, service, identity)
+        except Exception:  # the database went away between the two checks
+            not_checked["jobs"] = "jobs live in the registry database, which is unreachable"
+        else:
+            checks["jobs"] = "problem" if failed else "ok"
+    else:
+        not_checked["jobs"] = "jobs live in the registry database, which is unreachable"
     for job in failed:
         problems.append(
             Problem(
@@ -191,9 +202,6 @@ async def check_health(service: InferenceService, identity: Identity) -> HealthR
                 f"(sciserve jobs resume {job.id}); dead letters hold the rows that failed",
             )
         )
-    not_checked = {
-        "stream_lag": "pipelines declare no lag budget yet; their lag is on /streams",
-    }
     if identity.is_admin:
         streams = await asyncio.to_thread(_stream_problems, registry.settings.home)
         checks["streams"] = "problem" if streams else "ok"
