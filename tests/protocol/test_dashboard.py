@@ -10,6 +10,7 @@ matrix covers every dashboard route in ``tests/access/test_matrix.py``.)
 from __future__ import annotations
 
 import html
+import json
 import os
 import re
 import socket
@@ -117,6 +118,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         failed = jobs.submit(yaml.safe_dump(JOB_SPEC), namespace="alpha", submitter="alice")
         assert jobs.claim("runner-1", namespaces=["alpha"]) is not None
         jobs.log(failed.id, f"shard 3: {SCRIPT}", level="error")
+        out = work / "job-output"
+        out.mkdir()
+        jobs.progress(failed.id, out_dir=str(out), shards_total=4, shards_done=3, dead_letters=2)
+        (out / "shard-0.dead.jsonl").write_text(
+            json.dumps({"row_id": IMG, "shard_id": "0", "stage": "model", "error": SCRIPT})
+            + "\n{not json\n"
+            + json.dumps({"row_id": "obj-2", "stage": "features", "reason": "missing f3"})
+            + "\n"
+        )
         jobs.finish(failed.id, JobState.FAILED, error=f"dead letter {IMG}")
         done = jobs.submit(yaml.safe_dump(JOB_SPEC), namespace="beta", submitter="bob")
         assert jobs.claim("runner-1", namespaces=["beta"]) is not None
@@ -355,6 +365,10 @@ def test_jobs_show_progress_and_failures_to_their_namespace_only(world: World) -
         assert "dead letter &#34;&gt;&lt;img src=x onerror=alert(1)&gt;" in page.text
         assert "shard 3: &lt;script&gt;alert(&#34;card&#34;)&lt;/script&gt;" in page.text
         assert f"sciserve jobs resume {failed}" in page.text
+        # Its dead letters, as text: the garbled line is skipped.
+        assert page.text.count('<tr class="dead-letter">') == 2
+        assert "&lt;script&gt;alert(&#34;card&#34;)&lt;/script&gt;" in page.text
+        assert "missing f3" in page.text and "3 of 4 shards" in page.text
         hidden = client.get(f"/jobs/{done}", headers=alpha)
         missing = client.get("/jobs/j-0000000000000000", headers=admin)
         assert hidden.status_code == missing.status_code == 404

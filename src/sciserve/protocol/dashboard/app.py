@@ -5,7 +5,7 @@
     GET  /                           the catalogue; ?q=&namespace=&runtime=&license=&tag=&alias=
     GET  /models/{namespace}/{name}  a model's page; ?version=V for another version
     GET  /jobs                       batch jobs, newest first (?state=S[,S]), and schedules
-    GET  /jobs/{job_id}              one job: progress, failure, log
+    GET  /jobs/{job_id}              one job: progress, failure, log, first dead letters
     GET  /admin                      usage per namespace, caller and model; the audit trail
     GET  /streams                    alert-stream workers from their status files (admins)
     GET  /health                     what is wrong and what to do (page)
@@ -55,6 +55,7 @@ from ...serving.service import InferenceService
 from ...streams.metrics import WorkerStatus, read_statuses
 from .._messages import client_message
 from . import session
+from .dead_letters import read_dead_letters
 from .health import check_health
 
 __all__ = ["HEALTH_PATH", "Dashboard"]
@@ -428,7 +429,10 @@ class Dashboard:
         if not identity.can_see(record.namespace):
             raise NotFound(f"no job {job_id!r}")  # the very words of a missing job
         lines: list[JobLogLine] = await asyncio.to_thread(store.logs, job_id, limit=_MAX_LOG)
-        return self._render(request, "job.html", identity=identity, job=record, lines=lines)
+        dead = await asyncio.to_thread(read_dead_letters, record.out_dir)
+        return self._render(
+            request, "job.html", identity=identity, job=record, lines=lines, dead=dead
+        )
 
     def _job_store(self) -> JobStore:
         return JobStore.of(self.registry)
