@@ -467,6 +467,8 @@ def _rest_table() -> dict[tuple[str, str], Rest]:
         ),
         ("GET", "/jobs/{job_id}"): Rest(MODEL, **_JOB_ROUTE),
         ("GET", "/admin"): Rest(Target("global")),
+        # A page that lists nothing (benchmark results are not recorded yet).
+        ("GET", "/benchmarks"): Rest(LISTING, parse=_page_namespaces, seen=set, universe=()),
         ("GET", "/streams"): Rest(Target("global")),
         ("GET", "/health"): Rest(LISTING, parse=_page_namespaces, seen=set),
         ("GET", "/v2/sciserve/health"): Rest(

@@ -377,6 +377,13 @@ def test_jobs_show_progress_and_failures_to_their_namespace_only(world: World) -
         assert odd.status_code == 404 and "<script>" not in odd.text
 
 
+def test_the_benchmarks_page_says_there_is_nothing_yet(world: World) -> None:
+    page = httpx.get(f"{world.base}/benchmarks", headers=world.bearer(world.alpha))
+    assert page.status_code == 200
+    assert "not recorded by sciserve servers yet" in page.text
+    assert httpx.get(f"{world.base}/benchmarks").status_code == 401
+
+
 def test_admins_see_usage_and_the_audit_trail_and_nobody_else_does(world: World) -> None:
     with httpx.Client(base_url=world.base) as client:
         for _ in range(3):

@@ -6,6 +6,7 @@
     GET  /models/{namespace}/{name}  a model's page; ?version=V for another version
     GET  /jobs                       batch jobs, newest first (?state=S[,S]), and schedules
     GET  /jobs/{job_id}              one job: progress, failure, log, first dead letters
+    GET  /benchmarks                 says that benchmark results are not recorded by servers yet
     GET  /admin                      usage per namespace, caller and model; the audit trail
     GET  /streams                    alert-stream workers from their status files (admins)
     GET  /health                     what is wrong and what to do (page)
@@ -136,6 +137,7 @@ class Dashboard:
             ("/models/{namespace}/{name}", self.model, get),
             ("/jobs", self.jobs, get),
             ("/jobs/{job_id}", self.job, get),
+            ("/benchmarks", self.benchmarks, get),
             ("/admin", self.admin, get),
             ("/streams", self.streams, get),
             ("/health", self.health_page, get),
@@ -436,6 +438,14 @@ class Dashboard:
 
     def _job_store(self) -> JobStore:
         return JobStore.of(self.registry)
+
+    # -- benchmarks ------------------------------------------------------
+
+    async def benchmarks(self, request: Request) -> Response:
+        # Benchmarks run from bench/ and their results stay there: a page that
+        # says so rather than one that shows numbers the server does not have.
+        identity = await self._identity(request)
+        return self._render(request, "benchmarks.html", identity=identity)
 
     # -- admins ----------------------------------------------------------
 
