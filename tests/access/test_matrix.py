@@ -31,6 +31,7 @@ Each cell's expected answer follows from one rule (:func:`expected`):
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -312,8 +313,10 @@ class Rest:
     after: tuple[str, str, bytes] | None = None
     #: Status a truly missing model gets (400 where the request is refused first).
     missing: int = 404
-    #: For listings: the namespaces of the models or namespaces in the answer.
+    #: For listings: the namespaces of the models or namespaces in the answer
+    #: (as ``parse`` reads the body: JSON, or a dashboard page).
     seen: Callable[[Any], set[str]] | None = None
+    parse: Callable[[bytes], Any] = json.loads
     #: For listings: the namespaces they can show.
     universe: tuple[str, ...] = SERVED_NAMESPACES
     #: Routes about something other than a model named in the path (jobs):
@@ -336,6 +339,11 @@ class Stand:
 
 def _served_namespaces(names: list[str]) -> set[str]:
     return {n.split(".", 1)[0] if "." in n else "default" for n in names}
+
+
+def _page_namespaces(page: bytes) -> set[str]:
+    """The namespaces of the models a dashboard page lists (its rows name them)."""
+    return set(re.findall(r'<tr class="model" data-namespace="([^"]+)"', page.decode()))
 
 
 MODEL = Target("model")
@@ -448,6 +456,30 @@ def _rest_table() -> dict[tuple[str, str], Rest]:
         ("POST", JOBS + "/{job_id}/resume"): Rest(
             INFER, before=("POST", JOBS + "/{job_id}/cancel", b""), **_JOB_ROUTE
         ),
+        # The dashboard: pages take the caller from the Authorization header
+        # as the API does (or from the session cookie a login sets).
+        ("GET", "/"): Rest(LISTING, parse=_page_namespaces, seen=set, universe=REGISTRY_NAMESPACES),
+        ("GET", "/models/{namespace}/{name}"): Rest(
+            MODEL, params={"namespace": "alpha", "name": "pub"}
+        ),
+        ("GET", "/jobs"): Rest(
+            LISTING, parse=_page_namespaces, seen=set, universe=("alpha", "beta", "zeta")
+        ),
+        ("GET", "/jobs/{job_id}"): Rest(MODEL, **_JOB_ROUTE),
+        ("GET", "/admin"): Rest(Target("global")),
+        # A page that lists nothing (benchmark results are not recorded yet).
+        ("GET", "/benchmarks"): Rest(LISTING, parse=_page_namespaces, seen=set, universe=()),
+        ("GET", "/streams"): Rest(Target("global")),
+        ("GET", "/health"): Rest(LISTING, parse=_page_namespaces, seen=set),
+        ("GET", "/v2/sciserve/health"): Rest(
+            LISTING, seen=lambda d: {m["namespace"] for m in d["models"]}
+        ),
+        ("GET", "/ui/live/{name}"): Rest(MODEL, params={"name": "alpha.m"}),
+        ("GET", "/ui/static/{file}"): Rest(PUBLIC, params={"file": "dashboard.js"}),
+        ("GET", "/login"): Rest(PUBLIC),
+        # Without the form's CSRF token both are refused, whoever asks.
+        ("POST", "/login"): Rest(PUBLIC, ok=403),
+        ("POST", "/logout"): Rest(PUBLIC, ok=403),
         ("PUT", reg_model + "/aliases/{alias}"): Rest(
             PUBLISH, body=lambda w: b'{"version": "1.0.0"}', params=REG
         ),
@@ -603,7 +635,7 @@ def _rest_cell(
         if (nowhere.status, _as(nowhere.body, other)) != (got.status, got.body):
             problems.append(f"{where}: {got.body!r} differs from nowhere {nowhere.body!r}")
     if want is Outcome.OK and spec.seen is not None:
-        seen = spec.seen(json.loads(got.body))
+        seen = spec.seen(spec.parse(got.body))
         visible = {ns for ns in spec.universe if cred.sees(ns)}
         if seen != visible:
             problems.append(f"{where}: listed namespaces {seen}, may see {visible}")

@@ -6,6 +6,7 @@ import os
 import queue
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -25,7 +26,18 @@ class Running:
     proc: subprocess.Popen[str]
 
 
-def start_server(home: Path, *extra: str) -> Running:
+def start_server(
+    home: Path,
+    *extra: str,
+    stderr_file: Path | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+) -> Running:
+    """``sciserve serve`` on free ports of 127.0.0.1, returned once ready.
+
+    ``stderr_file`` keeps the server's log (its stderr) in a file a test can
+    read; ``ssl_context`` is how to trust a server started with TLS.
+    """
+    log_to: Any = subprocess.PIPE if stderr_file is None else stderr_file.open("wb")
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -45,10 +57,12 @@ def start_server(home: Path, *extra: str) -> Running:
             *extra,
         ],
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=log_to,
         text=True,
         start_new_session=True,
     )
+    if stderr_file is not None:
+        log_to.close()  # the server has its own copy
     assert proc.stdout is not None
     lines: queue.Queue[str] = queue.Queue()
 
@@ -70,17 +84,23 @@ def start_server(home: Path, *extra: str) -> Running:
         match = re.search(r"http=(\S+) grpc=(\S+) metrics=(\S+)", line)
         if match:
             running = Running(home, *match.groups(), proc=proc)
-            _wait_ready(running)
+            try:
+                _wait_ready(running, ssl_context)
+            except BaseException:
+                stop_server(proc)
+                raise
             return running
     stop_server(proc)
     raise RuntimeError("server did not start")
 
 
-def _wait_ready(running: Running) -> None:
+def _wait_ready(running: Running, context: ssl.SSLContext | None = None) -> None:
+    scheme = "http" if context is None else "https"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"http://{running.http}/v2/health/ready") as r:
+            url = f"{scheme}://{running.http}/v2/health/ready"
+            with urllib.request.urlopen(url, context=context) as r:
                 if r.status == 200:
                     return
         except OSError:

@@ -13,13 +13,17 @@ from pyld import jsonld
 from sciserve.errors import NotFound
 from sciserve.package.card import (
     CONTEXT_URL,
+    TOKEN_ENV,
+    bibtex,
     context_document,
     document_loader,
     model_iri,
     render_card,
+    snippets,
     to_jsonld,
 )
 from sciserve.package.manifest import Manifest
+from sciserve.package.validate import canonical_license
 
 SCHEMA = "https://schema.org/"
 FAIR4ML = "https://w3id.org/fair4ml#"
@@ -392,3 +396,44 @@ def test_usage_section_of_the_default_namespace_serves_the_bare_name() -> None:
     card = render_card(minimal_manifest())
     assert "serves this version as `tiny`" in card
     assert "/v2/models/tiny/versions/" in card
+
+
+# -- the dashboard's copy-paste examples -------------------------------------
+
+
+def test_snippets_name_the_server_and_read_the_token_from_the_environment() -> None:
+    manifest = rich_manifest()
+    plain = snippets(manifest, "http://127.0.0.1:8123")
+    assert plain.curl.startswith(
+        "curl -s http://127.0.0.1:8123/v2/models/astro.rb-classifier/versions/1.2.0/infer "
+    )
+    assert "Authorization" not in plain.curl + plain.tritonclient
+    assert 'InferenceServerClient("127.0.0.1:8123")' in plain.tritonclient
+    assert 'sciserve.load("astro/rb-classifier:1.2.0")' in plain.python
+    secured = snippets(manifest, "https://models.example.org", auth=True)
+    assert f'-H "Authorization: Bearer ${TOKEN_ENV}"' in secured.curl
+    assert f'os.environ["{TOKEN_ENV}"]' in secured.tritonclient
+    assert "headers=headers)" in secured.tritonclient
+    # The examples are code: they must at least parse.
+    compile(secured.tritonclient, "tritonclient", "exec")
+    compile(secured.python, "python", "exec")
+
+
+def test_bibtex_entry_cannot_be_broken_out_of() -> None:
+    manifest = rich_manifest(
+        authors=[{"name": "Ada {Lovelace}} @misc{evil,"}, {"name": "Grace \\input{x}"}]
+    )
+    entry = bibtex(manifest, year=2026)
+    assert entry.startswith("@software{astro_rb_classifier_1_2_0,\n")
+    assert "  author = {Ada Lovelace @miscevil, and Grace inputx},\n" in entry
+    assert "  year = {2026},\n" in entry
+    # One entry: its braces balance and nothing opens a second one.
+    assert entry.count("{") == entry.count("}")
+    assert entry.count("@") == 2  # the entry type, and the text of the name
+
+
+def test_markup_is_not_a_licence_expression() -> None:
+    _, problems = canonical_license('<script>alert("x")</script>')
+    assert [p.path for p in problems] == ["license"]
+    assert "is not an SPDX licence expression" in problems[0].message
+    assert canonical_license("mit") == ("MIT", [])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sciserve.errors import InvalidInput, ModelNotReady
 from sciserve.serving.batcher import BatchTiming
 from sciserve.serving.metrics import ServerMetrics
 
@@ -47,3 +48,24 @@ def test_two_servers_never_share_a_registry() -> None:
     labels = {"model": "m", "version": "1", "outcome": "success"}
     assert first.registry.get_sample_value("sciserve_inference_requests_total", labels) == 1
     assert second.registry.get_sample_value("sciserve_inference_requests_total", labels) is None
+
+
+def test_latency_buckets_and_errors_are_read_back_per_model() -> None:
+    metrics = ServerMetrics()
+    for seconds in (0.0002, 0.003, 0.003):
+        metrics.observe_request("m", "1", True, seconds)
+    metrics.observe_request("m", "2", True, 0.003)
+    metrics.observe_request("other", "1", True, 7.0)
+    buckets = dict(metrics.latency_buckets("m"))
+    assert buckets[0.00025] == 1  # cumulative: at most 0.25 ms
+    assert buckets[0.005] == 4  # both versions
+    assert buckets[float("inf")] == 4  # not "other"'s slow request
+    for error in (InvalidInput, InvalidInput, ModelNotReady):
+        metrics.observe_error("m", "1", error)
+    metrics.observe_error("m", "2", InvalidInput)
+    assert metrics.error_counts("m") == [(InvalidInput, 3), (ModelNotReady, 1)]
+    assert metrics.error_counts("other") == []
+    sample = metrics.registry.get_sample_value(
+        "sciserve_inference_errors_total", {"model": "m", "version": "1", "error": "InvalidInput"}
+    )
+    assert sample == 2

@@ -47,12 +47,16 @@ from .reference import served_name
 
 __all__ = [
     "CONTEXT_URL",
+    "TOKEN_ENV",
     "DocumentLoader",
+    "Snippets",
+    "bibtex",
     "context_document",
     "document_loader",
     "identifier_iri",
     "model_iri",
     "render_card",
+    "snippets",
     "to_jsonld",
 ]
 
@@ -161,6 +165,10 @@ _NUMPY_TYPES: Final = {
     "UINT64": "uint64", "INT8": "int8", "INT16": "int16", "INT32": "int32", "INT64": "int64",
     "FP16": "float16", "BF16": "float32", "FP32": "float32", "FP64": "float64",
 }  # fmt: skip
+#: The server address the card's examples use.
+_SERVER: Final = "localhost:8000"
+#: The environment variable the examples read an API token from.
+TOKEN_ENV: Final = "SCISERVE_TOKEN"  # noqa: S105 (a variable name, not a secret)
 #: Up to this many values, the ``curl`` example spells the whole tensor out.
 _CURL_VALUES: Final = 64
 
@@ -192,15 +200,19 @@ def _usage_snippet(manifest: Manifest) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _tritonclient_snippet(manifest: Manifest, served: str) -> str:
+def _tritonclient_snippet(
+    manifest: Manifest, served: str, server: str = _SERVER, *, auth: bool = False
+) -> str:
     """The same call against a server, with NVIDIA's unmodified ``tritonclient``."""
-    lines = [
-        "import numpy as np",
-        "import tritonclient.http as httpclient",
-        "",
-        'client = httpclient.InferenceServerClient("localhost:8000")',
-        "inputs = []",
-    ]
+    lines = ["import numpy as np", "import tritonclient.http as httpclient"]
+    if auth:
+        lines.insert(0, "import os")
+    lines += ["", f"client = httpclient.InferenceServerClient({json.dumps(server)})"]
+    if auth:
+        lines.append(
+            f'headers = {{"Authorization": "Bearer " + os.environ[{json.dumps(TOKEN_ENV)}]}}'
+        )
+    lines.append("inputs = []")
     for tensor in manifest.inputs:
         shape = _example_shape(tensor)
         lines += [
@@ -211,13 +223,15 @@ def _tritonclient_snippet(manifest: Manifest, served: str) -> str:
         ]
     lines.append(
         f"result = client.infer({json.dumps(served)}, inputs, "
-        f"model_version={json.dumps(manifest.version)})"
+        f"model_version={json.dumps(manifest.version)}{', headers=headers' if auth else ''})"
     )
     lines += [f"print(result.as_numpy({json.dumps(t.name)}))" for t in manifest.outputs[:1]]
     return "\n".join(lines) + "\n"
 
 
-def _curl_line(manifest: Manifest, served: str) -> str:
+def _curl_line(
+    manifest: Manifest, served: str, server: str = _SERVER, *, auth: bool = False
+) -> str:
     """One JSON inference request with ``curl``, all zeros (or a placeholder if large)."""
     tensors = []
     for tensor in manifest.inputs:
@@ -230,12 +244,14 @@ def _curl_line(manifest: Manifest, served: str) -> str:
         )
     body = json.dumps({"inputs": tensors}, separators=(",", ":"))
     url = (
-        f"localhost:8000/v2/models/{quote(served, safe='')}"
+        f"{server}/v2/models/{quote(served, safe='')}"
         f"/versions/{quote(manifest.version, safe='')}/infer"
     )
     # Single quotes around the body for the shell; a quote inside it is closed and escaped.
     escaped = body.replace("'", "'\\''")
-    return f"curl -s {url} -H 'Content-Type: application/json' -d '{escaped}'\n"
+    # The token stays in the environment: never in the command, a page or a shell history.
+    header = f' -H "Authorization: Bearer ${TOKEN_ENV}"' if auth else ""
+    return f"curl -s {url}{header} -H 'Content-Type: application/json' -d '{escaped}'\n"
 
 
 def _usage(manifest: Manifest) -> str:
@@ -520,6 +536,57 @@ def render_card(
         _usage(manifest),
     ]
     return "\n\n".join(section for section in sections if section) + "\n"
+
+
+@dataclass(frozen=True)
+class Snippets:
+    """Copy-paste examples calling one version: in process, with ``tritonclient``, with ``curl``."""
+
+    python: str
+    tritonclient: str
+    curl: str
+
+
+def snippets(manifest: Manifest, server: str = _SERVER, *, auth: bool = False) -> Snippets:
+    """The card's usage examples, calling the server at ``server`` (``host:port``,
+    or a URL for ``curl``); with ``auth`` they send the token in ``$SCISERVE_TOKEN``."""
+    served = served_name(manifest.namespace, manifest.name)
+    host = re.sub(r"^https?://", "", server)
+    return Snippets(
+        python=_usage_snippet(manifest),
+        tritonclient=_tritonclient_snippet(manifest, served, host, auth=auth),
+        curl=_curl_line(manifest, served, server, auth=auth),
+    )
+
+
+_BIBTEX_UNSAFE = re.compile(r"[{}\\\x00-\x1f]")
+
+
+def _bibtex_value(value: str) -> str:
+    # Braces and backslashes would end the field or start a command: drop them.
+    return _BIBTEX_UNSAFE.sub("", value).strip()
+
+
+def bibtex(manifest: Manifest, *, year: int | None = None) -> str:
+    """A BibTeX ``@software`` entry for one version (``year`` it was published)."""
+    key = re.sub(r"[^A-Za-z0-9]+", "_", f"{manifest.namespace}_{manifest.name}_{manifest.version}")
+    fields = [("title", manifest.name)]
+    if manifest.authors:
+        fields.append(("author", " and ".join(a.name for a in manifest.authors)))
+    fields.append(("version", manifest.version))
+    if year is not None:
+        fields.append(("year", str(year)))
+    citation = manifest.citation
+    if citation is not None and citation.doi:
+        fields.append(
+            ("doi", re.sub(r"^(?:doi:\s*|https?://(?:dx\.)?doi\.org/)", "", citation.doi))
+        )
+    if citation is not None and citation.url:
+        fields.append(("url", citation.url))
+    if manifest.license:
+        fields.append(("license", manifest.license))
+    body = ",\n".join(f"  {name} = {{{_bibtex_value(value)}}}" for name, value in fields)
+    return f"@software{{{key},\n{body}\n}}\n"
 
 
 # -- JSON-LD -------------------------------------------------------------

@@ -74,7 +74,13 @@ def canonical_license(expression: str) -> tuple[str, list[Problem]]:
     if problems:
         return result, problems
     # LicenseRef-* identifiers are valid SPDX for licences not on the list.
-    if licensing.validate(_LICENSE_REF.sub("MIT", result)).errors:
+    try:
+        invalid = bool(licensing.validate(_LICENSE_REF.sub("MIT", result)).errors)
+    except AttributeError:
+        # license_expression fails on some malformed input (markup, stray
+        # quotes) instead of reporting it: that is an invalid expression too.
+        invalid = True
+    if invalid:
         return result, [
             Problem(
                 "license",

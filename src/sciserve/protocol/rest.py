@@ -54,6 +54,9 @@ where ``{ref}`` is one of ``/models/{ns}/{name}`` (the default version),
 The token routes need ``admin`` on ``*`` and a server with authentication
 on; each change is in the audit trail under the admin's token id.
 
+The dashboard (:mod:`sciserve.protocol.dashboard`) adds its pages under
+``/`` and the health report ``GET /v2/sciserve/health``.
+
 The jobs API, under ``/v2/sciserve/jobs`` (``JOBS_PREFIX``): batch jobs
 recorded in the registry database, which runners execute::
 
@@ -155,7 +158,14 @@ from .rest_codec import (
     wants_binary_output,
 )
 
-__all__ = ["REGISTRY_PREFIX", "STATUS_TABLE", "create_app", "create_metrics_app", "status_of"]
+__all__ = [
+    "REGISTRY_PREFIX",
+    "STATUS_TABLE",
+    "create_app",
+    "create_metrics_app",
+    "status_of",
+    "status_of_type",
+]
 
 log = logging.getLogger("sciserve.protocol.rest")
 
@@ -203,10 +213,15 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 def status_of(exc: SciserveError) -> int:
     """The HTTP status :data:`STATUS_TABLE` gives ``exc``."""
+    return status_of_type(type(exc))
+
+
+def status_of_type(kind: type[BaseException]) -> int:
+    """The HTTP status of errors of class ``kind``: 500 for any but domain errors."""
     for cls, status in STATUS_TABLE:
-        if isinstance(exc, cls):
+        if issubclass(kind, cls):
             return status
-    return 500  # unreachable: SciserveError closes the table
+    return 500  # a fault of the server, not a domain error
 
 
 # -- responses ---------------------------------------------------------------
@@ -1120,14 +1135,31 @@ def _bounded_int(raw: str | None, name: str, default: int, low: int, high: int |
 
 
 def create_app(service: InferenceService, *, manage_service: bool = False) -> Starlette:
-    """The HTTP application serving ``service``: OIP v2 REST plus the registry API.
+    """The HTTP application serving ``service``: OIP v2 REST, the registry and
+    jobs APIs, and the dashboard (:mod:`sciserve.protocol.dashboard`).
 
     With ``manage_service`` the application's lifespan starts and stops the
     service, for running the HTTP server on its own; otherwise whoever runs
     the servers (HTTP, gRPC) starts the service once for all of them.
     """
+    # The dashboard builds on this module's error table and guard.
+    from .dashboard import Dashboard
+
     inference = _Inference(service)
-    routes = inference.routes() + _RegistryApi(service).routes() + _JobsApi(service).routes()
+    denied = _denied_recorder(service)
+    dashboard = Dashboard(
+        service,
+        json_guard=lambda endpoint: _guarded(endpoint, denied),
+        status_of=status_of_type,
+        json_response=_json,
+    )
+    # The dashboard's routes come last: inference and the APIs keep their paths.
+    routes = (
+        inference.routes()
+        + _RegistryApi(service).routes()
+        + _JobsApi(service).routes()
+        + dashboard.routes()
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -92,6 +92,14 @@ class ServerMetrics:
             buckets=_BATCH_BUCKETS,
             registry=self.registry,
         )
+        self.errors = Counter(
+            "sciserve_inference_errors",
+            "Inference requests that failed, by error type",
+            (*labels, "error"),
+            registry=self.registry,
+        )
+        #: The error classes seen, by the name their series carry.
+        self._error_types: dict[str, type[BaseException]] = {}
         self.ready = Gauge(
             "sciserve_model_ready",
             "1 when the model version is ready",
@@ -132,3 +140,30 @@ class ServerMetrics:
             series.request_seconds.observe(seconds)
         else:
             series.failed.inc()
+
+    def latency_buckets(self, model: str) -> list[tuple[float, float]]:
+        """The request-latency histogram of ``model`` (every version), cumulative:
+        ``(upper bound in seconds, requests at most that long)``, the last bound ``inf``."""
+        totals: dict[float, float] = {}
+        for metric in self.request_seconds.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_bucket") and sample.labels.get("model") == model:
+                    bound = float(sample.labels["le"])
+                    totals[bound] = totals.get(bound, 0.0) + sample.value
+        return sorted(totals.items())
+
+    def observe_error(self, model: str, version: str, error: type[BaseException]) -> None:
+        """Count a failed request of ``model`` by the class of its error."""
+        self._error_types.setdefault(error.__name__, error)
+        self.errors.labels(model, version, error.__name__).inc()
+
+    def error_counts(self, model: str) -> list[tuple[type[BaseException], float]]:
+        """Failed requests of ``model`` (every version) per error class, most first."""
+        totals: dict[str, float] = {}
+        for metric in self.errors.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total") and sample.labels.get("model") == model:
+                    name = sample.labels["error"]
+                    totals[name] = totals.get(name, 0.0) + sample.value
+        ranked = sorted(totals.items(), key=lambda item: (-item[1], item[0]))
+        return [(self._error_types[name], count) for name, count in ranked]

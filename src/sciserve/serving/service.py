@@ -344,6 +344,10 @@ class InferenceService:
             )
             ok = True
             return response
+        except BaseException as exc:
+            if isinstance(exc, Exception):  # not a cancellation: the request failed
+                self.metrics.observe_error(model.served, model.version, type(exc))
+            raise
         finally:
             elapsed = time.perf_counter() - started
             model.stats.observe_request(ok, int(elapsed * 1e9))
