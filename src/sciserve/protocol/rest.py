@@ -15,6 +15,7 @@ Inference and model management, compatible with ``tritonclient.http``::
     POST /v2/repository/index                 body {"ready": bool} optional
     POST /v2/repository/models/{name}/load
     POST /v2/repository/models/{name}/unload
+    GET  /v2/sciserve/monitoring              drift judgement of every monitored version
 
 ``{name}`` is the served name (``lc-classifier`` in namespace ``default``,
 ``examples.lc-classifier`` elsewhere) and ``{v}`` a version or an alias.
@@ -429,6 +430,7 @@ class _Inference:
             ("/v2/repository/index", self.repository_index, post),
             ("/v2/repository/models/{name}/load", self.load, post),
             ("/v2/repository/models/{name}/unload", self.unload, post),
+            ("/v2/sciserve/monitoring", self.monitoring, get),
         ]
         denied = _denied_recorder(self.service)
         return [Route(path, _guarded(fn, denied), methods=methods) for path, fn, methods in table]
@@ -503,6 +505,10 @@ class _Inference:
         identity = await self._identity(request)
         stats = await self.service.statistics(params.get("name"), params.get("version"), identity)
         return _json(stats)
+
+    async def monitoring(self, request: Request) -> Response:
+        identity = await self._identity(request)
+        return _json(await self.service.monitoring_status(identity))
 
     async def repository_index(self, request: Request) -> Response:
         identity = await self._identity(request)

@@ -1,0 +1,305 @@
+"""The monitor of a server: request tensors in, drift judgements out.
+
+The request path only hands a request's tensors to :meth:`Monitor.observe`,
+which puts a reference to them in a bounded queue (a few microseconds; when
+the queue is full the sample is dropped and counted).  One thread drains the
+queue, stacks the requests of each model version and updates their
+sketches in bulk, so sketch work never runs on the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from prometheus_client import CollectorRegistry
+
+from ..config import MonitoringConfig
+from ..errors import NotFound, SciserveError
+from ..package.manifest import Manifest
+from .drift import AlertState, DriftMonitor, Transition
+from .metrics import MonitoringMetrics
+from .reference import Reference, ReferenceStore
+from .sketches import Layout, Tensors
+from .webhook import WebhookNotifier
+
+__all__ = ["Monitor", "alert_body"]
+
+log = logging.getLogger(__name__)
+
+#: Requests one drain of the queue takes at most.
+_DRAIN_BATCH = 512
+#: How often a version without a reference looks for one in the database (s).
+_REFERENCE_RETRY = 30.0
+
+
+@dataclass(frozen=True)
+class _Key:
+    model: str
+    version: str
+    digest: str
+
+
+@dataclass
+class _Entry:
+    monitor: DriftMonitor
+    reference_checked_at: float
+
+
+class Monitor:
+    """Drift monitors of every served model version, fed off the request path."""
+
+    def __init__(
+        self,
+        config: MonitoringConfig,
+        registry: CollectorRegistry,
+        *,
+        references: ReferenceStore | None = None,
+        notifier: WebhookNotifier | None = None,
+    ) -> None:
+        self.config = config
+        self.metrics = MonitoringMetrics(registry)
+        self.references = references
+        self.notifier = notifier
+        if notifier is None and config.webhook_url is not None:
+            self.notifier = WebhookNotifier(
+                config.webhook_url,
+                token=config.webhook_token,
+                attempts=config.webhook_attempts,
+                backoff=config.webhook_backoff,
+                queue_size=config.webhook_queue_size,
+                on_outcome=lambda outcome: self.metrics.webhook.labels(outcome).inc(),
+            )
+        self._queue: queue.Queue[tuple[_Key, Manifest, Tensors, int]] = queue.Queue(
+            maxsize=config.queue_size
+        )
+        self._pending_values = 0
+        self._pending_lock = threading.Lock()
+        self._busy = threading.Condition()
+        self._in_flight = 0
+        self._entries: dict[_Key, _Entry] = {}
+        self._lock = threading.Lock()  # guards _entries and each DriftMonitor
+        self._random = random.Random()  # noqa: S311 -- sampling, not secrets
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        #: Requests dropped because the queue (or its value budget) was full.
+        self.dropped = 0
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def start(self) -> None:
+        if self.notifier is not None:
+            self.notifier.start()
+        self._thread = threading.Thread(target=self._run, name="sciserve-monitor", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        if self.notifier is not None:
+            self.notifier.stop(timeout)
+
+    # -- the request path ----------------------------------------------------
+
+    def observe(
+        self,
+        model: str,
+        version: str,
+        digest: str,
+        manifest: Manifest,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Mapping[str, np.ndarray],
+    ) -> None:
+        """Hand one successful request's tensors to the monitor (never blocks)."""
+        rate = self.config.sample_rate
+        if rate < 1.0 and self._random.random() >= rate:
+            return
+        values = sum(int(np.size(a)) for a in inputs.values()) + sum(
+            int(np.size(a)) for a in outputs.values()
+        )
+        key = _Key(model, version, digest)
+        with self._pending_lock:
+            if self._pending_values + values > self.config.max_pending_values:
+                self._drop(key)
+                return
+            self._pending_values += values
+        try:
+            self._queue.put_nowait((key, manifest, (inputs, outputs), values))
+        except queue.Full:
+            with self._pending_lock:
+                self._pending_values -= values
+            self._drop(key)
+
+    def _drop(self, key: _Key) -> None:
+        self.dropped += 1
+        self.metrics.dropped.labels(key.model, key.version).inc()
+
+    # -- reading and steering --------------------------------------------------
+
+    def status(self, served: Iterable[tuple[str, str]] | None = None) -> list[dict[str, Any]]:
+        """The judgement of each model version: every monitored one, or each
+        ``(served name, version)`` in ``served`` (``no_traffic`` if none of its
+        requests was monitored yet)."""
+        with self._lock:
+            known = {(k.model, k.version): e.monitor.status() for k, e in self._entries.items()}
+        if served is None:
+            return [known[key] for key in sorted(known)]
+        return [
+            known.get(key)
+            or {"model": key[0], "version": key[1], "state": AlertState.NO_TRAFFIC.value}
+            for key in sorted(set(served))
+        ]
+
+    def freeze(self, model: str, version: str) -> Reference:
+        """The recorded live window of a model version, as a reference (not stored)."""
+        with self._lock:
+            entry = self._find(model, version)
+            return entry.monitor.freeze()
+
+    def set_reference(self, model: str, version: str, reference: Reference | None) -> None:
+        """Judge a model version against ``reference`` from now on."""
+        with self._lock:
+            self._find(model, version).monitor.set_reference(reference)
+
+    def _find(self, model: str, version: str) -> _Entry:
+        for key, entry in self._entries.items():
+            if key.model == model and key.version == version:
+                return entry
+        raise NotFound(f"model {model} version {version} has not been monitored yet")
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every queued request has been added; ``False`` on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._busy:
+            while self._queue.unfinished_tasks or self._in_flight:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._busy.wait(min(remaining, 0.05))
+        return True
+
+    # -- the monitor's thread -----------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                first = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            batch = [first]
+            while len(batch) < _DRAIN_BATCH:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            with self._busy:
+                self._in_flight = len(batch)
+            try:
+                self._process(batch)
+            except Exception:  # a bug here must not stop monitoring for good
+                log.exception("monitor: could not add %d requests", len(batch))
+            finally:
+                with self._pending_lock:
+                    self._pending_values -= sum(item[3] for item in batch)
+                for _ in batch:
+                    self._queue.task_done()
+                with self._busy:
+                    self._in_flight = 0
+                    self._busy.notify_all()
+
+    def _process(self, batch: list[tuple[_Key, Manifest, Tensors, int]]) -> None:
+        grouped: dict[_Key, list[Tensors]] = defaultdict(list)
+        manifests: dict[_Key, Manifest] = {}
+        for key, manifest, tensors, _ in batch:
+            grouped[key].append(tensors)
+            manifests[key] = manifest
+        for key, requests in grouped.items():
+            entry = self._entry(key, manifests[key])
+            with self._lock:
+                before = entry.monitor.window.total_rows
+                transition = entry.monitor.observe(requests)
+                rows = entry.monitor.window.total_rows - before
+                status = entry.monitor.status()
+                state, scores = entry.monitor.state, entry.monitor.scores
+            self.metrics.rows.labels(key.model, key.version).inc(rows)
+            self.metrics.observe(key.model, key.version, state, scores)
+            if transition is not None:
+                self._announce(key, transition, status)
+
+    def _entry(self, key: _Key, manifest: Manifest) -> _Entry:
+        with self._lock:
+            entry = self._entries.get(key)
+        now = time.monotonic()
+        if entry is None:
+            layout = Layout(manifest, self.config.max_features)
+            monitor = DriftMonitor(key.model, key.version, layout, self.config)
+            entry = _Entry(monitor, now - 2 * _REFERENCE_RETRY)
+            with self._lock:
+                entry = self._entries.setdefault(key, entry)
+        if entry.monitor.reference is None and now - entry.reference_checked_at > _REFERENCE_RETRY:
+            entry.reference_checked_at = now
+            reference = self._load_reference(key)
+            if reference is not None:
+                with self._lock:
+                    entry.monitor.set_reference(reference)
+        return entry
+
+    def _load_reference(self, key: _Key) -> Reference | None:
+        if self.references is None:
+            return None
+        try:
+            return self.references.latest(key.digest)
+        except NotFound:
+            return None
+        except SciserveError as exc:
+            log.warning("monitor: no reference for %s %s: %s", key.model, key.version, exc)
+            return None
+
+    def _announce(self, key: _Key, transition: Transition, status: dict[str, Any]) -> None:
+        body = alert_body(transition, status, self.config.dashboard_url)
+        if transition.state is AlertState.ALERTING:
+            log.warning("drift alert raised for %s %s", key.model, key.version)
+        else:
+            log.info("drift alert cleared for %s %s", key.model, key.version)
+        if self.notifier is not None:
+            self.notifier.notify(body)
+
+
+def alert_body(
+    transition: Transition, status: dict[str, Any], dashboard_url: str | None
+) -> dict[str, Any]:
+    """The JSON document a webhook receives (documented in :mod:`.webhook`)."""
+    started = status.get("alert_started_at")
+    model = str(status["model"])
+    return {
+        "kind": "drift" if transition.state is AlertState.ALERTING else "drift_cleared",
+        "model": model,
+        "version": status["version"],
+        "state": transition.state.value,
+        "started_at": None if started is None else _iso(float(started)),
+        "at": _iso(transition.at),
+        "breaches": status["breaches"],
+        "scores": status["scores"],
+        "thresholds": status["thresholds"],
+        "window": {
+            "rows_judged": transition.rows,
+            "window": status["window"],
+            "min_samples": status["min_samples"],
+        },
+        "url": None if dashboard_url is None else f"{dashboard_url.rstrip('/')}/models/{model}",
+    }
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat()
