@@ -360,11 +360,12 @@ def _rows(array: np.ndarray, batch_dim: int | None) -> np.ndarray | None:
     if array.dtype.kind not in "biuf":
         return None
     if batch_dim is None or array.ndim == 0:
-        return array.reshape(1, -1).astype(np.float64, copy=False)
+        return array.reshape(1, array.size).astype(np.float64, copy=False)
     if batch_dim >= array.ndim:
         return None
     moved = np.moveaxis(array, batch_dim, 0)
-    return moved.reshape(moved.shape[0], -1).astype(np.float64, copy=False)
+    width = int(np.prod(moved.shape[1:]))  # not -1: an empty batch has no inferable width
+    return moved.reshape(moved.shape[0], width).astype(np.float64, copy=False)
 
 
 class LiveWindow:

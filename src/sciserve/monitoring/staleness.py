@@ -64,8 +64,8 @@ def compatible(constraint: str, observed: str) -> bool:
     """
     family, sep, spec = constraint.partition(":")
     if not sep:
-        # No family: the value is a name that must match exactly.
-        return constraint.strip() == observed.strip()
+        # A bare family admits its every version; any other name must match exactly.
+        return constraint.strip() in (observed.strip(), observed.partition(":")[0].strip())
     seen_family, seen_sep, seen_version = observed.partition(":")
     if seen_family.strip() != family.strip():
         return False

@@ -1,0 +1,71 @@
+"""Staleness: compatibility constraints, policy age, evaluation gates."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from sciserve.errors import InvalidInput
+from sciserve.monitoring import Gate, StaleReason, check_staleness, compatible
+
+
+@pytest.mark.parametrize(
+    ("constraint", "observed", "ok"),
+    [
+        ("lsst:<10", "lsst:9.0", True),
+        ("lsst:<10", "lsst:11.1", False),
+        ("lsst:>=7.0", "lsst:7.0", True),
+        ("lsst:>=7.0,<10", "lsst:10.0", False),
+        ("lsst:7.0", "lsst:7.0", True),
+        ("lsst:7.0", "lsst:7.1", False),
+        ("lsst", "lsst:11.1", True),
+        ("lsst:<10", "ztf:4.0", False),
+        ("lsst:<10", "lsst", False),
+        ("lsst:<10", "lsst:not-a-version", False),
+        ("sciserve.examples.features v1", "sciserve.examples.features v1", True),
+        ("sciserve.examples.features v1", "sciserve.examples.features v2", False),
+    ],
+)
+def test_compatible(constraint: str, observed: str, ok: bool) -> None:
+    assert compatible(constraint, observed) is ok
+
+
+@pytest.mark.parametrize("constraint", ["lsst:<<10", "lsst:>=seven", "lsst:~=1"])
+def test_malformed_constraints_are_invalid_input(constraint: str) -> None:
+    with pytest.raises(InvalidInput):
+        compatible(constraint, "lsst:11.1")
+
+
+def test_a_model_declared_for_old_schemas_is_stale_on_new_data() -> None:
+    found = check_staleness({"alert_schema": "lsst:<10"}, {"alert_schema": "lsst:11.1"})
+    assert [f.reason for f in found] == [StaleReason.INCOMPATIBLE]
+    assert "lsst:11.1" in found[0].detail
+    assert check_staleness({"alert_schema": "lsst:<10"}, {"alert_schema": "lsst:9.0"}) == []
+    # What the server does not observe is not judged.
+    assert check_staleness({"alert_schema": "lsst:<10"}, {}) == []
+
+
+def test_age_and_gates() -> None:
+    now = datetime(2026, 12, 6, tzinfo=UTC)
+    found = check_staleness(
+        {},
+        {},
+        published_at=now - timedelta(days=400),
+        max_age=timedelta(days=365),
+        evaluations={"auc": 0.81, "logloss": 0.2},
+        gates=(Gate("auc", 0.85), Gate("logloss", 0.3, higher_is_better=False)),
+        now=now,
+    )
+    assert [f.reason for f in found] == [StaleReason.TOO_OLD, StaleReason.BELOW_GATE]
+    assert "auc" in found[1].detail
+    fresh = check_staleness(
+        {},
+        {},
+        published_at=now - timedelta(days=10),
+        max_age=timedelta(days=365),
+        evaluations={"auc": 0.9},
+        gates=(Gate("auc", 0.85), Gate("missing", 1.0)),
+        now=now,
+    )
+    assert fresh == []
