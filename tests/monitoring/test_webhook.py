@@ -217,8 +217,17 @@ def test_the_value_budget_drops_huge_requests() -> None:
 
 def test_sampling_hands_over_about_the_rate() -> None:
     registry = CollectorRegistry()
-    monitor = Monitor(MonitoringConfig(sample_rate=0.1, queue_size=100_000), registry)
+    monitor = Monitor(MonitoringConfig(sample_rate=0.1), registry)
     manifest = classifier_manifest()
-    for inputs, outputs in Traffic(seed=5).requests(5000):
-        monitor.observe("clf", "1.0.0", "sha256:" + "f" * 64, manifest, inputs, outputs)
-    assert 350 < monitor._queue.qsize() < 650
+    monitor.start()
+    try:
+        for inputs, outputs in Traffic(seed=5).requests(5000):
+            monitor.observe("clf", "1.0.0", "sha256:" + "f" * 64, manifest, inputs, outputs)
+        assert monitor.flush()
+    finally:
+        monitor.stop()
+    rows = registry.get_sample_value(
+        "sciserve_monitor_rows_total", {"model": "clf", "version": "1.0.0"}
+    )
+    assert rows is not None and 350 < rows < 650
+    assert monitor.dropped == 0

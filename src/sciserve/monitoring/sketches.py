@@ -329,6 +329,9 @@ class Layout:
         Arrays that are missing or not numeric, and arrays whose rows are
         wider or narrower than the first one's, are counted as skipped.
         """
+        fast = _concatenated(arrays, tensor.batch_dim)
+        if fast is not None:
+            return fast
         matrices = []
         for array in arrays:
             matrix = _rows(array, tensor.batch_dim) if array is not None else None
@@ -345,6 +348,22 @@ class Layout:
         if not matrices:
             return None
         return matrices[0] if len(matrices) == 1 else np.concatenate(matrices)
+
+
+def _concatenated(arrays: list[np.ndarray | None], batch_dim: int | None) -> np.ndarray | None:
+    """The common case in one step: numeric arrays whose shapes differ only
+    along the batch dimension, joined along it (``None`` otherwise)."""
+    if batch_dim is None or not arrays or any(a is None for a in arrays):
+        return None
+    try:
+        # numpy checks the shapes in C; mixed numeric dtypes are promoted,
+        # which is harmless since the sketches take float64 anyway.
+        joined: np.ndarray = np.concatenate(arrays, axis=batch_dim)  # type: ignore[arg-type]
+    except (ValueError, TypeError):
+        return None
+    if joined.dtype.kind not in "biuf":
+        return None
+    return _rows(joined, batch_dim)
 
 
 def _row_count(array: np.ndarray, batch_dim: int | None) -> int:
