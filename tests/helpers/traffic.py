@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
 from sciserve.package.manifest import Manifest
+from sciserve.registry.registry import VersionInfo
 
 LABELS = ["star", "galaxy", "qso"]
 REFERENCE_MIX = np.array([0.6, 0.3, 0.1])
@@ -66,3 +68,15 @@ class Traffic:
             ({"x": inputs["x"][i : i + 1]}, {k: v[i : i + 1] for k, v in outputs.items()})
             for i in range(count)
         ]
+
+
+def version_info(
+    digest: str, published_at: datetime | None = None, **manifest_extra: Any
+) -> VersionInfo:
+    """The registry's record of :func:`classifier_manifest` (not stored anywhere)."""
+    return VersionInfo(
+        manifest=classifier_manifest(**manifest_extra),
+        digest=digest,
+        size=1,
+        published_at=published_at or datetime.now(UTC),
+    )

@@ -69,3 +69,34 @@ def test_age_and_gates() -> None:
         now=now,
     )
     assert fresh == []
+
+
+def test_the_monitor_flags_stale_versions_in_status_and_metrics() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from sciserve.config import MonitoringConfig
+    from sciserve.monitoring import Monitor
+
+    from helpers.traffic import Traffic, version_info
+
+    registry = CollectorRegistry()
+    monitor = Monitor(MonitoringConfig(max_age_days=30), registry)
+    old = version_info(
+        "sha256:" + "1" * 64,
+        published_at=datetime.now(UTC) - timedelta(days=400),
+        compatible_with={"alert_schema": "lsst:<10"},
+    )
+    monitor.note_observed("alert_schema", "lsst:11.1")
+    monitor.start()
+    try:
+        for inputs, outputs in Traffic(seed=1).requests(10):
+            monitor.observe("clf", old, inputs, outputs)
+        assert monitor.flush()
+    finally:
+        monitor.stop()
+    [status] = monitor.status()
+    assert [s["reason"] for s in status["stale"]] == ["incompatible", "too_old"]
+    assert (
+        registry.get_sample_value("sciserve_monitor_stale", {"model": "clf", "version": "1.0.0"})
+        == 2
+    )

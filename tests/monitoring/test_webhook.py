@@ -20,7 +20,7 @@ from sciserve.config import MonitoringConfig
 from sciserve.monitoring import Layout, Monitor, Reference, ReferenceStore, WebhookNotifier
 from sciserve.registry.registry import Registry
 
-from helpers.traffic import Traffic, classifier_manifest
+from helpers.traffic import Traffic, classifier_manifest, version_info
 
 TOKEN = "s3cret-webhook-token"
 
@@ -146,6 +146,7 @@ def test_shifted_traffic_through_the_monitor_reaches_the_webhook(
     receiver.statuses = [503]
     manifest = classifier_manifest()
     digest = "sha256:" + "c" * 64
+    info = version_info(digest)
     store = ReferenceStore(engine_of(sqlite_registry))
     store.save(
         "clf",
@@ -164,7 +165,7 @@ def test_shifted_traffic_through_the_monitor_reaches_the_webhook(
     monitor.start()
     try:
         for inputs, outputs in Traffic(seed=2, shift=1.0).requests(8000):
-            monitor.observe("clf", "1.0.0", digest, manifest, inputs, outputs)
+            monitor.observe("clf", info, inputs, outputs)
             if len(receiver.received) >= 1:
                 break
         assert monitor.flush()
@@ -195,9 +196,8 @@ def test_shifted_traffic_through_the_monitor_reaches_the_webhook(
 def test_a_full_monitor_queue_drops_samples_and_counts_them() -> None:
     registry = CollectorRegistry()
     monitor = Monitor(MonitoringConfig(queue_size=3), registry)  # not started: nothing drains
-    manifest = classifier_manifest()
     for inputs, outputs in Traffic(seed=3).requests(10):
-        monitor.observe("clf", "1.0.0", "sha256:" + "d" * 64, manifest, inputs, outputs)
+        monitor.observe("clf", version_info("sha256:" + "d" * 64), inputs, outputs)
     assert monitor.dropped == 7
     assert (
         registry.get_sample_value(
@@ -211,18 +211,17 @@ def test_the_value_budget_drops_huge_requests() -> None:
     registry = CollectorRegistry()
     monitor = Monitor(MonitoringConfig(max_pending_values=1000), registry)
     inputs, outputs = Traffic(seed=4).batch(10_000)
-    monitor.observe("clf", "1.0.0", "sha256:" + "e" * 64, classifier_manifest(), inputs, outputs)
+    monitor.observe("clf", version_info("sha256:" + "e" * 64), inputs, outputs)
     assert monitor.dropped == 1
 
 
 def test_sampling_hands_over_about_the_rate() -> None:
     registry = CollectorRegistry()
     monitor = Monitor(MonitoringConfig(sample_rate=0.1), registry)
-    manifest = classifier_manifest()
     monitor.start()
     try:
         for inputs, outputs in Traffic(seed=5).requests(5000):
-            monitor.observe("clf", "1.0.0", "sha256:" + "f" * 64, manifest, inputs, outputs)
+            monitor.observe("clf", version_info("sha256:" + "f" * 64), inputs, outputs)
         assert monitor.flush()
     finally:
         monitor.stop()

@@ -26,6 +26,12 @@ class MonitoringMetrics:
             labels,
             registry=registry,
         )
+        self.stale = Gauge(
+            "sciserve_monitor_stale",
+            "Reasons the model version is stale (incompatible data, too old, below its gate)",
+            labels,
+            registry=registry,
+        )
         self.rows = Counter(
             "sciserve_monitor_rows",
             "Rows the monitor added to its live statistics",

@@ -16,19 +16,20 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry
 
 from ..config import MonitoringConfig
-from ..errors import NotFound, SciserveError
-from ..package.manifest import Manifest
+from ..errors import InvalidInput, NotFound, SciserveError
+from ..registry.registry import VersionInfo
 from .drift import AlertState, DriftMonitor, Transition
 from .metrics import MonitoringMetrics
 from .reference import Reference, ReferenceStore
 from .sketches import Layout, Tensors
+from .staleness import Staleness, StaleReason, check_staleness
 from .webhook import WebhookNotifier
 
 __all__ = ["Monitor", "alert_body"]
@@ -54,6 +55,7 @@ class _Key:
 class _Entry:
     monitor: DriftMonitor
     reference_checked_at: float
+    info: VersionInfo
 
 
 class Monitor:
@@ -83,7 +85,7 @@ class Monitor:
         # A deque, not a queue.Queue: appending takes no lock, which is what
         # keeps the request path's share of the work to a few hundred ns.
         # The monitor's thread polls it (every _POLL s when idle).
-        self._queue: deque[tuple[_Key, Manifest, Tensors, int]] = deque()
+        self._queue: deque[tuple[_Key, VersionInfo, Tensors, int]] = deque()
         # Values handed over and values taken: each is written by one side
         # only, so their difference (the values waiting) needs no lock.
         self._added_values = 0
@@ -95,6 +97,7 @@ class Monitor:
         # sketch work: one guards the dict of entries, the other the monitors.
         self._entries_lock = threading.Lock()
         self._lock = threading.Lock()
+        self._observed: dict[str, str] = {}
         self._random = random.Random()  # noqa: S311 -- sampling, not secrets
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -121,14 +124,16 @@ class Monitor:
 
     def observe(
         self,
-        model: str,
-        version: str,
-        digest: str,
-        manifest: Manifest,
+        served: str,
+        info: VersionInfo,
         inputs: Mapping[str, np.ndarray],
         outputs: Mapping[str, np.ndarray],
     ) -> None:
-        """Hand one successful request's tensors to the monitor (never blocks)."""
+        """Hand one successful request's tensors to the monitor (never blocks).
+
+        ``served`` is the name the model is served under, ``info`` the
+        registry's record of the version that answered.
+        """
         rate = self.config.sample_rate
         if rate < 1.0 and self._random.random() >= rate:
             return
@@ -141,10 +146,12 @@ class Monitor:
             len(self._queue) >= self.config.queue_size
             or self._added_values - self._taken_values + values > self.config.max_pending_values
         ):
-            self._drop(model, version)
+            self._drop(served, info.version)
             return
         self._added_values += values
-        self._queue.append((_Key(model, version, digest), manifest, (inputs, outputs), values))
+        self._queue.append(
+            (_Key(served, info.version, info.digest), info, (inputs, outputs), values)
+        )
 
     def _drop(self, model: str, version: str) -> None:
         self.dropped += 1
@@ -158,7 +165,15 @@ class Monitor:
         requests was monitored yet)."""
         with self._entries_lock:
             entries = list(self._entries.items())
-        known = {(k.model, k.version): e.monitor.status() for k, e in entries}
+        known = {
+            (k.model, k.version): {
+                **e.monitor.status(),
+                "stale": [
+                    {"reason": f.reason.value, "detail": f.detail} for f in self._staleness(e)
+                ],
+            }
+            for k, e in entries
+        }
         if served is None:
             return [known[key] for key in sorted(known)]
         return [
@@ -166,6 +181,24 @@ class Monitor:
             or {"model": key[0], "version": key[1], "state": AlertState.NO_TRAFFIC.value}
             for key in sorted(set(served))
         ]
+
+    def note_observed(self, key: str, value: str) -> None:
+        """Record what the server sees for a ``compatible_with`` key
+        (``alert_schema`` → ``lsst:11.1``); versions declared for something
+        else are flagged stale."""
+        self._observed = {**self._observed, key: value}  # replaced whole: readers never lock
+
+    def _staleness(self, entry: _Entry) -> list[Staleness]:
+        max_age = self.config.max_age_days
+        try:
+            return check_staleness(
+                entry.info.manifest.compatible_with,
+                self._observed,
+                published_at=entry.info.published_at,
+                max_age=None if max_age is None else timedelta(days=max_age),
+            )
+        except InvalidInput as exc:  # a constraint the package got wrong
+            return [Staleness(StaleReason.INCOMPATIBLE, str(exc))]
 
     def freeze(self, model: str, version: str) -> Reference:
         """The recorded live window of a model version, as a reference (not stored)."""
@@ -201,7 +234,7 @@ class Monitor:
 
     def _run(self) -> None:
         while not self._stopping.is_set():
-            batch: list[tuple[_Key, Manifest, Tensors, int]] = []
+            batch: list[tuple[_Key, VersionInfo, Tensors, int]] = []
             with self._busy:
                 while self._queue and len(batch) < _DRAIN_BATCH:
                     batch.append(self._queue.popleft())
@@ -219,14 +252,14 @@ class Monitor:
                     self._in_flight = 0
                     self._busy.notify_all()
 
-    def _process(self, batch: list[tuple[_Key, Manifest, Tensors, int]]) -> None:
+    def _process(self, batch: list[tuple[_Key, VersionInfo, Tensors, int]]) -> None:
         grouped: dict[_Key, list[Tensors]] = defaultdict(list)
-        manifests: dict[_Key, Manifest] = {}
-        for key, manifest, tensors, _ in batch:
+        infos: dict[_Key, VersionInfo] = {}
+        for key, info, tensors, _ in batch:
             grouped[key].append(tensors)
-            manifests[key] = manifest
+            infos[key] = info
         for key, requests in grouped.items():
-            entry = self._entry(key, manifests[key])
+            entry = self._entry(key, infos[key])
             with self._lock:
                 before = entry.monitor.window.total_rows
                 transition = entry.monitor.observe(requests)
@@ -234,18 +267,19 @@ class Monitor:
                 status = entry.monitor.status()
                 state, scores = entry.monitor.state, entry.monitor.scores
             self.metrics.rows.labels(key.model, key.version).inc(rows)
+            self.metrics.stale.labels(key.model, key.version).set(len(self._staleness(entry)))
             self.metrics.observe(key.model, key.version, state, scores)
             if transition is not None:
                 self._announce(key, transition, status)
 
-    def _entry(self, key: _Key, manifest: Manifest) -> _Entry:
+    def _entry(self, key: _Key, info: VersionInfo) -> _Entry:
         with self._entries_lock:
             entry = self._entries.get(key)
         now = time.monotonic()
         if entry is None:
-            layout = Layout(manifest, self.config.max_features)
+            layout = Layout(info.manifest, self.config.max_features)
             monitor = DriftMonitor(key.model, key.version, layout, self.config)
-            entry = _Entry(monitor, now - 2 * _REFERENCE_RETRY)
+            entry = _Entry(monitor, now - 2 * _REFERENCE_RETRY, info)
             with self._entries_lock:
                 entry = self._entries.setdefault(key, entry)
         if entry.monitor.reference is None and now - entry.reference_checked_at > _REFERENCE_RETRY:

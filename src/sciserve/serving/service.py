@@ -374,9 +374,7 @@ class InferenceService:
             ok = True
             if self.monitor is not None:
                 # A queue hand-off: the sketches are updated on the monitor's thread.
-                self.monitor.observe(
-                    model.served, model.version, model.info.digest, manifest, inputs, outputs
-                )
+                self.monitor.observe(model.served, model.info, inputs, outputs)
             return response
         finally:
             elapsed = time.perf_counter() - started
