@@ -66,3 +66,43 @@ def test_an_empty_dataset_is_no_reference() -> None:
     layout = Layout(classifier_manifest())
     with pytest.raises(InvalidInput):
         Reference.from_arrays(layout, {}, {})
+
+
+def test_a_running_monitor_picks_up_references_stored_later(registry: Registry) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from sciserve.config import MonitoringConfig
+    from sciserve.monitoring import Monitor
+
+    from helpers.traffic import version_info
+
+    digest = "sha256:" + "9" * 64
+    info = version_info(digest)
+    layout = Layout(info.manifest)
+    store = ReferenceStore(engine_of(registry))
+    monitor = Monitor(
+        MonitoringConfig(), CollectorRegistry(), references=store, reference_refresh=0.0
+    )
+    traffic = Traffic(seed=5)
+
+    def send(count: int) -> dict[str, object]:
+        for inputs, outputs in traffic.requests(count):
+            monitor.observe("clf", info, inputs, outputs)
+        assert monitor.flush()
+        [status] = monitor.status()
+        return status
+
+    monitor.start()
+    try:
+        assert send(600)["state"] == "no_reference"
+        store.save("clf", "1.0.0", digest, Reference.from_arrays(layout, *Traffic(6).batch(20_000)))
+        assert send(2500)["state"] == "ok"
+        # A newer reference (of shifted data) replaces it: today's traffic now drifts.
+        shifted = Reference.from_arrays(layout, *Traffic(7, shift=2.0).batch(20_000))
+        store.save("clf", "1.0.0", digest, shifted)
+        assert send(2500)["state"] == "alerting"
+        # One set by hand wins until a newer one is stored.
+        monitor.set_reference("clf", "1.0.0", monitor.freeze("clf", "1.0.0"))
+        assert send(2500)["state"] == "ok"
+    finally:
+        monitor.stop()

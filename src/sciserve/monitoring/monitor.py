@@ -9,7 +9,9 @@ sketches in bulk, so sketch work never runs on the event loop.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import random
 import threading
 import time
@@ -40,8 +42,8 @@ log = logging.getLogger(__name__)
 _DRAIN_BATCH = 512
 #: How long the monitor's thread sleeps when no request is waiting (s).
 _POLL = 0.02
-#: How often a version without a reference looks for one in the database (s).
-_REFERENCE_RETRY = 30.0
+#: How often each version looks for a newer reference in the database (s).
+REFERENCE_REFRESH = 30.0
 
 
 @dataclass(frozen=True)
@@ -68,8 +70,11 @@ class Monitor:
         *,
         references: ReferenceStore | None = None,
         notifier: WebhookNotifier | None = None,
+        reference_refresh: float = REFERENCE_REFRESH,
     ) -> None:
         self.config = config
+        #: How often each version looks for a newer stored reference (s).
+        self.reference_refresh = reference_refresh
         self.metrics = MonitoringMetrics(registry)
         self.references = references
         self.notifier = notifier
@@ -207,7 +212,10 @@ class Monitor:
             return entry.monitor.freeze()
 
     def set_reference(self, model: str, version: str, reference: Reference | None) -> None:
-        """Judge a model version against ``reference`` from now on."""
+        """Judge a model version against ``reference`` from now on (until a
+        newer one is stored in the database)."""
+        if reference is not None and reference.created_at is None:
+            reference = dataclasses.replace(reference, created_at=datetime.now(UTC))
         with self._lock:
             self._find(model, version).monitor.set_reference(reference)
 
@@ -279,15 +287,15 @@ class Monitor:
         if entry is None:
             layout = Layout(info.manifest, self.config.max_features)
             monitor = DriftMonitor(key.model, key.version, layout, self.config)
-            entry = _Entry(monitor, now - 2 * _REFERENCE_RETRY, info)
+            entry = _Entry(monitor, -math.inf, info)
             with self._entries_lock:
                 entry = self._entries.setdefault(key, entry)
-        if entry.monitor.reference is None and now - entry.reference_checked_at > _REFERENCE_RETRY:
+        if now - entry.reference_checked_at >= self.reference_refresh:
             entry.reference_checked_at = now
-            reference = self._load_reference(key)
-            if reference is not None:
+            latest = self._load_reference(key)
+            if latest is not None and _newer(latest, entry.monitor.reference):
                 with self._lock:
-                    entry.monitor.set_reference(reference)
+                    entry.monitor.set_reference(latest)
         return entry
 
     def _load_reference(self, key: _Key) -> Reference | None:
@@ -309,6 +317,15 @@ class Monitor:
             log.info("drift alert cleared for %s %s", key.model, key.version)
         if self.notifier is not None:
             self.notifier.notify(body)
+
+
+def _newer(stored: Reference, current: Reference | None) -> bool:
+    """Whether ``stored`` should replace ``current``."""
+    if current is None:
+        return True
+    if stored.created_at is None or current.created_at is None:
+        return False
+    return stored.created_at > current.created_at
 
 
 def alert_body(

@@ -21,6 +21,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from ..access._db import aware
 from ..errors import InvalidInput, NotFound, PayloadTooLarge
 from ..registry.db import metadata, utcnow
 from .sketches import Layout, WindowStats
@@ -148,4 +149,4 @@ class ReferenceStore:
             row = conn.execute(query).first()
         if row is None:
             raise NotFound(f"no reference statistics for {digest}")
-        return Reference.from_bytes(row.blob, ReferenceSource(row.source), row.created_at)
+        return Reference.from_bytes(row.blob, ReferenceSource(row.source), aware(row.created_at))
