@@ -137,3 +137,40 @@ def test_window_statistics_round_trip() -> None:
         "mag"
     ].sketch.get_quantile(0.5)
     assert (again.classes["probs"].counts == stats.classes["probs"].counts).all()
+
+
+def test_the_monitor_holds_no_more_after_ten_million_values_than_after_one() -> None:
+    import gc
+
+    from prometheus_client import CollectorRegistry
+
+    from sciserve.monitoring import Monitor
+
+    from helpers.traffic import version_info
+
+    monitor = Monitor(MonitoringConfig(), CollectorRegistry())
+    info = version_info("sha256:" + "7" * 64)
+    traffic = Traffic(seed=9)
+    inputs, outputs = traffic.batch(1000)  # 4000 input values per request
+    monitor.start()
+    tracemalloc.start()
+    try:
+        sizes = []
+        for block in range(10):
+            for i in range(250):  # 1 M input values per block
+                monitor.observe("clf", info, inputs, outputs)
+                if i % 64 == 63:  # stay inside the queue's value budget: nothing dropped
+                    assert monitor.flush()
+            assert monitor.flush()
+            gc.collect()
+            if block in (0, 9):
+                sizes.append(tracemalloc.get_traced_memory()[0])
+    finally:
+        tracemalloc.stop()
+        monitor.stop()
+    [status] = monitor.status()
+    assert status["rows_seen"] == 2_500_000  # 10 M input values
+    assert monitor.dropped == 0
+    # What Python holds after 10 M values is what it held after 1 M (the
+    # sketches' own memory, in C++, is bounded by their construction: above).
+    assert sizes[1] - sizes[0] < 256 * 1024, sizes
