@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zlib
+from pathlib import Path
 
 import pytest
 
@@ -106,3 +107,16 @@ def test_a_running_monitor_picks_up_references_stored_later(registry: Registry) 
         assert send(2500)["state"] == "ok"
     finally:
         monitor.stop()
+
+
+def test_a_database_without_the_table_is_unavailable_not_a_crash(tmp_path: Path) -> None:
+    import sqlalchemy as sa
+
+    from sciserve.errors import Unavailable
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    try:
+        with pytest.raises(Unavailable):
+            ReferenceStore(engine).latest("sha256:" + "0" * 64)
+    finally:
+        engine.dispose()

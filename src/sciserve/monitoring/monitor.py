@@ -252,8 +252,6 @@ class Monitor:
                 continue
             try:
                 self._process(batch)
-            except Exception:  # a bug here must not stop monitoring for good
-                log.exception("monitor: could not add %d requests", len(batch))
             finally:
                 self._taken_values += sum(item[3] for item in batch)
                 with self._busy:
@@ -267,18 +265,24 @@ class Monitor:
             grouped[key].append(tensors)
             infos[key] = info
         for key, requests in grouped.items():
-            entry = self._entry(key, infos[key])
-            with self._lock:
-                before = entry.monitor.window.total_rows
-                transition = entry.monitor.observe(requests)
-                rows = entry.monitor.window.total_rows - before
-                status = entry.monitor.status()
-                state, scores = entry.monitor.state, entry.monitor.scores
-            self.metrics.rows.labels(key.model, key.version).inc(rows)
-            self.metrics.stale.labels(key.model, key.version).set(len(self._staleness(entry)))
-            self.metrics.observe(key.model, key.version, state, scores)
-            if transition is not None:
-                self._announce(key, transition, status)
+            try:
+                self._add(key, infos[key], requests)
+            except Exception:  # one model's failure must not cost the others their samples
+                log.exception("monitor: could not add %d requests of %s", len(requests), key.model)
+
+    def _add(self, key: _Key, info: VersionInfo, requests: list[Tensors]) -> None:
+        entry = self._entry(key, info)
+        with self._lock:
+            before = entry.monitor.window.total_rows
+            transition = entry.monitor.observe(requests)
+            rows = entry.monitor.window.total_rows - before
+            status = entry.monitor.status()
+            state, scores = entry.monitor.state, entry.monitor.scores
+        self.metrics.rows.labels(key.model, key.version).inc(rows)
+        self.metrics.stale.labels(key.model, key.version).set(len(self._staleness(entry)))
+        self.metrics.observe(key.model, key.version, state, scores)
+        if transition is not None:
+            self._announce(key, transition, status)
 
     def _entry(self, key: _Key, info: VersionInfo) -> _Entry:
         with self._entries_lock:

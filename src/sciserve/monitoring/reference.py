@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from ..access._db import aware
-from ..errors import InvalidInput, NotFound, PayloadTooLarge
+from ..errors import InvalidInput, NotFound, PayloadTooLarge, Unavailable
 from ..registry.db import metadata, utcnow
 from .sketches import Layout, WindowStats
 
@@ -145,8 +145,12 @@ class ReferenceStore:
             .order_by(references_table.c.id.desc())
             .limit(1)
         )
-        with self._engine.connect() as conn, conn.begin():
-            row = conn.execute(query).first()
+        try:
+            with self._engine.connect() as conn, conn.begin():
+                row = conn.execute(query).first()
+        except sa.exc.SQLAlchemyError as exc:
+            # E.g. a read-only registry exported before references existed.
+            raise Unavailable(f"cannot read reference statistics: {exc}") from exc
         if row is None:
             raise NotFound(f"no reference statistics for {digest}")
         return Reference.from_bytes(row.blob, ReferenceSource(row.source), aware(row.created_at))
