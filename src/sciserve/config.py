@@ -43,6 +43,7 @@ __all__ = [
     "RateLimit",
     "ServingConfig",
     "Settings",
+    "parse_gate",
 ]
 
 _ENV_PREFIX = "SCISERVE_"
@@ -349,6 +350,21 @@ class DriftThresholds(BaseModel):
 DEFAULT_THRESHOLDS = DriftThresholds(psi=0.25, ks=0.1, class_shift=0.1, mean_shift=0.5)
 
 
+def parse_gate(text: str) -> tuple[bool, float] | None:
+    """``">=0.85"`` -> ``(True, 0.85)`` (higher is better), ``"<=0.3"`` ->
+    ``(False, 0.3)``; ``None`` if ``text`` is neither."""
+    text = text.strip()
+    if text[:2] not in (">=", "<="):
+        return None
+    try:
+        threshold = float(text[2:])
+    except ValueError:
+        return None
+    if threshold != threshold or threshold in (float("inf"), float("-inf")):
+        return None
+    return text.startswith(">="), threshold
+
+
 class MonitoringConfig(BaseModel):
     """``[monitoring]`` in ``sciserve.toml``: drift and staleness of served models."""
 
@@ -390,6 +406,20 @@ class MonitoringConfig(BaseModel):
     webhook_queue_size: int = Field(default=256, ge=1)
     #: Base URL of the dashboard; an alert links to ``<base>/models/<name>``.
     dashboard_url: str | None = None
+    #: Per served model name: evaluation gates, metric -> ``">=0.85"`` (higher
+    #: is better) or ``"<=0.3"``; a version whose latest evaluation misses one is stale.
+    gates: dict[str, dict[str, str]] = {}
+
+    @field_validator("gates")
+    @classmethod
+    def _gate_syntax(cls, value: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+        for model, metrics in value.items():
+            for metric, gate in metrics.items():
+                if parse_gate(gate) is None:
+                    raise ValueError(
+                        f"gate {model}.{metric} = {gate!r}: write '>=NUMBER' or '<=NUMBER'"
+                    )
+        return value
 
     @field_validator("webhook_url")
     @classmethod

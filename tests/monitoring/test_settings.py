@@ -25,6 +25,8 @@ def test_the_readme_example_loads(tmp_path: Path) -> None:
     assert monitoring.thresholds_for("examples.lc-classifier").psi == 0.25
     assert monitoring.thresholds_for("other").ks == 0.1
     assert monitoring.webhook_url == "https://alerts.example/hook"
+    assert monitoring.gates == {"examples.lc-classifier": {"auc": ">=0.85"}}
+    assert monitoring.max_age_days == 365
 
 
 @pytest.mark.parametrize(
@@ -36,6 +38,9 @@ def test_the_readme_example_loads(tmp_path: Path) -> None:
         "[monitoring]\nthresholds = { ks = 5 }\n",
         "[monitoring]\nunknown = 1\n",
         '[monitoring.models.m]\npsi = "high"\n',
+        '[monitoring.gates.m]\nauc = "0.85"\n',
+        '[monitoring.gates.m]\nauc = ">=nan"\n',
+        "[monitoring.gates.m]\nauc = 0.85\n",
     ],
 )
 def test_mistakes_are_config_errors(tmp_path: Path, body: str) -> None:

@@ -100,3 +100,35 @@ def test_the_monitor_flags_stale_versions_in_status_and_metrics() -> None:
         registry.get_sample_value("sciserve_monitor_stale", {"model": "clf", "version": "1.0.0"})
         == 2
     )
+
+
+def test_a_version_whose_latest_evaluation_misses_its_gate_is_stale() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from sciserve.config import MonitoringConfig
+    from sciserve.monitoring import Monitor
+
+    from helpers.traffic import Traffic, version_info
+
+    config = MonitoringConfig(gates={"clf": {"auc": ">=0.85", "logloss": "<=0.4"}})
+    monitor = Monitor(config, CollectorRegistry())
+    info = version_info(
+        "sha256:" + "2" * 64, metrics=[{"name": "auc", "value": 0.9, "dataset": "dp1"}]
+    )
+
+    def stale() -> list[str]:
+        for inputs, outputs in Traffic(seed=1).requests(5):
+            monitor.observe("clf", info, inputs, outputs)
+        assert monitor.flush()
+        [status] = monitor.status()
+        return [s["detail"] for s in status["stale"]]
+
+    monitor.start()
+    try:
+        assert stale() == []  # the package's own evaluation passes
+        monitor.note_evaluation("clf", "1.0.0", "auc", 0.8)
+        assert stale() == ["latest auc is 0.8; the gate wants at least 0.85"]
+        monitor.note_evaluation("clf", "1.0.0", "logloss", 0.5)
+        assert len(stale()) == 2
+    finally:
+        monitor.stop()

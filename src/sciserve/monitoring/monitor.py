@@ -24,14 +24,14 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from ..config import MonitoringConfig
+from ..config import MonitoringConfig, parse_gate
 from ..errors import InvalidInput, NotFound, SciserveError
 from ..registry.registry import VersionInfo
 from .drift import AlertState, DriftMonitor, Transition
 from .metrics import MonitoringMetrics
 from .reference import Reference, ReferenceStore
 from .sketches import Layout, Tensors
-from .staleness import Staleness, StaleReason, check_staleness
+from .staleness import Gate, Staleness, StaleReason, check_staleness
 from .webhook import WebhookNotifier
 
 __all__ = ["Monitor", "alert_body"]
@@ -103,6 +103,7 @@ class Monitor:
         self._entries_lock = threading.Lock()
         self._lock = threading.Lock()
         self._observed: dict[str, str] = {}
+        self._evaluations: dict[tuple[str, str], dict[str, float]] = {}
         self._random = random.Random()  # noqa: S311 -- sampling, not secrets
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -193,14 +194,34 @@ class Monitor:
         else are flagged stale."""
         self._observed = {**self._observed, key: value}  # replaced whole: readers never lock
 
+    def note_evaluation(self, model: str, version: str, metric: str, value: float) -> None:
+        """Record the latest evaluation of a served model version (judged by
+        ``[monitoring.gates]``); until one is noted, the package's own
+        recorded metrics count."""
+        key = (model, version)
+        self._evaluations = {
+            **self._evaluations,
+            key: {**self._evaluations.get(key, {}), metric: value},
+        }
+
     def _staleness(self, entry: _Entry) -> list[Staleness]:
         max_age = self.config.max_age_days
+        model, version = entry.monitor.model, entry.monitor.version
+        gates = []
+        for metric, text in self.config.gates.get(model, {}).items():
+            parsed = parse_gate(text)
+            if parsed is not None:
+                gates.append(Gate(metric, parsed[1], higher_is_better=parsed[0]))
+        evaluations = {m.name: m.value for m in entry.info.manifest.metrics}
+        evaluations.update(self._evaluations.get((model, version), {}))
         try:
             return check_staleness(
                 entry.info.manifest.compatible_with,
                 self._observed,
                 published_at=entry.info.published_at,
                 max_age=None if max_age is None else timedelta(days=max_age),
+                evaluations=evaluations,
+                gates=tuple(gates),
             )
         except InvalidInput as exc:  # a constraint the package got wrong
             return [Staleness(StaleReason.INCOMPATIBLE, str(exc))]
