@@ -143,3 +143,23 @@ def test_hostile_values_never_fail_a_request(server: Running) -> None:
         # The monitor is still alive and judging.
         assert client.get("/v2/sciserve/monitoring").status_code == 200
         assert client.get("/v2/health/ready").status_code == 200
+
+
+def test_recorded_traffic_becomes_the_reference_over_http(server: Running) -> None:
+    rng = np.random.default_rng(3)
+    with httpx.Client(base_url=f"http://{server.http}", timeout=30) as client:
+        for _ in range(20):
+            assert _infer(client, rng.normal(size=(1, 4)).astype(np.float32)).status_code == 200
+        deadline = time.monotonic() + 30
+        while client.get("/v2/sciserve/monitoring").json()["models"][0]["state"] == "no_traffic":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        frozen = client.post("/v2/sciserve/monitoring/linear/reference")
+        assert frozen.status_code == 200, frozen.text
+        assert frozen.json()["source"] == "traffic" and frozen.json()["rows"] > 0
+        [model] = client.get("/v2/sciserve/monitoring").json()["models"]
+        assert model["reference"]["source"] == "traffic"
+        missing = client.post("/v2/sciserve/monitoring/nope/reference", content=b"\xff" * 1000)
+        assert missing.status_code == 404 and "Traceback" not in missing.text
+        wrong = client.get("/v2/sciserve/monitoring/linear/reference")
+        assert wrong.status_code == 405

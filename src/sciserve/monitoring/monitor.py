@@ -246,7 +246,7 @@ class Monitor:
         for key, entry in entries:
             if key.model == model and key.version == version:
                 return entry
-        raise NotFound(f"model {model} version {version} has not been monitored yet")
+        raise InvalidInput(f"no traffic of {model} version {version} has been monitored yet")
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every queued request has been added; ``False`` on timeout."""

@@ -27,7 +27,7 @@ from ..access.layer import AccessLayer
 from ..access.policy import authorize
 from ..access.priority import Priority, parse_priority
 from ..config import MonitoringConfig, ServingConfig
-from ..errors import InvalidInput, NotFound, SciserveError
+from ..errors import InvalidInput, NotFound, SciserveError, Unavailable
 from ..monitoring.monitor import Monitor
 from ..monitoring.reference import ReferenceStore
 from ..package.manifest import Manifest, TensorSpec
@@ -278,6 +278,26 @@ class InferenceService:
             for m in self.manager.loaded_versions(n)
         }
         return {"enabled": True, "models": self.monitor.status(visible)}
+
+    async def freeze_reference(self, name: str, identity: Identity = ANONYMOUS) -> dict[str, Any]:
+        """Store the recorded window of traffic of served model ``name``'s
+        default version as its drift reference (needs the ``admin`` scope)."""
+        self.authorize_model(identity, "admin", name)
+        if self.monitor is None or self.monitor.references is None:
+            raise Unavailable("monitoring is off on this server ([monitoring] enabled = false)")
+        model = await self.manager.get(name)
+        reference = self.monitor.freeze(model.served, model.version)
+        store = self.monitor.references
+        await asyncio.to_thread(
+            store.save, model.served, model.version, model.info.digest, reference
+        )
+        self.monitor.set_reference(model.served, model.version, reference)
+        return {
+            "model": model.served,
+            "version": model.version,
+            "source": reference.source.value,
+            "rows": reference.stats.rows,
+        }
 
     async def repository_index(
         self, ready_only: bool = False, identity: Identity = ANONYMOUS
