@@ -23,6 +23,7 @@ from sciserve.registry.registry import Registry
 from helpers.traffic import Traffic, classifier_manifest, version_info
 
 TOKEN = "s3cret-webhook-token"
+PATH_SECRET = "T0001-B0001-path-secret"
 
 
 @dataclass
@@ -64,7 +65,7 @@ def receiver() -> Iterator[Receiver]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    state.url = f"http://127.0.0.1:{server.server_address[1]}/hooks/drift?key={TOKEN}"
+    state.url = f"http://127.0.0.1:{server.server_address[1]}/hooks/{PATH_SECRET}?key={TOKEN}"
     try:
         yield state
     finally:
@@ -99,7 +100,7 @@ def test_a_failing_receiver_is_retried_until_it_accepts(
     assert headers["Content-Type"] == "application/json"
     # Two failures were logged, and neither the token nor the query was.
     assert "answered 503" in caplog.text and "answered 500" in caplog.text
-    assert TOKEN not in caplog.text
+    assert TOKEN not in caplog.text and PATH_SECRET not in caplog.text
 
 
 def test_a_refusal_is_final_and_attempts_are_bounded(receiver: Receiver) -> None:

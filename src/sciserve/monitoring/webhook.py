@@ -20,7 +20,8 @@ Delivery never blocks the caller: alerts wait in a bounded queue (more are
 dropped and counted) for one sender thread, which tries each alert up to
 ``attempts`` times, waiting ``backoff``, ``2 * backoff``, ... between tries.
 Connection errors, timeouts, 408, 429 and 5xx answers are retried; other
-answers are final.  The bearer token is sent, never logged.
+answers are final.  The bearer token is sent, never logged, and so is
+the URL beyond its host.
 """
 
 from __future__ import annotations
@@ -74,9 +75,10 @@ class WebhookNotifier:
         self.delivered = 0
         self.failed = 0
         self.dropped = 0
-        # Only scheme, host and path are ever logged: a query may hold a secret.
+        # Only scheme and host are ever logged: many webhook URLs carry their
+        # secret in the path (chat services) or the query.
         parts = urlsplit(url)
-        self._shown = f"{parts.scheme}://{parts.hostname}{parts.path}"
+        self._shown = f"{parts.scheme}://{parts.hostname}"
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="sciserve-webhook", daemon=True)
