@@ -231,3 +231,27 @@ def test_sampling_hands_over_about_the_rate() -> None:
     )
     assert rows is not None and 350 < rows < 650
     assert monitor.dropped == 0
+
+
+def test_versions_seen_least_recently_are_forgotten_beyond_the_cap() -> None:
+    registry = CollectorRegistry()
+    monitor = Monitor(MonitoringConfig(), registry, max_versions=2)
+    monitor.start()
+    try:
+        for n in range(3):
+            info = version_info(f"sha256:{n}" + "0" * 63)
+            served = f"m{n}"
+            for inputs, outputs in Traffic(seed=n).requests(500):
+                monitor.observe(served, info, inputs, outputs)
+            assert monitor.flush()
+    finally:
+        monitor.stop()
+    assert [s["model"] for s in monitor.status()] == ["m1", "m2"]
+    assert (
+        registry.get_sample_value("sciserve_monitor_alert", {"model": "m0", "version": "1.0.0"})
+        is None
+    )
+    assert (
+        registry.get_sample_value("sciserve_monitor_alert", {"model": "m2", "version": "1.0.0"})
+        == 0
+    )

@@ -9,6 +9,7 @@ sketches in bulk, so sketch work never runs on the event loop.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -40,6 +41,9 @@ log = logging.getLogger(__name__)
 
 #: Requests one drain of the queue takes at most.
 _DRAIN_BATCH = 512
+#: Model versions monitored at once (versions a server no longer serves are
+#: forgotten, least recently seen first, so memory stays bounded however long it runs).
+MAX_VERSIONS = 256
 #: How long the monitor's thread sleeps when no request is waiting (s).
 _POLL = 0.02
 #: How often each version looks for a newer reference in the database (s).
@@ -58,6 +62,7 @@ class _Entry:
     monitor: DriftMonitor
     reference_checked_at: float
     info: VersionInfo
+    last_seen: float = 0.0
 
 
 class Monitor:
@@ -71,8 +76,11 @@ class Monitor:
         references: ReferenceStore | None = None,
         notifier: WebhookNotifier | None = None,
         reference_refresh: float = REFERENCE_REFRESH,
+        max_versions: int = MAX_VERSIONS,
     ) -> None:
         self.config = config
+        #: Versions monitored at once; the one idle longest is forgotten for a new one.
+        self.max_versions = max_versions
         #: How often each version looks for a newer stored reference (s).
         self.reference_refresh = reference_refresh
         self.metrics = MonitoringMetrics(registry)
@@ -312,9 +320,13 @@ class Monitor:
         if entry is None:
             layout = Layout(info.manifest, self.config.max_features)
             monitor = DriftMonitor(key.model, key.version, layout, self.config)
-            entry = _Entry(monitor, -math.inf, info)
+            entry = _Entry(monitor, -math.inf, info, last_seen=now)
             with self._entries_lock:
                 entry = self._entries.setdefault(key, entry)
+                evicted = self._evict() if len(self._entries) > self.max_versions else None
+            if evicted is not None:
+                self._forget_series(evicted)
+        entry.last_seen = now
         if now - entry.reference_checked_at >= self.reference_refresh:
             entry.reference_checked_at = now
             latest = self._load_reference(key)
@@ -322,6 +334,20 @@ class Monitor:
                 with self._lock:
                     entry.monitor.set_reference(latest)
         return entry
+
+    def _evict(self) -> _Entry:
+        """Forget the version seen least recently (the entries lock is held)."""
+        key = min(self._entries, key=lambda k: self._entries[k].last_seen)
+        return self._entries.pop(key)
+
+    def _forget_series(self, entry: _Entry) -> None:
+        model, version = entry.monitor.model, entry.monitor.version
+        for kind, name, _ in entry.monitor.scores.items():
+            with contextlib.suppress(KeyError):
+                self.metrics.score.remove(model, version, kind, name)
+        for gauge in (self.metrics.alert, self.metrics.stale):
+            with contextlib.suppress(KeyError):
+                gauge.remove(model, version)
 
     def _load_reference(self, key: _Key) -> Reference | None:
         if self.references is None:
