@@ -29,7 +29,7 @@ from ..access.priority import Priority, parse_priority
 from ..config import MonitoringConfig, ServingConfig
 from ..errors import InvalidInput, NotFound, SciserveError, Unavailable
 from ..monitoring.monitor import Monitor
-from ..monitoring.reference import ReferenceStore
+from ..monitoring.reference import Reference, ReferenceStore
 from ..package.manifest import Manifest, TensorSpec
 from ..registry.registry import Registry
 from .manager import LoadedModel, ModelManager
@@ -286,12 +286,16 @@ class InferenceService:
         if self.monitor is None or self.monitor.references is None:
             raise Unavailable("monitoring is off on this server ([monitoring] enabled = false)")
         model = await self.manager.get(name)
-        reference = self.monitor.freeze(model.served, model.version)
-        store = self.monitor.references
-        await asyncio.to_thread(
-            store.save, model.served, model.version, model.info.digest, reference
-        )
-        self.monitor.set_reference(model.served, model.version, reference)
+        monitor, store = self.monitor, self.monitor.references
+
+        def freeze() -> Reference:
+            # Off the loop: the monitor's thread may hold the sketches for a while.
+            reference = monitor.freeze(model.served, model.version)
+            store.save(model.served, model.version, model.info.digest, reference)
+            monitor.set_reference(model.served, model.version, reference)
+            return reference
+
+        reference = await asyncio.to_thread(freeze)
         return {
             "model": model.served,
             "version": model.version,
