@@ -376,7 +376,7 @@ class MonitoringConfig(BaseModel):
     #: Rows per live window; drift is judged on the current and the previous
     #: window together, so on between ``window`` and ``2 * window`` recent rows.
     window: int = Field(default=5000, ge=100, le=10_000_000)
-    #: Rows judged before any alert may be raised.
+    #: Rows judged before any alert may be raised (at most ``window`` count).
     min_samples: int = Field(default=2000, ge=1)
     #: Rows between two drift checks of one model version.
     check_every: int = Field(default=500, ge=1)

@@ -154,3 +154,9 @@ def test_scores_of_known_distributions() -> None:
     constant.update(np.ones(10))
     assert mean_shift(constant, constant) == 0.0
     assert mean_shift(constant, moved) == float("inf")
+
+
+def test_min_samples_beyond_the_window_waits_for_one_window_only() -> None:
+    monitor = _monitor(config=MonitoringConfig(window=1000, min_samples=50_000, check_every=100))
+    took = _feed(monitor, Traffic(seed=15, shift=3.0), 5000)
+    assert took is not None and took <= 1000

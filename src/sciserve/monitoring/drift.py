@@ -246,7 +246,8 @@ class DriftMonitor:
         previous = self.state
         self.scores = score(self.reference.stats, judged)
         self.breaches = tuple(self.scores.breaches(self.thresholds))
-        if judged.rows < self.config.min_samples:
+        # Never more than a window: the judged rows are at least that once it filled.
+        if judged.rows < min(self.config.min_samples, self.config.window):
             self.state = AlertState.WARMING_UP
         elif self.breaches:
             self.state = AlertState.ALERTING
