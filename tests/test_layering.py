@@ -32,6 +32,8 @@ LAYERS: dict[str, int] = {
     # Job and schedule records: on the registry database, under the access rules.
     "jobs": 5,
     "serving": 6,
+    # Drift and staleness of served models: fed by the serving core's request path.
+    "monitoring": 6,
     "protocol": 7,
     "server": 8,
     "model": 9,

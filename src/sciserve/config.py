@@ -35,12 +35,15 @@ from .errors import ConfigError, InvalidInput
 __all__ = [
     "AccessConfig",
     "ClusterProfile",
+    "DriftThresholds",
     "IssuerConfig",
     "JobsConfig",
     "Limits",
+    "MonitoringConfig",
     "RateLimit",
     "ServingConfig",
     "Settings",
+    "parse_gate",
 ]
 
 _ENV_PREFIX = "SCISERVE_"
@@ -324,6 +327,118 @@ class JobsConfig(BaseModel):
     stale_after: float = Field(default=120.0, gt=0)
 
 
+class DriftThresholds(BaseModel):
+    """Scores above which a served model's traffic counts as drifted.
+
+    Every field may be left out of a per-model override
+    (``[monitoring.models.NAME]``), which then keeps the section's value.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: Population stability index of one input feature, on ten reference-quantile bins.
+    psi: float | None = Field(default=None, gt=0)
+    #: Kolmogorov-Smirnov statistic (largest CDF difference) of one input feature.
+    ks: float | None = Field(default=None, gt=0, le=1)
+    #: Total-variation distance between the reference and live class mix.
+    class_shift: float | None = Field(default=None, gt=0, le=1)
+    #: Shift of the mean prediction, in reference standard deviations.
+    mean_shift: float | None = Field(default=None, gt=0)
+
+
+#: The thresholds used where neither the section nor a model sets one.
+DEFAULT_THRESHOLDS = DriftThresholds(psi=0.25, ks=0.1, class_shift=0.1, mean_shift=0.5)
+
+
+def parse_gate(text: str) -> tuple[bool, float] | None:
+    """``">=0.85"`` -> ``(True, 0.85)`` (higher is better), ``"<=0.3"`` ->
+    ``(False, 0.3)``; ``None`` if ``text`` is neither."""
+    text = text.strip()
+    if text[:2] not in (">=", "<="):
+        return None
+    try:
+        threshold = float(text[2:])
+    except ValueError:
+        return None
+    if threshold != threshold or threshold in (float("inf"), float("-inf")):
+        return None
+    return text.startswith(">="), threshold
+
+
+class MonitoringConfig(BaseModel):
+    """``[monitoring]`` in ``sciserve.toml``: drift and staleness of served models."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = True
+    #: Fraction of successful requests whose tensors are handed to the monitor.
+    sample_rate: float = Field(default=1.0, ge=0, le=1)
+    #: Rows per live window; drift is judged on the current and the previous
+    #: window together, so on between ``window`` and ``2 * window`` recent rows.
+    window: int = Field(default=5000, ge=100, le=10_000_000)
+    #: Rows judged before any alert may be raised (at most ``window`` count).
+    min_samples: int = Field(default=2000, ge=1)
+    #: Rows between two drift checks of one model version.
+    check_every: int = Field(default=500, ge=1)
+    #: An alert clears once every score is below this fraction of its threshold.
+    clear_fraction: float = Field(default=0.5, gt=0, le=1)
+    thresholds: DriftThresholds = DEFAULT_THRESHOLDS
+    #: Per served model name: thresholds that differ from ``thresholds``.
+    models: dict[str, DriftThresholds] = {}
+    #: Input tensors with more values per row than this are sketched as one
+    #: pooled feature rather than column by column (bounds the sketches kept).
+    max_features: int = Field(default=64, ge=1, le=4096)
+    #: Requests waiting for the monitor's thread; beyond it samples are dropped and counted.
+    queue_size: int = Field(default=4096, ge=1)
+    #: Tensor values waiting for the monitor's thread, at most.
+    max_pending_values: int = Field(default=8_000_000, ge=1)
+    #: A model version older than this (days since publication) is stale.
+    max_age_days: float | None = Field(default=None, gt=0)
+    #: Where alerts are POSTed (JSON); none: alerts show only in metrics and status.
+    webhook_url: str | None = None
+    #: Sent as ``Authorization: Bearer ...`` to the webhook; never logged.
+    webhook_token: SecretStr | None = None
+    #: Attempts per alert (the first one included) and the first retry delay (s),
+    #: doubled after each failure.
+    webhook_attempts: int = Field(default=5, ge=1, le=20)
+    webhook_backoff: float = Field(default=1.0, gt=0, le=300)
+    #: Alerts waiting to be delivered; more are dropped and counted.
+    webhook_queue_size: int = Field(default=256, ge=1)
+    #: Base URL of the dashboard; an alert links to ``<base>/models/<name>``.
+    dashboard_url: str | None = None
+    #: Per served model name: evaluation gates, metric -> ``">=0.85"`` (higher
+    #: is better) or ``"<=0.3"``; a version whose latest evaluation misses one is stale.
+    gates: dict[str, dict[str, str]] = {}
+
+    @field_validator("gates")
+    @classmethod
+    def _gate_syntax(cls, value: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+        for model, metrics in value.items():
+            for metric, gate in metrics.items():
+                if parse_gate(gate) is None:
+                    raise ValueError(
+                        f"gate {model}.{metric} = {gate!r}: write '>=NUMBER' or '<=NUMBER'"
+                    )
+        return value
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("https://", "http://")):
+            raise ValueError("webhook_url must be an http:// or https:// URL")
+        return value
+
+    def thresholds_for(self, model: str) -> DriftThresholds:
+        """The thresholds of served model ``model``: its overrides, the
+        section's values, then the defaults."""
+        merged = DEFAULT_THRESHOLDS.model_dump()
+        merged.update({k: v for k, v in self.thresholds.model_dump().items() if v is not None})
+        override = self.models.get(model)
+        if override is not None:
+            merged.update({k: v for k, v in override.model_dump().items() if v is not None})
+        return DriftThresholds(**merged)
+
+
 class Settings(BaseModel):
     """Everything sciserve needs to know about where it keeps state."""
 
@@ -348,6 +463,7 @@ class Settings(BaseModel):
     #: Named batch clusters (``sciserve batch run --cluster NAME``).
     clusters: dict[str, ClusterProfile] = {}
     jobs: JobsConfig = JobsConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
 
     def cluster(self, name: str) -> ClusterProfile:
         """The cluster profile ``name``; an unknown name lists the known ones."""

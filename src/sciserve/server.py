@@ -155,7 +155,9 @@ class Server:
             from .access.layer import AccessLayer
 
             access = await asyncio.to_thread(AccessLayer.open, registry)
-        service = InferenceService(registry, cfg, access=access)
+        service = InferenceService(
+            registry, cfg, access=access, monitoring=self.settings.monitoring
+        )
         grpc_server: _GrpcServer
         if cfg.grpc_frontends:
             tls_files = None

@@ -408,6 +408,10 @@ def _rest_table() -> dict[tuple[str, str], Rest]:
         ("GET", "/v2/models/stats"): Rest(
             LISTING, seen=lambda d: _served_namespaces([m["name"] for m in d["model_stats"]])
         ),
+        ("GET", "/v2/sciserve/monitoring"): Rest(
+            LISTING, seen=lambda d: _served_namespaces([m["model"] for m in d["models"]])
+        ),
+        ("POST", "/v2/sciserve/monitoring/{name}/reference"): Rest(ADMIN, params=OIP),
         ("POST", "/v2/repository/index"): Rest(
             LISTING, body=lambda w: b"{}", seen=lambda d: _served_namespaces([m["name"] for m in d])
         ),

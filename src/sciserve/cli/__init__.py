@@ -22,6 +22,7 @@ from . import (
     _batch,
     _jobs,
     _jobs_runner,
+    _monitor,
     _namespace,
     _package,
     _registry,
@@ -95,6 +96,7 @@ _batch.register(app)
 _jobs.register(app)
 _jobs_runner.register(app)  # adds `runner` to the `jobs` group
 _schedules.register(app)
+_monitor.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

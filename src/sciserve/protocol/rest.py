@@ -15,6 +15,9 @@ Inference and model management, compatible with ``tritonclient.http``::
     POST /v2/repository/index                 body {"ready": bool} optional
     POST /v2/repository/models/{name}/load
     POST /v2/repository/models/{name}/unload
+    GET  /v2/sciserve/monitoring              drift judgement of every monitored version
+    POST /v2/sciserve/monitoring/{name}/reference   store the default version's recorded
+                                              traffic as its drift reference (admin)
 
 ``{name}`` is the served name (``lc-classifier`` in namespace ``default``,
 ``examples.lc-classifier`` elsewhere) and ``{v}`` a version or an alias.
@@ -444,6 +447,8 @@ class _Inference:
             ("/v2/repository/index", self.repository_index, post),
             ("/v2/repository/models/{name}/load", self.load, post),
             ("/v2/repository/models/{name}/unload", self.unload, post),
+            ("/v2/sciserve/monitoring", self.monitoring, get),
+            ("/v2/sciserve/monitoring/{name}/reference", self.freeze_reference, post),
         ]
         denied = _denied_recorder(self.service)
         return [Route(path, _guarded(fn, denied), methods=methods) for path, fn, methods in table]
@@ -518,6 +523,14 @@ class _Inference:
         identity = await self._identity(request)
         stats = await self.service.statistics(params.get("name"), params.get("version"), identity)
         return _json(stats)
+
+    async def monitoring(self, request: Request) -> Response:
+        identity = await self._identity(request)
+        return _json(await self.service.monitoring_status(identity))
+
+    async def freeze_reference(self, request: Request) -> Response:
+        identity = await self._identity(request)
+        return _json(await self.service.freeze_reference(request.path_params["name"], identity))
 
     async def repository_index(self, request: Request) -> Response:
         identity = await self._identity(request)

@@ -26,8 +26,10 @@ from ..access.identity import Identity, Scope
 from ..access.layer import AccessLayer
 from ..access.policy import authorize
 from ..access.priority import Priority, parse_priority
-from ..config import ServingConfig
-from ..errors import InvalidInput, NotFound, SciserveError
+from ..config import MonitoringConfig, ServingConfig
+from ..errors import InvalidInput, NotFound, SciserveError, Unavailable
+from ..monitoring.monitor import Monitor
+from ..monitoring.reference import Reference, ReferenceStore
 from ..package.manifest import Manifest, TensorSpec
 from ..registry.registry import Registry
 from .manager import LoadedModel, ModelManager
@@ -60,16 +62,29 @@ class InferenceService:
         config: ServingConfig | None = None,
         *,
         access: AccessLayer | None = None,
+        monitoring: MonitoringConfig | None = None,
     ) -> None:
         self.registry = registry
         self.config = config or ServingConfig()
         self.access = access if access is not None and access.config.enabled else None
         self.metrics = ServerMetrics()
         self.manager = ModelManager(registry, self.config, self.metrics)
+        #: Drift monitoring of the traffic, when ``monitoring`` enables it.
+        self.monitor: Monitor | None = None
+        if monitoring is not None and monitoring.enabled:
+            from ..access._db import engine_of
+
+            self.monitor = Monitor(
+                monitoring,
+                self.metrics.registry,
+                references=ReferenceStore(engine_of(registry)),
+            )
         self._live = False
         self._usage_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        if self.monitor is not None:
+            self.monitor.start()
         await self.manager.start()
         if self.access is not None:
             self._usage_task = asyncio.get_running_loop().create_task(self.access.usage.run())
@@ -82,6 +97,8 @@ class InferenceService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._usage_task
         await self.manager.stop()
+        if self.monitor is not None:
+            await asyncio.to_thread(self.monitor.stop)
 
     # -- access ----------------------------------------------------------
 
@@ -250,6 +267,42 @@ class InferenceService:
             ]
         }
 
+    async def monitoring_status(self, identity: Identity = ANONYMOUS) -> dict[str, Any]:
+        """The drift judgement of every monitored version the caller may see."""
+        if self.monitor is None:
+            return {"enabled": False, "models": []}
+        visible = {
+            (m.served, m.version)
+            for n in self.manager.served_names()
+            if self.visible_to(identity, n)
+            for m in self.manager.loaded_versions(n)
+        }
+        return {"enabled": True, "models": self.monitor.status(visible)}
+
+    async def freeze_reference(self, name: str, identity: Identity = ANONYMOUS) -> dict[str, Any]:
+        """Store the recorded window of traffic of served model ``name``'s
+        default version as its drift reference (needs the ``admin`` scope)."""
+        self.authorize_model(identity, "admin", name)
+        if self.monitor is None or self.monitor.references is None:
+            raise Unavailable("monitoring is off on this server ([monitoring] enabled = false)")
+        model = await self.manager.get(name)
+        monitor, store = self.monitor, self.monitor.references
+
+        def freeze() -> Reference:
+            # Off the loop: the monitor's thread may hold the sketches for a while.
+            reference = monitor.freeze(model.served, model.version)
+            store.save(model.served, model.version, model.info.digest, reference)
+            monitor.set_reference(model.served, model.version, reference)
+            return reference
+
+        reference = await asyncio.to_thread(freeze)
+        return {
+            "model": model.served,
+            "version": model.version,
+            "source": reference.source.value,
+            "rows": reference.stats.rows,
+        }
+
     async def repository_index(
         self, ready_only: bool = False, identity: Identity = ANONYMOUS
     ) -> list[dict[str, str]]:
@@ -343,6 +396,9 @@ class InferenceService:
                 ],
             )
             ok = True
+            if self.monitor is not None:
+                # A queue hand-off: the sketches are updated on the monitor's thread.
+                self.monitor.observe(model.served, model.info, inputs, outputs)
             return response
         except BaseException as exc:
             if isinstance(exc, Exception):  # not a cancellation: the request failed

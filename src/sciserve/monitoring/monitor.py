@@ -1,0 +1,408 @@
+"""The monitor of a server: request tensors in, drift judgements out.
+
+The request path only hands a request's tensors to :meth:`Monitor.observe`,
+which puts a reference to them in a bounded queue (a few microseconds; when
+the queue is full the sample is dropped and counted).  One thread drains the
+queue, stacks the requests of each model version and updates their
+sketches in bulk, so sketch work never runs on the event loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import random
+import threading
+import time
+from collections import defaultdict, deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+from prometheus_client import CollectorRegistry
+
+from ..config import MonitoringConfig, parse_gate
+from ..errors import InvalidInput, NotFound, SciserveError
+from ..registry.registry import VersionInfo
+from .drift import AlertState, DriftMonitor, Transition
+from .metrics import MonitoringMetrics
+from .reference import Reference, ReferenceStore
+from .sketches import Layout, Tensors
+from .staleness import Gate, Staleness, StaleReason, check_staleness
+from .webhook import WebhookNotifier
+
+__all__ = ["Monitor", "alert_body"]
+
+log = logging.getLogger(__name__)
+
+#: Requests one drain of the queue takes at most.
+_DRAIN_BATCH = 512
+#: Model versions monitored at once (versions a server no longer serves are
+#: forgotten, least recently seen first, so memory stays bounded however long it runs).
+MAX_VERSIONS = 256
+#: How long the monitor's thread sleeps when no request is waiting (s).
+_POLL = 0.02
+#: How often each version looks for a newer reference in the database (s).
+REFERENCE_REFRESH = 30.0
+
+
+@dataclass(frozen=True)
+class _Key:
+    model: str
+    version: str
+    digest: str
+
+
+@dataclass
+class _Entry:
+    monitor: DriftMonitor
+    reference_checked_at: float
+    info: VersionInfo
+    last_seen: float = 0.0
+
+
+class Monitor:
+    """Drift monitors of every served model version, fed off the request path."""
+
+    def __init__(
+        self,
+        config: MonitoringConfig,
+        registry: CollectorRegistry,
+        *,
+        references: ReferenceStore | None = None,
+        notifier: WebhookNotifier | None = None,
+        reference_refresh: float = REFERENCE_REFRESH,
+        max_versions: int = MAX_VERSIONS,
+    ) -> None:
+        self.config = config
+        #: Versions monitored at once; the one idle longest is forgotten for a new one.
+        self.max_versions = max_versions
+        #: How often each version looks for a newer stored reference (s).
+        self.reference_refresh = reference_refresh
+        self.metrics = MonitoringMetrics(registry)
+        self.references = references
+        self.notifier = notifier
+        if notifier is None and config.webhook_url is not None:
+            self.notifier = WebhookNotifier(
+                config.webhook_url,
+                token=config.webhook_token,
+                attempts=config.webhook_attempts,
+                backoff=config.webhook_backoff,
+                queue_size=config.webhook_queue_size,
+                on_outcome=lambda outcome: self.metrics.webhook.labels(outcome).inc(),
+            )
+        # A deque, not a queue.Queue: appending takes no lock and wakes no
+        # thread, so the request path pays about 2 µs; the monitor's thread
+        # polls it instead (every _POLL s when idle).
+        self._queue: deque[tuple[_Key, VersionInfo, Tensors, int]] = deque()
+        # Values handed over and values taken: each is written by one side
+        # only, so their difference (the values waiting) needs no lock.
+        self._added_values = 0
+        self._taken_values = 0
+        self._busy = threading.Condition()
+        self._in_flight = 0
+        self._entries: dict[_Key, _Entry] = {}
+        # Two locks, so reading the status (on the event loop) never waits for
+        # sketch work: one guards the dict of entries, the other the monitors.
+        self._entries_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._observed: dict[str, str] = {}
+        self._evaluations: dict[tuple[str, str], dict[str, float]] = {}
+        self._random = random.Random()  # noqa: S311 -- sampling, not secrets
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        #: Requests dropped because the queue (or its value budget) was full.
+        self.dropped = 0
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def start(self) -> None:
+        if self.notifier is not None:
+            self.notifier.start()
+        self._thread = threading.Thread(target=self._run, name="sciserve-monitor", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        if self.notifier is not None:
+            self.notifier.stop(timeout)
+
+    # -- the request path ----------------------------------------------------
+
+    def observe(
+        self,
+        served: str,
+        info: VersionInfo,
+        inputs: Mapping[str, np.ndarray],
+        outputs: Mapping[str, np.ndarray],
+    ) -> None:
+        """Hand one successful request's tensors to the monitor (never blocks).
+
+        ``served`` is the name the model is served under, ``info`` the
+        registry's record of the version that answered.
+        """
+        rate = self.config.sample_rate
+        if rate < 1.0 and self._random.random() >= rate:
+            return
+        values = 0
+        for array in inputs.values():
+            values += array.size
+        for array in outputs.values():
+            values += array.size
+        if (
+            len(self._queue) >= self.config.queue_size
+            or self._added_values - self._taken_values + values > self.config.max_pending_values
+        ):
+            self._drop(served, info.version)
+            return
+        self._added_values += values
+        self._queue.append(
+            (_Key(served, info.version, info.digest), info, (inputs, outputs), values)
+        )
+
+    def _drop(self, model: str, version: str) -> None:
+        self.dropped += 1
+        self.metrics.dropped.labels(model, version).inc()
+
+    # -- reading and steering --------------------------------------------------
+
+    def status(self, served: Iterable[tuple[str, str]] | None = None) -> list[dict[str, Any]]:
+        """The judgement of each model version: every monitored one, or each
+        ``(served name, version)`` in ``served`` (``no_traffic`` if none of its
+        requests was monitored yet)."""
+        with self._entries_lock:
+            entries = list(self._entries.items())
+        known = {
+            (k.model, k.version): {
+                **e.monitor.status(),
+                "stale": [
+                    {"reason": f.reason.value, "detail": f.detail} for f in self._staleness(e)
+                ],
+            }
+            for k, e in entries
+        }
+        if served is None:
+            return [known[key] for key in sorted(known)]
+        return [
+            known.get(key)
+            or {"model": key[0], "version": key[1], "state": AlertState.NO_TRAFFIC.value}
+            for key in sorted(set(served))
+        ]
+
+    def note_observed(self, key: str, value: str) -> None:
+        """Record what the server sees for a ``compatible_with`` key
+        (``alert_schema`` → ``lsst:11.1``); versions declared for something
+        else are flagged stale."""
+        self._observed = {**self._observed, key: value}  # replaced whole: readers never lock
+
+    def note_evaluation(self, model: str, version: str, metric: str, value: float) -> None:
+        """Record the latest evaluation of a served model version (judged by
+        ``[monitoring.gates]``); until one is noted, the package's own
+        recorded metrics count."""
+        key = (model, version)
+        self._evaluations = {
+            **self._evaluations,
+            key: {**self._evaluations.get(key, {}), metric: value},
+        }
+
+    def _staleness(self, entry: _Entry) -> list[Staleness]:
+        max_age = self.config.max_age_days
+        model, version = entry.monitor.model, entry.monitor.version
+        gates = []
+        for metric, text in self.config.gates.get(model, {}).items():
+            parsed = parse_gate(text)
+            if parsed is not None:
+                gates.append(Gate(metric, parsed[1], higher_is_better=parsed[0]))
+        evaluations = {m.name: m.value for m in entry.info.manifest.metrics}
+        evaluations.update(self._evaluations.get((model, version), {}))
+        try:
+            return check_staleness(
+                entry.info.manifest.compatible_with,
+                self._observed,
+                published_at=entry.info.published_at,
+                max_age=None if max_age is None else timedelta(days=max_age),
+                evaluations=evaluations,
+                gates=tuple(gates),
+            )
+        except InvalidInput as exc:  # a constraint the package got wrong
+            return [Staleness(StaleReason.INCOMPATIBLE, str(exc))]
+
+    def freeze(self, model: str, version: str) -> Reference:
+        """The recorded live window of a model version, as a reference (not stored)."""
+        with self._lock:
+            entry = self._find(model, version)
+            return entry.monitor.freeze()
+
+    def set_reference(self, model: str, version: str, reference: Reference | None) -> None:
+        """Judge a model version against ``reference`` from now on (until a
+        newer one is stored in the database)."""
+        if reference is not None and reference.created_at is None:
+            reference = dataclasses.replace(reference, created_at=datetime.now(UTC))
+        with self._lock:
+            self._find(model, version).monitor.set_reference(reference)
+
+    def _find(self, model: str, version: str) -> _Entry:
+        with self._entries_lock:
+            entries = list(self._entries.items())
+        for key, entry in entries:
+            if key.model == model and key.version == version:
+                return entry
+        raise InvalidInput(f"no traffic of {model} version {version} has been monitored yet")
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every queued request has been added; ``False`` on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._busy:
+            while self._queue or self._in_flight:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._busy.wait(min(remaining, 0.05))
+        return True
+
+    # -- the monitor's thread -----------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            batch: list[tuple[_Key, VersionInfo, Tensors, int]] = []
+            with self._busy:
+                while self._queue and len(batch) < _DRAIN_BATCH:
+                    batch.append(self._queue.popleft())
+                self._in_flight = len(batch)
+            if not batch:
+                self._stopping.wait(_POLL)
+                continue
+            try:
+                self._process(batch)
+            finally:
+                self._taken_values += sum(item[3] for item in batch)
+                with self._busy:
+                    self._in_flight = 0
+                    self._busy.notify_all()
+
+    def _process(self, batch: list[tuple[_Key, VersionInfo, Tensors, int]]) -> None:
+        grouped: dict[_Key, list[Tensors]] = defaultdict(list)
+        infos: dict[_Key, VersionInfo] = {}
+        for key, info, tensors, _ in batch:
+            grouped[key].append(tensors)
+            infos[key] = info
+        for key, requests in grouped.items():
+            try:
+                self._add(key, infos[key], requests)
+            except Exception:  # one model's failure must not cost the others their samples
+                log.exception("monitor: could not add %d requests of %s", len(requests), key.model)
+
+    def _add(self, key: _Key, info: VersionInfo, requests: list[Tensors]) -> None:
+        entry = self._entry(key, info)
+        with self._lock:
+            before = entry.monitor.window.total_rows
+            transition = entry.monitor.observe(requests)
+            rows = entry.monitor.window.total_rows - before
+            status = entry.monitor.status()
+            state, scores = entry.monitor.state, entry.monitor.scores
+        self.metrics.rows.labels(key.model, key.version).inc(rows)
+        self.metrics.stale.labels(key.model, key.version).set(len(self._staleness(entry)))
+        self.metrics.observe(key.model, key.version, state, scores)
+        if transition is not None:
+            self._announce(key, transition, status)
+
+    def _entry(self, key: _Key, info: VersionInfo) -> _Entry:
+        with self._entries_lock:
+            entry = self._entries.get(key)
+        now = time.monotonic()
+        if entry is None:
+            layout = Layout(info.manifest, self.config.max_features)
+            monitor = DriftMonitor(key.model, key.version, layout, self.config)
+            entry = _Entry(monitor, -math.inf, info, last_seen=now)
+            with self._entries_lock:
+                entry = self._entries.setdefault(key, entry)
+                evicted = self._evict() if len(self._entries) > self.max_versions else None
+            if evicted is not None:
+                self._forget_series(evicted)
+        entry.last_seen = now
+        if now - entry.reference_checked_at >= self.reference_refresh:
+            entry.reference_checked_at = now
+            latest = self._load_reference(key)
+            if latest is not None and _newer(latest, entry.monitor.reference):
+                with self._lock:
+                    entry.monitor.set_reference(latest)
+        return entry
+
+    def _evict(self) -> _Entry:
+        """Forget the version seen least recently (the entries lock is held)."""
+        key = min(self._entries, key=lambda k: self._entries[k].last_seen)
+        return self._entries.pop(key)
+
+    def _forget_series(self, entry: _Entry) -> None:
+        model, version = entry.monitor.model, entry.monitor.version
+        for kind, name, _ in entry.monitor.scores.items():
+            with contextlib.suppress(KeyError):
+                self.metrics.score.remove(model, version, kind, name)
+        for gauge in (self.metrics.alert, self.metrics.stale):
+            with contextlib.suppress(KeyError):
+                gauge.remove(model, version)
+
+    def _load_reference(self, key: _Key) -> Reference | None:
+        if self.references is None:
+            return None
+        try:
+            return self.references.latest(key.digest)
+        except NotFound:
+            return None
+        except SciserveError as exc:
+            log.warning("monitor: no reference for %s %s: %s", key.model, key.version, exc)
+            return None
+
+    def _announce(self, key: _Key, transition: Transition, status: dict[str, Any]) -> None:
+        body = alert_body(transition, status, self.config.dashboard_url)
+        if transition.state is AlertState.ALERTING:
+            log.warning("drift alert raised for %s %s", key.model, key.version)
+        else:
+            log.info("drift alert cleared for %s %s", key.model, key.version)
+        if self.notifier is not None:
+            self.notifier.notify(body)
+
+
+def _newer(stored: Reference, current: Reference | None) -> bool:
+    """Whether ``stored`` should replace ``current``."""
+    if current is None:
+        return True
+    if stored.created_at is None or current.created_at is None:
+        return False
+    return stored.created_at > current.created_at
+
+
+def alert_body(
+    transition: Transition, status: dict[str, Any], dashboard_url: str | None
+) -> dict[str, Any]:
+    """The JSON document a webhook receives (documented in :mod:`.webhook`)."""
+    started = status.get("alert_started_at")
+    model = str(status["model"])
+    return {
+        "kind": "drift" if transition.state is AlertState.ALERTING else "drift_cleared",
+        "model": model,
+        "version": status["version"],
+        "state": transition.state.value,
+        "started_at": None if started is None else _iso(float(started)),
+        "at": _iso(transition.at),
+        "breaches": status["breaches"],
+        "scores": status["scores"],
+        "thresholds": status["thresholds"],
+        "window": {
+            "rows_judged": transition.rows,
+            "window": status["window"],
+            "min_samples": status["min_samples"],
+        },
+        "url": None if dashboard_url is None else f"{dashboard_url.rstrip('/')}/models/{model}",
+    }
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat()

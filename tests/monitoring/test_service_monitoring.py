@@ -1,0 +1,70 @@
+"""The monitor on the core request path, in-process, on a real registry and ONNX model."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sciserve.config import MonitoringConfig, ServingConfig
+from sciserve.errors import InvalidInput, Unavailable
+from sciserve.registry.registry import Registry
+from sciserve.serving.service import InferenceService
+from sciserve.serving.types import InferenceRequest, InferInput
+
+
+def _request(x: np.ndarray) -> InferenceRequest:
+    return InferenceRequest(
+        model_name="linear",
+        model_version=None,
+        id=None,
+        inputs=[InferInput("x", "FP32", x.shape, x)],
+    )
+
+
+async def test_requests_feed_the_monitor_and_traffic_becomes_a_reference(
+    sqlite_registry: Registry, onnx_package: Callable[..., Path]
+) -> None:
+    sqlite_registry.publish(onnx_package())
+    service = InferenceService(
+        sqlite_registry, ServingConfig(poll_interval=0.2), monitoring=MonitoringConfig()
+    )
+    await service.start()
+    try:
+        assert service.monitor is not None
+        with pytest.raises(InvalidInput, match="no traffic"):
+            await service.freeze_reference("linear")
+        rng = np.random.default_rng(0)
+        for _ in range(50):
+            await service.infer(_request(rng.normal(size=(4, 4)).astype(np.float32)))
+        assert await asyncio.to_thread(service.monitor.flush)
+        status = await service.monitoring_status()
+        [model] = status["models"]
+        assert model["model"] == "linear" and model["state"] == "no_reference"
+        frozen = await service.freeze_reference("linear")
+        assert frozen == {"model": "linear", "version": "1.0.0", "source": "traffic", "rows": 200}
+        [model] = (await service.monitoring_status())["models"]
+        assert model["state"] == "warming_up"
+        assert model["reference"]["rows"] == 200
+    finally:
+        await service.stop()
+
+
+async def test_without_monitoring_the_routes_say_so(
+    sqlite_registry: Registry, onnx_package: Callable[..., Path]
+) -> None:
+    sqlite_registry.publish(onnx_package())
+    off = MonitoringConfig(enabled=False)
+    service = InferenceService(sqlite_registry, ServingConfig(), monitoring=off)
+    await service.start()
+    try:
+        assert service.monitor is None
+        await service.infer(_request(np.zeros((1, 4), np.float32)))
+        assert await service.monitoring_status() == {"enabled": False, "models": []}
+        with pytest.raises(Unavailable):
+            await service.freeze_reference("linear")
+    finally:
+        await service.stop()
