@@ -57,6 +57,9 @@ OVERRIDES: dict[str, int] = {
     # the jobs API checks a submitted spec with it.
     "streams.spec": LAYERS["config"],
     "streams.expr": LAYERS["config"],
+    # A pipeline's metrics and the status files it writes (the standard
+    # library and prometheus_client only): the dashboard reads those files.
+    "streams.metrics": LAYERS["config"],
 }
 
 
