@@ -17,10 +17,11 @@ from .servers import GRPC, HTTP_BINARY, HTTP_JSON
 __all__ = ["Target", "evaluate_targets", "render_table", "render_targets"]
 
 _PROTOCOL_ORDER = (INPROCESS, HTTP_BINARY, HTTP_JSON, GRPC)
-_SERVER_ORDER = ("onnxruntime", "sciserve", "triton", "mlserver")
+_SERVER_ORDER = ("onnxruntime", "sciserve", "sciserve-nomon", "triton", "mlserver")
 _LABELS = {
     "onnxruntime": "ORT in-process",
     "sciserve": "sciserve",
+    "sciserve-nomon": "sciserve, no monitoring",
     "triton": "Triton/PyTriton",
     "mlserver": "MLServer",
 }
@@ -160,6 +161,20 @@ def _latency_target(index: _Index) -> Target:
     return Target(name, "PASS" if ours.p50_ms < theirs.p50_ms else "FAIL", detail)
 
 
+def _monitoring_target(index: _Index) -> Target:
+    name = f"c=16 b=1 {HTTP_BINARY}: monitoring costs ≤ 5 % of sciserve's rows/s"
+    ours = index.get("sciserve", HTTP_BINARY, 16, 1)
+    bare = index.get("sciserve-nomon", HTTP_BINARY, 16, 1)
+    ratio = _ratio(ours, bare)
+    if ours is None or bare is None or ratio is None:
+        return Target(name, "n/a", "not measured in this run")
+    detail = (
+        f"{ours.rows_per_s:,.0f} on vs {bare.rows_per_s:,.0f} rows/s off "
+        f"= {100 * (1 - ratio):+.1f} % cost"
+    )
+    return Target(name, "PASS" if ratio >= 0.95 else "FAIL", detail)
+
+
 def evaluate_targets(results: Sequence[CellResult]) -> list[Target]:
     """The targets of the serving work, PASS / FAIL / n/a (a cell missing)."""
     index = _Index(results)
@@ -169,6 +184,7 @@ def evaluate_targets(results: Sequence[CellResult]) -> list[Target]:
         _throughput_target(index, GRPC, 16, 1, "mlserver", 2.0),
         _throughput_target(index, HTTP_BINARY, 16, 64, "triton", 5.0),
         _latency_target(index),
+        _monitoring_target(index),
     ]
 
 

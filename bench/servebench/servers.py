@@ -6,6 +6,7 @@ server process group is stopped when the block ends, however it ends.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -120,12 +121,15 @@ def _sciserve_missing() -> str | None:
 
 
 @contextmanager
-def _sciserve(work: Path, model: Path) -> Iterator[Endpoint]:
+def _sciserve(work: Path, model: Path, *, monitoring: bool = True) -> Iterator[Endpoint]:
     cli = _sciserve_argv()
     help_text = run_command([*cli, "serve", "--help"], timeout=60)
     if "--http-port" not in help_text:
         raise ChildFailed("'sciserve serve' has no --http-port option")
-    home = work / "sciserve-home"
+    home = work / ("sciserve-home" if monitoring else "sciserve-nomon-home")
+    if not monitoring:
+        home.mkdir(parents=True, exist_ok=True)
+        (home / "sciserve.toml").write_text("[monitoring]\nenabled = false\n")
     package = write_package(work / "sciserve-package", model)
     run_command([*cli, "--home", str(home), "publish", str(package)], timeout=120)
     argv = [
@@ -148,6 +152,8 @@ def _sciserve(work: Path, model: Path) -> Iterator[Endpoint]:
         # gRPC terminated by a front-end process that relays to the server:
         # gRPC's own per-call work leaves the serving event loop.
         argv += ["--grpc-frontends", "1"]
+    if "--no-jobs" in help_text:
+        argv += ["--no-jobs"]  # serving alone: no job runner polling beside it
     with Service("sciserve", argv, work / "logs" / "sciserve.log", cwd=work) as service:
         banner = service.wait_for_output(
             r"sciserve serving http=(\S+) grpc=(\S+) metrics=(\S+)", _START_TIMEOUT_S
@@ -255,6 +261,15 @@ SERVERS: tuple[ServerSpec, ...] = (
         protocols=(HTTP_BINARY, HTTP_JSON, GRPC),
         launch=_sciserve,
         missing=_sciserve_missing,
+    ),
+    ServerSpec(
+        key="sciserve-nomon",
+        label="sciserve, monitoring off",
+        protocols=(HTTP_BINARY,),
+        launch=functools.partial(_sciserve, monitoring=False),
+        missing=_sciserve_missing,
+        note="'sciserve, monitoring off' is sciserve with [monitoring] enabled = false: "
+        "what monitoring on the request path costs.",
     ),
     ServerSpec(
         key="triton",
