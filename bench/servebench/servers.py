@@ -268,7 +268,8 @@ SERVERS: tuple[ServerSpec, ...] = (
         protocols=(HTTP_BINARY,),
         launch=functools.partial(_sciserve, monitoring=False),
         missing=_sciserve_missing,
-        note="'sciserve, monitoring off' is sciserve with [monitoring] enabled = false: "
+        note="'sciserve, monitoring off' is sciserve with monitoring.enabled = false in its "
+        "sciserve.toml: "
         "what monitoring on the request path costs.",
     ),
     ServerSpec(
