@@ -17,11 +17,11 @@ from .servers import GRPC, HTTP_BINARY, HTTP_JSON
 __all__ = ["Target", "evaluate_targets", "render_table", "render_targets"]
 
 _PROTOCOL_ORDER = (INPROCESS, HTTP_BINARY, HTTP_JSON, GRPC)
-_SERVER_ORDER = ("onnxruntime", "sciserve", "sciserve-nomon", "triton", "mlserver")
+_SERVER_ORDER = ("onnxruntime", "sciserve", "sciserve-monitored", "triton", "mlserver")
 _LABELS = {
     "onnxruntime": "ORT in-process",
     "sciserve": "sciserve",
-    "sciserve-nomon": "sciserve, no monitoring",
+    "sciserve-monitored": "sciserve, monitoring on",
     "triton": "Triton/PyTriton",
     "mlserver": "MLServer",
 }
@@ -163,8 +163,8 @@ def _latency_target(index: _Index) -> Target:
 
 def _monitoring_target(index: _Index) -> Target:
     name = f"c=16 b=1 {HTTP_BINARY}: monitoring costs ≤ 5 % of sciserve's rows/s"
-    ours = index.get("sciserve", HTTP_BINARY, 16, 1)
-    bare = index.get("sciserve-nomon", HTTP_BINARY, 16, 1)
+    ours = index.get("sciserve-monitored", HTTP_BINARY, 16, 1)
+    bare = index.get("sciserve", HTTP_BINARY, 16, 1)
     ratio = _ratio(ours, bare)
     if ours is None or bare is None or ratio is None:
         return Target(name, "n/a", "not measured in this run")

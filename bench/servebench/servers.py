@@ -121,15 +121,15 @@ def _sciserve_missing() -> str | None:
 
 
 @contextmanager
-def _sciserve(work: Path, model: Path, *, monitoring: bool = True) -> Iterator[Endpoint]:
+def _sciserve(work: Path, model: Path, *, monitoring: bool = False) -> Iterator[Endpoint]:
     cli = _sciserve_argv()
     help_text = run_command([*cli, "serve", "--help"], timeout=60)
     if "--http-port" not in help_text:
         raise ChildFailed("'sciserve serve' has no --http-port option")
-    home = work / ("sciserve-home" if monitoring else "sciserve-nomon-home")
-    if not monitoring:
+    home = work / ("sciserve-monitored-home" if monitoring else "sciserve-home")
+    if monitoring:  # off by default
         home.mkdir(parents=True, exist_ok=True)
-        (home / "sciserve.toml").write_text("[monitoring]\nenabled = false\n")
+        (home / "sciserve.toml").write_text("[monitoring]\nenabled = true\n")
     package = write_package(work / "sciserve-package", model)
     run_command([*cli, "--home", str(home), "publish", str(package)], timeout=120)
     argv = [
@@ -263,14 +263,13 @@ SERVERS: tuple[ServerSpec, ...] = (
         missing=_sciserve_missing,
     ),
     ServerSpec(
-        key="sciserve-nomon",
-        label="sciserve, monitoring off",
+        key="sciserve-monitored",
+        label="sciserve, monitoring on",
         protocols=(HTTP_BINARY,),
-        launch=functools.partial(_sciserve, monitoring=False),
+        launch=functools.partial(_sciserve, monitoring=True),
         missing=_sciserve_missing,
-        note="'sciserve, monitoring off' is sciserve with monitoring.enabled = false in its "
-        "sciserve.toml: "
-        "what monitoring on the request path costs.",
+        note="'sciserve, monitoring on' is sciserve with monitoring.enabled = true in its "
+        "sciserve.toml (it is off by default): what monitoring on the request path costs.",
     ),
     ServerSpec(
         key="triton",

@@ -29,7 +29,7 @@ def test_targets_pass_fail_and_not_measured() -> None:
     ]
     by_name = {t.name: t for t in evaluate_targets(results)}
     statuses = [t.status for t in by_name.values()]
-    # gRPC and sciserve without monitoring were not measured.
+    # gRPC and sciserve with monitoring were not measured.
     assert statuses == ["PASS", "FAIL", "n/a", "PASS", "FAIL", "n/a"]
     batch64 = next(t for t in by_name.values() if "b=64" in t.name)
     assert "6.00x" in batch64.detail
@@ -38,12 +38,12 @@ def test_targets_pass_fail_and_not_measured() -> None:
 
 def test_the_monitoring_target_compares_sciserve_with_itself_without_it() -> None:
     within = [
-        _cell("sciserve", "http-binary", 16, 1, 9600, 1.0),
-        _cell("sciserve-nomon", "http-binary", 16, 1, 10000, 1.0),
+        _cell("sciserve-monitored", "http-binary", 16, 1, 9600, 1.0),
+        _cell("sciserve", "http-binary", 16, 1, 10000, 1.0),
     ]
     over = [
-        _cell("sciserve", "http-binary", 16, 1, 9400, 1.0),
-        _cell("sciserve-nomon", "http-binary", 16, 1, 10000, 1.0),
+        _cell("sciserve-monitored", "http-binary", 16, 1, 9400, 1.0),
+        _cell("sciserve", "http-binary", 16, 1, 10000, 1.0),
     ]
     passed, failed = (
         next(t for t in evaluate_targets(cells) if "monitoring" in t.name)

@@ -197,6 +197,7 @@ def _build(home: Path, work: Path) -> tuple[dict[str, Credential], bytes]:
         f"jwks_file = {json.dumps(str(jwks))}\n"
         'algorithms = ["ES256"]\n'
         'group_map = { "/alpha" = "alpha" }\n'
+        "[monitoring]\nenabled = true\n"
         # Jobs stay where the cells put them: no runner executes them here.
         "[jobs]\n"
         f"archives = [{json.dumps(str(work / 'archives'))}]\n"

@@ -28,7 +28,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     home = tmp_path_factory.mktemp("home")
     work = tmp_path_factory.mktemp("work")
     (home / "sciserve.toml").write_text(
-        "[monitoring]\nwindow = 1000\nmin_samples = 500\ncheck_every = 100\n"
+        "[monitoring]\nenabled = true\nwindow = 1000\nmin_samples = 500\ncheck_every = 100\n"
     )
     package = make_onnx_package(
         work / "linear",

@@ -30,7 +30,7 @@ async def test_requests_feed_the_monitor_and_traffic_becomes_a_reference(
 ) -> None:
     sqlite_registry.publish(onnx_package())
     service = InferenceService(
-        sqlite_registry, ServingConfig(poll_interval=0.2), monitoring=MonitoringConfig()
+        sqlite_registry, ServingConfig(poll_interval=0.2), monitoring=MonitoringConfig(enabled=True)
     )
     await service.start()
     try:
