@@ -655,6 +655,27 @@ def test_the_server_runs_jobs_in_a_child_it_stops(
         assert stop_server(quiet.proc) == 0
 
 
+def test_a_runner_child_does_not_outlive_a_server_killed_while_it_starts(home: Path) -> None:
+    # Killed as soon as its runner child exists, before the child (still
+    # importing) can look at its parent: the child must not take whoever
+    # adopts it for the parent to outlive.
+    _configure(home)
+    server = start_server(home)
+    try:
+        runner_pid = _wait(
+            "the runner child",
+            lambda: next(
+                (p for p, cmd in _children(server.proc.pid) if "jobs runner" in cmd), None
+            ),
+            60,
+        )
+        server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait(timeout=30)
+        _wait("the orphaned runner to exit", lambda: not _alive(runner_pid), 30)
+    finally:
+        stop_server(server.proc)
+
+
 def test_a_job_over_the_api_runs_in_the_server_is_cancelled_and_resumed(
     home: Path, tmp_path: Path, data: dict[str, np.ndarray]
 ) -> None:

@@ -45,13 +45,14 @@ def runner(
         typer.Option(help="This runner's name in the job records [default: host:pid:random]."),
     ] = None,
     exit_with_parent: Annotated[
-        bool,
+        int | None,
         typer.Option(
             "--exit-with-parent",
             hidden=True,
-            help="Exit when the parent process does (a runner started by a server).",
+            metavar="PID",
+            help="Exit when process PID, the parent, does (a runner started by a server).",
         ),
-    ] = False,
+    ] = None,
 ) -> None:
     """Run the batch jobs queued in the registry database, one at a time, each
     on a local Dask cluster of its own (or its cluster profile).
@@ -64,10 +65,12 @@ def runner(
     from ..batch.runner import JobRunner
 
     st = state(ctx)
-    if exit_with_parent:
+    if exit_with_parent is not None:
         # No orphaned runner if the server is killed: its job goes stale and
-        # another runner takes it over.
-        watch_parent(kernel=False)
+        # another runner takes it over.  The server names itself: a server
+        # killed while this process was still starting would otherwise leave
+        # it reparented, taking the new parent for the one to watch.
+        watch_parent(exit_with_parent, kernel=False)
     settings = st.settings
     with JobRunner(settings, name=name, workers=workers) as job_runner, _signals() as stop:
         if once:

@@ -229,7 +229,10 @@ class JobsRunnerChild:
             "SCISERVE_DATABASE_URL": self.settings.database_url,
             "SCISERVE_STORE_URL": self.settings.store_url,
         }
-        command = [sys.executable, "-m", "sciserve", "jobs", "runner", "--exit-with-parent"]
+        command = [
+            *(sys.executable, "-m", "sciserve", "jobs", "runner"),
+            *("--exit-with-parent", str(os.getpid())),
+        ]
         with self._lock:
             if self._stopping.is_set():
                 return None
