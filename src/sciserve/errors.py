@@ -17,7 +17,8 @@ their own status codes in exactly one place.
     ├── NotFound                  no such namespace / model / version / alias / file
     │                             (also: one the caller may not see)
     ├── Conflict                  the request contradicts existing state
-    │   └── VersionConflict       namespace/name:version exists with other content
+    │   ├── VersionConflict       namespace/name:version exists with other content
+    │   └── PolicyViolation       a promotion policy refuses the alias (carries the failures)
     ├── IntegrityError            stored bytes do not match their recorded digest
     ├── PermissionDenied          policy forbids it (e.g. code-executing runtime
     │                             in an untrusted namespace)
@@ -56,6 +57,7 @@ __all__ = [
     "Overloaded",
     "PayloadTooLarge",
     "PermissionDenied",
+    "PolicyViolation",
     "Problem",
     "RateLimited",
     "ReadOnlyRegistry",
@@ -133,6 +135,19 @@ class Conflict(SciserveError):
 
 class VersionConflict(Conflict):
     """``namespace/name:version`` is already published with different content."""
+
+
+class PolicyViolation(Conflict):
+    """A promotion policy refuses to let a version take an alias.
+
+    ``failures`` lists each failing requirement with the metric, the value the
+    newest evaluation record holds (``None`` when there is none) and the
+    threshold, so adapters can return them as data.
+    """
+
+    def __init__(self, message: str, failures: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.failures = list(failures or [])
 
 
 class IntegrityError(SciserveError):

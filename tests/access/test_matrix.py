@@ -356,6 +356,16 @@ SPARE = {"name": "alpha.pub"}
 REG = {"namespace": "alpha", "name": "pub", "version": "2.0.0", "alias": "stable"}
 #: The revoked token of the world (_build fills in its id): revoking it again is a no-op.
 REVOKED = {"token_id": ""}
+_POLICY = b'{"require": ["lightcurves:accuracy >= 0.5"]}'
+_EVALUATION = json.dumps(
+    {
+        "version": "1.0.0",
+        "dataset": "lightcurves",
+        "dataset_version": "1.0",
+        "dataset_digest": "sha256:" + "0" * 64,
+        "metrics": {"accuracy": 0.75},
+    }
+).encode()
 _RELOAD = ("POST", "/v2/repository/models/alpha.pub/load", b"")
 JOBS = "/v2/sciserve/jobs"
 #: The jobs of the world (_build fills in their ids): one of alpha, one of zeta.
@@ -493,6 +503,22 @@ def _rest_table() -> dict[tuple[str, str], Rest]:
             ok=204,
             params={**REG, "alias": "temp"},
             before=("PUT", f"{REGISTRY}/models/alpha/pub/aliases/temp", b'{"version": "1.0.0"}'),
+        ),
+        # Promotion policies and evaluation records: reading needs a scope in
+        # the namespace, writing its admin (a record is evidence for a gate).
+        ("GET", reg_model + "/policies"): Rest(MODEL, params=REG),
+        ("PUT", reg_model + "/policies/{policy}"): Rest(
+            ADMIN, body=lambda w: _POLICY, params={**REG, "policy": "guarded"}
+        ),
+        ("DELETE", reg_model + "/policies/{policy}"): Rest(
+            ADMIN,
+            ok=204,
+            params={**REG, "policy": "guarded"},
+            before=("PUT", f"{REGISTRY}/models/alpha/pub/policies/guarded", _POLICY),
+        ),
+        ("GET", reg_model + "/evaluations"): Rest(MODEL, params=REG),
+        ("POST", reg_model + "/evaluations"): Rest(
+            ADMIN, ok=201, body=lambda w: _EVALUATION, params=REG
         ),
     }
     for ref in (reg_model, reg_model + "/versions/{version}", reg_model + "/aliases/{alias}"):

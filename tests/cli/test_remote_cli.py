@@ -217,3 +217,90 @@ def test_a_server_without_authentication_does_not_mint_tokens(server: Running) -
     assert response.status_code == 403
     assert "without authentication" in response.json()["error"]
     assert httpx.get(f"http://{server.http}/v2/sciserve/registry/tokens").status_code == 403
+
+
+def test_a_promotion_gate_holds_through_the_server_and_the_remote_cli(
+    onnx_package: MakePackage,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    home = tmp_path / "server-home"
+    with Registry(Settings.load(home, environ={})) as registry:
+        registry.publish(onnx_package(version="1.0.0"))
+        registry.publish(onnx_package(version="2.0.0", scale=2.0))
+        store = TokenStore(registry)
+        _, admin = store.create("lead", {"default": ["admin"]})
+        _, publisher = store.create("releaser", {"default": ["publish"]})
+    running = start_server(home, "--auth")
+    url = f"http://{running.http}"
+
+    def cli(token: str, *args: str, code: int = 0) -> Any:
+        monkeypatch.setenv("SCISERVE_TOKEN", token)
+        rc = main(["--home", str(tmp_path / "client"), "--server", url, "--json", *args])
+        out, err = capsys.readouterr()
+        assert rc == code, (args, out, err)
+        assert token not in out + err
+        return json.loads(out)
+
+    record = {
+        "version": "2.0.0",
+        "dataset": "lightcurves",
+        "dataset_version": "1.0",
+        "dataset_digest": "sha256:" + "d" * 64,
+        "metrics": {"weighted_log_loss": 1.4},
+    }
+    evaluations = f"{url}/v2/sciserve/registry/models/default/linear/evaluations"
+    try:
+        require = ["--require", "lightcurves:weighted_log_loss <= 0.9"]
+        # Only the namespace's admin sets a policy or writes evidence for it.
+        assert cli(publisher, "policy", "set", "linear", *require, code=6)["type"] == (
+            "PermissionDenied"
+        )
+        policy = cli(admin, "policy", "set", "linear", *require)["policies"][0]
+        assert policy["requirements"][0]["text"] == "default/lightcurves:weighted_log_loss <= 0.9"
+        assert cli(publisher, "policy", "show", "linear")["policies"] == [policy]
+        forged = httpx.post(
+            evaluations, json=record, headers={"Authorization": f"Bearer {publisher}"}
+        )
+        assert forged.status_code == 403
+
+        refused = cli(publisher, "tag", "linear:2.0.0", "production", code=4)
+        assert refused["type"] == "PolicyViolation"
+        assert refused["failures"][0]["record_id"] is None
+
+        stored = httpx.post(evaluations, json=record, headers={"Authorization": f"Bearer {admin}"})
+        assert stored.status_code == 201, stored.text
+        over_http = httpx.put(
+            f"{url}/v2/sciserve/registry/models/default/linear/aliases/production",
+            json={"version": "2.0.0"},
+            headers={"Authorization": f"Bearer {publisher}"},
+        )
+        assert over_http.status_code == 409
+        assert over_http.json()["failures"] == [
+            {
+                "requirement": "default/lightcurves:weighted_log_loss <= 0.9",
+                "metric": "weighted_log_loss",
+                "value": 1.4,
+                "threshold": 0.9,
+                "record_id": stored.json()["record_id"],
+            }
+        ]
+        # Forcing is the admin's call: a publisher may not, an admin may.
+        assert cli(publisher, "tag", "linear:2.0.0", "production", "--force", code=6)["type"] == (
+            "PermissionDenied"
+        )
+        passing = {**record, "metrics": {"weighted_log_loss": 0.5}}
+        httpx.post(evaluations, json=passing, headers={"Authorization": f"Bearer {admin}"})
+        listed = cli(publisher, "evaluations", "linear:2.0.0")["evaluations"]
+        assert [e["metrics"]["weighted_log_loss"] for e in listed] == [0.5, 1.4]
+        assert "production" in cli(publisher, "tag", "linear:2.0.0", "production")["aliases"]
+
+        assert "production" in cli(admin, "tag", "linear:1.0.0", "production", "--force")["aliases"]
+        cli(admin, "policy", "clear", "linear")
+        assert cli(publisher, "policy", "show", "linear")["policies"] == []
+    finally:
+        stop_server(running.proc)
+    with Registry(Settings.load(home, environ={})) as registry:
+        tags = [e for e in registry.events() if e["action"] == "tag"]
+    assert [e["detail"].get("forced", False) for e in tags][::-1] == [False, True]

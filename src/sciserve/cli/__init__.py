@@ -25,6 +25,7 @@ from . import (
     _monitor,
     _namespace,
     _package,
+    _policy,
     _registry,
     _schedules,
     _serve,
@@ -97,6 +98,7 @@ _jobs.register(app)
 _jobs_runner.register(app)  # adds `runner` to the `jobs` group
 _schedules.register(app)
 _monitor.register(app)
+_policy.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

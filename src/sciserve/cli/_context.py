@@ -219,6 +219,8 @@ def report_error(exc: errors.SciserveError, as_json: bool) -> int:
         payload: dict[str, Any] = {"error": str(exc), "type": type(exc).__name__}
         if isinstance(exc, errors.ManifestError):
             payload["problems"] = [p.__dict__ for p in exc.problems]
+        if isinstance(exc, errors.PolicyViolation):
+            payload["failures"] = exc.failures
         sys.stdout.write(json.dumps(payload, indent=2) + "\n")
     else:
         # Text, not markup: messages contain brackets such as "inputs[0]".

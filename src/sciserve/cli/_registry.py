@@ -216,11 +216,19 @@ def tag(
     ctx: typer.Context,
     ref: Annotated[str, typer.Argument(help="NAME:VERSION")],
     alias: Annotated[str, typer.Argument(help="e.g. production")],
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Move the alias even though the promotion policy is not met "
+            "(an admin's decision, recorded in the audit trail).",
+        ),
+    ] = False,
 ) -> None:
     """Point an alias (production, staging, …) at a version."""
     st = state(ctx)
     with st.registry() as reg:
-        info = reg.tag(ref, alias, actor=local_actor())
+        info = reg.tag(ref, alias, actor=local_actor(), force=force)
     st.emit(info.to_dict(), lambda: st.console.print(f"{alias} -> {_line(info)}"))
 
 

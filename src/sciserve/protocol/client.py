@@ -66,6 +66,7 @@ _NAMED_ERRORS: Mapping[str, type[SciserveError]] = {
         errors.NotFound,
         errors.Conflict,
         errors.VersionConflict,
+        errors.PolicyViolation,
         errors.IntegrityError,
         errors.PermissionDenied,
         errors.ReadOnlyRegistry,
@@ -86,11 +87,14 @@ def error_from_response(response: httpx.Response, context: str = "") -> Sciserve
     server's message.
     """
     message, kind = f"{response.status_code} {response.reason_phrase}", None
+    failures: list[Any] = []
     with contextlib.suppress(ValueError):
         body = response.json()
         if isinstance(body, dict):
             message = str(body.get("error") or message)
             kind = body.get("type")
+            if isinstance(body.get("failures"), list):
+                failures = body["failures"]
     if context:
         message = f"{context}: {message}"
     bases = _STATUS_ERRORS.get(response.status_code, (SciserveError,))
@@ -99,6 +103,8 @@ def error_from_response(response: httpx.Response, context: str = "") -> Sciserve
     cls = _NAMED_ERRORS.get(kind) if isinstance(kind, str) else None
     if cls is None or not issubclass(cls, bases):
         cls = bases[0]
+    if issubclass(cls, errors.PolicyViolation):
+        return errors.PolicyViolation(message, failures)
     if issubclass(cls, errors.RateLimited):
         return errors.RateLimited(message, _retry_after(response))
     if issubclass(cls, Overloaded) or (cls is Unavailable and "Retry-After" in response.headers):

@@ -46,8 +46,20 @@ where ``{ref}`` is one of ``/models/{ns}/{name}`` (the default version),
     POST   /verify                          the same for every version
     POST   {ref}/yank                       body {"reason": "..."}
     POST   {ref}/unyank
-    PUT    /models/{ns}/{name}/aliases/{a}  tag; body {"version": V} or {"alias": A} (or {})
+    PUT    /models/{ns}/{name}/aliases/{a}  tag; body {"version": V} or {"alias": A} (or {}),
+                                            and "force": true (admin) past a promotion policy;
+                                            409 {"error", "failures": [...]} when the policy refuses
     DELETE /models/{ns}/{name}/aliases/{a}  untag
+    GET    /models/{ns}/{name}/policies     {"policies": [...]}: promotion policies per alias
+    PUT    /models/{ns}/{name}/policies/{a} body {"require": ["DATASET:METRIC OP VALUE", ...],
+                                            "split"} (admin)
+    DELETE /models/{ns}/{name}/policies/{a} (admin)
+    GET    /models/{ns}/{name}/evaluations  {"evaluations": [...]}, newest first;
+                                            ?version=V&dataset=D&limit=N
+    POST   /models/{ns}/{name}/evaluations  store a record; body {"version", "dataset",
+                                            "dataset_version", "dataset_digest", "split",
+                                            "metrics", "record"} (admin: a record is evidence
+                                            for a promotion gate)
     GET    /tokens                          {"tokens": [...]}: API tokens, never their secrets
     POST   /tokens                          mint; body {"subject", "scopes": {ns: [scope]},
                                             "admin", "priority", "expires_in" (s), "label",
@@ -135,6 +147,7 @@ from ..errors import (
     Overloaded,
     PayloadTooLarge,
     PermissionDenied,
+    PolicyViolation,
     RateLimited,
     ReadOnlyRegistry,
     SciserveError,
@@ -149,6 +162,7 @@ from ..package.archive import pack
 from ..package.card import render_card, to_jsonld
 from ..package.manifest import NAMESPACE_RE, Manifest
 from ..package.reference import Reference, parse_reference
+from ..registry.promotion import DEFAULT_SPLIT
 from ..registry.registry import VersionInfo
 from ..registry.remote import REGISTRY_PREFIX, namespace_to_wire, version_to_wire
 from ..serving.service import InferenceService, max_input_elements
@@ -258,7 +272,12 @@ def _domain_error(exc: SciserveError) -> Response:
         # The rest of an oversized body may still be on its way; closing the
         # connection spares the server from reading it.
         headers["Connection"] = "close"
-    return _error(status, client_message(str(exc)), type(exc).__name__, headers)
+    response = _error(status, client_message(str(exc)), type(exc).__name__, headers)
+    if isinstance(exc, PolicyViolation):
+        # What failed, as data: a release script can show or act on it.
+        body = {"error": client_message(str(exc)), "type": "PolicyViolation"}
+        response = _json(body | {"failures": exc.failures}, status, headers)
+    return response
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -374,6 +393,13 @@ async def _json_object(request: Request, limit: int = _SMALL_BODY) -> dict[str, 
     if not isinstance(doc, dict):
         raise InvalidInput("request body must be a JSON object")
     return doc
+
+
+def _required(doc: dict[str, Any], key: str, kind: type) -> Any:
+    """``doc[key]``, which must be there with exactly type ``kind``."""
+    if doc.get(key) is None:
+        raise InvalidInput(f"{key!r} is required")
+    return _optional(doc, key, kind)
 
 
 def _optional(doc: dict[str, Any], key: str, kind: type, default: Any = None) -> Any:
@@ -627,6 +653,11 @@ class _RegistryApi:
             (model + "/versions", self.versions, get),
             (model + "/aliases/{alias}", self.tag, ["PUT"]),
             (model + "/aliases/{alias}", self.untag, ["DELETE"]),
+            (model + "/policies", self.policies, get),
+            (model + "/policies/{policy}", self.set_policy, ["PUT"]),
+            (model + "/policies/{policy}", self.clear_policy, ["DELETE"]),
+            (model + "/evaluations", self.evaluations, get),
+            (model + "/evaluations", self.add_evaluation, post),
         ]
         for ref in refs:
             table += [
@@ -789,8 +820,87 @@ class _RegistryApi:
         )
         if target.version is not None and target.alias is not None:
             raise InvalidInput("name either a 'version' or an 'alias' to tag, not both")
-        info = await self._call(self.registry.tag, str(target), ref.alias, actor=actor)
+        force = _optional(doc, "force", bool, False)
+        if force:
+            # Past a promotion gate only with the namespace's admin scope.
+            await self._authorize(request, "admin", ref.namespace, ref.name)
+        info = await self._call(
+            self.registry.tag, str(target), ref.alias, actor=actor, force=force
+        )
         return _json(version_to_wire(info))
+
+    # -- promotion policies and evaluation records --------------------------
+
+    async def policies(self, request: Request) -> Response:
+        ref = _reference(request)
+        await self._authorize(request, "read", ref.namespace, ref.name)
+        found = await self._call(self.registry.policies, f"{ref.namespace}/{ref.name}")
+        return _json({"policies": [p.to_dict() for p in found]})
+
+    async def set_policy(self, request: Request) -> Response:
+        ref = _reference(request)
+        actor = (await self._authorize(request, "admin", ref.namespace, ref.name)).principal
+        doc = await _json_object(request)
+        require = doc.get("require")
+        if not isinstance(require, list) or not all(isinstance(r, str) for r in require):
+            raise InvalidInput("'require' must be a list of strings 'DATASET:METRIC OP VALUE'")
+        policy = await self._call(
+            self.registry.set_policy,
+            f"{ref.namespace}/{ref.name}",
+            require,
+            alias=request.path_params["policy"],
+            split=_optional(doc, "split", str, DEFAULT_SPLIT),
+            actor=actor,
+        )
+        return _json(policy.to_dict())
+
+    async def clear_policy(self, request: Request) -> Response:
+        ref = _reference(request)
+        actor = (await self._authorize(request, "admin", ref.namespace, ref.name)).principal
+        await self._call(
+            self.registry.clear_policy,
+            f"{ref.namespace}/{ref.name}",
+            alias=request.path_params["policy"],
+            actor=actor,
+        )
+        return Response(status_code=204)
+
+    async def evaluations(self, request: Request) -> Response:
+        ref = _reference(request)
+        identity = await self._authorize(request, "read", ref.namespace, ref.name)
+        params = request.query_params
+        raw = params.get("limit", "100")
+        if not _digits(raw) or len(raw) > _MAX_DIGITS or not 0 < int(raw) <= _MAX_EVENTS:
+            raise InvalidInput(f"limit must be an integer from 1 to {_MAX_EVENTS}, got {raw!r}")
+        target = Reference(ref.namespace, ref.name, version=params.get("version"))
+        found = await self._call(
+            self.registry.evaluations, str(target), dataset=params.get("dataset"), limit=int(raw)
+        )
+        # A record names a dataset, perhaps in a namespace the caller may not see.
+        shown = [e for e in found if identity.can_see(e.dataset.split("/", 1)[0])]
+        return _json({"evaluations": [e.to_dict() for e in shown]})
+
+    async def add_evaluation(self, request: Request) -> Response:
+        ref = _reference(request)
+        actor = (await self._authorize(request, "admin", ref.namespace, ref.name)).principal
+        doc = await _json_object(request)
+        version = _required(doc, "version", str)
+        dataset = _required(doc, "dataset", str)
+        metrics, record = doc.get("metrics"), doc.get("record", {})
+        if not isinstance(metrics, dict) or not isinstance(record, dict):
+            raise InvalidInput("'metrics' and 'record' must be JSON objects")
+        stored = await self._call(
+            self.registry.add_evaluation,
+            str(Reference(ref.namespace, ref.name, version=version)),
+            dataset=dataset,
+            dataset_version=_required(doc, "dataset_version", str),
+            dataset_digest=_required(doc, "dataset_digest", str),
+            split=_optional(doc, "split", str, DEFAULT_SPLIT),
+            metrics=metrics,
+            record=record,
+            actor=actor,
+        )
+        return _json(stored.to_dict(), 201)
 
     async def untag(self, request: Request) -> Response:
         ref = _reference(request)

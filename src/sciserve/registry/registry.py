@@ -65,7 +65,7 @@ from ..package.reference import (
     version_problem,
 )
 from ..package.validate import ensure_valid
-from . import db
+from . import db, promotion
 from .store import ArtifactStore, open_store
 
 __all__ = [
@@ -862,8 +862,17 @@ class Registry:
         row = next(x for x in rows if x.version == info.version)
         return row.id, row.model_id
 
-    def tag(self, ref: str, alias: str, *, actor: str | None = None) -> VersionInfo:
-        """Point ``alias`` of the model at the version ``ref`` names."""
+    def tag(
+        self, ref: str, alias: str, *, actor: str | None = None, force: bool = False
+    ) -> VersionInfo:
+        """Point ``alias`` of the model at the version ``ref`` names.
+
+        When the model has a promotion policy for ``alias``
+        (:mod:`sciserve.registry.promotion`), the version must meet it or the
+        tag raises :class:`~sciserve.errors.PolicyViolation`; ``force`` moves
+        the alias anyway and records what failed in the event (adapters allow
+        it to admins only).
+        """
         if not ALIAS_RE.fullmatch(alias):
             raise InvalidInput(f"{alias!r} is not a valid alias")
         if alias == LATEST:
@@ -887,6 +896,13 @@ class Registry:
                     f"{info.namespace}/{info.name} has a version {alias!r}; an alias of that "
                     "name could be taken for it: choose another alias"
                 )
+            # In the transaction that moves the alias: a record or policy
+            # changing meanwhile cannot slip a version past the gate.
+            failures = promotion.check(
+                conn, info.namespace, info.name, info.version, info.digest, alias
+            )
+            if failures and not force:
+                raise promotion.violation(info.ref, alias, failures)
             vid, mid = self._version_id(conn, info)
             done = conn.execute(
                 sa.update(db.aliases)
@@ -899,8 +915,136 @@ class Registry:
                         model_id=mid, alias=alias, version_id=vid, updated_at=db.utcnow()
                     )
                 )
-            self._event(conn, "tag", info.ref, actor, {"alias": alias})
+            detail: dict[str, Any] = {"alias": alias}
+            if failures:
+                detail |= {"forced": True, "failing": [str(f) for f in failures]}
+            self._event(conn, "tag", info.ref, actor, detail)
         return self.resolve(info.ref)
+
+    # -- evaluations and promotion policies --------------------------------
+
+    def add_evaluation(
+        self,
+        ref: str,
+        *,
+        dataset: str,
+        dataset_version: str,
+        dataset_digest: str,
+        split: str,
+        metrics: dict[str, Any],
+        record: dict[str, Any],
+        actor: str | None = None,
+    ) -> promotion.EvaluationInfo:
+        """Store an evaluation record of the exact version ``ref`` names."""
+        info = self.resolve(ref)
+        with self._write() as conn:
+            stored = promotion.add_evaluation(
+                conn,
+                namespace=info.namespace,
+                name=info.name,
+                version=info.version,
+                model_digest=info.digest,
+                dataset=dataset,
+                dataset_version=dataset_version,
+                dataset_digest=dataset_digest,
+                split=split,
+                metrics=metrics,
+                record=record,
+                actor=actor,
+            )
+            self._event(
+                conn,
+                "evaluation",
+                info.ref,
+                actor,
+                {"record_id": stored.record_id, "dataset": f"{dataset}:{dataset_version}"},
+            )
+        return stored
+
+    def evaluations(
+        self, ref: str | None = None, *, dataset: str | None = None, limit: int = 1000
+    ) -> list[promotion.EvaluationInfo]:
+        """Evaluation records, newest first, of one model (or version) and/or one dataset."""
+        namespace = name = version = None
+        if ref is not None:
+            r = parse_reference(ref)
+            namespace, name = r.namespace, r.name
+            if r.version is not None or r.alias is not None:
+                version = self.resolve(r).version
+        if dataset is not None:
+            d = parse_reference(dataset)
+            dataset = f"{d.namespace}/{d.name}"
+        with self._read() as conn:
+            if (
+                namespace is not None
+                and name is not None
+                and not self._version_rows(conn, namespace, name)
+            ):
+                raise NotFound(f"no model {namespace}/{name}")
+            return promotion.evaluations(
+                conn, namespace=namespace, name=name, version=version, dataset=dataset, limit=limit
+            )
+
+    def evaluation(self, record_id: str) -> promotion.EvaluationInfo:
+        with self._read() as conn:
+            found = promotion.get_evaluation(conn, record_id)
+        if found is None:
+            raise NotFound(f"no evaluation record {record_id[:40]!r}")
+        return found
+
+    def set_policy(
+        self,
+        model: str,
+        requirements: Sequence[str],
+        *,
+        alias: str = PRODUCTION,
+        split: str = promotion.DEFAULT_SPLIT,
+        actor: str | None = None,
+    ) -> promotion.Policy:
+        """Require passing evaluations before a version of ``model`` takes ``alias``."""
+        r = self._model_reference(model)
+        parsed = [promotion.parse_requirement(text, split) for text in requirements]
+        if not ALIAS_RE.fullmatch(alias) or alias == LATEST:
+            raise InvalidInput(f"{alias!r} is not an alias a policy can guard")
+        with self._write() as conn:
+            if not self._version_rows(conn, r.namespace, r.name):
+                raise NotFound(f"no model {r.namespace}/{r.name}")
+            policy = promotion.set_policy(conn, r.namespace, r.name, alias, parsed, actor)
+            self._event(
+                conn,
+                "policy.set",
+                f"{r.namespace}/{r.name}",
+                actor,
+                {"alias": alias, "require": [str(p) for p in parsed]},
+            )
+        return policy
+
+    def policies(self, model: str) -> list[promotion.Policy]:
+        r = self._model_reference(model)
+        with self._read() as conn:
+            if not self._version_rows(conn, r.namespace, r.name):
+                raise NotFound(f"no model {r.namespace}/{r.name}")
+            return promotion.policies(conn, r.namespace, r.name)
+
+    def clear_policy(
+        self, model: str, *, alias: str = PRODUCTION, actor: str | None = None
+    ) -> None:
+        r = self._model_reference(model)
+        with self._write() as conn:
+            if not self._version_rows(conn, r.namespace, r.name):
+                raise NotFound(f"no model {r.namespace}/{r.name}")
+            if not promotion.clear_policy(conn, r.namespace, r.name, alias):
+                raise NotFound(f"no promotion policy for {alias!r} on {r.namespace}/{r.name}")
+            self._event(conn, "policy.clear", f"{r.namespace}/{r.name}", actor, {"alias": alias})
+
+    @staticmethod
+    def _model_reference(model: str) -> Reference:
+        r = parse_reference(model)
+        if r.version is not None or r.alias is not None:
+            raise InvalidInput(
+                f"a policy belongs to a model: name it without a version ({model!r})"
+            )
+        return r
 
     def untag(self, ref: str, alias: str, *, actor: str | None = None) -> None:
         r = parse_reference(ref)

@@ -25,7 +25,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -40,6 +40,7 @@ from ..config import Limits
 from ..errors import (
     Conflict,
     IntegrityError,
+    InvalidInput,
     NotFound,
     SciserveError,
     Unavailable,
@@ -48,6 +49,7 @@ from ..package.archive import pack, unpack
 from ..package.manifest import MANIFEST_NAME, Manifest, load_manifest, parse_manifest
 from ..package.reference import Reference, parse_reference
 from ..protocol.client import error_from_response
+from .promotion import DEFAULT_SPLIT, EvaluationInfo, Policy
 from .registry import NamespaceInfo, Progress, PublishResult, VerifyReport, VersionInfo
 
 __all__ = [
@@ -153,6 +155,12 @@ def reference_path(ref: Reference) -> str:
 
 def _segment(value: str) -> str:
     return quote(value, safe="")
+
+
+def _model_path(ref: str) -> str:
+    """The API path of the model (not a version) ``ref`` names."""
+    r = _reference(ref)
+    return reference_path(Reference(r.namespace, r.name))
 
 
 # -- the client --------------------------------------------------------------
@@ -287,12 +295,83 @@ class RemoteRegistry:
         data = _json_body(response)
         return PublishResult(version_from_wire(_field(data, "version")), bool(data["created"]))
 
-    def tag(self, ref: str, alias: str, *, actor: str | None = None) -> VersionInfo:
-        """Point ``alias`` of the model at the version ``ref`` names."""
+    def tag(
+        self, ref: str, alias: str, *, actor: str | None = None, force: bool = False
+    ) -> VersionInfo:
+        """Point ``alias`` of the model at the version ``ref`` names (``force``: past a policy)."""
         r = _reference(ref)
-        body = {"version": r.version, "alias": r.alias}
+        body: dict[str, Any] = {"version": r.version, "alias": r.alias}
+        if force:
+            body["force"] = True
         path = reference_path(Reference(r.namespace, r.name, alias=alias))
         return version_from_wire(self._json("PUT", path, json=body))
+
+    # -- promotion policies and evaluation records --------------------------
+
+    def set_policy(
+        self,
+        model: str,
+        requirements: Sequence[str],
+        *,
+        alias: str = "production",
+        split: str = DEFAULT_SPLIT,
+        actor: str | None = None,
+    ) -> Policy:
+        """Require passing evaluations before a version of ``model`` takes ``alias``."""
+        path = _model_path(model) + f"/policies/{_segment(alias)}"
+        body = {"require": list(requirements), "split": split}
+        return Policy.from_dict(self._json("PUT", path, json=body))
+
+    def policies(self, model: str) -> list[Policy]:
+        data = self._json("GET", _model_path(model) + "/policies")
+        return [Policy.from_dict(p) for p in _field(data, "policies")]
+
+    def clear_policy(
+        self, model: str, *, alias: str = "production", actor: str | None = None
+    ) -> None:
+        self._send("DELETE", _model_path(model) + f"/policies/{_segment(alias)}")
+
+    def add_evaluation(
+        self,
+        ref: str,
+        *,
+        dataset: str,
+        dataset_version: str,
+        dataset_digest: str,
+        split: str,
+        metrics: dict[str, Any],
+        record: dict[str, Any],
+        actor: str | None = None,
+    ) -> EvaluationInfo:
+        """Store an evaluation record of the exact version ``ref`` names (admin)."""
+        version = self.resolve(ref).version
+        body = {
+            "version": version,
+            "dataset": dataset,
+            "dataset_version": dataset_version,
+            "dataset_digest": dataset_digest,
+            "split": split,
+            "metrics": metrics,
+            "record": record,
+        }
+        data = self._json("POST", _model_path(ref) + "/evaluations", json=body)
+        return EvaluationInfo.from_dict(data)
+
+    def evaluations(
+        self, ref: str | None = None, *, dataset: str | None = None, limit: int = 1000
+    ) -> list[EvaluationInfo]:
+        """Evaluation records of one model (or version), newest first."""
+        if ref is None:
+            raise InvalidInput("name a model: a server lists evaluations per model")
+        r = _reference(ref)
+        params: dict[str, Any] = {"limit": limit}
+        if r.version is not None or r.alias is not None:
+            params["version"] = self.resolve(ref).version
+        if dataset is not None:
+            d = _reference(dataset)
+            params["dataset"] = f"{d.namespace}/{d.name}"
+        data = self._json("GET", _model_path(ref) + "/evaluations", params=params)
+        return [EvaluationInfo.from_dict(e) for e in _field(data, "evaluations")]
 
     def untag(self, ref: str, alias: str, *, actor: str | None = None) -> None:
         """Remove ``alias`` from the model ``ref`` names."""
