@@ -214,6 +214,18 @@ def _build(home: Path, work: Path) -> tuple[dict[str, Credential], bytes]:
         )
         reg.tag("alpha/pub:1.0.0", "stable")
         reg.publish(make_onnx_package(work / "b", name="b", namespace="beta"))
+        # Evaluations of models of both namespaces on one dataset: a
+        # leaderboard shows each caller only the models it may see.
+        for ref, value in (("alpha/m", 0.9), ("alpha/pub:2.0.0", 0.8), ("beta/b", 0.95)):
+            reg.add_evaluation(
+                ref,
+                dataset="default/lightcurves",
+                dataset_version="1.0",
+                dataset_digest="sha256:" + "0" * 64,
+                split="test",
+                metrics={"accuracy": value},
+                record={},
+            )
         tokens = TokenStore(reg)
 
         def mint(scopes: dict[str, set[str]], **kwargs: Any) -> str:
@@ -309,6 +321,8 @@ class Rest:
     ok: int = 200
     body: Callable[[World], bytes] | None = None
     params: dict[str, str] = field(default_factory=dict)
+    #: A query string added to the path (``?metric=accuracy``).
+    query: str = ""
     #: Run with the admin token before each call / after each call (restores state).
     before: tuple[str, str, bytes] | None = None
     after: tuple[str, str, bytes] | None = None
@@ -517,6 +531,12 @@ def _rest_table() -> dict[tuple[str, str], Rest]:
             before=("PUT", f"{REGISTRY}/models/alpha/pub/policies/guarded", _POLICY),
         ),
         ("GET", reg_model + "/evaluations"): Rest(MODEL, params=REG),
+        ("GET", REGISTRY + "/leaderboards/{namespace}/{name}"): Rest(
+            LISTING,
+            params={"namespace": "default", "name": "lightcurves"},
+            query="?metric=accuracy",
+            seen=lambda d: {e["model"].split("/", 1)[0] for e in d["entries"]},
+        ),
         ("POST", reg_model + "/evaluations"): Rest(
             ADMIN, ok=201, body=lambda w: _EVALUATION, params=REG
         ),
@@ -625,7 +645,7 @@ def _rest_cell(
     cred = world.creds[name]
     want = expected(spec.target, cred)
     body = spec.body(world) if spec.body is not None and method != "HEAD" else b""
-    url = _fill(path, spec.params)
+    url = _fill(path, spec.params) + spec.query
     if spec.before is not None:
         m, p, b = spec.before
         assert _call(client, m, _fill(p, spec.params), world.admin, b).status < 300

@@ -295,6 +295,10 @@ def test_a_promotion_gate_holds_through_the_server_and_the_remote_cli(
         listed = cli(publisher, "evaluations", "linear:2.0.0")["evaluations"]
         assert [e["metrics"]["weighted_log_loss"] for e in listed] == [0.5, 1.4]
         assert "production" in cli(publisher, "tag", "linear:2.0.0", "production")["aliases"]
+        board = cli(publisher, "leaderboard", "lightcurves", "--metric", "weighted_log_loss")
+        assert [(e["model"], e["value"]) for e in board["entries"]] == [
+            ("default/linear:2.0.0", 0.5)
+        ]
 
         assert "production" in cli(admin, "tag", "linear:1.0.0", "production", "--force")["aliases"]
         cli(admin, "policy", "clear", "linear")

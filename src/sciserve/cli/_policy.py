@@ -1,7 +1,11 @@
-"""``sciserve policy set|show|clear`` and ``sciserve evaluations``: promotion gates."""
+"""``sciserve policy set|show|clear``, ``evaluations`` and ``leaderboard``: evaluation records
+and what they decide."""
 
 from __future__ import annotations
 
+import enum
+import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -19,6 +23,7 @@ app = typer.Typer(
 def register(root: typer.Typer) -> None:
     root.add_typer(app, name="policy")
     root.command("evaluations")(evaluations)
+    root.command("leaderboard")(leaderboard)
 
 
 def _show(st: State, policies: list[Policy]) -> None:
@@ -100,3 +105,55 @@ def evaluations(
         st.console.print(table)
 
     st.emit({"evaluations": [e.to_dict() for e in found]}, human)
+
+
+class Format(enum.StrEnum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+def leaderboard(
+    ctx: typer.Context,
+    dataset: Annotated[str, typer.Argument(help="[NAMESPACE/]DATASET")],
+    metric: Annotated[str, typer.Option(help="The metric to rank by, e.g. weighted_log_loss.")],
+    split: Annotated[str, typer.Option(help="The dataset split.")] = DEFAULT_SPLIT,
+    lower_is_better: Annotated[
+        bool | None,
+        typer.Option(
+            "--lower-is-better/--higher-is-better",
+            help="The order (default: by the metric: losses and errors ascend).",
+        ),
+    ] = None,
+    format_: Annotated[Format, typer.Option("--format")] = Format.table,
+    output: Annotated[Path | None, typer.Option(help="Write the CSV or JSON here.")] = None,
+) -> None:
+    """Model versions ranked by their newest evaluation on DATASET."""
+    st = state(ctx)
+    with st.registry(create=False) as reg:
+        board = reg.leaderboard(dataset, metric, split=split, lower=lower_is_better)
+    if format_ is not Format.table or output is not None:
+        text = board.to_csv() if format_ is Format.csv else board.to_json()
+        if output is not None:
+            output.write_text(text)
+            st.emit(
+                {"written": str(output), "entries": len(board.entries)},
+                lambda: st.console.print(f"wrote {len(board.entries)} entries to {output}"),
+            )
+        else:
+            sys.stdout.write(text)
+        return
+
+    def human() -> None:
+        order = "lower is better" if board.lower_is_better else "higher is better"
+        table = Table(
+            "rank", "model", board.metric, "record", "dataset version",
+            title=f"{board.dataset} ({board.split}), {board.metric}: {order}",
+        )
+        for e in board.entries:
+            table.add_row(str(e.rank), e.model, f"{e.value:.6g}", e.record_id, e.dataset_version)
+        st.console.print(table)
+        if board.unranked:
+            st.console.print(f"without {board.metric}: {', '.join(board.unranked)}")
+
+    st.emit(board.to_dict(), human)

@@ -60,6 +60,9 @@ where ``{ref}`` is one of ``/models/{ns}/{name}`` (the default version),
                                             "dataset_version", "dataset_digest", "split",
                                             "metrics", "record"} (admin: a record is evidence
                                             for a promotion gate)
+    GET    /leaderboards/{ns}/{dataset}     ?metric=M&split=S&order=ascending|descending: model
+                                            versions ranked by their newest record's M; only
+                                            models of namespaces the caller may see
     GET    /tokens                          {"tokens": [...]}: API tokens, never their secrets
     POST   /tokens                          mint; body {"subject", "scopes": {ns: [scope]},
                                             "admin", "priority", "expires_in" (s), "label",
@@ -658,6 +661,7 @@ class _RegistryApi:
             (model + "/policies/{policy}", self.clear_policy, ["DELETE"]),
             (model + "/evaluations", self.evaluations, get),
             (model + "/evaluations", self.add_evaluation, post),
+            (base + "/leaderboards/{namespace}/{name}", self.leaderboard, get),
         ]
         for ref in refs:
             table += [
@@ -879,6 +883,28 @@ class _RegistryApi:
         # A record names a dataset, perhaps in a namespace the caller may not see.
         shown = [e for e in found if identity.can_see(e.dataset.split("/", 1)[0])]
         return _json({"evaluations": [e.to_dict() for e in shown]})
+
+    async def leaderboard(self, request: Request) -> Response:
+        identity = await self._authorize(request, "read", None)
+        params = request.query_params
+        metric = params.get("metric")
+        if not metric:
+            raise InvalidInput("name the metric to rank by: ?metric=NAME")
+        order = params.get("order")
+        if order not in (None, "ascending", "descending"):
+            raise InvalidInput(f"order must be 'ascending' or 'descending', not {order[:40]!r}")
+        dataset = f"{request.path_params['namespace']}/{request.path_params['name']}"
+        # A listing: the models of namespaces the caller may not see are left
+        # out before anything is ranked (ranks do not betray them either).
+        board = await self._call(
+            self.registry.leaderboard,
+            dataset,
+            metric,
+            split=params.get("split", DEFAULT_SPLIT),
+            lower=None if order is None else order == "ascending",
+            visible=identity.can_see,
+        )
+        return _json(board.to_dict())
 
     async def add_evaluation(self, request: Request) -> Response:
         ref = _reference(request)

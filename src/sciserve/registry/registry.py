@@ -66,6 +66,7 @@ from ..package.reference import (
 )
 from ..package.validate import ensure_valid
 from . import db, promotion
+from .leaderboard import Board, rank
 from .store import ArtifactStore, open_store
 
 __all__ = [
@@ -197,6 +198,10 @@ def _manifest_named(label: str | None) -> Iterator[None]:
         if label is None:
             raise
         raise ManifestError(exc.problems, f"{label}: {MANIFEST_NAME}") from exc
+
+
+#: The most evaluation records one leaderboard reads (newest first).
+_MAX_LEADERBOARD_RECORDS = 100_000
 
 
 def _version_key(version: str, published_at: datetime) -> tuple[int, Any, datetime]:
@@ -984,6 +989,30 @@ class Registry:
             return promotion.evaluations(
                 conn, namespace=namespace, name=name, version=version, dataset=dataset, limit=limit
             )
+
+    def leaderboard(
+        self,
+        dataset: str,
+        metric: str,
+        *,
+        split: str = promotion.DEFAULT_SPLIT,
+        lower: bool | None = None,
+        visible: Callable[[str], bool] | None = None,
+    ) -> Board:
+        """Model versions ranked by ``metric`` on ``dataset`` (see :mod:`.leaderboard`).
+
+        ``visible`` (a namespace test) leaves out the models of namespaces a
+        caller may not see before anything is ranked.
+        """
+        d = parse_reference(dataset)
+        if d.version is not None or d.alias is not None:
+            raise InvalidInput("a leaderboard is of a dataset: name it without a version")
+        name = f"{d.namespace}/{d.name}"
+        with self._read() as conn:
+            records = promotion.evaluations(conn, dataset=name, limit=_MAX_LEADERBOARD_RECORDS)
+        if visible is not None:
+            records = [r for r in records if visible(r.namespace)]
+        return rank(records, name, metric, split=split, lower=lower)
 
     def evaluation(self, record_id: str) -> promotion.EvaluationInfo:
         with self._read() as conn:
