@@ -1,0 +1,27 @@
+"""Evaluation of model outputs: metrics, comparisons, plots and reports.
+
+Pure functions over numpy arrays, so the same numbers come from an
+in-process run, a server or a batch job: :mod:`.metrics` (classification and
+regression), :mod:`.result` (typed results with a stable JSON form),
+:mod:`.digest` (the sha256 of a model's outputs), :mod:`.compare` (two
+versions on the same rows, with bootstrap intervals), :mod:`.plots` and
+:mod:`.report` (PNG/SVG figures and a self-contained HTML page; matplotlib
+from the ``evaluate`` extra).
+"""
+
+from __future__ import annotations
+
+from .digest import predictions_sha256
+from .metrics import classification_metrics, regression_metrics
+from .result import ClassificationMetrics, RegressionMetrics, Task, to_dict, to_json
+
+__all__ = [
+    "ClassificationMetrics",
+    "RegressionMetrics",
+    "Task",
+    "classification_metrics",
+    "predictions_sha256",
+    "regression_metrics",
+    "to_dict",
+    "to_json",
+]
