@@ -433,3 +433,12 @@ def test_hostile_regression_input_is_refused(true, pred, match) -> None:
 def test_bad_bins_are_refused(edges) -> None:
     with pytest.raises(MetricInputError, match="bin"):
         m.per_bin([1.0, 2.0], [1.0, 2.0], bins=edges)
+
+
+def test_metric_input_errors_map_to_invalid_input_everywhere() -> None:
+    from sciserve.cli._context import exit_code_for
+    from sciserve.protocol.rest import status_of
+
+    exc = MetricInputError("labels outside the classes")
+    assert exit_code_for(exc) == 2
+    assert status_of(exc) == 400
