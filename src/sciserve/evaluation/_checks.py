@@ -16,7 +16,7 @@ import numpy.typing as npt
 
 from ..errors import MetricInputError
 
-__all__ = ["ClassSet", "as_labels", "as_probabilities", "as_values"]
+__all__ = ["ClassSet", "as_labels", "as_probabilities", "as_values", "row_sums"]
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
@@ -35,6 +35,16 @@ ClassSet = tuple[str, ...]
 def _where(mask: Any) -> str:
     rows = np.flatnonzero(mask)
     return f"{rows.size} row(s), the first at index {int(rows[0])}"
+
+
+def row_sums(matrix: FloatArray) -> FloatArray:
+    """Per-row sums, column by column: numpy's ``sum(axis=1)`` is slow over a
+    few columns, and a BLAS product could add in another order on another
+    machine; this adds left to right, the same everywhere."""
+    total = matrix[:, 0].copy()
+    for j in range(1, matrix.shape[1]):
+        total += matrix[:, j]
+    return total
 
 
 def _array(value: Any, what: str) -> npt.NDArray[Any]:
@@ -73,12 +83,13 @@ def as_probabilities(
     negative = (probs < 0).any(axis=1)
     if negative.any():
         raise MetricInputError(f"{what} hold negative values in {_where(negative)}")
-    off = np.abs(probs.sum(axis=1) - 1.0) > tolerance
+    sums = row_sums(probs)
+    off = np.abs(sums - 1.0) > tolerance
     if off.any():
         first = int(np.flatnonzero(off)[0])
         raise MetricInputError(
             f"{what} rows must sum to 1 (within {tolerance:g}): {_where(off)} sums to "
-            f"{float(probs[first].sum()):.6g}; pass probabilities, not logits or scores"
+            f"{float(sums[first]):.6g}; pass probabilities, not logits or scores"
         )
     return probs
 
@@ -125,6 +136,19 @@ def as_labels(
         if name in index:
             raise MetricInputError(f"class {name!r} is named twice")
         index[name] = i
+    if array.dtype.kind == "U" and all(isinstance(n, str) for n in names):
+        # Text labels against a few names: K vectorised comparisons beat
+        # sorting a million strings.
+        encoded = np.full(n_rows, -1, dtype=np.int64)
+        for i, name in enumerate(names):
+            encoded[array == name] = i
+        outside = encoded < 0
+        if outside.any():
+            values = np.unique(array[outside])[:_QUOTED].tolist()
+            raise MetricInputError(
+                f"labels outside the classes {names[:10]} in {_where(outside)}: {values}"
+            )
+        return encoded, tuple(names)
     try:
         uniques, inverse = np.unique(array, return_inverse=True)
     except TypeError as exc:

@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import MetricInputError
-from ._checks import DEFAULT_ROW_TOLERANCE, as_labels, as_probabilities, as_values
+from ._checks import DEFAULT_ROW_TOLERANCE, as_labels, as_probabilities, as_values, row_sums
 from .result import (
     BinMetrics,
     CalibrationBin,
@@ -99,27 +99,28 @@ class _Scored:
         tolerance: float = DEFAULT_ROW_TOLERANCE,
     ) -> None:
         self.probs = as_probabilities(probabilities, tolerance=tolerance)
+        # Rankings sort the model's own numbers: float32 -> float64 is exact and
+        # monotone, so the order and the ties are the same, and float32 sorts faster.
+        given = np.asarray(probabilities)
+        self.scores = given if given.dtype in (np.float32, np.float64) else self.probs
         self.n, self.k = self.probs.shape
         self.y, self.classes = as_labels(y_true, self.n, classes, self.k)
         self.pred = np.argmax(self.probs, axis=1).astype(np.int64)
         self.correct = (self.pred == self.y).astype(np.float64)
 
     @cached_property
-    def normalised(self) -> FloatArray:
-        """Rows divided by their sums: each exactly a distribution."""
-        sums: FloatArray = self.probs.sum(axis=1, keepdims=True)
-        return self.probs / sums
-
-    @cached_property
     def nll(self) -> FloatArray:
         """Per row, ``-ln p`` of the true class (clipped, then normalised per row)."""
-        clipped = np.clip(self.probs, CLIP, 1 - CLIP)
-        clipped /= clipped.sum(axis=1, keepdims=True)
-        return np.asarray(-np.log(clipped[np.arange(self.n), self.y]), dtype=np.float64)
+        # maximum + minimum: the same as np.clip, several times faster.
+        clipped = np.maximum(self.probs, CLIP)
+        np.minimum(clipped, 1 - CLIP, out=clipped)
+        truth = clipped[np.arange(self.n), self.y]
+        # -ln(p / sum) without dividing the whole matrix.
+        return np.asarray(np.log(row_sums(clipped)) - np.log(truth), dtype=np.float64)
 
     @cached_property
     def rankings(self) -> list[_Ranking]:
-        return [_Ranking(self.probs[:, c], self.y == c) for c in range(self.k)]
+        return [_Ranking(self.scores[:, c], self.y == c) for c in range(self.k)]
 
     def counts(self, labels: IntArray, w: Weights) -> FloatArray:
         return np.bincount(labels, weights=w, minlength=self.k).astype(np.float64)
@@ -201,8 +202,9 @@ class _Ranking:
     That equals the trapezoidal area under the ROC curve, ties included.
     """
 
-    def __init__(self, scores: FloatArray, positive: npt.NDArray[np.bool_]) -> None:
-        self.order = np.argsort(scores, kind="stable")
+    def __init__(self, scores: npt.NDArray[np.floating], positive: npt.NDArray[np.bool_]) -> None:
+        # Any sort will do: ties are grouped, and order inside a group does not count.
+        self.order = np.argsort(scores)
         ordered = scores[self.order]
         starts = np.r_[True, ordered[1:] != ordered[:-1]]
         self.group = np.cumsum(starts) - 1
@@ -282,7 +284,7 @@ def roc_curve(
     n_neg = truth.size - n_pos
     if n_pos == 0 or n_neg == 0:
         raise MetricInputError("a ROC curve needs both positive and negative rows")
-    order = np.argsort(-values, kind="stable")
+    order = np.argsort(-values)
     ordered = values[order]
     ends = np.r_[np.flatnonzero(np.diff(ordered)), ordered.size - 1]
     tps = np.cumsum(truth[order])[ends].astype(np.float64)
@@ -342,7 +344,7 @@ class Calibration:
 def _calibration(scored: _Scored, n_bins: int) -> Calibration:
     if n_bins < 1:
         raise MetricInputError(f"calibration needs at least one bin, got {n_bins}")
-    confidence = scored.normalised.max(axis=1)
+    confidence = scored.probs.max(axis=1) / row_sums(scored.probs)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     # Bin b holds (edge_b, edge_b+1]; bin 0 also holds 0 (scikit-learn's binning).
     which = np.searchsorted(edges[1:-1], confidence)
