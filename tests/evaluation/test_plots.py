@@ -53,6 +53,14 @@ def test_classification_plots_are_real_images(tmp_path: Path, labelled) -> None:
         _check_svg(files.svg)
 
 
+def test_the_same_plot_gives_the_same_png(tmp_path: Path, labelled) -> None:
+    y, p = labelled
+    metrics = classification_metrics(y, p, classes=NAMES)
+    one = plots.save_figure(plots.confusion_figure(metrics), tmp_path, "one")
+    two = plots.save_figure(plots.confusion_figure(metrics), tmp_path, "two")
+    assert one.png.read_bytes() == two.png.read_bytes()
+
+
 def test_a_blank_figure_fails_the_check(tmp_path: Path) -> None:
     # The check above can fail: an empty figure is caught by it.
     empty = plots._new_figure()

@@ -89,7 +89,9 @@ def save_figure(figure: Figure, directory: str | Path, name: str) -> PlotFiles:
     out.mkdir(parents=True, exist_ok=True)
     png, svg = out / f"{name}.png", out / f"{name}.svg"
     figure.savefig(png, format="png", dpi=DPI)
-    # No creation date in the SVG: the same plot gives the same text.
+    # The PNG of the same plot is the same bytes; the SVG carries no creation
+    # date but matplotlib salts its element ids at random (fixing the salt
+    # would mean changing global rcParams under other threads).
     figure.savefig(svg, format="svg", metadata={"Date": None})
     return PlotFiles(name=name, png=png, svg=svg)
 
