@@ -88,6 +88,9 @@ def test_report_is_self_contained_and_escaped(tmp_path: Path, labelled) -> None:
     # The tables carry the numbers.
     assert f"{metrics.accuracy:.4g}" in html
     assert "changed class" in html and "weighted_log_loss" in html
+    assert comparison.n_changed > 50
+    assert f"{comparison.n_changed} row(s) changed class\n(the first 50 listed)" in html
+    assert html.count("alert-") == 50
 
 
 def test_regression_report_without_plots(tmp_path: Path) -> None:

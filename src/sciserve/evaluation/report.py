@@ -26,6 +26,9 @@ from .result import ClassificationMetrics, RegressionMetrics, to_json
 __all__ = ["ReportInput", "render_report", "write_report"]
 
 #: Our own constant, so written as is (escaping would turn its quotes into entities).
+#: Changed rows listed in a report, at most (the comparison may hold more).
+MAX_CHANGED_SHOWN = 50
+
 _CSP = Markup("default-src 'none'; img-src data:; style-src 'unsafe-inline'")
 
 _TEMPLATE = """<!DOCTYPE html>
@@ -117,12 +120,13 @@ from {{ c.n_bootstrap }} resamples (seed {{ c.seed }}).</p>
 {% endfor %}
 </table>
 {% if c.classes %}
-<p>{{ c.n_changed }} row(s) changed class{% if c.changed | length < c.n_changed %}
-(the first {{ c.changed | length }} listed){% endif %}.</p>
-{% if c.changed %}
+{% set listed = c.changed[:max_changed] %}
+<p>{{ c.n_changed }} row(s) changed class{% if listed | length < c.n_changed %}
+(the first {{ listed | length }} listed){% endif %}.</p>
+{% if listed %}
 <table>
 <tr><th>row</th><th>id</th><th>true</th><th>baseline</th><th>this model</th></tr>
-{% for row in c.changed %}
+{% for row in listed %}
 <tr><td>{{ row.index }}</td><td>{{ row.id }}</td><td>{{ row.truth }}</td><td>{{ row.a }}</td>
 <td>{{ row.b }}</td></tr>
 {% endfor %}
@@ -201,6 +205,7 @@ def render_report(report: ReportInput) -> str:
         record=record,
         fmt=_fmt,
         csp=_CSP,
+        max_changed=MAX_CHANGED_SHOWN,
     )
 
 
