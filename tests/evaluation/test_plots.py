@@ -86,6 +86,16 @@ def test_metric_by_version_and_residual_plots(tmp_path: Path) -> None:
     _check_png(plots.save_figure(fig, tmp_path, "hexbin").png)
 
 
+def test_a_large_evaluation_gives_small_files(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, 200_000)
+    p = rng.dirichlet([1, 1, 1], y.size) * 0.5 + np.eye(3)[y] * 0.5
+    files = plots.save_figure(plots.roc_figure(y, p), tmp_path, "roc")
+    _check_png(files.png)
+    # matplotlib simplifies the curves' paths: 200 000 rows stay a small SVG.
+    assert files.svg.stat().st_size < 2_000_000
+
+
 def test_plotting_leaves_no_pyplot_state(tmp_path: Path, labelled) -> None:
     y, p = labelled
     before = set(sys.modules)
