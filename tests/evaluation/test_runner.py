@@ -112,6 +112,10 @@ def test_outputs_that_do_not_fit_the_task_are_refused(
             evaluate_arrays(model, x, np.zeros(20, dtype=int), "classification", batch_size=0)
         with pytest.raises(MetricInputError, match="1-D"):
             evaluate_arrays(model, x, np.zeros(20), "regression")  # three columns
+        with pytest.raises(MetricInputError, match="cannot be read as an array"):
+            evaluate_arrays(model, x, [[0], [1, 2]] * 10, "classification")
+        with pytest.raises(MetricInputError, match="cannot be read as an array"):
+            evaluate_arrays(model, [[0.0] * 4, [1.0]], [0, 1], "classification")
         with pytest.raises(ValueError, match="clustering"):
             evaluate_arrays(model, x, np.zeros(20), "clustering")
 

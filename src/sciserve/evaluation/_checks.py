@@ -16,7 +16,7 @@ import numpy.typing as npt
 
 from ..errors import MetricInputError
 
-__all__ = ["ClassSet", "as_labels", "as_probabilities", "as_values", "row_sums"]
+__all__ = ["ClassSet", "as_array", "as_labels", "as_probabilities", "as_values", "row_sums"]
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
@@ -47,7 +47,7 @@ def row_sums(matrix: FloatArray) -> FloatArray:
     return total
 
 
-def _array(value: Any, what: str) -> npt.NDArray[Any]:
+def as_array(value: Any, what: str) -> npt.NDArray[Any]:
     try:
         array = np.asarray(value)
     except (TypeError, ValueError) as exc:
@@ -64,7 +64,7 @@ def as_probabilities(
     NaN or infinite values, negative values, or a row whose sum is further
     than ``tolerance`` from 1 (logits passed as probabilities).
     """
-    array = _array(value, what)
+    array = as_array(value, what)
     if array.ndim != 2:
         raise MetricInputError(f"{what} must be 2-D (rows, classes), got shape {array.shape}")
     if array.shape[0] == 0:
@@ -103,7 +103,7 @@ def as_labels(
     (column indices); with them, each label must equal one of the classes
     and its index in ``classes`` is the column of the probabilities.
     """
-    array = _array(value, "labels")
+    array = as_array(value, "labels")
     if array.ndim != 1:
         raise MetricInputError(f"labels must be 1-D, got shape {array.shape}")
     if array.shape[0] != n_rows:
@@ -169,7 +169,7 @@ def as_values(value: Any, what: str, n_rows: int | None = None) -> FloatArray:
 
     A ``(N, 1)`` column (a regressor's usual output) is taken as ``(N,)``.
     """
-    array = _array(value, what)
+    array = as_array(value, what)
     if array.ndim == 2 and array.shape[1] == 1:
         array = array[:, 0]
     if array.ndim != 1:

@@ -32,6 +32,7 @@ import numpy.typing as npt
 from .._version import __version__
 from ..errors import MetricInputError, ModelExecutionError
 from ..package.manifest import Manifest
+from ._checks import as_array
 from .digest import predictions_sha256
 from .metrics import classification_metrics, regression_metrics
 from .result import (
@@ -151,7 +152,7 @@ def record_from_dict(data: Mapping[str, Any]) -> EvaluationRecord:
 
 def _inputs(model: Predictor, features: Any) -> tuple[dict[str, npt.NDArray[Any]], int]:
     if isinstance(features, Mapping):
-        arrays = {str(k): np.asarray(v) for k, v in features.items()}
+        arrays = {str(k): as_array(v, f"input {k!r}") for k, v in features.items()}
     else:
         names = [t.name for t in model.manifest.inputs]
         if len(names) != 1:
@@ -159,7 +160,7 @@ def _inputs(model: Predictor, features: Any) -> tuple[dict[str, npt.NDArray[Any]
                 f"{model.ref} takes {len(names)} inputs {names}: pass the features as a "
                 "mapping of input name to array"
             )
-        arrays = {names[0]: np.asarray(features)}
+        arrays = {names[0]: as_array(features, "features")}
     rows = {name: (a.shape[0] if a.ndim else -1) for name, a in arrays.items()}
     counts = set(rows.values())
     if len(counts) != 1 or -1 in counts:
@@ -249,7 +250,8 @@ def evaluate_arrays(
         raise MetricInputError(f"batch_size must be at least 1, got {batch_size}")
     arrays, n = _inputs(model, features)
     # Checked before the model runs: a mismatch found after an hour of inference is an hour lost.
-    given = np.shape(labels)[0] if np.ndim(labels) else 0
+    label_array = as_array(labels, "labels")
+    given = label_array.shape[0] if label_array.ndim else 0
     if given != n:
         raise MetricInputError(f"{given} label(s) for {n} row(s) of features: they must match")
     parts: dict[str, list[npt.NDArray[Any]]] = {}
@@ -277,13 +279,13 @@ def evaluate_arrays(
     try:
         if kind is Task.CLASSIFICATION:
             metrics = classification_metrics(
-                labels,
+                label_array,
                 values,
                 classes=classes if classes is not None else _classes(model, chosen),
                 weights=class_weights,
             )
         else:
-            metrics = regression_metrics(labels, values, bins=bins)
+            metrics = regression_metrics(label_array, values, bins=bins)
     except MetricInputError as exc:
         raise MetricInputError(
             f"output {chosen!r} of {model.ref} does not fit the {kind.value} task: {exc}"
