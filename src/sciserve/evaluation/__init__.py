@@ -8,7 +8,8 @@ versions on the same rows, with bootstrap intervals), :mod:`.plots` and
 :mod:`.report` (PNG/SVG figures and a self-contained HTML page; matplotlib
 from the ``evaluate`` extra) and :mod:`.runner` (a loaded model run over
 arrays in fixed batches, and the record of that evaluation), :mod:`.leaderboard`
-(versions ranked by a metric) and :mod:`.gate` (promotion requirements).
+(versions ranked by a metric), :mod:`.gate` (promotion requirements) and
+:mod:`.reproduce` (a re-run's outputs against the recorded ones).
 """
 
 from __future__ import annotations
