@@ -31,6 +31,9 @@ LAYERS: dict[str, int] = {
     "access": 5,
     # Job and schedule records: on the registry database, under the access rules.
     "jobs": 5,
+    # Metrics, comparisons, plots and reports over arrays of model outputs:
+    # numpy (and matplotlib) only; the runner takes any object with ``predict``.
+    "evaluation": 5,
     "serving": 6,
     # Drift and staleness of served models: fed by the serving core's request path.
     "monitoring": 6,

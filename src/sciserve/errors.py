@@ -12,7 +12,10 @@ their own status codes in exactly one place.
     │   ├── ManifestError         a manifest breaks the schema (carries every Problem)
     │   ├── ArchiveError          a package archive is malformed or unsafe
     │   ├── InvalidReference      "ns/name:version" / "name@alias" cannot be parsed
-    │   └── PayloadTooLarge       over a configured size limit
+    │   ├── PayloadTooLarge       over a configured size limit
+    │   └── MetricInputError      labels or predictions a metric cannot use: NaN or
+    │                             infinite values, labels outside the classes, rows
+    │                             that are not probabilities, mismatched shapes, no rows
     ├── Unauthenticated           no, malformed, unknown, expired or revoked credentials
     ├── NotFound                  no such namespace / model / version / alias / file
     │                             (also: one the caller may not see)
@@ -51,6 +54,7 @@ __all__ = [
     "InvalidInput",
     "InvalidReference",
     "ManifestError",
+    "MetricInputError",
     "ModelExecutionError",
     "ModelNotReady",
     "NotFound",
@@ -118,6 +122,14 @@ class InvalidReference(InvalidInput):
 
 class PayloadTooLarge(InvalidInput):
     """Input exceeds a configured size limit."""
+
+
+class MetricInputError(InvalidInput):
+    """Labels or predictions that an evaluation metric cannot use.
+
+    Raised before any number is computed: a metric over NaN probabilities or
+    labels the model does not know would be a wrong answer, not an error.
+    """
 
 
 class Unauthenticated(SciserveError):

@@ -40,6 +40,12 @@ class Model:
     def digest(self) -> str:
         return self.info.digest
 
+    @property
+    def runtime_options(self) -> Mapping[str, Any]:
+        """The runtime options in effect: the manifest's, overridden by ``load(**options)``
+        (thread counts among them, which an evaluation record keeps)."""
+        return dict(self._runtime.source.options)
+
     def predict(self, inputs: Any = None, /, **named: Any) -> dict[str, np.ndarray]:
         """Run the model on inputs given as a mapping or as keyword arguments.
 
