@@ -13,7 +13,7 @@ import pytest
 
 from sciserve.cli import main
 from sciserve.errors import InvalidInput
-from sciserve.registry.leaderboard import Board, lower_is_better
+from sciserve.registry.leaderboard import Board, Direction, direction_of
 from sciserve.registry.registry import Registry
 
 DIGEST = "sha256:" + "e" * 64
@@ -51,7 +51,7 @@ def test_versions_are_ranked_by_their_newest_record_in_the_metric_s_direction(
     _record(reg, "c:1.0.0", dataset="other", accuracy=1.0)  # another dataset
 
     board = reg.leaderboard("lc", "accuracy")
-    assert not board.lower_is_better
+    assert board.direction is Direction.HIGHER
     assert [(e.rank, e.model, e.value) for e in board.entries] == [
         (1, "default/a:2.0.0", 0.80),  # a tie shares the rank, in reference order
         (1, "default/b:1.0.0", 0.80),
@@ -61,13 +61,13 @@ def test_versions_are_ranked_by_their_newest_record_in_the_metric_s_direction(
     assert board.unranked == ("default/c:1.0.0",)
 
     losses = reg.leaderboard("lc", "weighted_log_loss")
-    assert losses.lower_is_better
+    assert losses.direction is Direction.LOWER
     assert [e.model for e in losses.entries] == [
         "default/b:1.0.0",
         "default/a:2.0.0",
         "default/a:1.0.0",
     ]
-    flipped = reg.leaderboard("lc", "weighted_log_loss", lower=False)
+    flipped = reg.leaderboard("lc", "weighted_log_loss", direction=Direction.HIGHER)
     assert [e.model for e in flipped.entries] == [e.model for e in losses.entries][::-1]
     # The train split holds only c.
     assert [e.model for e in reg.leaderboard("lc", "accuracy", split="train").entries] == [
@@ -82,10 +82,55 @@ def test_a_leaderboard_leaves_out_what_the_caller_may_not_see(models: Registry) 
 
 
 def test_the_direction_follows_the_metric_name() -> None:
-    assert lower_is_better("log_loss")
-    assert lower_is_better("per_class.SNIa.rmse")
-    assert not lower_is_better("balanced_accuracy")
-    assert not lower_is_better("roc_auc")
+    assert direction_of("log_loss") is Direction.LOWER
+    assert direction_of("per_class.SNIa.f1") is Direction.HIGHER
+    assert direction_of("balanced_accuracy") is Direction.HIGHER
+    assert direction_of("bias") is Direction.ZERO
+    assert direction_of("novel_score") is None
+
+
+def test_a_bias_ranks_nearest_zero_first(models: Registry) -> None:
+    _record(models, "a:1.0.0", bias=-0.1)
+    _record(models, "b:1.0.0", bias=0.3)
+    _record(models, "c:1.0.0", bias=0.05)
+    board = models.leaderboard("lc", "bias")
+    assert [(e.model, e.value) for e in board.entries] == [
+        ("default/c:1.0.0", 0.05),
+        ("default/a:1.0.0", -0.1),
+        ("default/b:1.0.0", 0.3),
+    ]
+    # A metric of unknown direction needs one said.
+    with pytest.raises(InvalidInput, match="which way is better"):
+        models.leaderboard("lc", "novel_score")
+    _record(models, "a:1.0.0", novel_score=2.0)
+    ranked = models.leaderboard("lc", "novel_score", direction=Direction.LOWER)
+    assert [e.model for e in ranked.entries] == ["default/a:1.0.0"]
+
+
+def test_csv_cells_that_a_spreadsheet_would_run_are_defused() -> None:
+    board = Board.from_dict(
+        {
+            "dataset": "default/lc",
+            "split": "test",
+            "metric": "accuracy",
+            "direction": "higher",
+            "entries": [
+                {
+                    "rank": 1,
+                    "model": "=HYPERLINK(1)",
+                    "model_digest": "@x",
+                    "value": 0.5,
+                    "record_id": "+1",
+                    "dataset_version": "-2",
+                }
+            ],
+            "unranked": [],
+        }
+    )
+    (row,) = list(csv.DictReader(io.StringIO(board.to_csv())))
+    assert row["model"] == "'=HYPERLINK(1)"
+    assert (row["record_id"], row["dataset_version"], row["digest"]) == ("'+1", "'-2", "'@x")
+    assert row["accuracy"] == "0.5"
 
 
 @pytest.mark.parametrize(("dataset", "metric"), [("lc:1.0", "accuracy"), ("lc", ""), ("lc@x", "a")])

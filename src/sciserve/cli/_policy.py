@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from ..registry.leaderboard import Direction
 from ..registry.promotion import DEFAULT_SPLIT, Policy
 from ._context import State, local_actor, state
 
@@ -118,11 +119,11 @@ def leaderboard(
     dataset: Annotated[str, typer.Argument(help="[NAMESPACE/]DATASET")],
     metric: Annotated[str, typer.Option(help="The metric to rank by, e.g. weighted_log_loss.")],
     split: Annotated[str, typer.Option(help="The dataset split.")] = DEFAULT_SPLIT,
-    lower_is_better: Annotated[
-        bool | None,
+    direction: Annotated[
+        Direction | None,
         typer.Option(
-            "--lower-is-better/--higher-is-better",
-            help="The order (default: by the metric: losses and errors ascend).",
+            help="Which values are better (default: the metric's own: scores higher, "
+            "losses and errors lower, a bias nearer zero)."
         ),
     ] = None,
     format_: Annotated[Format, typer.Option("--format")] = Format.table,
@@ -131,7 +132,7 @@ def leaderboard(
     """Model versions ranked by their newest evaluation on DATASET."""
     st = state(ctx)
     with st.registry(create=False) as reg:
-        board = reg.leaderboard(dataset, metric, split=split, lower=lower_is_better)
+        board = reg.leaderboard(dataset, metric, split=split, direction=direction)
     if format_ is not Format.table or output is not None:
         text = board.to_csv() if format_ is Format.csv else board.to_json()
         if output is not None:
@@ -145,7 +146,9 @@ def leaderboard(
         return
 
     def human() -> None:
-        order = "lower is better" if board.lower_is_better else "higher is better"
+        order = {"higher": "higher is better", "lower": "lower is better"}.get(
+            board.direction, "nearer zero is better"
+        )
         table = Table(
             "rank", "model", board.metric, "record", "dataset version",
             title=f"{board.dataset} ({board.split}), {board.metric}: {order}",

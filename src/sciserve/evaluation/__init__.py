@@ -7,8 +7,7 @@ regression), :mod:`.result` (typed results with a stable JSON form),
 versions on the same rows, with bootstrap intervals), :mod:`.plots` and
 :mod:`.report` (PNG/SVG figures and a self-contained HTML page; matplotlib
 from the ``evaluate`` extra) and :mod:`.runner` (a loaded model run over
-arrays in fixed batches, and the record of that evaluation), :mod:`.leaderboard`
-(versions ranked by a metric), :mod:`.gate` (promotion requirements) and
+arrays in fixed batches, and the record of that evaluation) and
 :mod:`.reproduce` (a re-run's outputs against the recorded ones).
 """
 

@@ -60,7 +60,7 @@ where ``{ref}`` is one of ``/models/{ns}/{name}`` (the default version),
                                             "dataset_version", "dataset_digest", "split",
                                             "metrics", "record"} (admin: a record is evidence
                                             for a promotion gate)
-    GET    /leaderboards/{ns}/{dataset}     ?metric=M&split=S&order=ascending|descending: model
+    GET    /leaderboards/{ns}/{dataset}     ?metric=M&split=S&direction=higher|lower|zero: model
                                             versions ranked by their newest record's M; only
                                             models of namespaces the caller may see
     GET    /tokens                          {"tokens": [...]}: API tokens, never their secrets
@@ -165,6 +165,7 @@ from ..package.archive import pack
 from ..package.card import render_card, to_jsonld
 from ..package.manifest import NAMESPACE_RE, Manifest
 from ..package.reference import Reference, parse_reference
+from ..registry.leaderboard import Direction
 from ..registry.promotion import DEFAULT_SPLIT
 from ..registry.registry import VersionInfo
 from ..registry.remote import REGISTRY_PREFIX, namespace_to_wire, version_to_wire
@@ -890,9 +891,9 @@ class _RegistryApi:
         metric = params.get("metric")
         if not metric:
             raise InvalidInput("name the metric to rank by: ?metric=NAME")
-        order = params.get("order")
-        if order not in (None, "ascending", "descending"):
-            raise InvalidInput(f"order must be 'ascending' or 'descending', not {order[:40]!r}")
+        raw = params.get("direction")
+        if raw is not None and raw not in tuple(Direction):
+            raise InvalidInput(f"direction must be higher, lower or zero, not {raw[:40]!r}")
         dataset = f"{request.path_params['namespace']}/{request.path_params['name']}"
         # A listing: the models of namespaces the caller may not see are left
         # out before anything is ranked (ranks do not betray them either).
@@ -901,7 +902,7 @@ class _RegistryApi:
             dataset,
             metric,
             split=params.get("split", DEFAULT_SPLIT),
-            lower=None if order is None else order == "ascending",
+            direction=None if raw is None else Direction(raw),
             visible=identity.can_see,
         )
         return _json(board.to_dict())

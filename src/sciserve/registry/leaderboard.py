@@ -3,8 +3,10 @@
 A leaderboard is computed, never stored: from the records of one dataset and
 split it takes, for each model version (name, version and digest), its
 newest record — the same record a promotion gate would read — and ranks the
-versions by the metric.  Versions whose newest record lacks the metric, or
-holds NaN, are left out and counted.  Equal values share a rank ("1, 2, 2,
+versions by the metric in its own direction (:data:`DIRECTIONS`: scores
+high first, losses and errors low first, a bias nearest zero first).
+Versions whose newest record lacks the metric, or holds NaN, are left out
+and counted.  Equal values share a rank ("1, 2, 2,
 4"); the order among them is the reference's, so the table is the same on
 every call.
 """
@@ -12,6 +14,7 @@ every call.
 from __future__ import annotations
 
 import csv
+import enum
 import io
 import json
 import math
@@ -22,31 +25,66 @@ from typing import Any
 from ..errors import InvalidInput
 from .promotion import DEFAULT_SPLIT, EvaluationInfo
 
-__all__ = ["LOWER_IS_BETTER", "Board", "Entry", "lower_is_better", "rank"]
+__all__ = ["DIRECTIONS", "Board", "Direction", "Entry", "direction_of", "rank"]
 
-#: Metrics where a smaller value ranks higher; every other metric ranks the
-#: larger value first unless the caller says otherwise.
-LOWER_IS_BETTER = frozenset(
-    {
-        "log_loss",
-        "weighted_log_loss",
-        "expected_calibration_error",
-        "ece",
-        "mae",
-        "rmse",
-        "mse",
-        "resolution",
-        "resolution_68",
-        "abs_bias",
-        "latency_p50_ms",
-        "latency_p99_ms",
-    }
-)
+class Direction(enum.StrEnum):
+    """Which values of a metric are better."""
+
+    HIGHER = "higher"
+    LOWER = "lower"
+    #: Closer to zero: a bias of -0.1 is as good as one of +0.1.
+    ZERO = "zero"
 
 
-def lower_is_better(metric: str) -> bool:
-    """Whether a smaller value of ``metric`` is better (by its last dotted part)."""
-    return metric in LOWER_IS_BETTER or metric.rsplit(".", 1)[-1] in LOWER_IS_BETTER
+#: The headline metrics of :mod:`sciserve.evaluation` (``scalars()`` of a
+#: result) and their directions; per-class metrics take their last part's.
+DIRECTIONS: dict[str, Direction] = {
+    "accuracy": Direction.HIGHER,
+    "balanced_accuracy": Direction.HIGHER,
+    "macro_precision": Direction.HIGHER,
+    "macro_recall": Direction.HIGHER,
+    "macro_f1": Direction.HIGHER,
+    "precision": Direction.HIGHER,
+    "recall": Direction.HIGHER,
+    "f1": Direction.HIGHER,
+    "roc_auc": Direction.HIGHER,
+    "roc_auc_macro": Direction.HIGHER,
+    "log_loss": Direction.LOWER,
+    "weighted_log_loss": Direction.LOWER,
+    "expected_calibration_error": Direction.LOWER,
+    "mae": Direction.LOWER,
+    "rmse": Direction.LOWER,
+    "bias": Direction.ZERO,
+    "resolution_sigma": Direction.LOWER,
+    "resolution_68": Direction.LOWER,
+    "latency_p50_ms": Direction.LOWER,
+    "latency_p99_ms": Direction.LOWER,
+    "rows_per_second": Direction.HIGHER,
+}
+
+
+def direction_of(metric: str) -> Direction | None:
+    """The direction of ``metric`` (by its last dotted part), or ``None`` if unknown."""
+    return DIRECTIONS.get(metric) or DIRECTIONS.get(metric.rsplit(".", 1)[-1])
+
+
+def _key(direction: Direction, value: float) -> float:
+    if direction is Direction.HIGHER:
+        return -value
+    if direction is Direction.ZERO:
+        return abs(value)
+    return value
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value: object) -> object:
+    # A spreadsheet runs a cell that starts like a formula; model names and
+    # ids come from whoever published them.
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
 
 
 @dataclass(frozen=True)
@@ -80,7 +118,7 @@ class Board:
     dataset: str
     split: str
     metric: str
-    lower_is_better: bool
+    direction: Direction
     entries: tuple[Entry, ...]
     unranked: tuple[str, ...]  #: versions whose newest record lacks the metric
 
@@ -89,7 +127,7 @@ class Board:
             "dataset": self.dataset,
             "split": self.split,
             "metric": self.metric,
-            "order": "ascending" if self.lower_is_better else "descending",
+            "direction": self.direction.value,
             "entries": [e.to_dict() for e in self.entries],
             "unranked": list(self.unranked),
         }
@@ -102,7 +140,7 @@ class Board:
                 dataset=str(doc["dataset"]),
                 split=str(doc["split"]),
                 metric=str(doc["metric"]),
-                lower_is_better=doc["order"] == "ascending",
+                direction=Direction(doc["direction"]),
                 entries=tuple(
                     Entry(
                         rank=int(e["rank"]),
@@ -128,9 +166,8 @@ class Board:
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(["rank", "model", self.metric, "record_id", "dataset_version", "digest"])
         for e in self.entries:
-            writer.writerow(
-                [e.rank, e.model, repr(e.value), e.record_id, e.dataset_version, e.model_digest]
-            )
+            row = [e.rank, e.model, repr(e.value), e.record_id, e.dataset_version, e.model_digest]
+            writer.writerow([_cell(v) for v in row])
         return out.getvalue()
 
 
@@ -140,14 +177,19 @@ def rank(
     metric: str,
     *,
     split: str = DEFAULT_SPLIT,
-    lower: bool | None = None,
+    direction: Direction | None = None,
 ) -> Board:
     """The leaderboard of ``metric`` on ``dataset``/``split`` from ``records``, newest first
     (as :meth:`Registry.evaluations <sciserve.registry.registry.Registry.evaluations>` lists them).
     """
     if not metric or len(metric) > 128:
         raise InvalidInput("name the metric to rank by")
-    lower = lower_is_better(metric) if lower is None else lower
+    direction = direction or direction_of(metric)
+    if direction is None:
+        raise InvalidInput(
+            f"which way is better for {metric[:80]!r} is not known: say it "
+            f"(higher, lower or zero); known metrics: {', '.join(sorted(DIRECTIONS))}"
+        )
     newest: dict[tuple[str, str, str, str], EvaluationInfo] = {}
     for rec in records:
         if rec.dataset != dataset or rec.split != split:
@@ -160,7 +202,7 @@ def rank(
         if value is None or math.isnan(value):
             unranked.append(rec.model_ref)
         else:
-            ranked.append((value if lower else -value, rec.model_ref, rec, value))
+            ranked.append((_key(direction, value), rec.model_ref, rec, value))
     ranked.sort(key=lambda item: (item[0], item[1]))
     entries: list[Entry] = []
     for position, (key_value, ref, rec, value) in enumerate(ranked, start=1):
@@ -176,5 +218,5 @@ def rank(
                 created_at=rec.created_at.isoformat() if rec.created_at else None,
             )
         )
-    return Board(dataset, split, metric, lower, tuple(entries), tuple(sorted(unranked)))
+    return Board(dataset, split, metric, direction, tuple(entries), tuple(sorted(unranked)))
 

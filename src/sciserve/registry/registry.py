@@ -66,7 +66,7 @@ from ..package.reference import (
 )
 from ..package.validate import ensure_valid
 from . import db, promotion
-from .leaderboard import Board, rank
+from .leaderboard import Board, Direction, rank
 from .store import ArtifactStore, open_store
 
 __all__ = [
@@ -996,7 +996,7 @@ class Registry:
         metric: str,
         *,
         split: str = promotion.DEFAULT_SPLIT,
-        lower: bool | None = None,
+        direction: Direction | None = None,
         visible: Callable[[str], bool] | None = None,
     ) -> Board:
         """Model versions ranked by ``metric`` on ``dataset`` (see :mod:`.leaderboard`).
@@ -1012,7 +1012,7 @@ class Registry:
             records = promotion.evaluations(conn, dataset=name, limit=_MAX_LEADERBOARD_RECORDS)
         if visible is not None:
             records = [r for r in records if visible(r.namespace)]
-        return rank(records, name, metric, split=split, lower=lower)
+        return rank(records, name, metric, split=split, direction=direction)
 
     def evaluation(self, record_id: str) -> promotion.EvaluationInfo:
         with self._read() as conn:

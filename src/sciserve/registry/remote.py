@@ -49,7 +49,7 @@ from ..package.archive import pack, unpack
 from ..package.manifest import MANIFEST_NAME, Manifest, load_manifest, parse_manifest
 from ..package.reference import Reference, parse_reference
 from ..protocol.client import error_from_response
-from .leaderboard import Board
+from .leaderboard import Board, Direction
 from .promotion import DEFAULT_SPLIT, EvaluationInfo, Policy
 from .registry import NamespaceInfo, Progress, PublishResult, VerifyReport, VersionInfo
 
@@ -364,14 +364,14 @@ class RemoteRegistry:
         metric: str,
         *,
         split: str = DEFAULT_SPLIT,
-        lower: bool | None = None,
+        direction: Direction | None = None,
         visible: Any = None,
     ) -> Board:
         """Model versions ranked by ``metric`` on ``dataset``, as the server lets the caller see."""
         d = _reference(dataset)
         params: dict[str, Any] = {"metric": metric, "split": split}
-        if lower is not None:
-            params["order"] = "ascending" if lower else "descending"
+        if direction is not None:
+            params["direction"] = direction.value
         path = f"/leaderboards/{_segment(d.namespace)}/{_segment(d.name)}"
         return Board.from_dict(self._json("GET", path, params=params))
 
