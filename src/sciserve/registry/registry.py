@@ -1,5 +1,11 @@
 """The model registry: publish, resolve, tag, yank, pull, verify.
 
+Datasets are packages of another kind (``kind: dataset`` in the manifest, a
+``kind`` on the name's row) published, versioned, tagged, yanked, pulled,
+verified and exported through the very same code: the only difference is
+that asking for one kind never returns the other (a dataset cannot be
+loaded or served as a model, nor a model evaluated on as a dataset).
+
 Metadata lives in a relational database (:mod:`.db`), bytes in a
 content-addressed store (:mod:`.store`).  Publishing is crash-safe by
 construction: blobs are written under their digest only when complete, and
@@ -45,7 +51,9 @@ from ..errors import (
     VersionConflict,
 )
 from ..package.manifest import (
+    DATASET,
     MANIFEST_NAME,
+    MODEL,
     NAME_RE,
     NAMESPACE_RE,
     Manifest,
@@ -141,6 +149,7 @@ class VersionInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "kind": self.manifest.kind,
             "namespace": self.namespace,
             "name": self.name,
             "version": self.version,
@@ -486,7 +495,7 @@ class Registry:
                     return PublishResult(existing, created=False)
                 if attempt == 4:
                     raise
-        return PublishResult(self.resolve(manifest.ref), created=True)
+        return PublishResult(self.resolve(manifest.ref, kind=None), created=True)
 
     def _check_names(self, manifest: Manifest) -> None:
         """Refuse names that would make a served name or a version selector ambiguous."""
@@ -523,7 +532,7 @@ class Registry:
             )
 
     def _check_code_policy(self, manifest: Manifest) -> None:
-        if not self.executes_code(manifest):
+        if manifest.kind == DATASET or not self.executes_code(manifest):
             return
         try:
             trusted = self.namespace(manifest.namespace).trusted
@@ -549,7 +558,7 @@ class Registry:
 
     def _existing(self, manifest: Manifest) -> VersionInfo | None:
         try:
-            found = self.resolve(manifest.ref)
+            found = self.resolve(manifest.ref, kind=None)
         except NotFound:
             return None
         if found.digest != manifest.digest:
@@ -574,16 +583,25 @@ class Registry:
             ns_id = ns.id
         # Again inside the transaction: an alias may have been set meanwhile.
         self._check_version_not_alias(conn, manifest)
-        model_id = conn.execute(
-            sa.select(db.models.c.id).where(
+        found = conn.execute(
+            sa.select(db.models.c.id, db.models.c.kind).where(
                 db.models.c.namespace_id == ns_id, db.models.c.name == manifest.name
             )
-        ).scalar()
-        if model_id is None:
+        ).first()
+        if found is None:
             model_id = _new_id(
                 conn,
-                sa.insert(db.models).values(namespace_id=ns_id, name=manifest.name, created_at=now),
+                sa.insert(db.models).values(
+                    namespace_id=ns_id, name=manifest.name, created_at=now, kind=manifest.kind
+                ),
             )
+        elif found.kind != manifest.kind:
+            raise Conflict(
+                f"{manifest.namespace}/{manifest.name} is a {found.kind}; a {manifest.kind} "
+                "cannot take its name: choose another name"
+            )
+        else:
+            model_id = found.id
         version_id = _new_id(
             conn,
             sa.insert(db.versions).values(
@@ -610,7 +628,10 @@ class Registry:
                 for f in manifest.files
             ],
         )
-        self._event(conn, "publish", manifest.ref, actor, {"digest": manifest.digest})
+        detail = {"digest": manifest.digest}
+        if manifest.kind != MODEL:
+            detail["kind"] = manifest.kind
+        self._event(conn, "publish", manifest.ref, actor, detail)
 
     # -- queries ---------------------------------------------------------
 
@@ -618,7 +639,7 @@ class Registry:
         v, m, n = db.versions, db.models, db.namespaces
         return list(
             conn.execute(
-                sa.select(v)
+                sa.select(v, m.c.kind)
                 .join(m, v.c.model_id == m.c.id)
                 .join(n, m.c.namespace_id == n.c.id)
                 .where(n.c.name == namespace, m.c.name == name)
@@ -655,14 +676,31 @@ class Registry:
             aliases=tuple(names),
         )
 
-    def resolve(self, ref: str | Reference) -> VersionInfo:
-        """The version a reference means (see :mod:`sciserve.package.reference`)."""
+    @staticmethod
+    def _check_kind(r: Reference, rows: Sequence[Any], kind: str | None) -> None:
+        """Refuse a name of no or another kind than ``kind`` (``None``: either)."""
+        if not rows:
+            raise NotFound(f"no {kind or 'model or dataset'} {r.namespace}/{r.name}")
+        found = rows[0].kind
+        if kind is not None and found != kind:
+            hint = (
+                "'sciserve datasets show' lists its versions"
+                if found == DATASET
+                else "'sciserve models show' lists its versions"
+            )
+            raise NotFound(f"{r.namespace}/{r.name} is a {found}, not a {kind}; {hint}")
+
+    def resolve(self, ref: str | Reference, *, kind: str | None = MODEL) -> VersionInfo:
+        """The version a reference means (see :mod:`sciserve.package.reference`).
+
+        ``kind`` is what the caller wants (a model by default, ``None`` for
+        either): a name of the other kind is :class:`NotFound`, saying what it is.
+        """
         r = parse_reference(ref) if isinstance(ref, str) else ref
         with self._read() as conn:
             rows = self._version_rows(conn, r.namespace, r.name)
             aliases = self._aliases(conn, r.namespace, r.name)
-        if not rows:
-            raise NotFound(f"no model {r.namespace}/{r.name}")
+        self._check_kind(r, rows, kind)
         newest = self._newest(rows)
         newest_id = newest.id if newest is not None else None
         if r.version is not None:
@@ -700,33 +738,44 @@ class Registry:
         except NotFound:
             raise NotFound(f"no version or alias {selector!r} of {namespace}/{name}") from None
 
-    def versions(self, ref: str | Reference) -> list[VersionInfo]:
-        """Every version of a model, newest first (yanked ones included)."""
+    def resolve_dataset(self, ref: str | Reference) -> VersionInfo:
+        """The dataset version a reference means; a model's name is :class:`NotFound`."""
+        return self.resolve(ref, kind=DATASET)
+
+    def versions(self, ref: str | Reference, *, kind: str | None = MODEL) -> list[VersionInfo]:
+        """Every version of a model (or dataset), newest first (yanked ones included)."""
         r = parse_reference(ref) if isinstance(ref, str) else ref
         with self._read() as conn:
             rows = self._version_rows(conn, r.namespace, r.name)
             aliases = self._aliases(conn, r.namespace, r.name)
-        if not rows:
-            raise NotFound(f"no model {r.namespace}/{r.name}")
+        self._check_kind(r, rows, kind)
         newest = self._newest(rows)
         ordered = sorted(rows, key=lambda x: _version_key(x.version, x.published_at), reverse=True)
         return [self._info(x, aliases, newest.id if newest is not None else None) for x in ordered]
 
-    def list_models(self, namespace: str | None = None) -> list[VersionInfo]:
-        """The default version (see :meth:`resolve`) of every model."""
+    def list_models(
+        self, namespace: str | None = None, *, kind: str | None = MODEL
+    ) -> list[VersionInfo]:
+        """The default version (see :meth:`resolve`) of every model (or ``kind``; ``None``: all)."""
         m, n = db.models, db.namespaces
         query = sa.select(n.c.name.label("ns"), m.c.name).join(n, m.c.namespace_id == n.c.id)
         if namespace is not None:
             query = query.where(n.c.name == namespace)
+        if kind is not None:
+            query = query.where(m.c.kind == kind)
         with self._read() as conn:
             pairs = conn.execute(query.order_by(n.c.name, m.c.name)).all()
         out = []
         for ns, name in pairs:
             try:
-                out.append(self.resolve(Reference(ns, name)))
+                out.append(self.resolve(Reference(ns, name), kind=None))
             except NotFound:  # every version yanked
-                out.append(self.versions(Reference(ns, name))[0])
+                out.append(self.versions(Reference(ns, name), kind=None)[0])
         return out
+
+    def list_datasets(self, namespace: str | None = None) -> list[VersionInfo]:
+        """The default version of every dataset."""
+        return self.list_models(namespace, kind=DATASET)
 
     def check_names(self) -> list[NameIssue]:
         """Models and versions whose names publishing refuses today.
@@ -871,7 +920,7 @@ class Registry:
                 "'latest' is maintained by the registry: it always names the "
                 "newest version that is not yanked"
             )
-        info = self.resolve(ref)
+        info = self.resolve(ref, kind=None)
         if info.yanked:
             raise Conflict(f"{info.ref} is yanked; an alias cannot point at it")
         with self._write() as conn:
@@ -900,7 +949,7 @@ class Registry:
                     )
                 )
             self._event(conn, "tag", info.ref, actor, {"alias": alias})
-        return self.resolve(info.ref)
+        return self.resolve(info.ref, kind=None)
 
     def untag(self, ref: str, alias: str, *, actor: str | None = None) -> None:
         r = parse_reference(ref)
@@ -927,7 +976,7 @@ class Registry:
         r = parse_reference(ref)
         if r.version is None:
             raise InvalidInput("yank names an exact version: NAME:VERSION")
-        info = self.resolve(r)
+        info = self.resolve(r, kind=None)
         pinned = [a for a in info.aliases if a != LATEST]
         if pinned:
             raise Conflict(
@@ -942,10 +991,10 @@ class Registry:
                 .values(yanked_at=db.utcnow(), yanked_reason=reason)
             )
             self._event(conn, "yank", info.ref, actor, {"reason": reason})
-        return self.resolve(info.ref)
+        return self.resolve(info.ref, kind=None)
 
     def unyank(self, ref: str, *, actor: str | None = None) -> VersionInfo:
-        info = self.resolve(ref)
+        info = self.resolve(ref, kind=None)
         with self._write() as conn:
             vid, _ = self._version_id(conn, info)
             conn.execute(
@@ -954,7 +1003,7 @@ class Registry:
                 .values(yanked_at=None, yanked_reason=None)
             )
             self._event(conn, "unyank", info.ref, actor)
-        return self.resolve(info.ref)
+        return self.resolve(info.ref, kind=None)
 
     # -- files -----------------------------------------------------------
 
@@ -964,13 +1013,14 @@ class Registry:
         dest: str | os.PathLike[str] | None = None,
         *,
         progress: Progress | None = None,
+        kind: str | None = MODEL,
     ) -> Path:
         """Materialise a package as a directory, every file verified.
 
         Without ``dest`` the package goes to the registry's cache (keyed by
         digest) and a cached copy is re-verified before it is returned.
         """
-        info = self.resolve(ref)
+        info = self.resolve(ref, kind=kind)
         target = (
             Path(dest)
             if dest is not None
@@ -1005,12 +1055,14 @@ class Registry:
                 return False
         return True
 
-    def verify(self, ref: str | None = None) -> list[VerifyReport]:
-        """Re-hash stored bytes of one model version, or of every version."""
+    def verify(self, ref: str | None = None, *, kind: str | None = MODEL) -> list[VerifyReport]:
+        """Re-hash stored bytes of one version, or of every version of ``kind`` (``None``: all)."""
         if ref is not None:
-            targets = [self.resolve(ref)]
+            targets = [self.resolve(ref, kind=kind)]
         else:
-            targets = [v for m in self.list_models() for v in self.versions(m.ref)]
+            targets = [
+                v for m in self.list_models(kind=kind) for v in self.versions(m.ref, kind=None)
+            ]
         reports = []
         for info in targets:
             report = VerifyReport(info.ref)
