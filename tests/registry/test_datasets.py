@@ -7,8 +7,6 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
@@ -35,23 +33,10 @@ from sciserve.registry import db
 from sciserve.registry.exchange import export_models, import_models
 from sciserve.registry.registry import Registry
 
+from helpers.datasets import make_dataset as helper_dataset
+from helpers.datasets import write_split
+
 MakeDataset = Callable[..., Path]
-
-
-def _write(path: Path, rows: int, *, label: str = "label", offset: float = 0.0) -> Path:
-    classes = ["star", "galaxy", "qso"]
-    pq.write_table(
-        pa.table(
-            {
-                "id": pa.array(range(rows), pa.int64()),
-                "flux": pa.array([offset + i / 10 for i in range(rows)], pa.float32()),
-                "colour": pa.array([float(i % 5) for i in range(rows)], pa.float64()),
-                label: pa.array([classes[i % 3] for i in range(rows)], pa.string()),
-            }
-        ),
-        path,
-    )
-    return path
 
 
 @pytest.fixture
@@ -59,19 +44,8 @@ def make_dataset(tmp_path: Path) -> MakeDataset:
     """Factory: a dataset package directory with train (9 rows) and test (6 rows) splits."""
     counter = iter(range(1000))
 
-    def make(
-        name: str = "stars", version: str = "1.0.0", offset: float = 0.0, **kw: object
-    ) -> Path:
-        n = next(counter)
-        src = tmp_path / f"src{n}"
-        src.mkdir()
-        splits = {
-            "train": _write(src / "train.parquet", 9, offset=offset),
-            "test": _write(src / "test.parquet", 6, offset=offset),
-        }
-        source = DatasetSource(name=name, version=version, creators=("A. Astronomer",), **kw)  # type: ignore[arg-type]
-        assemble(splits, tmp_path / f"ds{n}", source, max_file_bytes=2**30)
-        return tmp_path / f"ds{n}"
+    def make(**kw: object) -> Path:
+        return helper_dataset(tmp_path / f"ds{next(counter)}", **kw)  # type: ignore[arg-type]
 
     return make
 
@@ -128,7 +102,7 @@ def test_a_dataset_manifest_cannot_pose_as_a_model() -> None:
 
 
 def test_a_missing_label_field_is_refused(tmp_path: Path) -> None:
-    src = _write(tmp_path / "train.parquet", 4, label="class")
+    src = write_split(tmp_path / "train.parquet", 4, label="class")
     with pytest.raises(InvalidInput, match=r"no label field 'label'.*--label"):
         assemble(
             {"train": src},
@@ -140,7 +114,7 @@ def test_a_missing_label_field_is_refused(tmp_path: Path) -> None:
 
 
 def test_an_oversized_file_is_refused_before_it_is_read(tmp_path: Path) -> None:
-    src = _write(tmp_path / "train.parquet", 50)
+    src = write_split(tmp_path / "train.parquet", 50)
     with pytest.raises(PayloadTooLarge, match="max_dataset_file_bytes"):
         assemble(
             {"train": src},
@@ -152,7 +126,7 @@ def test_an_oversized_file_is_refused_before_it_is_read(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("split", ["../up", "Train", "a/b", ""])
 def test_split_names_are_plain(tmp_path: Path, split: str) -> None:
-    src = _write(tmp_path / "train.parquet", 4)
+    src = write_split(tmp_path / "train.parquet", 4)
     with pytest.raises(InvalidInput, match="not a split name"):
         assemble(
             {split: src},

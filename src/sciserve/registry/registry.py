@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -29,7 +30,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from packaging.version import InvalidVersion, Version
@@ -50,6 +51,7 @@ from ..errors import (
     SciserveError,
     VersionConflict,
 )
+from ..package.croissant import CROISSANT_NAME
 from ..package.manifest import (
     DATASET,
     MANIFEST_NAME,
@@ -75,6 +77,9 @@ from ..package.reference import (
 from ..package.validate import ensure_valid
 from . import db
 from .store import ArtifactStore, open_store
+
+if TYPE_CHECKING:
+    from ..package.dataset import SplitData
 
 __all__ = [
     "NameIssue",
@@ -742,6 +747,32 @@ class Registry:
         """The dataset version a reference means; a model's name is :class:`NotFound`."""
         return self.resolve(ref, kind=DATASET)
 
+    def croissant(self, ref: str | Reference) -> dict[str, Any]:
+        """The Croissant document of a dataset version, its bytes checked against their digest."""
+        info = self.resolve_dataset(ref)
+        entry = info.manifest.file(CROISSANT_NAME)
+        with self.store.open(entry.sha256) as fh:
+            data = fh.read(entry.size + 1)
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != entry.sha256:
+            raise IntegrityError(
+                f"{info.ref}: {CROISSANT_NAME} has sha256 {actual}, recorded {entry.sha256}",
+                path=CROISSANT_NAME,
+                expected=entry.sha256,
+                actual=actual,
+            )
+        document: dict[str, Any] = json.loads(data)
+        return document
+
+    def load_split(self, ref: str | Reference, split: str) -> SplitData:
+        """One split of a dataset as numpy arrays (features, labels; see
+        :func:`sciserve.package.dataset.load_split`), from the package cache,
+        every file verified against its digest before it is read."""
+        from ..package.dataset import load_split
+
+        info = self.resolve_dataset(ref)
+        return load_split(self.pull(info.ref, kind=DATASET), split)
+
     def versions(self, ref: str | Reference, *, kind: str | None = MODEL) -> list[VersionInfo]:
         """Every version of a model (or dataset), newest first (yanked ones included)."""
         r = parse_reference(ref) if isinstance(ref, str) else ref
@@ -911,8 +942,10 @@ class Registry:
         row = next(x for x in rows if x.version == info.version)
         return row.id, row.model_id
 
-    def tag(self, ref: str, alias: str, *, actor: str | None = None) -> VersionInfo:
-        """Point ``alias`` of the model at the version ``ref`` names."""
+    def tag(
+        self, ref: str, alias: str, *, actor: str | None = None, kind: str | None = None
+    ) -> VersionInfo:
+        """Point ``alias`` of the model (or dataset) at the version ``ref`` names."""
         if not ALIAS_RE.fullmatch(alias):
             raise InvalidInput(f"{alias!r} is not a valid alias")
         if alias == LATEST:
@@ -920,7 +953,7 @@ class Registry:
                 "'latest' is maintained by the registry: it always names the "
                 "newest version that is not yanked"
             )
-        info = self.resolve(ref, kind=None)
+        info = self.resolve(ref, kind=kind)
         if info.yanked:
             raise Conflict(f"{info.ref} is yanked; an alias cannot point at it")
         with self._write() as conn:
@@ -951,12 +984,13 @@ class Registry:
             self._event(conn, "tag", info.ref, actor, {"alias": alias})
         return self.resolve(info.ref, kind=None)
 
-    def untag(self, ref: str, alias: str, *, actor: str | None = None) -> None:
+    def untag(
+        self, ref: str, alias: str, *, actor: str | None = None, kind: str | None = None
+    ) -> None:
         r = parse_reference(ref)
         with self._write() as conn:
             rows = self._version_rows(conn, r.namespace, r.name)
-            if not rows:
-                raise NotFound(f"no model {r.namespace}/{r.name}")
+            self._check_kind(r, rows, kind)
             aliases = self._aliases(conn, r.namespace, r.name)
             if alias not in aliases:
                 raise NotFound(f"no alias {alias!r} on {r.namespace}/{r.name}")
@@ -967,7 +1001,9 @@ class Registry:
             )
             self._event(conn, "untag", f"{r.namespace}/{r.name}", actor, {"alias": alias})
 
-    def yank(self, ref: str, reason: str, *, actor: str | None = None) -> VersionInfo:
+    def yank(
+        self, ref: str, reason: str, *, actor: str | None = None, kind: str | None = None
+    ) -> VersionInfo:
         """Mark a version as withdrawn; its record and files are kept (like PyPI).
 
         A yanked version is skipped by bare names and ``@latest`` but still
@@ -976,7 +1012,7 @@ class Registry:
         r = parse_reference(ref)
         if r.version is None:
             raise InvalidInput("yank names an exact version: NAME:VERSION")
-        info = self.resolve(r, kind=None)
+        info = self.resolve(r, kind=kind)
         pinned = [a for a in info.aliases if a != LATEST]
         if pinned:
             raise Conflict(
@@ -993,8 +1029,8 @@ class Registry:
             self._event(conn, "yank", info.ref, actor, {"reason": reason})
         return self.resolve(info.ref, kind=None)
 
-    def unyank(self, ref: str, *, actor: str | None = None) -> VersionInfo:
-        info = self.resolve(ref, kind=None)
+    def unyank(self, ref: str, *, actor: str | None = None, kind: str | None = None) -> VersionInfo:
+        info = self.resolve(ref, kind=kind)
         with self._write() as conn:
             vid, _ = self._version_id(conn, info)
             conn.execute(
