@@ -388,3 +388,35 @@ def test_a_registry_from_before_datasets_is_upgraded_and_its_names_are_models(
 def test_the_size_cap_comes_from_the_settings() -> None:
     assert Limits().max_dataset_file_bytes == 16 * 2**30
     assert Limits(max_dataset_file_bytes=5).max_dataset_file_bytes == 5
+
+
+def test_a_dataset_cannot_be_loaded_as_a_model(
+    sqlite_registry: Registry, make_dataset: MakeDataset
+) -> None:
+    import sciserve
+
+    sqlite_registry.publish(make_dataset())
+    with pytest.raises(NotFound, match="stars is a dataset, not a model"):
+        sciserve.load("stars", registry=sqlite_registry)
+
+
+def test_load_split_through_the_registry_verifies_first(
+    sqlite_registry: Registry, make_dataset: MakeDataset
+) -> None:
+    info = sqlite_registry.publish(make_dataset()).version
+    data = sqlite_registry.load_split("stars", "test")
+    assert data.features.shape == (6, 2) and data.label == "label"
+    assert sqlite_registry.croissant("stars")["name"] == "stars"
+    # One changed byte of a stored file: nothing is read from it.
+    entry = info.manifest.file("test.parquet")
+    cached = sqlite_registry.settings.package_cache / info.digest.removeprefix("sha256:")
+    blob = next((sqlite_registry.settings.home / "artifacts").rglob(entry.sha256 + "*"))
+    damaged = bytearray(blob.read_bytes())
+    damaged[-20] ^= 0x01
+    blob.chmod(0o644)
+    blob.write_bytes(bytes(damaged))
+    import shutil
+
+    shutil.rmtree(cached)
+    with pytest.raises(IntegrityError):
+        sqlite_registry.load_split("stars", "test")

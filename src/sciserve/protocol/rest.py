@@ -54,6 +54,12 @@ where ``{ref}`` is one of ``/models/{ns}/{name}`` (the default version),
                                             "limit"}; 201 {..., "token"}: the only time it is sent
     POST   /tokens/{token_id}/revoke        the token's record, revoked
 
+Datasets have the same routes under ``/datasets`` (``{"datasets": [...]}``
+for the listing; ``POST /datasets`` takes a dataset package), with
+``{ref}/croissant`` (the Croissant document, application/ld+json) in place
+of the model card.  Each kind's routes refuse the other kind's names and
+packages (404 / 400), so a dataset is never served or pulled as a model.
+
 The token routes need ``admin`` on ``*`` and a server with authentication
 on; each change is in the audit trail under the admin's token id.
 
