@@ -291,3 +291,35 @@ def test_builtin_lightcurves(cli: Cli, tmp_path: Path) -> None:
         "675d25c52158219d7b750fc0810d8163199515be63cdf4e2e020c5c93dfe5a2f"
     )
     assert "no built-in benchmark 'mnist'" in cli("datasets", "builtin", "mnist", code=2)
+
+
+def test_numpy_splits_and_alert_archives_from_a_directory(cli: Cli, tmp_path: Path) -> None:
+    import fastavro
+    import numpy as np
+
+    d = tmp_path / "arrays"
+    d.mkdir()
+    for split, n in (("train", 8), ("test", 4)):
+        np.savez(
+            d / f"{split}.npz",
+            features=np.ones((n, 2), np.float32),
+            labels=np.arange(n) % 2,
+            classes=np.array(["quiet", "flaring"]),
+        )
+    schema = {"type": "record", "name": "a", "fields": [{"name": "id", "type": "long"}]}
+    with (d / "alerts.avro").open("wb") as out:
+        fastavro.writer(out, schema, [{"id": 1}])
+    out_ = cli.json("datasets", "add", str(d), "--version", "1", "--classes", "quiet,flaring")
+    shown = cli.json("datasets", "show", out_["ref"])
+    assert {f["path"] for f in shown["files"]} == {
+        "croissant.json",
+        "train.parquet",
+        "test.parquet",
+        "alerts/alerts.avro",
+    }
+    doc = json.loads(cli("datasets", "card", "arrays"))
+    classes = next(r for r in doc["recordSet"] if r["@id"] == "classes")["data"]
+    assert [c["classes/name"] for c in classes] == ["quiet", "flaring"]
+    # The top-level verify covers datasets too.
+    reports = cli.json("verify")
+    assert [r["ref"] for r in reports] == ["default/arrays:1"]

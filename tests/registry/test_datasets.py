@@ -420,3 +420,144 @@ def test_load_split_through_the_registry_verifies_first(
     shutil.rmtree(cached)
     with pytest.raises(IntegrityError):
         sqlite_registry.load_split("stars", "test")
+
+
+# -- NumPy splits and Avro alert archives -------------------------------------------
+
+
+def _npz(path: Path, **arrays: object) -> Path:
+    import numpy as np
+
+    np.savez(path, **arrays)  # type: ignore[arg-type]
+    return path
+
+
+def test_a_numpy_split_becomes_parquet_with_named_classes(tmp_path: Path) -> None:
+    import numpy as np
+
+    x = np.arange(12, dtype=np.float32).reshape(4, 3)
+    src = _npz(
+        tmp_path / "train.npz",
+        features=x,
+        labels=np.array([0, 2, 1, 0], np.uint8),
+        feature_names=np.array(["a", "b", "c"]),
+        classes=np.array(["star", "galaxy", "qso"]),
+        ids=np.array([10, 11, 12, 13]),
+    )
+    source = DatasetSource(name="np", version="1", classes=("star", "galaxy", "qso"))
+    manifest = assemble({"train": src}, tmp_path / "pkg", source, max_file_bytes=2**30)
+    assert [f.path for f in manifest.files] == ["croissant.json", "train.parquet"]
+    data = load_split(tmp_path / "pkg", "train")
+    assert data.feature_names == ("a", "b", "c")
+    np.testing.assert_array_equal(data.features, x)
+    assert data.labels.tolist() == ["star", "qso", "galaxy", "star"]
+    assert data.ids is not None and data.ids.tolist() == [10, 11, 12, 13]
+    assert read_croissant(tmp_path / "pkg").classes == ("star", "galaxy", "qso")
+    # The same arrays give the same bytes.
+    again = assemble({"train": src}, tmp_path / "pkg2", source, max_file_bytes=2**30)
+    assert again.digest == manifest.digest
+
+
+@pytest.mark.parametrize(
+    ("arrays", "message"),
+    [
+        ({"features": [[1.0]]}, "needs arrays 'features'"),
+        ({"features": [1.0, 2.0], "labels": [0, 1]}, "2-D numeric"),
+        ({"features": [[1.0], [2.0]], "labels": [0]}, "one integer or text label per row"),
+        (
+            {"features": [[1.0], [2.0]], "labels": [0, 5], "classes": ["a", "b"]},
+            "outside the 2 classes",
+        ),
+        ({"features": [[1.0]], "labels": [0], "feature_names": ["label"]}, "unique and not"),
+    ],
+)
+def test_bad_numpy_splits_are_refused(
+    tmp_path: Path, arrays: dict[str, object], message: str
+) -> None:
+    import numpy as np
+
+    src = _npz(tmp_path / "train.npz", **{k: np.asarray(v) for k, v in arrays.items()})
+    with pytest.raises(InvalidInput, match=message):
+        assemble(
+            {"train": src},
+            tmp_path / "pkg",
+            DatasetSource(name="x", version="1"),
+            max_file_bytes=2**30,
+        )
+    assert not (tmp_path / "pkg").exists()
+
+
+def test_a_pickled_numpy_array_is_never_loaded(tmp_path: Path) -> None:
+    import numpy as np
+
+    src = tmp_path / "train.npz"
+    np.savez(src, features=np.array([[1.0]]), labels=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(InvalidInput, match="object arrays are refused"):
+        assemble(
+            {"train": src},
+            tmp_path / "pkg",
+            DatasetSource(name="x", version="1"),
+            max_file_bytes=2**30,
+        )
+
+
+def test_a_numpy_file_that_unpacks_over_the_cap_is_refused(tmp_path: Path) -> None:
+    import numpy as np
+
+    src = tmp_path / "train.npz"
+    np.savez_compressed(src, features=np.zeros((20_000, 10)), labels=np.zeros(20_000, np.int64))
+    assert src.stat().st_size < 100_000
+    with pytest.raises(PayloadTooLarge, match="unpacks to"):
+        assemble(
+            {"train": src},
+            tmp_path / "pkg",
+            DatasetSource(name="x", version="1"),
+            max_file_bytes=100_000,
+        )
+
+
+def _avro(path: Path) -> Path:
+    import fastavro
+
+    schema = {
+        "type": "record",
+        "name": "alert",
+        "fields": [{"name": "alertId", "type": "long"}, {"name": "band", "type": "string"}],
+    }
+    with path.open("wb") as out:
+        fastavro.writer(out, schema, [{"alertId": i, "band": "g"} for i in range(5)])
+    return path
+
+
+def test_avro_alert_archives_travel_with_the_splits(registry: Registry, tmp_path: Path) -> None:
+    split = write_split(tmp_path / "train.parquet", 6)
+    alerts = _avro(tmp_path / "night-1.avro")
+    manifest = assemble(
+        {"train": split},
+        tmp_path / "pkg",
+        DatasetSource(name="alerts", version="1"),
+        max_file_bytes=2**30,
+        attachments=[alerts],
+    )
+    assert manifest.file("alerts/night-1.avro").role == "data"
+    doc = json.loads((tmp_path / "pkg" / "croissant.json").read_text())
+    (entry,) = [d for d in doc["distribution"] if d["contentUrl"] == "alerts/night-1.avro"]
+    assert entry["encodingFormat"] == "application/avro"
+    assert croissant.validate(doc) == []
+    registry.publish(tmp_path / "pkg")
+    pulled = registry.pull("alerts", tmp_path / "out", kind=DATASET)
+    assert (pulled / "alerts" / "night-1.avro").read_bytes() == alerts.read_bytes()
+
+
+def test_a_file_that_is_not_avro_is_not_an_alert_archive(tmp_path: Path) -> None:
+    split = write_split(tmp_path / "train.parquet", 6)
+    fake = tmp_path / "night.avro"
+    fake.write_bytes(b"PAR1 not avro")
+    with pytest.raises(InvalidInput, match="not an Avro object container file"):
+        assemble(
+            {"train": split},
+            tmp_path / "pkg",
+            DatasetSource(name="x", version="1"),
+            max_file_bytes=2**30,
+            attachments=[fake],
+        )

@@ -66,20 +66,28 @@ def _scratch(st: State) -> Iterator[Path]:
         yield scratch
 
 
-def _splits_of(path: Path, split: str | None) -> dict[str, Path]:
+_SPLIT_SUFFIXES = (".parquet", ".npz")
+
+
+def _splits_of(path: Path, split: str | None) -> tuple[dict[str, Path], list[Path]]:
+    """The splits (name → file) and the Avro alert archives of ``path``."""
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix == ".parquet")
+        entries = sorted(path.iterdir())
+        files = [p for p in entries if p.suffix in _SPLIT_SUFFIXES]
         if not files:
             raise InvalidInput(
-                f"{path} holds no Parquet files (name them after their split: "
+                f"{path} holds no Parquet or .npz files (name them after their split: "
                 f"train.parquet, test.parquet) and no {CROISSANT_NAME}"
             )
         if split is not None:
             raise InvalidInput("--split names the split of a single file, not of a directory")
-        return {p.stem: p for p in files}
+        stems = [p.stem for p in files]
+        if len(set(stems)) != len(stems):
+            raise InvalidInput(f"{path} has two files for one split: {', '.join(stems)}")
+        return {p.stem: p for p in files}, [p for p in entries if p.suffix == ".avro"]
     if not path.is_file():
         raise InvalidInput(f"no file or directory at {path}")
-    return {split or path.stem: path}
+    return {split or path.stem: path}, []
 
 
 @app.command("add")
@@ -88,8 +96,9 @@ def add(
     source: Annotated[
         str,
         typer.Argument(
-            help="A directory of <split>.parquet files (or with its own croissant.json), "
-            "a Parquet file, or an http(s) URL of one (with --sha256)."
+            help="A directory of <split>.parquet / <split>.npz files (and Avro alert "
+            "archives, *.avro, carried along), a directory with its own croissant.json, "
+            "one such file, or an http(s) URL of one (with --sha256)."
         ),
     ],
     name: Annotated[str | None, typer.Option(help="Dataset name (default: from the path).")] = None,
@@ -146,7 +155,7 @@ def add(
         if path.is_dir() and (path / CROISSANT_NAME).is_file():
             from_croissant(path, package, namespace=namespace, max_file_bytes=max_bytes)
         else:
-            splits = _splits_of(path, split)
+            splits, alerts = _splits_of(path, split)
             if version is None:
                 raise InvalidInput("give the dataset's --version, e.g. --version 1.0.0")
             dataset_name = name or default_name
@@ -169,6 +178,7 @@ def add(
                     url=url,
                 ),
                 max_file_bytes=max_bytes,
+                attachments=alerts,
             )
         _publish(st, package)
 

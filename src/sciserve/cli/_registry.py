@@ -284,7 +284,8 @@ def verify(
         _verify_local(st, Path(ref))
         return
     with st.registry(create=False) as reg:
-        reports = reg.verify(ref)
+        # Without a reference: every version of every model and dataset.
+        reports = reg.verify(ref) if ref is not None else reg.verify(kind=None)
 
     def human() -> None:
         for r in reports:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import Conflict, DependencyMissing
-from ..package.dataset import DatasetSource, assemble
+from ..package.dataset import DatasetSource, assemble, write_parquet
 from ..package.manifest import Manifest
 from .build import AUTHORS, DATASET, LICENSE, N_TEST, N_TRAIN, NAMESPACE, REPOSITORY
 from .features import FEATURE_NAMES, FEATURE_SET, extract_many
@@ -35,16 +35,12 @@ BENCHMARK_NAME = DATASET.removesuffix("-v1")
 BENCHMARK_VERSION = "1.0.0"
 #: What ``sciserve datasets builtin`` offers, by its short name.
 BENCHMARKS = {"lightcurves": BENCHMARK_NAME}
-#: Rows per Parquet row group: fixed, so the file layout never depends on
-#: a library default.
-_ROW_GROUP = 1024
 _LABEL = "label"
 
 
 def _write_split(path: Path, seed: int, n: int) -> None:
     try:
         import pyarrow as pa
-        import pyarrow.parquet as pq
     except ImportError as exc:
         raise DependencyMissing(
             "the built-in benchmark is written as Parquet: pip install 'sciserve[datasets]'"
@@ -57,18 +53,7 @@ def _write_split(path: Path, seed: int, n: int) -> None:
     for i, name in enumerate(FEATURE_NAMES):
         columns[name] = pa.array(np.ascontiguousarray(features[:, i], dtype=np.float32))
     columns[_LABEL] = pa.array([lc.label for lc in curves], type=pa.string())
-    pq.write_table(
-        pa.table(columns),
-        path,
-        row_group_size=_ROW_GROUP,
-        compression="zstd",
-        compression_level=3,
-        use_dictionary=[_LABEL],
-        write_statistics=True,
-        store_schema=True,
-        version="2.6",
-        data_page_version="1.0",
-    )
+    write_parquet(pa.table(columns), path, dictionary=[_LABEL])
 
 
 def build_benchmark(

@@ -114,6 +114,8 @@ _CONTEXT: Final[Mapping[str, Any]] = {
 #: Media types of the data files sciserve reads, by suffix.
 _FORMATS: Final = {
     ".parquet": "application/x-parquet",
+    # Alert archives travel with a dataset's splits (no record set reads them).
+    ".avro": "application/avro",
 }
 
 
@@ -179,7 +181,7 @@ def _media_type(path: str) -> str:
     for suffix, media in _FORMATS.items():
         if path.endswith(suffix):
             return media
-    raise ValueError(f"{path}: not a Parquet file")
+    raise ValueError(f"{path}: neither a Parquet nor an Avro file")
 
 
 def build(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,7 @@ __all__ = [
     "from_croissant",
     "load_split",
     "read_croissant",
+    "write_parquet",
 ]
 
 _SPLIT_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
@@ -148,8 +150,10 @@ def _check_file(path: Path, split: str, max_bytes: int) -> int:
         )
     if path.is_symlink() or not path.is_file():
         raise InvalidInput(f"{path} is not a regular file")
-    if path.suffix != ".parquet":
-        raise InvalidInput(f"{path.name}: datasets are added from Parquet files (.parquet)")
+    if path.suffix not in (".parquet", ".npz"):
+        raise InvalidInput(
+            f"{path.name}: a split is a Parquet file (.parquet) or NumPy arrays (.npz)"
+        )
     size = path.stat().st_size
     if size > max_bytes:
         raise PayloadTooLarge(
@@ -168,27 +172,158 @@ def _classes(paths: Mapping[str, Path], label: str) -> tuple[str, ...]:
     return tuple(sorted(values))
 
 
+#: How sciserve writes Parquet: fixed row groups, compression and encoding,
+#: so the same table gives the same bytes (for one pyarrow release, which
+#: Parquet records as ``created_by``).
+_ROW_GROUP = 1024
+#: The magic bytes every Avro object container file starts with.
+_AVRO_MAGIC = b"Obj\x01"
+
+
+def write_parquet(table: Any, path: Path, *, dictionary: Sequence[str] = ()) -> None:
+    """Write a pyarrow ``table`` reproducibly (see :data:`_ROW_GROUP`)."""
+    pq = _pyarrow()
+    pq.write_table(
+        table,
+        path,
+        row_group_size=_ROW_GROUP,
+        compression="zstd",
+        compression_level=3,
+        use_dictionary=list(dictionary),
+        write_statistics=True,
+        store_schema=True,
+        version="2.6",
+        data_page_version="1.0",
+    )
+
+
+def _npz_to_parquet(path: Path, target: Path, label: str, max_bytes: int) -> None:
+    """A NumPy ``.npz`` split (``features``, ``labels``; optional ``feature_names``,
+    ``classes``, ``ids``) as a Parquet file; nothing pickled is ever loaded."""
+    import zipfile
+
+    import pyarrow as pa
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            unpacked = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise InvalidInput(f"{path.name} is not a readable .npz file") from exc
+    if unpacked > max_bytes:
+        raise PayloadTooLarge(
+            f"{path.name} unpacks to {unpacked} bytes, over the {max_bytes}-byte limit for a "
+            "dataset file ([limits] max_dataset_file_bytes)"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+    except (ValueError, OSError, zipfile.BadZipFile) as exc:
+        raise InvalidInput(f"{path.name}: {exc} (object arrays are refused)") from exc
+    if "features" not in arrays or "labels" not in arrays:
+        raise InvalidInput(
+            f"{path.name} needs arrays 'features' (rows by features) and 'labels' (one per "
+            f"row); it has {', '.join(sorted(arrays)) or 'none'}"
+        )
+    x, y = arrays["features"], arrays["labels"]
+    if x.ndim != 2 or x.dtype.kind not in "biuf":
+        raise InvalidInput(
+            f"{path.name}: 'features' must be a 2-D numeric array, not {x.dtype}{list(x.shape)}"
+        )
+    if y.ndim != 1 or len(y) != len(x) or y.dtype.kind not in "biuU":
+        raise InvalidInput(f"{path.name}: 'labels' must hold one integer or text label per row")
+    names = [f"f{i}" for i in range(x.shape[1])]
+    if "feature_names" in arrays:
+        given = arrays["feature_names"]
+        if given.shape != (x.shape[1],) or given.dtype.kind != "U":
+            raise InvalidInput(f"{path.name}: 'feature_names' must name each feature column")
+        names = [str(n) for n in given]
+    if len(set(names)) != len(names) or label in names or "id" in names:
+        raise InvalidInput(f"{path.name}: feature names must be unique and not {label!r} or 'id'")
+    if "classes" in arrays:
+        classes = arrays["classes"]
+        if y.dtype.kind not in "iu" or classes.ndim != 1 or classes.dtype.kind != "U":
+            raise InvalidInput(f"{path.name}: 'classes' names integer labels: a 1-D text array")
+        if len(y) and (y.min() < 0 or y.max() >= len(classes)):
+            raise InvalidInput(f"{path.name}: a label is outside the {len(classes)} classes")
+        y = classes[y]
+    columns: dict[str, Any] = {}
+    if "ids" in arrays:
+        ids = arrays["ids"]
+        if ids.shape != (len(x),) or ids.dtype.kind not in "iu":
+            raise InvalidInput(f"{path.name}: 'ids' must hold one integer per row")
+        columns["id"] = pa.array(ids.astype(np.int64))
+    for i, name in enumerate(names):
+        column = np.ascontiguousarray(x[:, i])
+        columns[name] = pa.array(column.astype(np.float32) if x.dtype.kind == "f" else column)
+    columns[label] = pa.array(y.tolist() if y.dtype.kind == "U" else y)
+    write_parquet(pa.table(columns), target, dictionary=[label])
+
+
+def _attachment_name(path: Path) -> str:
+    if path.is_symlink() or not path.is_file():
+        raise InvalidInput(f"{path} is not a regular file")
+    if path.suffix != ".avro" or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}", path.name):
+        raise InvalidInput(f"{path.name}: alert archives are Avro files with plain names (.avro)")
+    with path.open("rb") as fh:
+        if fh.read(4) != _AVRO_MAGIC:
+            raise InvalidInput(f"{path.name} is not an Avro object container file")
+    return f"alerts/{path.name}"
+
+
 def assemble(
     splits: Mapping[str, Path],
     out: Path,
     source: DatasetSource,
     *,
     max_file_bytes: int,
+    attachments: Sequence[Path] = (),
 ) -> Manifest:
-    """Write a dataset package of ``splits`` (name → Parquet file) into the new directory ``out``.
+    """Write a dataset package of ``splits`` into the new directory ``out``.
 
-    Each file is copied as ``<split>.parquet`` (so no name a caller gave
-    reaches the package), hashed, described from its Parquet schema, and
-    the label column must be in every split.  Raises on a missing label,
-    an unreadable file or one over ``max_file_bytes``; ``out`` is then left
-    for the caller to remove.
+    A split is a Parquet file or a NumPy ``.npz`` (converted to Parquet:
+    arrays ``features`` and ``labels``, optionally ``feature_names``,
+    ``classes`` naming integer labels, and ``ids``).  Each is written as
+    ``<split>.parquet`` (so no name a caller gave reaches the package),
+    hashed and described from its Parquet schema; the label column must be
+    in every split.  ``attachments`` are Avro alert archives that travel
+    with the data (``alerts/<name>``, checksummed, in the document's
+    distribution) without being a split.  Raises on a missing label, an
+    unreadable file or one over ``max_file_bytes``; ``out`` may then be
+    left for the caller to remove.
     """
     if not splits:
-        raise InvalidInput("a dataset needs at least one Parquet file")
+        raise InvalidInput("a dataset needs at least one Parquet or .npz file")
     if source.task not in croissant.TASKS:
         raise InvalidInput(f"unknown task {source.task!r}; use one of {', '.join(croissant.TASKS)}")
     for split, path in splits.items():
         _check_file(path, split, max_file_bytes)
+    attached = {_attachment_name(path): path for path in attachments}
+    if len(attached) != len(attachments):
+        raise InvalidInput("two alert archives have the same name")
+    for path in attachments:
+        if path.stat().st_size > max_file_bytes:
+            raise PayloadTooLarge(
+                f"{path.name} is over the {max_file_bytes}-byte limit for a dataset file "
+                "([limits] max_dataset_file_bytes)"
+            )
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}-", dir=out.parent) as tmp:
+        parquet = {}
+        for split, path in sorted(splits.items()):
+            if path.suffix == ".npz":
+                parquet[split] = Path(tmp) / f"{split}.parquet"
+                _npz_to_parquet(path, parquet[split], source.label, max_file_bytes)
+            else:
+                parquet[split] = path
+        return _assemble(parquet, attached, out, source, max_file_bytes)
+
+
+def _assemble(
+    splits: Mapping[str, Path],
+    attached: Mapping[str, Path],
+    out: Path,
+    source: DatasetSource,
+    max_file_bytes: int,
+) -> Manifest:
     described = {split: _columns(path, split) for split, path in sorted(splits.items())}
     for split, columns in described.items():
         names = [c.name for c in columns]
@@ -206,10 +341,12 @@ def assemble(
             raise InvalidInput(f"labels {unknown} are not among the classes {list(classes)}")
     _make_dir(out)
     files = []
-    for split in described:
-        name = f"{split}.parquet"
-        shutil.copyfile(splits[split], out / name)
-        sha, size = sha256_file(out / name)
+    copies = {f"{split}.parquet": splits[split] for split in described} | dict(attached)
+    for name, path in copies.items():
+        target = out / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+        sha, size = sha256_file(target)
         if size > max_file_bytes:  # it grew while being copied
             raise PayloadTooLarge(f"{name} is over the {max_file_bytes}-byte limit")
         files.append(DataFile(name, sha, size))
