@@ -561,3 +561,49 @@ def test_a_file_that_is_not_avro_is_not_an_alert_archive(tmp_path: Path) -> None
             max_file_bytes=2**30,
             attachments=[fake],
         )
+
+
+def test_a_regression_dataset_needs_no_classes(tmp_path: Path) -> None:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(
+        pa.table({"x": pa.array([1.0, 2.0, 3.0]), "energy": pa.array([0.5, 1.5, 2.5])}),
+        tmp_path / "test.parquet",
+    )
+    source = DatasetSource(name="calo", version="1", task="regression", label="energy")
+    assemble({"test": tmp_path / "test.parquet"}, tmp_path / "pkg", source, max_file_bytes=2**30)
+    card = read_croissant(tmp_path / "pkg")
+    assert (card.task, card.classes, card.label) == ("regression", (), "energy")
+    assert croissant.validate(json.loads((tmp_path / "pkg" / "croissant.json").read_text())) == []
+    data = load_split(tmp_path / "pkg", "test")
+    np.testing.assert_array_equal(data.labels, [0.5, 1.5, 2.5])
+
+
+def test_a_document_describing_other_columns_than_its_file_is_refused(
+    registry: Registry, make_dataset: MakeDataset, tmp_path: Path
+) -> None:
+    own = _own_document(make_dataset, tmp_path)
+    doc = json.loads((own / "croissant.json").read_text())
+    split = next(r for r in doc["recordSet"] if r["@id"] == "test")
+    field = next(f for f in split["field"] if f["name"] == "flux")
+    field["dataType"] = "sc:Text"
+    (own / "croissant.json").write_text(json.dumps(doc))
+    package = tmp_path / "pkg"
+    from_croissant(own, package, max_file_bytes=2**30)
+    with pytest.raises(ManifestError, match="the document says sc:Text"):
+        registry.publish(package)
+    assert registry.list_datasets() == []
+
+
+def test_a_deeply_nested_document_is_a_clear_error(
+    make_dataset: MakeDataset, tmp_path: Path
+) -> None:
+    own = _own_document(make_dataset, tmp_path)
+    (own / "croissant.json").write_text("[" * 200_000 + "]" * 200_000)
+    with pytest.raises(ManifestError, match="nests too deeply"):
+        from_croissant(own, tmp_path / "out", max_file_bytes=2**30)
+    (own / "croissant.json").write_text("{not json")
+    with pytest.raises(ManifestError, match="not valid JSON"):
+        from_croissant(own, tmp_path / "out2", max_file_bytes=2**30)

@@ -464,6 +464,8 @@ def _load_document(path: Path) -> Any:
         return json.loads(path.read_bytes())
     except (ValueError, UnicodeDecodeError) as exc:
         raise ManifestError([Problem("", f"not valid JSON: {exc}")], CROISSANT_NAME) from exc
+    except RecursionError as exc:  # a few KB of brackets nest deeper than the parser goes
+        raise ManifestError([Problem("", "the JSON nests too deeply")], CROISSANT_NAME) from exc
 
 
 def read_croissant(root: Path) -> Croissant:
@@ -508,6 +510,36 @@ def check(root: Path, manifest: Manifest) -> list[Problem]:
             problems.append(
                 Problem("files", f"{path}: the manifest and {CROISSANT_NAME} disagree on its bytes")
             )
+    if not problems:
+        problems += _schema_problems(root, card)
+    return problems
+
+
+def _schema_problems(root: Path, card: Croissant) -> list[Problem]:
+    """Every split's file is Parquet holding the document's columns with their types:
+    a document that describes other data than it ships would give wrong answers."""
+    problems = []
+    for split in card.splits.values():
+        where = f"recordSet {split.name}"
+        try:
+            found = {c.name: c.data_type for c in _columns(root / split.file, split.name)}
+        except InvalidInput as exc:
+            problems.append(Problem(where, str(exc)))
+            continue
+        for column in split.columns:
+            actual = found.get(column.name)
+            if actual is None:
+                problems.append(
+                    Problem(where, f"{split.file} has no column {column.name!r}", "fix the field")
+                )
+            elif actual != column.data_type:
+                problems.append(
+                    Problem(
+                        where,
+                        f"{split.file}: column {column.name!r} is {actual}, the document "
+                        f"says {column.data_type}",
+                    )
+                )
     return problems
 
 
@@ -524,7 +556,10 @@ def load_split(root: Path, split: str) -> SplitData:
     info = card.splits[split]
     names = card.features(split)
     pq = _pyarrow()
-    table = pq.read_table(root / info.file)
+    try:
+        table = pq.read_table(root / info.file)
+    except Exception as exc:  # pyarrow raises several kinds for a broken file
+        raise InvalidInput(f"split {split}: {info.file} is not a readable Parquet file") from exc
     missing = [n for n in (*names, card.label) if n not in table.column_names]
     if missing:
         raise InvalidInput(f"split {split}: {info.file} has no column(s) {', '.join(missing)}")
