@@ -73,3 +73,26 @@ def test_another_seed_is_another_version(tmp_path: Path) -> None:
     assert load_split(tmp_path / "small", "train").features.shape == (20, len(FEATURE_NAMES))
     with pytest.raises(Conflict, match="already exists"):
         build_benchmark(tmp_path / "small", seed=7, n_train=20, n_test=10)
+
+
+def test_the_example_classifier_scores_its_published_accuracy_on_the_benchmark(
+    benchmark: Path, tmp_path: Path
+) -> None:
+    import sciserve
+    from sciserve.examples import build_examples
+
+    (package,) = [p for p in build_examples(tmp_path / "examples") if p.name == "lc-classifier"]
+    manifest = load_manifest(package)
+    (output,) = manifest.outputs
+    assert output.labels == list(CLASSES)
+    assert manifest.inputs[0].feature_names == list(FEATURE_NAMES)
+    published = {m.name: m.value for m in manifest.metrics}["accuracy"]
+    with Registry.open(tmp_path / "home") as reg:
+        reg.publish(package)
+        reg.publish(benchmark)
+        test = reg.load_split(f"examples/{BENCHMARK_NAME}", "test")
+        model = sciserve.load("examples/lc-classifier", registry=reg)
+        probabilities = model.predict(test.features)["probabilities"]
+    predicted = np.asarray(output.labels)[np.argmax(probabilities, axis=1)]
+    accuracy = float(np.mean(predicted == test.labels))
+    assert round(accuracy, 4) == published
