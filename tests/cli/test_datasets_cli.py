@@ -105,9 +105,9 @@ def test_add_list_show_card_pull_verify(cli: Cli, data_dir: Path, tmp_path: Path
 
 
 def test_the_registrys_commands_tag_and_yank_datasets(cli: Cli, data_dir: Path) -> None:
-    cli("datasets", "add", str(data_dir), "--version", "1.0.0")
+    cli("datasets", "add", str(data_dir), "--version", "1.0.0", "--license", "CC0-1.0")
     _parquet(data_dir / "test.parquet", 6)
-    cli("datasets", "add", str(data_dir), "--version", "1.1.0")
+    cli("datasets", "add", str(data_dir), "--version", "1.1.0", "--license", "CC0-1.0")
     cli("tag", "mydata:1.0.0", "benchmark")
     assert cli.json("datasets", "show", "mydata@benchmark")["versions"][1]["aliases"] == [
         "benchmark"
@@ -117,14 +117,14 @@ def test_the_registrys_commands_tag_and_yank_datasets(cli: Cli, data_dir: Path) 
 
 
 def test_a_dataset_is_not_a_model_on_the_command_line(cli: Cli, data_dir: Path) -> None:
-    cli("datasets", "add", str(data_dir), "--version", "1.0.0")
+    cli("datasets", "add", str(data_dir), "--version", "1.0.0", "--license", "CC0-1.0")
     assert "is a dataset, not a model" in cli("models", "show", "mydata", code=3)
     assert "is a dataset, not a model" in cli("pull", "mydata", "--dest", "x", code=3)
     assert "no dataset default/other" in cli("datasets", "show", "other", code=3)
 
 
 def test_verify_detects_one_changed_byte(cli: Cli, data_dir: Path) -> None:
-    cli("datasets", "add", str(data_dir), "--version", "1.0.0")
+    cli("datasets", "add", str(data_dir), "--version", "1.0.0", "--license", "CC0-1.0")
     digest = hashlib.sha256((data_dir / "test.parquet").read_bytes()).hexdigest()
     (blob,) = [p for p in (cli.home / "artifacts").rglob("*") if p.name.startswith(digest)]
     data = bytearray(blob.read_bytes())
@@ -140,25 +140,51 @@ def test_verify_detects_one_changed_byte(cli: Cli, data_dir: Path) -> None:
 def test_bad_input_is_a_clear_error_and_changes_nothing(
     cli: Cli, data_dir: Path, tmp_path: Path
 ) -> None:
-    cli("datasets", "add", str(data_dir), "--version", "1.0.0")
+    cli("datasets", "add", str(data_dir), "--version", "1.0.0", "--license", "CC0-1.0")
     before = (_count(cli), _events(cli))
-    out = cli("datasets", "add", str(data_dir), "--version", "2.0.0", "--label", "klass", code=2)
+    out = cli(
+        "datasets",
+        "add",
+        str(data_dir),
+        "--version",
+        "2.0.0",
+        "--license",
+        "CC0-1.0",
+        "--label",
+        "klass",
+        code=2,
+    )
     assert "no label field 'klass'" in out
     assert "give the dataset's --version" in cli("datasets", "add", str(data_dir), code=2)
+    assert "give the dataset's --license" in cli(
+        "datasets", "add", str(data_dir), "--version", "4", code=2
+    )
+    assert "license" in cli(
+        "datasets", "add", str(data_dir), "--version", "5", "--license", "Not a licence", code=2
+    )
     odd = tmp_path / "odd"
     odd.mkdir()
     (odd / "train.parquet").write_bytes(b"not parquet at all")
     assert "not a readable Parquet file" in cli(
-        "datasets", "add", str(odd), "--version", "1", code=2
+        "datasets", "add", str(odd), "--version", "1", "--license", "CC0-1.0", code=2
     )
     assert "unknown task" in cli(
-        "datasets", "add", str(data_dir), "--version", "3", "--task", "clustering", code=2
+        "datasets",
+        "add",
+        str(data_dir),
+        "--version",
+        "3",
+        "--license",
+        "CC0-1.0",
+        "--task",
+        "clustering",
+        code=2,
     )
     assert (_count(cli), _events(cli)) == before
 
 
 def test_a_document_that_does_not_validate_is_refused(cli: Cli, data_dir: Path) -> None:
-    cli("datasets", "add", str(data_dir), "--version", "1.0.0")
+    cli("datasets", "add", str(data_dir), "--version", "1.0.0", "--license", "CC0-1.0")
     own = cli.home.parent / "own"
     cli("datasets", "pull", "mydata", "--dest", str(own))
     (own / "sciserve.yaml").unlink()
@@ -184,7 +210,7 @@ def test_the_size_cap_refuses_a_big_file(cli: Cli, data_dir: Path) -> None:
     cli.home.mkdir(parents=True)
     (cli.home / "sciserve.toml").write_text("[limits]\nmax_dataset_file_bytes = 100\n")
     assert "max_dataset_file_bytes" in cli(
-        "datasets", "add", str(data_dir), "--version", "1", code=2
+        "datasets", "add", str(data_dir), "--version", "1", "--license", "CC0-1.0", code=2
     )
     assert _count(cli) == 0
 
@@ -237,17 +263,43 @@ def test_a_url_is_fetched_once_verified_and_cached(
     _parquet(root / "train.parquet", 10)
     sha = hashlib.sha256((root / "train.parquet").read_bytes()).hexdigest()
     url = f"{base}/train.parquet?token=s3cret"
-    out = cli.json("datasets", "add", url, "--sha256", sha, "--name", "remote", "--version", "1")
+    out = cli.json(
+        "datasets",
+        "add",
+        url,
+        "--sha256",
+        sha,
+        "--name",
+        "remote",
+        "--version",
+        "1",
+        "--license",
+        "CC0-1.0",
+    )
     assert out["created"]
-    cli.json("datasets", "add", url, "--sha256", sha, "--name", "remote", "--version", "1")
+    cli.json(
+        "datasets",
+        "add",
+        url,
+        "--sha256",
+        sha,
+        "--name",
+        "remote",
+        "--version",
+        "1",
+        "--license",
+        "CC0-1.0",
+    )
     assert hits == ["/train.parquet?token=s3cret"]  # the second add used the cache
+    doc = json.loads(cli("datasets", "card", "remote"))
+    assert doc["url"] == f"{base}/train.parquet"  # no token recorded
 
 
 def test_url_failures_are_clear_errors(cli: Cli, http_dir: tuple[str, Path, list[str]]) -> None:
     base, root, _ = http_dir
     _parquet(root / "train.parquet", 10)
     good = hashlib.sha256((root / "train.parquet").read_bytes()).hexdigest()
-    args = ("--name", "remote", "--version", "1")
+    args = ("--name", "remote", "--version", "1", "--license", "CC0-1.0")
     out = cli(
         "datasets", "add", f"{base}/train.parquet?token=s3cret", "--sha256", "0" * 64, *args, code=5
     )
@@ -279,7 +331,18 @@ def test_a_url_over_the_size_cap_is_refused(
     cli.home.mkdir(parents=True)
     (cli.home / "sciserve.toml").write_text("[limits]\nmax_dataset_file_bytes = 200\n")
     sha = hashlib.sha256((root / "train.parquet").read_bytes()).hexdigest()
-    out = cli("datasets", "add", f"{base}/train.parquet", "--sha256", sha, "--version", "1", code=2)
+    out = cli(
+        "datasets",
+        "add",
+        f"{base}/train.parquet",
+        "--sha256",
+        sha,
+        "--version",
+        "1",
+        "--license",
+        "CC0-1.0",
+        code=2,
+    )
     assert "over the 200-byte limit" in out
 
 
@@ -309,7 +372,17 @@ def test_numpy_splits_and_alert_archives_from_a_directory(cli: Cli, tmp_path: Pa
     schema = {"type": "record", "name": "a", "fields": [{"name": "id", "type": "long"}]}
     with (d / "alerts.avro").open("wb") as out:
         fastavro.writer(out, schema, [{"id": 1}])
-    out_ = cli.json("datasets", "add", str(d), "--version", "1", "--classes", "quiet,flaring")
+    out_ = cli.json(
+        "datasets",
+        "add",
+        str(d),
+        "--version",
+        "1",
+        "--license",
+        "CC0-1.0",
+        "--classes",
+        "quiet,flaring",
+    )
     shown = cli.json("datasets", "show", out_["ref"])
     assert {f["path"] for f in shown["files"]} == {
         "croissant.json",

@@ -44,7 +44,11 @@ def make_dataset(
         "test": write_split(src / "test.parquet", 6, offset=offset),
     }
     source = DatasetSource(
-        name=name, version=version, namespace=namespace, creators=("A. Astronomer",)
+        name=name,
+        version=version,
+        license="CC-BY-4.0",
+        namespace=namespace,
+        creators=("A. Astronomer",),
     )
     assemble(splits, out, source, max_file_bytes=2**30)
     return out

@@ -107,7 +107,7 @@ def test_a_missing_label_field_is_refused(tmp_path: Path) -> None:
         assemble(
             {"train": src},
             tmp_path / "pkg",
-            DatasetSource(name="x", version="1"),
+            DatasetSource(name="x", version="1", license="CC0-1.0"),
             max_file_bytes=2**30,
         )
     assert not (tmp_path / "pkg").exists()
@@ -119,7 +119,7 @@ def test_an_oversized_file_is_refused_before_it_is_read(tmp_path: Path) -> None:
         assemble(
             {"train": src},
             tmp_path / "pkg",
-            DatasetSource(name="x", version="1"),
+            DatasetSource(name="x", version="1", license="CC0-1.0"),
             max_file_bytes=100,
         )
 
@@ -131,7 +131,7 @@ def test_split_names_are_plain(tmp_path: Path, split: str) -> None:
         assemble(
             {split: src},
             tmp_path / "pkg",
-            DatasetSource(name="x", version="1"),
+            DatasetSource(name="x", version="1", license="CC0-1.0"),
             max_file_bytes=2**30,
         )
 
@@ -143,7 +143,7 @@ def test_not_parquet_is_refused(tmp_path: Path) -> None:
         assemble(
             {"train": bad},
             tmp_path / "pkg",
-            DatasetSource(name="x", version="1"),
+            DatasetSource(name="x", version="1", license="CC0-1.0"),
             max_file_bytes=2**30,
         )
 
@@ -444,7 +444,9 @@ def test_a_numpy_split_becomes_parquet_with_named_classes(tmp_path: Path) -> Non
         classes=np.array(["star", "galaxy", "qso"]),
         ids=np.array([10, 11, 12, 13]),
     )
-    source = DatasetSource(name="np", version="1", classes=("star", "galaxy", "qso"))
+    source = DatasetSource(
+        name="np", version="1", license="CC0-1.0", classes=("star", "galaxy", "qso")
+    )
     manifest = assemble({"train": src}, tmp_path / "pkg", source, max_file_bytes=2**30)
     assert [f.path for f in manifest.files] == ["croissant.json", "train.parquet"]
     data = load_split(tmp_path / "pkg", "train")
@@ -481,7 +483,7 @@ def test_bad_numpy_splits_are_refused(
         assemble(
             {"train": src},
             tmp_path / "pkg",
-            DatasetSource(name="x", version="1"),
+            DatasetSource(name="x", version="1", license="CC0-1.0"),
             max_file_bytes=2**30,
         )
     assert not (tmp_path / "pkg").exists()
@@ -496,7 +498,7 @@ def test_a_pickled_numpy_array_is_never_loaded(tmp_path: Path) -> None:
         assemble(
             {"train": src},
             tmp_path / "pkg",
-            DatasetSource(name="x", version="1"),
+            DatasetSource(name="x", version="1", license="CC0-1.0"),
             max_file_bytes=2**30,
         )
 
@@ -511,7 +513,7 @@ def test_a_numpy_file_that_unpacks_over_the_cap_is_refused(tmp_path: Path) -> No
         assemble(
             {"train": src},
             tmp_path / "pkg",
-            DatasetSource(name="x", version="1"),
+            DatasetSource(name="x", version="1", license="CC0-1.0"),
             max_file_bytes=100_000,
         )
 
@@ -535,7 +537,7 @@ def test_avro_alert_archives_travel_with_the_splits(registry: Registry, tmp_path
     manifest = assemble(
         {"train": split},
         tmp_path / "pkg",
-        DatasetSource(name="alerts", version="1"),
+        DatasetSource(name="alerts", version="1", license="CC0-1.0"),
         max_file_bytes=2**30,
         attachments=[alerts],
     )
@@ -557,7 +559,7 @@ def test_a_file_that_is_not_avro_is_not_an_alert_archive(tmp_path: Path) -> None
         assemble(
             {"train": split},
             tmp_path / "pkg",
-            DatasetSource(name="x", version="1"),
+            DatasetSource(name="x", version="1", license="CC0-1.0"),
             max_file_bytes=2**30,
             attachments=[fake],
         )
@@ -572,7 +574,9 @@ def test_a_regression_dataset_needs_no_classes(tmp_path: Path) -> None:
         pa.table({"x": pa.array([1.0, 2.0, 3.0]), "energy": pa.array([0.5, 1.5, 2.5])}),
         tmp_path / "test.parquet",
     )
-    source = DatasetSource(name="calo", version="1", task="regression", label="energy")
+    source = DatasetSource(
+        name="calo", version="1", license="CC0-1.0", task="regression", label="energy"
+    )
     assemble({"test": tmp_path / "test.parquet"}, tmp_path / "pkg", source, max_file_bytes=2**30)
     card = read_croissant(tmp_path / "pkg")
     assert (card.task, card.classes, card.label) == ("regression", (), "energy")

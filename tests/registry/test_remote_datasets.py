@@ -113,7 +113,9 @@ def test_the_remote_command_line(
     from helpers.datasets import write_split
 
     write_split(data / "train.parquet", 12)
-    out = cli.json("--server", url, "datasets", "add", str(data), "--version", "1.0.0")
+    out = cli.json(
+        "--server", url, "datasets", "add", str(data), "--version", "1.0.0", "--license", "CC0-1.0"
+    )
     assert out["created"] and out["ref"] == "default/mine:1.0.0"
     assert [d["ref"] for d in cli.json("--server", url, "datasets", "list")] == [out["ref"]]
     doc = json.loads(cli("--server", url, "datasets", "card", "mine"))

@@ -111,7 +111,9 @@ def add(
         typer.Option(help="Comma-separated classes in model output order (default: sorted)."),
     ] = None,
     description: Annotated[str | None, typer.Option(help="What the data is.")] = None,
-    license_: Annotated[str, typer.Option("--license", help="SPDX licence.")] = "CC-BY-4.0",
+    license_: Annotated[
+        str | None, typer.Option("--license", help="SPDX licence, e.g. CC-BY-4.0 (required).")
+    ] = None,
     creator: Annotated[
         list[str] | None, typer.Option(help="Who made it (repeatable).", show_default=False)
     ] = None,
@@ -127,7 +129,7 @@ def add(
     ] = 30.0,
 ) -> None:
     """Add a dataset: files checksummed, described in Croissant, validated, published."""
-    from ..registry.downloads import fetch, url_file_name
+    from ..registry.downloads import fetch, public_url, url_file_name
 
     st = state(ctx)
     settings = st.settings
@@ -158,6 +160,8 @@ def add(
             splits, alerts = _splits_of(path, split)
             if version is None:
                 raise InvalidInput("give the dataset's --version, e.g. --version 1.0.0")
+            if license_ is None:
+                raise InvalidInput("give the dataset's --license (SPDX), e.g. --license CC-BY-4.0")
             dataset_name = name or default_name
             if not NAME_RE.fullmatch(dataset_name):
                 raise InvalidInput(f"{dataset_name!r} is not a valid name; give --name")
@@ -175,7 +179,7 @@ def add(
                     task=task,
                     label=label,
                     classes=tuple(c.strip() for c in classes.split(",")) if classes else None,
-                    url=url,
+                    url=public_url(url) if url is not None else None,
                 ),
                 max_file_bytes=max_bytes,
                 attachments=alerts,

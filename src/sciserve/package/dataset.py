@@ -75,9 +75,10 @@ class DatasetSource:
 
     name: str
     version: str
+    #: SPDX licence expression (required: data is not free by default).
+    license: str
     namespace: str = "default"
     description: str = ""
-    license: str = "CC-BY-4.0"
     creators: tuple[str, ...] = ()
     citation: str | None = None
     task: str = "classification"

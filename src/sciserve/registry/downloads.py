@@ -23,10 +23,15 @@ import httpx
 from .._hashing import sha256_file
 from ..errors import IntegrityError, InvalidInput, NotFound, PayloadTooLarge, Unavailable
 
-__all__ = ["fetch", "url_file_name"]
+__all__ = ["fetch", "public_url", "url_file_name"]
 
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1 << 20
+
+
+def public_url(url: str) -> str:
+    """``url`` without user info, query string or fragment: what may be shown and recorded."""
+    return _shown(url)
 
 
 def _shown(url: str) -> str:
