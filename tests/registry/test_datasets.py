@@ -611,3 +611,20 @@ def test_a_deeply_nested_document_is_a_clear_error(
     (own / "croissant.json").write_text("{not json")
     with pytest.raises(ManifestError, match="not valid JSON"):
         from_croissant(own, tmp_path / "out2", max_file_bytes=2**30)
+
+
+def test_without_the_datasets_extra_the_error_says_what_to_install(
+    make_dataset: MakeDataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from sciserve.errors import DependencyMissing
+
+    root = make_dataset()
+    doc = json.loads((root / "croissant.json").read_text())
+    monkeypatch.setitem(sys.modules, "mlcroissant", None)
+    with pytest.raises(DependencyMissing, match=r"sciserve\[datasets\]"):
+        croissant.validate(doc)
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    with pytest.raises(DependencyMissing, match=r"sciserve\[datasets\]"):
+        load_split(root, "test")
