@@ -396,3 +396,15 @@ def test_numpy_splits_and_alert_archives_from_a_directory(cli: Cli, tmp_path: Pa
     # The top-level verify covers datasets too.
     reports = cli.json("verify")
     assert [r["ref"] for r in reports] == ["default/arrays:1"]
+
+
+def test_export_and_import_carry_datasets(cli: Cli, data_dir: Path, tmp_path: Path) -> None:
+    cli("datasets", "add", str(data_dir), "--version", "1.0.0", "--license", "CC0-1.0")
+    cli("datasets", "tag", "mydata:1.0.0", "benchmark")
+    cli("export", "mydata", "--out", str(tmp_path / "exported.tar.gz"))
+    other = Cli(tmp_path / "other", cli.capsys)
+    imported = other.json("import", str(tmp_path / "exported.tar.gz"))
+    assert [i["kind"] for i in imported] == ["dataset"]
+    assert other.json("datasets", "show", "mydata@benchmark")["versions"][0]["version"] == "1.0.0"
+    (report,) = other.json("datasets", "verify", "mydata")
+    assert report["ok"]
