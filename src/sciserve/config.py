@@ -66,6 +66,9 @@ class Limits(BaseModel):
     #: Largest package upload the server's registry API accepts (``[limits]
     #: max_upload_bytes`` in ``sciserve.toml``).
     max_upload_bytes: int = Field(default=2 * 2**30, gt=0)
+    #: Largest data file a dataset may hold (``sciserve datasets add``, a URL
+    #: fetched for it): a bigger one is refused before it is read or fetched whole.
+    max_dataset_file_bytes: int = Field(default=16 * 2**30, gt=0)
 
 
 class ServingConfig(BaseModel):

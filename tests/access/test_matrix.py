@@ -64,6 +64,7 @@ from sciserve.registry.registry import Registry
 from sciserve.serving.service import InferenceService
 
 from helpers.batch import archive as write_archive
+from helpers.datasets import make_dataset
 from helpers.legacy import insert_legacy_version
 from helpers.packages import expected_linear, make_onnx_package
 from helpers.server import Running, start_server, stop_server
@@ -167,6 +168,8 @@ class World:
     admin: str
     #: A second server on the same registry, its gRPC served by a front-end process.
     relayed: Running
+    #: The archive of the dataset ``alpha/ds:1.0.0``.
+    dataset_archive: bytes = b""
 
     def grpc(self, mode: str) -> str:
         return self.relayed.grpc if mode == "front-end" else self.server.grpc
@@ -183,9 +186,9 @@ def _jwt(key: ec.EllipticCurvePrivateKey, issuer: str, **claims: Any) -> str:
     return jwt.encode(body, key, algorithm="ES256", headers={"kid": "k1"})
 
 
-def _build(home: Path, work: Path) -> tuple[dict[str, Credential], bytes]:
+def _build(home: Path, work: Path) -> tuple[dict[str, Credential], bytes, bytes]:
     """Packages, issuer keys, settings and tokens; returns the credentials and
-    the archive of ``alpha/pub:1.0.0``."""
+    the archives of ``alpha/pub:1.0.0`` and of the dataset ``alpha/ds:1.0.0``."""
     key, stranger = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     jwks = work / "jwks.json"
     jwks.write_text(json.dumps({"keys": [_jwk(key, "k1")]}))
@@ -206,6 +209,8 @@ def _build(home: Path, work: Path) -> tuple[dict[str, Credential], bytes]:
     write_archive(work / "archives" / "lsst")
     pub = make_onnx_package(work / "pub1", name="pub", namespace="alpha")
     archive = pack(pub, work / "pub1.tar.gz").read_bytes()
+    ds = make_dataset(work / "ds1", name="ds", namespace="alpha")
+    dataset_archive = pack(ds, work / "ds1.tar.gz").read_bytes()
     with Registry(Settings.load(home, environ={})) as reg:
         reg.publish(make_onnx_package(work / "m", name="m", namespace="alpha"))
         reg.publish(pub)
@@ -213,6 +218,13 @@ def _build(home: Path, work: Path) -> tuple[dict[str, Credential], bytes]:
             make_onnx_package(work / "pub2", name="pub", namespace="alpha", version="2.0.0")
         )
         reg.tag("alpha/pub:1.0.0", "stable")
+        # A dataset beside the models, under the same rules: alpha/ds 1.0.0
+        # (aliased stable) and 2.0.0.
+        reg.publish(ds)
+        reg.publish(
+            make_dataset(work / "ds2", name="ds", namespace="alpha", version="2.0.0", offset=1.0)
+        )
+        reg.tag("alpha/ds:1.0.0", "stable")
         reg.publish(make_onnx_package(work / "b", name="b", namespace="beta"))
         # Evaluations of models of both namespaces on one dataset: a
         # leaderboard shows each caller only the models it may see.
@@ -284,13 +296,13 @@ def _build(home: Path, work: Path) -> tuple[dict[str, Credential], bytes]:
             scale=LEGACY_SCALE,
         )
         insert_legacy_version(home, package)
-    return creds, archive
+    return creds, archive, dataset_archive
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     work = tmp_path_factory.mktemp("matrix")
-    creds, archive = _build(work / "home", work)
+    creds, archive, dataset_archive = _build(work / "home", work)
     server = start_server(work / "home", "--auth")
     try:
         relayed = start_server(work / "home", "--auth", "--grpc-frontends", "1")
@@ -300,7 +312,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     try:
         admin = creds["admin"].header
         assert admin is not None
-        yield World(server, creds, archive, admin, relayed)
+        yield World(server, creds, archive, admin, relayed, dataset_archive)
     finally:
         stop_server(relayed.proc)
         stop_server(server.proc)
@@ -418,6 +430,9 @@ def _zeta_model(spec: Rest, body: bytes) -> Stand:
 
 _JOB_ROUTE = {"params": JOB, "ghost": _no_job, "elsewhere": _zeta_job}
 _UNYANK = ("POST", f"{REGISTRY}/models/alpha/pub/versions/2.0.0/unyank", b"")
+#: The dataset of the world, as REG is its model.
+DS = {"namespace": "alpha", "name": "ds", "version": "2.0.0", "alias": "stable"}
+_DS_UNYANK = ("POST", f"{REGISTRY}/datasets/alpha/ds/versions/2.0.0/unyank", b"")
 
 
 def _rest_table() -> dict[tuple[str, str], Rest]:
@@ -559,6 +574,44 @@ def _rest_table() -> dict[tuple[str, str], Rest]:
                 after=_UNYANK,
             ),
             ("POST", ref + "/unyank"): Rest(PUBLISH, params=REG),
+        }
+    # Datasets: the registry's routes for models, under /datasets, by the same rule.
+    reg_ds = REGISTRY + "/datasets/{namespace}/{name}"
+    table |= {
+        ("GET", REGISTRY + "/datasets"): Rest(
+            LISTING, seen=lambda d: {x["namespace"] for x in d["datasets"]}, universe=("alpha",)
+        ),
+        # Publishing the very same archive again is the no-op answer 200.
+        ("POST", REGISTRY + "/datasets"): Rest(
+            Target("publish", "publish"), body=lambda w: w.dataset_archive
+        ),
+        ("GET", reg_ds + "/versions"): Rest(MODEL, params=DS),
+        ("PUT", reg_ds + "/aliases/{alias}"): Rest(
+            PUBLISH, body=lambda w: b'{"version": "1.0.0"}', params=DS
+        ),
+        ("DELETE", reg_ds + "/aliases/{alias}"): Rest(
+            PUBLISH,
+            ok=204,
+            params={**DS, "alias": "temp"},
+            before=("PUT", f"{REGISTRY}/datasets/alpha/ds/aliases/temp", b'{"version": "1.0.0"}'),
+        ),
+    }
+    for ref in (reg_ds, reg_ds + "/versions/{version}", reg_ds + "/aliases/{alias}"):
+        exact = ref.endswith("{version}")
+        table |= {
+            ("GET", ref): Rest(MODEL, params=DS),
+            ("GET", ref + "/croissant"): Rest(MODEL, params=DS),
+            ("GET", ref + "/archive"): Rest(MODEL, params=DS),
+            ("POST", ref + "/verify"): Rest(ADMIN, params=DS),
+            ("POST", ref + "/yank"): Rest(
+                PUBLISH,
+                ok=200 if exact else 400,
+                missing=404 if exact else 400,
+                body=lambda w: b'{"reason": "matrix"}',
+                params=DS,
+                after=_DS_UNYANK,
+            ),
+            ("POST", ref + "/unyank"): Rest(PUBLISH, params=DS),
         }
     for path in (model, version):
         table |= {

@@ -16,16 +16,24 @@ from .identity import Identity, Scope
 __all__ = ["authorize", "visible"]
 
 
-def authorize(identity: Identity, action: Scope, namespace: str, name: str | None = None) -> None:
+def authorize(
+    identity: Identity,
+    action: Scope,
+    namespace: str,
+    name: str | None = None,
+    *,
+    what: str = "model",
+) -> None:
     """Allow ``action`` on namespace ``namespace`` (model ``name`` in it, if given) or raise.
 
-    Raises :class:`NotFound` ("no model ns/name" or "no namespace 'ns'") when
+    Raises :class:`NotFound` ("no model ns/name", "no dataset ns/name" for
+    ``what="dataset"``, or "no namespace 'ns'") when
     the identity holds no scope there, :class:`PermissionDenied` when it holds
     some but not ``action``.
     """
     if not identity.can_see(namespace):
         if name is not None:
-            raise NotFound(f"no model {namespace}/{name}")
+            raise NotFound(f"no {what} {namespace}/{name}")
         raise NotFound(f"no namespace {namespace!r}")
     if not identity.allows(action, namespace):
         raise PermissionDenied(

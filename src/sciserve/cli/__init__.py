@@ -20,6 +20,7 @@ from . import (
     _access,
     _alerts,
     _batch,
+    _datasets,
     _jobs,
     _jobs_runner,
     _monitor,
@@ -87,6 +88,7 @@ def _root(
 
 _package.register(app)
 _registry.register(app)
+_datasets.register(app)
 app.add_typer(_namespace.app, name="namespace")
 _up.register(app)
 _serve.register(app)

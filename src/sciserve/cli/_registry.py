@@ -292,7 +292,8 @@ def verify(
         _verify_local(st, Path(ref))
         return
     with st.registry(create=False) as reg:
-        reports = reg.verify(ref)
+        # Without a reference: every version of every model and dataset.
+        reports = reg.verify(ref) if ref is not None else reg.verify(kind=None)
 
     def human() -> None:
         for r in reports:
@@ -329,12 +330,14 @@ def export(
     ctx: typer.Context,
     refs: Annotated[
         list[str],
-        typer.Argument(help="Model references (all versions of a bare name with --all-versions)."),
+        typer.Argument(
+            help="Model or dataset references (all versions of a bare name with --all-versions)."
+        ),
     ],
     out: Annotated[Path, typer.Option(help="Directory, or .tar / .tar.gz archive, to write.")],
     all_versions: Annotated[bool, typer.Option(help="Export every version of each model.")] = False,
 ) -> None:
-    """Write models to a self-contained registry directory or archive."""
+    """Write models and datasets to a self-contained registry directory or archive."""
     from ..registry.exchange import export_models
 
     st = state(ctx)
@@ -350,7 +353,7 @@ def import_(
     ctx: typer.Context,
     source: Annotated[Path, typer.Argument(help="An export directory or archive.")],
 ) -> None:
-    """Load the models of an export into this registry."""
+    """Load the models and datasets of an export into this registry."""
     from ..registry.exchange import import_models
 
     st = state(ctx)

@@ -17,7 +17,7 @@ import hashlib
 import json
 import re
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import yaml
 from pydantic import (
@@ -34,9 +34,13 @@ from ..datatypes import DATATYPES, Datatype
 from ..errors import ManifestError, PayloadTooLarge, Problem
 
 __all__ = [
+    "DATASET",
+    "DATASET_RUNTIME",
     "DATATYPES",
+    "KINDS",
     "MANIFEST_NAME",
     "MAX_MANIFEST_BYTES",
+    "MODEL",
     "SCHEMA_VERSION",
     "Author",
     "Citation",
@@ -53,6 +57,13 @@ __all__ = [
 ]
 
 MANIFEST_NAME = "sciserve.yaml"
+#: What a package holds: a model (served, loaded) or a dataset (evaluated on).
+#: One registry keeps both, under the same rules; a name is one or the other.
+MODEL: Final = "model"
+DATASET: Final = "dataset"
+KINDS: Final = (MODEL, DATASET)
+#: The ``runtime`` of every dataset package: none can be loaded as a model.
+DATASET_RUNTIME = "dataset"
 SCHEMA_VERSION = 1
 #: Largest manifest file, and largest canonical manifest the registry stores.
 MAX_MANIFEST_BYTES = 4 * 2**20
@@ -103,7 +114,7 @@ class FileEntry(_Strict):
     sha256: str
     #: What the file is for: ``model`` (what the runtime loads), ``citation``,
     #: ``context``, ``data``, ``code`` or ``other``.
-    role: Literal["model", "citation", "context", "data", "code", "other"] = "other"
+    role: Literal["model", "citation", "context", "data", "code", "metadata", "other"] = "other"
 
     @field_validator("path")
     @classmethod
@@ -195,6 +206,9 @@ class Manifest(_Strict):
     """The parsed, structurally valid content of ``sciserve.yaml``."""
 
     schema_version: int = SCHEMA_VERSION
+    #: ``model`` or ``dataset``; left out of the canonical form of a model so
+    #: that the digests of models published before datasets existed hold.
+    kind: Literal["model", "dataset"] = MODEL
     name: str
     version: str
     namespace: str = "default"
@@ -272,6 +286,13 @@ class Manifest(_Strict):
             names = [t.name for t in group]
             if len(names) != len(set(names)):
                 raise ValueError("tensor names must be unique")
+        if self.kind == DATASET:
+            if self.runtime != DATASET_RUNTIME:
+                raise ValueError(f"a dataset has runtime {DATASET_RUNTIME!r}, not {self.runtime!r}")
+            if self.model_file is not None or self.inputs or self.outputs:
+                raise ValueError("a dataset has no model_file, inputs or outputs")
+        elif self.runtime == DATASET_RUNTIME:
+            raise ValueError(f"runtime {DATASET_RUNTIME!r} is for datasets (kind: dataset)")
         if self.model_file is not None and self.model_file not in seen:
             raise ValueError(f"model_file {self.model_file!r} is not listed under files")
         if self.citation and self.citation.cff and self.citation.cff not in seen:
@@ -299,7 +320,10 @@ class Manifest(_Strict):
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest as plain data, without unset optional fields."""
-        return self.model_dump(mode="json", exclude_none=True, exclude_defaults=False)
+        data = self.model_dump(mode="json", exclude_none=True, exclude_defaults=False)
+        if data.get("kind") == MODEL:
+            del data["kind"]
+        return data
 
     def canonical_bytes(self) -> bytes:
         """A byte form independent of YAML formatting, comments and key order."""

@@ -20,7 +20,7 @@ from .._hashing import sha256_file
 from ..errors import ManifestError, NotFound, PayloadTooLarge, Problem, SciserveError
 from .batch_dims import batch_dim_problems
 from .card import identifier_iri
-from .manifest import MANIFEST_NAME, Manifest, TensorSpec, load_manifest
+from .manifest import DATASET, MANIFEST_NAME, Manifest, TensorSpec, load_manifest
 from .reference import served_name_problem, version_problem
 
 if TYPE_CHECKING:
@@ -148,6 +148,8 @@ def check_package(
         except ManifestError as exc:
             return exc.problems + _checks_of_the_rest(root, exc, for_publish=for_publish)
     problems: list[Problem] = []
+    if manifest.kind == DATASET:
+        return _dataset_problems(root, manifest, for_publish=for_publish)
     if for_publish:
         problems += _publish_requirements(manifest)
     problems += _signature_shape_problems(manifest)
@@ -157,6 +159,26 @@ def check_package(
     # says; problems with other files do not hide the signature's.
     if not any(_file_of(manifest, p) == manifest.model_file for p in file_problems):
         problems += _runtime_problems(root, manifest)
+    return problems
+
+
+def _dataset_problems(root: Path, m: Manifest, *, for_publish: bool) -> list[Problem]:
+    """A dataset's checks: names, licence, files, then its Croissant document."""
+    from . import dataset
+
+    problems: list[Problem] = []
+    if for_publish:
+        problems += license_problems(m.license)
+        for field, problem in (
+            ("name", served_name_problem(m.namespace, m.name)),
+            ("version", version_problem(m.version)),
+        ):
+            if problem is not None:
+                problems.append(Problem(field, problem))
+    file_problems = _file_problems(root, m)
+    problems += file_problems
+    if not any(p.severity == "error" for p in file_problems):
+        problems += dataset.check(root, m)
     return problems
 
 

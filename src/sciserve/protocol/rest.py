@@ -69,6 +69,12 @@ where ``{ref}`` is one of ``/models/{ns}/{name}`` (the default version),
                                             "limit"}; 201 {..., "token"}: the only time it is sent
     POST   /tokens/{token_id}/revoke        the token's record, revoked
 
+Datasets have the same routes under ``/datasets`` (``{"datasets": [...]}``
+for the listing; ``POST /datasets`` takes a dataset package), with
+``{ref}/croissant`` (the Croissant document, application/ld+json) in place
+of the model card.  Each kind's routes refuse the other kind's names and
+packages (404 / 400), so a dataset is never served or pulled as a model.
+
 The token routes need ``admin`` on ``*`` and a server with authentication
 on; each change is in the audit trail under the admin's token id.
 
@@ -163,7 +169,7 @@ from ..jobs.remote import JOBS_PREFIX
 from ..jobs.submission import api_spec, model_references, spec_document
 from ..package.archive import pack
 from ..package.card import render_card, to_jsonld
-from ..package.manifest import NAMESPACE_RE, Manifest
+from ..package.manifest import DATASET, MODEL, NAMESPACE_RE, Manifest
 from ..package.reference import Reference, parse_reference
 from ..registry.leaderboard import Direction
 from ..registry.promotion import DEFAULT_SPLIT
@@ -607,6 +613,20 @@ def _denied_recorder(service: InferenceService) -> Denied | None:
     return record
 
 
+#: The key of a registry listing's items, by kind.
+_PLURAL = {MODEL: "models", DATASET: "datasets"}
+
+
+def _check_upload(identity: Identity, manifest: Manifest, kind: str) -> None:
+    """A publish's check, once the manifest is read: the namespace, then the kind."""
+    authorize(identity, "publish", manifest.namespace)
+    if manifest.kind != kind:
+        raise InvalidInput(
+            f"the upload is a {manifest.kind} package; publish it to "
+            f"{REGISTRY_PREFIX}/{_PLURAL[manifest.kind]}"
+        )
+
+
 def _model(request: Request) -> tuple[str, str | None]:
     params = request.path_params
     return params["name"], params.get("version")
@@ -623,57 +643,79 @@ class _RegistryApi:
         self.registry = service.registry
 
     async def _authorize(
-        self, request: Request, action: Scope, namespace: str | None, name: str | None = None
+        self,
+        request: Request,
+        action: Scope,
+        namespace: str | None,
+        name: str | None = None,
+        kind: str = MODEL,
     ) -> Identity:
         """The caller, if it may do ``action`` in ``namespace``; every route asks here first.
 
         ``namespace`` ``None`` means "across namespaces": listings are then
         filtered to what the caller may see, and global actions (the audit
         trail, verifying everything) need ``admin`` on ``*``.  Routes about
-        one model pass its ``name``, so a model the caller may not see is
-        reported in the registry's words for a missing model.
+        one model (or dataset: ``kind``) pass its ``name``, so one the caller
+        may not see is reported in the registry's words for a missing one.
         """
         identity = await self.service.identify(request.headers.get("authorization"))
         if namespace is not None:
-            authorize(identity, action, namespace, name)
+            authorize(identity, action, namespace, name, what=kind)
         elif action == "admin" and not identity.is_admin:
             raise PermissionDenied(f"{identity.subject} needs the admin scope on '*'")
         return identity
 
     def routes(self) -> list[BaseRoute]:
         base = REGISTRY_PREFIX
-        model = base + "/models/{namespace}/{name}"
-        refs = (model, model + "/versions/{version}", model + "/aliases/{alias}")
         get, post = ["GET"], ["POST"]
         table: list[tuple[str, Endpoint, list[str]]] = [
             (base + "/namespaces", self.namespaces, get),
             (base + "/events", self.events, get),
             (base + "/verify", self.verify_all, post),
-            (base + "/models", self.list_models, get),
             (base + "/tokens", self.tokens, get),
             (base + "/tokens", self.create_token, post),
             (base + "/tokens/{token_id}/revoke", self.revoke_token, post),
-            (base + "/models", self.publish, post),
-            (model + "/versions", self.versions, get),
-            (model + "/aliases/{alias}", self.tag, ["PUT"]),
-            (model + "/aliases/{alias}", self.untag, ["DELETE"]),
+            (base + "/leaderboards/{namespace}/{name}", self.leaderboard, get),
+        ]
+        # Models and datasets: the same routes over the same registry calls,
+        # each kind under its own path, so one is never taken for the other.
+        for kind, plural in ((MODEL, "models"), (DATASET, "datasets")):
+
+            def of(fn: Callable[..., Awaitable[Response]], kind: str = kind) -> Endpoint:
+                return functools.partial(fn, kind=kind)
+
+            item = f"{base}/{plural}/{{namespace}}/{{name}}"
+            table += [
+                (f"{base}/{plural}", of(self.list_models), get),
+                (f"{base}/{plural}", of(self.publish), post),
+                (item + "/versions", of(self.versions), get),
+                (item + "/aliases/{alias}", of(self.tag), ["PUT"]),
+                (item + "/aliases/{alias}", of(self.untag), ["DELETE"]),
+            ]
+            for ref in (item, item + "/versions/{version}", item + "/aliases/{alias}"):
+                table += [
+                    (ref, of(self.resolve), get),
+                    (ref + "/archive", of(self.archive), get),
+                    (ref + "/verify", of(self.verify), post),
+                    (ref + "/yank", of(self.yank), post),
+                    (ref + "/unyank", of(self.unyank), post),
+                ]
+                if kind == MODEL:
+                    table += [
+                        (ref + "/card", self.card, get),
+                        (ref + "/card.jsonld", self.jsonld, get),
+                    ]
+                else:
+                    table.append((ref + "/croissant", self.croissant, get))
+        # Promotion policies and evaluation records belong to models.
+        model = f"{base}/models/{{namespace}}/{{name}}"
+        table += [
             (model + "/policies", self.policies, get),
             (model + "/policies/{policy}", self.set_policy, ["PUT"]),
             (model + "/policies/{policy}", self.clear_policy, ["DELETE"]),
             (model + "/evaluations", self.evaluations, get),
             (model + "/evaluations", self.add_evaluation, post),
-            (base + "/leaderboards/{namespace}/{name}", self.leaderboard, get),
         ]
-        for ref in refs:
-            table += [
-                (ref, self.resolve, get),
-                (ref + "/card", self.card, get),
-                (ref + "/card.jsonld", self.jsonld, get),
-                (ref + "/archive", self.archive, get),
-                (ref + "/verify", self.verify, post),
-                (ref + "/yank", self.yank, post),
-                (ref + "/unyank", self.unyank, post),
-            ]
         denied = _denied_recorder(self.service)
         return [Route(path, _guarded(fn, denied), methods=methods) for path, fn, methods in table]
 
@@ -696,31 +738,36 @@ class _RegistryApi:
             raise InvalidInput(f"limit must be an integer from 1 to {_MAX_EVENTS}, got {raw!r}")
         return _json({"events": await self._call(self.registry.events, int(raw))})
 
-    async def list_models(self, request: Request) -> Response:
+    async def list_models(self, request: Request, *, kind: str = MODEL) -> Response:
         namespace = request.query_params.get("namespace")
         identity = await self._authorize(request, "read", namespace)
-        found = await self._call(self.registry.list_models, namespace)
+        found = await self._call(self.registry.list_models, namespace, kind=kind)
         shown = [v for v in found if identity.can_see(v.namespace)]
         # "complete": whether the caller sees every namespace, so a client can
         # tell "nothing published" from "nothing it may see" (without learning
         # whether anything is hidden).
-        models = [version_to_wire(v) for v in shown]
-        return _json({"models": models, "complete": identity.is_admin})
+        items = [version_to_wire(v) for v in shown]
+        return _json({_PLURAL[kind]: items, "complete": identity.is_admin})
 
-    async def versions(self, request: Request) -> Response:
+    async def versions(self, request: Request, *, kind: str = MODEL) -> Response:
         ref = _reference(request)
-        await self._authorize(request, "read", ref.namespace, ref.name)
-        found = await self._call(self.registry.versions, ref)
+        await self._authorize(request, "read", ref.namespace, ref.name, kind)
+        found = await self._call(self.registry.versions, ref, kind=kind)
         return _json({"versions": [version_to_wire(v) for v in found]})
 
-    async def _resolve(self, request: Request, action: Scope) -> VersionInfo:
+    async def _resolve(self, request: Request, action: Scope, kind: str = MODEL) -> VersionInfo:
         ref = _reference(request)
-        await self._authorize(request, action, ref.namespace, ref.name)
-        info: VersionInfo = await self._call(self.registry.resolve, ref)
+        await self._authorize(request, action, ref.namespace, ref.name, kind)
+        info: VersionInfo = await self._call(self.registry.resolve, ref, kind=kind)
         return info
 
-    async def resolve(self, request: Request) -> Response:
-        return _json(version_to_wire(await self._resolve(request, "read")))
+    async def resolve(self, request: Request, *, kind: str = MODEL) -> Response:
+        return _json(version_to_wire(await self._resolve(request, "read", kind)))
+
+    async def croissant(self, request: Request) -> Response:
+        info = await self._resolve(request, "read", DATASET)
+        document = await self._call(self.registry.croissant, info.ref)
+        return Response(json.dumps(document).encode(), media_type="application/ld+json")
 
     async def card(self, request: Request) -> Response:
         info = await self._resolve(request, "read")
@@ -740,8 +787,8 @@ class _RegistryApi:
         document = to_jsonld(info.manifest, digest=info.digest, base_url=base_url)
         return Response(json.dumps(document).encode(), media_type="application/ld+json")
 
-    async def archive(self, request: Request) -> Response:
-        info = await self._resolve(request, "read")
+    async def archive(self, request: Request, *, kind: str = MODEL) -> Response:
+        info = await self._resolve(request, "read", kind)
         source = await self._call(self._packed, info)
         size = os.fstat(source.fileno()).st_size
         filename = f"{info.name}-{info.version}.tar.gz"
@@ -757,7 +804,7 @@ class _RegistryApi:
 
     def _packed(self, info: VersionInfo) -> Any:
         """An open, already unlinked ``.tar.gz`` of the verified package."""
-        root = self.registry.pull(info.ref)
+        root = self.registry.pull(info.ref, kind=info.manifest.kind)
         with self._scratch() as scratch:
             archive = pack(root, scratch / "package.tar.gz")
             # The open file outlives its name, so nothing is left behind
@@ -778,17 +825,19 @@ class _RegistryApi:
         finally:
             shutil.rmtree(path, ignore_errors=True)
 
-    async def verify(self, request: Request) -> Response:
-        info = await self._resolve(request, "admin")
-        return _json({"reports": _reports(await self._call(self.registry.verify, info.ref))})
+    async def verify(self, request: Request, *, kind: str = MODEL) -> Response:
+        info = await self._resolve(request, "admin", kind)
+        reports = await self._call(self.registry.verify, info.ref, kind=kind)
+        return _json({"reports": _reports(reports)})
 
     async def verify_all(self, request: Request) -> Response:
         await self._authorize(request, "admin", None)
-        return _json({"reports": _reports(await self._call(self.registry.verify))})
+        # Every version of every model and dataset.
+        return _json({"reports": _reports(await self._call(self.registry.verify, kind=None))})
 
     # -- changing ----------------------------------------------------------
 
-    async def publish(self, request: Request) -> Response:
+    async def publish(self, request: Request, *, kind: str = MODEL) -> Response:
         identity = await self._authorize(request, "publish", None)
         # The target namespace is only known once the manifest is unpacked;
         # a caller who may publish nowhere is refused before the upload is read.
@@ -807,15 +856,16 @@ class _RegistryApi:
                 self.registry.publish,
                 upload,
                 actor=identity.principal,
-                check=lambda manifest: authorize(identity, "publish", manifest.namespace),
+                check=lambda manifest: _check_upload(identity, manifest, kind),
                 label="the upload",
             )
         body = {"created": result.created, "version": version_to_wire(result.version)}
         return _json(body, 201 if result.created else 200)
 
-    async def tag(self, request: Request) -> Response:
+    async def tag(self, request: Request, *, kind: str = MODEL) -> Response:
         ref = _reference(request)
-        actor = (await self._authorize(request, "publish", ref.namespace, ref.name)).principal
+        identity = await self._authorize(request, "publish", ref.namespace, ref.name, kind)
+        actor = identity.principal
         doc = await _json_object(request)
         target = Reference(
             ref.namespace,
@@ -828,9 +878,9 @@ class _RegistryApi:
         force = _optional(doc, "force", bool, False)
         if force:
             # Past a promotion gate only with the namespace's admin scope.
-            await self._authorize(request, "admin", ref.namespace, ref.name)
+            await self._authorize(request, "admin", ref.namespace, ref.name, kind)
         info = await self._call(
-            self.registry.tag, str(target), ref.alias, actor=actor, force=force
+            self.registry.tag, str(target), ref.alias, actor=actor, kind=kind, force=force
         )
         return _json(version_to_wire(info))
 
@@ -929,25 +979,28 @@ class _RegistryApi:
         )
         return _json(stored.to_dict(), 201)
 
-    async def untag(self, request: Request) -> Response:
+    async def untag(self, request: Request, *, kind: str = MODEL) -> Response:
         ref = _reference(request)
-        actor = (await self._authorize(request, "publish", ref.namespace, ref.name)).principal
+        identity = await self._authorize(request, "publish", ref.namespace, ref.name, kind)
+        actor = identity.principal
         model = str(Reference(ref.namespace, ref.name))
-        await self._call(self.registry.untag, model, ref.alias, actor=actor)
+        await self._call(self.registry.untag, model, ref.alias, actor=actor, kind=kind)
         return Response(status_code=204)
 
-    async def yank(self, request: Request) -> Response:
+    async def yank(self, request: Request, *, kind: str = MODEL) -> Response:
         ref = _reference(request)
-        actor = (await self._authorize(request, "publish", ref.namespace, ref.name)).principal
+        identity = await self._authorize(request, "publish", ref.namespace, ref.name, kind)
+        actor = identity.principal
         reason = _optional(await _json_object(request), "reason", str, "")
-        info = await self._call(self.registry.yank, str(ref), reason, actor=actor)
+        info = await self._call(self.registry.yank, str(ref), reason, actor=actor, kind=kind)
         return _json(version_to_wire(info))
 
-    async def unyank(self, request: Request) -> Response:
+    async def unyank(self, request: Request, *, kind: str = MODEL) -> Response:
         ref = _reference(request)
-        actor = (await self._authorize(request, "publish", ref.namespace, ref.name)).principal
+        identity = await self._authorize(request, "publish", ref.namespace, ref.name, kind)
+        actor = identity.principal
         await _json_object(request)
-        info = await self._call(self.registry.unyank, str(ref), actor=actor)
+        info = await self._call(self.registry.unyank, str(ref), actor=actor, kind=kind)
         return _json(version_to_wire(info))
 
     # -- tokens ------------------------------------------------------------

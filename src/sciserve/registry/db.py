@@ -57,6 +57,8 @@ models = sa.Table(
     sa.Column("namespace_id", sa.ForeignKey("namespaces.id"), nullable=False),
     sa.Column("name", sa.String(128), nullable=False),
     sa.Column("created_at", _ts, nullable=False),
+    # 'model' or 'dataset' (revision 0007): a name is one or the other, for good.
+    sa.Column("kind", sa.String(16), nullable=False, server_default="model"),
     sa.UniqueConstraint("namespace_id", "name", name="uq_models_namespace_name"),
 )
 

@@ -1,4 +1,4 @@
-"""Export models to a self-contained registry, and import them elsewhere.
+"""Export models and datasets to a self-contained registry, and import them elsewhere.
 
 An export is itself a registry home, made to be read without writing::
 
@@ -38,9 +38,9 @@ def _selected(reg: Registry, refs: Iterable[str], all_versions: bool) -> list[Ve
     for ref in refs:
         parsed = parse_reference(ref)
         if all_versions and parsed.version is None and parsed.alias is None:
-            infos = reg.versions(parsed)
+            infos = reg.versions(parsed, kind=None)
         else:
-            infos = [reg.resolve(parsed)]
+            infos = [reg.resolve(parsed, kind=None)]
         chosen.update((i.ref, i) for i in infos)
     return list(chosen.values())
 
@@ -107,7 +107,9 @@ def _copy_versions(src: Registry, dst: Registry, infos: list[VersionInfo]) -> No
         dst.create_namespace(ns.name, trusted=True, description=ns.description)
     with tempfile.TemporaryDirectory(prefix="export-", dir=dst.settings.home) as scratch:
         for info in infos:
-            package = src.pull(info.ref, Path(scratch) / info.digest.removeprefix("sha256:"))
+            package = src.pull(
+                info.ref, Path(scratch) / info.digest.removeprefix("sha256:"), kind=None
+            )
             dst.publish(package, actor="export")
     for ns in namespaces.values():
         dst.set_trusted(ns.name, ns.trusted, actor="export")
@@ -168,10 +170,12 @@ def _import_dir(reg: Registry, root: Path) -> list[PublishResult]:
             cache_dir=Path(reg.settings.home) / "tmp" / "import-cache",
         )
     ) as src:
-        infos = [v for m in src.list_models() for v in src.versions(m.ref)]
+        infos = [v for m in src.list_models(kind=None) for v in src.versions(m.ref, kind=None)]
         with tempfile.TemporaryDirectory(prefix="import-", dir=reg.settings.home) as scratch:
             for info in infos:
-                package = src.pull(info.ref, Path(scratch) / info.digest.removeprefix("sha256:"))
+                package = src.pull(
+                    info.ref, Path(scratch) / info.digest.removeprefix("sha256:"), kind=None
+                )
                 results.append(reg.publish(package, actor="import"))
     _copy_states(reg, infos)
     return results

@@ -1,5 +1,11 @@
 """The model registry: publish, resolve, tag, yank, pull, verify.
 
+Datasets are packages of another kind (``kind: dataset`` in the manifest, a
+``kind`` on the name's row) published, versioned, tagged, yanked, pulled,
+verified and exported through the very same code: the only difference is
+that asking for one kind never returns the other (a dataset cannot be
+loaded or served as a model, nor a model evaluated on as a dataset).
+
 Metadata lives in a relational database (:mod:`.db`), bytes in a
 content-addressed store (:mod:`.store`).  Publishing is crash-safe by
 construction: blobs are written under their digest only when complete, and
@@ -12,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -23,7 +30,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from packaging.version import InvalidVersion, Version
@@ -44,8 +51,11 @@ from ..errors import (
     SciserveError,
     VersionConflict,
 )
+from ..package.croissant import CROISSANT_NAME
 from ..package.manifest import (
+    DATASET,
     MANIFEST_NAME,
+    MODEL,
     NAME_RE,
     NAMESPACE_RE,
     Manifest,
@@ -68,6 +78,9 @@ from ..package.validate import ensure_valid
 from . import db, promotion
 from .leaderboard import Board, Direction, rank
 from .store import ArtifactStore, open_store
+
+if TYPE_CHECKING:
+    from ..package.dataset import SplitData
 
 __all__ = [
     "NameIssue",
@@ -142,6 +155,7 @@ class VersionInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "kind": self.manifest.kind,
             "namespace": self.namespace,
             "name": self.name,
             "version": self.version,
@@ -491,7 +505,7 @@ class Registry:
                     return PublishResult(existing, created=False)
                 if attempt == 4:
                     raise
-        return PublishResult(self.resolve(manifest.ref), created=True)
+        return PublishResult(self.resolve(manifest.ref, kind=None), created=True)
 
     def _check_names(self, manifest: Manifest) -> None:
         """Refuse names that would make a served name or a version selector ambiguous."""
@@ -528,7 +542,7 @@ class Registry:
             )
 
     def _check_code_policy(self, manifest: Manifest) -> None:
-        if not self.executes_code(manifest):
+        if manifest.kind == DATASET or not self.executes_code(manifest):
             return
         try:
             trusted = self.namespace(manifest.namespace).trusted
@@ -554,7 +568,7 @@ class Registry:
 
     def _existing(self, manifest: Manifest) -> VersionInfo | None:
         try:
-            found = self.resolve(manifest.ref)
+            found = self.resolve(manifest.ref, kind=None)
         except NotFound:
             return None
         if found.digest != manifest.digest:
@@ -579,16 +593,25 @@ class Registry:
             ns_id = ns.id
         # Again inside the transaction: an alias may have been set meanwhile.
         self._check_version_not_alias(conn, manifest)
-        model_id = conn.execute(
-            sa.select(db.models.c.id).where(
+        found = conn.execute(
+            sa.select(db.models.c.id, db.models.c.kind).where(
                 db.models.c.namespace_id == ns_id, db.models.c.name == manifest.name
             )
-        ).scalar()
-        if model_id is None:
+        ).first()
+        if found is None:
             model_id = _new_id(
                 conn,
-                sa.insert(db.models).values(namespace_id=ns_id, name=manifest.name, created_at=now),
+                sa.insert(db.models).values(
+                    namespace_id=ns_id, name=manifest.name, created_at=now, kind=manifest.kind
+                ),
             )
+        elif found.kind != manifest.kind:
+            raise Conflict(
+                f"{manifest.namespace}/{manifest.name} is a {found.kind}; a {manifest.kind} "
+                "cannot take its name: choose another name"
+            )
+        else:
+            model_id = found.id
         version_id = _new_id(
             conn,
             sa.insert(db.versions).values(
@@ -615,7 +638,10 @@ class Registry:
                 for f in manifest.files
             ],
         )
-        self._event(conn, "publish", manifest.ref, actor, {"digest": manifest.digest})
+        detail = {"digest": manifest.digest}
+        if manifest.kind != MODEL:
+            detail["kind"] = manifest.kind
+        self._event(conn, "publish", manifest.ref, actor, detail)
 
     # -- queries ---------------------------------------------------------
 
@@ -623,7 +649,7 @@ class Registry:
         v, m, n = db.versions, db.models, db.namespaces
         return list(
             conn.execute(
-                sa.select(v)
+                sa.select(v, m.c.kind)
                 .join(m, v.c.model_id == m.c.id)
                 .join(n, m.c.namespace_id == n.c.id)
                 .where(n.c.name == namespace, m.c.name == name)
@@ -660,14 +686,31 @@ class Registry:
             aliases=tuple(names),
         )
 
-    def resolve(self, ref: str | Reference) -> VersionInfo:
-        """The version a reference means (see :mod:`sciserve.package.reference`)."""
+    @staticmethod
+    def _check_kind(r: Reference, rows: Sequence[Any], kind: str | None) -> None:
+        """Refuse a name of no or another kind than ``kind`` (``None``: either)."""
+        if not rows:
+            raise NotFound(f"no {kind or 'model or dataset'} {r.namespace}/{r.name}")
+        found = rows[0].kind
+        if kind is not None and found != kind:
+            hint = (
+                "'sciserve datasets show' lists its versions"
+                if found == DATASET
+                else "'sciserve models show' lists its versions"
+            )
+            raise NotFound(f"{r.namespace}/{r.name} is a {found}, not a {kind}; {hint}")
+
+    def resolve(self, ref: str | Reference, *, kind: str | None = MODEL) -> VersionInfo:
+        """The version a reference means (see :mod:`sciserve.package.reference`).
+
+        ``kind`` is what the caller wants (a model by default, ``None`` for
+        either): a name of the other kind is :class:`NotFound`, saying what it is.
+        """
         r = parse_reference(ref) if isinstance(ref, str) else ref
         with self._read() as conn:
             rows = self._version_rows(conn, r.namespace, r.name)
             aliases = self._aliases(conn, r.namespace, r.name)
-        if not rows:
-            raise NotFound(f"no model {r.namespace}/{r.name}")
+        self._check_kind(r, rows, kind)
         newest = self._newest(rows)
         newest_id = newest.id if newest is not None else None
         if r.version is not None:
@@ -705,33 +748,70 @@ class Registry:
         except NotFound:
             raise NotFound(f"no version or alias {selector!r} of {namespace}/{name}") from None
 
-    def versions(self, ref: str | Reference) -> list[VersionInfo]:
-        """Every version of a model, newest first (yanked ones included)."""
+    def resolve_dataset(self, ref: str | Reference) -> VersionInfo:
+        """The dataset version a reference means; a model's name is :class:`NotFound`."""
+        return self.resolve(ref, kind=DATASET)
+
+    def croissant(self, ref: str | Reference) -> dict[str, Any]:
+        """The Croissant document of a dataset version, its bytes checked against their digest."""
+        info = self.resolve_dataset(ref)
+        entry = info.manifest.file(CROISSANT_NAME)
+        with self.store.open(entry.sha256) as fh:
+            data = fh.read(entry.size + 1)
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != entry.sha256:
+            raise IntegrityError(
+                f"{info.ref}: {CROISSANT_NAME} has sha256 {actual}, recorded {entry.sha256}",
+                path=CROISSANT_NAME,
+                expected=entry.sha256,
+                actual=actual,
+            )
+        document: dict[str, Any] = json.loads(data)
+        return document
+
+    def load_split(self, ref: str | Reference, split: str) -> SplitData:
+        """One split of a dataset as numpy arrays (features, labels; see
+        :func:`sciserve.package.dataset.load_split`), from the package cache,
+        every file verified against its digest before it is read."""
+        from ..package.dataset import load_split
+
+        info = self.resolve_dataset(ref)
+        return load_split(self.pull(info.ref, kind=DATASET), split)
+
+    def versions(self, ref: str | Reference, *, kind: str | None = MODEL) -> list[VersionInfo]:
+        """Every version of a model (or dataset), newest first (yanked ones included)."""
         r = parse_reference(ref) if isinstance(ref, str) else ref
         with self._read() as conn:
             rows = self._version_rows(conn, r.namespace, r.name)
             aliases = self._aliases(conn, r.namespace, r.name)
-        if not rows:
-            raise NotFound(f"no model {r.namespace}/{r.name}")
+        self._check_kind(r, rows, kind)
         newest = self._newest(rows)
         ordered = sorted(rows, key=lambda x: _version_key(x.version, x.published_at), reverse=True)
         return [self._info(x, aliases, newest.id if newest is not None else None) for x in ordered]
 
-    def list_models(self, namespace: str | None = None) -> list[VersionInfo]:
-        """The default version (see :meth:`resolve`) of every model."""
+    def list_models(
+        self, namespace: str | None = None, *, kind: str | None = MODEL
+    ) -> list[VersionInfo]:
+        """The default version (see :meth:`resolve`) of every model (or ``kind``; ``None``: all)."""
         m, n = db.models, db.namespaces
         query = sa.select(n.c.name.label("ns"), m.c.name).join(n, m.c.namespace_id == n.c.id)
         if namespace is not None:
             query = query.where(n.c.name == namespace)
+        if kind is not None:
+            query = query.where(m.c.kind == kind)
         with self._read() as conn:
             pairs = conn.execute(query.order_by(n.c.name, m.c.name)).all()
         out = []
         for ns, name in pairs:
             try:
-                out.append(self.resolve(Reference(ns, name)))
+                out.append(self.resolve(Reference(ns, name), kind=None))
             except NotFound:  # every version yanked
-                out.append(self.versions(Reference(ns, name))[0])
+                out.append(self.versions(Reference(ns, name), kind=None)[0])
         return out
+
+    def list_datasets(self, namespace: str | None = None) -> list[VersionInfo]:
+        """The default version of every dataset."""
+        return self.list_models(namespace, kind=DATASET)
 
     def check_names(self) -> list[NameIssue]:
         """Models and versions whose names publishing refuses today.
@@ -868,9 +948,15 @@ class Registry:
         return row.id, row.model_id
 
     def tag(
-        self, ref: str, alias: str, *, actor: str | None = None, force: bool = False
+        self,
+        ref: str,
+        alias: str,
+        *,
+        actor: str | None = None,
+        kind: str | None = None,
+        force: bool = False,
     ) -> VersionInfo:
-        """Point ``alias`` of the model at the version ``ref`` names.
+        """Point ``alias`` of the model (or dataset) at the version ``ref`` names.
 
         When the model has a promotion policy for ``alias``
         (:mod:`sciserve.registry.promotion`), the version must meet it or the
@@ -885,7 +971,7 @@ class Registry:
                 "'latest' is maintained by the registry: it always names the "
                 "newest version that is not yanked"
             )
-        info = self.resolve(ref)
+        info = self.resolve(ref, kind=kind)
         if info.yanked:
             raise Conflict(f"{info.ref} is yanked; an alias cannot point at it")
         with self._write() as conn:
@@ -924,7 +1010,7 @@ class Registry:
             if failures:
                 detail |= {"forced": True, "failing": [str(f) for f in failures]}
             self._event(conn, "tag", info.ref, actor, detail)
-        return self.resolve(info.ref)
+        return self.resolve(info.ref, kind=None)
 
     # -- evaluations and promotion policies --------------------------------
 
@@ -980,12 +1066,9 @@ class Registry:
             d = parse_reference(dataset)
             dataset = f"{d.namespace}/{d.name}"
         with self._read() as conn:
-            if (
-                namespace is not None
-                and name is not None
-                and not self._version_rows(conn, namespace, name)
-            ):
-                raise NotFound(f"no model {namespace}/{name}")
+            if namespace is not None and name is not None:
+                rows = self._version_rows(conn, namespace, name)
+                self._check_kind(Reference(namespace, name), rows, MODEL)
             return promotion.evaluations(
                 conn, namespace=namespace, name=name, version=version, dataset=dataset, limit=limit
             )
@@ -1036,8 +1119,7 @@ class Registry:
         if not ALIAS_RE.fullmatch(alias) or alias == LATEST:
             raise InvalidInput(f"{alias!r} is not an alias a policy can guard")
         with self._write() as conn:
-            if not self._version_rows(conn, r.namespace, r.name):
-                raise NotFound(f"no model {r.namespace}/{r.name}")
+            self._check_kind(r, self._version_rows(conn, r.namespace, r.name), MODEL)
             policy = promotion.set_policy(conn, r.namespace, r.name, alias, parsed, actor)
             self._event(
                 conn,
@@ -1051,8 +1133,7 @@ class Registry:
     def policies(self, model: str) -> list[promotion.Policy]:
         r = self._model_reference(model)
         with self._read() as conn:
-            if not self._version_rows(conn, r.namespace, r.name):
-                raise NotFound(f"no model {r.namespace}/{r.name}")
+            self._check_kind(r, self._version_rows(conn, r.namespace, r.name), MODEL)
             return promotion.policies(conn, r.namespace, r.name)
 
     def clear_policy(
@@ -1060,8 +1141,7 @@ class Registry:
     ) -> None:
         r = self._model_reference(model)
         with self._write() as conn:
-            if not self._version_rows(conn, r.namespace, r.name):
-                raise NotFound(f"no model {r.namespace}/{r.name}")
+            self._check_kind(r, self._version_rows(conn, r.namespace, r.name), MODEL)
             if not promotion.clear_policy(conn, r.namespace, r.name, alias):
                 raise NotFound(f"no promotion policy for {alias!r} on {r.namespace}/{r.name}")
             self._event(conn, "policy.clear", f"{r.namespace}/{r.name}", actor, {"alias": alias})
@@ -1075,12 +1155,13 @@ class Registry:
             )
         return r
 
-    def untag(self, ref: str, alias: str, *, actor: str | None = None) -> None:
+    def untag(
+        self, ref: str, alias: str, *, actor: str | None = None, kind: str | None = None
+    ) -> None:
         r = parse_reference(ref)
         with self._write() as conn:
             rows = self._version_rows(conn, r.namespace, r.name)
-            if not rows:
-                raise NotFound(f"no model {r.namespace}/{r.name}")
+            self._check_kind(r, rows, kind)
             aliases = self._aliases(conn, r.namespace, r.name)
             if alias not in aliases:
                 raise NotFound(f"no alias {alias!r} on {r.namespace}/{r.name}")
@@ -1091,7 +1172,9 @@ class Registry:
             )
             self._event(conn, "untag", f"{r.namespace}/{r.name}", actor, {"alias": alias})
 
-    def yank(self, ref: str, reason: str, *, actor: str | None = None) -> VersionInfo:
+    def yank(
+        self, ref: str, reason: str, *, actor: str | None = None, kind: str | None = None
+    ) -> VersionInfo:
         """Mark a version as withdrawn; its record and files are kept (like PyPI).
 
         A yanked version is skipped by bare names and ``@latest`` but still
@@ -1100,7 +1183,7 @@ class Registry:
         r = parse_reference(ref)
         if r.version is None:
             raise InvalidInput("yank names an exact version: NAME:VERSION")
-        info = self.resolve(r)
+        info = self.resolve(r, kind=kind)
         pinned = [a for a in info.aliases if a != LATEST]
         if pinned:
             raise Conflict(
@@ -1115,10 +1198,10 @@ class Registry:
                 .values(yanked_at=db.utcnow(), yanked_reason=reason)
             )
             self._event(conn, "yank", info.ref, actor, {"reason": reason})
-        return self.resolve(info.ref)
+        return self.resolve(info.ref, kind=None)
 
-    def unyank(self, ref: str, *, actor: str | None = None) -> VersionInfo:
-        info = self.resolve(ref)
+    def unyank(self, ref: str, *, actor: str | None = None, kind: str | None = None) -> VersionInfo:
+        info = self.resolve(ref, kind=kind)
         with self._write() as conn:
             vid, _ = self._version_id(conn, info)
             conn.execute(
@@ -1127,7 +1210,7 @@ class Registry:
                 .values(yanked_at=None, yanked_reason=None)
             )
             self._event(conn, "unyank", info.ref, actor)
-        return self.resolve(info.ref)
+        return self.resolve(info.ref, kind=None)
 
     # -- files -----------------------------------------------------------
 
@@ -1137,13 +1220,14 @@ class Registry:
         dest: str | os.PathLike[str] | None = None,
         *,
         progress: Progress | None = None,
+        kind: str | None = MODEL,
     ) -> Path:
         """Materialise a package as a directory, every file verified.
 
         Without ``dest`` the package goes to the registry's cache (keyed by
         digest) and a cached copy is re-verified before it is returned.
         """
-        info = self.resolve(ref)
+        info = self.resolve(ref, kind=kind)
         target = (
             Path(dest)
             if dest is not None
@@ -1178,12 +1262,14 @@ class Registry:
                 return False
         return True
 
-    def verify(self, ref: str | None = None) -> list[VerifyReport]:
-        """Re-hash stored bytes of one model version, or of every version."""
+    def verify(self, ref: str | None = None, *, kind: str | None = MODEL) -> list[VerifyReport]:
+        """Re-hash stored bytes of one version, or of every version of ``kind`` (``None``: all)."""
         if ref is not None:
-            targets = [self.resolve(ref)]
+            targets = [self.resolve(ref, kind=kind)]
         else:
-            targets = [v for m in self.list_models() for v in self.versions(m.ref)]
+            targets = [
+                v for m in self.list_models(kind=kind) for v in self.versions(m.ref, kind=None)
+            ]
         reports = []
         for info in targets:
             report = VerifyReport(info.ref)

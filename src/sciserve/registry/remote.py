@@ -46,7 +46,15 @@ from ..errors import (
     Unavailable,
 )
 from ..package.archive import pack, unpack
-from ..package.manifest import MANIFEST_NAME, Manifest, load_manifest, parse_manifest
+from ..package.manifest import (
+    DATASET,
+    KINDS,
+    MANIFEST_NAME,
+    MODEL,
+    Manifest,
+    load_manifest,
+    parse_manifest,
+)
 from ..package.reference import Reference, parse_reference
 from ..protocol.client import error_from_response
 from .leaderboard import Board, Direction
@@ -140,18 +148,31 @@ def _record(data: object) -> dict[str, Any]:
     return data
 
 
-def reference_path(ref: Reference) -> str:
+def reference_path(ref: Reference, kind: str = MODEL) -> str:
     """The API path (under :data:`REGISTRY_PREFIX`) of the version ``ref`` names.
 
-    ``/models/NS/NAME`` for the default version, ``…/versions/V`` for an
-    exact version and ``…/aliases/A`` for an alias.
+    ``/models/NS/NAME`` (``/datasets/…`` for a dataset) for the default
+    version, ``…/versions/V`` for an exact version and ``…/aliases/A`` for
+    an alias.
     """
-    path = f"/models/{_segment(ref.namespace)}/{_segment(ref.name)}"
+    path = f"/{_plural(kind)}/{_segment(ref.namespace)}/{_segment(ref.name)}"
     if ref.version is not None:
         return f"{path}/versions/{_segment(ref.version)}"
     if ref.alias is not None:
         return f"{path}/aliases/{_segment(ref.alias)}"
     return path
+
+
+def _plural(kind: str | None) -> str:
+    if kind not in KINDS:
+        raise ValueError(f"a server's registry API names the kind: {KINDS}, not {kind!r}")
+    return f"{kind}s"
+
+
+def _kind(kind: str | None) -> str:
+    # A server's routes name the kind; "either" (a local registry's None) is
+    # asked of a server as a model.
+    return MODEL if kind is None else kind
 
 
 def _segment(value: str) -> str:
@@ -229,27 +250,42 @@ class RemoteRegistry:
         data = self._json("GET", "/namespaces")
         return [namespace_from_wire(item) for item in _field(data, "namespaces")]
 
-    def list_models(self, namespace: str | None = None) -> list[VersionInfo]:
-        """The default version of every model (of one namespace) the caller may see."""
-        return self.list_visible(namespace)[0]
+    def list_models(self, namespace: str | None = None, *, kind: str = MODEL) -> list[VersionInfo]:
+        """The default version of every model (or ``kind``) the caller may see."""
+        return self.list_visible(namespace, kind=kind)[0]
 
-    def list_visible(self, namespace: str | None = None) -> tuple[list[VersionInfo], bool]:
+    def list_datasets(self, namespace: str | None = None) -> list[VersionInfo]:
+        """The default version of every dataset the caller may see."""
+        return self.list_visible(namespace, kind=DATASET)[0]
+
+    def list_visible(
+        self, namespace: str | None = None, *, kind: str = MODEL
+    ) -> tuple[list[VersionInfo], bool]:
         """:meth:`list_models`, and whether the caller sees every namespace (an admin):
         only then does an empty list mean that nothing is published."""
         params = {"namespace": namespace} if namespace is not None else None
-        data = self._json("GET", "/models", params=params)
-        models = [version_from_wire(item) for item in _field(data, "models")]
+        data = self._json("GET", f"/{_plural(kind)}", params=params)
+        models = [version_from_wire(item) for item in _field(data, _plural(kind))]
         return models, data.get("complete") is True
 
-    def versions(self, ref: str | Reference) -> list[VersionInfo]:
-        """Every version of a model, newest first (yanked ones included)."""
+    def versions(self, ref: str | Reference, *, kind: str = MODEL) -> list[VersionInfo]:
+        """Every version of a model (or dataset), newest first (yanked ones included)."""
         r = _reference(ref)
-        data = self._json("GET", reference_path(Reference(r.namespace, r.name)) + "/versions")
-        return [version_from_wire(item) for item in _field(data, "versions")]
+        path = reference_path(Reference(r.namespace, r.name), kind) + "/versions"
+        return [version_from_wire(item) for item in _field(self._json("GET", path), "versions")]
 
-    def resolve(self, ref: str | Reference) -> VersionInfo:
+    def resolve(self, ref: str | Reference, *, kind: str = MODEL) -> VersionInfo:
         """The version a reference means (see :mod:`sciserve.package.reference`)."""
-        return version_from_wire(self._json("GET", reference_path(_reference(ref))))
+        return version_from_wire(self._json("GET", reference_path(_reference(ref), kind)))
+
+    def resolve_dataset(self, ref: str | Reference) -> VersionInfo:
+        """The dataset version a reference means."""
+        return self.resolve(ref, kind=DATASET)
+
+    def croissant(self, ref: str | Reference) -> dict[str, Any]:
+        """The Croissant document of a dataset version."""
+        document = self._json("GET", reference_path(_reference(ref), DATASET) + "/croissant")
+        return _record(document)
 
     def events(self, limit: int = 100) -> list[dict[str, Any]]:
         """The most recent registry events (audit trail), newest first."""
@@ -275,19 +311,22 @@ class RemoteRegistry:
         source = Path(source)
         if source.is_dir():
             # Fail here, with every problem named, rather than after an upload.
-            load_manifest(source / MANIFEST_NAME, max_bytes=self.limits.max_manifest_bytes)
+            manifest = load_manifest(
+                source / MANIFEST_NAME, max_bytes=self.limits.max_manifest_bytes
+            )
             with tempfile.TemporaryDirectory(prefix="sciserve-publish-") as tmp:
                 archive = pack(source, Path(tmp) / "package.tar.gz")
-                return self._upload(archive, progress)
+                return self._upload(archive, progress, manifest.kind)
         if not source.is_file():
             raise NotFound(f"no package directory or archive at {source}")
-        return self._upload(source, progress)
+        # An archive is sent unread: the server says if it is a dataset's.
+        return self._upload(source, progress, MODEL)
 
-    def _upload(self, archive: Path, progress: Progress | None) -> PublishResult:
+    def _upload(self, archive: Path, progress: Progress | None, kind: str) -> PublishResult:
         size = archive.stat().st_size
         response = self._send(
             "POST",
-            "/models",
+            f"/{_plural(kind)}",
             content=_read_chunks(archive, progress),
             # A known length lets the server refuse an oversized upload at once.
             headers={"Content-Type": "application/gzip", "Content-Length": str(size)},
@@ -297,14 +336,21 @@ class RemoteRegistry:
         return PublishResult(version_from_wire(_field(data, "version")), bool(data["created"]))
 
     def tag(
-        self, ref: str, alias: str, *, actor: str | None = None, force: bool = False
+        self,
+        ref: str,
+        alias: str,
+        *,
+        actor: str | None = None,
+        kind: str | None = MODEL,
+        force: bool = False,
     ) -> VersionInfo:
-        """Point ``alias`` of the model at the version ``ref`` names (``force``: past a policy)."""
+        """Point ``alias`` of the model (or dataset) at the version ``ref`` names
+        (``force``: past a promotion policy)."""
         r = _reference(ref)
         body: dict[str, Any] = {"version": r.version, "alias": r.alias}
         if force:
             body["force"] = True
-        path = reference_path(Reference(r.namespace, r.name, alias=alias))
+        path = reference_path(Reference(r.namespace, r.name, alias=alias), _kind(kind))
         return version_from_wire(self._json("PUT", path, json=body))
 
     # -- promotion policies and evaluation records --------------------------
@@ -391,23 +437,34 @@ class RemoteRegistry:
         data = self._json("GET", _model_path(ref) + "/evaluations", params=params)
         return [EvaluationInfo.from_dict(e) for e in _field(data, "evaluations")]
 
-    def untag(self, ref: str, alias: str, *, actor: str | None = None) -> None:
-        """Remove ``alias`` from the model ``ref`` names."""
+    def untag(
+        self, ref: str, alias: str, *, actor: str | None = None, kind: str | None = MODEL
+    ) -> None:
+        """Remove ``alias`` from the model (or dataset) ``ref`` names."""
         r = _reference(ref)
-        self._send("DELETE", reference_path(Reference(r.namespace, r.name, alias=alias)))
+        path = reference_path(Reference(r.namespace, r.name, alias=alias), _kind(kind))
+        self._send("DELETE", path)
 
-    def yank(self, ref: str, reason: str, *, actor: str | None = None) -> VersionInfo:
+    def yank(
+        self, ref: str, reason: str, *, actor: str | None = None, kind: str | None = MODEL
+    ) -> VersionInfo:
         """Withdraw the exact version ``ref`` names, keeping its record and files."""
-        path = reference_path(_reference(ref)) + "/yank"
+        path = reference_path(_reference(ref), _kind(kind)) + "/yank"
         return version_from_wire(self._json("POST", path, json={"reason": reason}))
 
-    def unyank(self, ref: str, *, actor: str | None = None) -> VersionInfo:
+    def unyank(
+        self, ref: str, *, actor: str | None = None, kind: str | None = MODEL
+    ) -> VersionInfo:
         """Undo :meth:`yank`."""
-        return version_from_wire(self._json("POST", reference_path(_reference(ref)) + "/unyank"))
+        path = reference_path(_reference(ref), _kind(kind)) + "/unyank"
+        return version_from_wire(self._json("POST", path))
 
-    def verify(self, ref: str | None = None) -> list[VerifyReport]:
-        """Have the server re-hash the stored bytes of one version, or of all."""
-        path = "/verify" if ref is None else reference_path(_reference(ref)) + "/verify"
+    def verify(self, ref: str | None = None, *, kind: str | None = MODEL) -> list[VerifyReport]:
+        """Have the server re-hash the stored bytes of one version, or of all
+        (of every kind: the server's ``/verify``)."""
+        path = (
+            "/verify" if ref is None else reference_path(_reference(ref), _kind(kind)) + "/verify"
+        )
         data = self._json("POST", path, timeout=self._slow)
         try:
             return [
@@ -460,6 +517,7 @@ class RemoteRegistry:
         dest: str | os.PathLike[str] | None = None,
         *,
         progress: Progress | None = None,
+        kind: str | None = MODEL,
     ) -> Path:
         """Download a package and materialise it as a directory, every file verified.
 
@@ -467,7 +525,8 @@ class RemoteRegistry:
         digest), where a cached copy is re-verified before it is returned.
         ``progress`` is called with the bytes of the archive as they arrive.
         """
-        info = self.resolve(ref)
+        kind = _kind(kind)
+        info = self.resolve(ref, kind=kind)
         target = (
             Path(dest) if dest is not None else self.cache_dir / info.digest.removeprefix("sha256:")
         )
@@ -482,7 +541,7 @@ class RemoteRegistry:
         try:
             archive = scratch / "package.tar.gz"
             # An exact version: an alias moved meanwhile cannot change what arrives.
-            path = reference_path(Reference(info.namespace, info.name, info.version))
+            path = reference_path(Reference(info.namespace, info.name, info.version), kind)
             self._download(path + "/archive", archive, progress)
             root = unpack(archive, scratch / "package", limits=self.limits)
             _check_package(root, info)

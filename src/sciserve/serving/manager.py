@@ -201,8 +201,9 @@ class ModelManager:
         for ref in self.config.models:
             try:
                 out.append(await asyncio.to_thread(self.registry.resolve, ref))
-            except NotFound:
-                log.error("model %s to serve is not in the registry", ref)
+            except NotFound as exc:
+                # Its message says why, e.g. that the name is a dataset's.
+                log.error("cannot serve %s: %s", ref, exc)
         return out
 
     def _servable(self, info: VersionInfo) -> bool:
