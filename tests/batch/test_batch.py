@@ -858,3 +858,45 @@ def test_a_shard_written_under_another_manifest_format_is_redone(
     report = job.run(client)
     assert report.ran == ["00001"] and report.verified and report.outputs == first.outputs
     assert json.loads(manifest.read_text())["format"] == MANIFEST_FORMAT
+
+
+def test_a_shard_checked_from_the_bytes_it_wrote_still_catches_a_lost_or_replaced_row(
+    tmp_path: Path, lab: tuple[Settings, Path]
+) -> None:
+    """The task that writes a shard checks the table it encoded rather than
+    decoding the file again, as long as the file holds those very bytes:
+    rows missing from that table, a footer that does not count them, and a
+    file replaced since (decoded then) are all still caught."""
+    import dataclasses
+    import hashlib
+
+    from sciserve.batch import worker
+
+    _archive(tmp_path / "archive")
+    spec = parse_batch_spec(yaml.safe_load(_spec(tmp_path).read_text()), base_dir=tmp_path)
+    job = BatchJob(spec, lab[0], tmp_path / "out")
+    job.plan()
+    job.out_dir.mkdir(parents=True)
+    shard = next(s for s in job.shards if s.format == "parquet")
+    task = job._task(shard)
+    rows, outputs, dead_letters, written = worker._annotate(task)
+    assert (rows, outputs, dead_letters) == (25, 25, 0)
+    assert worker._verify(task, written) == []
+    assert worker.verify_shard(task) == []  # the same file, decoded
+    # The table checked is the one encoded: a row lost from it is missing,
+    # and the file's footer no longer counts the table's rows.
+    lost = dataclasses.replace(written, ids=written.ids.slice(1))
+    problems = worker._verify(task, lost)
+    assert any("footer counts 25 rows, not the 24 written" in p for p in problems)
+    assert any("default/linear:1.0.0: 24 rows out for 25 in (1 ids missing)" in p for p in problems)
+    # The file replaced after it was written (another attempt's, one row
+    # short, its manifest redone to match): no longer the bytes written, it
+    # is decoded, and the lost row is found.
+    output, _, manifest = worker.paths(task.out_dir, shard.id)
+    pq.write_table(pq.read_table(output).slice(1), output)
+    doc = json.loads(manifest.read_text())
+    doc["files"]["output"]["sha256"] = hashlib.sha256(output.read_bytes()).hexdigest()
+    manifest.write_text(json.dumps(doc))
+    assert worker._verify(task, written) == [
+        f"shard {shard.id}, default/linear:1.0.0: 24 rows out for 25 in (1 ids missing)"
+    ]

@@ -653,6 +653,10 @@ def _schema() -> Any:
     )  # fmt: skip
 
 
+#: The output's columns verification reads: which id, of which model.
+_CHECKED = ("row_id", "model", "model_version")
+
+
 #: Columns of the output whose values rarely repeat.
 _UNIQUE = frozenset(("row_id", "alert_id", "score"))
 
@@ -667,10 +671,13 @@ def _concat(tables: list[Any]) -> Any:
 
 @dataclass(frozen=True)
 class _Written:
-    """A shard's output file as its worker wrote it, and its sha256."""
+    """A shard's output file as its worker wrote it, its sha256, and the
+    columns verification reads (row id, model, version) of the table it
+    encodes."""
 
     data: Any  # a pyarrow Buffer
     sha256: str
+    ids: Any  # a pyarrow Table
 
 
 def _write(task: ShardTask, rows: ShardRows, table: Any, dead: list[dict[str, Any]]) -> _Written:
@@ -702,7 +709,7 @@ def _write(task: ShardTask, rows: ShardRows, table: Any, dead: list[dict[str, An
     # Kept as Arrow's buffer: a copy into a Python bytes object would cost
     # fresh memory (page faults) for every shard.
     data = sink.getvalue()
-    written = _Written(data, hashlib.sha256(data).hexdigest())
+    written = _Written(data, hashlib.sha256(data).hexdigest(), table.select(list(_CHECKED)))
     tmp_out = directory / f".{output.name}{aside}"
     tmp_out.write_bytes(memoryview(data))
     os.replace(tmp_out, output)
@@ -839,9 +846,19 @@ def _verify(task: ShardTask, written: _Written | None) -> list[str]:
     _, dead_path, _ = paths(task.out_dir, shard.id)
     expected = input_ids(spec, shard)
     problems = []
-    table = pq.ParquetFile(
-        pa.BufferReader(read[0]), read_dictionary=["model", "model_version"]
-    ).read(columns=["row_id", "model", "model_version"], use_threads=False)
+    parquet = pq.ParquetFile(pa.BufferReader(read[0]), read_dictionary=_CHECKED[1:])
+    if written is not None and read[0].equals(written.data):
+        # The file holds the very bytes this process encoded from the table
+        # of these columns: they are checked in memory, not decoded again;
+        # the file's footer must still count the table's rows.
+        table = written.ids
+        if parquet.metadata.num_rows != table.num_rows:
+            problems.append(
+                f"shard {shard.id}: the output's footer counts {parquet.metadata.num_rows} "
+                f"rows, not the {table.num_rows} written"
+            )
+    else:
+        table = parquet.read(columns=list(_CHECKED), use_threads=False)
     letters = [json.loads(line) for line in dead_path.read_text().splitlines() if line]
     in_order = 0
     for pin in task.models:
