@@ -188,10 +188,13 @@ def ids_checksum(ids: Any) -> str:
         ids = ids.combine_chunks()
     if ids.null_count:
         raise ValueError("row ids cannot be null")
-    ids = ids.cast(pa.large_string())
+    if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):
+        ids = ids.cast(pa.string())
     _, offsets, data = ids.buffers()
     if len(ids) and offsets is not None:
-        bounds = np.frombuffer(offsets, dtype=np.int64)[ids.offset : ids.offset + len(ids) + 1]
+        # Read in place, in the width the array has (no cast, no copy).
+        width = np.int32 if pa.types.is_string(ids.type) else np.int64
+        bounds = np.frombuffer(offsets, dtype=width)[ids.offset : ids.offset + len(ids) + 1]
     else:
         bounds = np.zeros(1, dtype=np.int64)
     digest = hashlib.sha256(np.diff(bounds).astype("<i8").tobytes())
@@ -588,6 +591,7 @@ def _model_table(
         "shard_id": task.shard.id,
         "processed_at": processed_at,
     }
+    first = pa.array(np.zeros(count, dtype=np.int32))
     columns: dict[str, Any] = {
         "row_id": ids,
         "alert_id": (
@@ -596,11 +600,10 @@ def _model_table(
             else pa.nulls(count, pa.int64())
         ),
         # One value per shard and model: dictionary-encoded, each row an
-        # index into a dictionary of that one value (no copy of it per row).
+        # index into a dictionary of that one value (no copy of it per row;
+        # the columns share one array of indices).
         **{
-            name: pa.DictionaryArray.from_arrays(
-                pa.array(np.zeros(count, dtype=np.int32)), pa.array([value], pa.string())
-            )
+            name: pa.DictionaryArray.from_arrays(first, pa.array([value], pa.string()))
             for name, value in constant.items()
         },
         "label": labels,
