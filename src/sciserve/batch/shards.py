@@ -82,8 +82,9 @@ class ShardRows:
 
     #: The row ids, in input order: an Arrow string array.
     ids: Any
-    #: Indices (into ``ids``) of the rows that became model input, in order.
-    good: list[int] = field(default_factory=list)
+    #: Indices (into ``ids``) of the rows that became model input, in order
+    #: (a ``range`` when every row did: no Python int per row).
+    good: Sequence[int] = field(default_factory=list)
     matrix: npt.NDArray[Any] | None = None
     #: Alert ids of the good rows (alert input).
     alert_ids: list[int | None] = field(default_factory=list)
@@ -526,6 +527,7 @@ def read_shard(spec: BatchSpec, shard: Shard, layout: InputLayout) -> ShardRows:
     records = _jsonl_records(spec, shard)
     rows = ShardRows(ids=pa.array([row_id for row_id, _ in records], pa.string()))
     values: list[Any] = []
+    good: list[int] = []
     for index, (_, record) in enumerate(records):
         if isinstance(record, Exception):
             rows.failures.append((index, "read", "not-json", f"not JSON: {error_text(record)}"))
@@ -534,7 +536,8 @@ def read_shard(spec: BatchSpec, shard: Shard, layout: InputLayout) -> ShardRows:
             rows.failures.append((index, "read", "not-object", "the record is not an object"))
             continue
         values.append(record)
-        rows.good.append(index)
+        good.append(index)
+    rows.good = good
     _convert_rows(spec, layout, rows, values)
     return rows
 
@@ -551,11 +554,11 @@ def _parquet_rows(spec: BatchSpec, shard: Shard, layout: InputLayout) -> ShardRo
     rows = ShardRows(ids=row_ids)
     fast = _vectorised(spec, layout, table)
     if fast is not None:
-        rows.good = list(range(table.num_rows))
+        rows.good = range(table.num_rows)
         rows.matrix = fast
         return rows
     # Some rows do not convert: find them one by one.
-    rows.good = list(range(table.num_rows))
+    rows.good = range(table.num_rows)
     _convert_rows(spec, layout, rows, table.select(wanted).to_pylist())
     return rows
 

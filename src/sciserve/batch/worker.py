@@ -348,15 +348,17 @@ def _alert_rows(spec: BatchSpec, shard: Shard, config: PrepareConfig) -> ShardRo
     rows = ShardRows(ids=position_ids(shard, len(values)))
     prepared, _, _ = prepare_values(config, values)
     vectors = []
+    good: list[int] = []
     for index, item in enumerate(prepared):
         if item.failure is not None:
             rows.failures.append((index, *item.failure))
             continue
         assert item.vector is not None
-        rows.good.append(index)
+        good.append(index)
         rows.alert_ids.append(item.alert_id)
         rows.alerts.append(item.alert)
         vectors.append(item.vector)
+    rows.good = good
     if vectors:
         rows.matrix = np.stack(vectors)
     return rows
@@ -460,7 +462,7 @@ def _annotate(task: ShardTask) -> tuple[int, int, int, _Written]:
                 if outputs is None:
                     dead.extend(
                         _dead(task, rows, rows.good[i], "model", "model-error", reason, pin.ref)
-                        for i in span
+                        for i in span.tolist()
                     )
                 else:
                     done.append(span)
