@@ -900,3 +900,28 @@ def test_a_shard_checked_from_the_bytes_it_wrote_still_catches_a_lost_or_replace
     assert worker._verify(task, written) == [
         f"shard {shard.id}, default/linear:1.0.0: 24 rows out for 25 in (1 ids missing)"
     ]
+
+
+def test_labels_are_indices_into_the_models_labels_and_non_finite_scores_are_null() -> None:
+    from types import SimpleNamespace
+
+    from sciserve.batch import worker
+    from sciserve.package.manifest import TensorSpec
+
+    labelled = TensorSpec(name="y", datatype="FP32", shape=[-1, 3], labels=["a", "b", "c"])
+    model: Any = SimpleNamespace(outputs=[labelled])
+    y = np.array([[0.1, 0.7, 0.2], [0.5, 0.5, 0.0], [np.nan, 0.9, 0.0], [0.0, np.inf, 1.0]])
+    labels, scores = worker._top_classes(model, {"y": y.astype(np.float32)}, len(y))
+    # The first largest element wins, as numpy's argmax (a NaN counts as largest).
+    assert labels.to_pylist() == ["b", "a", "a", "b"]
+    assert labels.dictionary.to_pylist() == ["a", "b", "c"]
+    column = worker._scores(scores, len(y))
+    assert column.to_pylist() == [pytest.approx(0.7), 0.5, None, None]
+    finite = worker._scores(scores[:2], 2)
+    assert finite.null_count == 0 and finite.to_pylist() == column.to_pylist()[:2]
+    # A model without labels: null labels of the output's label type.
+    bare: Any = SimpleNamespace(outputs=[TensorSpec(name="y", datatype="FP32", shape=[-1, 3])])
+    labels, scores = worker._top_classes(bare, {"y": y}, len(y))
+    assert scores is None and labels.null_count == len(y)
+    assert labels.type == worker._schema().field("label").type
+    assert worker._scores(None, 2).to_pylist() == [None, None]

@@ -609,11 +609,7 @@ def _model_table(
             for name, value in constant.items()
         },
         "label": labels,
-        "score": (
-            pa.nulls(count, pa.float64())
-            if scores is None
-            else pa.array(scores, mask=~np.isfinite(scores))
-        ),
+        "score": _scores(scores, count),
         "selected": (
             pa.repeat(pa.scalar(True), count)
             if selected is None
@@ -634,6 +630,17 @@ def _model_table(
         columns[name] = _column(array, required)
         fields.append(pa.field(name, columns[name].type, nullable=not required))
     return pa.Table.from_arrays([columns[f.name] for f in fields], schema=pa.schema(fields))
+
+
+def _scores(scores: npt.NDArray[np.float64] | None, count: int) -> Any:
+    """The score column: non-finite scores are null; without any, the
+    column has no validity bitmap to build (nor the writer to read)."""
+    import pyarrow as pa
+
+    if scores is None:
+        return pa.nulls(count, pa.float64())
+    finite = np.isfinite(scores)
+    return pa.array(scores) if finite.all() else pa.array(scores, mask=~finite)
 
 
 #: The output's own columns, in order, and their types; those every row
