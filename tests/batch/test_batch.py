@@ -902,6 +902,36 @@ def test_a_shard_checked_from_the_bytes_it_wrote_still_catches_a_lost_or_replace
     ]
 
 
+def test_a_shard_whose_input_ids_changed_after_it_was_read_fails_its_check(
+    tmp_path: Path, lab: tuple[Settings, Path]
+) -> None:
+    """The task that wrote a shard takes the ids it made from the input's id
+    column only if the input's column, read again, holds the same values."""
+    from sciserve.batch import worker
+
+    _archive(tmp_path / "archive")
+    spec = parse_batch_spec(yaml.safe_load(_spec(tmp_path).read_text()), base_dir=tmp_path)
+    job = BatchJob(spec, lab[0], tmp_path / "out")
+    job.plan()
+    job.out_dir.mkdir(parents=True)
+    shard = next(s for s in job.shards if s.format == "parquet")
+    task = job._task(shard)
+    *_, written = worker._annotate(task)
+    assert worker._verify(task, written) == []
+    # The input file rewritten meanwhile: one id of the shard's row group changed.
+    path = Path(shard.path)
+    table = pq.read_table(path)
+    ids = table.column("obj").to_pylist()
+    ids[shard.first_row + 2] = 99_999
+    table = table.set_column(table.schema.get_field_index("obj"), "obj", pa.array(ids, pa.int64()))
+    pq.write_table(table, path, row_group_size=25)
+    problems = worker._verify(task, written)
+    assert f"shard {shard.id}: the manifest's ids are not the input's" in problems
+    assert f"shard {shard.id}, default/linear:1.0.0: 25 rows out for 25 in (1 ids missing)" in (
+        problems
+    )
+
+
 def test_labels_are_indices_into_the_models_labels_and_non_finite_scores_are_null() -> None:
     from types import SimpleNamespace
 

@@ -37,6 +37,7 @@ __all__ = [
     "Shard",
     "ShardRows",
     "find_inputs",
+    "input_id_column",
     "input_ids",
     "plan",
     "position_ids",
@@ -92,6 +93,9 @@ class ShardRows:
     alerts: list[dict[str, Any] | None] = field(default_factory=list)
     #: ``(row index, stage, error, reason)`` of the rows that did not.
     failures: list[tuple[int, str, str, str]] = field(default_factory=list)
+    #: The id column as read (Parquet input with ``id:``), before its values
+    #: became the text of ``ids``: what verification compares the input with.
+    source_ids: Any = None
     _id_list: list[str] | None = field(default=None, repr=False)
 
     def row_id(self, index: int) -> str:
@@ -475,17 +479,25 @@ def _id_array(shard: Shard, column: Any) -> Any:
     return ids
 
 
+def input_id_column(spec: BatchSpec, shard: Shard) -> Any | None:
+    """The id column of a Parquet shard as stored (an Arrow chunked array,
+    before its values become text), or ``None`` if the shard has none."""
+    if shard.format != "parquet" or spec.columns is None or not spec.id:
+        return None
+    with _parquet(spec, shard.path) as parquet:
+        table = parquet.read_row_group(shard.row_group, columns=[spec.id])
+    return table.column(0)
+
+
 def input_ids(spec: BatchSpec, shard: Shard) -> Any:
     """The ids of every row of ``shard``, in order, as an Arrow string array
     (reading as little as possible)."""
     pa, _ = _pyarrow()
-    if shard.format == "parquet":
-        if spec.columns is not None and spec.id:
-            with _parquet(spec, shard.path) as parquet:
-                table = parquet.read_row_group(shard.row_group, columns=[spec.id])
-            return _id_array(shard, table.column(0))
-        if shard.rows is not None:
-            return position_ids(shard, shard.rows)
+    column = input_id_column(spec, shard)
+    if column is not None:
+        return _id_array(shard, column)
+    if shard.format == "parquet" and shard.rows is not None:
+        return position_ids(shard, shard.rows)
     if spec.columns is not None and spec.id:
         return pa.array([row_id for row_id, _ in _jsonl_records(spec, shard)], pa.string())
     if shard.format == "avro":
@@ -551,7 +563,7 @@ def _parquet_rows(spec: BatchSpec, shard: Shard, layout: InputLayout) -> ShardRo
         row_ids = _id_array(shard, table.column(spec.id))
     else:
         row_ids = position_ids(shard, table.num_rows)
-    rows = ShardRows(ids=row_ids)
+    rows = ShardRows(ids=row_ids, source_ids=table.column(spec.id) if spec.id else None)
     fast = _vectorised(spec, layout, table)
     if fast is not None:
         rows.good = range(table.num_rows)

@@ -70,6 +70,7 @@ from .shards import (
     InputLayout,
     Shard,
     ShardRows,
+    input_id_column,
     input_ids,
     position_ids,
     read_shard,
@@ -690,6 +691,10 @@ class _Written:
     data: Any  # a pyarrow Buffer
     sha256: str
     ids: Any  # a pyarrow Table
+    #: The shard's id column as this process read it (``ShardRows.source_ids``),
+    #: and the row ids it made of it.
+    source_ids: Any
+    row_ids: Any
 
 
 def _write(task: ShardTask, rows: ShardRows, table: Any, dead: list[dict[str, Any]]) -> _Written:
@@ -721,7 +726,10 @@ def _write(task: ShardTask, rows: ShardRows, table: Any, dead: list[dict[str, An
     # Kept as Arrow's buffer: a copy into a Python bytes object would cost
     # fresh memory (page faults) for every shard.
     data = sink.getvalue()
-    written = _Written(data, hashlib.sha256(data).hexdigest(), table.select(list(_CHECKED)))
+    written = _Written(
+        data, hashlib.sha256(data).hexdigest(), table.select(list(_CHECKED)),
+        rows.source_ids, rows.ids,
+    )  # fmt: skip
     tmp_out = directory / f".{output.name}{aside}"
     tmp_out.write_bytes(memoryview(data))
     os.replace(tmp_out, output)
@@ -856,7 +864,15 @@ def _verify(task: ShardTask, written: _Written | None) -> list[str]:
     if doc is None:
         return [f"shard {shard.id}: no manifest agreeing with its files"]
     _, dead_path, _ = paths(task.out_dir, shard.id)
-    expected = input_ids(spec, shard)
+    expected = None
+    if written is not None and written.source_ids is not None:
+        column = input_id_column(spec, shard)
+        if column is not None and column.equals(written.source_ids):
+            # The input's id column holds the very values this process made
+            # its row ids of: those are the input's ids (not made again).
+            expected = written.row_ids
+    if expected is None:
+        expected = input_ids(spec, shard)
     problems = []
     parquet = pq.ParquetFile(pa.BufferReader(read[0]), read_dictionary=_CHECKED[1:])
     if written is not None and read[0].equals(written.data):
