@@ -421,12 +421,13 @@ def run_shard(task: ShardTask) -> ShardResult:
     verify them (:func:`verify_shard`)."""
     started = time.perf_counter()
     rows, outputs, dead_letters, written = _annotate(task)
-    # Read back in the same task (from the files and the input, not from
-    # memory): a task of its own per shard would cost the scheduler, the
-    # client and the worker more than the check itself.  The shard's arrays
-    # are freed by now, so the check reuses their memory.  The output file
-    # is compared with the bytes hashed for its manifest rather than hashed
-    # a second time: equal bytes have the manifest's sha256.
+    # Checked in the same task: a task of its own per shard would cost the
+    # scheduler, the client and the worker more than the check itself.  The
+    # files and the input's ids are read again; the output file is compared
+    # with the bytes this task encoded rather than hashed and decoded a
+    # second time (equal bytes have the manifest's sha256, and hold the
+    # table they were encoded from), and the input's id column with the
+    # values the row ids were made of (see _verify).
     problems = tuple(_verify(task, written))
     return ShardResult(
         task.shard.id, rows, outputs, dead_letters, time.perf_counter() - started, os.getpid(),
@@ -850,13 +851,15 @@ def _verify(task: ShardTask, written: _Written | None) -> list[str]:
     shard = task.shard
     spec = _spec(task.spec_json)
     # The output is read once (into Arrow's memory): hashed against the
-    # manifest, then parsed.
+    # manifest, then parsed; or found to be the bytes this process wrote.
     read: list[Any] = []
+    own: list[bool] = []
 
     def output_sha256(path: Path) -> str:
         with pa.OSFile(str(path)) as fh:
             read.append(fh.read_buffer())
-        if written is not None and read[0].equals(written.data):
+        own.append(written is not None and read[0].equals(written.data))
+        if written is not None and own[0]:
             return written.sha256  # the very bytes hashed for the manifest
         return hashlib.sha256(read[0]).hexdigest()
 
@@ -875,7 +878,7 @@ def _verify(task: ShardTask, written: _Written | None) -> list[str]:
         expected = input_ids(spec, shard)
     problems = []
     parquet = pq.ParquetFile(pa.BufferReader(read[0]), read_dictionary=_CHECKED[1:])
-    if written is not None and read[0].equals(written.data):
+    if written is not None and own[0]:
         # The file holds the very bytes this process encoded from the table
         # of these columns: they are checked in memory, not decoded again;
         # the file's footer must still count the table's rows.
