@@ -1,10 +1,15 @@
 """The monitor of a server: request tensors in, drift judgements out.
 
 The request path only hands a request's tensors to :meth:`Monitor.observe`,
-which puts a reference to them in a bounded queue (a few microseconds; when
-the queue is full the sample is dropped and counted).  One thread drains the
-queue, stacks the requests of each model version and updates their
-sketches in bulk, so sketch work never runs on the event loop.
+which puts a reference to them in a bounded queue (a couple of microseconds,
+no lock, no allocation beyond the queue's entry; when the queue is full the
+sample is dropped and counted).  One thread wakes every ``FOLD_INTERVAL``
+seconds (sooner when the queue is half full), takes what has queued up,
+stacks the requests of each model version and updates their sketches in
+bulk, in slices of at most ``_DRAIN_BATCH`` requests with the GIL given up
+between them, so sketch work never runs on the event loop and never holds
+it off for long.  Prometheus series are refreshed when a drift check changed
+them, not on every fold.
 """
 
 from __future__ import annotations
@@ -39,13 +44,17 @@ __all__ = ["Monitor", "alert_body"]
 
 log = logging.getLogger(__name__)
 
-#: Requests one drain of the queue takes at most.
+#: Requests one slice of work takes at most (the thread yields the GIL between slices).
 _DRAIN_BATCH = 512
+#: How long requests queue up before the monitor's thread folds them in (s).
+#: Folding many at once is what makes monitoring cheap: the cost of a fold
+#: is mostly per call (per feature), hardly per row.
+FOLD_INTERVAL = 0.1
+#: How often a version's staleness gauge is recomputed while it has traffic (s).
+_STALE_REFRESH = 1.0
 #: Model versions monitored at once (versions a server no longer serves are
 #: forgotten, least recently seen first, so memory stays bounded however long it runs).
 MAX_VERSIONS = 256
-#: How long the monitor's thread sleeps when no request is waiting (s).
-_POLL = 0.02
 #: How often each version looks for a newer reference in the database (s).
 REFERENCE_REFRESH = 30.0
 
@@ -63,6 +72,9 @@ class _Entry:
     reference_checked_at: float
     info: VersionInfo
     last_seen: float = 0.0
+    #: The status last published as Prometheus series (a new one after every check).
+    published: dict[str, Any] | None = None
+    stale_checked_at: float = -math.inf
 
 
 class Monitor:
@@ -97,8 +109,10 @@ class Monitor:
             )
         # A deque, not a queue.Queue: appending takes no lock and wakes no
         # thread, so the request path pays about 2 µs; the monitor's thread
-        # polls it instead (every _POLL s when idle).
-        self._queue: deque[tuple[_Key, VersionInfo, Tensors, int]] = deque()
+        # looks at it every FOLD_INTERVAL s, or when woken at half full.
+        self._queue: deque[tuple[str, VersionInfo, Tensors, int]] = deque()
+        self._wake = threading.Event()
+        self._wake_at = max(1, config.queue_size // 2)
         # Values handed over and values taken: each is written by one side
         # only, so their difference (the values waiting) needs no lock.
         self._added_values = 0
@@ -128,6 +142,7 @@ class Monitor:
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stopping.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
@@ -163,9 +178,10 @@ class Monitor:
             self._drop(served, info.version)
             return
         self._added_values += values
-        self._queue.append(
-            (_Key(served, info.version, info.digest), info, (inputs, outputs), values)
-        )
+        queue = self._queue
+        queue.append((served, info, (inputs, outputs), values))
+        if len(queue) == self._wake_at:  # once per filling: Event.set takes a lock
+            self._wake.set()
 
     def _drop(self, model: str, version: str) -> None:
         self.dropped += 1
@@ -261,6 +277,7 @@ class Monitor:
         deadline = time.monotonic() + timeout
         with self._busy:
             while self._queue or self._in_flight:
+                self._wake.set()
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
@@ -271,31 +288,41 @@ class Monitor:
 
     def _run(self) -> None:
         while not self._stopping.is_set():
-            batch: list[tuple[_Key, VersionInfo, Tensors, int]] = []
-            with self._busy:
-                while self._queue and len(batch) < _DRAIN_BATCH:
-                    batch.append(self._queue.popleft())
-                self._in_flight = len(batch)
-            if not batch:
-                self._stopping.wait(_POLL)
-                continue
-            try:
-                self._process(batch)
-            finally:
-                self._taken_values += sum(item[3] for item in batch)
-                with self._busy:
-                    self._in_flight = 0
-                    self._busy.notify_all()
+            self._wake.wait(FOLD_INTERVAL)
+            self._wake.clear()
+            # What queued up since the last fold, in slices; between them the
+            # GIL goes back to the event loop (sleep(0) releases it).
+            while self._queue and not self._stopping.is_set():
+                self._fold_slice()
+                time.sleep(0)
 
-    def _process(self, batch: list[tuple[_Key, VersionInfo, Tensors, int]]) -> None:
-        grouped: dict[_Key, list[Tensors]] = defaultdict(list)
-        infos: dict[_Key, VersionInfo] = {}
-        for key, info, tensors, _ in batch:
-            grouped[key].append(tensors)
-            infos[key] = info
-        for key, requests in grouped.items():
+    def _fold_slice(self) -> None:
+        batch: list[tuple[str, VersionInfo, Tensors, int]] = []
+        with self._busy:
+            queue = self._queue
+            while queue and len(batch) < _DRAIN_BATCH:
+                batch.append(queue.popleft())
+            self._in_flight = len(batch)
+        try:
+            self._process(batch)
+        finally:
+            self._taken_values += sum(item[3] for item in batch)
+            with self._busy:
+                self._in_flight = 0
+                self._busy.notify_all()
+
+    def _process(self, batch: list[tuple[str, VersionInfo, Tensors, int]]) -> None:
+        # Plain tuples as keys: hashed in C, once per request.
+        grouped: dict[tuple[str, str, str], list[Tensors]] = defaultdict(list)
+        infos: dict[tuple[str, str, str], VersionInfo] = {}
+        for served, info, tensors, _ in batch:
+            group = (served, info.version, info.digest)
+            grouped[group].append(tensors)
+            infos[group] = info
+        for group, requests in grouped.items():
+            key = _Key(*group)
             try:
-                self._add(key, infos[key], requests)
+                self._add(key, infos[group], requests)
             except Exception:  # one model's failure must not cost the others their samples
                 log.exception("monitor: could not add %d requests of %s", len(requests), key.model)
 
@@ -308,8 +335,15 @@ class Monitor:
             status = entry.monitor.status()
             state, scores = entry.monitor.state, entry.monitor.scores
         self.metrics.rows.labels(key.model, key.version).inc(rows)
-        self.metrics.stale.labels(key.model, key.version).set(len(self._staleness(entry)))
-        self.metrics.observe(key.model, key.version, state, scores)
+        now = time.monotonic()
+        if status is not entry.published or now - entry.stale_checked_at >= _STALE_REFRESH:
+            # Scores change only when a check ran (it makes a new status);
+            # staleness only with time and what is noted, so once a second will do.
+            entry.stale_checked_at = now
+            self.metrics.stale.labels(key.model, key.version).set(len(self._staleness(entry)))
+        if status is not entry.published:
+            entry.published = status
+            self.metrics.observe(key.model, key.version, state, scores)
         if transition is not None:
             self._announce(key, transition, status)
 
