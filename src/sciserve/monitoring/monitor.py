@@ -89,8 +89,11 @@ class Monitor:
         notifier: WebhookNotifier | None = None,
         reference_refresh: float = REFERENCE_REFRESH,
         max_versions: int = MAX_VERSIONS,
+        fold_interval: float = FOLD_INTERVAL,
     ) -> None:
         self.config = config
+        #: How long requests queue up before the thread folds them in (s).
+        self.fold_interval = fold_interval
         #: Versions monitored at once; the one idle longest is forgotten for a new one.
         self.max_versions = max_versions
         #: How often each version looks for a newer stored reference (s).
@@ -288,7 +291,7 @@ class Monitor:
 
     def _run(self) -> None:
         while not self._stopping.is_set():
-            self._wake.wait(FOLD_INTERVAL)
+            self._wake.wait(self.fold_interval)
             self._wake.clear()
             # What queued up since the last fold, in slices; between them the
             # GIL goes back to the event loop (sleep(0) releases it).
