@@ -48,8 +48,10 @@ log = logging.getLogger(__name__)
 _DRAIN_BATCH = 512
 #: How long requests queue up before the monitor's thread folds them in (s).
 #: Folding many at once is what makes monitoring cheap: the cost of a fold
-#: is mostly per call (per feature), hardly per row.
-FOLD_INTERVAL = 0.1
+#: is mostly per call (per feature), hardly per row; and each fold takes the
+#: GIL from the event loop a few times (numpy gives it up in large copies),
+#: so fewer folds mean fewer hand-overs.  The dashboard polls once a second.
+FOLD_INTERVAL = 0.5
 #: How often a version's staleness gauge is recomputed while it has traffic (s).
 _STALE_REFRESH = 1.0
 #: Model versions monitored at once (versions a server no longer serves are
