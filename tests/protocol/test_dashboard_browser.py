@@ -10,6 +10,7 @@ in CI (``CI`` set) and are skipped, with the reason, elsewhere.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -428,3 +429,9 @@ def test_drift_alerts_show_hostile_feature_names_as_text(world: World, page: Any
     assert "&lt;img src=x" in page.content()
     page.locator("#drift").scroll_into_view_if_needed()
     world.screenshot(page, "drift-hostile")
+    # Another namespace's token learns nothing of this model's drift.
+    alpha = {"Authorization": f"Bearer {world.alpha}"}
+    health = httpx.get(f"{world.base}/v2/sciserve/health", headers=alpha).json()
+    assert health["checks"]["drift"] == "ok"
+    assert "hostile" not in json.dumps(health) and "gamma" not in json.dumps(health)
+    assert httpx.get(f"{world.base}/ui/live/gamma.hostile", headers=alpha).status_code == 404
