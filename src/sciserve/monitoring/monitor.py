@@ -203,6 +203,8 @@ class Monitor:
         known = {
             (k.model, k.version): {
                 **e.monitor.status(),
+                # The snapshot is a check's; rows come in between checks too.
+                "rows_seen": e.monitor.window.total_rows,
                 "stale": [
                     {"reason": f.reason.value, "detail": f.detail} for f in self._staleness(e)
                 ],
