@@ -3,17 +3,25 @@
 The request path only hands a request's tensors to :meth:`Monitor.observe`,
 which puts a reference to them in a bounded queue (a couple of microseconds,
 no lock, no allocation beyond the queue's entry; when the queue is full the
-sample is dropped and counted).  One thread wakes every ``FOLD_INTERVAL``
-seconds (sooner when the queue is half full), takes what has queued up,
-stacks the requests of each model version and updates their sketches in
-bulk, in slices of at most ``_DRAIN_BATCH`` requests with the GIL given up
-between them, so sketch work never runs on the event loop and never holds
-it off for long.  Prometheus series are refreshed when a drift check changed
-them, not on every fold.
+sample is dropped and counted).  Every ``FOLD_INTERVAL`` seconds (sooner
+when the queue is half full) what has queued up is folded in: the requests
+of each model version stacked and their sketches updated in bulk, in slices
+of at most ``_DRAIN_BATCH`` requests.  Prometheus series are refreshed when
+a drift check changed them, not on every fold.
+
+Who folds: on a server, the event loop itself (:meth:`Monitor.start_on`),
+one slice per callback so requests are served between slices, with the
+registry lookups of references done in the loop's executor.  A thread of
+its own (:meth:`Monitor.start`, for code without an event loop) costs the
+loop more than the work does: each time the thread needs the GIL the loop
+is made to hand it over (numpy gives it up again in large copies), and in
+the serving benchmark those hand-overs, not the sketches, were what cost
+throughput (measured with ``bench/monitor_cost.py``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -33,7 +41,7 @@ from prometheus_client import CollectorRegistry
 from ..config import MonitoringConfig, parse_gate
 from ..errors import InvalidInput, NotFound, SciserveError
 from ..registry.registry import VersionInfo
-from .drift import AlertState, DriftMonitor, Transition
+from .drift import AlertState, DriftMonitor, DriftScores, Transition
 from .metrics import MonitoringMetrics
 from .reference import Reference, ReferenceStore
 from .sketches import Layout, Tensors
@@ -134,6 +142,9 @@ class Monitor:
         self._random = random.Random()  # noqa: S311 -- sampling, not secrets
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        #: The event loop that folds, when :meth:`start_on` was used, and its next fold.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._next_fold: asyncio.TimerHandle | asyncio.Handle | None = None
         #: Requests dropped because the queue (or its value budget) was full.
         self.dropped = 0
 
@@ -145,9 +156,23 @@ class Monitor:
         self._thread = threading.Thread(target=self._run, name="sciserve-monitor", daemon=True)
         self._thread.start()
 
+    def start_on(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Fold on ``loop`` rather than on a thread (call it from the loop).
+
+        :meth:`flush` must then be called off the loop (``asyncio.to_thread``).
+        """
+        if self.notifier is not None:
+            self.notifier.start()
+        self._loop = loop
+        self._next_fold = loop.call_later(self.fold_interval, self._fold_on_loop)
+
     def stop(self, timeout: float = 5.0) -> None:
         self._stopping.set()
         self._wake.set()
+        loop, self._loop = self._loop, None
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop stopped meanwhile
+                loop.call_soon_threadsafe(self._cancel_fold)
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
@@ -186,7 +211,10 @@ class Monitor:
         queue = self._queue
         queue.append((served, info, (inputs, outputs), values))
         if len(queue) == self._wake_at:  # once per filling: Event.set takes a lock
-            self._wake.set()
+            if self._loop is not None:
+                self._fold_soon()  # observe runs on the loop that folds
+            else:
+                self._wake.set()
 
     def _drop(self, model: str, version: str) -> None:
         self.dropped += 1
@@ -284,7 +312,12 @@ class Monitor:
         deadline = time.monotonic() + timeout
         with self._busy:
             while self._queue or self._in_flight:
-                self._wake.set()
+                loop = self._loop
+                if loop is not None:
+                    with contextlib.suppress(RuntimeError):  # closed: nothing will fold
+                        loop.call_soon_threadsafe(self._fold_soon)
+                else:
+                    self._wake.set()
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
@@ -302,6 +335,31 @@ class Monitor:
             while self._queue and not self._stopping.is_set():
                 self._fold_slice()
                 time.sleep(0)
+
+    def _fold_on_loop(self) -> None:
+        """One slice, then the next one soon if more waits, else a fold later."""
+        self._next_fold = None
+        if self._stopping.is_set() or self._loop is None:
+            return
+        if self._queue:
+            self._fold_slice()
+        if self._queue:
+            self._next_fold = self._loop.call_soon(self._fold_on_loop)
+        else:
+            self._next_fold = self._loop.call_later(self.fold_interval, self._fold_on_loop)
+
+    def _fold_soon(self) -> None:
+        """Fold now rather than at the next interval (on the loop)."""
+        due = self._next_fold
+        if self._loop is None or (due is not None and not isinstance(due, asyncio.TimerHandle)):
+            return  # a slice is already due (call_soon's handle is no TimerHandle)
+        self._cancel_fold()
+        self._next_fold = self._loop.call_soon(self._fold_on_loop)
+
+    def _cancel_fold(self) -> None:
+        if self._next_fold is not None:
+            self._next_fold.cancel()
+            self._next_fold = None
 
     def _fold_slice(self) -> None:
         batch: list[tuple[str, VersionInfo, Tensors, int]] = []
@@ -342,6 +400,18 @@ class Monitor:
             status = entry.monitor.status()
             state, scores = entry.monitor.state, entry.monitor.scores
         self.metrics.rows.labels(key.model, key.version).inc(rows)
+        self._publish(key, entry, status, state, scores, transition)
+
+    def _publish(
+        self,
+        key: _Key,
+        entry: _Entry,
+        status: dict[str, Any],
+        state: AlertState,
+        scores: DriftScores,
+        transition: Transition | None,
+    ) -> None:
+        """Gauges of a new judgement, and its alert if the state moved."""
         now = time.monotonic()
         if status is not entry.published or now - entry.stale_checked_at >= _STALE_REFRESH:
             # Scores change only when a check ran (it makes a new status);
@@ -370,11 +440,26 @@ class Monitor:
         entry.last_seen = now
         if now - entry.reference_checked_at >= self.reference_refresh:
             entry.reference_checked_at = now
-            latest = self._load_reference(key)
-            if latest is not None and _newer(latest, entry.monitor.reference):
-                with self._lock:
-                    entry.monitor.set_reference(latest)
+            if self._loop is not None:  # a database query: never on the event loop
+                self._loop.run_in_executor(None, self._refresh_reference, key, entry)
+            else:
+                self._refresh_reference(key, entry)
         return entry
+
+    def _refresh_reference(self, key: _Key, entry: _Entry) -> None:
+        latest = self._load_reference(key)
+        if latest is None:
+            return
+        with self._lock:
+            monitor = entry.monitor
+            if not _newer(latest, monitor.reference):
+                return
+            monitor.set_reference(latest)
+            # What the window holds is judged against it at once, not at the
+            # next check: the reference may arrive after the traffic did.
+            transition = monitor.check() if monitor.window.total_rows else None
+            status, state, scores = monitor.status(), monitor.state, monitor.scores
+        self._publish(key, entry, status, state, scores, transition)
 
     def _evict(self) -> _Entry:
         """Forget the version seen least recently (the entries lock is held)."""
