@@ -7,7 +7,8 @@ Serves the serving benchmark's MLP (64 features in, 10 values out) from an
 :class:`~sciserve.serving.service.InferenceService` on a SQLite registry,
 once with monitoring off and once on, and drives ``infer`` from
 ``--concurrency`` asyncio tasks.  It reports the process CPU time per
-request, the share of it spent in the monitor's thread, and wall-clock
+request, the event loop's share of it (which folds the monitor's queue on
+a server) and a monitor thread's (none unless one runs), and wall-clock
 requests/s.  With ``--reference`` the warm-up traffic becomes the drift
 reference, so the drift checks run as well.  With ``--profile`` the
 monitor thread's hottest functions are printed.  This is a measurement
