@@ -66,9 +66,11 @@ from ..package.reference import (
 )
 from ..package.validate import ensure_valid
 from . import db
+from .search import ModelQuery, entry_of, facets, matches
 from .store import ArtifactStore, open_store
 
 __all__ = [
+    "ModelPage",
     "NameIssue",
     "NamespaceInfo",
     "PublishResult",
@@ -197,6 +199,39 @@ def _manifest_named(label: str | None) -> Iterator[None]:
         if label is None:
             raise
         raise ManifestError(exc.problems, f"{label}: {MANIFEST_NAME}") from exc
+
+
+@dataclass(frozen=True)
+class ModelPage:
+    """One page of a model search (:meth:`Registry.search_models`)."""
+
+    #: The default version of each model on the page, by namespace and name.
+    models: list[VersionInfo]
+    #: Models that match the query, on every page.
+    matched: int
+    #: Models the caller may see, matching or not.
+    total: int
+    #: The values each filter may take over the models the caller may see.
+    facets: dict[str, list[str]]
+    offset: int
+    limit: int
+
+
+@dataclass(frozen=True)
+class _Model:
+    """A model, its versions' light columns and its aliases, and which version is which."""
+
+    namespace: str
+    name: str
+    aliases: dict[str, int]
+    #: The version :meth:`Registry.resolve` gives for a bare reference.
+    default_id: int
+    #: The newest version that is not yanked (``latest``), if any.
+    newest_id: int | None
+
+
+#: Most ids in one ``IN (...)`` (SQLite allows 32,766 bound parameters).
+_IN_CHUNK = 500
 
 
 def _version_key(version: str, published_at: datetime) -> tuple[int, Any, datetime]:
@@ -713,19 +748,119 @@ class Registry:
         return [self._info(x, aliases, newest.id if newest is not None else None) for x in ordered]
 
     def list_models(self, namespace: str | None = None) -> list[VersionInfo]:
-        """The default version (see :meth:`resolve`) of every model."""
-        m, n = db.models, db.namespaces
-        query = sa.select(n.c.name.label("ns"), m.c.name).join(n, m.c.namespace_id == n.c.id)
-        if namespace is not None:
-            query = query.where(n.c.name == namespace)
+        """The default version (see :meth:`resolve`) of every model, by
+        namespace and name; of a model whose every version is yanked, its newest."""
         with self._read() as conn:
-            pairs = conn.execute(query.order_by(n.c.name, m.c.name)).all()
+            found = self._models(conn, namespace)
+            rows = self._rows_by_id(conn, [m.default_id for m in found], full=True)
+        return [self._info(rows[m.default_id], m.aliases, m.newest_id) for m in found]
+
+    def search_models(
+        self,
+        query: ModelQuery,
+        *,
+        visible: Callable[[str], bool],
+        offset: int = 0,
+        limit: int = 50,
+    ) -> ModelPage:
+        """The models (default versions, as :meth:`list_models`) in namespaces
+        ``visible`` accepts that match ``query``, from the ``offset``-th, at
+        most ``limit`` of them, with their counts and facets.
+
+        A fixed number of queries whatever the number of models; only the
+        page's manifests are validated.  Models in other namespaces count
+        nowhere: not in ``total``, ``matched`` nor the facets.
+        """
+        if offset < 0 or limit < 0:
+            raise ValueError("offset and limit must not be negative")
+        with self._read() as conn:
+            found = [m for m in self._models(conn, None) if visible(m.namespace)]
+            stored = self._rows_by_id(conn, [m.default_id for m in found], full=False)
+            entries = [
+                entry_of(
+                    m.namespace,
+                    m.name,
+                    m.default_id,
+                    json.loads(stored[m.default_id].manifest),
+                    [*m.aliases, *([LATEST] if m.newest_id is not None else [])],
+                )
+                for m in found
+            ]
+            matched = [e for e in entries if matches(e, query)]
+            page = matched[offset : offset + limit]
+            rows = self._rows_by_id(conn, [e.version_id for e in page], full=True)
+        by_id = {m.default_id: m for m in found}
+        models = [
+            self._info(rows[i], by_id[i].aliases, by_id[i].newest_id)
+            for i in (e.version_id for e in page)
+        ]
+        return ModelPage(models, len(matched), len(entries), facets(entries), offset, limit)
+
+    def _models(self, conn: Connection, namespace: str | None) -> list[_Model]:
+        """Every model (of ``namespace``), by namespace and name, with which of
+        its versions is the default: two queries, whatever the number of models."""
+        v, m, n, a = db.versions, db.models, db.namespaces, db.aliases
+        versions = (
+            sa.select(
+                n.c.name.label("ns"),
+                m.c.name.label("model"),
+                v.c.model_id,
+                v.c.id,
+                v.c.version,
+                v.c.published_at,
+                v.c.yanked_at,
+            )
+            .join(m, v.c.model_id == m.c.id)
+            .join(n, m.c.namespace_id == n.c.id)
+        )
+        aliases = sa.select(a.c.model_id, a.c.alias, a.c.version_id)
+        if namespace is not None:
+            versions = versions.where(n.c.name == namespace)
+            aliases = (
+                aliases.join(m, a.c.model_id == m.c.id)
+                .join(n, m.c.namespace_id == n.c.id)
+                .where(n.c.name == namespace)
+            )
+        by_model: dict[int, list[Any]] = {}
+        for row in conn.execute(versions).all():
+            by_model.setdefault(row.model_id, []).append(row)
+        tags: dict[int, dict[str, int]] = {}
+        for tag in conn.execute(aliases).all():
+            tags.setdefault(tag.model_id, {})[tag.alias] = tag.version_id
         out = []
-        for ns, name in pairs:
-            try:
-                out.append(self.resolve(Reference(ns, name)))
-            except NotFound:  # every version yanked
-                out.append(self.versions(Reference(ns, name))[0])
+        for model_id, rows in by_model.items():
+            named = tags.get(model_id, {})
+            newest = self._newest(rows)
+            # As resolve() does for a bare reference; when every version is
+            # yanked, the newest of them (as versions()[0]).
+            if PRODUCTION in named:
+                default = named[PRODUCTION]
+            elif newest is not None:
+                default = newest.id
+            else:
+                default = max(rows, key=lambda r: _version_key(r.version, r.published_at)).id
+            out.append(
+                _Model(
+                    rows[0].ns,
+                    rows[0].model,
+                    named,
+                    default,
+                    newest.id if newest is not None else None,
+                )
+            )
+        out.sort(key=lambda x: (x.namespace, x.name))
+        return out
+
+    @staticmethod
+    def _rows_by_id(conn: Connection, ids: Sequence[int], *, full: bool) -> dict[int, Any]:
+        """Version rows by id: every column, or the id and the manifest."""
+        v = db.versions
+        columns = [v] if full else [v.c.id, v.c.manifest]
+        out: dict[int, Any] = {}
+        for start in range(0, len(ids), _IN_CHUNK):
+            chunk = ids[start : start + _IN_CHUNK]
+            for row in conn.execute(sa.select(*columns).where(v.c.id.in_(chunk))).all():
+                out[row.id] = row
         return out
 
     def check_names(self) -> list[NameIssue]:

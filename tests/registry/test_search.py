@@ -1,0 +1,147 @@
+"""Listing and searching models: the default version of each, in a fixed
+number of queries, paged and filtered after who may see what (SQLite and
+PostgreSQL)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sciserve.errors import NotFound
+from sciserve.registry.registry import Registry, VersionInfo
+from sciserve.registry.search import ModelQuery
+
+from helpers.packages import make_onnx_package
+
+
+def _publish(
+    reg: Registry, root: Path, namespace: str, name: str, version: str, **extra: object
+) -> None:
+    reg.publish(
+        make_onnx_package(
+            root / f"{namespace}-{name}-{version}",
+            name=name,
+            namespace=namespace,
+            version=version,
+            extra=dict(extra),
+        )
+    )
+
+
+@pytest.fixture
+def world(registry: Registry, tmp_path: Path) -> Registry:
+    """Three namespaces; aliases on old versions, yanks, a model with every version yanked."""
+    reg = registry
+    _publish(reg, tmp_path, "alpha", "plain", "1.0.0")
+    _publish(reg, tmp_path, "alpha", "plain", "1.10.0")
+    _publish(reg, tmp_path, "alpha", "plain", "1.2.0")
+    reg.tag("alpha/plain:1.0.0", "staging")  # an alias on a version that is not the default
+    _publish(reg, tmp_path, "alpha", "prod", "1.0.0", tags=["lensing"], license="Apache-2.0")
+    _publish(reg, tmp_path, "alpha", "prod", "2.0.0", tags=["spectra"], license="MIT")
+    reg.tag("alpha/prod:1.0.0", "production")  # the default, though 2.0.0 is newer
+    _publish(reg, tmp_path, "alpha", "gone", "1.0.0")
+    _publish(reg, tmp_path, "alpha", "gone", "2.0.0")
+    reg.yank("alpha/gone:1.0.0", "broken")
+    reg.yank("alpha/gone:2.0.0", "broken too")
+    _publish(
+        reg, tmp_path, "beta", "secret", "1.0.0", description="hidden transients", tags=["lensing"]
+    )
+    _publish(reg, tmp_path, "gamma", "half", "1.0.0", license="BSD-3-Clause")
+    _publish(reg, tmp_path, "gamma", "half", "2.0.0", license="BSD-3-Clause")
+    reg.yank("gamma/half:2.0.0", "bad calibration")  # latest is 1.0.0 again
+    return reg
+
+
+def _key(info: VersionInfo) -> tuple[str, str, str, tuple[str, ...], bool]:
+    return (info.ref, info.digest, info.published_at.isoformat(), info.aliases, info.yanked)
+
+
+def _one_by_one(reg: Registry, info: VersionInfo) -> VersionInfo:
+    """A model's default version the slow way: the rules list_models stands for."""
+    try:
+        return reg.resolve(f"{info.namespace}/{info.name}")
+    except NotFound:  # every version yanked: the newest of them
+        return reg.versions(f"{info.namespace}/{info.name}")[0]
+
+
+def _everyone(namespace: str) -> bool:
+    return True
+
+
+def test_list_models_gives_each_models_default_version(world: Registry) -> None:
+    listed = world.list_models()
+    assert [(v.namespace, v.name, v.version) for v in listed] == [
+        ("alpha", "gone", "2.0.0"),
+        ("alpha", "plain", "1.10.0"),
+        ("alpha", "prod", "1.0.0"),
+        ("beta", "secret", "1.0.0"),
+        ("gamma", "half", "1.0.0"),
+    ]
+    assert [_key(v) for v in listed] == [_key(_one_by_one(world, v)) for v in listed]
+    assert listed[2].aliases == ("production",)  # 2.0.0 is latest, not this one
+    assert listed[4].aliases == ("latest",)
+    assert [v.name for v in world.list_models("gamma")] == ["half"]
+    assert world.list_models("nobody") == []
+
+
+def test_pages_put_together_are_the_whole_list(world: Registry) -> None:
+    whole = world.list_models()
+    seen: list[VersionInfo] = []
+    for offset in range(0, 6, 2):
+        page = world.search_models(ModelQuery(), visible=_everyone, offset=offset, limit=2)
+        assert (page.matched, page.total, page.offset, page.limit) == (5, 5, offset, 2)
+        assert len(page.models) == min(2, 5 - offset)
+        seen += page.models
+    assert [_key(v) for v in seen] == [_key(v) for v in whole]
+    past = world.search_models(ModelQuery(), visible=_everyone, offset=40, limit=2)
+    assert past.models == [] and past.matched == 5
+    with pytest.raises(ValueError, match="negative"):
+        world.search_models(ModelQuery(), visible=_everyone, offset=-1)
+
+
+def test_filters_match_the_default_version_and_aliases_of_any_version(world: Registry) -> None:
+    def names(**query: str) -> list[str]:
+        page = world.search_models(ModelQuery(**query), visible=_everyone)  # type: ignore[arg-type]
+        return [f"{v.namespace}/{v.name}" for v in page.models]
+
+    assert names(text="TRANSIENTS hidden") == ["beta/secret"]
+    assert names(text="transients nothing") == []
+    assert names(text="alpha") == ["alpha/gone", "alpha/plain", "alpha/prod"]
+    # The default version of alpha/prod (1.0.0) is tagged lensing; 2.0.0, spectra.
+    assert names(tag="lensing") == ["alpha/prod", "beta/secret"]
+    assert names(tag="spectra") == []
+    assert names(license="Apache-2.0") == ["alpha/prod"]
+    assert names(license="BSD-3-Clause", namespace="gamma") == ["gamma/half"]
+    assert names(namespace="gamma", runtime="torchscript") == []
+    assert names(alias="staging") == ["alpha/plain"]
+    # Every model with a version that is not yanked has a latest.
+    assert names(alias="latest") == ["alpha/plain", "alpha/prod", "beta/secret", "gamma/half"]
+    assert names(alias="production") == ["alpha/prod"]
+
+
+def test_models_the_caller_may_not_see_count_nowhere(world: Registry) -> None:
+    def not_beta(namespace: str) -> bool:
+        return namespace != "beta"
+
+    page = world.search_models(ModelQuery(tag="lensing"), visible=not_beta, limit=1)
+    assert [v.ref for v in page.models] == ["alpha/prod:1.0.0"]
+    assert (page.matched, page.total) == (1, 4)
+    assert "beta" not in page.facets["namespace"]
+    # Only beta/secret says "transients": no trace of it, not even a count.
+    hidden = world.search_models(ModelQuery(text="transients"), visible=not_beta)
+    assert (hidden.models, hidden.matched) == ([], 0)
+    nothing = world.search_models(ModelQuery(), visible=lambda ns: False)
+    assert (nothing.models, nothing.matched, nothing.total) == ([], 0, 0)
+    assert nothing.facets == {"namespace": [], "runtime": [], "license": [], "tag": []}
+
+
+def test_facets_are_the_values_over_the_visible_models(world: Registry) -> None:
+    page = world.search_models(ModelQuery(namespace="gamma"), visible=_everyone)
+    # Facets describe everything visible, not only what matched, so a filter can be changed.
+    assert page.facets == {
+        "namespace": ["alpha", "beta", "gamma"],
+        "runtime": ["onnx"],
+        "license": ["Apache-2.0", "BSD-3-Clause", "MIT"],
+        "tag": ["lensing"],
+    }
