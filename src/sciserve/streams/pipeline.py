@@ -1241,6 +1241,8 @@ class Pipeline:
             "dead_letter": self.spec.dead_letter,
             "models": [f"{m.model}:{m.version}" for m in self._models],
             "metrics_port": self.metrics_port,
+            # For whoever judges the numbers below (the server's health report).
+            "budget": None if self.spec.budget is None else self.spec.budget.model_dump(),
             "started_at": self._started_at.isoformat(),
             "updated_at": datetime.now(UTC).isoformat(),
             **self.metrics.snapshot(),
