@@ -1220,7 +1220,9 @@ class Pipeline:
                 ", ".join(stored.conflicts),
             )
         for letter in batch.dead:
-            self.metrics.dead_lettered(letter.stage)
+            self.metrics.dead_lettered(
+                letter.stage, error=letter.error, reason=letter.reason, alert_id=letter.alert_id
+            )
 
     # -- status ----------------------------------------------------------------
 
