@@ -3,6 +3,7 @@
 ::
 
     GET  /                           the catalogue; ?q=&namespace=&runtime=&license=&tag=&alias=
+                                     and &page=N (fifty models a page)
     GET  /models/{namespace}/{name}  a model's page; ?version=V for another version
     GET  /jobs                       batch jobs, newest first (?state=S[,S]), and schedules
     GET  /jobs/{job_id}              one job: progress, failure, log, first dead letters
