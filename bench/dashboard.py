@@ -115,18 +115,20 @@ def populate(reg: Registry, work: Path, n_models: int, n_versions: int) -> None:
 
 
 @contextmanager
-def _postgres_schema(url: str) -> Iterator[str]:
-    """``url`` with a fresh schema first on its search path, dropped afterwards."""
-    schema = f"bench_{uuid.uuid4().hex[:12]}"
+def _postgres_schema(url: str, keep: str | None) -> Iterator[str]:
+    """``url`` with a schema first on its search path: ``keep`` (made if
+    missing, kept afterwards), else a fresh one, dropped afterwards."""
+    schema = keep or f"bench_{uuid.uuid4().hex[:12]}"
     engine = sa.create_engine(url)
     with engine.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+        conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
     sep = "&" if "?" in url else "?"
     try:
         yield f"{url}{sep}options=-csearch_path%3D{schema}"
     finally:
-        with engine.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        if keep is None:
+            with engine.begin() as conn:
+                conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
         engine.dispose()
 
 
@@ -171,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=100, help="timed requests per page")
     parser.add_argument("--database", help="a PostgreSQL URL (default: SQLite in the home)")
     parser.add_argument(
+        "--schema",
+        help="with --database: keep the registry in this PostgreSQL schema and reuse it",
+    )
+    parser.add_argument(
         "--home",
         type=Path,
         help="keep the registry here and reuse it on the next run (SQLite only; "
@@ -191,10 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.home is not None and args.database:
         parser.error("--home keeps a SQLite registry; it does not go with --database")
+    if args.schema is not None and not args.database:
+        parser.error("--schema needs --database")
     with tempfile.TemporaryDirectory(prefix="sciserve-dash-bench-") as tmp:
         work = Path(tmp)
         home = args.home or work / "home"
-        with contextlib_database(args.database) as url:
+        with contextlib_database(args.database, args.schema) as url:
             settings = Settings.load(home, environ={}, database_url=url)
             with Registry(settings) as reg:
                 have = len(reg.list_models())
@@ -229,11 +237,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 @contextmanager
-def contextlib_database(url: str | None) -> Iterator[str | None]:
+def contextlib_database(url: str | None, keep: str | None) -> Iterator[str | None]:
     if url is None:
         yield None
         return
-    with _postgres_schema(url) as scoped:
+    with _postgres_schema(url, keep) as scoped:
         yield scoped
 
 

@@ -145,3 +145,27 @@ def test_facets_are_the_values_over_the_visible_models(world: Registry) -> None:
         "license": ["Apache-2.0", "BSD-3-Clause", "MIT"],
         "tag": ["lensing"],
     }
+
+
+def test_a_search_sees_every_change_at_once(world: Registry, tmp_path: Path) -> None:
+    def listed() -> list[tuple[str, str, tuple[str, ...]]]:
+        page = world.search_models(ModelQuery(), visible=_everyone)
+        return [(v.ref, v.manifest.license or "", v.aliases) for v in page.models]
+
+    before = listed()
+    assert ("alpha/plain:1.10.0", "MIT", ("latest",)) in before
+    # A rename rewrites every manifest (a new digest): nothing read before may linger.
+    world.rename_model("alpha", "plain", "renamed")
+    _publish(world, tmp_path, "alpha", "renamed", "2.0.0", license="Apache-2.0")
+    world.tag("alpha/prod:2.0.0", "production")
+    world.yank("gamma/half:1.0.0", "recalled")
+    after = listed()
+    assert ("alpha/renamed:2.0.0", "Apache-2.0", ("latest",)) in after
+    assert not any(ref.startswith("alpha/plain") for ref, _, _ in after)
+    assert ("alpha/prod:2.0.0", "MIT", ("latest", "production")) in after
+    assert ("gamma/half:2.0.0", "BSD-3-Clause", ()) in after  # every version yanked
+    assert [_key(v) for v in world.list_models()] == [
+        _key(_one_by_one(world, v)) for v in world.list_models()
+    ]
+    renamed = world.search_models(ModelQuery(text="renamed"), visible=_everyone)
+    assert [v.name for v in renamed.models] == ["renamed"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -66,7 +67,7 @@ from ..package.reference import (
 )
 from ..package.validate import ensure_valid
 from . import db
-from .search import ModelQuery, entry_of, facets, matches
+from .search import ModelFields, ModelQuery, entry_of, facets, fields_of, matches
 from .store import ArtifactStore, open_store
 
 __all__ = [
@@ -224,23 +225,47 @@ class _Model:
     namespace: str
     name: str
     aliases: dict[str, int]
-    #: The version :meth:`Registry.resolve` gives for a bare reference.
+    #: The version :meth:`Registry.resolve` gives for a bare reference, and its digest.
     default_id: int
+    default_digest: str
     #: The newest version that is not yanked (``latest``), if any.
     newest_id: int | None
 
 
 #: Most ids in one ``IN (...)`` (SQLite allows 32,766 bound parameters).
 _IN_CHUNK = 500
+#: Most manifests' listed fields a registry keeps parsed (see :meth:`Registry.search_models`).
+_MAX_LISTINGS = 100_000
 
 
 def _version_key(version: str, published_at: datetime) -> tuple[int, Any, datetime]:
     # PEP 440 versions sort by their meaning; any other version sorts below
     # them, by publish time.
+    return (*_meaning(version), published_at)
+
+
+def _ranks(versions: set[str]) -> dict[str, int]:
+    """Each version string's place in the version order (equal meanings, equal places)."""
+    out: dict[str, int] = {}
+    previous: tuple[int, Version] | None = None
+    place = -1
+    for version in sorted(versions, key=_meaning):
+        meaning = _meaning(version)
+        if meaning != previous:
+            place += 1
+            previous = meaning
+        out[version] = place
+    return out
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _meaning(version: str) -> tuple[int, Version]:
+    # Parsed once per distinct string: listing every model parses each
+    # version of each model, and most registries reuse a few hundred strings.
     try:
-        return (1, Version(version), published_at)
+        return (1, Version(version))
     except InvalidVersion:
-        return (0, Version("0"), published_at)
+        return (0, Version("0"))
 
 
 def _new_id(conn: Connection, insert: sa.Insert) -> int:
@@ -262,6 +287,10 @@ class Registry:
     ) -> None:
         self.settings = settings
         self.read_only = settings.read_only
+        # The listed fields of stored manifests, by version id and digest: a
+        # version's manifest changes only with its digest (a rename), so an
+        # entry is never stale.  Bounded by _MAX_LISTINGS.
+        self._listings: dict[tuple[int, str], ModelFields] = {}
         # The URL is checked first: a mistyped one creates nothing.
         self._engine = db.connect(settings.database_url, read_only=self.read_only, create=create)
         try:
@@ -775,17 +804,21 @@ class Registry:
             raise ValueError("offset and limit must not be negative")
         with self._read() as conn:
             found = [m for m in self._models(conn, None) if visible(m.namespace)]
-            stored = self._rows_by_id(conn, [m.default_id for m in found], full=False)
-            entries = [
-                entry_of(
-                    m.namespace,
-                    m.name,
-                    m.default_id,
-                    json.loads(stored[m.default_id].manifest),
-                    [*m.aliases, *([LATEST] if m.newest_id is not None else [])],
+            missing = [m.default_id for m in found if self._listing(m) is None]
+            fresh = {
+                row.id: fields_of(json.loads(row.manifest))
+                for row in self._rows_by_id(conn, missing, full=False).values()
+            }
+            if len(self._listings) + len(fresh) > _MAX_LISTINGS:
+                self._listings.clear()
+            entries = []
+            for m in found:
+                fields = self._listing(m) or fresh[m.default_id]
+                self._listings[(m.default_id, m.default_digest)] = fields
+                latest = [LATEST] if m.newest_id is not None else []
+                entries.append(
+                    entry_of(m.namespace, m.name, m.default_id, fields, [*m.aliases, *latest])
                 )
-                for m in found
-            ]
             matched = [e for e in entries if matches(e, query)]
             page = matched[offset : offset + limit]
             rows = self._rows_by_id(conn, [e.version_id for e in page], full=True)
@@ -796,56 +829,77 @@ class Registry:
         ]
         return ModelPage(models, len(matched), len(entries), facets(entries), offset, limit)
 
+    def _listing(self, model: _Model) -> ModelFields | None:
+        return self._listings.get((model.default_id, model.default_digest))
+
     def _models(self, conn: Connection, namespace: str | None) -> list[_Model]:
         """Every model (of ``namespace``), by namespace and name, with which of
         its versions is the default: two queries, whatever the number of models."""
         v, m, n, a = db.versions, db.models, db.namespaces, db.aliases
-        versions = (
-            sa.select(
-                n.c.name.label("ns"),
-                m.c.name.label("model"),
-                v.c.model_id,
-                v.c.id,
-                v.c.version,
-                v.c.published_at,
-                v.c.yanked_at,
-            )
-            .join(m, v.c.model_id == m.c.id)
-            .join(n, m.c.namespace_id == n.c.id)
+        # Three plain queries joined here: SQLite joins the version rows
+        # (manifests inline, so long rows) to their models several times slower.
+        models = sa.select(m.c.id, n.c.name.label("ns"), m.c.name).join(
+            n, m.c.namespace_id == n.c.id
         )
+        # In publish order, so a row's position stands for its publish time
+        # in the version order (no timestamp to convert on every row).
+        versions = sa.select(
+            v.c.model_id,
+            v.c.id,
+            v.c.version,
+            v.c.digest,
+            # As a number: a Boolean would be converted row by row.
+            sa.type_coerce(v.c.yanked_at.is_(None), sa.Integer).label("live"),
+        ).order_by(v.c.published_at, v.c.id)
         aliases = sa.select(a.c.model_id, a.c.alias, a.c.version_id)
         if namespace is not None:
-            versions = versions.where(n.c.name == namespace)
-            aliases = (
-                aliases.join(m, a.c.model_id == m.c.id)
-                .join(n, m.c.namespace_id == n.c.id)
-                .where(n.c.name == namespace)
-            )
-        by_model: dict[int, list[Any]] = {}
-        for row in conn.execute(versions).all():
-            by_model.setdefault(row.model_id, []).append(row)
+            models = models.where(n.c.name == namespace)
+            ids = models.with_only_columns(m.c.id).scalar_subquery()
+            versions = versions.where(v.c.model_id.in_(ids))
+            aliases = aliases.where(a.c.model_id.in_(ids))
+        named = {i: (ns, name) for i, ns, name in conn.execute(models).all()}
+        # Unpacked as tuples: for ten thousand rows, attribute lookups cost more than the query.
+        rows = conn.execute(versions).all()
         tags: dict[int, dict[str, int]] = {}
-        for tag in conn.execute(aliases).all():
-            tags.setdefault(tag.model_id, {})[tag.alias] = tag.version_id
+        for model_id, alias, version_id in conn.execute(aliases).all():
+            tags.setdefault(model_id, {})[alias] = version_id
+        rank = _ranks({row[2] for row in rows})
+        # Per model: (version order, position, id, digest) of its newest live
+        # version and of its newest version at all; each version's digest.
+        newest: dict[int, tuple[int, int, int, str]] = {}
+        newest_any: dict[int, tuple[int, int, int, str]] = {}
+        digests: dict[int, str] = {}
+        for position, (model_id, version_id, version, digest, live) in enumerate(rows):
+            key = (rank[version], position, version_id, digest)
+            digests[version_id] = digest
+            if model_id not in newest_any or key > newest_any[model_id]:
+                newest_any[model_id] = key
+            if live and (model_id not in newest or key > newest[model_id]):
+                newest[model_id] = key
         out = []
-        for model_id, rows in by_model.items():
-            named = tags.get(model_id, {})
-            newest = self._newest(rows)
+        for model_id, latest in newest_any.items():
+            if model_id not in named:
+                continue  # created after the models were read
+            on = tags.get(model_id, {})
+            live = newest.get(model_id)
+            production = on.get(PRODUCTION)
             # As resolve() does for a bare reference; when every version is
             # yanked, the newest of them (as versions()[0]).
-            if PRODUCTION in named:
-                default = named[PRODUCTION]
-            elif newest is not None:
-                default = newest.id
+            if production is not None and production in digests:
+                default_id, digest = production, digests[production]
+            elif live is not None:
+                default_id, digest = live[2], live[3]
             else:
-                default = max(rows, key=lambda r: _version_key(r.version, r.published_at)).id
+                default_id, digest = latest[2], latest[3]
+            namespace_name, name = named[model_id]
             out.append(
                 _Model(
-                    rows[0].ns,
-                    rows[0].model,
-                    named,
-                    default,
-                    newest.id if newest is not None else None,
+                    namespace_name,
+                    name,
+                    on,
+                    default_id,
+                    digest,
+                    live[2] if live is not None else None,
                 )
             )
         out.sort(key=lambda x: (x.namespace, x.name))
@@ -855,7 +909,7 @@ class Registry:
     def _rows_by_id(conn: Connection, ids: Sequence[int], *, full: bool) -> dict[int, Any]:
         """Version rows by id: every column, or the id and the manifest."""
         v = db.versions
-        columns = [v] if full else [v.c.id, v.c.manifest]
+        columns = [v] if full else [v.c.id, v.c.digest, v.c.manifest]
         out: dict[int, Any] = {}
         for start in range(0, len(ids), _IN_CHUNK):
             chunk = ids[start : start + _IN_CHUNK]

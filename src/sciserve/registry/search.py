@@ -17,7 +17,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-__all__ = ["FACETS", "ModelEntry", "ModelQuery", "entry_of", "facets", "matches"]
+__all__ = [
+    "FACETS",
+    "ModelEntry",
+    "ModelFields",
+    "ModelQuery",
+    "entry_of",
+    "facets",
+    "fields_of",
+    "matches",
+]
 
 #: The fields a query may filter on with one exact value, as facets.
 FACETS: Final = ("namespace", "runtime", "license", "tag")
@@ -41,6 +50,26 @@ class ModelQuery:
 
 
 @dataclass(frozen=True)
+class ModelFields:
+    """What a search reads of a stored manifest."""
+
+    runtime: str
+    license: str | None
+    tags: tuple[str, ...]
+    description: str | None
+
+
+def fields_of(manifest: Mapping[str, Any]) -> ModelFields:
+    """The fields of a stored (canonical, already validated) manifest mapping."""
+    return ModelFields(
+        runtime=str(manifest.get("runtime", "")),
+        license=manifest.get("license") or None,
+        tags=tuple(str(t) for t in manifest.get("tags") or ()),
+        description=manifest.get("description") or None,
+    )
+
+
+@dataclass(frozen=True)
 class ModelEntry:
     """A model as a search sees it: its default version's listed fields."""
 
@@ -56,18 +85,17 @@ class ModelEntry:
 
 
 def entry_of(
-    namespace: str, name: str, version_id: int, manifest: Mapping[str, Any], aliases: Iterable[str]
+    namespace: str, name: str, version_id: int, fields: ModelFields, aliases: Iterable[str]
 ) -> ModelEntry:
-    """The entry of a stored (canonical, already validated) manifest mapping."""
-    tags = manifest.get("tags") or ()
+    """The entry of a model whose default version has ``fields``."""
     return ModelEntry(
         namespace=namespace,
         name=name,
         version_id=version_id,
-        runtime=str(manifest.get("runtime", "")),
-        license=manifest.get("license") or None,
-        tags=tuple(str(t) for t in tags),
-        description=manifest.get("description") or None,
+        runtime=fields.runtime,
+        license=fields.license,
+        tags=fields.tags,
+        description=fields.description,
         aliases=frozenset(aliases),
     )
 
