@@ -7,8 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
+from sciserve.access._db import engine_of
+from sciserve.config import Settings
 from sciserve.errors import NotFound
+from sciserve.registry import db
 from sciserve.registry.registry import Registry, VersionInfo
 from sciserve.registry.search import ModelQuery
 
@@ -169,3 +173,45 @@ def test_a_search_sees_every_change_at_once(world: Registry, tmp_path: Path) -> 
     ]
     renamed = world.search_models(ModelQuery(text="renamed"), visible=_everyone)
     assert [v.name for v in renamed.models] == ["renamed"]
+
+
+@pytest.mark.postgres
+def test_a_change_committed_after_a_newer_one_is_seen(tmp_path: Path, postgres_url: str) -> None:
+    """On PostgreSQL a transaction may take an event id, and commit after a
+    later one did: the catalogue read in between must not hide its change."""
+    settings = Settings.load(tmp_path / "home", environ={}, database_url=postgres_url)
+    with Registry(settings) as reg:
+        _publish(reg, tmp_path, "alpha", "m", "1.0.0")
+        _publish(reg, tmp_path, "alpha", "m", "2.0.0")
+
+        def default() -> str:
+            [info] = reg.search_models(ModelQuery(), visible=_everyone).models
+            return info.version
+
+        assert default() == "2.0.0"
+        old = reg.resolve("alpha/m:1.0.0")
+        engine = engine_of(reg)
+        with engine.connect() as late, late.begin():
+            # The slow writer takes its event id first ...
+            late.execute(
+                sa.insert(db.events).values(
+                    at=db.utcnow(), action="tag", subject=old.ref, detail="{}"
+                )
+            )
+            # ... a quick one commits a newer event, and the catalogue is read.
+            reg.tag("alpha/m:2.0.0", "staging")
+            assert default() == "2.0.0"
+            model_id = late.execute(sa.select(db.models.c.id)).scalar_one()
+            version_id = late.execute(
+                sa.select(db.versions.c.id).where(db.versions.c.version == "1.0.0")
+            ).scalar_one()
+            late.execute(
+                sa.insert(db.aliases).values(
+                    model_id=model_id,
+                    alias="production",
+                    version_id=version_id,
+                    updated_at=db.utcnow(),
+                )
+            )
+        assert reg.resolve("alpha/m").version == "1.0.0"
+        assert default() == "1.0.0"

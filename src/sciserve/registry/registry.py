@@ -67,7 +67,7 @@ from ..package.reference import (
 )
 from ..package.validate import ensure_valid
 from . import db
-from .search import ModelFields, ModelQuery, entry_of, facets, fields_of, matches
+from .search import ModelEntry, ModelQuery, entry_of, facets, fields_of, matches
 from .store import ArtifactStore, open_store
 
 __all__ = [
@@ -234,8 +234,17 @@ class _Model:
 
 #: Most ids in one ``IN (...)`` (SQLite allows 32,766 bound parameters).
 _IN_CHUNK = 500
-#: Most manifests' listed fields a registry keeps parsed (see :meth:`Registry.search_models`).
-_MAX_LISTINGS = 100_000
+#: Events whose count is part of the catalogue's stamp (see ``Registry._stamp``):
+#: far more than can be written while one transaction is open.
+_STAMP_WINDOW = 10_000
+
+
+@dataclass(frozen=True)
+class _Catalogue:
+    """Every model and its search entry, as of an event stamp."""
+
+    stamp: tuple[int, int]
+    items: list[tuple[_Model, ModelEntry]]
 
 
 def _version_key(version: str, published_at: datetime) -> tuple[int, Any, datetime]:
@@ -287,10 +296,8 @@ class Registry:
     ) -> None:
         self.settings = settings
         self.read_only = settings.read_only
-        # The listed fields of stored manifests, by version id and digest: a
-        # version's manifest changes only with its digest (a rename), so an
-        # entry is never stale.  Bounded by _MAX_LISTINGS.
-        self._listings: dict[tuple[int, str], ModelFields] = {}
+        # The last catalogue read (see _catalogue), with the stamp it is valid for.
+        self._kept: _Catalogue | None = None
         # The URL is checked first: a mistyped one creates nothing.
         self._engine = db.connect(settings.database_url, read_only=self.read_only, create=create)
         try:
@@ -803,34 +810,50 @@ class Registry:
         if offset < 0 or limit < 0:
             raise ValueError("offset and limit must not be negative")
         with self._read() as conn:
-            found = [m for m in self._models(conn, None) if visible(m.namespace)]
-            missing = [m.default_id for m in found if self._listing(m) is None]
-            fresh = {
-                row.id: fields_of(json.loads(row.manifest))
-                for row in self._rows_by_id(conn, missing, full=False).values()
-            }
-            if len(self._listings) + len(fresh) > _MAX_LISTINGS:
-                self._listings.clear()
-            entries = []
-            for m in found:
-                fields = self._listing(m) or fresh[m.default_id]
-                self._listings[(m.default_id, m.default_digest)] = fields
-                latest = [LATEST] if m.newest_id is not None else []
-                entries.append(
-                    entry_of(m.namespace, m.name, m.default_id, fields, [*m.aliases, *latest])
-                )
+            shown = [(m, e) for m, e in self._catalogue(conn).items if visible(m.namespace)]
+            entries = [e for _, e in shown]
             matched = [e for e in entries if matches(e, query)]
             page = matched[offset : offset + limit]
             rows = self._rows_by_id(conn, [e.version_id for e in page], full=True)
-        by_id = {m.default_id: m for m in found}
+        by_id = {m.default_id: m for m, _ in shown}
         models = [
             self._info(rows[i], by_id[i].aliases, by_id[i].newest_id)
             for i in (e.version_id for e in page)
         ]
         return ModelPage(models, len(matched), len(entries), facets(entries), offset, limit)
 
-    def _listing(self, model: _Model) -> ModelFields | None:
-        return self._listings.get((model.default_id, model.default_digest))
+    def _catalogue(self, conn: Connection) -> _Catalogue:
+        """Every model with its default version's entry, as of now.
+
+        Kept while the registry's events say nothing changed: every write to
+        namespaces, models, versions or aliases adds an event in its own
+        transaction (keep it so), and the stamp is read before the rows, so
+        a catalogue is never older than its stamp.
+        """
+        stamp = self._stamp(conn)
+        kept = self._kept
+        if kept is not None and kept.stamp == stamp:
+            return kept
+        found = self._models(conn, None)
+        stored = self._rows_by_id(conn, [m.default_id for m in found], full=False)
+        items = []
+        for m in found:
+            fields = fields_of(json.loads(stored[m.default_id].manifest))
+            latest = [LATEST] if m.newest_id is not None else []
+            entry = entry_of(m.namespace, m.name, m.default_id, fields, [*m.aliases, *latest])
+            items.append((m, entry))
+        self._kept = _Catalogue(stamp, items)
+        return self._kept
+
+    @staticmethod
+    def _stamp(conn: Connection) -> tuple[int, int]:
+        """What changes with every event: the newest event id, and how many
+        events there are among the newest :data:`_STAMP_WINDOW` ids (on
+        PostgreSQL a transaction that took an older id may commit later)."""
+        e = db.events
+        top = conn.execute(sa.select(sa.func.max(e.c.id))).scalar() or 0
+        recent = sa.select(sa.func.count()).select_from(e).where(e.c.id > top - _STAMP_WINDOW)
+        return int(top), int(conn.execute(recent).scalar() or 0)
 
     def _models(self, conn: Connection, namespace: str | None) -> list[_Model]:
         """Every model (of ``namespace``), by namespace and name, with which of
