@@ -67,7 +67,7 @@ from ..package.reference import (
 )
 from ..package.validate import ensure_valid
 from . import db
-from .search import ModelEntry, ModelQuery, entry_of, facets, fields_of, matches
+from .search import ModelEntry, ModelFields, ModelQuery, entry_of, facets, fields_of, matches
 from .store import ArtifactStore, open_store
 
 __all__ = [
@@ -835,10 +835,18 @@ class Registry:
         if kept is not None and kept.stamp == stamp:
             return kept
         found = self._models(conn, None)
-        stored = self._rows_by_id(conn, [m.default_id for m in found], full=False)
+        # A version's manifest changes only with its digest (a rename): the
+        # fields of the ones read last time are still right.
+        known: dict[tuple[int, str], ModelFields] = {}
+        if kept is not None:
+            known = {(m.default_id, m.default_digest): e.fields for m, e in kept.items}
+        missing = [m.default_id for m in found if (m.default_id, m.default_digest) not in known]
+        stored = self._rows_by_id(conn, missing, full=False)
         items = []
         for m in found:
-            fields = fields_of(json.loads(stored[m.default_id].manifest))
+            fields = known.get((m.default_id, m.default_digest))
+            if fields is None:
+                fields = fields_of(json.loads(stored[m.default_id].manifest))
             latest = [LATEST] if m.newest_id is not None else []
             entry = entry_of(m.namespace, m.name, m.default_id, fields, [*m.aliases, *latest])
             items.append((m, entry))

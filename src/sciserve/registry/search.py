@@ -83,6 +83,10 @@ class ModelEntry:
     #: Every alias on any version of the model.
     aliases: frozenset[str]
 
+    @property
+    def fields(self) -> ModelFields:
+        return ModelFields(self.runtime, self.license, self.tags, self.description)
+
 
 def entry_of(
     namespace: str, name: str, version_id: int, fields: ModelFields, aliases: Iterable[str]
