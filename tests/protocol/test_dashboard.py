@@ -32,7 +32,7 @@ from sciserve.access.tokens import TokenStore
 from sciserve.config import Settings
 from sciserve.jobs import JobState, JobStore, ScheduleStore
 from sciserve.registry.registry import Registry
-from sciserve.streams.metrics import process_identity, status_path, write_status
+from sciserve.streams.metrics import PipelineMetrics, process_identity, status_path, write_status
 
 from helpers.packages import make_onnx_package
 from helpers.server import Running, start_server, stop_server
@@ -90,9 +90,16 @@ def _stream_workers(home: Path) -> None:
     """Status files as pipeline workers write them: one running (this very
     process stands in for it) and one whose process is gone."""
     running = {**process_identity(), "name": "alerts", "state": "running"}
+    metrics = PipelineMetrics("alerts")
+    metrics.consumed(42)
+    metrics.set_lag(7)
+    # Dead letters carry whatever the stream sent: their reasons quote it.
+    metrics.dead_lettered("decode", error="bad-magic", reason=f"not Avro: {IMG}")
+    metrics.dead_lettered("decode", error="truncated", reason="ends at byte 12")
+    metrics.dead_lettered("model", error=f"model-error{IMG}", reason=SCRIPT, alert_id=170)
     write_status(
         status_path(home, "alerts", os.getpid()),
-        {**running, "source": f"kafka://127.0.0.1:9092/{SCRIPT}", "consumed": 42, "lag": 7},
+        {**running, "source": f"kafka://127.0.0.1:9092/{SCRIPT}", **metrics.snapshot()},
     )
     gone = subprocess.Popen(["true"])
     gone.wait()
@@ -384,6 +391,8 @@ def test_the_benchmarks_page_says_there_is_nothing_yet(world: World) -> None:
     page = httpx.get(f"{world.base}/benchmarks", headers=world.bearer(world.alpha))
     assert page.status_code == 200
     assert "not recorded by sciserve servers yet" in page.text
+    assert "Leaderboards and evaluation plots need evaluations recorded" in page.text
+    assert "<table" not in page.text and "<svg" not in page.text  # nothing made up
     assert httpx.get(f"{world.base}/benchmarks").status_code == 401
 
 
@@ -422,6 +431,16 @@ def test_admins_see_stream_workers_and_the_ones_that_died(world: World) -> None:
     assert set(re.findall(r'data-stream="([^"]+)"', page.text)) == {"alerts", "ztf"}
     _scripts_are_only_the_dashboards(page.text)
     assert "kafka://127.0.0.1:9092/&lt;script&gt;" in page.text
+    # Dead letters by stage, and the newest ones with their reasons, rendered inert.
+    by_stage = re.findall(r'data-stage="([^"]+)">[^<]* (\d+)</span>', page.text)
+    assert by_stage == [("decode", "2"), ("model", "1")]
+    reasons = re.findall(r'<td class="reason">([^<]*)</td>', page.text)
+    assert reasons == [
+        "&lt;script&gt;alert(&#34;card&#34;)&lt;/script&gt;",
+        "ends at byte 12",
+        "not Avro: &#34;&gt;&lt;img src=x onerror=alert(1)&gt;",
+    ]
+    assert "model-error&#34;&gt;&lt;img src=x onerror=alert(1)&gt;" in page.text
     [stream] = [p for p in health["problems"] if p["component"] == "stream"]
     assert "pipeline ztf" in stream["message"] and "gone" in stream["message"]
     assert "sciserve stream run" in stream["action"]

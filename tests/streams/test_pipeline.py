@@ -148,6 +148,12 @@ def test_status_reports_the_run(
     assert entry["state"] == "stopped"
     assert entry["consumed"] == len(truth) + len(BAD)
     assert entry["dead_lettered"] == len(BAD)
+    # By stage, and the newest with their causes and reasons, newest first
+    # (what the dashboard's streams page shows).
+    assert entry["dead_letters_by_stage"] == {"decode": len(BAD)}
+    recent = entry["recent_dead_letters"]
+    assert [d["error"] for d in recent] == [reason for _, reason in reversed(BAD)]
+    assert all(d["stage"] == "decode" and d["reason"] and d["at"] for d in recent)
 
 
 # -- in-process runs: model failures, filter failures, user features ------------

@@ -8,10 +8,11 @@ read with each runtime's ``inspect``, which only parses data.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -35,6 +36,29 @@ _LICENSE_REF = re.compile(r"(?:DocumentRef-[A-Za-z0-9.-]+:)?LicenseRef-[A-Za-z0-
 _OPERATORS = {"and": "AND", "or": "OR", "with": "WITH"}
 
 
+@functools.cache
+def _spdx() -> tuple[Any, dict[str, str], dict[str, str]]:
+    """The SPDX licence list, and its ids by lower-case id and by alias.
+
+    Built once per process: building it reads the whole licence index (about
+    0.1 s, which was most of the time of publishing a small package).
+    """
+    from license_expression import get_spdx_licensing
+
+    licensing = get_spdx_licensing()
+    # Built here, before any thread shares it: the library builds its
+    # tokenizer lazily, in place, on first use.
+    licensing.validate("MIT")
+    symbols = licensing.known_symbols
+    by_lower: dict[str, str] = {str(key).lower(): str(key) for key in symbols}
+    by_alias: dict[str, str] = {
+        str(alias).lower(): str(key)
+        for key, symbol in symbols.items()
+        for alias in getattr(symbol, "aliases", ())
+    }
+    return licensing, by_lower, by_alias
+
+
 def canonical_license(expression: str) -> tuple[str, list[Problem]]:
     """``expression`` with every SPDX id in its canonical spelling, and what
     stops that: an unknown id, or a name several licences share (``GPL``).
@@ -43,16 +67,7 @@ def canonical_license(expression: str) -> tuple[str, list[Problem]]:
     version (``GPL-3.0`` → ``GPL-3.0-only``) maps to the canonical id; a
     name without a version is ambiguous and its candidates are listed.
     """
-    from license_expression import get_spdx_licensing
-
-    licensing = get_spdx_licensing()
-    symbols = licensing.known_symbols
-    by_lower: dict[str, str] = {str(key).lower(): str(key) for key in symbols}
-    by_alias: dict[str, str] = {
-        str(alias).lower(): str(key)
-        for key, symbol in symbols.items()
-        for alias in getattr(symbol, "aliases", ())
-    }
+    licensing, by_lower, by_alias = _spdx()
     problems: list[Problem] = []
 
     def canonical(match: re.Match[str]) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -77,12 +78,14 @@ from ..package.reference import (
 from ..package.validate import ensure_valid
 from . import db, promotion
 from .leaderboard import Board, Direction, rank
+from .search import ModelEntry, ModelFields, ModelQuery, entry_of, facets, fields_of, matches
 from .store import ArtifactStore, open_store
 
 if TYPE_CHECKING:
     from ..package.dataset import SplitData
 
 __all__ = [
+    "ModelPage",
     "NameIssue",
     "NamespaceInfo",
     "PublishResult",
@@ -218,13 +221,79 @@ def _manifest_named(label: str | None) -> Iterator[None]:
 _MAX_LEADERBOARD_RECORDS = 100_000
 
 
+@dataclass(frozen=True)
+class ModelPage:
+    """One page of a model search (:meth:`Registry.search_models`)."""
+
+    #: The default version of each model on the page, by namespace and name.
+    models: list[VersionInfo]
+    #: Models that match the query, on every page.
+    matched: int
+    #: Models the caller may see, matching or not.
+    total: int
+    #: The values each filter may take over the models the caller may see.
+    facets: dict[str, list[str]]
+    offset: int
+    limit: int
+
+
+@dataclass(frozen=True)
+class _Model:
+    """A model, its versions' light columns and its aliases, and which version is which."""
+
+    namespace: str
+    name: str
+    aliases: dict[str, int]
+    #: The version :meth:`Registry.resolve` gives for a bare reference, and its digest.
+    default_id: int
+    default_digest: str
+    #: The newest version that is not yanked (``latest``), if any.
+    newest_id: int | None
+
+
+#: Most ids in one ``IN (...)`` (SQLite allows 32,766 bound parameters).
+_IN_CHUNK = 500
+#: Events whose count is part of the catalogue's stamp (see ``Registry._stamp``):
+#: far more than can be written while one transaction is open.
+_STAMP_WINDOW = 10_000
+
+
+@dataclass(frozen=True)
+class _Catalogue:
+    """Every model and its search entry, as of an event stamp."""
+
+    stamp: tuple[int, int]
+    items: list[tuple[_Model, ModelEntry]]
+
+
 def _version_key(version: str, published_at: datetime) -> tuple[int, Any, datetime]:
     # PEP 440 versions sort by their meaning; any other version sorts below
     # them, by publish time.
+    return (*_meaning(version), published_at)
+
+
+def _ranks(versions: set[str]) -> dict[str, int]:
+    """Each version string's place in the version order (equal meanings, equal places)."""
+    out: dict[str, int] = {}
+    previous: tuple[int, Version] | None = None
+    place = -1
+    for version in sorted(versions, key=_meaning):
+        meaning = _meaning(version)
+        if meaning != previous:
+            place += 1
+            previous = meaning
+        out[version] = place
+    return out
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _meaning(version: str) -> tuple[int, Version]:
+    # Parsed once per distinct string: listing every model parses each
+    # version of each model, and most registries reuse a few hundred strings.
     try:
-        return (1, Version(version), published_at)
+        return (1, Version(version))
     except InvalidVersion:
-        return (0, Version("0"), published_at)
+        return (0, Version("0"))
 
 
 def _new_id(conn: Connection, insert: sa.Insert) -> int:
@@ -246,6 +315,8 @@ class Registry:
     ) -> None:
         self.settings = settings
         self.read_only = settings.read_only
+        # The last catalogue read (see _catalogue), with the stamp it is valid for.
+        self._kept: _Catalogue | None = None
         # The URL is checked first: a mistyped one creates nothing.
         self._engine = db.connect(settings.database_url, read_only=self.read_only, create=create)
         try:
@@ -792,21 +863,177 @@ class Registry:
     def list_models(
         self, namespace: str | None = None, *, kind: str | None = MODEL
     ) -> list[VersionInfo]:
-        """The default version (see :meth:`resolve`) of every model (or ``kind``; ``None``: all)."""
-        m, n = db.models, db.namespaces
-        query = sa.select(n.c.name.label("ns"), m.c.name).join(n, m.c.namespace_id == n.c.id)
-        if namespace is not None:
-            query = query.where(n.c.name == namespace)
-        if kind is not None:
-            query = query.where(m.c.kind == kind)
+        """The default version (see :meth:`resolve`) of every model (or ``kind``;
+        ``None``: all), by namespace and name; of a model whose every version is
+        yanked, its newest."""
         with self._read() as conn:
-            pairs = conn.execute(query.order_by(n.c.name, m.c.name)).all()
+            found = self._models(conn, namespace, kind)
+            rows = self._rows_by_id(conn, [m.default_id for m in found], full=True)
+        return [self._info(rows[m.default_id], m.aliases, m.newest_id) for m in found]
+
+    def search_models(
+        self,
+        query: ModelQuery,
+        *,
+        visible: Callable[[str], bool],
+        offset: int = 0,
+        limit: int = 50,
+    ) -> ModelPage:
+        """The models (default versions, as :meth:`list_models`) in namespaces
+        ``visible`` accepts that match ``query``, from the ``offset``-th, at
+        most ``limit`` of them, with their counts and facets.
+
+        A fixed number of queries whatever the number of models; only the
+        page's manifests are validated.  Models in other namespaces count
+        nowhere: not in ``total``, ``matched`` nor the facets.
+        """
+        if offset < 0 or limit < 0:
+            raise ValueError("offset and limit must not be negative")
+        with self._read() as conn:
+            shown = [(m, e) for m, e in self._catalogue(conn).items if visible(m.namespace)]
+            entries = [e for _, e in shown]
+            matched = [e for e in entries if matches(e, query)]
+            page = matched[offset : offset + limit]
+            rows = self._rows_by_id(conn, [e.version_id for e in page], full=True)
+        by_id = {m.default_id: m for m, _ in shown}
+        models = [
+            self._info(rows[i], by_id[i].aliases, by_id[i].newest_id)
+            for i in (e.version_id for e in page)
+        ]
+        return ModelPage(models, len(matched), len(entries), facets(entries), offset, limit)
+
+    def _catalogue(self, conn: Connection) -> _Catalogue:
+        """Every model with its default version's entry, as of now.
+
+        Kept while the registry's events say nothing changed: every write to
+        namespaces, models, versions or aliases adds an event in its own
+        transaction (keep it so), and the stamp is read before the rows, so
+        a catalogue is never older than its stamp.
+        """
+        stamp = self._stamp(conn)
+        kept = self._kept
+        if kept is not None and kept.stamp == stamp:
+            return kept
+        # The catalogue is of models; datasets have their own listing.
+        found = self._models(conn, None, MODEL)
+        # A version's manifest changes only with its digest (a rename): the
+        # fields of the ones read last time are still right.
+        known: dict[tuple[int, str], ModelFields] = {}
+        if kept is not None:
+            known = {(m.default_id, m.default_digest): e.fields for m, e in kept.items}
+        missing = [m.default_id for m in found if (m.default_id, m.default_digest) not in known]
+        stored = self._rows_by_id(conn, missing, full=False)
+        items = []
+        for m in found:
+            fields = known.get((m.default_id, m.default_digest))
+            if fields is None:
+                fields = fields_of(json.loads(stored[m.default_id].manifest))
+            latest = [LATEST] if m.newest_id is not None else []
+            entry = entry_of(m.namespace, m.name, m.default_id, fields, [*m.aliases, *latest])
+            items.append((m, entry))
+        self._kept = _Catalogue(stamp, items)
+        return self._kept
+
+    @staticmethod
+    def _stamp(conn: Connection) -> tuple[int, int]:
+        """What changes with every event: the newest event id, and how many
+        events there are among the newest :data:`_STAMP_WINDOW` ids (on
+        PostgreSQL a transaction that took an older id may commit later)."""
+        e = db.events
+        top = conn.execute(sa.select(sa.func.max(e.c.id))).scalar() or 0
+        recent = sa.select(sa.func.count()).select_from(e).where(e.c.id > top - _STAMP_WINDOW)
+        return int(top), int(conn.execute(recent).scalar() or 0)
+
+    def _models(
+        self, conn: Connection, namespace: str | None, kind: str | None = MODEL
+    ) -> list[_Model]:
+        """Every model (of ``namespace``; of ``kind``, ``None`` for any), by
+        namespace and name, with which of its versions is the default: three
+        queries, whatever the number of models."""
+        v, m, n, a = db.versions, db.models, db.namespaces, db.aliases
+        # Three plain queries joined here: SQLite joins the version rows
+        # (manifests inline, so long rows) to their models several times slower.
+        models = sa.select(m.c.id, n.c.name.label("ns"), m.c.name).join(
+            n, m.c.namespace_id == n.c.id
+        )
+        # In publish order, so a row's position stands for its publish time
+        # in the version order (no timestamp to convert on every row).
+        versions = sa.select(
+            v.c.model_id,
+            v.c.id,
+            v.c.version,
+            v.c.digest,
+            # As a number: a Boolean would be converted row by row.
+            sa.type_coerce(v.c.yanked_at.is_(None), sa.Integer).label("live"),
+        ).order_by(v.c.published_at, v.c.id)
+        aliases = sa.select(a.c.model_id, a.c.alias, a.c.version_id)
+        if kind is not None:
+            # Versions of the other kind are read and skipped below (as not
+            # named): cheaper than restricting the version query to ids.
+            models = models.where(m.c.kind == kind)
+        if namespace is not None:
+            models = models.where(n.c.name == namespace)
+            ids = models.with_only_columns(m.c.id).scalar_subquery()
+            versions = versions.where(v.c.model_id.in_(ids))
+            aliases = aliases.where(a.c.model_id.in_(ids))
+        named = {i: (ns, name) for i, ns, name in conn.execute(models).all()}
+        # Unpacked as tuples: for ten thousand rows, attribute lookups cost more than the query.
+        rows = conn.execute(versions).all()
+        tags: dict[int, dict[str, int]] = {}
+        for model_id, alias, version_id in conn.execute(aliases).all():
+            tags.setdefault(model_id, {})[alias] = version_id
+        rank = _ranks({row[2] for row in rows})
+        # Per model: (version order, position, id, digest) of its newest live
+        # version and of its newest version at all; each version's digest.
+        newest: dict[int, tuple[int, int, int, str]] = {}
+        newest_any: dict[int, tuple[int, int, int, str]] = {}
+        digests: dict[int, str] = {}
+        for position, (model_id, version_id, version, digest, live) in enumerate(rows):
+            key = (rank[version], position, version_id, digest)
+            digests[version_id] = digest
+            if model_id not in newest_any or key > newest_any[model_id]:
+                newest_any[model_id] = key
+            if live and (model_id not in newest or key > newest[model_id]):
+                newest[model_id] = key
         out = []
-        for ns, name in pairs:
-            try:
-                out.append(self.resolve(Reference(ns, name), kind=None))
-            except NotFound:  # every version yanked
-                out.append(self.versions(Reference(ns, name), kind=None)[0])
+        for model_id, latest in newest_any.items():
+            if model_id not in named:
+                continue  # created after the models were read
+            on = tags.get(model_id, {})
+            live = newest.get(model_id)
+            production = on.get(PRODUCTION)
+            # As resolve() does for a bare reference; when every version is
+            # yanked, the newest of them (as versions()[0]).
+            if production is not None and production in digests:
+                default_id, digest = production, digests[production]
+            elif live is not None:
+                default_id, digest = live[2], live[3]
+            else:
+                default_id, digest = latest[2], latest[3]
+            namespace_name, name = named[model_id]
+            out.append(
+                _Model(
+                    namespace_name,
+                    name,
+                    on,
+                    default_id,
+                    digest,
+                    live[2] if live is not None else None,
+                )
+            )
+        out.sort(key=lambda x: (x.namespace, x.name))
+        return out
+
+    @staticmethod
+    def _rows_by_id(conn: Connection, ids: Sequence[int], *, full: bool) -> dict[int, Any]:
+        """Version rows by id: every column, or the id and the manifest."""
+        v = db.versions
+        columns = [v] if full else [v.c.id, v.c.digest, v.c.manifest]
+        out: dict[int, Any] = {}
+        for start in range(0, len(ids), _IN_CHUNK):
+            chunk = ids[start : start + _IN_CHUNK]
+            for row in conn.execute(sa.select(*columns).where(v.c.id.in_(chunk))).all():
+                out[row.id] = row
         return out
 
     def list_datasets(self, namespace: str | None = None) -> list[VersionInfo]:

@@ -21,6 +21,7 @@ import socket
 import threading
 from collections import deque
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 from wsgiref.simple_server import WSGIServer
@@ -28,6 +29,7 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 __all__ = [
+    "RECENT_DEAD_LETTERS",
     "STATUS_DIR",
     "PipelineMetrics",
     "State",
@@ -51,6 +53,10 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 #: Latencies kept for the quantiles in the status file: enough for a stable
 #: p99, bounded so a long run does not grow.
 _RECENT = 8192
+#: Newest dead letters a status file shows (stage, cause, reason), and the
+#: longest reason kept: the dead-letter sink has the whole record.
+RECENT_DEAD_LETTERS = 10
+_MAX_REASON = 500
 
 
 class PipelineMetrics:
@@ -151,6 +157,8 @@ class PipelineMetrics:
             "batches": 0,
         }
         self.stage_seconds: dict[str, float] = {}
+        self.dead_by_stage: dict[str, int] = {}
+        self._recent_dead: deque[dict[str, Any]] = deque(maxlen=RECENT_DEAD_LETTERS)
         self.lag: int | None = None
         self._recent: deque[float] = deque(maxlen=keep_latencies)
         # The status writer reads while the pipeline loop writes.
@@ -184,10 +192,31 @@ class PipelineMetrics:
             self.totals["already_stored"] += duplicate
             self.totals["conflicting"] += conflicting
 
-    def dead_lettered(self, stage: str, n: int = 1) -> None:
+    def dead_lettered(
+        self,
+        stage: str,
+        n: int = 1,
+        *,
+        error: str | None = None,
+        reason: str | None = None,
+        alert_id: int | None = None,
+    ) -> None:
+        """Count ``n`` dead letters of ``stage``; with an ``error`` (the short
+        cause), remember it among the newest, with its ``reason``."""
         self._dead.labels(self.pipeline, stage).inc(n)
         with self._lock:
             self.totals["dead_lettered"] += n
+            self.dead_by_stage[stage] = self.dead_by_stage.get(stage, 0) + n
+            if error is not None:
+                self._recent_dead.append(
+                    {
+                        "at": datetime.now(UTC).isoformat(),
+                        "stage": stage,
+                        "error": error,
+                        "reason": (reason or "")[:_MAX_REASON],
+                        "alert_id": alert_id,
+                    }
+                )
 
     def set_lag(self, lag: int | None) -> None:
         if lag is not None:
@@ -215,6 +244,9 @@ class PipelineMetrics:
                 **self.totals,
                 "lag": self.lag,
                 "stage_seconds": {k: round(v, 6) for k, v in self.stage_seconds.items()},
+                "dead_letters_by_stage": dict(self.dead_by_stage),
+                # Newest first, as the dashboard's streams page lists them.
+                "recent_dead_letters": list(reversed(self._recent_dead)),
             }
         data["latency_p50"] = _quantile(recent, 0.50)
         data["latency_p99"] = _quantile(recent, 0.99)

@@ -1220,7 +1220,9 @@ class Pipeline:
                 ", ".join(stored.conflicts),
             )
         for letter in batch.dead:
-            self.metrics.dead_lettered(letter.stage)
+            self.metrics.dead_lettered(
+                letter.stage, error=letter.error, reason=letter.reason, alert_id=letter.alert_id
+            )
 
     # -- status ----------------------------------------------------------------
 
@@ -1241,6 +1243,8 @@ class Pipeline:
             "dead_letter": self.spec.dead_letter,
             "models": [f"{m.model}:{m.version}" for m in self._models],
             "metrics_port": self.metrics_port,
+            # For whoever judges the numbers below (the server's health report).
+            "budget": None if self.spec.budget is None else self.spec.budget.model_dump(),
             "started_at": self._started_at.isoformat(),
             "updated_at": datetime.now(UTC).isoformat(),
             **self.metrics.snapshot(),

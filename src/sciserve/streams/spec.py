@@ -14,6 +14,9 @@
     batch: 256
     fetch_timeout: 1.0
     max_message_bytes: 1048576
+    budget:                 # what "keeping up" means; the health report flags the worker beyond it
+      max_lag: 10000        # messages in the source not yet committed
+      max_latency: 30       # p99 of broker timestamp to committed annotation (s)
 
 Everything that can be checked without connecting to anything is checked
 when the spec is loaded, the filter expression included, so a typo fails
@@ -36,6 +39,7 @@ from .expr import Expression, parse_expression
 __all__ = [
     "RESULTS",
     "BatchSpec",
+    "LagBudget",
     "ModelStep",
     "PipelineSpec",
     "PythonFeatures",
@@ -153,6 +157,20 @@ class StepsSpec(_Strict):
         return self._filter
 
 
+class LagBudget(_Strict):
+    """How far behind a pipeline may fall before its workers need attention.
+
+    Each worker writes the budget into its status file; the server's health
+    report (``/health``) names a worker beyond either bound, with what to do.
+    """
+
+    #: Messages in the source not yet committed by the consumer group.
+    max_lag: int | None = Field(default=None, ge=0)
+    #: The p99 of the recent end-to-end latencies (broker timestamp to
+    #: committed annotation), in seconds.
+    max_latency: float | None = Field(default=None, gt=0)
+
+
 class PipelineSpec(StepsSpec):
     """A validated pipeline spec (see the module documentation)."""
 
@@ -169,6 +187,8 @@ class PipelineSpec(StepsSpec):
     #: around (drain requests) again.  Lower it on slow streams to bound the
     #: latency an alert gets waiting for its batch.
     fetch_timeout: float = Field(default=1.0, gt=0, le=60)
+    #: Lag and latency beyond which the health report flags a worker.
+    budget: LagBudget | None = None
 
     @field_validator("source", "dead_letter")
     @classmethod

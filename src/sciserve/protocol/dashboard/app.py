@@ -3,6 +3,7 @@
 ::
 
     GET  /                           the catalogue; ?q=&namespace=&runtime=&license=&tag=&alias=
+                                     and &page=N (fifty models a page)
     GET  /models/{namespace}/{name}  a model's page; ?version=V for another version
     GET  /jobs                       batch jobs, newest first (?state=S[,S]), and schedules
     GET  /jobs/{job_id}              one job: progress, failure, log, first dead letters
@@ -36,7 +37,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any, Final
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from starlette.requests import Request
@@ -52,7 +53,8 @@ from ...jobs.schedules import Run, Schedule, ScheduleStore
 from ...package.card import bibtex, identifier_iri, snippets
 from ...package.manifest import NAME_RE, NAMESPACE_RE
 from ...package.reference import Reference, served_name
-from ...registry.registry import VersionInfo
+from ...registry.registry import ModelPage, VersionInfo
+from ...registry.search import ModelQuery
 from ...serving.service import InferenceService
 from ...streams.metrics import WorkerStatus, read_statuses
 from .._messages import client_message
@@ -60,7 +62,7 @@ from . import session
 from .dead_letters import read_dead_letters
 from .health import check_health
 
-__all__ = ["HEALTH_PATH", "Dashboard"]
+__all__ = ["HEALTH_PATH", "PAGE_SIZE", "Dashboard"]
 
 log = logging.getLogger("sciserve.protocol.dashboard")
 
@@ -81,6 +83,10 @@ _HEADERS: Final = {
 #: The catalogue's filters (query parameters), and their longest value.
 _FILTERS: Final = ("q", "namespace", "runtime", "license", "tag", "alias")
 _MAX_FILTER: Final = 200
+#: Models on one page of the catalogue, and the highest page number asked
+#: for (a million models is far beyond any registry this serves).
+PAGE_SIZE: Final = 50
+_MAX_PAGE: Final = 1_000_000 // PAGE_SIZE
 #: Most jobs a listing shows, and log lines a job page shows.
 _MAX_JOBS: Final = 200
 _MAX_LOG: Final = 1000
@@ -242,40 +248,45 @@ class Dashboard:
     async def catalogue(self, request: Request) -> Response:
         identity = await self._identity(request)
         filters = _filters(request)
-        found: list[VersionInfo] = await asyncio.to_thread(self.registry.list_models, None)
-        shown = [v for v in found if identity.can_see(v.namespace)]
-        options = {
-            "namespace": sorted({v.namespace for v in shown}),
-            "runtime": sorted({v.manifest.runtime for v in shown}),
-            "license": sorted({v.manifest.license for v in shown if v.manifest.license}),
-            "tag": sorted({t for v in shown for t in v.manifest.tags}),
-        }
-        matched = [v for v in shown if _matches(v, filters)]
-        if filters.get("alias"):
-            matched = await asyncio.to_thread(self._with_alias, matched, filters["alias"])
+        number = _page_number(request)
+        query = ModelQuery(
+            text=filters.get("q", ""),
+            namespace=filters.get("namespace"),
+            runtime=filters.get("runtime"),
+            license=filters.get("license"),
+            tag=filters.get("tag"),
+            alias=filters.get("alias"),
+        )
+        # Filtered by who may see what before any counting or paging: no
+        # count, facet or page tells of a model the caller may not see.
+        found: ModelPage = await asyncio.to_thread(
+            self.registry.search_models,
+            query,
+            visible=identity.can_see,
+            offset=(number - 1) * PAGE_SIZE,
+            limit=PAGE_SIZE,
+        )
         rows = [
             {"info": v, "served": self._served(v), "url": f"/models/{v.namespace}/{v.name}"}
-            for v in matched
+            for v in found.models
         ]
+        pages = max(1, -(-found.matched // PAGE_SIZE))
         return self._render(
             request,
             "catalogue.html",
             identity=identity,
             rows=rows,
             filters=filters,
-            options=options,
-            total=len(shown),
+            options=found.facets,
+            total=found.total,
+            matched=found.matched,
+            first=found.offset + 1,
+            page=number,
+            pages=pages,
+            # Past the last page (an old link), "previous" leads to the last one.
+            previous_url=_page_url(filters, min(number - 1, pages)) if number > 1 else None,
+            next_url=_page_url(filters, number + 1) if number < pages else None,
         )
-
-    def _with_alias(self, infos: list[VersionInfo], alias: str) -> list[VersionInfo]:
-        # Any version of the model may carry the alias, not only the one listed.
-        return [
-            v
-            for v in infos
-            if any(
-                alias in w.aliases for w in self.registry.versions(Reference(v.namespace, v.name))
-            )
-        ]
 
     def _served(self, info: VersionInfo) -> str | None:
         """The name this server serves the model under, if it serves it."""
@@ -650,23 +661,21 @@ def _filters(request: Request) -> dict[str, str]:
     return filters
 
 
-def _matches(info: VersionInfo, filters: dict[str, str]) -> bool:
-    manifest = info.manifest
-    if "namespace" in filters and info.namespace != filters["namespace"]:
-        return False
-    if "runtime" in filters and manifest.runtime != filters["runtime"]:
-        return False
-    if "license" in filters and (manifest.license or "") != filters["license"]:
-        return False
-    if "tag" in filters and filters["tag"] not in manifest.tags:
-        return False
-    query = filters.get("q", "").lower()
-    if query:
-        text = " ".join(
-            [info.namespace, manifest.name, manifest.description or "", *manifest.tags]
-        ).lower()
-        return all(word in text for word in query.split())
-    return True
+def _page_number(request: Request) -> int:
+    raw = request.query_params.get("page", "").strip()
+    if not raw:
+        return 1
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 8 or not 1 <= int(raw) <= _MAX_PAGE:
+        raise InvalidInput(f"'page' must be a whole number from 1 to {_MAX_PAGE}")
+    return int(raw)
+
+
+def _page_url(filters: dict[str, str], number: int) -> str:
+    """The catalogue's address for page ``number`` with the same filters."""
+    params = dict(filters)
+    if number > 1:
+        params["page"] = str(number)
+    return "/?" + urlencode(params) if params else "/"
 
 
 _SPDX_ID: Final = re.compile(r"[A-Za-z0-9.+-]+")

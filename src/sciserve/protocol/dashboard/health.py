@@ -24,7 +24,8 @@ from ...access.identity import ANY_NAMESPACE, Identity
 from ...jobs.records import JobRecord, JobState, JobStore
 from ...serving.lifecycle import ModelState
 from ...serving.service import InferenceService
-from ...streams.metrics import read_statuses
+from ...streams.metrics import WorkerStatus, read_statuses
+from ...streams.spec import LagBudget
 from .._messages import client_message
 
 __all__ = ["HealthReport", "Problem", "Status", "check_health"]
@@ -183,9 +184,7 @@ async def check_health(service: InferenceService, identity: Identity) -> HealthR
         checks["drift"] = "problem" if drifting else "ok"
         problems += drifting
 
-    not_checked = {
-        "stream_lag": "pipelines declare no lag budget yet; their lag is on /streams",
-    }
+    not_checked: dict[str, str] = {}
     if drifting is None:
         not_checked["drift"] = "monitoring is off on this server ([monitoring] enabled = false)"
     failed: list[JobRecord] = []
@@ -209,10 +208,21 @@ async def check_health(service: InferenceService, identity: Identity) -> HealthR
             )
         )
     if identity.is_admin:
-        streams = await asyncio.to_thread(_stream_problems, registry.settings.home)
+        workers = await asyncio.to_thread(read_statuses, registry.settings.home)
+        streams = _stream_problems(workers)
         checks["streams"] = "problem" if streams else "ok"
         problems += streams
+        lagging, unbudgeted = _lag_problems(workers)
+        if any(w.live and _budget(w) is not None for w in workers):
+            checks["stream_lag"] = "problem" if lagging else "ok"
+        if unbudgeted:
+            not_checked["stream_lag"] = (
+                f"pipeline{'s' if len(unbudgeted) > 1 else ''} {', '.join(unbudgeted)} "
+                "declare no budget (budget: in the spec); their lag is on /streams"
+            )
+        problems += lagging
     else:
+        # Pipelines belong to no namespace: their workers, lag included, are for admins.
         not_checked["streams"] = "stream workers are shown to admins only"
     return HealthReport(
         checked_at=datetime.now(UTC),
@@ -223,10 +233,10 @@ async def check_health(service: InferenceService, identity: Identity) -> HealthR
     )
 
 
-def _stream_problems(home: Any) -> list[Problem]:
+def _stream_problems(workers: list[WorkerStatus]) -> list[Problem]:
     """Pipeline workers that died without stopping, or failed, by their status files."""
     problems = []
-    for worker in read_statuses(home):
+    for worker in workers:
         where = f"pipeline {worker.name} (pid {worker.pid} on {worker.host})"
         if worker.stale:
             problems.append(
@@ -280,6 +290,64 @@ def _drift_problems(service: InferenceService, models: list[ModelHealth]) -> lis
             )
         )
     return problems
+
+
+def _budget(worker: WorkerStatus) -> LagBudget | None:
+    """The budget a worker wrote into its status file, if it wrote a valid one."""
+    raw = worker.data.get("budget")
+    if not isinstance(raw, dict):
+        return None
+    try:
+        return LagBudget.model_validate(raw)
+    except ValueError:  # a status file of another release, or hand-edited
+        return None
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _lag_problems(workers: list[WorkerStatus]) -> tuple[list[Problem], list[str]]:
+    """Live workers beyond their pipeline's budget; and the live pipelines with none."""
+    problems: list[Problem] = []
+    unbudgeted: set[str] = set()
+    for worker in workers:
+        if not worker.live:
+            continue  # a stopped or dead worker is reported (or not) for that
+        budget = _budget(worker)
+        if budget is None:
+            unbudgeted.add(worker.name)
+            continue
+        where = f"pipeline {worker.name} (pid {worker.pid} on {worker.host})"
+        lag = _number(worker.data.get("lag"))
+        if budget.max_lag is not None and lag is not None and lag > budget.max_lag:
+            problems.append(
+                Problem(
+                    "stream",
+                    f"{where} lags {lag:.0f} messages behind its source, over its budget "
+                    f"of {budget.max_lag}: alerts wait longer and longer to be annotated",
+                    "add consumers: run the spec again (sciserve stream run SPEC) here or on "
+                    "another host, as many as the source has partitions, or raise "
+                    "'workers:' in the spec if decoding is the slow stage (stage times on "
+                    "/streams); if the models are, serve them with more instances",
+                )
+            )
+        p99 = _number(worker.data.get("latency_p99"))
+        if budget.max_latency is not None and p99 is not None and p99 > budget.max_latency:
+            problems.append(
+                Problem(
+                    "stream",
+                    f"{where} takes {p99:g} s from alert to annotation (p99), over its "
+                    f"budget of {budget.max_latency:g} s",
+                    "if its lag grows too, add consumers as for a lag; on a slow stream, "
+                    "lower 'fetch_timeout:' in the spec so a batch does not wait to fill; "
+                    "if the models are the slow stage (stage times on /streams), serve "
+                    "them with more instances",
+                )
+            )
+    return problems, sorted(unbudgeted)
 
 
 def _disk_problem(home: Any, identity: Identity) -> Problem | None:
