@@ -170,7 +170,7 @@ def record_of(info: EvaluationInfo) -> EvaluationRecord:
     body = {k: v for k, v in info.record.items() if k != STORED_OUTPUTS_KEY}
     try:
         return record_from_dict(body)
-    except (TypeError, KeyError) as exc:
+    except (TypeError, KeyError, ValueError, MetricInputError) as exc:
         raise InvalidInput(
             f"evaluation {info.record_id} was not recorded by 'sciserve evaluate': {exc}"
         ) from exc
