@@ -526,8 +526,12 @@ def _rest_table() -> dict[tuple[str, str], Rest]:
         ),
         ("GET", "/jobs/{job_id}"): Rest(MODEL, **_JOB_ROUTE),
         ("GET", "/admin"): Rest(Target("global")),
-        # A page that lists nothing (benchmark results are not recorded yet).
-        ("GET", "/benchmarks"): Rest(LISTING, parse=_page_namespaces, seen=set, universe=()),
+        # Leaderboards: a row per model version the caller may see, with a link
+        # to its report, which reads like the model's page.
+        ("GET", "/benchmarks"): Rest(
+            LISTING, parse=_page_namespaces, seen=set, universe=("alpha", "beta")
+        ),
+        ("GET", "/benchmarks/{namespace}/{name}/evaluations/{record_id}"): Rest(MODEL, params=EVAL),
         ("GET", "/streams"): Rest(Target("global")),
         ("GET", "/health"): Rest(LISTING, parse=_page_namespaces, seen=set),
         ("GET", "/v2/sciserve/health"): Rest(
