@@ -213,3 +213,32 @@ def test_labels_outside_the_models_classes_are_refused(own: Cli, tmp_path: Path)
     text = own("evaluate", MODEL, "alien", code=2)
     assert "labels alien" in text and "does not predict" in text
     assert len(_records(own)) == before
+
+
+def test_evaluate_on_a_server_records_the_same_numbers(cli: Cli, home: Path) -> None:
+    from helpers.server import start_server, stop_server
+
+    local = cli.json("evaluate", MODEL, DATA)
+    server = start_server(home)
+    try:
+        url = f"http://{server.http}"
+        remote = cli.json("evaluate", MODEL, DATA, "--server", url, "--batch-size", "50")
+        assert "no model examples/ghost" in cli(
+            "evaluate", "examples/ghost", DATA, "--server", url, code=3
+        )
+        bad = cli("evaluate", MODEL, DATA, "--server", "http://user:pw@127.0.0.1:1/", code=2)
+        assert "SCISERVE_TOKEN" in bad and "pw" not in bad
+        assert "cannot reach" in cli(
+            "evaluate", MODEL, DATA, "--server", "http://127.0.0.1:9", code=7
+        )
+    finally:
+        stop_server(server.proc)
+    record = remote["record"]
+    assert record["server"] == url and record["threads"] == {}
+    assert record["model_digest"] == local["record"]["model_digest"]
+    assert record["rows"] == local["record"]["rows"]
+    with Registry(Settings.load(home, environ={}), create=False) as reg:
+        a = registered.load_outputs(reg, registered.stored_outputs(local["record"]) or "")
+        b = registered.load_outputs(reg, registered.stored_outputs(record) or "")
+    np.testing.assert_allclose(b["probabilities"], a["probabilities"], rtol=1e-5, atol=1e-6)
+    assert remote["metrics"]["accuracy"] == local["metrics"]["accuracy"]

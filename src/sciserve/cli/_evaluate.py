@@ -1,5 +1,7 @@
 """``sciserve evaluate`` (and ``--reproduce``) and ``sciserve compare``: models
-run on registered datasets, in this process, with fixed thread settings.
+run on registered datasets, in this process with fixed thread settings, or
+(``evaluate --server URL``) on a sciserve server over the Open Inference
+Protocol.
 
 Both work on the local registry (the record and the outputs are stored in
 it); the dataset is verified before the model sees a row.
@@ -7,10 +9,14 @@ it); the dataset is verified before the model sees a row.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import typer
 from rich.table import Table
 
@@ -20,7 +26,10 @@ from ..evaluation import registered
 from ..evaluation.compare import Comparison
 from ..evaluation.result import ClassificationMetrics, to_dict
 from ..evaluation.runner import DEFAULT_BATCH_SIZE, EvaluationRecord, Predictor
-from ..registry.registry import Registry
+from ..package.manifest import Manifest
+from ..package.reference import served_name
+from ..protocol.client import InferenceClient
+from ..registry.registry import Registry, VersionInfo
 from ._context import State, local_actor, state
 
 #: The runtime option that sets a runtime's thread count, by runtime.
@@ -29,6 +38,63 @@ THREAD_OPTIONS = {
     "lightgbm": "num_threads",
     "xgboost": "num_threads",
 }
+
+
+class ServedModel:
+    """A registered model version run by a sciserve server over the Open
+    Inference Protocol: what the evaluation runner needs of a model.
+
+    The server must serve that exact version; it answers for the version
+    asked, or the call fails (:class:`~sciserve.protocol.client.InferenceClient`).
+    """
+
+    def __init__(self, info: VersionInfo, url: str, headers: Mapping[str, str]) -> None:
+        self.info = info
+        self._runner = asyncio.Runner()
+        self._client = InferenceClient(url, headers=headers, timeout=300.0)
+        self._served = served_name(info.namespace, info.name)
+
+    @property
+    def ref(self) -> str:
+        return self.info.ref
+
+    @property
+    def digest(self) -> str:
+        return self.info.digest
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.info.manifest
+
+    @property
+    def runtime_options(self) -> Mapping[str, Any]:
+        return {}  # the server's: not known here, not recorded
+
+    def predict(self, inputs: Any = None, /, **named: Any) -> dict[str, np.ndarray]:
+        arrays = dict(inputs) if isinstance(inputs, Mapping) else dict(named)
+        specs = {t.name: t for t in self.manifest.inputs}
+        unknown = sorted(set(arrays) - set(specs))
+        if unknown:
+            raise InvalidInput(f"{self.ref} has no input(s) {', '.join(unknown)}")
+        request = {
+            name: (np.ascontiguousarray(a), str(specs[name].datatype)) for name, a in arrays.items()
+        }
+        outputs = [t.name for t in self.manifest.outputs]
+        return self._runner.run(
+            self._client.infer(self._served, request, outputs, version=self.info.version)
+        )
+
+    def close(self) -> None:
+        try:
+            self._runner.run(self._client.aclose())
+        finally:
+            self._runner.close()
+
+    def __enter__(self) -> ServedModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def register(root: typer.Typer) -> None:
@@ -49,6 +115,16 @@ def _loader(reg: Registry) -> registered.Loader:
         return model_module.load(ref, registry=reg, **dict(options))
 
     return load
+
+
+def _server_url(url: str) -> str:
+    """The server's URL as recorded: scheme, host, port and path only."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidInput(f"--server takes an http(s) URL, got {url[:80]!r}")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise InvalidInput("--server takes a plain URL; credentials go in SCISERVE_TOKEN")
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
 
 
 def _seeds(values: list[str]) -> dict[str, int]:
@@ -127,6 +203,14 @@ def evaluate(
             help="Re-run this evaluation record as recorded and say whether the outputs match."
         ),
     ] = None,
+    server: Annotated[
+        str | None,
+        typer.Option(
+            "--server",
+            help="Run the model on this sciserve server (its URL; credentials from "
+            "SCISERVE_TOKEN); the dataset and the record stay in the local registry.",
+        ),
+    ] = None,
     rtol: Annotated[float, typer.Option(min=0.0, help="Relative tolerance (--reproduce).")] = 1e-6,
     atol: Annotated[float, typer.Option(min=0.0, help="Absolute tolerance (--reproduce).")] = 1e-7,
 ) -> None:
@@ -143,10 +227,18 @@ def evaluate(
         return
     if model is None or dataset is None:
         raise InvalidInput("name a MODEL and a DATASET (or --reproduce RECORD_ID)")
+    where = None if server is None else _server_url(server)
     with st.local_registry(create=False) as reg:
-        options = _thread_options(reg, model, threads)
+        # Resolved (a dataset's name is refused) before the dataset is read.
+        info = reg.resolve(model)
         split_data = registered.open_split(reg, dataset, split)
-        with model_module.load(model, registry=reg, **options) as loaded:
+        runner: contextlib.AbstractContextManager[Predictor]
+        if where is None:
+            options = _thread_options(reg, info.ref, threads)
+            runner = model_module.load(info.ref, registry=reg, **options)
+        else:
+            runner = ServedModel(info, where, st.settings.auth_headers())
+        with runner as loaded:
             evaluated = registered.evaluate_dataset(
                 reg,
                 loaded,
@@ -154,6 +246,7 @@ def evaluate(
                 batch_size=batch_size,
                 output=output,
                 seeds=_seeds(seed or []),
+                server=where,
                 actor=local_actor(),
             )
     written = None

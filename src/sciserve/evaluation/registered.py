@@ -45,6 +45,7 @@ from .runner import DEFAULT_BATCH_SIZE, EvaluationRecord, Predictor, evaluate_ar
 
 __all__ = [
     "MAX_STORED_OUTPUT_BYTES",
+    "SERVER_KEY",
     "STORED_OUTPUTS_KEY",
     "DatasetSplit",
     "Evaluated",
@@ -65,6 +66,10 @@ MAX_STORED_OUTPUT_BYTES = 256 * 1024 * 1024
 
 #: Key of the record that names the stored outputs' blob.
 STORED_OUTPUTS_KEY = "stored_outputs"
+#: Key of the record that names the server the model ran on (absent: in-process).
+SERVER_KEY = "server"
+#: Keys the registry's record adds to the :class:`EvaluationRecord`.
+_EXTRA_KEYS = (STORED_OUTPUTS_KEY, SERVER_KEY)
 
 #: Zip entries carry a modification time; a fixed one makes equal outputs equal bytes.
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
@@ -167,7 +172,7 @@ def record_of(info: EvaluationInfo) -> EvaluationRecord:
     """The :class:`EvaluationRecord` inside a stored record (without the store's keys)."""
     from .runner import record_from_dict
 
-    body = {k: v for k, v in info.record.items() if k != STORED_OUTPUTS_KEY}
+    body = {k: v for k, v in info.record.items() if k not in _EXTRA_KEYS}
     try:
         return record_from_dict(body)
     except (TypeError, KeyError, ValueError, MetricInputError) as exc:
@@ -236,12 +241,19 @@ def evaluate_dataset(
     batch_size: int = DEFAULT_BATCH_SIZE,
     output: str | None = None,
     seeds: Mapping[str, int] | None = None,
+    server: str | None = None,
     actor: str | None = None,
 ) -> Evaluated:
     """Evaluate ``model`` on a verified split (:func:`open_split`) and store
-    the record (metrics: the scalars) and the outputs in ``registry``."""
+    the record (metrics: the scalars) and the outputs in ``registry``.
+
+    ``server`` is recorded as where the model ran when ``model`` calls one
+    (its thread settings and hardware are then the server's, not in the record).
+    """
     record, outputs = _run(model, split, batch_size=batch_size, output=output, seeds=seeds)
     body: dict[str, Any] = to_dict(record)
+    if server is not None:
+        body[SERVER_KEY] = server
     kept = _store_outputs(registry, outputs)
     if kept is not None:
         body[STORED_OUTPUTS_KEY] = kept
