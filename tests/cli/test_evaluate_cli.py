@@ -33,7 +33,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with Registry(Settings.load(root / "home", environ={})) as reg:
         for package in built:
             reg.publish(package)
-        reg.publish(make_onnx_package(root / "scalar", name="scalar", n_in=12, n_out=1))
+        reg.publish(make_onnx_package(root / "scalar", name="scalar", n_in=21, n_out=1))
         build_benchmark(root / "bench")
         reg.publish(root / "bench")
     return root / "home"
@@ -242,3 +242,48 @@ def test_evaluate_on_a_server_records_the_same_numbers(cli: Cli, home: Path) -> 
         b = registered.load_outputs(reg, registered.stored_outputs(record) or "")
     np.testing.assert_allclose(b["probabilities"], a["probabilities"], rtol=1e-5, atol=1e-6)
     assert remote["metrics"]["accuracy"] == local["metrics"]["accuracy"]
+
+
+def test_a_regressor_on_a_regression_dataset_and_a_classifier_that_does_not_fit(
+    own: Cli, tmp_path: Path
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from sciserve.examples.features import FEATURE_NAMES
+
+    data = tmp_path / "redshifts"
+    data.mkdir()
+    rng = np.random.default_rng(7)
+    for split, rows in (("train", 40), ("test", 60)):
+        x = rng.normal(size=(rows, len(FEATURE_NAMES))).astype(np.float32)
+        columns = {n: pa.array(x[:, i]) for i, n in enumerate(FEATURE_NAMES)}
+        # The scalar package computes x @ range(21) + 1: labels near it.
+        truth = x @ np.arange(x.shape[1], dtype=np.float32) + 1 + rng.normal(0, 0.5, rows)
+        columns["z"] = pa.array(truth.astype(np.float64))
+        pq.write_table(pa.table(columns), data / f"{split}.parquet")
+    own(
+        "datasets",
+        "add",
+        str(data),
+        "--version",
+        "1.0.0",
+        "--license",
+        "CC0-1.0",
+        "--task",
+        "regression",
+        "--label",
+        "z",
+    )
+    before = len(_records(own))
+    text = own("evaluate", MODEL, "redshifts", code=2)
+    assert "does not fit the regression task" in text
+    assert len(_records(own)) == before
+    out = own.json(
+        "evaluate", "scalar", "redshifts", "--batch-size", "16", "--report", str(tmp_path / "r")
+    )
+    assert out["record"]["task"] == "regression"
+    assert 0.2 < out["metrics"]["rmse"] < 1.0  # the label noise, 0.5
+    with Image.open(tmp_path / "r" / "residuals.png") as image:
+        assert image.size == (640, 480)
+    assert own.json("evaluate", "--reproduce", out["record_id"])["verdict"] == "bit-identical"
