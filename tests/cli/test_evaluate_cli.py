@@ -192,6 +192,11 @@ def test_bad_input_is_a_clear_error_and_records_nothing(cli: Cli) -> None:
     assert "record id alone" in cli("evaluate", MODEL, "--reproduce", "x", code=2)
     assert "name a MODEL and a DATASET" in cli("evaluate", MODEL, code=2)
     assert "--seed takes NAME=INTEGER" in cli("evaluate", MODEL, DATA, "--seed", "x", code=2)
+    a_file = cli.home / "registry.db"
+    assert "cannot make that directory" in cli(
+        "evaluate", MODEL, DATA, "--report", str(a_file), code=2
+    )
+    assert "takes an http(s) URL" in cli("evaluate", MODEL, DATA, "--server", "ftp://x", code=2)
     assert len(_records(cli)) == before
 
 

@@ -21,7 +21,7 @@ import typer
 from rich.table import Table
 
 from .. import model as model_module
-from ..errors import InvalidInput
+from ..errors import DependencyMissing, InvalidInput
 from ..evaluation import registered
 from ..evaluation.compare import Comparison
 from ..evaluation.result import ClassificationMetrics, to_dict
@@ -127,6 +127,20 @@ def _server_url(url: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
 
 
+def _report_dir(path: Path) -> None:
+    """Make the report directory, or say why not; and check that plots can be drawn."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise DependencyMissing(
+            'plots need matplotlib: install the extra with pip install "sciserve[evaluate]"'
+        )
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidInput(f"--report {path}: cannot make that directory ({exc.strerror})") from exc
+
+
 def _seeds(values: list[str]) -> dict[str, int]:
     seeds: dict[str, int] = {}
     for value in values:
@@ -228,6 +242,8 @@ def evaluate(
     if model is None or dataset is None:
         raise InvalidInput("name a MODEL and a DATASET (or --reproduce RECORD_ID)")
     where = None if server is None else _server_url(server)
+    if report is not None:
+        _report_dir(report)  # before the run: a record without its asked-for report helps no one
     with st.local_registry(create=False) as reg:
         # Resolved (a dataset's name is refused) before the dataset is read.
         info = reg.resolve(model)
