@@ -118,3 +118,38 @@ def test_outputs_kept_in_the_store_draw_the_same_plot(world: tuple[str, dict[str
     with httpx.Client(base_url=world[0], timeout=60) as client:
         path = f"/cls/evaluations/{world[1]['full']}/plots/confusion.png"
         assert client.get(path).content == client.get(path).content
+
+
+def test_a_record_naming_a_blob_that_is_not_outputs_is_a_clear_error(
+    world: tuple[str, dict[str, str]], tmp_path: Path
+) -> None:
+    # An admin may post any record: one pointing its outputs at another blob
+    # (here the model file) draws nothing and crashes nothing.
+    base, ids = world
+    with httpx.Client(base_url=base, timeout=60) as client:
+        full = client.get(f"/cls/evaluations/{ids['full']}").json()
+        model_file = client.get("/cls").json()["manifest"]["files"][0]["sha256"]
+        forged = {
+            **full["record"],
+            "stored_outputs": {"sha256": model_file, "size": 1, "format": "npz"},
+        }
+        posted = client.post(
+            "/cls/evaluations",
+            json={
+                "version": "1.0.0",
+                "dataset": full["dataset"],
+                "dataset_version": full["dataset_version"],
+                "dataset_digest": full["dataset_digest"],
+                "split": "test",
+                "metrics": full["metrics"],
+                "record": forged,
+            },
+        )
+        assert posted.status_code == 201, posted.text
+        record_id = posted.json()["record_id"]
+        roc = client.get(f"/cls/evaluations/{record_id}/plots/roc.png")
+        # The store holds bytes that are not what the record says: an integrity error.
+        assert roc.status_code == 500 and roc.json()["type"] == "IntegrityError"
+        assert "is not an outputs archive" in roc.json()["error"]
+        # The plots drawn from the metrics alone still work.
+        assert client.get(f"/cls/evaluations/{record_id}/plots/confusion.png").status_code == 200
