@@ -858,3 +858,100 @@ def test_a_shard_written_under_another_manifest_format_is_redone(
     report = job.run(client)
     assert report.ran == ["00001"] and report.verified and report.outputs == first.outputs
     assert json.loads(manifest.read_text())["format"] == MANIFEST_FORMAT
+
+
+def test_a_shard_checked_from_the_bytes_it_wrote_still_catches_a_lost_or_replaced_row(
+    tmp_path: Path, lab: tuple[Settings, Path]
+) -> None:
+    """The task that writes a shard checks the table it encoded rather than
+    decoding the file again, as long as the file holds those very bytes:
+    rows missing from that table, a footer that does not count them, and a
+    file replaced since (decoded then) are all still caught."""
+    import dataclasses
+    import hashlib
+
+    from sciserve.batch import worker
+
+    _archive(tmp_path / "archive")
+    spec = parse_batch_spec(yaml.safe_load(_spec(tmp_path).read_text()), base_dir=tmp_path)
+    job = BatchJob(spec, lab[0], tmp_path / "out")
+    job.plan()
+    job.out_dir.mkdir(parents=True)
+    shard = next(s for s in job.shards if s.format == "parquet")
+    task = job._task(shard)
+    rows, outputs, dead_letters, written = worker._annotate(task)
+    assert (rows, outputs, dead_letters) == (25, 25, 0)
+    assert worker._verify(task, written) == []
+    assert worker.verify_shard(task) == []  # the same file, decoded
+    # The table checked is the one encoded: a row lost from it is missing,
+    # and the file's footer no longer counts the table's rows.
+    lost = dataclasses.replace(written, ids=written.ids.slice(1))
+    problems = worker._verify(task, lost)
+    assert any("footer counts 25 rows, not the 24 written" in p for p in problems)
+    assert any("default/linear:1.0.0: 24 rows out for 25 in (1 ids missing)" in p for p in problems)
+    # The file replaced after it was written (another attempt's, one row
+    # short, its manifest redone to match): no longer the bytes written, it
+    # is decoded, and the lost row is found.
+    output, _, manifest = worker.paths(task.out_dir, shard.id)
+    pq.write_table(pq.read_table(output).slice(1), output)
+    doc = json.loads(manifest.read_text())
+    doc["files"]["output"]["sha256"] = hashlib.sha256(output.read_bytes()).hexdigest()
+    manifest.write_text(json.dumps(doc))
+    assert worker._verify(task, written) == [
+        f"shard {shard.id}, default/linear:1.0.0: 24 rows out for 25 in (1 ids missing)"
+    ]
+
+
+def test_a_shard_whose_input_ids_changed_after_it_was_read_fails_its_check(
+    tmp_path: Path, lab: tuple[Settings, Path]
+) -> None:
+    """The task that wrote a shard takes the ids it made from the input's id
+    column only if the input's column, read again, holds the same values."""
+    from sciserve.batch import worker
+
+    _archive(tmp_path / "archive")
+    spec = parse_batch_spec(yaml.safe_load(_spec(tmp_path).read_text()), base_dir=tmp_path)
+    job = BatchJob(spec, lab[0], tmp_path / "out")
+    job.plan()
+    job.out_dir.mkdir(parents=True)
+    shard = next(s for s in job.shards if s.format == "parquet")
+    task = job._task(shard)
+    *_, written = worker._annotate(task)
+    assert worker._verify(task, written) == []
+    # The input file rewritten meanwhile: one id of the shard's row group changed.
+    path = Path(shard.path)
+    table = pq.read_table(path)
+    ids = table.column("obj").to_pylist()
+    ids[shard.first_row + 2] = 99_999
+    table = table.set_column(table.schema.get_field_index("obj"), "obj", pa.array(ids, pa.int64()))
+    pq.write_table(table, path, row_group_size=25)
+    problems = worker._verify(task, written)
+    assert f"shard {shard.id}: the manifest's ids are not the input's" in problems
+    assert f"shard {shard.id}, default/linear:1.0.0: 25 rows out for 25 in (1 ids missing)" in (
+        problems
+    )
+
+
+def test_labels_are_indices_into_the_models_labels_and_non_finite_scores_are_null() -> None:
+    from types import SimpleNamespace
+
+    from sciserve.batch import worker
+    from sciserve.package.manifest import TensorSpec
+
+    labelled = TensorSpec(name="y", datatype="FP32", shape=[-1, 3], labels=["a", "b", "c"])
+    model: Any = SimpleNamespace(outputs=[labelled])
+    y = np.array([[0.1, 0.7, 0.2], [0.5, 0.5, 0.0], [np.nan, 0.9, 0.0], [0.0, np.inf, 1.0]])
+    labels, scores = worker._top_classes(model, {"y": y.astype(np.float32)}, len(y))
+    # The first largest element wins, as numpy's argmax (a NaN counts as largest).
+    assert labels.to_pylist() == ["b", "a", "a", "b"]
+    assert labels.dictionary.to_pylist() == ["a", "b", "c"]
+    column = worker._scores(scores, len(y))
+    assert column.to_pylist() == [pytest.approx(0.7), 0.5, None, None]
+    finite = worker._scores(scores[:2], 2)
+    assert finite.null_count == 0 and finite.to_pylist() == column.to_pylist()[:2]
+    # A model without labels: null labels of the output's label type.
+    bare: Any = SimpleNamespace(outputs=[TensorSpec(name="y", datatype="FP32", shape=[-1, 3])])
+    labels, scores = worker._top_classes(bare, {"y": y}, len(y))
+    assert scores is None and labels.null_count == len(y)
+    assert labels.type == worker._schema().field("label").type
+    assert worker._scores(None, 2).to_pylist() == [None, None]

@@ -7,7 +7,14 @@ import pytest
 
 from sciserve.config import DriftThresholds, MonitoringConfig
 from sciserve.monitoring import AlertState, DriftMonitor, Layout, Reference
-from sciserve.monitoring.drift import Transition, class_shift, ks_statistic, mean_shift, psi
+from sciserve.monitoring.drift import (
+    Transition,
+    class_shift,
+    ks_statistic,
+    mean_shift,
+    psi,
+    score,
+)
 from sciserve.monitoring.sketches import FeatureStats
 
 from helpers.traffic import Traffic, classifier_manifest
@@ -163,3 +170,52 @@ def test_min_samples_beyond_the_window_waits_for_one_window_only() -> None:
     monitor = _monitor(config=MonitoringConfig(window=1000, min_samples=50_000, check_every=100))
     took = _feed(monitor, Traffic(seed=15, shift=3.0), 5000)
     assert took is not None and took <= 1000
+
+
+def test_two_windows_are_scored_as_their_merge() -> None:
+    layout = Layout(classifier_manifest())
+    reference = Reference.from_arrays(layout, *Traffic(seed=20).batch(20_000))
+    previous, current = layout.empty(), layout.empty()
+    layout.update(previous, *Traffic(seed=21).batch(4000))
+    layout.update(current, *Traffic(seed=22, shift=0.7, mix=np.array([0.3, 0.3, 0.4])).batch(1500))
+    apart = score(reference.stats, [previous, current])
+    merged = score(reference.stats, previous.merged(current))
+    for kind, name, value in merged.items():
+        # The same within the sketches' rank error (merging re-compacts).
+        assert getattr(apart, kind)[name] == pytest.approx(value, abs=0.02), (kind, name)
+    assert merged.ks["mag"] > 0.05  # and the comparison is not between zeros
+    assert apart.class_shift["probs"] == pytest.approx(merged.class_shift["probs"], abs=1e-12)
+    assert apart.mean_shift["score"] == pytest.approx(merged.mean_shift["score"], rel=1e-9)
+
+
+def test_the_settled_window_is_read_once_and_forgotten_when_the_window_rotates() -> None:
+    monitor = _monitor(config=MonitoringConfig(window=1000, min_samples=500, check_every=100))
+    _feed(monitor, Traffic(seed=23), 1500)  # previous window full, current half
+    assert monitor.window.previous is not None
+    first = monitor._settled_window
+    assert first is monitor.window.previous and set(monitor._settled) == {
+        "mag",
+        "color",
+        "snr",
+        "ext",
+    }
+    cached = dict(monitor._settled)
+    _feed(monitor, Traffic(seed=24), 200)  # no rotation: the cache is reused as it was
+    assert monitor._settled_window is first
+    assert all(monitor._settled[k] is cached[k] for k in cached)
+    # Scores with the cache are the scores without it.
+    assert monitor.reference is not None
+    fresh = score(monitor.reference.stats, monitor.window.windows())
+    assert monitor.scores.items()
+    for kind, name, value in monitor.scores.items():
+        assert getattr(fresh, kind)[name] == pytest.approx(value, abs=1e-12), (kind, name)
+    shifted = Traffic(seed=25, shift=2.0)
+    for _ in range(10):  # 2700 rows in all: rotated, the previous window half shifted
+        monitor.observe(shifted.requests(100))
+    assert [w.rows for w in monitor.window.windows()] == [1000, 700]
+    assert monitor._settled_window is monitor.window.previous
+    assert monitor._settled_window is not first
+    # 1000 of the 1700 judged rows moved by 2 sigma: KS about 0.68 * 1000 / 1700.
+    assert monitor.scores.ks["mag"] > 0.3
+    fresh = score(monitor.reference.stats, monitor.window.judged())
+    assert monitor.scores.ks["mag"] == pytest.approx(fresh.ks["mag"], abs=0.02)

@@ -68,3 +68,37 @@ async def test_without_monitoring_the_routes_say_so(
             await service.freeze_reference("linear")
     finally:
         await service.stop()
+
+
+async def test_on_an_event_loop_the_loop_folds_and_no_thread_runs() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from sciserve.monitoring import Monitor
+
+    from helpers.traffic import Traffic, version_info
+
+    registry = CollectorRegistry()
+    labels = {"model": "clf", "version": "1.0.0"}
+    # An hour between folds: only the half-full queue (32 requests) folds these.
+    monitor = Monitor(MonitoringConfig(queue_size=64), registry, fold_interval=3600)
+    monitor.start_on(asyncio.get_running_loop())
+    try:
+        info = version_info("sha256:" + "a" * 64)
+        requests = Traffic(seed=13).requests(40)
+        for inputs, outputs in requests[:31]:
+            monitor.observe("clf", info, inputs, outputs)
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert registry.get_sample_value("sciserve_monitor_rows_total", labels) is None
+        monitor.observe("clf", info, *requests[31])
+        for _ in range(3):  # the fold is the loop's next callback
+            await asyncio.sleep(0)
+        assert registry.get_sample_value("sciserve_monitor_rows_total", labels) == 32
+        for inputs, outputs in requests[32:]:
+            monitor.observe("clf", info, inputs, outputs)
+        assert await asyncio.to_thread(monitor.flush)  # from off the loop, as the service does
+        [status] = monitor.status()
+        assert status["rows_seen"] == 40
+        assert monitor._thread is None
+    finally:
+        await asyncio.to_thread(monitor.stop)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import tracemalloc
 
 import numpy as np
+import pytest
 
 from sciserve.config import MonitoringConfig
 from sciserve.monitoring import DriftMonitor, Layout, LiveWindow
@@ -174,3 +175,43 @@ def test_the_monitor_holds_no_more_after_ten_million_values_than_after_one() -> 
     # What Python holds after 10 M values is what it held after 1 M (the
     # sketches' own memory, in C++, is bounded by their construction: above).
     assert sizes[1] - sizes[0] < 256 * 1024, sizes
+
+
+def test_updating_columns_at_once_is_updating_each_column() -> None:
+    rng = np.random.default_rng(11)
+    for dtype in (np.float32, np.float64, np.int32):
+        matrix = (rng.normal(size=(3000, 5)) * 10).astype(dtype)
+        if dtype is np.float64:
+            matrix[0, 1] = 1e300  # beyond float32: clipped, as one column at a time does
+        together = [FeatureStats() for _ in range(5)]
+        FeatureStats.update_columns(together, matrix)
+        for i, stats in enumerate(together):
+            alone = FeatureStats()
+            alone.update(matrix[:, i])
+            assert stats.n == alone.n == 3000
+            assert stats.ignored == alone.ignored == 0
+            assert stats.sum == pytest.approx(alone.sum, rel=1e-9)
+            assert stats.sumsq == pytest.approx(alone.sumsq, rel=1e-9)
+            assert stats.sketch.get_min_value() == alone.sketch.get_min_value()
+            assert stats.sketch.get_max_value() == alone.sketch.get_max_value()
+            # KLL compaction is randomised: equal within the sketch's rank error.
+            points = np.quantile(matrix[:, i], [0.1, 0.5, 0.9]).astype(np.float32)
+            cdf_together = np.asarray(stats.sketch.get_cdf(points))
+            cdf_alone = np.asarray(alone.sketch.get_cdf(points))
+            assert np.abs(cdf_together - cdf_alone).max() < 0.03
+
+
+def test_updating_columns_with_non_finite_values_counts_them_per_column() -> None:
+    matrix = np.ones((4, 3), np.float32)
+    matrix[1, 0] = np.nan
+    matrix[2, 2] = np.inf
+    columns = [FeatureStats() for _ in range(3)]
+    FeatureStats.update_columns(columns, matrix)
+    assert [c.n for c in columns] == [3, 4, 3]
+    assert [c.ignored for c in columns] == [1, 0, 1]
+    assert [c.sum for c in columns] == [3.0, 4.0, 3.0]
+
+
+def test_updating_columns_refuses_a_matrix_of_the_wrong_width() -> None:
+    with pytest.raises(ValueError, match="not"):
+        FeatureStats.update_columns([FeatureStats()], np.ones((2, 3), np.float32))

@@ -255,3 +255,32 @@ def test_versions_seen_least_recently_are_forgotten_beyond_the_cap() -> None:
         registry.get_sample_value("sciserve_monitor_alert", {"model": "m2", "version": "1.0.0"})
         == 0
     )
+
+
+def test_a_half_full_queue_wakes_the_monitor_before_its_interval() -> None:
+    # An hour between folds: only the half-full wake-up can fold these in.
+    registry = CollectorRegistry()
+    monitor = Monitor(MonitoringConfig(queue_size=64), registry, fold_interval=3600)
+    labels = {"model": "clf", "version": "1.0.0"}
+    info = version_info("sha256:" + "f" * 64)
+    monitor.start()
+    try:
+        requests = Traffic(seed=12).requests(40)
+        for inputs, outputs in requests[:31]:
+            monitor.observe("clf", info, inputs, outputs)
+        time.sleep(0.3)  # below half the queue: nothing is folded in
+        assert monitor.status() == []
+        assert registry.get_sample_value("sciserve_monitor_rows_total", labels) is None
+        for inputs, outputs in requests[31:]:  # the 32nd request is half the queue
+            monitor.observe("clf", info, inputs, outputs)
+        deadline = time.monotonic() + 30
+        while (registry.get_sample_value("sciserve_monitor_rows_total", labels) or 0) < 32:
+            assert time.monotonic() < deadline, "the half-full queue never woke the monitor"
+            time.sleep(0.02)
+        assert monitor.dropped == 0
+        assert monitor.flush()
+        # Fewer rows than a check needs: the status counts them all the same.
+        [status] = monitor.status()
+        assert status["rows_seen"] == 40 and status["state"] == "no_reference"
+    finally:
+        monitor.stop()

@@ -235,6 +235,7 @@ def test_a_model_page_shows_the_card_and_snippets_that_work(world: World) -> Non
         assert "https://spdx.org/licenses/MIT.html" in text
         assert "@software{alpha_m_1_0_0," in text
         assert 'id="live" data-url="/ui/live/alpha.m"' in text
+        assert "Monitoring is off on this server" in text
         curl = re.search(r'<pre id="snippet-curl">(.*?)</pre>', text, re.S)
         assert curl is not None
         url = re.search(r"(http://\S+/infer)", curl.group(1))
@@ -302,6 +303,8 @@ def test_live_numbers_follow_the_requests(world: World) -> None:
     assert sum(count for _, count in after["batch_sizes"]) >= 1
     assert after["queue_depth"] == 0
     assert after["versions"] == [{"version": "1.0.0", "state": "READY", "reason": ""}]
+    # This server does not monitor drift, and the page says so rather than showing nothing.
+    assert after["drift"] == {"enabled": False, "versions": []}
 
 
 def test_health_says_what_is_wrong_and_what_to_do(world: World) -> None:

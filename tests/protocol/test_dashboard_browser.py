@@ -10,9 +10,11 @@ in CI (``CI`` set) and are skipped, with the reason, elsewhere.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,9 +27,11 @@ import numpy as np
 import pytest
 
 import sciserve
+from sciserve.access._db import engine_of
 from sciserve.access.tokens import TokenStore
 from sciserve.config import Settings
 from sciserve.examples import build_examples
+from sciserve.monitoring import Layout, Reference, ReferenceStore
 from sciserve.registry.registry import Registry
 
 from helpers.packages import make_onnx_package
@@ -50,8 +54,19 @@ CHROMIUM_ARGS = [
 DEADLINE = 30.0
 #: What a live number shows before the first poll answers (an en dash).
 NO_NUMBER = "\u2013"
-#: Each caller's own rate limit, far above what the tests send.
-SETTINGS = "[access]\ndefault_rate = { rate = 1000.0, burst = 1000 }\n"
+#: Each caller's own rate limit, far above what the tests send; the monitor
+#: on, with small windows so a drift test needs few requests.
+SETTINGS = (
+    "[access]\ndefault_rate = { rate = 1000.0, burst = 1000 }\n"
+    "[monitoring]\nenabled = true\nwindow = 1000\nmin_samples = 500\ncheck_every = 100\n"
+)
+#: Feature names that would run script if a page ever rendered them as markup.
+HOSTILE_FEATURES = [
+    '<img src=x onerror="window.__xss=1">',
+    '"><script>window.__xss=2</script>',
+    "plain",
+    "also plain",
+]
 
 
 def _require_chromium() -> Any:
@@ -102,9 +117,51 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             reg.publish(package)
         reg.publish(make_onnx_package(work / "a", name="m", namespace="alpha"))
         reg.publish(make_onnx_package(work / "b", name="b", namespace="beta"))
+        hostile = reg.publish(
+            make_onnx_package(
+                work / "h",
+                name="hostile",
+                namespace="gamma",
+                extra={
+                    "inputs": [
+                        {
+                            "name": "x",
+                            "datatype": "FP32",
+                            "shape": [-1, 4],
+                            "feature_names": HOSTILE_FEATURES,
+                        }
+                    ]
+                },
+            )
+        ).version
+        x = np.random.default_rng(5).normal(size=(20_000, 4)).astype(np.float32)
+        ReferenceStore(engine_of(reg)).save(
+            "gamma.hostile",
+            hostile.version,
+            hostile.digest,
+            Reference.from_arrays(Layout(hostile.manifest), {"x": x}, {}),
+        )
         tokens = TokenStore(reg)
         admin = tokens.create("root", {}, admin=True)[1]
         alpha = tokens.create("alice", {"alpha": ["read", "infer"]})[1]
+    # The example classifier's reference: its training data, as a user stores it.
+    reference = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sciserve",
+            "--home",
+            str(home),
+            "monitor",
+            "reference",
+            "examples/lc-classifier",
+            str(work / "examples" / "lc-classifier" / "training-data.npz"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert reference.returncode == 0, reference.stderr
     server = start_server(home, "--auth", stderr_file=work / "server.log")
     try:
         with sync_api.sync_playwright() as playwright:
@@ -279,5 +336,102 @@ def test_a_namespace_token_sees_only_its_namespace(world: World) -> None:
 def test_the_health_page(world: World, page: Any) -> None:
     page.goto(f"{world.base}/health")
     assert page.text_content("#status") == "ok"
-    assert page.locator("#health-models tr.model").count() == 4
+    assert page.locator("#health-models tr.model").count() == 5
     world.screenshot(page, "health")
+
+
+def _send_rows(world: World, served: str, name: str, rows: np.ndarray, per_request: int) -> None:
+    headers = {"Authorization": f"Bearer {world.admin}"}
+    with httpx.Client(base_url=world.base, headers=headers, timeout=30) as client:
+        for start in range(0, len(rows), per_request):
+            chunk = rows[start : start + per_request]
+            body = {
+                "inputs": [
+                    {
+                        "name": name,
+                        "datatype": "FP32",
+                        "shape": list(chunk.shape),
+                        "data": chunk.ravel().tolist(),
+                    }
+                ]
+            }
+            answer = client.post(f"/v2/models/{served}/infer", json=body)
+            assert answer.status_code == 200, answer.text
+
+
+def _drift_rows(page: Any) -> list[list[str]]:
+    rows: list[list[str]] = page.eval_on_selector_all(
+        "#drift-alerts tr", "rows => rows.map(r => [...r.cells].map(c => c.textContent))"
+    )
+    return rows
+
+
+def test_a_drift_alert_appears_after_shifted_traffic(world: World, page: Any) -> None:
+    with np.load(world.home.parent / "examples" / "lc-classifier" / "training-data.npz") as npz:
+        features, names = npz["features"].astype(np.float32), [str(n) for n in npz["feature_names"]]
+    page.goto(f"{world.base}/models/examples/lc-classifier")
+    assert page.text_content("#drift-summary") == "No drift alert."
+    page.evaluate("window.__same_page = true")  # gone if the page ever reloads
+    # Reference-like traffic (the training data itself, shuffled): judged, and no alert.
+    rng = np.random.default_rng(7)
+    like = features[rng.permutation(len(features))][:1500]
+    _send_rows(world, "examples.lc-classifier", "features", like, per_request=50)
+    _wait(lambda: any(r[1] == "ok" for r in _drift_rows(page)), "the version judged ok")
+    assert page.text_content("#drift-summary") == "No drift alert."
+    page.locator("#drift").scroll_into_view_if_needed()
+    world.screenshot(page, "drift-ok")
+    # One feature moved by three of its standard deviations: the alert appears,
+    # live, naming the model's version, the feature, the score and the threshold.
+    column = names.index("log_peak_flux")
+    assert features[:, column].std() > 0
+    shifted = like.copy()
+    shifted[:, column] += 3 * features[:, column].std()
+    _send_rows(world, "examples.lc-classifier", "features", shifted, per_request=50)
+    _wait(lambda: (page.text_content("#drift-summary") or "").startswith("Drift alert"), "alert")
+    assert page.evaluate("window.__same_page") is True
+    alerts = [r for r in _drift_rows(page) if r[1] == "alerting" and len(r) == 7]
+    assert alerts, _drift_rows(page)
+    # The moved feature, and perhaps the class mix it changed: nothing else.
+    assert names[column] in {r[2] for r in alerts}
+    assert {r[2] for r in alerts} <= {names[column], "probabilities"}
+    for version, _state, feature, kind, value, threshold, since in alerts:
+        assert version == "1.0.0"
+        assert kind in (("psi", "ks") if feature == names[column] else ("class_shift",))
+        assert float(value) > float(threshold) > 0
+        assert since.endswith("UTC")
+    page.locator("#drift").scroll_into_view_if_needed()
+    world.screenshot(page, "drift-alert")
+    # The health page names it too, with what to do.
+    page.goto(f"{world.base}/health")
+    assert page.text_content("#status") == "degraded"
+    problem = page.locator("#problems li", has_text="examples.lc-classifier").text_content() or ""
+    assert "drifted from its reference" in problem and names[column] in problem
+    assert "/v2/sciserve/monitoring/examples.lc-classifier/reference" in problem
+    world.screenshot(page, "health-drift")
+
+
+def test_drift_alerts_show_hostile_feature_names_as_text(world: World, page: Any) -> None:
+    page.goto(f"{world.base}/models/gamma/hostile")
+    rows = np.random.default_rng(8).normal(size=(1500, 4)).astype(np.float32)
+    rows[:, :2] += 3.0  # both hostile features drift
+    _send_rows(world, "gamma.hostile", "x", rows, per_request=50)
+    _wait(lambda: (page.text_content("#drift-summary") or "").startswith("Drift alert"), "alert")
+    shown = {r[2] for r in _drift_rows(page) if r[1] == "alerting" and len(r) == 7}
+    assert set(HOSTILE_FEATURES[:2]) <= shown
+    assert page.evaluate("window.__xss === undefined")
+    assert page.locator("#drift img, #drift script").count() == 0
+    # Rendered by the server too (a reload), still as text.
+    page.reload()
+    shown = {r[2] for r in _drift_rows(page) if r[1] == "alerting" and len(r) == 7}
+    assert set(HOSTILE_FEATURES[:2]) <= shown
+    assert page.evaluate("window.__xss === undefined")
+    assert page.locator("#drift img, #drift script").count() == 0
+    assert "&lt;img src=x" in page.content()
+    page.locator("#drift").scroll_into_view_if_needed()
+    world.screenshot(page, "drift-hostile")
+    # Another namespace's token learns nothing of this model's drift.
+    alpha = {"Authorization": f"Bearer {world.alpha}"}
+    health = httpx.get(f"{world.base}/v2/sciserve/health", headers=alpha).json()
+    assert health["checks"]["drift"] == "ok"
+    assert "hostile" not in json.dumps(health) and "gamma" not in json.dumps(health)
+    assert httpx.get(f"{world.base}/ui/live/gamma.hostile", headers=alpha).status_code == 404

@@ -37,6 +37,7 @@ __all__ = [
     "Shard",
     "ShardRows",
     "find_inputs",
+    "input_id_column",
     "input_ids",
     "plan",
     "position_ids",
@@ -82,8 +83,9 @@ class ShardRows:
 
     #: The row ids, in input order: an Arrow string array.
     ids: Any
-    #: Indices (into ``ids``) of the rows that became model input, in order.
-    good: list[int] = field(default_factory=list)
+    #: Indices (into ``ids``) of the rows that became model input, in order
+    #: (a ``range`` when every row did: no Python int per row).
+    good: Sequence[int] = field(default_factory=list)
     matrix: npt.NDArray[Any] | None = None
     #: Alert ids of the good rows (alert input).
     alert_ids: list[int | None] = field(default_factory=list)
@@ -91,6 +93,9 @@ class ShardRows:
     alerts: list[dict[str, Any] | None] = field(default_factory=list)
     #: ``(row index, stage, error, reason)`` of the rows that did not.
     failures: list[tuple[int, str, str, str]] = field(default_factory=list)
+    #: The id column as read (Parquet input with ``id:``), before its values
+    #: became the text of ``ids``: what verification compares the input with.
+    source_ids: Any = None
     _id_list: list[str] | None = field(default=None, repr=False)
 
     def row_id(self, index: int) -> str:
@@ -474,17 +479,25 @@ def _id_array(shard: Shard, column: Any) -> Any:
     return ids
 
 
+def input_id_column(spec: BatchSpec, shard: Shard) -> Any | None:
+    """The id column of a Parquet shard as stored (an Arrow chunked array,
+    before its values become text), or ``None`` if the shard has none."""
+    if shard.format != "parquet" or spec.columns is None or not spec.id:
+        return None
+    with _parquet(spec, shard.path) as parquet:
+        table = parquet.read_row_group(shard.row_group, columns=[spec.id])
+    return table.column(0)
+
+
 def input_ids(spec: BatchSpec, shard: Shard) -> Any:
     """The ids of every row of ``shard``, in order, as an Arrow string array
     (reading as little as possible)."""
     pa, _ = _pyarrow()
-    if shard.format == "parquet":
-        if spec.columns is not None and spec.id:
-            with _parquet(spec, shard.path) as parquet:
-                table = parquet.read_row_group(shard.row_group, columns=[spec.id])
-            return _id_array(shard, table.column(0))
-        if shard.rows is not None:
-            return position_ids(shard, shard.rows)
+    column = input_id_column(spec, shard)
+    if column is not None:
+        return _id_array(shard, column)
+    if shard.format == "parquet" and shard.rows is not None:
+        return position_ids(shard, shard.rows)
     if spec.columns is not None and spec.id:
         return pa.array([row_id for row_id, _ in _jsonl_records(spec, shard)], pa.string())
     if shard.format == "avro":
@@ -526,6 +539,7 @@ def read_shard(spec: BatchSpec, shard: Shard, layout: InputLayout) -> ShardRows:
     records = _jsonl_records(spec, shard)
     rows = ShardRows(ids=pa.array([row_id for row_id, _ in records], pa.string()))
     values: list[Any] = []
+    good: list[int] = []
     for index, (_, record) in enumerate(records):
         if isinstance(record, Exception):
             rows.failures.append((index, "read", "not-json", f"not JSON: {error_text(record)}"))
@@ -534,7 +548,8 @@ def read_shard(spec: BatchSpec, shard: Shard, layout: InputLayout) -> ShardRows:
             rows.failures.append((index, "read", "not-object", "the record is not an object"))
             continue
         values.append(record)
-        rows.good.append(index)
+        good.append(index)
+    rows.good = good
     _convert_rows(spec, layout, rows, values)
     return rows
 
@@ -548,14 +563,14 @@ def _parquet_rows(spec: BatchSpec, shard: Shard, layout: InputLayout) -> ShardRo
         row_ids = _id_array(shard, table.column(spec.id))
     else:
         row_ids = position_ids(shard, table.num_rows)
-    rows = ShardRows(ids=row_ids)
+    rows = ShardRows(ids=row_ids, source_ids=table.column(spec.id) if spec.id else None)
     fast = _vectorised(spec, layout, table)
     if fast is not None:
-        rows.good = list(range(table.num_rows))
+        rows.good = range(table.num_rows)
         rows.matrix = fast
         return rows
     # Some rows do not convert: find them one by one.
-    rows.good = list(range(table.num_rows))
+    rows.good = range(table.num_rows)
     _convert_rows(spec, layout, rows, table.select(wanted).to_pylist())
     return rows
 

@@ -70,6 +70,7 @@ from .shards import (
     InputLayout,
     Shard,
     ShardRows,
+    input_id_column,
     input_ids,
     position_ids,
     read_shard,
@@ -161,7 +162,8 @@ class ShardResult:
 #: checksum, the output's columns).  A shard written under another version
 #: is not finished: a re-run redoes it rather than mixing formats.
 #: 3: the columns every row has a value of are required (not nullable).
-MANIFEST_FORMAT = 3
+#: 4: the label column is dictionary-encoded (an index into the model's labels).
+MANIFEST_FORMAT = 4
 
 
 def paths(out_dir: str | Path, shard: str) -> tuple[Path, Path, Path]:
@@ -187,10 +189,13 @@ def ids_checksum(ids: Any) -> str:
         ids = ids.combine_chunks()
     if ids.null_count:
         raise ValueError("row ids cannot be null")
-    ids = ids.cast(pa.large_string())
+    if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):
+        ids = ids.cast(pa.string())
     _, offsets, data = ids.buffers()
     if len(ids) and offsets is not None:
-        bounds = np.frombuffer(offsets, dtype=np.int64)[ids.offset : ids.offset + len(ids) + 1]
+        # Read in place, in the width the array has (no cast, no copy).
+        width = np.int32 if pa.types.is_string(ids.type) else np.int64
+        bounds = np.frombuffer(offsets, dtype=width)[ids.offset : ids.offset + len(ids) + 1]
     else:
         bounds = np.zeros(1, dtype=np.int64)
     digest = hashlib.sha256(np.diff(bounds).astype("<i8").tobytes())
@@ -344,15 +349,17 @@ def _alert_rows(spec: BatchSpec, shard: Shard, config: PrepareConfig) -> ShardRo
     rows = ShardRows(ids=position_ids(shard, len(values)))
     prepared, _, _ = prepare_values(config, values)
     vectors = []
+    good: list[int] = []
     for index, item in enumerate(prepared):
         if item.failure is not None:
             rows.failures.append((index, *item.failure))
             continue
         assert item.vector is not None
-        rows.good.append(index)
+        good.append(index)
         rows.alert_ids.append(item.alert_id)
         rows.alerts.append(item.alert)
         vectors.append(item.vector)
+    rows.good = good
     if vectors:
         rows.matrix = np.stack(vectors)
     return rows
@@ -413,21 +420,24 @@ def run_shard(task: ShardTask) -> ShardResult:
     """Annotate one shard, write its output, dead letters and manifest, and
     verify them (:func:`verify_shard`)."""
     started = time.perf_counter()
-    rows, outputs, dead_letters = _annotate(task)
-    # Read back in the same task (from the files and the input, not from
-    # memory): a task of its own per shard would cost the scheduler, the
-    # client and the worker more than the check itself.  The shard's arrays
-    # are freed by now, so the check reuses their memory.
-    problems = tuple(verify_shard(task))
+    rows, outputs, dead_letters, written = _annotate(task)
+    # Checked in the same task: a task of its own per shard would cost the
+    # scheduler, the client and the worker more than the check itself.  The
+    # files and the input's ids are read again; the output file is compared
+    # with the bytes this task encoded rather than hashed and decoded a
+    # second time (equal bytes have the manifest's sha256, and hold the
+    # table they were encoded from), and the input's id column with the
+    # values the row ids were made of (see _verify).
+    problems = tuple(_verify(task, written))
     return ShardResult(
         task.shard.id, rows, outputs, dead_letters, time.perf_counter() - started, os.getpid(),
         problems,
     )  # fmt: skip
 
 
-def _annotate(task: ShardTask) -> tuple[int, int, int]:
-    """Annotate one shard and write its files: its rows, output rows and
-    dead letters."""
+def _annotate(task: ShardTask) -> tuple[int, int, int, _Written]:
+    """Annotate one shard and write its files: its rows, output rows, dead
+    letters, and the output as written."""
     spec = _spec(task.spec_json)
     models = [_model(pin, task.settings, task.priority) for pin in task.models]
     shard = task.shard
@@ -454,7 +464,7 @@ def _annotate(task: ShardTask) -> tuple[int, int, int]:
                 if outputs is None:
                     dead.extend(
                         _dead(task, rows, rows.good[i], "model", "model-error", reason, pin.ref)
-                        for i in span
+                        for i in span.tolist()
                     )
                 else:
                     done.append(span)
@@ -469,8 +479,8 @@ def _annotate(task: ShardTask) -> tuple[int, int, int]:
     table = _concat(tables)
     if spec.results and table.num_rows:
         _store(task, spec, table)
-    _write(task, rows, table, dead)
-    return len(rows.ids), table.num_rows, len(dead)
+    written = _write(task, rows, table, dead)
+    return len(rows.ids), table.num_rows, len(dead), written
 
 
 def _dead(
@@ -499,8 +509,9 @@ def _top_classes(
 ) -> tuple[Any, npt.NDArray[np.float64] | None]:
     """Per row, what :func:`~sciserve.streams.pipeline._top_class` gives a
     single row (the largest element of the first labelled output), for all
-    rows at once, as an Arrow string array; non-finite scores are NaN (null
-    in the output)."""
+    rows at once: the labels as a dictionary array (each row the index of
+    its label among the output's labels, so no string is copied per row),
+    and the scores, where non-finite ones are NaN (null in the output)."""
     import pyarrow as pa
 
     for spec in model.outputs:
@@ -513,9 +524,11 @@ def _top_classes(
             and count
         ):
             index = np.argmax(array, axis=1)
-            labels = pa.array(list(spec.labels), pa.string()).take(pa.array(index))
+            labels = pa.DictionaryArray.from_arrays(
+                pa.array(index.astype(np.int32)), pa.array(list(spec.labels), pa.string())
+            )
             return labels, array[np.arange(count), index].astype(np.float64)
-    return pa.nulls(count, pa.string()), None
+    return pa.nulls(count, _schema().field("label").type), None
 
 
 def _column(array: npt.NDArray[Any], required: bool) -> Any:
@@ -582,6 +595,7 @@ def _model_table(
         "shard_id": task.shard.id,
         "processed_at": processed_at,
     }
+    first = pa.array(np.zeros(count, dtype=np.int32))
     columns: dict[str, Any] = {
         "row_id": ids,
         "alert_id": (
@@ -590,19 +604,14 @@ def _model_table(
             else pa.nulls(count, pa.int64())
         ),
         # One value per shard and model: dictionary-encoded, each row an
-        # index into a dictionary of that one value (no copy of it per row).
+        # index into a dictionary of that one value (no copy of it per row;
+        # the columns share one array of indices).
         **{
-            name: pa.DictionaryArray.from_arrays(
-                pa.array(np.zeros(count, dtype=np.int32)), pa.array([value], pa.string())
-            )
+            name: pa.DictionaryArray.from_arrays(first, pa.array([value], pa.string()))
             for name, value in constant.items()
         },
         "label": labels,
-        "score": (
-            pa.nulls(count, pa.float64())
-            if scores is None
-            else pa.array(scores, mask=~np.isfinite(scores))
-        ),
+        "score": _scores(scores, count),
         "selected": (
             pa.repeat(pa.scalar(True), count)
             if selected is None
@@ -625,8 +634,21 @@ def _model_table(
     return pa.Table.from_arrays([columns[f.name] for f in fields], schema=pa.schema(fields))
 
 
+def _scores(scores: npt.NDArray[np.float64] | None, count: int) -> Any:
+    """The score column: non-finite scores are null; without any, the
+    column has no validity bitmap to build (nor the writer to read)."""
+    import pyarrow as pa
+
+    if scores is None:
+        return pa.nulls(count, pa.float64())
+    finite = np.isfinite(scores)
+    return pa.array(scores) if finite.all() else pa.array(scores, mask=~finite)
+
+
 #: The output's own columns, in order, and their types; those every row
 #: has a value of are declared required (written without definition levels).
+#: Built once per process (a schema is immutable).
+@functools.cache
 def _schema() -> Any:
     import pyarrow as pa
 
@@ -636,12 +658,17 @@ def _schema() -> Any:
             pa.field("row_id", pa.string(), nullable=False),
             ("alert_id", pa.int64()),
             *(pa.field(name, per_shard, nullable=False) for name in PER_SHARD),
-            ("label", pa.string()),
+            # An index per row into the model's labels.
+            ("label", pa.dictionary(pa.int32(), pa.string())),
             ("score", pa.float64()),
             pa.field("selected", pa.bool_(), nullable=False),
             ("filter_error", pa.string()),
         ]
     )  # fmt: skip
+
+
+#: The output's columns verification reads: which id, of which model.
+_CHECKED = ("row_id", "model", "model_version")
 
 
 #: Columns of the output whose values rarely repeat.
@@ -656,7 +683,23 @@ def _concat(tables: list[Any]) -> Any:
     return pa.concat_tables(tables, promote_options="default")
 
 
-def _write(task: ShardTask, rows: ShardRows, table: Any, dead: list[dict[str, Any]]) -> None:
+@dataclass(frozen=True)
+class _Written:
+    """A shard's output file as its worker wrote it, its sha256, and the
+    columns verification reads (row id, model, version) of the table it
+    encodes."""
+
+    data: Any  # a pyarrow Buffer
+    sha256: str
+    ids: Any  # a pyarrow Table
+    #: The shard's id column as this process read it (``ShardRows.source_ids``),
+    #: and the row ids it made of it.
+    source_ids: Any
+    row_ids: Any
+
+
+def _write(task: ShardTask, rows: ShardRows, table: Any, dead: list[dict[str, Any]]) -> _Written:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     directory = Path(task.out_dir)
@@ -665,20 +708,35 @@ def _write(task: ShardTask, rows: ShardRows, table: Any, dead: list[dict[str, An
     # A unique hidden name per attempt: a retried shard never writes into
     # the half-written file of an attempt that was killed.
     aside = f".{uuid.uuid4().hex[:12]}.partial"
-    tmp_out = directory / f".{output.name}{aside}"
+    # Encoded in memory, hashed there and written as is: the manifest's
+    # sha256 is that of the exact bytes written, without reading them back.
+    sink = pa.BufferOutputStream()
     pq.write_table(
         table,
-        tmp_out,
+        sink,
         # Dictionary pages where values repeat (the provenance columns, the
         # label): trying them on the row ids and the model outputs, which
         # rarely repeat, costs more time than it saves space.
         use_dictionary=[n for n in table.column_names if n in own],
         # Statistics where a reader would filter on them.
         write_statistics=["row_id", "alert_id", "score"],
+        # Rows encoded 64 Ki at a time, not 1 Ki: fewer rounds through the
+        # writer's levels and encoders for the same bytes.
+        write_batch_size=65536,
     )
+    # Kept as Arrow's buffer: a copy into a Python bytes object would cost
+    # fresh memory (page faults) for every shard.
+    data = sink.getvalue()
+    written = _Written(
+        data, hashlib.sha256(data).hexdigest(), table.select(list(_CHECKED)),
+        rows.source_ids, rows.ids,
+    )  # fmt: skip
+    tmp_out = directory / f".{output.name}{aside}"
+    tmp_out.write_bytes(memoryview(data))
     os.replace(tmp_out, output)
     tmp_dead = directory / f".{dead_path.name}{aside}"
-    tmp_dead.write_text("".join(json.dumps(d, sort_keys=True) + "\n" for d in dead))
+    letters = "".join(json.dumps(d, sort_keys=True) + "\n" for d in dead).encode()
+    tmp_dead.write_bytes(letters)
     os.replace(tmp_dead, dead_path)
     doc = {
         "format": MANIFEST_FORMAT,
@@ -695,8 +753,8 @@ def _write(task: ShardTask, rows: ShardRows, table: Any, dead: list[dict[str, An
         "ids_sha256": ids_checksum(rows.ids),
         "models": [{"ref": pin.ref, "digest": pin.digest} for pin in task.models],
         "files": {
-            "output": {"name": output.name, "sha256": _sha256(output)},
-            "dead_letters": {"name": dead_path.name, "sha256": _sha256(dead_path)},
+            "output": {"name": output.name, "sha256": written.sha256},
+            "dead_letters": {"name": dead_path.name, "sha256": hashlib.sha256(letters).hexdigest()},
         },
         "host": socket.gethostname(),
         "pid": os.getpid(),
@@ -707,6 +765,7 @@ def _write(task: ShardTask, rows: ShardRows, table: Any, dead: list[dict[str, An
     # Written aside and renamed: a reader sees the whole file or none.  No
     # fsync here: see make_durable().
     os.replace(tmp_manifest, manifest)
+    return written
 
 
 def _fsync(path: Path) -> None:
@@ -779,39 +838,66 @@ def _agreeing(
 def verify_shard(task: ShardTask) -> list[str]:
     """Problems of ``task``'s finished shard against its input: every input
     id must appear exactly once per model, as an output row or a dead letter."""
+    return _verify(task, None)
+
+
+def _verify(task: ShardTask, written: _Written | None) -> list[str]:
+    """:func:`verify_shard`; ``written``, the output as this process just
+    wrote it, if it did."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     shard = task.shard
     spec = _spec(task.spec_json)
-    # The output is read once: hashed against the manifest, then parsed.
-    read: list[bytes] = []
+    # The output is read once (into Arrow's memory): hashed against the
+    # manifest, then parsed; or found to be the bytes this process wrote.
+    read: list[Any] = []
+    own: list[bool] = []
 
     def output_sha256(path: Path) -> str:
-        read.append(path.read_bytes())
+        with pa.OSFile(str(path)) as fh:
+            read.append(fh.read_buffer())
+        own.append(written is not None and read[0].equals(written.data))
+        if written is not None and own[0]:
+            return written.sha256  # the very bytes hashed for the manifest
         return hashlib.sha256(read[0]).hexdigest()
 
     doc = _agreeing(task.out_dir, shard, task.job_id, output_sha256)
     if doc is None:
         return [f"shard {shard.id}: no manifest agreeing with its files"]
     _, dead_path, _ = paths(task.out_dir, shard.id)
-    expected = input_ids(spec, shard)
+    expected = None
+    if written is not None and written.source_ids is not None:
+        column = input_id_column(spec, shard)
+        if column is not None and column.equals(written.source_ids):
+            # The input's id column holds the very values this process made
+            # its row ids of: those are the input's ids (not made again).
+            expected = written.row_ids
+    if expected is None:
+        expected = input_ids(spec, shard)
     problems = []
-    table = pq.read_table(
-        pa.BufferReader(read[0]),
-        columns=["row_id", "model", "model_version"],
-        read_dictionary=["model", "model_version"],
-    )
+    parquet = pq.ParquetFile(pa.BufferReader(read[0]), read_dictionary=_CHECKED[1:])
+    if written is not None and own[0]:
+        # The file holds the very bytes this process encoded from the table
+        # of these columns: they are checked in memory, not decoded again;
+        # the file's footer must still count the table's rows.
+        table = written.ids
+        if parquet.metadata.num_rows != table.num_rows:
+            problems.append(
+                f"shard {shard.id}: the output's footer counts {parquet.metadata.num_rows} "
+                f"rows, not the {table.num_rows} written"
+            )
+    else:
+        table = parquet.read(columns=list(_CHECKED), use_threads=False)
     letters = [json.loads(line) for line in dead_path.read_text().splitlines() if line]
     in_order = 0
     for pin in task.models:
         name, _, version = pin.ref.rpartition(":")
-        mine = pc.and_(
-            pc.equal(table.column("model"), name), pc.equal(table.column("model_version"), version)
-        )
         produced = table.column("row_id")
-        if not pc.all(mine).as_py():  # else every row is this model's: nothing to filter
+        models, versions = table.column("model"), table.column("model_version")
+        if not (_only(models, name) and _only(versions, version)):
+            mine = pc.and_(pc.equal(models, name), pc.equal(versions, version))
             produced = produced.filter(mine)
         produced = produced.combine_chunks()
         dead = [d["row_id"] for d in letters if d["model"] in (None, pin.ref)]
@@ -838,6 +924,15 @@ def verify_shard(task: ShardTask) -> list[str]:
     if not manifest_ok:
         problems.insert(0, f"shard {shard.id}: the manifest's ids are not the input's")
     return problems
+
+
+def _only(column: Any, value: str) -> bool:
+    """Whether every row of ``column`` (dictionary-encoded) is ``value``,
+    known from the dictionaries alone: each chunk's is that one value and
+    no row is null.  ``False`` says nothing (the rows must be compared)."""
+    return all(
+        chunk.null_count == 0 and chunk.dictionary.to_pylist() == [value] for chunk in column.chunks
+    )
 
 
 def _sorted(ids: Any) -> Any:

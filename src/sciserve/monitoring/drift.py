@@ -2,7 +2,11 @@
 
 Per input feature: the population stability index (PSI) on ten bins cut at
 the reference's deciles, and the Kolmogorov-Smirnov statistic (the largest
-difference between the two CDFs, read from the sketches).  Per classifier
+difference between the two CDFs, read from the sketches at the reference's
+percentiles).  Where the reference is cut (:class:`Cuts`) is computed once
+per reference, and the live side is read from each live window's sketch
+and weighted by its rows, so a check costs one CDF query per sketch and
+never copies or merges one.  Per classifier
 output: the total-variation distance between the class mixes.  Per other
 output: the shift of the mean prediction in reference standard deviations.
 
@@ -17,7 +21,7 @@ from __future__ import annotations
 import enum
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +34,7 @@ from .sketches import FeatureStats, Layout, LiveWindow, Tensors, WindowStats
 __all__ = [
     "AlertState",
     "Breach",
+    "Cuts",
     "DriftMonitor",
     "DriftScores",
     "Transition",
@@ -61,36 +66,109 @@ class AlertState(enum.Enum):
     ALERTING = "alerting"
 
 
+@dataclass(frozen=True)
+class Cuts:
+    """Where one reference feature's CDF is compared with live traffic's.
+
+    ``points`` are the reference's deciles (the PSI's bin edges) and
+    percentiles (where the KS statistic is read), sorted and unique, so one
+    CDF query of a live sketch serves both scores.
+    """
+
+    points: np.ndarray
+    #: Indices into ``points`` of the PSI's bin edges.
+    psi_edges: np.ndarray
+    #: The reference's share of each PSI bin (floored).
+    expected: np.ndarray
+    #: Indices into ``points`` of the KS points, and the reference's CDF there.
+    ks_points: np.ndarray
+    reference_cdf: np.ndarray
+
+    @classmethod
+    def of(cls, reference: FeatureStats) -> Cuts | None:
+        """The cuts of ``reference`` (``None`` if it saw no value)."""
+        if reference.n == 0:
+            return None
+        sketch = reference.sketch
+        edges = np.unique(np.asarray(sketch.get_quantiles(np.linspace(0, 1, PSI_BINS + 1)[1:-1])))
+        percentiles = np.unique(np.asarray(sketch.get_quantiles(np.linspace(0, 1, _KS_POINTS))))
+        points = np.union1d(edges, percentiles)
+        cdf = np.asarray(sketch.get_cdf(points))[:-1]  # the last value (1.0) is past every point
+        psi_edges = np.searchsorted(points, edges)
+        ks_points = np.searchsorted(points, percentiles)
+        return cls(
+            points=points,
+            psi_edges=psi_edges,
+            expected=_bin_shares(cdf[psi_edges]),
+            ks_points=ks_points,
+            reference_cdf=cdf[ks_points],
+        )
+
+    def psi(self, live_cdf: np.ndarray) -> float:
+        """PSI of a live CDF read at :attr:`points`."""
+        # Array methods rather than np.* functions: this runs per feature per
+        # check, where numpy's Python-level dispatch was most of the cost.
+        actual = _bin_shares(live_cdf[self.psi_edges])
+        return float(((actual - self.expected) * np.log(actual / self.expected)).sum())
+
+    def ks(self, live_cdf: np.ndarray) -> float:
+        """KS statistic of a live CDF read at :attr:`points`."""
+        return float(np.abs(self.reference_cdf - live_cdf[self.ks_points]).max())
+
+
+def _bin_shares(cdf_at_edges: np.ndarray) -> np.ndarray:
+    """The share of each bin between consecutive edges (and below the first,
+    above the last), floored so an empty bin gives a large but finite PSI."""
+    edges = len(cdf_at_edges)
+    shares = np.empty(edges + 1)
+    shares[0] = cdf_at_edges[0]
+    np.subtract(cdf_at_edges[1:], cdf_at_edges[:-1], out=shares[1:edges])
+    shares[edges] = 1.0 - cdf_at_edges[-1]
+    return np.maximum(shares, _PSI_FLOOR, out=shares)
+
+
+def live_cdf(
+    windows: Sequence[FeatureStats],
+    points: np.ndarray,
+    known: Sequence[np.ndarray | None] = (),
+) -> np.ndarray | None:
+    """The CDF at ``points`` of the values of every window together (each
+    window's CDF weighted by its count); ``None`` if they saw no value.
+
+    ``known[i]``, where given, is window ``i``'s CDF at ``points`` already
+    read (a window that no longer changes); any read here is stored back
+    into ``known`` when it is a list.
+    """
+    total = sum(w.n for w in windows)
+    if total == 0:
+        return None
+    acc = np.zeros(len(points))
+    for i, w in enumerate(windows):
+        if not w.n:
+            continue
+        cdf = known[i] if i < len(known) else None
+        if cdf is None:
+            cdf = np.asarray(w.sketch.get_cdf(points))[:-1]
+            if isinstance(known, list) and i < len(known):
+                known[i] = cdf
+        acc += w.n * cdf
+    out: np.ndarray = acc / total
+    return out
+
+
 def psi(reference: FeatureStats, live: FeatureStats) -> float:
     """Population stability index of ``live`` against ``reference``."""
-    if reference.n == 0 or live.n == 0:
-        return 0.0
-    edges = np.unique(
-        np.asarray(reference.sketch.get_quantiles(np.linspace(0, 1, PSI_BINS + 1)[1:-1]))
-    )
-    expected = np.diff(np.asarray(reference.sketch.get_cdf(edges)), prepend=0.0)
-    actual = np.diff(np.asarray(live.sketch.get_cdf(edges)), prepend=0.0)
-    expected = np.maximum(expected, _PSI_FLOOR)
-    actual = np.maximum(actual, _PSI_FLOOR)
-    return float(np.sum((actual - expected) * np.log(actual / expected)))
+    cuts = Cuts.of(reference)
+    cdf = None if cuts is None else live_cdf([live], cuts.points)
+    return 0.0 if cuts is None or cdf is None else cuts.psi(cdf)
 
 
 def ks_statistic(reference: FeatureStats, live: FeatureStats) -> float:
-    """Largest difference between the CDFs of ``reference`` and ``live``."""
-    if reference.n == 0 or live.n == 0:
-        return 0.0
-    ranks = np.linspace(0, 1, _KS_POINTS)
-    points = np.unique(
-        np.concatenate(
-            [
-                np.asarray(reference.sketch.get_quantiles(ranks)),
-                np.asarray(live.sketch.get_quantiles(ranks)),
-            ]
-        )
-    )
-    ref_cdf = np.asarray(reference.sketch.get_cdf(points))
-    live_cdf = np.asarray(live.sketch.get_cdf(points))
-    return float(np.max(np.abs(ref_cdf - live_cdf)))
+    """Largest difference between the CDFs of ``reference`` and ``live``
+    (read at the reference's percentiles)."""
+    cuts = Cuts.of(reference)
+    cdf = None if cuts is None else live_cdf([live], cuts.points)
+    return 0.0 if cuts is None or cdf is None else cuts.ks(cdf)
 
 
 def class_shift(reference: np.ndarray, live: np.ndarray) -> float:
@@ -156,22 +234,71 @@ class Breach:
     threshold: float
 
 
-def score(reference: WindowStats, live: WindowStats) -> DriftScores:
-    """Compare ``live`` with ``reference`` on everything both measured."""
+def reference_cuts(reference: WindowStats) -> dict[str, Cuts | None]:
+    """The :class:`Cuts` of every feature of ``reference``."""
+    return {name: Cuts.of(stats) for name, stats in reference.features.items()}
+
+
+def score(
+    reference: WindowStats,
+    live: WindowStats | Sequence[WindowStats],
+    cuts: Mapping[str, Cuts | None] | None = None,
+    settled: dict[str, np.ndarray] | None = None,
+) -> DriftScores:
+    """Compare ``live`` (one window, or several judged together) with
+    ``reference`` on everything both measured.
+
+    ``cuts`` are the reference's, if already known.  ``settled`` caches, per
+    feature, the CDF of the first of several windows, which the caller
+    promises no longer changes (a live window's previous one) until it
+    empties the cache.
+    """
+    windows = [live] if isinstance(live, WindowStats) else list(live)
+    if cuts is None:
+        cuts = reference_cuts(reference)
+    cache = settled if settled is not None and len(windows) > 1 else None
     out = DriftScores()
-    for name, ref in reference.features.items():
-        now = live.features.get(name)
-        if now is not None and now.n:
-            out.psi[name] = psi(ref, now)
-            out.ks[name] = ks_statistic(ref, now)
+    for name in reference.features:
+        now = [w.features.get(name) for w in windows]
+        if not any(s is not None and s.n for s in now):
+            continue
+        cut = cuts.get(name)
+        cdf = None
+        if cut is not None:
+            parts = [s if s is not None else FeatureStats() for s in now]
+            known: list[np.ndarray | None] = [None] * len(parts)
+            if cache is not None:
+                known[0] = cache.get(name)
+            cdf = live_cdf(parts, cut.points, known)
+            if cache is not None and known[0] is not None:
+                cache[name] = known[0]
+        out.psi[name] = 0.0 if cut is None or cdf is None else cut.psi(cdf)
+        out.ks[name] = 0.0 if cut is None or cdf is None else cut.ks(cdf)
     for name, ref_counts in reference.classes.items():
-        counts = live.classes.get(name)
-        if counts is not None and counts.n and counts.labels == ref_counts.labels:
-            out.class_shift[name] = class_shift(ref_counts.mix(), counts.mix())
+        counted = [
+            c
+            for w in windows
+            if (c := w.classes.get(name)) is not None and c.labels == ref_counts.labels
+        ]
+        if counted and sum(c.n for c in counted):
+            mix = sum((c.counts for c in counted), np.zeros(len(ref_counts.labels), np.int64))
+            out.class_shift[name] = class_shift(ref_counts.mix(), mix / mix.sum())
     for name, ref_pred in reference.predictions.items():
-        pred = live.predictions.get(name)
-        if pred is not None and pred.n:
-            out.mean_shift[name] = mean_shift(ref_pred, pred)
+        preds = [p for w in windows if (p := w.predictions.get(name)) is not None and p.n]
+        if preds:
+            out.mean_shift[name] = mean_shift(ref_pred, _moments(preds))
+    return out
+
+
+def _moments(parts: Sequence[FeatureStats]) -> FeatureStats:
+    """Count, sum and sum of squares of ``parts`` together (no sketch merge)."""
+    if len(parts) == 1:
+        return parts[0]
+    out = FeatureStats()
+    for p in parts:
+        out.n += p.n
+        out.sum += p.sum
+        out.sumsq += p.sumsq
     return out
 
 
@@ -215,6 +342,11 @@ class DriftMonitor:
         #: When the current alert was raised (Unix time), if one is.
         self.alert_started_at: float | None = None
         self._since_check = 0
+        self._cuts = {} if reference is None else reference_cuts(reference.stats)
+        # CDFs of the previous window at the cuts: it does not change until
+        # the window rotates, so each is read once, not at every check.
+        self._settled: dict[str, np.ndarray] = {}
+        self._settled_window: WindowStats | None = None
         self._status: dict[str, Any] = self._snapshot()
 
     def observe(self, requests: Sequence[Tensors]) -> Transition | None:
@@ -228,6 +360,8 @@ class DriftMonitor:
 
     def set_reference(self, reference: Reference | None) -> None:
         self.reference = reference
+        self._cuts = {} if reference is None else reference_cuts(reference.stats)
+        self._settled = {}
         self.state = AlertState.NO_REFERENCE if reference is None else AlertState.WARMING_UP
         self.alert_started_at = None
         self.breaches = ()
@@ -242,12 +376,15 @@ class DriftMonitor:
         if self.reference is None:
             self._status = self._snapshot()
             return None
-        judged = self.window.judged()
+        windows = self.window.windows()
+        judged_rows = sum(w.rows for w in windows)
         previous = self.state
-        self.scores = score(self.reference.stats, judged)
+        if self._settled_window is not self.window.previous:
+            self._settled, self._settled_window = {}, self.window.previous
+        self.scores = score(self.reference.stats, windows, self._cuts, self._settled)
         self.breaches = tuple(self.scores.breaches(self.thresholds))
         # Never more than a window: the judged rows are at least that once it filled.
-        if judged.rows < min(self.config.min_samples, self.config.window):
+        if judged_rows < min(self.config.min_samples, self.config.window):
             self.state = AlertState.WARMING_UP
         elif self.breaches:
             self.state = AlertState.ALERTING
@@ -260,13 +397,13 @@ class DriftMonitor:
             self.alert_started_at = time.time()
         elif self.state is not AlertState.ALERTING:
             self.alert_started_at = None
-        self._status = self._snapshot(judged.rows)
+        self._status = self._snapshot(judged_rows)
         if self.state is previous or not (
             self.state is AlertState.ALERTING or previous is AlertState.ALERTING
         ):
             return None
         return Transition(
-            self.state, previous, self.breaches, self.scores, judged.rows, time.time()
+            self.state, previous, self.breaches, self.scores, judged_rows, time.time()
         )
 
     def _snapshot(self, judged_rows: int = 0) -> dict[str, Any]:

@@ -1,14 +1,27 @@
 """The monitor of a server: request tensors in, drift judgements out.
 
 The request path only hands a request's tensors to :meth:`Monitor.observe`,
-which puts a reference to them in a bounded queue (a few microseconds; when
-the queue is full the sample is dropped and counted).  One thread drains the
-queue, stacks the requests of each model version and updates their
-sketches in bulk, so sketch work never runs on the event loop.
+which puts a reference to them in a bounded queue (a couple of microseconds,
+no lock, no allocation beyond the queue's entry; when the queue is full the
+sample is dropped and counted).  Every ``FOLD_INTERVAL`` seconds (sooner
+when the queue is half full) what has queued up is folded in: the requests
+of each model version stacked and their sketches updated in bulk, in slices
+of at most ``_DRAIN_BATCH`` requests.  Prometheus series are refreshed when
+a drift check changed them, not on every fold.
+
+Who folds: on a server, the event loop itself (:meth:`Monitor.start_on`),
+one slice per callback so requests are served between slices, with the
+registry lookups of references done in the loop's executor.  A thread of
+its own (:meth:`Monitor.start`, for code without an event loop) costs the
+loop more than the work does: each time the thread needs the GIL the loop
+is made to hand it over (numpy gives it up again in large copies), and in
+the serving benchmark those hand-overs, not the sketches, were what cost
+throughput (measured with ``bench/monitor_cost.py``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -28,7 +41,7 @@ from prometheus_client import CollectorRegistry
 from ..config import MonitoringConfig, parse_gate
 from ..errors import InvalidInput, NotFound, SciserveError
 from ..registry.registry import VersionInfo
-from .drift import AlertState, DriftMonitor, Transition
+from .drift import AlertState, DriftMonitor, DriftScores, Transition
 from .metrics import MonitoringMetrics
 from .reference import Reference, ReferenceStore
 from .sketches import Layout, Tensors
@@ -39,13 +52,19 @@ __all__ = ["Monitor", "alert_body"]
 
 log = logging.getLogger(__name__)
 
-#: Requests one drain of the queue takes at most.
+#: Requests one slice of work takes at most (the thread yields the GIL between slices).
 _DRAIN_BATCH = 512
+#: How long requests queue up before the monitor's thread folds them in (s).
+#: Folding many at once is what makes monitoring cheap: the cost of a fold
+#: is mostly per call (per feature), hardly per row; and each fold takes the
+#: GIL from the event loop a few times (numpy gives it up in large copies),
+#: so fewer folds mean fewer hand-overs.  The dashboard polls once a second.
+FOLD_INTERVAL = 0.5
+#: How often a version's staleness gauge is recomputed while it has traffic (s).
+_STALE_REFRESH = 1.0
 #: Model versions monitored at once (versions a server no longer serves are
 #: forgotten, least recently seen first, so memory stays bounded however long it runs).
 MAX_VERSIONS = 256
-#: How long the monitor's thread sleeps when no request is waiting (s).
-_POLL = 0.02
 #: How often each version looks for a newer reference in the database (s).
 REFERENCE_REFRESH = 30.0
 
@@ -63,6 +82,9 @@ class _Entry:
     reference_checked_at: float
     info: VersionInfo
     last_seen: float = 0.0
+    #: The status last published as Prometheus series (a new one after every check).
+    published: dict[str, Any] | None = None
+    stale_checked_at: float = -math.inf
 
 
 class Monitor:
@@ -77,8 +99,11 @@ class Monitor:
         notifier: WebhookNotifier | None = None,
         reference_refresh: float = REFERENCE_REFRESH,
         max_versions: int = MAX_VERSIONS,
+        fold_interval: float = FOLD_INTERVAL,
     ) -> None:
         self.config = config
+        #: How long requests queue up before the thread folds them in (s).
+        self.fold_interval = fold_interval
         #: Versions monitored at once; the one idle longest is forgotten for a new one.
         self.max_versions = max_versions
         #: How often each version looks for a newer stored reference (s).
@@ -97,8 +122,10 @@ class Monitor:
             )
         # A deque, not a queue.Queue: appending takes no lock and wakes no
         # thread, so the request path pays about 2 µs; the monitor's thread
-        # polls it instead (every _POLL s when idle).
-        self._queue: deque[tuple[_Key, VersionInfo, Tensors, int]] = deque()
+        # looks at it every FOLD_INTERVAL s, or when woken at half full.
+        self._queue: deque[tuple[str, VersionInfo, Tensors, int]] = deque()
+        self._wake = threading.Event()
+        self._wake_at = max(1, config.queue_size // 2)
         # Values handed over and values taken: each is written by one side
         # only, so their difference (the values waiting) needs no lock.
         self._added_values = 0
@@ -115,6 +142,9 @@ class Monitor:
         self._random = random.Random()  # noqa: S311 -- sampling, not secrets
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        #: The event loop that folds, when :meth:`start_on` was used, and its next fold.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._next_fold: asyncio.TimerHandle | asyncio.Handle | None = None
         #: Requests dropped because the queue (or its value budget) was full.
         self.dropped = 0
 
@@ -126,8 +156,23 @@ class Monitor:
         self._thread = threading.Thread(target=self._run, name="sciserve-monitor", daemon=True)
         self._thread.start()
 
+    def start_on(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Fold on ``loop`` rather than on a thread (call it from the loop).
+
+        :meth:`flush` must then be called off the loop (``asyncio.to_thread``).
+        """
+        if self.notifier is not None:
+            self.notifier.start()
+        self._loop = loop
+        self._next_fold = loop.call_later(self.fold_interval, self._fold_on_loop)
+
     def stop(self, timeout: float = 5.0) -> None:
         self._stopping.set()
+        self._wake.set()
+        loop, self._loop = self._loop, None
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop stopped meanwhile
+                loop.call_soon_threadsafe(self._cancel_fold)
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
@@ -163,9 +208,13 @@ class Monitor:
             self._drop(served, info.version)
             return
         self._added_values += values
-        self._queue.append(
-            (_Key(served, info.version, info.digest), info, (inputs, outputs), values)
-        )
+        queue = self._queue
+        queue.append((served, info, (inputs, outputs), values))
+        if len(queue) == self._wake_at:  # once per filling: Event.set takes a lock
+            if self._loop is not None:
+                self._fold_soon()  # observe runs on the loop that folds
+            else:
+                self._wake.set()
 
     def _drop(self, model: str, version: str) -> None:
         self.dropped += 1
@@ -182,6 +231,8 @@ class Monitor:
         known = {
             (k.model, k.version): {
                 **e.monitor.status(),
+                # The snapshot is a check's; rows come in between checks too.
+                "rows_seen": e.monitor.window.total_rows,
                 "stale": [
                     {"reason": f.reason.value, "detail": f.detail} for f in self._staleness(e)
                 ],
@@ -261,6 +312,12 @@ class Monitor:
         deadline = time.monotonic() + timeout
         with self._busy:
             while self._queue or self._in_flight:
+                loop = self._loop
+                if loop is not None:
+                    with contextlib.suppress(RuntimeError):  # closed: nothing will fold
+                        loop.call_soon_threadsafe(self._fold_soon)
+                else:
+                    self._wake.set()
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
@@ -271,31 +328,66 @@ class Monitor:
 
     def _run(self) -> None:
         while not self._stopping.is_set():
-            batch: list[tuple[_Key, VersionInfo, Tensors, int]] = []
-            with self._busy:
-                while self._queue and len(batch) < _DRAIN_BATCH:
-                    batch.append(self._queue.popleft())
-                self._in_flight = len(batch)
-            if not batch:
-                self._stopping.wait(_POLL)
-                continue
-            try:
-                self._process(batch)
-            finally:
-                self._taken_values += sum(item[3] for item in batch)
-                with self._busy:
-                    self._in_flight = 0
-                    self._busy.notify_all()
+            self._wake.wait(self.fold_interval)
+            self._wake.clear()
+            # What queued up since the last fold, in slices; between them the
+            # GIL goes back to the event loop (sleep(0) releases it).
+            while self._queue and not self._stopping.is_set():
+                self._fold_slice()
+                time.sleep(0)
 
-    def _process(self, batch: list[tuple[_Key, VersionInfo, Tensors, int]]) -> None:
-        grouped: dict[_Key, list[Tensors]] = defaultdict(list)
-        infos: dict[_Key, VersionInfo] = {}
-        for key, info, tensors, _ in batch:
-            grouped[key].append(tensors)
-            infos[key] = info
-        for key, requests in grouped.items():
+    def _fold_on_loop(self) -> None:
+        """One slice, then the next one soon if more waits, else a fold later."""
+        self._next_fold = None
+        if self._stopping.is_set() or self._loop is None:
+            return
+        if self._queue:
+            self._fold_slice()
+        if self._queue:
+            self._next_fold = self._loop.call_soon(self._fold_on_loop)
+        else:
+            self._next_fold = self._loop.call_later(self.fold_interval, self._fold_on_loop)
+
+    def _fold_soon(self) -> None:
+        """Fold now rather than at the next interval (on the loop)."""
+        due = self._next_fold
+        if self._loop is None or (due is not None and not isinstance(due, asyncio.TimerHandle)):
+            return  # a slice is already due (call_soon's handle is no TimerHandle)
+        self._cancel_fold()
+        self._next_fold = self._loop.call_soon(self._fold_on_loop)
+
+    def _cancel_fold(self) -> None:
+        if self._next_fold is not None:
+            self._next_fold.cancel()
+            self._next_fold = None
+
+    def _fold_slice(self) -> None:
+        batch: list[tuple[str, VersionInfo, Tensors, int]] = []
+        with self._busy:
+            queue = self._queue
+            while queue and len(batch) < _DRAIN_BATCH:
+                batch.append(queue.popleft())
+            self._in_flight = len(batch)
+        try:
+            self._process(batch)
+        finally:
+            self._taken_values += sum(item[3] for item in batch)
+            with self._busy:
+                self._in_flight = 0
+                self._busy.notify_all()
+
+    def _process(self, batch: list[tuple[str, VersionInfo, Tensors, int]]) -> None:
+        # Plain tuples as keys: hashed in C, once per request.
+        grouped: dict[tuple[str, str, str], list[Tensors]] = defaultdict(list)
+        infos: dict[tuple[str, str, str], VersionInfo] = {}
+        for served, info, tensors, _ in batch:
+            group = (served, info.version, info.digest)
+            grouped[group].append(tensors)
+            infos[group] = info
+        for group, requests in grouped.items():
+            key = _Key(*group)
             try:
-                self._add(key, infos[key], requests)
+                self._add(key, infos[group], requests)
             except Exception:  # one model's failure must not cost the others their samples
                 log.exception("monitor: could not add %d requests of %s", len(requests), key.model)
 
@@ -308,8 +400,27 @@ class Monitor:
             status = entry.monitor.status()
             state, scores = entry.monitor.state, entry.monitor.scores
         self.metrics.rows.labels(key.model, key.version).inc(rows)
-        self.metrics.stale.labels(key.model, key.version).set(len(self._staleness(entry)))
-        self.metrics.observe(key.model, key.version, state, scores)
+        self._publish(key, entry, status, state, scores, transition)
+
+    def _publish(
+        self,
+        key: _Key,
+        entry: _Entry,
+        status: dict[str, Any],
+        state: AlertState,
+        scores: DriftScores,
+        transition: Transition | None,
+    ) -> None:
+        """Gauges of a new judgement, and its alert if the state moved."""
+        now = time.monotonic()
+        if status is not entry.published or now - entry.stale_checked_at >= _STALE_REFRESH:
+            # Scores change only when a check ran (it makes a new status);
+            # staleness only with time and what is noted, so once a second will do.
+            entry.stale_checked_at = now
+            self.metrics.stale.labels(key.model, key.version).set(len(self._staleness(entry)))
+        if status is not entry.published:
+            entry.published = status
+            self.metrics.observe(key.model, key.version, state, scores)
         if transition is not None:
             self._announce(key, transition, status)
 
@@ -329,11 +440,26 @@ class Monitor:
         entry.last_seen = now
         if now - entry.reference_checked_at >= self.reference_refresh:
             entry.reference_checked_at = now
-            latest = self._load_reference(key)
-            if latest is not None and _newer(latest, entry.monitor.reference):
-                with self._lock:
-                    entry.monitor.set_reference(latest)
+            if self._loop is not None:  # a database query: never on the event loop
+                self._loop.run_in_executor(None, self._refresh_reference, key, entry)
+            else:
+                self._refresh_reference(key, entry)
         return entry
+
+    def _refresh_reference(self, key: _Key, entry: _Entry) -> None:
+        latest = self._load_reference(key)
+        if latest is None:
+            return
+        with self._lock:
+            monitor = entry.monitor
+            if not _newer(latest, monitor.reference):
+                return
+            monitor.set_reference(latest)
+            # What the window holds is judged against it at once, not at the
+            # next check: the reference may arrive after the traffic did.
+            transition = monitor.check() if monitor.window.total_rows else None
+            status, state, scores = monitor.status(), monitor.state, monitor.scores
+        self._publish(key, entry, status, state, scores, transition)
 
     def _evict(self) -> _Entry:
         """Forget the version seen least recently (the entries lock is held)."""

@@ -61,6 +61,41 @@ class FeatureStats:
         self.sum += float(flat.sum())
         self.sumsq += float(np.dot(flat, flat))
 
+    @staticmethod
+    def update_columns(columns: Sequence[FeatureStats], matrix: np.ndarray) -> None:
+        """Add column ``i`` of ``matrix`` (``[rows, len(columns)]``) to ``columns[i]``.
+
+        The same as updating each column on its own, in a handful of numpy
+        calls for the whole matrix rather than a handful per column: the
+        monitor's thread folds many requests of a model with dozens of
+        features at once, and per-call overhead, not the sketches, was
+        what it spent its time on.
+        """
+        if matrix.ndim != 2 or matrix.shape[1] != len(columns):
+            raise ValueError(f"{matrix.shape} is not [rows, {len(columns)}]")
+        if matrix.shape[0] == 0:
+            return
+        block = np.asarray(matrix)
+        if block.dtype != np.float32:  # FP32 tensors (the usual) need no cast and no clip
+            block = block.astype(np.float64, copy=False)
+        if not np.isfinite(block).all():
+            for i, stats in enumerate(columns):  # rare: keep the per-column bookkeeping
+                stats.update(block[:, i])
+            return
+        if block.dtype != np.float32:
+            block = np.clip(block, -_F32_MAX, _F32_MAX)
+        # Sums in float64 whatever the tensor's type: they add up over a window.
+        sums = block.sum(axis=0, dtype=np.float64)
+        sumsqs = np.einsum("ij,ij->j", block, block, dtype=np.float64)
+        # Column-major float32, so each sketch gets a contiguous row of it.
+        by_column = np.ascontiguousarray(block.T, dtype=np.float32)
+        rows = int(block.shape[0])
+        for i, stats in enumerate(columns):
+            stats.sketch.update(by_column[i])
+            stats.n += rows
+            stats.sum += float(sums[i])
+            stats.sumsq += float(sumsqs[i])
+
     @property
     def mean(self) -> float:
         return self.sum / self.n if self.n else 0.0
@@ -307,8 +342,8 @@ class Layout:
             elif matrix.shape[1] != len(t.columns):
                 stats.skipped += matrix.shape[0]
             else:
-                for i, column in enumerate(t.columns):
-                    stats.features[column].update(matrix[:, i])
+                features = stats.features
+                FeatureStats.update_columns([features[c] for c in t.columns], matrix)
         for t in self.outputs:
             matrix = self._stacked(stats, [r[1].get(t.name) for r in requests], t)
             if matrix is None:
@@ -353,9 +388,11 @@ class Layout:
 def _concatenated(arrays: list[np.ndarray | None], batch_dim: int | None) -> np.ndarray | None:
     """The common case in one step: numeric arrays whose shapes differ only
     along the batch dimension, joined along it (``None`` otherwise)."""
-    if batch_dim is None or not arrays or any(a is None for a in arrays):
+    if batch_dim is None or not arrays:
         return None
     try:
+        # A missing tensor (None) fails here too, as a 0-d array: no need to
+        # look for it request by request first.
         # numpy checks the shapes in C; mixed numeric dtypes are promoted,
         # which is harmless since the sketches take float64 anyway.
         joined: np.ndarray = np.concatenate(arrays, axis=batch_dim)  # type: ignore[arg-type]
@@ -374,17 +411,23 @@ def _row_count(array: np.ndarray, batch_dim: int | None) -> int:
 
 
 def _rows(array: np.ndarray, batch_dim: int | None) -> np.ndarray | None:
-    """``array`` as ``[rows, values per row]`` float64, or ``None`` if it is not numeric."""
+    """``array`` as ``[rows, values per row]``, or ``None`` if it is not numeric.
+
+    Floats keep their type (FP32 tensors are sketched as they are); integers
+    and booleans become float64.
+    """
     array = np.asarray(array)
     if array.dtype.kind not in "biuf":
         return None
+    if array.dtype.kind != "f":
+        array = array.astype(np.float64)
     if batch_dim is None or array.ndim == 0:
-        return array.reshape(1, array.size).astype(np.float64, copy=False)
+        return array.reshape(1, array.size)
     if batch_dim >= array.ndim:
         return None
     moved = np.moveaxis(array, batch_dim, 0)
     width = int(np.prod(moved.shape[1:]))  # not -1: an empty batch has no inferable width
-    return moved.reshape(moved.shape[0], width).astype(np.float64, copy=False)
+    return moved.reshape(moved.shape[0], width)
 
 
 class LiveWindow:
@@ -411,6 +454,10 @@ class LiveWindow:
             self.previous = self.current
             self.current = self.layout.empty()
         return rows
+
+    def windows(self) -> list[WindowStats]:
+        """The windows drift is judged on (previous, if any, and current), unmerged."""
+        return [self.current] if self.previous is None else [self.previous, self.current]
 
     def judged(self) -> WindowStats:
         """The statistics drift is judged on: previous and current windows together."""

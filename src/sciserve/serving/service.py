@@ -84,7 +84,8 @@ class InferenceService:
 
     async def start(self) -> None:
         if self.monitor is not None:
-            self.monitor.start()
+            # Folded on this loop: a thread of its own would cost the loop more in GIL hand-overs.
+            self.monitor.start_on(asyncio.get_running_loop())
         await self.manager.start()
         if self.access is not None:
             self._usage_task = asyncio.get_running_loop().create_task(self.access.usage.run())

@@ -14,7 +14,8 @@
     GET  /streams                    alert-stream workers from their status files (admins)
     GET  /health                     what is wrong and what to do (page)
     GET  /v2/sciserve/health         the same as JSON
-    GET  /ui/live/{name}             live numbers of a served model, JSON (the charts poll it)
+    GET  /ui/live/{name}             live numbers and drift judgement of a served model, JSON
+                                     (the page's charts and drift alerts poll it)
     GET  /ui/static/{file}           the dashboard's own script and style sheet
     GET  /login, POST /login, POST /logout: sessions (:mod:`.session`)
 
@@ -35,7 +36,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from importlib import resources
 from typing import Any, Final
 from urllib.parse import parse_qs
@@ -308,6 +309,7 @@ class Dashboard:
         served = self._served(info)
         base = str(request.base_url).rstrip("/")
         examples = snippets(manifest, base, auth=self.service.access is not None)
+        drift = None if served is None else self._drift(served)
         return self._render(
             request,
             "model.html",
@@ -328,6 +330,7 @@ class Dashboard:
                 else None
             ),
             licence_link=_licence_link(manifest.license),
+            drift=drift,
         )
 
     def _model(
@@ -389,8 +392,19 @@ class Dashboard:
                     {"version": e["version"], "state": e["state"], "reason": e["reason"]}
                     for e in stats["model_stats"]
                 ],
+                "drift": self._drift(name),
             }
         )
+
+    def _drift(self, served: str) -> dict[str, Any]:
+        """The monitor's judgement of each loaded version of served model
+        ``served`` (the caller was authorised for it already)."""
+        monitor = self.service.monitor
+        if monitor is None:
+            return {"enabled": False, "versions": []}
+        loaded = self.service.manager.loaded_versions(served)
+        judged = monitor.status([(m.served, m.version) for m in loaded])
+        return {"enabled": True, "versions": [drift_view(s) for s in judged]}
 
     # -- jobs ------------------------------------------------------------
 
@@ -634,6 +648,50 @@ async def _form(request: Request) -> dict[str, str]:
     except (UnicodeDecodeError, ValueError) as exc:
         raise InvalidInput("the form is not valid: send it from the dashboard") from exc
     return {key: values[0] for key, values in fields.items() if values}
+
+
+#: What a version's drift state means, for a row without a score above its threshold.
+DRIFT_WORDS: Final = {
+    "no_traffic": "no request of this version monitored yet",
+    "no_reference": "no reference to compare with: store one (sciserve monitor reference, "
+    "or POST /v2/sciserve/monitoring/NAME/reference)",
+    "warming_up": "too few requests judged yet",
+    "ok": "no score above its threshold",
+    "alerting": "alert holds until every score is well below its threshold",
+}
+
+
+def drift_view(status: dict[str, Any]) -> dict[str, Any]:
+    """What the dashboard shows of a version's drift judgement (from
+    :meth:`~sciserve.monitoring.Monitor.status`): its state, since when it
+    alerts, and each score above its threshold."""
+    started = status.get("alert_started_at")
+    reference = status.get("reference")
+    return {
+        "version": status["version"],
+        "state": status["state"],
+        "note": DRIFT_WORDS.get(str(status["state"]), ""),
+        "since": None if started is None else _iso(float(started)),
+        "rows_seen": status.get("rows_seen", 0),
+        "rows_judged": status.get("rows_judged", 0),
+        "reference": None
+        if reference is None
+        else {"source": reference["source"], "rows": reference["rows"]},
+        "breaches": [
+            {
+                "name": b["name"],
+                "kind": b["kind"],
+                "score": round(float(b["score"]), 4),
+                "threshold": float(b["threshold"]),
+            }
+            for b in status.get("breaches", [])
+        ],
+        "stale": list(status.get("stale", [])),
+    }
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _filters(request: Request) -> dict[str, str]:

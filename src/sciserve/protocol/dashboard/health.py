@@ -178,10 +178,16 @@ async def check_health(service: InferenceService, identity: Identity) -> HealthR
     checks["models"] = (
         "ok" if all(m.state != ModelState.FAILED.value for m in models) else "problem"
     )
+    drifting = _drift_problems(service, models)
+    if drifting is not None:
+        checks["drift"] = "problem" if drifting else "ok"
+        problems += drifting
 
     not_checked = {
         "stream_lag": "pipelines declare no lag budget yet; their lag is on /streams",
     }
+    if drifting is None:
+        not_checked["drift"] = "monitoring is off on this server ([monitoring] enabled = false)"
     failed: list[JobRecord] = []
     if checks["database"] == "ok":
         try:
@@ -239,6 +245,40 @@ def _stream_problems(home: Any) -> list[Problem]:
                     "read its log, fix the cause and start it again (sciserve stream run SPEC)",
                 )
             )
+    return problems
+
+
+def _drift_problems(service: InferenceService, models: list[ModelHealth]) -> list[Problem] | None:
+    """A problem per shown model version whose drift alert is raised
+    (``None`` when the server does not monitor its traffic)."""
+    monitor = service.monitor
+    if monitor is None:
+        return None
+    problems = []
+    for status in monitor.status([(m.served, m.version) for m in models]):
+        if status["state"] != "alerting":
+            continue
+        started = status.get("alert_started_at")
+        since = (
+            ""
+            if started is None
+            else f" since {datetime.fromtimestamp(float(started), UTC):%Y-%m-%d %H:%M:%S} UTC"
+        )
+        scores = ", ".join(
+            f"{b['name']} ({b['kind']} {float(b['score']):.3g} > {float(b['threshold']):.3g})"
+            for b in status.get("breaches", [])
+        )
+        problems.append(
+            Problem(
+                "drift",
+                f"the traffic of model {status['model']} version {status['version']} has "
+                f"drifted from its reference{since}" + (f": {scores}" if scores else ""),
+                "look at what changed upstream of the model (its page shows the features "
+                "that moved); if the change is expected and the model still fits it, store "
+                f"a new reference (POST /v2/sciserve/monitoring/{status['model']}/reference "
+                "or sciserve monitor reference), else retrain it or roll back",
+            )
+        )
     return problems
 
 

@@ -1,4 +1,4 @@
-// sciserve dashboard: copy buttons and the live charts of a model page.
+// sciserve dashboard: copy buttons, the live charts and drift alerts of a model page.
 // Written for this project; no library. Polls /ui/live/{name} every second.
 "use strict";
 
@@ -127,6 +127,52 @@
     }
   }
 
+  // The drift judgement of each loaded version: one row per score above its
+  // threshold, else one row saying where the version stands.  Text only:
+  // feature and model names come from packages, never as markup.
+  function showDrift(drift) {
+    var body = document.getElementById("drift-alerts");
+    if (!body || !drift || !drift.enabled) { return; }
+    var alerting = false, i, j;
+    while (body.firstChild) { body.removeChild(body.firstChild); }
+    for (i = 0; i < drift.versions.length; i++) {
+      var v = drift.versions[i];
+      if (v.state === "alerting") { alerting = true; }
+      var breaches = v.breaches.length ? v.breaches : [null];
+      for (j = 0; j < breaches.length; j++) {
+        var b = breaches[j], tr = document.createElement("tr");
+        tr.className = "drift-row " + v.state;
+        var cells = b
+          ? [v.version, v.state.replace(/_/g, " "), b.name, b.kind, String(b.score), String(b.threshold), v.since || ""]
+          : [v.version, v.state.replace(/_/g, " "), v.note, v.since || ""];
+        for (var k = 0; k < cells.length; k++) {
+          var td = document.createElement("td");
+          td.textContent = cells[k];
+          if (!b && k === 2) { td.colSpan = 4; }
+          if (b && k === 2) { td.className = "feature"; }
+          if (k === 1) { td.className = "state"; }
+          tr.appendChild(td);
+        }
+        body.appendChild(tr);
+      }
+    }
+    if (!drift.versions.length) {
+      var empty = document.createElement("tr"), cell = document.createElement("td");
+      cell.colSpan = 7;
+      cell.textContent = "No version of this model is loaded.";
+      empty.appendChild(cell);
+      body.appendChild(empty);
+    }
+    var summary = document.getElementById("drift-summary");
+    if (summary) {
+      var served = document.getElementById("drift").getAttribute("data-served") || "";
+      summary.className = alerting ? "alerting" : "quiet";
+      summary.textContent = alerting
+        ? "Drift alert: the traffic of " + served + " no longer looks like its reference."
+        : "No drift alert.";
+    }
+  }
+
   function setupLive() {
     var section = document.getElementById("live");
     if (!section) { return; }
@@ -195,6 +241,7 @@
       }
       label(chart, sizes.length ? "sizes " + sizes[0][0] + "…" + sizes[sizes.length - 1][0] : "no batches yet");
       showErrors(data.errors);
+      showDrift(data.drift);
       previous = data;
     }
 
