@@ -54,8 +54,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from starlette.routing import Route
 from tritonclient.grpc import service_pb2
 
+import sciserve
 from sciserve.access.tokens import TokenStore
 from sciserve.config import Settings
+from sciserve.evaluation import registered
 from sciserve.jobs import JobStore
 from sciserve.package.archive import pack
 from sciserve.protocol.rest import create_app
@@ -64,9 +66,9 @@ from sciserve.registry.registry import Registry
 from sciserve.serving.service import InferenceService
 
 from helpers.batch import archive as write_archive
-from helpers.datasets import make_dataset
+from helpers.datasets import CLASSES, make_dataset
 from helpers.legacy import insert_legacy_version
-from helpers.packages import expected_linear, make_onnx_package
+from helpers.packages import expected_linear, make_onnx_package, make_softmax_package
 from helpers.server import Running, start_server, stop_server
 
 pytestmark = pytest.mark.slow
@@ -238,6 +240,16 @@ def _build(home: Path, work: Path) -> tuple[dict[str, Credential], bytes, bytes]
                 metrics={"accuracy": value},
                 record={},
             )
+        # A classifier of alpha evaluated on alpha's dataset by `sciserve
+        # evaluate`'s own code: its record has a report and plots to draw.
+        reg.publish(
+            make_softmax_package(work / "cls", name="cls", namespace="alpha", labels=CLASSES)
+        )
+        split = registered.open_split(reg, "alpha/ds:1.0.0", "test")
+        with sciserve.load("alpha/cls", registry=reg) as classifier:
+            EVAL["record_id"] = EVAL_PLOT["record_id"] = registered.evaluate_dataset(
+                reg, classifier, split
+            ).stored.record_id
         tokens = TokenStore(reg)
 
         def mint(scopes: dict[str, set[str]], **kwargs: Any) -> str:
@@ -397,6 +409,9 @@ JOBS = "/v2/sciserve/jobs"
 #: The jobs of the world (_build fills in their ids): one of alpha, one of zeta.
 JOB = {"job_id": ""}
 ZETA_JOB = {"job_id": ""}
+#: The record of alpha/cls that `evaluate` stored (_build fills in its id).
+EVAL = {"namespace": "alpha", "name": "cls", "record_id": ""}
+EVAL_PLOT = {**EVAL, "plot": "confusion.png"}
 #: A job id nobody has.
 NO_JOB = "j-0000000000000000"
 JOB_SPEC = {
@@ -511,8 +526,12 @@ def _rest_table() -> dict[tuple[str, str], Rest]:
         ),
         ("GET", "/jobs/{job_id}"): Rest(MODEL, **_JOB_ROUTE),
         ("GET", "/admin"): Rest(Target("global")),
-        # A page that lists nothing (benchmark results are not recorded yet).
-        ("GET", "/benchmarks"): Rest(LISTING, parse=_page_namespaces, seen=set, universe=()),
+        # Leaderboards: a row per model version the caller may see, with a link
+        # to its report, which reads like the model's page.
+        ("GET", "/benchmarks"): Rest(
+            LISTING, parse=_page_namespaces, seen=set, universe=("alpha", "beta")
+        ),
+        ("GET", "/benchmarks/{namespace}/{name}/evaluations/{record_id}"): Rest(MODEL, params=EVAL),
         ("GET", "/streams"): Rest(Target("global")),
         ("GET", "/health"): Rest(LISTING, parse=_page_namespaces, seen=set),
         ("GET", "/v2/sciserve/health"): Rest(
@@ -555,6 +574,10 @@ def _rest_table() -> dict[tuple[str, str], Rest]:
         ("POST", reg_model + "/evaluations"): Rest(
             ADMIN, ok=201, body=lambda w: _EVALUATION, params=REG
         ),
+        # A record, its report and plots: read access like the model's.
+        ("GET", reg_model + "/evaluations/{record_id}"): Rest(MODEL, params=EVAL),
+        ("GET", reg_model + "/evaluations/{record_id}/report"): Rest(MODEL, params=EVAL),
+        ("GET", reg_model + "/evaluations/{record_id}/plots/{plot}"): Rest(MODEL, params=EVAL_PLOT),
     }
     for ref in (reg_model, reg_model + "/versions/{version}", reg_model + "/aliases/{alias}"):
         # Only an exact version can be yanked: other references are refused first.
@@ -794,7 +817,7 @@ def test_a_listing_of_an_invisible_namespace_is_a_missing_namespace(world: World
     assert hidden.status_code == absent.status_code == 404
     assert hidden.content == absent.content.replace(b"zeta", b"alpha")
     shown = httpx.get(url, params={"namespace": "alpha"}, headers={"Authorization": world.admin})
-    assert {m["name"] for m in shown.json()["models"]} == {"m", "pub"}
+    assert {m["name"] for m in shown.json()["models"]} == {"cls", "m", "pub"}
 
 
 # -- gRPC ----------------------------------------------------------------------------

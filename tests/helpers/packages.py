@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -209,3 +210,56 @@ def time_major_gru_onnx(
     model.ir_version = 8
     onnx.checker.check_model(model)
     path.write_bytes(model.SerializeToString())
+
+
+def make_softmax_package(
+    root: Path,
+    *,
+    labels: tuple[str, ...],
+    name: str = "softmax",
+    namespace: str = "default",
+    n_in: int = 2,
+) -> Path:
+    """A classifier: ``probabilities = softmax(x @ W + b)``, columns named ``labels``."""
+    root.mkdir(parents=True, exist_ok=True)
+    n_out = len(labels)
+    weight = (np.arange(n_in * n_out, dtype=np.float32).reshape(n_in, n_out) % 3 - 1) * 0.5
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "W"], ["xw"]),
+            helper.make_node("Add", ["xw", "b"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
+        ],
+        "softmax",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", n_in])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", n_out])],
+        [
+            numpy_helper.from_array(weight, "W"),
+            numpy_helper.from_array(np.linspace(-0.5, 0.5, n_out, dtype=np.float32), "b"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    data = model.SerializeToString()
+    sha, size = hashlib.sha256(data).hexdigest(), len(data)
+    make_onnx_package(
+        root,
+        name=name,
+        namespace=namespace,
+        n_in=n_in,
+        n_out=n_out,
+        extra={
+            "outputs": [
+                {
+                    "name": "probabilities",
+                    "datatype": "FP32",
+                    "shape": [-1, n_out],
+                    "labels": list(labels),
+                }
+            ],
+            "files": [{"path": "model.onnx", "size": size, "sha256": sha, "role": "model"}],
+        },
+    )
+    (root / "model.onnx").write_bytes(data)
+    return root

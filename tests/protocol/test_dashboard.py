@@ -390,9 +390,7 @@ def test_jobs_show_progress_and_failures_to_their_namespace_only(world: World) -
 def test_the_benchmarks_page_says_there_is_nothing_yet(world: World) -> None:
     page = httpx.get(f"{world.base}/benchmarks", headers=world.bearer(world.alpha))
     assert page.status_code == 200
-    assert "not recorded by sciserve servers yet" in page.text
-    assert "Leaderboards and evaluation plots need evaluations recorded" in page.text
-    assert "<table" not in page.text and "<svg" not in page.text  # nothing made up
+    assert 'id="no-evaluations"' in page.text and "sciserve evaluate" in page.text
     assert httpx.get(f"{world.base}/benchmarks").status_code == 401
 
 

@@ -4,7 +4,8 @@ Exit codes: 0 success, 1 other error, 2 invalid input (bad manifest, archive,
 reference or option), 3 not found, 4 conflict (e.g. an immutable version
 published with other content), 5 integrity (checksum mismatch),
 6 not permitted (untrusted code, read-only registry), 7 unavailable,
-8 missing dependency or device, 9 not authenticated.
+8 missing dependency or device, 9 not authenticated, 10 a re-run
+(``evaluate --reproduce``) whose outputs differ beyond the tolerance.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from . import (
     _alerts,
     _batch,
     _datasets,
+    _evaluate,
     _jobs,
     _jobs_runner,
     _monitor,
@@ -101,6 +103,7 @@ _jobs_runner.register(app)  # adds `runner` to the `jobs` group
 _schedules.register(app)
 _monitor.register(app)
 _policy.register(app)
+_evaluate.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,7 @@ otherwise start matplotlib's math mode, and very long names are cut.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "PlotFiles",
     "confusion_figure",
+    "figure_bytes",
     "metric_by_version_figure",
     "reliability_figure",
     "residual_figure",
@@ -81,6 +83,25 @@ def _label(text: str) -> str:
     return cut.replace("\\", "\\\\").replace("$", r"\$")
 
 
+#: The formats a plot is written in.
+FORMATS = ("png", "svg")
+
+
+def figure_bytes(figure: Figure, fmt: str) -> bytes:
+    """``figure`` as PNG or SVG bytes, as :func:`save_figure` writes them."""
+    if fmt not in FORMATS:
+        raise MetricInputError(f"plots are PNG or SVG, not {fmt[:20]!r}")
+    buffer = io.BytesIO()
+    if fmt == "png":
+        figure.savefig(buffer, format="png", dpi=DPI)
+    else:
+        # The PNG of the same plot is the same bytes; the SVG carries no creation
+        # date but matplotlib salts its element ids at random (fixing the salt
+        # would mean changing global rcParams under other threads).
+        figure.savefig(buffer, format="svg", metadata={"Date": None})
+    return buffer.getvalue()
+
+
 def save_figure(figure: Figure, directory: str | Path, name: str) -> PlotFiles:
     """Write ``figure`` as ``<directory>/<name>.png`` and ``.svg``."""
     if not name or "/" in name or "\\" in name or name.startswith("."):
@@ -88,11 +109,8 @@ def save_figure(figure: Figure, directory: str | Path, name: str) -> PlotFiles:
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     png, svg = out / f"{name}.png", out / f"{name}.svg"
-    figure.savefig(png, format="png", dpi=DPI)
-    # The PNG of the same plot is the same bytes; the SVG carries no creation
-    # date but matplotlib salts its element ids at random (fixing the salt
-    # would mean changing global rcParams under other threads).
-    figure.savefig(svg, format="svg", metadata={"Date": None})
+    png.write_bytes(figure_bytes(figure, "png"))
+    svg.write_bytes(figure_bytes(figure, "svg"))
     return PlotFiles(name=name, png=png, svg=svg)
 
 

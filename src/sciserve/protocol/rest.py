@@ -60,6 +60,12 @@ where ``{ref}`` is one of ``/models/{ns}/{name}`` (the default version),
                                             "dataset_version", "dataset_digest", "split",
                                             "metrics", "record"} (admin: a record is evidence
                                             for a promotion gate)
+    GET    /models/{ns}/{name}/evaluations/{id}  the record (as in the listing)
+    GET    /models/{ns}/{name}/evaluations/{id}/report  its HTML report (self-contained:
+                                            plots inline, no script, its own CSP)
+    GET    /models/{ns}/{name}/evaluations/{id}/plots/{plot}.png|.svg  one plot (roc,
+                                            confusion, reliability; residuals), drawn on
+                                            demand from the record and its stored outputs
     GET    /leaderboards/{ns}/{dataset}     ?metric=M&split=S&direction=higher|lower|zero: model
                                             versions ranked by their newest record's M; only
                                             models of namespaces the caller may see
@@ -163,6 +169,7 @@ from ..errors import (
     Unauthenticated,
     Unavailable,
 )
+from ..evaluation import views
 from ..jobs.archives import Archives
 from ..jobs.records import MAX_SPEC_BYTES, JobOrigin, JobRecord, JobStore, parse_states
 from ..jobs.remote import JOBS_PREFIX
@@ -172,7 +179,7 @@ from ..package.card import render_card, to_jsonld
 from ..package.manifest import DATASET, MODEL, NAMESPACE_RE, Manifest
 from ..package.reference import Reference, parse_reference
 from ..registry.leaderboard import Direction
-from ..registry.promotion import DEFAULT_SPLIT
+from ..registry.promotion import DEFAULT_SPLIT, EvaluationInfo
 from ..registry.registry import VersionInfo
 from ..registry.remote import REGISTRY_PREFIX, namespace_to_wire, version_to_wire
 from ..serving.service import InferenceService, max_input_elements
@@ -715,6 +722,9 @@ class _RegistryApi:
             (model + "/policies/{policy}", self.clear_policy, ["DELETE"]),
             (model + "/evaluations", self.evaluations, get),
             (model + "/evaluations", self.add_evaluation, post),
+            (model + "/evaluations/{record_id}", self.evaluation, get),
+            (model + "/evaluations/{record_id}/report", self.evaluation_report, get),
+            (model + "/evaluations/{record_id}/plots/{plot}", self.evaluation_plot, get),
         ]
         denied = _denied_recorder(self.service)
         return [Route(path, _guarded(fn, denied), methods=methods) for path, fn, methods in table]
@@ -935,6 +945,47 @@ class _RegistryApi:
         shown = [e for e in found if identity.can_see(e.dataset.split("/", 1)[0])]
         return _json({"evaluations": [e.to_dict() for e in shown]})
 
+    async def _evaluation(self, request: Request) -> EvaluationInfo:
+        """The record the path names, if it is of the model the path names and
+        the caller may see both the model and the record's dataset."""
+        ref = _reference(request)
+        identity = await self._authorize(request, "read", ref.namespace, ref.name)
+        # A model that does not exist is reported as such, in the words an
+        # invisible one gets, before any record is looked up.
+        await self._call(self.registry.versions, f"{ref.namespace}/{ref.name}")
+        record_id = request.path_params["record_id"]
+        found: EvaluationInfo = await self._call(self.registry.evaluation, record_id)
+        # Another model's record, or one on a dataset the caller may not see,
+        # reads exactly like a missing one.
+        if (found.namespace, found.name) != (ref.namespace, ref.name) or not identity.can_see(
+            found.dataset.split("/", 1)[0]
+        ):
+            raise NotFound(f"no evaluation record {record_id[:40]!r}")
+        return found
+
+    async def evaluation(self, request: Request) -> Response:
+        return _json((await self._evaluation(request)).to_dict())
+
+    async def evaluation_report(self, request: Request) -> Response:
+        found = await self._evaluation(request)
+        html = await self._call(views.report_html, self.registry, found)
+        return Response(html, 200, _report_headers(views.REPORT_CSP), media_type="text/html")
+
+    async def evaluation_plot(self, request: Request) -> Response:
+        found = await self._evaluation(request)
+        name, dot, fmt = request.path_params["plot"].rpartition(".")
+        if not dot:
+            raise NotFound("name a plot with its format: NAME.png or NAME.svg")
+        data = await self._call(views.plot_bytes, self.registry, found, name, fmt)
+        media = "image/png" if fmt == "png" else "image/svg+xml"
+        # An SVG is a document: it may run nothing and load nothing.
+        return Response(
+            data,
+            200,
+            _report_headers("default-src 'none'; style-src 'unsafe-inline'"),
+            media_type=media,
+        )
+
     async def leaderboard(self, request: Request) -> Response:
         identity = await self._authorize(request, "read", None)
         params = request.query_params
@@ -1091,6 +1142,16 @@ def _rate_limit(value: Any) -> RateLimit | None:
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise InvalidInput(f"invalid 'limit': {problems}") from exc
+
+
+def _report_headers(csp: str) -> dict[str, str]:
+    """Headers of a report or plot: its own CSP, no sniffing, cacheable by the caller only
+    (a record never changes, but who may see it can)."""
+    return {
+        "Content-Security-Policy": csp,
+        "X-Content-Type-Options": "nosniff",
+        "Cache-Control": "private, max-age=3600",
+    }
 
 
 def _reference(request: Request) -> Reference:

@@ -7,7 +7,10 @@
     GET  /models/{namespace}/{name}  a model's page; ?version=V for another version
     GET  /jobs                       batch jobs, newest first (?state=S[,S]), and schedules
     GET  /jobs/{job_id}              one job: progress, failure, log, first dead letters
-    GET  /benchmarks                 says that benchmark results are not recorded by servers yet
+    GET  /benchmarks                 leaderboards of the evaluations in the registry, per dataset;
+                                     ?metric=M ranks by M where the records have it
+    GET  /benchmarks/{namespace}/{name}/evaluations/{record_id}
+                                     an evaluation's self-contained HTML report
     GET  /admin                      usage per namespace, caller and model; the audit trail
     GET  /streams                    alert-stream workers from their status files (admins)
     GET  /health                     what is wrong and what to do (page)
@@ -48,6 +51,7 @@ from ...access.identity import ANY_NAMESPACE, Identity
 from ...access.policy import authorize
 from ...access.usage import UsageStore
 from ...errors import InvalidInput, NotFound, PermissionDenied, SciserveError, Unauthenticated
+from ...evaluation import views
 from ...jobs.records import JobLogLine, JobRecord, JobStore, parse_states
 from ...jobs.schedules import Run, Schedule, ScheduleStore
 from ...package.card import bibtex, identifier_iri, snippets
@@ -90,6 +94,10 @@ _MAX_PAGE: Final = 1_000_000 // PAGE_SIZE
 #: Most jobs a listing shows, and log lines a job page shows.
 _MAX_JOBS: Final = 200
 _MAX_LOG: Final = 1000
+#: Most evaluation records the benchmarks page looks through for its datasets.
+_MAX_RECORDS: Final = 10_000
+#: The metric a leaderboard ranks by unless asked, the first a dataset's records have.
+_DEFAULT_METRICS: Final = ("weighted_log_loss", "accuracy", "rmse", "mae")
 #: Most schedules the jobs page shows, and runs of each.
 _MAX_SCHEDULES: Final = 100
 _SCHEDULE_RUNS: Final = 5
@@ -145,6 +153,7 @@ class Dashboard:
             ("/jobs", self.jobs, get),
             ("/jobs/{job_id}", self.job, get),
             ("/benchmarks", self.benchmarks, get),
+            ("/benchmarks/{namespace}/{name}/evaluations/{record_id}", self.report, get),
             ("/admin", self.admin, get),
             ("/streams", self.streams, get),
             ("/health", self.health_page, get),
@@ -467,10 +476,56 @@ class Dashboard:
     # -- benchmarks ------------------------------------------------------
 
     async def benchmarks(self, request: Request) -> Response:
-        # Benchmarks run from bench/ and their results stay there: a page that
-        # says so rather than one that shows numbers the server does not have.
+        # The registry calls the REST API's leaderboard route makes, per
+        # dataset (and split) that ranks a model the caller may see.
         identity = await self._identity(request)
-        return self._render(request, "benchmarks.html", identity=identity)
+        metric = request.query_params.get("metric")
+        if metric is not None and (len(metric) > _MAX_FILTER or not metric.strip()):
+            raise InvalidInput("'metric' must name a metric")
+        boards = await asyncio.to_thread(self._boards, identity, metric)
+        return self._render(
+            request, "benchmarks.html", identity=identity, boards=boards, metric=metric
+        )
+
+    def _boards(self, identity: Identity, metric: str | None) -> list[dict[str, Any]]:
+        records = self.registry.evaluations(limit=_MAX_RECORDS)
+        metrics: dict[tuple[str, str], set[str]] = {}
+        for record in records:
+            if identity.can_see(record.namespace):
+                metrics.setdefault((record.dataset, record.split), set()).update(record.metrics)
+        boards = []
+        for (dataset, split), names in sorted(metrics.items()):
+            chosen = metric if metric in names else _default_metric(names)
+            board = self.registry.leaderboard(
+                dataset, chosen, split=split, visible=identity.can_see
+            )
+            if board.entries or board.unranked:
+                rows = [(e, *_model_path(e.model)) for e in board.entries]
+                boards.append({"board": board, "rows": rows, "metrics": sorted(names)})
+        return boards
+
+    async def report(self, request: Request) -> Response:
+        identity = await self._identity(request)
+        namespace = request.path_params["namespace"]
+        name = request.path_params["name"]
+        if not NAMESPACE_RE.fullmatch(namespace) or not NAME_RE.fullmatch(name):
+            raise NotFound(f"no model {namespace[:64]}/{name[:64]}")
+        authorize(identity, "read", namespace, name)
+        record_id = request.path_params["record_id"]
+        html = await asyncio.to_thread(self._report, identity, namespace, name, record_id)
+        # The report's own policy, not the pages': its images and style are inline.
+        headers = {**_HEADERS, "Content-Security-Policy": views.REPORT_CSP}
+        return Response(html, 200, headers, media_type="text/html")
+
+    def _report(self, identity: Identity, namespace: str, name: str, record_id: str) -> str:
+        # A model that does not exist reads as an invisible one does.
+        self.registry.versions(f"{namespace}/{name}")
+        found = self.registry.evaluation(record_id)
+        if (found.namespace, found.name) != (namespace, name) or not identity.can_see(
+            found.dataset.split("/", 1)[0]
+        ):
+            raise NotFound(f"no evaluation record {record_id[:40]!r}")
+        return views.report_html(self.registry, found)
 
     # -- admins ----------------------------------------------------------
 
@@ -690,3 +745,13 @@ def _licence_link(expression: str | None) -> str | None:
 
 def _published(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _default_metric(names: set[str]) -> str:
+    return next((m for m in _DEFAULT_METRICS if m in names), min(names, default="accuracy"))
+
+
+def _model_path(ref: str) -> tuple[str, str]:
+    """``namespace`` and ``name`` of a leaderboard's ``namespace/name:version``."""
+    namespace, _, rest = ref.partition("/")
+    return namespace, rest.split(":", 1)[0]
