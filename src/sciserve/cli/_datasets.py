@@ -25,6 +25,7 @@ from ..package.dataset import DatasetSource, assemble, from_croissant
 from ..package.manifest import DATASET, NAME_RE
 from ..registry.registry import PublishResult, Registry, VersionInfo
 from ._context import State, folding_table, local_actor, state
+from ._registry import show_verify_reports
 
 app = typer.Typer(
     help="Benchmark datasets in the registry (Croissant metadata, checksummed files).",
@@ -267,19 +268,7 @@ def verify(
     st = state(ctx)
     with st.registry(create=False) as reg:
         reports = reg.verify(ref, kind=DATASET)
-
-    def human() -> None:
-        for r in reports:
-            st.console.print(f"{'ok  ' if r.ok else 'FAIL'} {r.ref} ({r.checked} files)")
-            for failure in r.failures:
-                st.console.print(f"     {failure}", markup=False)
-
-    st.emit(
-        [{"ref": r.ref, "ok": r.ok, "checked": r.checked, "failures": r.failures} for r in reports],
-        human,
-    )
-    if not all(r.ok for r in reports):
-        raise typer.Exit(5)
+    show_verify_reports(st, reports)
 
 
 @app.command("pull")

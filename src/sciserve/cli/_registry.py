@@ -13,7 +13,7 @@ from rich.markdown import Markdown
 from .._hashing import sha256_file
 from ..errors import IntegrityError, InvalidInput
 from ..package.manifest import MANIFEST_NAME, load_manifest
-from ..registry.registry import VersionInfo
+from ..registry.registry import VerifyReport, VersionInfo
 from ..registry.remote import RemoteRegistry
 from ._context import State, folding_table, local_actor, state
 
@@ -294,6 +294,11 @@ def verify(
     with st.registry(create=False) as reg:
         # Without a reference: every version of every model and dataset.
         reports = reg.verify(ref) if ref is not None else reg.verify(kind=None)
+    show_verify_reports(st, reports)
+
+
+def show_verify_reports(st: State, reports: list[VerifyReport]) -> None:
+    """Print what ``verify`` found; exit 5 (integrity) if any version failed."""
 
     def human() -> None:
         for r in reports:
