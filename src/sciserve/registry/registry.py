@@ -111,8 +111,9 @@ ORPHAN_TEMP_AGE = 3600.0
 #: creation) is a leftover, however long a live publish takes.
 _SCRATCH_LOCK = ".in-use"
 #: What scratch directories are for (their name's prefix): unpacking an
-#: archive to publish, and staging an upload or a download over HTTP.
-_SCRATCH_PURPOSES = frozenset({"unpack", "http"})
+#: archive to publish, staging an upload or a download over HTTP, and the
+#: output of an evaluation's batch job.
+_SCRATCH_PURPOSES = frozenset({"unpack", "http", "evaluate"})
 
 
 @dataclass(frozen=True)
@@ -524,8 +525,8 @@ class Registry:
     def scratch(self, purpose: str = "unpack") -> Iterator[Path]:
         """A scratch directory under ``<home>/tmp``, locked as in use until it
         is removed on exit; one a killed process leaves behind is removed
-        later (see :data:`ORPHAN_TEMP_AGE`).  ``purpose`` is ``"unpack"`` or
-        ``"http"``."""
+        later (see :data:`ORPHAN_TEMP_AGE`).  ``purpose`` is ``"unpack"``,
+        ``"http"`` or ``"evaluate"``."""
         if purpose not in _SCRATCH_PURPOSES:
             raise ValueError(f"unknown scratch purpose {purpose!r}")
         base = self.settings.home / "tmp"
