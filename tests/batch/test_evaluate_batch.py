@@ -91,6 +91,9 @@ def test_the_batch_path_gives_the_in_process_metrics_and_outputs(cli: Cli, home:
         assert batch["metrics"][name] == pytest.approx(value, rel=1e-9, abs=1e-12), name
     assert one["metrics"]["confusion_matrix"] == two["metrics"]["confusion_matrix"]
     assert batch["record_id"] in _record_ids(home)
+    # The record re-runs in this process as recorded (batch size, no thread setting).
+    verdict = cli.json("evaluate", "--reproduce", batch["record_id"])
+    assert verdict["verdict"] == "bit-identical" and verdict["rows_checked"] is True
     # The scratch output of the job is gone once the record is stored.
     assert not [p for p in (home / "tmp").glob("evaluate-*") if p.is_dir()]
 
@@ -110,6 +113,27 @@ def test_an_unreachable_scheduler_is_exit_7_and_records_nothing(
     address = f"tcp://127.0.0.1:{_free_port()}"
     out = cli("evaluate", MODEL, DATA, "--batch", "--scheduler", address, code=7)
     assert f"cannot reach the Dask scheduler at {address}" in out
+    assert _record_ids(home) == before
+
+
+class _LosingJob(BatchJob):
+    """A real job whose output loses a row after the job verified it (a file
+    changed under the evaluation): what the join to the labels must catch."""
+
+    def run(self, client: Any, on_shard: Any = None) -> Any:
+        report = super().run(client, on_shard)
+        first = sorted(report.out_dir.glob("shard-*.parquet"))[0]
+        pq.write_table(pq.read_table(first).slice(1), first)
+        return report
+
+
+def test_an_output_that_lost_a_row_is_exit_5_and_records_nothing(
+    cli: Cli, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sciserve.batch.evaluation.BatchJob", _LosingJob)
+    before = _record_ids(home)
+    out = cli("evaluate", MODEL, DATA, "--batch", "--workers", "2", code=5)
+    assert "does not hold every input row exactly once" in out and "missing ids" in out
     assert _record_ids(home) == before
 
 
