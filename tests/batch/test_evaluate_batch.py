@@ -158,9 +158,15 @@ def test_outputs_missing_repeating_or_inventing_a_row_are_refused(
     settings = _settings(home)
     with Registry(settings, create=False) as reg:
         split = registered.open_split(reg, DATA, "train")
+        # What --batch opens: the labels and ids alone, the feature columns named.
+        light = registered.open_split(reg, DATA, "train", features=False)
         root = reg.pull(split.info.ref, kind=DATASET)
         model = reg.resolve(MODEL).ref
-    spec = evaluation_spec(model, split, root / "train.parquet", batch_size=512)
+    assert light.data.features.shape == (4000, 0) and split.data.features.shape == (4000, 21)
+    assert light.data.feature_names == split.data.feature_names
+    np.testing.assert_array_equal(light.data.labels, split.data.labels)
+    np.testing.assert_array_equal(light.data.ids, split.data.ids)  # type: ignore[arg-type]
+    spec = evaluation_spec(model, light, root / "train.parquet", batch_size=512)
     assert spec.columns == split.data.feature_names and spec.id == "id"
     with dask_client(None, 2) as client:
         report = BatchJob(spec, settings, tmp_path / "out").run(client)

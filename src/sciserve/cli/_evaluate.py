@@ -269,7 +269,8 @@ def evaluate(
     with st.local_registry(create=False) as reg:
         # Resolved (a dataset's name is refused) before the dataset is read.
         info = reg.resolve(model)
-        split_data = registered.open_split(reg, dataset, split)
+        # A batch job reads the features itself: here only labels and ids.
+        split_data = registered.open_split(reg, dataset, split, features=not batch)
         if batch:
             evaluated = _evaluate_as_batch(
                 st, reg, info.ref, split_data, workers, scheduler, batch_size, output, seed

@@ -110,15 +110,18 @@ class Evaluated:
     split: DatasetSplit
 
 
-def open_split(registry: Registry, dataset: str, split: str) -> DatasetSplit:
+def open_split(
+    registry: Registry, dataset: str, split: str, *, features: bool = True
+) -> DatasetSplit:
     """Resolve ``dataset``, read its Croissant document and load ``split``,
-    every file checked against its digest first."""
+    every file checked against its digest first; without ``features`` only
+    its labels and ids are read (see :class:`~sciserve.package.dataset.SplitData`)."""
     info = registry.resolve_dataset(dataset)
     card = croissant.read(registry.croissant(info.ref))
     if split not in card.splits:
         raise NotFound(f"{info.ref} has no split {split!r}; it has {', '.join(card.splits)}")
-    data = registry.load_split(info.ref, split)
-    if data.features.shape[0] == 0:
+    data = registry.load_split(info.ref, split, features=features)
+    if data.labels.shape[0] == 0:
         raise InvalidInput(f"split {split!r} of {info.ref} has no rows")
     return DatasetSplit(info, split, Task(card.task), tuple(card.classes), data)
 

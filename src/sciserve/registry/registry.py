@@ -841,14 +841,14 @@ class Registry:
         document: dict[str, Any] = json.loads(data)
         return document
 
-    def load_split(self, ref: str | Reference, split: str) -> SplitData:
+    def load_split(self, ref: str | Reference, split: str, *, features: bool = True) -> SplitData:
         """One split of a dataset as numpy arrays (features, labels; see
         :func:`sciserve.package.dataset.load_split`), from the package cache,
         every file verified against its digest before it is read."""
         from ..package.dataset import load_split
 
         info = self.resolve_dataset(ref)
-        return load_split(self.pull(info.ref, kind=DATASET), split)
+        return load_split(self.pull(info.ref, kind=DATASET), split, features=features)
 
     def versions(self, ref: str | Reference, *, kind: str | None = MODEL) -> list[VersionInfo]:
         """Every version of a model (or dataset), newest first (yanked ones included)."""
