@@ -191,6 +191,14 @@ def test_outputs_missing_repeating_or_inventing_a_row_are_refused(
     pq.write_table(table, first)
     with pytest.raises(IntegrityError, match="unknown ids"):
         read_outputs(report.out_dir, ids[1:], ["probabilities"])
+    # An output without rows: every id missing.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    pq.write_table(table.slice(0, 0), empty / "shard-0.parquet")
+    with pytest.raises(IntegrityError, match="0 output rows for 4000 input rows; missing ids"):
+        read_outputs(empty, ids, ["probabilities"])
+    with pytest.raises(IntegrityError, match="wrote no output"):
+        read_outputs(tmp_path / "nothing", ids, ["probabilities"])
     (report.out_dir / "shard-0.dead.jsonl").write_text('{"row_id": "1"}\n')
     with pytest.raises(IntegrityError, match="dead letters"):
         read_outputs(report.out_dir, ids, ["probabilities"])

@@ -39,7 +39,7 @@ from ..streams.spec import BatchSpec, ModelStep
 from .job import BatchJob
 from .worker import ShardResult
 
-__all__ = ["BatchModel", "evaluate_as_batch", "evaluation_spec", "read_outputs"]
+__all__ = ["evaluate_as_batch", "evaluation_spec", "read_outputs"]
 
 #: The column of a dataset split that identifies its rows (see
 #: :func:`sciserve.package.dataset.load_split`).
@@ -47,7 +47,7 @@ ID_COLUMN = "id"
 
 
 @dataclass(frozen=True)
-class BatchModel:
+class _PinnedModel:
     """The model version a batch job runs, as the record sees it: its
     workers load it with the runtime's own thread settings (none are set)."""
 
@@ -115,8 +115,8 @@ def _unique_ids(split: DatasetSplit) -> npt.NDArray[np.str_]:
     return ids
 
 
-def _as_array(column: Any) -> npt.NDArray[Any]:
-    """An output column (scalars, or nested fixed-size lists) as one array."""
+def _as_array(name: str, column: Any) -> npt.NDArray[Any]:
+    """Output ``name``'s column (scalars, or nested fixed-size lists) as one array."""
     import pyarrow as pa
 
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
@@ -125,7 +125,7 @@ def _as_array(column: Any) -> npt.NDArray[Any]:
         shape.append(array.type.list_size)
         array = array.flatten()
     if array.null_count:
-        raise IntegrityError(f"output {column!r} has null values")
+        raise IntegrityError(f"the batch job's output {name!r} has null values")
     return np.asarray(array.to_numpy(zero_copy_only=False)).reshape(shape)
 
 
@@ -158,23 +158,24 @@ def read_outputs(
     sorted_got = got[order]
     repeated = np.unique(sorted_got[1:][sorted_got[1:] == sorted_got[:-1]])
     position = np.searchsorted(sorted_got, wanted)
-    found = (position < len(sorted_got)) & (
-        sorted_got[np.minimum(position, len(sorted_got) - 1)] == wanted
-    )
-    missing = wanted[~found]
-    unknown = np.setdiff1d(got, wanted)
-    if len(repeated) or len(missing) or len(unknown) or len(got) != len(wanted):
-        said = [
-            f"{len(got)} output rows for {len(wanted)} input rows",
-            *(f"missing ids {', '.join(missing[:5])}" for _ in [0] if len(missing)),
-            *(f"repeated ids {', '.join(repeated[:5])}" for _ in [0] if len(repeated)),
-            *(f"unknown ids {', '.join(unknown[:5])}" for _ in [0] if len(unknown)),
-        ]
+    found = np.zeros(len(wanted), dtype=bool)
+    if len(sorted_got):
+        found = (position < len(sorted_got)) & (
+            sorted_got[np.minimum(position, len(sorted_got) - 1)] == wanted
+        )
+    problems = {
+        "missing": wanted[~found],
+        "repeated": repeated,
+        "unknown": np.setdiff1d(got, wanted),
+    }
+    if len(got) != len(wanted) or any(len(v) for v in problems.values()):
+        said = [f"{len(got)} output rows for {len(wanted)} input rows"]
+        said += [f"{kind} ids {', '.join(v[:5])}" for kind, v in problems.items() if len(v)]
         raise IntegrityError(
             "the batch job's output does not hold every input row exactly once: " + "; ".join(said)
         )
     rows = order[position]
-    return {name: _as_array(table.column(name))[rows] for name in outputs}
+    return {name: _as_array(name, table.column(name))[rows] for name in outputs}
 
 
 def evaluate_as_batch(
@@ -194,7 +195,7 @@ def evaluate_as_batch(
     cluster (its workers, and ``scheduler`` if given, are recorded), and
     store the record."""
     info = registry.resolve(model)
-    pinned = BatchModel(info)
+    pinned = _PinnedModel(info)
     check_labels(pinned, split, output)  # before any work, as in-process
     ids = _unique_ids(split)
     spec = evaluation_spec(info.ref, split, _split_file(registry, split), batch_size=batch_size)
