@@ -225,6 +225,22 @@ def evaluate(
             "SCISERVE_TOKEN); the dataset and the record stay in the local registry.",
         ),
     ] = None,
+    batch: Annotated[
+        bool,
+        typer.Option(
+            "--batch",
+            help="Run the model as a batch job on Dask (a local cluster on 127.0.0.1, or "
+            "--scheduler): for splits too large for one process.",
+        ),
+    ] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Worker processes of the local cluster (--batch) [default: the cores]."),
+    ] = None,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(help="Run the batch job on an existing Dask cluster: tcp://HOST:PORT."),
+    ] = None,
     rtol: Annotated[float, typer.Option(min=0.0, help="Relative tolerance (--reproduce).")] = 1e-6,
     atol: Annotated[float, typer.Option(min=0.0, help="Absolute tolerance (--reproduce).")] = 1e-7,
 ) -> None:
@@ -242,29 +258,41 @@ def evaluate(
     if model is None or dataset is None:
         raise InvalidInput("name a MODEL and a DATASET (or --reproduce RECORD_ID)")
     where = None if server is None else _server_url(server)
+    if batch and where is not None:
+        raise InvalidInput("--batch and --server exclude each other: give one")
+    if not batch and (workers is not None or scheduler is not None):
+        raise InvalidInput("--workers and --scheduler size the cluster of --batch: add --batch")
+    if workers is not None and scheduler is not None:
+        raise InvalidInput("--workers sizes the local cluster; an existing one has its own")
     if report is not None:
         _report_dir(report)  # before the run: a record without its asked-for report helps no one
     with st.local_registry(create=False) as reg:
         # Resolved (a dataset's name is refused) before the dataset is read.
         info = reg.resolve(model)
-        split_data = registered.open_split(reg, dataset, split)
-        runner: contextlib.AbstractContextManager[Predictor]
-        if where is None:
-            options = _thread_options(reg, info.ref, threads)
-            runner = model_module.load(info.ref, registry=reg, **options)
-        else:
-            runner = ServedModel(info, where, st.settings.auth_headers())
-        with runner as loaded:
-            evaluated = registered.evaluate_dataset(
-                reg,
-                loaded,
-                split_data,
-                batch_size=batch_size,
-                output=output,
-                seeds=_seeds(seed or []),
-                server=where,
-                actor=local_actor(),
+        # A batch job reads the features itself: here only labels and ids.
+        split_data = registered.open_split(reg, dataset, split, features=not batch)
+        if batch:
+            evaluated = _evaluate_as_batch(
+                st, reg, info.ref, split_data, workers, scheduler, batch_size, output, seed
             )
+        else:
+            runner: contextlib.AbstractContextManager[Predictor]
+            if where is None:
+                options = _thread_options(reg, info.ref, threads)
+                runner = model_module.load(info.ref, registry=reg, **options)
+            else:
+                runner = ServedModel(info, where, st.settings.auth_headers())
+            with runner as loaded:
+                evaluated = registered.evaluate_dataset(
+                    reg,
+                    loaded,
+                    split_data,
+                    batch_size=batch_size,
+                    output=output,
+                    seeds=_seeds(seed or []),
+                    server=where,
+                    actor=local_actor(),
+                )
     written = None
     if report is not None:
         written = _write_report(report, evaluated, evaluated.stored.record)
@@ -294,6 +322,38 @@ def evaluate(
         },
         human,
     )
+
+
+def _evaluate_as_batch(
+    st: State,
+    reg: Registry,
+    ref: str,
+    split_data: registered.DatasetSplit,
+    workers: int | None,
+    scheduler: str | None,
+    batch_size: int,
+    output: str | None,
+    seed: list[str] | None,
+) -> registered.Evaluated:
+    import os
+
+    from ..batch.evaluation import evaluate_as_batch
+    from ..batch.executor import dask_client
+
+    seeds = _seeds(seed or [])  # refused before a cluster starts
+    with dask_client(scheduler, workers or os.cpu_count() or 1) as client:
+        return evaluate_as_batch(
+            reg,
+            st.settings,
+            client,
+            ref,
+            split_data,
+            scheduler=scheduler,
+            batch_size=batch_size,
+            output=output,
+            seeds=seeds,
+            actor=local_actor(),
+        )
 
 
 def _reproduce(st: State, record_id: str, rtol: float, atol: float) -> None:

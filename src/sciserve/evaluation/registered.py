@@ -44,12 +44,14 @@ from .result import Task, to_dict
 from .runner import DEFAULT_BATCH_SIZE, EvaluationRecord, Predictor, evaluate_arrays
 
 __all__ = [
+    "EXECUTOR_KEY",
     "MAX_STORED_OUTPUT_BYTES",
     "SERVER_KEY",
     "STORED_OUTPUTS_KEY",
     "DatasetSplit",
     "Evaluated",
     "Reproduced",
+    "check_labels",
     "compare_on_dataset",
     "evaluate_dataset",
     "load_outputs",
@@ -57,6 +59,7 @@ __all__ = [
     "outputs_npz",
     "record_of",
     "reproduce",
+    "store_evaluation",
     "stored_outputs",
 ]
 
@@ -68,8 +71,12 @@ MAX_STORED_OUTPUT_BYTES = 256 * 1024 * 1024
 STORED_OUTPUTS_KEY = "stored_outputs"
 #: Key of the record that names the server the model ran on (absent: in-process).
 SERVER_KEY = "server"
+#: Key of the record that says how the model ran when not in this process
+#: at the call (absent: in-process, or ``server``): a batch job's executor
+#: (``{"kind": "batch", "workers": N, ...}``).
+EXECUTOR_KEY = "executor"
 #: Keys the registry's record adds to the :class:`EvaluationRecord`.
-_EXTRA_KEYS = (STORED_OUTPUTS_KEY, SERVER_KEY)
+_EXTRA_KEYS = (STORED_OUTPUTS_KEY, SERVER_KEY, EXECUTOR_KEY)
 
 #: Zip entries carry a modification time; a fixed one makes equal outputs equal bytes.
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
@@ -103,15 +110,18 @@ class Evaluated:
     split: DatasetSplit
 
 
-def open_split(registry: Registry, dataset: str, split: str) -> DatasetSplit:
+def open_split(
+    registry: Registry, dataset: str, split: str, *, features: bool = True
+) -> DatasetSplit:
     """Resolve ``dataset``, read its Croissant document and load ``split``,
-    every file checked against its digest first."""
+    every file checked against its digest first; without ``features`` only
+    its labels and ids are read (see :class:`~sciserve.package.dataset.SplitData`)."""
     info = registry.resolve_dataset(dataset)
     card = croissant.read(registry.croissant(info.ref))
     if split not in card.splits:
         raise NotFound(f"{info.ref} has no split {split!r}; it has {', '.join(card.splits)}")
-    data = registry.load_split(info.ref, split)
-    if data.features.shape[0] == 0:
+    data = registry.load_split(info.ref, split, features=features)
+    if data.labels.shape[0] == 0:
         raise InvalidInput(f"split {split!r} of {info.ref} has no rows")
     return DatasetSplit(info, split, Task(card.task), tuple(card.classes), data)
 
@@ -191,7 +201,7 @@ def record_of(info: EvaluationInfo) -> EvaluationRecord:
         ) from exc
 
 
-def _check_labels(model: Predictor, split: DatasetSplit, output: str | None) -> None:
+def check_labels(model: Predictor, split: DatasetSplit, output: str | None) -> None:
     """A classification dataset needs a model whose output names classes
     covering every label; checked before the model runs."""
     if split.task is not Task.CLASSIFICATION:
@@ -225,7 +235,7 @@ def _run(
     output: str | None,
     seeds: Mapping[str, int] | None,
 ) -> tuple[EvaluationRecord, dict[str, npt.NDArray[Any]]]:
-    _check_labels(model, split, output)
+    check_labels(model, split, output)
     labels = split.data.labels
     if split.task is Task.CLASSIFICATION:
         labels = labels.astype(str)
@@ -261,14 +271,32 @@ def evaluate_dataset(
     (its thread settings and hardware are then the server's, not in the record).
     """
     record, outputs = _run(model, split, batch_size=batch_size, output=output, seeds=seeds)
+    return store_evaluation(registry, record, outputs, split, server=server, actor=actor)
+
+
+def store_evaluation(
+    registry: Registry,
+    record: EvaluationRecord,
+    outputs: dict[str, npt.NDArray[Any]],
+    split: DatasetSplit,
+    *,
+    server: str | None = None,
+    executor: Mapping[str, Any] | None = None,
+    actor: str | None = None,
+) -> Evaluated:
+    """Store ``record`` (metrics: the scalars) and its ``outputs`` in
+    ``registry``; ``server`` or ``executor`` say where the model ran
+    (:data:`SERVER_KEY`, :data:`EXECUTOR_KEY`)."""
     body: dict[str, Any] = to_dict(record)
     if server is not None:
         body[SERVER_KEY] = server
+    if executor is not None:
+        body[EXECUTOR_KEY] = dict(executor)
     kept = _store_outputs(registry, outputs)
     if kept is not None:
         body[STORED_OUTPUTS_KEY] = kept
     stored = registry.add_evaluation(
-        model.ref,
+        record.model,
         dataset=split.name,
         dataset_version=split.info.version,
         dataset_digest=split.info.digest,

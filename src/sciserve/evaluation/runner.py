@@ -50,6 +50,8 @@ __all__ = [
     "Predictor",
     "evaluate_arrays",
     "record_from_dict",
+    "record_outputs",
+    "timings",
 ]
 
 #: Rows per call of the model unless told otherwise.
@@ -273,6 +275,71 @@ def evaluate_arrays(
                 )
             parts.setdefault(name, []).append(value)
     outputs = {name: np.concatenate(chunks, axis=0) for name, chunks in parts.items()}
+    record = record_outputs(
+        model,
+        outputs,
+        label_array,
+        kind,
+        timings(n, latencies),
+        output=output,
+        classes=classes,
+        class_weights=class_weights,
+        bins=bins,
+        batch_size=batch_size,
+        dataset=dataset,
+        dataset_digest=dataset_digest,
+        split=split,
+        seeds=seeds,
+    )
+    return record, outputs
+
+
+def timings(rows: int, latencies: Sequence[float]) -> Performance:
+    """:class:`Performance` of ``rows`` rows computed in calls that took
+    ``latencies`` seconds each."""
+    if not latencies:
+        raise MetricInputError("no model call was timed")
+    total = float(sum(latencies))
+    ms = np.asarray(latencies) * 1000
+    return Performance(
+        seconds=total,
+        rows_per_second=rows / total if total > 0 else 0.0,
+        batches=len(latencies),
+        latency_ms_p50=float(np.percentile(ms, 50)),
+        latency_ms_p99=float(np.percentile(ms, 99)),
+        latency_ms_max=float(ms.max()),
+    )
+
+
+def record_outputs(
+    model: Predictor,
+    outputs: Mapping[str, npt.NDArray[Any]],
+    labels: Any,
+    task: Task | str,
+    performance: Performance,
+    *,
+    output: str | None = None,
+    classes: Sequence[Any] | None = None,
+    class_weights: Mapping[str, float] | Sequence[float] | None = None,
+    bins: int | Sequence[float] = 10,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    dataset: str = "",
+    dataset_digest: str = "",
+    split: str = "",
+    seeds: Mapping[str, int] | None = None,
+) -> EvaluationRecord:
+    """The record of ``model``'s ``outputs`` (all rows, in the order of
+    ``labels``), however they were computed: the metrics of ``output`` (as
+    :func:`evaluate_arrays` chooses it) and what is needed to re-check them."""
+    kind = Task(task)
+    label_array = as_array(labels, "labels")
+    n = label_array.shape[0] if label_array.ndim else 0
+    for name, value in outputs.items():
+        # Outputs not row-aligned with the labels would be wrong answers.
+        if value.ndim == 0 or value.shape[0] != n:
+            raise ModelExecutionError(
+                f"{model.ref}'s output {name!r} has shape {value.shape} for {n} labelled rows"
+            )
     chosen = _output_name(model, outputs, output)
     values = outputs[chosen]
     metrics: ClassificationMetrics | RegressionMetrics
@@ -290,16 +357,6 @@ def evaluate_arrays(
         raise MetricInputError(
             f"output {chosen!r} of {model.ref} does not fit the {kind.value} task: {exc}"
         ) from exc
-    total = float(sum(latencies))
-    ms = np.asarray(latencies) * 1000
-    performance = Performance(
-        seconds=total,
-        rows_per_second=n / total if total > 0 else 0.0,
-        batches=len(latencies),
-        latency_ms_p50=float(np.percentile(ms, 50)),
-        latency_ms_p99=float(np.percentile(ms, 99)),
-        latency_ms_max=float(ms.max()),
-    )
     record = EvaluationRecord(
         schema=RECORD_SCHEMA,
         task=kind,
@@ -321,4 +378,4 @@ def evaluate_arrays(
         performance=performance,
         created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     )
-    return record, outputs
+    return record

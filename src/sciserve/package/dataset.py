@@ -92,7 +92,9 @@ class DatasetSource:
 
 @dataclass(frozen=True)
 class SplitData:
-    """One split as arrays: ``features`` ``(n, f)`` float32 in ``feature_names`` order."""
+    """One split as arrays: ``features`` ``(n, f)`` float32 in ``feature_names``
+    order (``(n, 0)`` when loaded without them: ``feature_names`` still names
+    the split's feature columns)."""
 
     features: npt.NDArray[np.float32]
     labels: npt.NDArray[Any]
@@ -544,11 +546,13 @@ def _schema_problems(root: Path, card: Croissant) -> list[Problem]:
     return problems
 
 
-def load_split(root: Path, split: str) -> SplitData:
+def load_split(root: Path, split: str, *, features: bool = True) -> SplitData:
     """Split ``split`` of the dataset package at ``root`` (e.g. ``Registry.pull``'s result).
 
     The label column comes from the Croissant document; the features are
     every other column but ``id``, in the document's order, as float32.
+    ``features=False`` reads only the labels and ids (for a batch job that
+    reads the features itself, however many rows there are).
     """
     root = Path(root)
     card = read_croissant(root)
@@ -557,26 +561,38 @@ def load_split(root: Path, split: str) -> SplitData:
     info = card.splits[split]
     names = card.features(split)
     pq = _pyarrow()
+    wanted = None
+    if not features:
+        present = {c.name for c in info.columns}
+        wanted = [card.label, *(["id"] if "id" in present else [])]
     try:
-        table = pq.read_table(root / info.file)
+        table = pq.read_table(root / info.file, columns=wanted)
     except Exception as exc:  # pyarrow raises several kinds for a broken file
         raise InvalidInput(f"split {split}: {info.file} is not a readable Parquet file") from exc
     missing = [n for n in (*names, card.label) if n not in table.column_names]
+    if not features:
+        missing = [n for n in missing if n == card.label]
+        names_loaded: tuple[str, ...] = ()
+    else:
+        names_loaded = names
     if missing:
         raise InvalidInput(f"split {split}: {info.file} has no column(s) {', '.join(missing)}")
     if any(info.column(n).data_type == croissant.DATA_TYPES["text"] for n in names):
         raise InvalidInput(f"split {split}: a text column cannot be a model's feature")
-    features = (
+    matrix = (
         np.column_stack(
-            [table.column(n).to_numpy(zero_copy_only=False).astype(np.float32) for n in names]
+            [
+                table.column(n).to_numpy(zero_copy_only=False).astype(np.float32)
+                for n in names_loaded
+            ]
         )
-        if names
+        if names_loaded
         else np.empty((table.num_rows, 0), np.float32)
     )
     labels = table.column(card.label).to_numpy(zero_copy_only=False)
     ids = table.column("id").to_numpy(zero_copy_only=False) if "id" in table.column_names else None
     return SplitData(
-        features=np.ascontiguousarray(features, dtype=np.float32),
+        features=np.ascontiguousarray(matrix, dtype=np.float32),
         labels=labels,
         feature_names=names,
         label=card.label,

@@ -111,8 +111,9 @@ ORPHAN_TEMP_AGE = 3600.0
 #: creation) is a leftover, however long a live publish takes.
 _SCRATCH_LOCK = ".in-use"
 #: What scratch directories are for (their name's prefix): unpacking an
-#: archive to publish, and staging an upload or a download over HTTP.
-_SCRATCH_PURPOSES = frozenset({"unpack", "http"})
+#: archive to publish, staging an upload or a download over HTTP, and the
+#: output of an evaluation's batch job.
+_SCRATCH_PURPOSES = frozenset({"unpack", "http", "evaluate"})
 
 
 @dataclass(frozen=True)
@@ -524,8 +525,8 @@ class Registry:
     def scratch(self, purpose: str = "unpack") -> Iterator[Path]:
         """A scratch directory under ``<home>/tmp``, locked as in use until it
         is removed on exit; one a killed process leaves behind is removed
-        later (see :data:`ORPHAN_TEMP_AGE`).  ``purpose`` is ``"unpack"`` or
-        ``"http"``."""
+        later (see :data:`ORPHAN_TEMP_AGE`).  ``purpose`` is ``"unpack"``,
+        ``"http"`` or ``"evaluate"``."""
         if purpose not in _SCRATCH_PURPOSES:
             raise ValueError(f"unknown scratch purpose {purpose!r}")
         base = self.settings.home / "tmp"
@@ -840,14 +841,14 @@ class Registry:
         document: dict[str, Any] = json.loads(data)
         return document
 
-    def load_split(self, ref: str | Reference, split: str) -> SplitData:
+    def load_split(self, ref: str | Reference, split: str, *, features: bool = True) -> SplitData:
         """One split of a dataset as numpy arrays (features, labels; see
         :func:`sciserve.package.dataset.load_split`), from the package cache,
         every file verified against its digest before it is read."""
         from ..package.dataset import load_split
 
         info = self.resolve_dataset(ref)
-        return load_split(self.pull(info.ref, kind=DATASET), split)
+        return load_split(self.pull(info.ref, kind=DATASET), split, features=features)
 
     def versions(self, ref: str | Reference, *, kind: str | None = MODEL) -> list[VersionInfo]:
         """Every version of a model (or dataset), newest first (yanked ones included)."""
