@@ -150,7 +150,11 @@ def leaderboard(
             board.direction, "nearer zero is better"
         )
         table = Table(
-            "rank", "model", board.metric, "record", "dataset version",
+            "rank",
+            "model",
+            board.metric,
+            "record",
+            "dataset version",
             title=f"{board.dataset} ({board.split}), {board.metric}: {order}",
         )
         for e in board.entries:

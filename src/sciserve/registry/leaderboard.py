@@ -27,6 +27,7 @@ from .promotion import DEFAULT_SPLIT, EvaluationInfo
 
 __all__ = ["DIRECTIONS", "Board", "Direction", "Entry", "direction_of", "rank"]
 
+
 class Direction(enum.StrEnum):
     """Which values of a metric are better."""
 
@@ -219,4 +220,3 @@ def rank(
             )
         )
     return Board(dataset, split, metric, direction, tuple(entries), tuple(sorted(unranked)))
-
