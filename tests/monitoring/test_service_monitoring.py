@@ -102,3 +102,25 @@ async def test_on_an_event_loop_the_loop_folds_and_no_thread_runs() -> None:
         assert monitor._thread is None
     finally:
         await asyncio.to_thread(monitor.stop)
+
+
+async def test_a_reference_frozen_right_after_traffic_holds_all_of_it(
+    sqlite_registry: Registry, onnx_package: Callable[..., Path]
+) -> None:
+    """The monitor folds queued requests at intervals: freezing folds them first,
+    so every request answered before the freeze is in the reference."""
+    sqlite_registry.publish(onnx_package())
+    service = InferenceService(
+        sqlite_registry, ServingConfig(poll_interval=0.2), monitoring=MonitoringConfig(enabled=True)
+    )
+    assert service.monitor is not None
+    service.monitor.fold_interval = 3600.0  # no fold on its own during the test
+    await service.start()
+    try:
+        rng = np.random.default_rng(1)
+        for _ in range(30):
+            await service.infer(_request(rng.normal(size=(2, 4)).astype(np.float32)))
+        frozen = await service.freeze_reference("linear")
+        assert frozen["rows"] == 60
+    finally:
+        await service.stop()

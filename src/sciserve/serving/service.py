@@ -290,7 +290,10 @@ class InferenceService:
         monitor, store = self.monitor, self.monitor.references
 
         def freeze() -> Reference:
-            # Off the loop: the monitor's thread may hold the sketches for a while.
+            # Off the loop, which folds what is queued: every request answered
+            # before this one is in the window frozen (not just those folded at
+            # the last interval).
+            monitor.flush()
             reference = monitor.freeze(model.served, model.version)
             store.save(model.served, model.version, model.info.digest, reference)
             monitor.set_reference(model.served, model.version, reference)
