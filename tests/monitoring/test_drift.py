@@ -116,7 +116,7 @@ def test_hysteresis_keeps_the_alert_while_a_score_lingers_above_the_clear_level(
 
 
 def test_no_alert_before_min_samples() -> None:
-    monitor = _monitor(config=MonitoringConfig(min_samples=4000))
+    monitor = _monitor(config=MonitoringConfig(min_samples=4000, check_every=500))
     # Shifted from the first request: judged only once 4000 rows are in.
     shifted = Traffic(seed=13, shift=3.0)
     for _ in range(39):
