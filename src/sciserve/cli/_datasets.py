@@ -23,9 +23,16 @@ from ..errors import InvalidInput
 from ..package.croissant import CROISSANT_NAME, TASKS
 from ..package.dataset import DatasetSource, assemble, from_croissant
 from ..package.manifest import DATASET, NAME_RE
-from ..registry.registry import PublishResult, Registry, VersionInfo
+from ..registry.registry import PublishResult, Registry
 from ._context import State, folding_table, local_actor, state
-from ._registry import show_verify_reports
+from ._registry import (
+    show_verify_reports,
+    tag_version,
+    untag_alias,
+    unyank_version,
+    version_line,
+    yank_version,
+)
 
 app = typer.Typer(
     help="Benchmark datasets in the registry (Croissant metadata, checksummed files).",
@@ -37,12 +44,6 @@ def register(root: typer.Typer) -> None:
     root.add_typer(app, name="datasets")
 
 
-def _line(info: VersionInfo) -> str:
-    flags = f" [{', '.join(info.aliases)}]" if info.aliases else ""
-    yanked = f" YANKED: {info.yanked_reason}" if info.yanked else ""
-    return f"{info.ref}{flags} {info.digest[:19]}…{yanked}"
-
-
 def _publish(st: State, package: Path) -> None:
     with st.registry() as reg:
         result: PublishResult = reg.publish(package, actor=local_actor())
@@ -50,7 +51,7 @@ def _publish(st: State, package: Path) -> None:
     verb = "added" if result.created else "already added (identical)"
     st.emit(
         {**info.to_dict(), "created": result.created},
-        lambda: st.console.print(f"{verb}: {_line(info)}"),
+        lambda: st.console.print(f"{verb}: {version_line(info)}"),
     )
 
 
@@ -246,7 +247,7 @@ def show(ctx: typer.Context, ref: str) -> None:
     def human() -> None:
         for v in versions:
             marker = "*" if v.digest == chosen.digest else " "
-            st.console.print(f"{marker} {_line(v)}  added {v.published_at:%Y-%m-%d %H:%M}")
+            st.console.print(f"{marker} {version_line(v)}  added {v.published_at:%Y-%m-%d %H:%M}")
         for f in chosen.manifest.files:
             st.console.print(f"    {f.path}  {f.size} B  sha256:{f.sha256}", markup=False)
 
@@ -304,19 +305,13 @@ def tag(
     alias: Annotated[str, typer.Argument(help="e.g. benchmark")],
 ) -> None:
     """Point an alias of a dataset at a version."""
-    st = state(ctx)
-    with st.registry() as reg:
-        info = reg.tag(ref, alias, actor=local_actor(), kind=DATASET)
-    st.emit(info.to_dict(), lambda: st.console.print(f"{alias} -> {_line(info)}"))
+    tag_version(state(ctx), ref, alias, kind=DATASET)
 
 
 @app.command("untag")
 def untag(ctx: typer.Context, ref: Annotated[str, typer.Argument(help="NAME")], alias: str) -> None:
     """Remove an alias of a dataset."""
-    st = state(ctx)
-    with st.registry() as reg:
-        reg.untag(ref, alias, actor=local_actor(), kind=DATASET)
-    st.emit({"removed": alias}, lambda: st.console.print(f"removed alias {alias}"))
+    untag_alias(state(ctx), ref, alias, kind=DATASET)
 
 
 @app.command("yank")
@@ -326,16 +321,10 @@ def yank(
     reason: Annotated[str, typer.Option(help="Why; shown to everyone who uses it.")],
 ) -> None:
     """Withdraw a dataset version; its record and files are kept, exact pins still resolve."""
-    st = state(ctx)
-    with st.registry() as reg:
-        info = reg.yank(ref, reason, actor=local_actor(), kind=DATASET)
-    st.emit(info.to_dict(), lambda: st.console.print(f"yanked {_line(info)}"))
+    yank_version(state(ctx), ref, reason, kind=DATASET)
 
 
 @app.command("unyank")
 def unyank(ctx: typer.Context, ref: Annotated[str, typer.Argument(help="NAME:VERSION")]) -> None:
     """Undo a yank of a dataset version."""
-    st = state(ctx)
-    with st.registry() as reg:
-        info = reg.unyank(ref, actor=local_actor(), kind=DATASET)
-    st.emit(info.to_dict(), lambda: st.console.print(f"restored {_line(info)}"))
+    unyank_version(state(ctx), ref, kind=DATASET)

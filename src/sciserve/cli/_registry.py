@@ -36,7 +36,8 @@ def _size(n: int) -> str:
     raise AssertionError("unreachable")
 
 
-def _line(info: VersionInfo) -> str:
+def version_line(info: VersionInfo) -> str:
+    """One line about a version: reference, aliases, digest, yank."""
     flags = f" [{', '.join(info.aliases)}]" if info.aliases else ""
     yanked = f" YANKED: {info.yanked_reason}" if info.yanked else ""
     return f"{info.ref}{flags} {info.digest[:19]}…{yanked}"
@@ -60,7 +61,7 @@ def publish(
     verb = "published" if result.created else "already published (identical)"
     st.emit(
         {**info.to_dict(), "created": result.created},
-        lambda: st.console.print(f"{verb}: {_line(info)}"),
+        lambda: st.console.print(f"{verb}: {version_line(info)}"),
     )
 
 
@@ -117,7 +118,8 @@ def models_show(ctx: typer.Context, ref: str) -> None:
     def human() -> None:
         for v in versions:
             marker = "*" if v.digest == chosen.digest else " "
-            st.console.print(f"{marker} {_line(v)}  published {v.published_at:%Y-%m-%d %H:%M}")
+            published = f"{v.published_at:%Y-%m-%d %H:%M}"
+            st.console.print(f"{marker} {version_line(v)}  published {published}")
 
     st.emit(
         {
@@ -177,7 +179,7 @@ def models_rename(
     def human() -> None:
         st.console.print(f"renamed {ref.namespace}/{ref.name} to {ref.namespace}/{new_name}:")
         for v in versions:
-            st.console.print(f"  {_line(v)}")
+            st.console.print(f"  {version_line(v)}")
 
     st.emit([v.to_dict() for v in versions], human)
 
@@ -226,18 +228,12 @@ def tag(
     ] = False,
 ) -> None:
     """Point an alias (production, staging, …) at a version."""
-    st = state(ctx)
-    with st.registry() as reg:
-        info = reg.tag(ref, alias, actor=local_actor(), force=force)
-    st.emit(info.to_dict(), lambda: st.console.print(f"{alias} -> {_line(info)}"))
+    tag_version(state(ctx), ref, alias, force=force)
 
 
 def untag(ctx: typer.Context, ref: Annotated[str, typer.Argument(help="NAME")], alias: str) -> None:
     """Remove an alias."""
-    st = state(ctx)
-    with st.registry() as reg:
-        reg.untag(ref, alias, actor=local_actor())
-    st.emit({"removed": alias}, lambda: st.console.print(f"removed alias {alias}"))
+    untag_alias(state(ctx), ref, alias)
 
 
 def yank(
@@ -246,18 +242,46 @@ def yank(
     reason: Annotated[str, typer.Option(help="Why; shown to everyone who uses it.")],
 ) -> None:
     """Withdraw a version; its record and files are kept, exact pins still resolve."""
-    st = state(ctx)
-    with st.registry() as reg:
-        info = reg.yank(ref, reason, actor=local_actor())
-    st.emit(info.to_dict(), lambda: st.console.print(f"yanked {_line(info)}"))
+    yank_version(state(ctx), ref, reason)
 
 
 def unyank(ctx: typer.Context, ref: Annotated[str, typer.Argument(help="NAME:VERSION")]) -> None:
     """Undo a yank."""
-    st = state(ctx)
+    unyank_version(state(ctx), ref)
+
+
+# The alias and yank commands of models and of datasets (``sciserve datasets
+# tag``…) differ only in the kind they name: ``kind`` is passed on when given.
+
+
+def _kind(kind: str | None) -> dict[str, str]:
+    return {} if kind is None else {"kind": kind}
+
+
+def tag_version(
+    st: State, ref: str, alias: str, *, kind: str | None = None, force: bool = False
+) -> None:
     with st.registry() as reg:
-        info = reg.unyank(ref, actor=local_actor())
-    st.emit(info.to_dict(), lambda: st.console.print(f"restored {_line(info)}"))
+        info = reg.tag(ref, alias, actor=local_actor(), force=force, **_kind(kind))
+    st.emit(info.to_dict(), lambda: st.console.print(f"{alias} -> {version_line(info)}"))
+
+
+def untag_alias(st: State, ref: str, alias: str, *, kind: str | None = None) -> None:
+    with st.registry() as reg:
+        reg.untag(ref, alias, actor=local_actor(), **_kind(kind))
+    st.emit({"removed": alias}, lambda: st.console.print(f"removed alias {alias}"))
+
+
+def yank_version(st: State, ref: str, reason: str, *, kind: str | None = None) -> None:
+    with st.registry() as reg:
+        info = reg.yank(ref, reason, actor=local_actor(), **_kind(kind))
+    st.emit(info.to_dict(), lambda: st.console.print(f"yanked {version_line(info)}"))
+
+
+def unyank_version(st: State, ref: str, *, kind: str | None = None) -> None:
+    with st.registry() as reg:
+        info = reg.unyank(ref, actor=local_actor(), **_kind(kind))
+    st.emit(info.to_dict(), lambda: st.console.print(f"restored {version_line(info)}"))
 
 
 def pull(
@@ -368,6 +392,6 @@ def import_(
     def human() -> None:
         for r in results:
             verb = "imported" if r.created else "already present"
-            st.console.print(f"{verb} {_line(r.version)}")
+            st.console.print(f"{verb} {version_line(r.version)}")
 
     st.emit([{**r.version.to_dict(), "created": r.created} for r in results], human)
