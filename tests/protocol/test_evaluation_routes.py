@@ -70,6 +70,22 @@ def test_the_record_and_its_report(http: httpx.Client, world: tuple[str, dict[st
     assert "<script" not in page
 
 
+@pytest.mark.parametrize("limit", ["0", "-1", "abc", "1e3", "10001", "9" * 40])
+def test_a_bad_limit_on_the_listing_is_a_400(http: httpx.Client, limit: str) -> None:
+    answer = http.get("/cls/evaluations", params={"limit": limit})
+    assert answer.status_code == 400
+    assert "limit must be an integer from 1 to" in answer.json()["error"]
+
+
+def test_the_listing_is_newest_first_and_honours_its_limit(
+    http: httpx.Client, world: tuple[str, dict[str, str]]
+) -> None:
+    listed = http.get("/cls/evaluations").json()["evaluations"]
+    assert [e["record_id"] for e in listed] == [world[1]["bare"], world[1]["full"]]
+    one = http.get("/cls/evaluations", params={"limit": "1"}).json()["evaluations"]
+    assert [e["record_id"] for e in one] == [world[1]["bare"]]
+
+
 @pytest.mark.parametrize("name", ["roc", "confusion", "reliability"])
 def test_plots_are_real_images(
     http: httpx.Client, world: tuple[str, dict[str, str]], name: str

@@ -934,12 +934,10 @@ class _RegistryApi:
         ref = _reference(request)
         identity = await self._authorize(request, "read", ref.namespace, ref.name)
         params = request.query_params
-        raw = params.get("limit", "100")
-        if not _digits(raw) or len(raw) > _MAX_DIGITS or not 0 < int(raw) <= _MAX_EVENTS:
-            raise InvalidInput(f"limit must be an integer from 1 to {_MAX_EVENTS}, got {raw!r}")
+        limit = _bounded_int(params.get("limit"), "limit", 100, 1, _MAX_EVENTS)
         target = Reference(ref.namespace, ref.name, version=params.get("version"))
         found = await self._call(
-            self.registry.evaluations, str(target), dataset=params.get("dataset"), limit=int(raw)
+            self.registry.evaluations, str(target), dataset=params.get("dataset"), limit=limit
         )
         # A record names a dataset, perhaps in a namespace the caller may not see.
         shown = [e for e in found if identity.can_see(e.dataset.split("/", 1)[0])]
