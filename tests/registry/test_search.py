@@ -215,3 +215,62 @@ def test_a_change_committed_after_a_newer_one_is_seen(tmp_path: Path, postgres_u
             )
         assert reg.resolve("alpha/m").version == "1.0.0"
         assert default() == "1.0.0"
+
+
+def test_after_a_few_writes_only_the_models_they_name_are_read_again(
+    world: Registry, tmp_path: Path
+) -> None:
+    """The catalogue kept between reads is brought up to date model by model:
+    after every kind of write it equals a catalogue read whole by a registry
+    that kept nothing, and models no write named keep their entries."""
+
+    def listed(reg: Registry) -> list[tuple[str, str, tuple[str, ...]]]:
+        page = reg.search_models(ModelQuery(), visible=_everyone)
+        return [(v.ref, v.digest, v.aliases) for v in page.models]
+
+    listed(world)  # read whole once, then kept
+    untouched = {m.name: e for m, e in world._kept.items if m.name == "half"}  # type: ignore[union-attr]
+    writes = [
+        lambda: _publish(world, tmp_path, "alpha", "newcomer", "0.1.0"),
+        lambda: _publish(world, tmp_path, "aardvark", "first", "1.0.0"),  # sorts first
+        lambda: world.tag("alpha/plain:1.2.0", "production"),
+        lambda: world.untag("alpha/plain", "production"),
+        lambda: world.yank("alpha/plain:1.10.0", "recalled"),
+        lambda: world.unyank("alpha/plain:1.10.0"),
+        lambda: world.unyank("alpha/gone:2.0.0"),
+        lambda: world.create_namespace("delta"),  # changes no entry
+    ]
+    with Registry(world.settings) as fresh:
+        for write in writes:
+            write()
+            assert listed(world) == listed(fresh)
+            fresh._kept = None  # the other one reads whole every time
+    kept = {m.name: e for m, e in world._kept.items if m.name == "half"}  # type: ignore[union-attr]
+    assert kept["half"] is untouched["half"]  # not read again
+
+
+def test_many_writes_or_an_unknown_one_read_the_catalogue_whole(
+    world: Registry, tmp_path: Path
+) -> None:
+    listed = lambda: [  # noqa: E731
+        v.ref for v in world.search_models(ModelQuery(), visible=_everyone).models
+    ]
+    listed()
+    half = next(e for m, e in world._kept.items if m.name == "half")  # type: ignore[union-attr]
+    engine = engine_of(world)
+    with engine.begin() as conn:  # an action this version does not know
+        conn.execute(
+            sa.insert(db.events).values(
+                at=db.utcnow(), action="model.merge", subject="gamma/half", detail="{}"
+            )
+        )
+    assert "gamma/half:1.0.0" in listed()
+    again = next(e for m, e in world._kept.items if m.name == "half")  # type: ignore[union-attr]
+    assert again is not half  # read whole: every entry made anew
+    for i in range(70):  # more than are caught up one by one
+        world.tag("alpha/plain:1.0.0", f"a{i}")
+    assert "alpha/plain:1.10.0" in listed()
+    with Registry(world.settings) as fresh:
+        assert world.search_models(ModelQuery(), visible=_everyone) == fresh.search_models(
+            ModelQuery(), visible=_everyone
+        )

@@ -16,6 +16,7 @@ which a later publish of the same content simply reuses.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import fcntl
 import functools
@@ -257,6 +258,32 @@ _IN_CHUNK = 500
 #: Events whose count is part of the catalogue's stamp (see ``Registry._stamp``):
 #: far more than can be written while one transaction is open.
 _STAMP_WINDOW = 10_000
+#: Events since the last catalogue read past which it is read whole again
+#: rather than model by model (see ``Registry._catalogue``).
+_CATCH_UP = 64
+#: Events that change one model's catalogue entry; the subject names it
+#: (``ns/name`` or ``ns/name:version``).
+_MODEL_EVENTS = frozenset({"publish", "tag", "untag", "yank", "unyank"})
+#: Events that change no catalogue entry.  Any action in neither set (a
+#: rename, one added later) makes the catalogue be read whole: unknown is safe.
+_NEUTRAL_EVENTS = frozenset(
+    {
+        "evaluation",
+        "policy.set",
+        "policy.clear",
+        "namespace.create",
+        "namespace.trust",
+        "namespace.distrust",
+        "token.create",
+        "token.revoke",
+        "request.denied",
+        "job.submit",
+        "job.cancel",
+        "job.resume",
+        "schedule-add",
+        "schedule-remove",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -295,6 +322,17 @@ def _meaning(version: str) -> tuple[int, Version]:
         return (1, Version(version))
     except InvalidVersion:
         return (0, Version("0"))
+
+
+def _catalogue_key(item: tuple[_Model, ModelEntry]) -> tuple[str, str]:
+    return item[0].namespace, item[0].name
+
+
+def _model_of(subject: str) -> tuple[str, str] | None:
+    """``(namespace, name)`` of an event's subject (``ns/name[:version]``)."""
+    namespace, slash, rest = subject.partition("/")
+    name = rest.partition(":")[0]
+    return (namespace, name) if slash and namespace and name else None
 
 
 def _new_id(conn: Connection, insert: sa.Insert) -> int:
@@ -909,14 +947,69 @@ class Registry:
         Kept while the registry's events say nothing changed: every write to
         namespaces, models, versions or aliases adds an event in its own
         transaction (keep it so), and the stamp is read before the rows, so
-        a catalogue is never older than its stamp.
+        a catalogue is never older than its stamp.  After a few writes only
+        the models they name are read again (:meth:`_caught_up`); otherwise,
+        and on the first call, every model.
         """
         stamp = self._stamp(conn)
         kept = self._kept
         if kept is not None and kept.stamp == stamp:
             return kept
-        # The catalogue is of models; datasets have their own listing.
-        found = self._models(conn, None, MODEL)
+        items = None if kept is None else self._caught_up(conn, kept, stamp)
+        if items is None:
+            # The catalogue is of models; datasets have their own listing.
+            items = self._entries(conn, self._models(conn, None, MODEL), kept)
+        self._kept = _Catalogue(stamp, items)
+        return self._kept
+
+    def _caught_up(
+        self, conn: Connection, kept: _Catalogue, stamp: tuple[int, int]
+    ) -> list[tuple[_Model, ModelEntry]] | None:
+        """``kept`` brought up to ``stamp`` by reading again only the models
+        that the events since name; ``None`` when that cannot be known (too
+        many events, one of an unknown kind, or one that committed late with
+        an id below ``kept``'s: then the whole catalogue is read again)."""
+        e = db.events
+        old_top, old_count = kept.stamp
+        top = stamp[0]
+        # A transaction that took an id at or below the old top and committed
+        # since would change this count (PostgreSQL hands out ids at insert).
+        settled = conn.execute(
+            sa.select(sa.func.count())
+            .select_from(e)
+            .where(e.c.id > old_top - _STAMP_WINDOW, e.c.id <= old_top)
+        ).scalar()
+        if settled != old_count:
+            return None
+        since = conn.execute(
+            sa.select(e.c.action, e.c.subject)
+            .where(e.c.id > old_top, e.c.id <= top)
+            .order_by(e.c.id)
+            .limit(_CATCH_UP + 1)
+        ).all()
+        if len(since) > _CATCH_UP:
+            return None
+        touched: set[tuple[str, str]] = set()
+        for action, subject in since:
+            if action in _NEUTRAL_EVENTS:
+                continue
+            named = _model_of(subject) if action in _MODEL_EVENTS else None
+            if named is None:
+                return None
+            touched.add(named)
+        items = list(kept.items)
+        for namespace, name in sorted(touched):
+            fresh = self._models(conn, namespace, MODEL, name=name)
+            at = bisect.bisect_left(items, (namespace, name), key=_catalogue_key)
+            present = at < len(items) and _catalogue_key(items[at]) == (namespace, name)
+            replaced = self._entries(conn, fresh, kept)
+            items[at : at + 1 if present else at] = replaced
+        return items
+
+    def _entries(
+        self, conn: Connection, found: list[_Model], kept: _Catalogue | None
+    ) -> list[tuple[_Model, ModelEntry]]:
+        """The catalogue entry of each model in ``found``."""
         # A version's manifest changes only with its digest (a rename): the
         # fields of the ones read last time are still right.
         known: dict[tuple[int, str], ModelFields] = {}
@@ -932,8 +1025,7 @@ class Registry:
             latest = [LATEST] if m.newest_id is not None else []
             entry = entry_of(m.namespace, m.name, m.default_id, fields, [*m.aliases, *latest])
             items.append((m, entry))
-        self._kept = _Catalogue(stamp, items)
-        return self._kept
+        return items
 
     @staticmethod
     def _stamp(conn: Connection) -> tuple[int, int]:
@@ -946,11 +1038,17 @@ class Registry:
         return int(top), int(conn.execute(recent).scalar() or 0)
 
     def _models(
-        self, conn: Connection, namespace: str | None, kind: str | None = MODEL
+        self,
+        conn: Connection,
+        namespace: str | None,
+        kind: str | None = MODEL,
+        *,
+        name: str | None = None,
     ) -> list[_Model]:
-        """Every model (of ``namespace``; of ``kind``, ``None`` for any), by
-        namespace and name, with which of its versions is the default: three
-        queries, whatever the number of models."""
+        """Every model (of ``namespace``; of ``kind``, ``None`` for any; the
+        one called ``name`` in ``namespace``), by namespace and name, with
+        which of its versions is the default: three queries, whatever the
+        number of models."""
         v, m, n, a = db.versions, db.models, db.namespaces, db.aliases
         # Three plain queries joined here: SQLite joins the version rows
         # (manifests inline, so long rows) to their models several times slower.
@@ -974,6 +1072,8 @@ class Registry:
             models = models.where(m.c.kind == kind)
         if namespace is not None:
             models = models.where(n.c.name == namespace)
+            if name is not None:
+                models = models.where(m.c.name == name)
             ids = models.with_only_columns(m.c.id).scalar_subquery()
             versions = versions.where(v.c.model_id.in_(ids))
             aliases = aliases.where(a.c.model_id.in_(ids))
