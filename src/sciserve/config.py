@@ -378,6 +378,13 @@ class MonitoringConfig(BaseModel):
     enabled: bool = False
     #: Fraction of successful requests whose tensors are handed to the monitor.
     sample_rate: float = Field(default=1.0, ge=0, le=1)
+    #: Rows a second the monitor takes at most (0: no limit).  Above it a
+    #: random share of requests is monitored, re-estimated every fold (0.5 s):
+    #: sketches need a fair sample, not every row, and what the monitor costs
+    #: the request path then stops growing with the traffic.  Drift is then
+    #: caught within ``check_every / max_rows_per_second`` s rather than
+    #: within ``check_every`` requests.
+    max_rows_per_second: float = Field(default=1000.0, ge=0)
     #: Rows per live window; drift is judged on the current and the previous
     #: window together, so on between ``window`` and ``2 * window`` recent rows.
     window: int = Field(default=5000, ge=100, le=10_000_000)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
@@ -194,11 +195,17 @@ def test_shifted_traffic_through_the_monitor_reaches_the_webhook(
     assert status["state"] == "alerting" and status["reference"]["source"] == "dataset"
 
 
-def test_a_full_monitor_queue_drops_samples_and_counts_them() -> None:
+async def test_a_full_monitor_queue_drops_samples_and_counts_them() -> None:
     registry = CollectorRegistry()
-    monitor = Monitor(MonitoringConfig(queue_size=3), registry)  # not started: nothing drains
-    for inputs, outputs in Traffic(seed=3).requests(10):
-        monitor.observe("clf", version_info("sha256:" + "d" * 64), inputs, outputs)
+    monitor = Monitor(MonitoringConfig(queue_size=3), registry)
+    monitor.start_on(asyncio.get_running_loop())
+    try:
+        # The loop that folds is busy (this test does not yield to it): the
+        # queue fills and what comes after is dropped, never waited for.
+        for inputs, outputs in Traffic(seed=3).requests(10):
+            monitor.observe("clf", version_info("sha256:" + "d" * 64), inputs, outputs)
+    finally:
+        monitor.stop()
     assert monitor.dropped == 7
     assert (
         registry.get_sample_value(
@@ -257,30 +264,51 @@ def test_versions_seen_least_recently_are_forgotten_beyond_the_cap() -> None:
     )
 
 
-def test_a_half_full_queue_wakes_the_monitor_before_its_interval() -> None:
-    # An hour between folds: only the half-full wake-up can fold these in.
+def test_with_no_loop_half_the_queue_is_folded_by_the_caller() -> None:
     registry = CollectorRegistry()
-    monitor = Monitor(MonitoringConfig(queue_size=64), registry, fold_interval=3600)
+    monitor = Monitor(MonitoringConfig(queue_size=64), registry)
     labels = {"model": "clf", "version": "1.0.0"}
     info = version_info("sha256:" + "f" * 64)
-    monitor.start()
-    try:
-        requests = Traffic(seed=12).requests(40)
-        for inputs, outputs in requests[:31]:
+    requests = Traffic(seed=13).requests(40)
+    for inputs, outputs in requests[:31]:
+        monitor.observe("clf", info, inputs, outputs)
+    assert registry.get_sample_value("sciserve_monitor_rows_total", labels) is None
+    monitor.observe("clf", info, *requests[31])
+    assert registry.get_sample_value("sciserve_monitor_rows_total", labels) == 32
+    for inputs, outputs in requests[32:]:
+        monitor.observe("clf", info, inputs, outputs)
+    assert monitor.flush()
+    assert registry.get_sample_value("sciserve_monitor_rows_total", labels) == 40
+
+
+def test_above_its_row_budget_the_monitor_takes_a_fair_share() -> None:
+    """Past ``max_rows_per_second`` a random share of requests is taken,
+    re-estimated at every fold from what was offered; when the traffic
+    falls, every request is taken again."""
+    now = [0.0]
+    registry = CollectorRegistry()
+    config = MonitoringConfig(max_rows_per_second=1000, queue_size=100_000)
+    monitor = Monitor(config, registry, clock=lambda: now[0])
+    labels = {"model": "clf", "version": "1.0.0"}
+    info = version_info("sha256:" + "a" * 64)
+
+    def offer(count: int, seed: int) -> float:
+        before = registry.get_sample_value("sciserve_monitor_rows_total", labels) or 0
+        for inputs, outputs in Traffic(seed=seed).requests(count):
             monitor.observe("clf", info, inputs, outputs)
-        time.sleep(0.3)  # below half the queue: nothing is folded in
-        assert monitor.status() == []
-        assert registry.get_sample_value("sciserve_monitor_rows_total", labels) is None
-        for inputs, outputs in requests[31:]:  # the 32nd request is half the queue
-            monitor.observe("clf", info, inputs, outputs)
-        deadline = time.monotonic() + 30
-        while (registry.get_sample_value("sciserve_monitor_rows_total", labels) or 0) < 32:
-            assert time.monotonic() < deadline, "the half-full queue never woke the monitor"
-            time.sleep(0.02)
-        assert monitor.dropped == 0
         assert monitor.flush()
-        # Fewer rows than a check needs: the status counts them all the same.
-        [status] = monitor.status()
-        assert status["rows_seen"] == 40 and status["state"] == "no_reference"
-    finally:
-        monitor.stop()
+        return (registry.get_sample_value("sciserve_monitor_rows_total", labels) or 0) - before
+
+    assert offer(5000, 20) == 5000  # no estimate yet: all of the first second
+    now[0] = 1.0
+    monitor.flush()  # a fold: 5,000 rows/s offered, 1,000 wanted
+    taken = offer(5000, 21)
+    assert 850 < taken < 1150  # binomial(5000, 0.2): 1,000 +- 28
+    now[0] = 2.0
+    monitor.flush()
+    now[0] = 3.0
+    taken = offer(500, 22)
+    assert 50 < taken < 170  # still a fifth: the estimate is of the last second
+    monitor.flush()  # 500 rows/s offered: under the budget
+    assert offer(300, 23) == 300
+    assert monitor.dropped == 0

@@ -11,12 +11,18 @@ a drift check changed them, not on every fold.
 
 Who folds: on a server, the event loop itself (:meth:`Monitor.start_on`),
 one slice per callback so requests are served between slices, with the
-registry lookups of references done in the loop's executor.  A thread of
-its own (:meth:`Monitor.start`, for code without an event loop) costs the
-loop more than the work does: each time the thread needs the GIL the loop
-is made to hand it over (numpy gives it up again in large copies), and in
-the serving benchmark those hand-overs, not the sketches, were what cost
+registry lookups of references done in the loop's executor.  Code with no
+event loop (:meth:`Monitor.start`) folds on its own thread, in
+:meth:`Monitor.observe` when half the queue is full and in
+:meth:`Monitor.flush`.  A thread of the monitor's own cost the serving loop
+more than the work does: each time the thread needs the GIL the loop is
+made to hand it over (numpy gives it up again in large copies), and in the
+serving benchmark those hand-overs, not the sketches, were what cost
 throughput (measured with ``bench/monitor_cost.py``).
+
+How much: at most ``max_rows_per_second`` rows a second are taken (a
+random share of the requests above it, re-estimated at every fold), so what
+the monitor costs stops growing with the traffic once it is past that.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import random
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -52,13 +58,12 @@ __all__ = ["Monitor", "alert_body"]
 
 log = logging.getLogger(__name__)
 
-#: Requests one slice of work takes at most (the thread yields the GIL between slices).
+#: Requests one slice of work takes at most (the loop serves requests between slices).
 _DRAIN_BATCH = 512
-#: How long requests queue up before the monitor's thread folds them in (s).
+#: How long requests queue up before they are folded in (s).
 #: Folding many at once is what makes monitoring cheap: the cost of a fold
-#: is mostly per call (per feature), hardly per row; and each fold takes the
-#: GIL from the event loop a few times (numpy gives it up in large copies),
-#: so fewer folds mean fewer hand-overs.  The dashboard polls once a second.
+#: is mostly per call (per feature), hardly per row.  The dashboard polls
+#: once a second.
 FOLD_INTERVAL = 0.5
 #: How often a version's staleness gauge is recomputed while it has traffic (s).
 _STALE_REFRESH = 1.0
@@ -100,9 +105,11 @@ class Monitor:
         reference_refresh: float = REFERENCE_REFRESH,
         max_versions: int = MAX_VERSIONS,
         fold_interval: float = FOLD_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
-        #: How long requests queue up before the thread folds them in (s).
+        self._clock = clock
+        #: How long requests queue up before they are folded in (s).
         self.fold_interval = fold_interval
         #: Versions monitored at once; the one idle longest is forgotten for a new one.
         self.max_versions = max_versions
@@ -121,10 +128,9 @@ class Monitor:
                 on_outcome=lambda outcome: self.metrics.webhook.labels(outcome).inc(),
             )
         # A deque, not a queue.Queue: appending takes no lock and wakes no
-        # thread, so the request path pays about 2 µs; the monitor's thread
-        # looks at it every FOLD_INTERVAL s, or when woken at half full.
+        # thread, so the request path pays about 2 µs; it is folded every
+        # FOLD_INTERVAL s, or as soon as it is half full.
         self._queue: deque[tuple[str, VersionInfo, Tensors, int]] = deque()
-        self._wake = threading.Event()
         self._wake_at = max(1, config.queue_size // 2)
         # Values handed over and values taken: each is written by one side
         # only, so their difference (the values waiting) needs no lock.
@@ -141,41 +147,42 @@ class Monitor:
         self._evaluations: dict[tuple[str, str], dict[str, float]] = {}
         self._random = random.Random()  # noqa: S311 -- sampling, not secrets
         self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
         #: The event loop that folds, when :meth:`start_on` was used, and its next fold.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._next_fold: asyncio.TimerHandle | asyncio.Handle | None = None
         #: Requests dropped because the queue (or its value budget) was full.
         self.dropped = 0
+        # The share of requests monitored: ``sample_rate``, lowered while the
+        # traffic is above ``max_rows_per_second`` (see _adapt).
+        self._keep = config.sample_rate
+        self._kept_rows = 0
+        self._adapted_at = clock()
 
     # -- lifecycle -----------------------------------------------------------
 
     def start(self) -> None:
+        """Start delivering alerts to the webhook, with no event loop: requests
+        are then folded on the caller's thread (when :meth:`observe` fills
+        half the queue, and in :meth:`flush`)."""
         if self.notifier is not None:
             self.notifier.start()
-        self._thread = threading.Thread(target=self._run, name="sciserve-monitor", daemon=True)
-        self._thread.start()
 
     def start_on(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Fold on ``loop`` rather than on a thread (call it from the loop).
+        """Fold on ``loop`` (call it from the loop), every ``fold_interval``
+        seconds and whenever the queue is half full.
 
         :meth:`flush` must then be called off the loop (``asyncio.to_thread``).
         """
-        if self.notifier is not None:
-            self.notifier.start()
+        self.start()
         self._loop = loop
         self._next_fold = loop.call_later(self.fold_interval, self._fold_on_loop)
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stopping.set()
-        self._wake.set()
         loop, self._loop = self._loop, None
         if loop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):  # the loop stopped meanwhile
                 loop.call_soon_threadsafe(self._cancel_fold)
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
         if self.notifier is not None:
             self.notifier.stop(timeout)
 
@@ -193,12 +200,15 @@ class Monitor:
         ``served`` is the name the model is served under, ``info`` the
         registry's record of the version that answered.
         """
-        rate = self.config.sample_rate
-        if rate < 1.0 and self._random.random() >= rate:
+        keep = self._keep
+        if keep < 1.0 and self._random.random() >= keep:
             return
         values = 0
+        rows = 1
         for array in inputs.values():
             values += array.size
+            rows = array.shape[0] if array.ndim else 1
+        self._kept_rows += rows
         for array in outputs.values():
             values += array.size
         if (
@@ -210,11 +220,11 @@ class Monitor:
         self._added_values += values
         queue = self._queue
         queue.append((served, info, (inputs, outputs), values))
-        if len(queue) == self._wake_at:  # once per filling: Event.set takes a lock
+        if len(queue) == self._wake_at:  # once per filling
             if self._loop is not None:
                 self._fold_soon()  # observe runs on the loop that folds
             else:
-                self._wake.set()
+                self._fold_all()
 
     def _drop(self, model: str, version: str) -> None:
         self.dropped += 1
@@ -309,38 +319,50 @@ class Monitor:
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every queued request has been added; ``False`` on timeout."""
+        loop = self._loop
+        if loop is None:
+            self._fold_all()
+            return True
         deadline = time.monotonic() + timeout
         with self._busy:
             while self._queue or self._in_flight:
-                loop = self._loop
-                if loop is not None:
-                    with contextlib.suppress(RuntimeError):  # closed: nothing will fold
-                        loop.call_soon_threadsafe(self._fold_soon)
-                else:
-                    self._wake.set()
+                with contextlib.suppress(RuntimeError):  # closed: nothing will fold
+                    loop.call_soon_threadsafe(self._fold_soon)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
                 self._busy.wait(min(remaining, 0.05))
         return True
 
-    # -- the monitor's thread -----------------------------------------------
+    # -- folding -------------------------------------------------------------
 
-    def _run(self) -> None:
-        while not self._stopping.is_set():
-            self._wake.wait(self.fold_interval)
-            self._wake.clear()
-            # What queued up since the last fold, in slices; between them the
-            # GIL goes back to the event loop (sleep(0) releases it).
-            while self._queue and not self._stopping.is_set():
-                self._fold_slice()
-                time.sleep(0)
+    def _fold_all(self) -> None:
+        """Fold everything queued, here and now (a monitor with no loop)."""
+        self._adapt(self._clock())
+        while self._queue and not self._stopping.is_set():
+            self._fold_slice()
+
+    def _adapt(self, now: float) -> None:
+        """Set the share of requests monitored from the rows offered since
+        the last call: ``sample_rate``, or less if that would take more than
+        ``max_rows_per_second``.  The rows taken divided by the share taken
+        is an unbiased estimate of the rows offered, whatever the share was."""
+        elapsed = now - self._adapted_at
+        if elapsed < self.fold_interval:
+            return
+        budget = self.config.max_rows_per_second
+        base = self.config.sample_rate
+        offered = self._kept_rows / self._keep / elapsed if self._keep > 0 else 0.0
+        self._kept_rows = 0
+        self._adapted_at = now
+        self._keep = base if budget <= 0 or offered <= 0 else min(base, budget / offered)
 
     def _fold_on_loop(self) -> None:
         """One slice, then the next one soon if more waits, else a fold later."""
         self._next_fold = None
         if self._stopping.is_set() or self._loop is None:
             return
+        self._adapt(self._clock())
         if self._queue:
             self._fold_slice()
         if self._queue:
