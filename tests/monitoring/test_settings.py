@@ -21,6 +21,7 @@ def test_the_readme_example_loads(tmp_path: Path) -> None:
     settings = Settings.load(tmp_path, environ={})
     monitoring = settings.monitoring
     assert monitoring.enabled and monitoring.window == 5000
+    assert monitoring.max_rows_per_second == 1000
     assert monitoring.thresholds_for("examples.lc-classifier").ks == 0.15
     assert monitoring.thresholds_for("examples.lc-classifier").psi == 0.25
     assert monitoring.thresholds_for("other").ks == 0.1
@@ -34,6 +35,7 @@ def test_the_readme_example_loads(tmp_path: Path) -> None:
     [
         '[monitoring]\nwebhook_url = "file:///etc/passwd"\n',
         "[monitoring]\nsample_rate = 2\n",
+        "[monitoring]\nmax_rows_per_second = -1\n",
         "[monitoring]\nwindow = 0\n",
         "[monitoring]\nthresholds = { ks = 5 }\n",
         "[monitoring]\nunknown = 1\n",
