@@ -167,10 +167,13 @@ def _notes(options: Options, cores: int | None, specs: Sequence[ServerSpec]) -> 
         "timed run; the client is wrk or h2load (h2load's own warm-up, under the same load, "
         "included); in-process ORT is the benchmark's own process over warm-up and runs. "
         "100 % = one core; cores = server + client CPU s / wall s.",
-        "Scaling row: sciserve, HTTP-binary, c=16, b=1 and 64, started with --http-frontends "
-        f"{', '.join(str(n) for n in SCALING_FRONTENDS)} (front-end processes relaying to "
-        "the serving process).",
     ]
+    if any(spec.cells is not None for spec in specs):
+        notes.append(
+            "Scaling row: sciserve, HTTP-binary, c=16, b=1 and 64, started with "
+            f"--http-frontends {', '.join(str(n) for n in SCALING_FRONTENDS)} (front-end "
+            "processes relaying to the serving process)."
+        )
     notes += [spec.note for spec in specs if spec.note]
     notes.append(
         f"MLServer's adaptive batcher waits up to {MLSERVER_MAX_BATCH_TIME * 1000:g} ms for a "

@@ -330,14 +330,13 @@ def render_scaling(rows: Sequence[Mapping[str, Any]], console: Console) -> None:
     )
     table.add_column("front ends", justify="right", no_wrap=True)
     for _, batch in SCALING_CELLS:
-        for name in ("rows/s", "CPU %", "vs 0", "/Triton", "% of ORT"):
+        for name in ("rows/s", "CPU %", "vs 0", "/Triton", "% ORT"):
             table.add_column(f"b={batch} {name}", justify="right", no_wrap=True)
+    reasons = []
     for row in rows:
         if "unavailable" in row:
-            width = 5 * len(SCALING_CELLS)
-            table.add_row(
-                str(row["http_frontends"]), f"n/a: {row['unavailable']}", *([""] * (width - 1))
-            )
+            table.add_row(str(row["http_frontends"]), "n/a", *([""] * (5 * len(SCALING_CELLS) - 1)))
+            reasons.append(f"{row['http_frontends']} front end(s): n/a: {row['unavailable']}")
             continue
         values = []
         for cell in row["cells"]:
@@ -351,6 +350,8 @@ def render_scaling(rows: Sequence[Mapping[str, Any]], console: Console) -> None:
             ]
         table.add_row(str(row["http_frontends"]), *values)
     console.print(table)
+    for reason in reasons:
+        console.print(f"  {reason}", highlight=False)
 
 
 def render_targets(targets: Sequence[Target], console: Console) -> None:
