@@ -148,9 +148,13 @@ def _frontends_missing(http_frontends: int | None) -> Callable[[], str | None]:
     def missing() -> str | None:
         reason = _sciserve_missing()
         # None: serve's default; 0: what a sciserve without the option does anyway.
-        if reason is None and http_frontends and "--http-frontends" not in _serve_help():
-            return NO_HTTP_FRONTENDS
-        return reason
+        if reason is not None or not http_frontends:
+            return reason
+        try:
+            help_text = _serve_help()
+        except ChildFailed as exc:
+            return f"'sciserve serve --help' failed: {str(exc).splitlines()[0]}"
+        return None if "--http-frontends" in help_text else NO_HTTP_FRONTENDS
 
     return missing
 
