@@ -228,17 +228,20 @@ def http_request(address: str, token: str, rows: int, seed: int) -> bytes:
 
 
 _LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)", re.IGNORECASE)
+_CLOSE = re.compile(rb"\r\nconnection:\s*close\r\n", re.IGNORECASE)
 
 
 async def _exchange(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
-) -> int:
-    """Send one request, read the whole answer; return its status."""
+) -> tuple[int, bool]:
+    """Send one request, read the whole answer; return its status and whether the
+    connection stays open (a server refusing work before reading the body, as the
+    HTTP front ends do, answers ``Connection: close``)."""
     writer.write(request)
     head = await reader.readuntil(b"\r\n\r\n")
     match = _LENGTH.search(head)
     await reader.readexactly(int(match.group(1)) if match else 0)
-    return int(head[9:12])
+    return int(head[9:12]), _CLOSE.search(head) is None
 
 
 async def _connect(address: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -253,10 +256,13 @@ async def _closed_loop(plan: Plan) -> Outcome:
         reader, writer = await _connect(plan.address)
         try:
             while (due := time.monotonic()) < plan.end:
-                status = await _exchange(reader, writer, plan.request)
+                status, keep_alive = await _exchange(reader, writer, plan.request)
                 out.due.append(due)
                 out.done.append(time.monotonic())
                 out.status.append(status)
+                if not keep_alive:
+                    writer.close()
+                    reader, writer = await _connect(plan.address)
         finally:
             writer.close()
 
@@ -280,7 +286,8 @@ async def _open_loop(plan: Plan) -> Outcome:
     pending: set[asyncio.Task[None]] = set()
 
     async def send(due: float, connection: tuple[Any, Any, float] | None) -> None:
-        status = 0
+        nonlocal opened
+        status, keep_alive = 0, False
         writer = None
         try:
             if connection is None or time.monotonic() - connection[2] > _STALE_AFTER:
@@ -288,16 +295,20 @@ async def _open_loop(plan: Plan) -> Outcome:
                     connection[1].close()
                 connection = (*await _connect(plan.address), 0.0)
             reader, writer, _ = connection
-            status = await _exchange(reader, writer, plan.request)
+            status, keep_alive = await _exchange(reader, writer, plan.request)
         except (OSError, asyncio.IncompleteReadError):
-            if writer is not None:
-                writer.close()
+            pass
         out.due.append(due)
         done = time.monotonic()
         out.done.append(done)
         out.status.append(status)
-        if status and writer is not None:
+        if keep_alive and writer is not None:
             idle.append((reader, writer, done))
+        else:
+            # Closed (by either side): a later request opens a connection of its own.
+            if writer is not None:
+                writer.close()
+            opened -= 1
 
     interval = 1.0 / plan.rate
     due = plan.start
