@@ -8,7 +8,9 @@ which catches a descendant re-parented after its parent exited), at the
 start and the end of each timed run.  Each process counts its own time plus
 the time of the children it has reaped (``cutime`` + ``cstime``), so a
 front end that exits and is reaped during the run still counts, through
-its parent, and nothing counts twice.
+its parent, and nothing counts twice.  The server's main process (the one
+started, which owns the batchers) is also given on its own: with front ends,
+whether it is still the one that is saturated.
 
 The load generator (wrk, h2load) is a child the harness waits for, so its
 CPU is the harness's ``RUSAGE_CHILDREN`` before and after the run; the
@@ -28,6 +30,7 @@ from typing import Any
 __all__ = [
     "CpuMeter",
     "CpuUse",
+    "TreeCpu",
     "children_cpu_seconds",
     "self_cpu_seconds",
     "tree_cpu_seconds",
@@ -43,6 +46,8 @@ class _Stat:
     session: int
     #: utime + stime + cutime + cstime, in clock ticks.
     ticks: int
+    #: utime + stime: the process's own threads only.
+    own: int
 
 
 def _read_stat(path: Path) -> _Stat | None:
@@ -59,6 +64,7 @@ def _read_stat(path: Path) -> _Stat | None:
             ppid=int(fields[1]),
             session=int(fields[3]),
             ticks=sum(int(v) for v in fields[11:15]),
+            own=int(fields[11]) + int(fields[12]),
         )
     except (IndexError, ValueError):
         return None
@@ -98,12 +104,29 @@ def tree_pids(root: int) -> set[int]:
     return _tree(root, _all_stats())
 
 
-def tree_cpu_seconds(root: int) -> tuple[float, int]:
-    """CPU seconds used so far by ``root``'s process tree, and how many processes it has."""
+@dataclass(frozen=True)
+class TreeCpu:
+    """CPU seconds used so far by a process tree, and by its root alone."""
+
+    total_s: float
+    main_s: float
+    processes: int
+
+
+def tree_cpu(root: int) -> TreeCpu:
+    """The CPU ``root``'s process tree has used so far (zeros once it is gone)."""
     stats = _all_stats()
     members = _tree(root, stats)
-    ticks = sum(stats[pid].ticks for pid in members)
-    return ticks / os.sysconf("SC_CLK_TCK"), len(members)
+    tick = os.sysconf("SC_CLK_TCK")
+    total = sum(stats[pid].ticks for pid in members)
+    main = stats[root].own if root in members else 0
+    return TreeCpu(total / tick, main / tick, len(members))
+
+
+def tree_cpu_seconds(root: int) -> tuple[float, int]:
+    """CPU seconds used so far by ``root``'s process tree, and how many processes it has."""
+    cpu = tree_cpu(root)
+    return cpu.total_s, cpu.processes
 
 
 def _seconds(usage: resource.struct_rusage) -> float:
@@ -129,6 +152,8 @@ class CpuUse:
     client_cpu_s: float
     #: Processes in the server's tree at the end of the run (1 for in-process).
     server_processes: int
+    #: Of ``server_cpu_s``, what the server's main process used itself.
+    main_cpu_s: float | None = None
 
     @property
     def server_cores(self) -> float:
@@ -138,6 +163,13 @@ class CpuUse:
     @property
     def client_cores(self) -> float:
         return self.client_cpu_s / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def main_cores(self) -> float | None:
+        """Cores' worth of CPU of the server's main process alone."""
+        if self.main_cpu_s is None:
+            return None
+        return self.main_cpu_s / self.wall_s if self.wall_s > 0 else 0.0
 
     @property
     def cores_used(self) -> float:
@@ -150,7 +182,9 @@ class CpuUse:
             "server_cpu_s": self.server_cpu_s,
             "client_cpu_s": self.client_cpu_s,
             "server_processes": self.server_processes,
+            "main_cpu_s": self.main_cpu_s,
             "server_cores": self.server_cores,
+            "main_cores": self.main_cores,
             "client_cores": self.client_cores,
             "cores_used": self.cores_used,
         }
@@ -167,19 +201,21 @@ class CpuMeter:
         self._pid = server_pid
         self._wall = time.monotonic()
         self._client = children_cpu_seconds()
-        self._server = self._server_now()[0]
+        self._server = self._server_now()
 
-    def _server_now(self) -> tuple[float, int]:
+    def _server_now(self) -> TreeCpu:
         if self._pid is None:
-            return self_cpu_seconds(), 1
-        return tree_cpu_seconds(self._pid)
+            own = self_cpu_seconds()
+            return TreeCpu(own, own, 1)
+        return tree_cpu(self._pid)
 
     def stop(self) -> CpuUse:
-        server, processes = self._server_now()
+        server = self._server_now()
         client = children_cpu_seconds() - self._client if self._pid is not None else 0.0
         return CpuUse(
             wall_s=time.monotonic() - self._wall,
-            server_cpu_s=max(0.0, server - self._server),
+            server_cpu_s=max(0.0, server.total_s - self._server.total_s),
             client_cpu_s=max(0.0, client),
-            server_processes=processes,
+            server_processes=server.processes,
+            main_cpu_s=max(0.0, server.main_s - self._server.main_s),
         )

@@ -105,6 +105,12 @@ def _fmt_percent(value: float | None) -> str:
     return "" if value is None else f"{value:.0f}"
 
 
+def _fmt_cpu(total: float | None, main: float | None) -> str:
+    if total is None:
+        return ""
+    return f"{total:.0f}" if main is None else f"{total:.0f} ({main:.0f})"
+
+
 def _fmt_cores(value: float | None) -> str:
     return "" if value is None else f"{value:.2f}"
 
@@ -302,6 +308,7 @@ def scaling_rows(
                     "rows_per_s": median.rows_per_s if median else None,
                     "p50_ms": median.p50_ms if median else None,
                     "server_cpu_percent": median.server_cpu_percent if median else None,
+                    "main_cpu_percent": median.main_cpu_percent if median else None,
                     "cores_used": median.cores_used if median else None,
                     "vs_no_frontends": _ratio(median, none),
                     "vs_triton": _ratio(median, triton),
@@ -326,7 +333,7 @@ def render_scaling(rows: Sequence[Mapping[str, Any]], console: Console) -> None:
     table = Table(
         title=f"Scaling, {HTTP_BINARY}, c={','.join(map(str, concurrencies))}: sciserve with "
         "N HTTP front-end processes; vs 0 = rows/s over no front end, "
-        "CPU % = the server's processes"
+        "CPU % = the server's processes (its main process alone)"
     )
     table.add_column("front ends", justify="right", no_wrap=True)
     for _, batch in SCALING_CELLS:
@@ -343,7 +350,7 @@ def render_scaling(rows: Sequence[Mapping[str, Any]], console: Console) -> None:
             rate = cell["rows_per_s"]
             values += [
                 "" if rate is None else f"{rate:,.0f}",
-                _fmt_percent(cell["server_cpu_percent"]),
+                _fmt_cpu(cell["server_cpu_percent"], cell["main_cpu_percent"]),
                 _fmt_ratio(cell["vs_no_frontends"]),
                 _fmt_ratio(cell["vs_triton"]),
                 _fmt_share(cell["share_of_ort"]),

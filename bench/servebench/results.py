@@ -58,6 +58,8 @@ class Median:
     server_cores: float | None = None
     client_cores: float | None = None
     cores_used: float | None = None
+    #: Of ``server_cores``, the server's main process alone.
+    main_cores: float | None = None
 
     @property
     def server_cpu_percent(self) -> float | None:
@@ -68,11 +70,16 @@ class Median:
     def client_cpu_percent(self) -> float | None:
         return None if self.client_cores is None else 100.0 * self.client_cores
 
+    @property
+    def main_cpu_percent(self) -> float | None:
+        return None if self.main_cores is None else 100.0 * self.main_cores
+
     def to_dict(self) -> dict[str, Any]:
         return {
             **asdict(self),
             "server_cpu_percent": self.server_cpu_percent,
             "client_cpu_percent": self.client_cpu_percent,
+            "main_cpu_percent": self.main_cpu_percent,
         }
 
 
@@ -107,4 +114,10 @@ def median_of(runs: Sequence[Run]) -> Median:
         server_cores=statistics.median(c.server_cores for c in cpu) if cpu else None,
         client_cores=statistics.median(c.client_cores for c in cpu) if cpu else None,
         cores_used=statistics.median(c.cores_used for c in cpu) if cpu else None,
+        main_cores=_median_or_none([c.main_cores for c in cpu]),
     )
+
+
+def _median_or_none(values: Sequence[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known and len(known) == len(values) else None

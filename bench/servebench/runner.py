@@ -106,6 +106,8 @@ def _describe(result: CellResult) -> str:
     cpu = ""
     if median.server_cpu_percent is not None and median.client_cpu_percent is not None:
         cpu = f"  server {median.server_cpu_percent:4.0f} % CPU"
+        if median.main_cpu_percent is not None and c.protocol != INPROCESS:
+            cpu += f" (main {median.main_cpu_percent:.0f} %)"
         if c.protocol != INPROCESS:
             cpu += f", client {median.client_cpu_percent:3.0f} %"
     return (

@@ -57,6 +57,9 @@ def test_a_child_that_burns_cpu_is_counted_for_its_idle_parent(tmp_path: Path) -
     assert use.server_processes == 2  # the child is still running: counted live
     assert use.server_cpu_s >= 0.55
     assert use.server_cores == pytest.approx(use.server_cpu_s / use.wall_s)
+    # The main process sleeps: the CPU is its child's, not its own.
+    assert use.main_cpu_s is not None
+    assert use.main_cpu_s < 0.2
     assert use.client_cpu_s == 0.0  # no child of this process was waited for
 
 
@@ -68,7 +71,9 @@ def test_a_child_reaped_during_the_run_still_counts_through_its_parent(tmp_path:
         service.wait_for_output("reaped", timeout=30)
         use = meter.stop()
     assert use.server_processes == 1  # the burner is gone …
-    assert use.server_cpu_s >= 0.5  # … and its 0.6 s of CPU is still there
+    assert use.server_cpu_s >= 0.5  # … and its 0.6 s of CPU is still there …
+    assert use.main_cpu_s is not None
+    assert use.main_cpu_s < 0.2  # … as its parent's children's, not its own
 
 
 def test_the_tree_of_a_process_that_is_gone_is_empty() -> None:
@@ -112,6 +117,7 @@ def test_in_process_use_is_our_own_cpu() -> None:
         pass
     use = meter.stop()
     assert use.server_cpu_s >= 0.25
+    assert use.main_cpu_s == use.server_cpu_s
     assert use.client_cpu_s == 0.0
     assert use.server_processes == 1
 

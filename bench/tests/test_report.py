@@ -187,7 +187,13 @@ def test_the_table_shows_the_cpu_of_server_and_client() -> None:
 
 def _scaling_results(fe2_error: bool = False) -> list[CellResult]:
     def cpu(server: float) -> CpuUse:
-        return CpuUse(wall_s=1.0, server_cpu_s=server, client_cpu_s=0.5, server_processes=1)
+        return CpuUse(
+            wall_s=1.0,
+            server_cpu_s=server,
+            client_cpu_s=0.5,
+            server_processes=1,
+            main_cpu_s=min(server, 0.98),
+        )
 
     results = [
         _cell("sciserve-fe0", "http-binary", 16, 1, 4000, 1.0, cpu(1.1)),
@@ -214,6 +220,7 @@ def test_the_scaling_row_compares_each_front_end_count_with_none() -> None:
     text = _text(render_scaling, rows)
     line = next(t for t in text.splitlines() if [c.strip() for c in t.split("│")][1:2] == ["1"])
     assert "6,000" in line
+    assert "150 (98)" in line  # all the server's processes (its main process)
     assert "1.50x" in line
     assert "3.00x" in line
     assert "38%" in line  # 3,000 of 8,000 rows/s
