@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/priority.py            # about a minute
     .venv/bin/python bench/priority.py --quick    # shorter windows, for a smoke test
+    .venv/bin/python bench/priority.py --http-frontends 2   # through 2 HTTP front-end processes
 
 One model (the seeded FP32 MLP 64 -> 256 -> 256 -> 10 of ``bench/serve.py``,
 one ONNX Runtime intra-op thread) is served by a real ``sciserve serve
@@ -26,7 +27,8 @@ bytes (the OIP binary tensor extension), so each request costs the client a
 few tens of microseconds; still, client and server share the machine's
 cores.  Latencies of open-loop requests count from the moment the request
 was due, so a late send is charged to the latency, not hidden.  Results go
-to ``bench/results/priority-<UTC time>.json``.
+to ``bench/results/priority-<UTC time>.json``.  The server's CPU is that of its
+whole process tree (the front ends too).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 from rich.table import Table
+from servebench.cpu import tree_cpu_seconds
 from servebench.inproc import open_session
 from servebench.machine import machine_info
 from servebench.model import (
@@ -67,6 +70,8 @@ from servebench.model import (
 )
 from servebench.model import write_package as write_bench_package
 from servebench.payloads import make_payloads
+from servebench.procs import run_command
+from servebench.servers import NO_HTTP_FRONTENDS
 
 BENCH_DIR = Path(__file__).resolve().parent
 BANNER = re.compile(rb"http=(\S+) grpc=(\S+) metrics=(\S+)")
@@ -115,17 +120,32 @@ class Running:
     pid: int
 
     def cpu_seconds(self) -> float:
-        """CPU time the server process (all its threads) has used so far."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        # utime and stime, fields 14 and 15 of proc(5), counted after the ")".
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """CPU time the server's processes (front ends included) have used so far."""
+        return tree_cpu_seconds(self.pid)[0]
+
+
+def serve_command() -> list[str]:
+    """How this benchmark starts sciserve: the interpreter running it, as a module."""
+    return [sys.executable, "-m", "sciserve"]
+
+
+def frontend_args(http_frontends: int | None, help_text: str) -> list[str]:
+    """``serve`` arguments for ``http_frontends`` HTTP front ends (``None``: serve's
+    default); raises ``LookupError`` when this sciserve has no such option."""
+    if http_frontends is None:
+        return []
+    if "--http-frontends" in help_text:
+        return ["--http-frontends", str(http_frontends)]
+    if http_frontends == 0:
+        return []  # no front ends is what a sciserve without the option does
+    raise LookupError(NO_HTTP_FRONTENDS)
 
 
 @contextlib.contextmanager
 def running_server(home: Path, log: Path, extra: Sequence[str] = ()) -> Iterator[Running]:
     """``sciserve serve --auth`` on 127.0.0.1, stopped by its PID when done."""
     command = [
-        sys.executable, "-m", "sciserve", "--home", str(home), "serve", "--auth",
+        *serve_command(), "--home", str(home), "serve", "--auth",
         "--host", "127.0.0.1", "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0",
         "--intra-op-threads", "1", *extra,
     ]  # fmt: skip
@@ -208,17 +228,20 @@ def http_request(address: str, token: str, rows: int, seed: int) -> bytes:
 
 
 _LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)", re.IGNORECASE)
+_CLOSE = re.compile(rb"\r\nconnection:\s*close\r\n", re.IGNORECASE)
 
 
 async def _exchange(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
-) -> int:
-    """Send one request, read the whole answer; return its status."""
+) -> tuple[int, bool]:
+    """Send one request, read the whole answer; return its status and whether the
+    connection stays open (a server refusing work before reading the body, as the
+    HTTP front ends do, answers ``Connection: close``)."""
     writer.write(request)
     head = await reader.readuntil(b"\r\n\r\n")
     match = _LENGTH.search(head)
     await reader.readexactly(int(match.group(1)) if match else 0)
-    return int(head[9:12])
+    return int(head[9:12]), _CLOSE.search(head) is None
 
 
 async def _connect(address: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -233,10 +256,13 @@ async def _closed_loop(plan: Plan) -> Outcome:
         reader, writer = await _connect(plan.address)
         try:
             while (due := time.monotonic()) < plan.end:
-                status = await _exchange(reader, writer, plan.request)
+                status, keep_alive = await _exchange(reader, writer, plan.request)
                 out.due.append(due)
                 out.done.append(time.monotonic())
                 out.status.append(status)
+                if not keep_alive:
+                    writer.close()
+                    reader, writer = await _connect(plan.address)
         finally:
             writer.close()
 
@@ -260,7 +286,8 @@ async def _open_loop(plan: Plan) -> Outcome:
     pending: set[asyncio.Task[None]] = set()
 
     async def send(due: float, connection: tuple[Any, Any, float] | None) -> None:
-        status = 0
+        nonlocal opened
+        status, keep_alive = 0, False
         writer = None
         try:
             if connection is None or time.monotonic() - connection[2] > _STALE_AFTER:
@@ -268,16 +295,20 @@ async def _open_loop(plan: Plan) -> Outcome:
                     connection[1].close()
                 connection = (*await _connect(plan.address), 0.0)
             reader, writer, _ = connection
-            status = await _exchange(reader, writer, plan.request)
+            status, keep_alive = await _exchange(reader, writer, plan.request)
         except (OSError, asyncio.IncompleteReadError):
-            if writer is not None:
-                writer.close()
+            pass
         out.due.append(due)
         done = time.monotonic()
         out.done.append(done)
         out.status.append(status)
-        if status and writer is not None:
+        if keep_alive and writer is not None:
             idle.append((reader, writer, done))
+        else:
+            # Closed (by either side): a later request opens a connection of its own.
+            if writer is not None:
+                writer.close()
+            opened -= 1
 
     interval = 1.0 / plan.rate
     due = plan.start
@@ -444,6 +475,8 @@ class Options:
     instances: int
     realtime_instances: int
     max_inline_compute: float | None
+    #: HTTP front-end processes of the server; ``None``: serve's own default.
+    http_frontends: int | None = None
 
 
 def measure(server: Running, tokens: Tokens, options: Options) -> tuple[dict[str, Window], float]:
@@ -527,8 +560,14 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def render(results: dict[str, Window], targets: list[dict[str, Any]], compute_ms: float) -> None:
-    table = Table(title="sciserve priority classes (HTTP, binary tensors)")
+def render(
+    results: dict[str, Window],
+    targets: list[dict[str, Any]],
+    compute_ms: float,
+    http_frontends: int | None = None,
+) -> None:
+    fronts = "" if http_frontends is None else f", {http_frontends} HTTP front end(s)"
+    table = Table(title=f"sciserve priority classes (HTTP, binary tensors{fronts})")
     columns = ("phase", "ok", "rejected", "errors", "unsent", "rows/s", "req/s", "p50 ms",
                "p99 ms", "server cores", "client cores")  # fmt: skip
     for column in columns:
@@ -580,12 +619,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--max-inline-compute", type=float, help="passed to serve (default: serve's own)"
     )
+    parser.add_argument(
+        "--http-frontends",
+        type=int,
+        metavar="N",
+        help="HTTP front-end processes, passed to serve (default: serve's own)",
+    )
     parser.add_argument("--output-dir", type=Path, default=BENCH_DIR / "results")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.http_frontends is not None and args.http_frontends < 0:
+        console.print("[red]--http-frontends: use 0 (no front end) or more[/]")
+        return 2
     options = Options(
         warmup=1.0 if args.quick else 2.0,
         capacity_seconds=2.0 if args.quick else 5.0,
@@ -599,7 +647,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         instances=args.instances,
         realtime_instances=args.realtime_instances,
         max_inline_compute=args.max_inline_compute,
+        http_frontends=args.http_frontends,
     )
+    try:
+        help_text = run_command([*serve_command(), "serve", "--help"], timeout=60)
+        fronts = frontend_args(options.http_frontends, help_text)
+    except LookupError as exc:
+        # Said, not crashed on: this sciserve predates the HTTP front ends.
+        console.print(f"[yellow]n/a: {exc}[/]", highlight=False)
+        return 2
     with tempfile.TemporaryDirectory(prefix="sciserve-priority-") as scratch:
         work = Path(scratch)
         tokens = prepare(work / "home", work, options.seed, options.hidden)
@@ -608,16 +664,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra += ["--realtime-instances", str(options.realtime_instances)]
         if options.max_inline_compute is not None:
             extra += ["--max-inline-compute", str(options.max_inline_compute)]
+        extra += fronts
         with running_server(work / "home", work / "server.log", extra) as server:
             results, server_ms = measure(server, tokens, options)
     targets = verdicts(results, compute_ms)
-    render(results, targets, compute_ms)
+    render(results, targets, compute_ms, options.http_frontends)
     info = machine_info("not used")
     info["client"] = {"kind": "raw HTTP/1.1 sockets, asyncio + uvloop, one process per client"}
     notes = [
         f"Client and server share this machine's {os.cpu_count()} cores: the server (event loop "
         f"+ one ONNX Runtime thread) runs beside {options.batch_processes} batch client "
         "process(es) and one realtime client process; nothing is pinned.",
+        "Server cores: CPU s / wall s of the server's process and all its descendants "
+        "(gRPC and HTTP front ends included).",
         "Open-loop latencies count from when a request was due, not when it was sent.",
         "Quotas are set out of the way (10^9 requests/s): only the batcher's priority classes "
         "and its bounded queue decide.",

@@ -8,8 +8,10 @@ Every server serves the same seeded FP32 MLP (64 → 256 → 256 → 10) with on
 ONNX Runtime intra-op thread and dynamic batching up to 64 rows, on
 127.0.0.1, one server at a time.  Each cell (server x protocol x
 concurrency x batch) gets a warm-up, then the timed runs; the table shows
-the median of each metric.  Results and machine details go to
-``bench/results/serve-<timestamp>.json``.
+the median of each metric, with the CPU the server's processes and the load
+generator used.  A scaling row runs sciserve on HTTP-binary at concurrency
+16, batch 1 and 64, with 0, 1 and 2 HTTP front-end processes.  Results and
+machine details go to ``bench/results/serve-<timestamp>.json``.
 """
 
 from __future__ import annotations
@@ -35,9 +37,23 @@ from servebench.machine import machine_info
 from servebench.model import IN_FEATURES, INPUT_NAME, OUTPUT_NAME, write_model
 from servebench.payloads import BodyFiles, Payloads, make_payloads
 from servebench.procs import ChildFailed
-from servebench.report import evaluate_targets, render_table, render_targets
+from servebench.report import (
+    BASELINE_P50_MS,
+    evaluate_targets,
+    render_scaling,
+    render_table,
+    render_targets,
+    scaling_rows,
+)
 from servebench.runner import CellResult, LoadTools, Options, measure_inprocess, measure_server
-from servebench.servers import MLSERVER_MAX_BATCH_TIME, SERVERS
+from servebench.servers import (
+    MLSERVER_MAX_BATCH_TIME,
+    SCALING_FRONTENDS,
+    SERVERS,
+    ServerSpec,
+    scaling_key,
+    server_specs,
+)
 from servebench.venvs import setup_peers
 from servebench.wrk import INSTALL_HINT, find_wrk, wrk_version
 
@@ -53,6 +69,16 @@ def _int_list(text: str) -> tuple[int, ...]:
     if not values or any(v < 1 for v in values):
         raise argparse.ArgumentTypeError("use positive integers, e.g. 1,16,64")
     return values
+
+
+def _frontends(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of processes") from exc
+    if value < 0:
+        raise argparse.ArgumentTypeError("use 0 (no front end) or more")
+    return value
 
 
 def _server_list(text: str) -> tuple[str, ...]:
@@ -79,6 +105,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--servers", type=_server_list, default=ALL_SERVERS, help=f"default {','.join(ALL_SERVERS)}"
     )
+    parser.add_argument(
+        "--http-frontends",
+        type=_frontends,
+        metavar="N",
+        help="HTTP front-end processes of the 'sciserve' contenders (default: serve's own); "
+        "the scaling row (sciserve-fe0,1,2) sets its own",
+    )
+    parser.add_argument(
+        "--baseline-p50-ms",
+        type=float,
+        default=BASELINE_P50_MS,
+        help="sciserve's HTTP-binary c=1 b=1 p50 to compare with "
+        f"(default {BASELINE_P50_MS} ms, the README's last published run)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and inputs")
     parser.add_argument("--output-dir", type=Path, default=BENCH_DIR / "results")
     return parser.parse_args(argv)
@@ -100,7 +140,20 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def _notes(options: Options, cores: int | None) -> list[str]:
+def _cells(spec: ServerSpec, args: argparse.Namespace) -> list[tuple[int, int]] | None:
+    """The cells of a contender with cells of its own (the scaling row), narrowed
+    to an explicit --concurrency / --batch; ``None``: the run's matrix."""
+    if spec.cells is None:
+        return None
+    return [
+        (c, b)
+        for c, b in spec.cells
+        if (args.concurrency is None or c in args.concurrency)
+        and (args.batch is None or b in args.batch)
+    ]
+
+
+def _notes(options: Options, cores: int | None, specs: Sequence[ServerSpec]) -> list[str]:
     notes = [
         f"Client and server share this machine's {cores} cores: wrk ({options.wrk_threads} "
         "thread, HTTP) or h2load (one thread, gRPC) runs beside the server; nothing is "
@@ -109,8 +162,19 @@ def _notes(options: Options, cores: int | None) -> list[str]:
         f"{options.duration:g} s; each metric is the median over the runs.",
         "All servers: the same model.onnx, ONNX Runtime with 1 intra-op thread, batches of up "
         "to 64 rows formed on the server.",
+        "CPU: the server's process and every descendant (front ends, Triton's tritonserver "
+        "and backend stubs, MLServer's workers), from /proc at the start and end of each "
+        "timed run; the client is wrk or h2load (h2load's own warm-up, under the same load, "
+        "included); in-process ORT is the benchmark's own process over warm-up and runs. "
+        "100 % = one core; cores = server + client CPU s / wall s.",
     ]
-    notes += [spec.note for spec in SERVERS if spec.note]
+    if any(spec.cells is not None for spec in specs):
+        notes.append(
+            "Scaling row: sciserve, HTTP-binary, c=16, b=1 and 64, started with "
+            f"--http-frontends {', '.join(str(n) for n in SCALING_FRONTENDS)} (front-end "
+            "processes relaying to the serving process)."
+        )
+    notes += [spec.note for spec in specs if spec.note]
     notes.append(
         f"MLServer's adaptive batcher waits up to {MLSERVER_MAX_BATCH_TIME * 1000:g} ms for a "
         "batch to fill (it does not batch with a zero wait)."
@@ -119,13 +183,13 @@ def _notes(options: Options, cores: int | None) -> list[str]:
 
 
 def _prepare(
-    work: Path, options: Options, seed: int
+    work: Path, batches: Sequence[int], seed: int
 ) -> tuple[Path, ort.InferenceSession, dict[int, Payloads], dict[int, BodyFiles]]:
     model = write_model(work / "model.onnx", seed)
     session = open_session(model)
     rng = np.random.default_rng(seed + 1)
     payloads: dict[int, Payloads] = {}
-    for batch in options.batches:
+    for batch in batches:
         inputs = rng.standard_normal((batch, IN_FEATURES), dtype=np.float32)
         (expected,) = session.run([OUTPUT_NAME], {INPUT_NAME: inputs})
         payloads[batch] = make_payloads(inputs, expected)
@@ -139,12 +203,22 @@ def _run(
     """Measure every selected server; return the cells, per-server facts, and interrupted."""
     results: list[CellResult] = []
     servers: dict[str, Any] = {}
+    specs = [spec for spec in server_specs(args.http_frontends) if spec.key in args.servers]
+    cells = {spec.key: _cells(spec, args) for spec in specs}
+    # The batch sizes of the matrix and of the cells of the contenders' own.
+    batches = sorted({*options.batches, *(b for own in cells.values() if own for _, b in own)})
     with tempfile.TemporaryDirectory(prefix="sciserve-bench-") as tmp:
         work = Path(tmp)
-        model, session, payloads, bodies = _prepare(work, options, args.seed)
+        model, session, payloads, bodies = _prepare(work, batches, args.seed)
         try:
-            for spec in SERVERS:
-                if spec.key not in args.servers:
+            for spec in specs:
+                own = cells[spec.key]
+                if own is not None and not own:
+                    console.print(
+                        f"[yellow]skipping {spec.label}: none of its cells "
+                        f"{spec.cells} is in --concurrency x --batch[/]",
+                        highlight=False,
+                    )
                     continue
                 reason = spec.missing()
                 if reason:
@@ -165,7 +239,14 @@ def _run(
                             **endpoint.details,
                         }
                         results += measure_server(
-                            spec.key, spec.protocols, endpoint, payloads, bodies, options, tools
+                            spec.key,
+                            spec.protocols,
+                            endpoint,
+                            payloads,
+                            bodies,
+                            options,
+                            tools,
+                            own,
                         )
                 except ChildFailed as exc:
                     console.print(f"[red]{spec.label} failed:[/] {exc}", highlight=False)
@@ -193,7 +274,7 @@ def _json_safe(value: Any) -> Any:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     # A wide table even when the output goes to a file or a pipe.
-    console = Console(width=None if sys.stdout.isatty() else 140)
+    console = Console(width=None if sys.stdout.isatty() else 180)
     if args.setup:
         setup_peers()
         return 0
@@ -211,13 +292,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     results, servers, interrupted = _run(args, options, LoadTools(wrk, h2load), console)
 
     machine = machine_info(wrk_version(wrk), h2load_version(h2load))
-    notes = _notes(options, machine["usable_cores"])
+    specs = [spec for spec in server_specs(args.http_frontends) if spec.key in args.servers]
+    notes = _notes(options, machine["usable_cores"], specs)
     console.print()
     render_table(results, console)
+    # The scaling contenders of this run that could not be measured, and why.
+    unavailable = {
+        key: str(servers[key]["error"])
+        for key in (scaling_key(n) for n in SCALING_FRONTENDS)
+        if "error" in servers.get(key, {})
+    }
+    scaling = [row for row in scaling_rows(results, unavailable) if row["server"] in args.servers]
+    render_scaling(scaling, console)
     for note in notes:
         console.print(f"• {note}", highlight=False)
     console.print()
-    targets = evaluate_targets(results)
+    console.print(
+        f"c=1 b=1 latency baseline: {args.baseline_p50_ms:g} ms"
+        + (
+            " (the README's last published run; --baseline-p50-ms to change)"
+            if args.baseline_p50_ms == BASELINE_P50_MS
+            else " (--baseline-p50-ms)"
+        ),
+        highlight=False,
+    )
+    targets = evaluate_targets(results, args.baseline_p50_ms)
     render_targets(targets, console)
 
     args.output_dir.mkdir(parents=True, exist_ok=True)
@@ -236,11 +335,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             "batch": list(options.batches),
             "wrk_threads": options.wrk_threads,
             "seed": args.seed,
+            "servers": list(args.servers),
+            "http_frontends": args.http_frontends,
+            "baseline_p50_ms": args.baseline_p50_ms,
         },
         "model": "MLP 64-256-256-10 FP32 (ONNX opset 17), seeded weights",
         "machine": machine,
         "servers": servers,
         "cells": [r.to_dict() for r in results],
+        "scaling": scaling,
         "targets": [t.to_dict() for t in targets],
         "notes": notes,
     }

@@ -9,8 +9,9 @@ verify    checking each server's answer against in-process ONNX Runtime
 wrk       HTTP load with wrk
 h2load    gRPC load with h2load
 inproc    the in-process ONNX Runtime ceiling
+cpu       CPU of a server's process tree and of the load generator, per run
 runner    the server x protocol x concurrency x batch matrix
-report    the table, ratios and targets
+report    the table, ratios, CPU columns, the scaling row and targets
 machine   CPU, cores and tool versions for the record
 """
 

@@ -1,9 +1,9 @@
-"""The side-by-side table, the ratio columns and the performance targets."""
+"""The side-by-side table, the ratio and CPU columns, the scaling row and the targets."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -12,19 +12,52 @@ from rich.table import Table
 
 from .results import Median
 from .runner import INPROCESS, CellResult
-from .servers import GRPC, HTTP_BINARY, HTTP_JSON
+from .servers import (
+    GRPC,
+    HTTP_BINARY,
+    HTTP_JSON,
+    SCALING_CELLS,
+    SCALING_FRONTENDS,
+    scaling_key,
+)
 
-__all__ = ["Target", "evaluate_targets", "render_table", "render_targets"]
+__all__ = [
+    "BASELINE_P50_MS",
+    "P50_SLACK_MS",
+    "Target",
+    "evaluate_targets",
+    "render_scaling",
+    "render_table",
+    "render_targets",
+    "scaling_rows",
+]
 
+#: sciserve's HTTP-binary p50 at concurrency 1, batch 1 in the README's last
+#: published run, before the HTTP front ends: the latency target's baseline.
+BASELINE_P50_MS = 0.19
+#: How much slower than the baseline that p50 may be.
+P50_SLACK_MS = 0.1
+
+_SCALING_KEYS = tuple(scaling_key(n) for n in SCALING_FRONTENDS)
 _PROTOCOL_ORDER = (INPROCESS, HTTP_BINARY, HTTP_JSON, GRPC)
-_SERVER_ORDER = ("onnxruntime", "sciserve", "sciserve-monitored", "triton", "mlserver")
+_SERVER_ORDER = (
+    "onnxruntime",
+    "sciserve",
+    "sciserve-monitored",
+    *_SCALING_KEYS,
+    "triton",
+    "mlserver",
+)
 _LABELS = {
     "onnxruntime": "ORT in-process",
     "sciserve": "sciserve",
     "sciserve-monitored": "sciserve, monitoring on",
+    **{scaling_key(n): f"sciserve, {n} HTTP FE" for n in SCALING_FRONTENDS},
     "triton": "Triton/PyTriton",
     "mlserver": "MLServer",
 }
+#: Rows that get the ratio columns: sciserve as measured, and its scaling row.
+_RATIO_SERVERS = ("sciserve", *_SCALING_KEYS)
 
 
 _NAMES = {"triton": "Triton", "mlserver": "MLServer"}
@@ -68,16 +101,42 @@ def _fmt_ms(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.2f}"
 
 
+def _fmt_percent(value: float | None) -> str:
+    return "" if value is None else f"{value:.0f}"
+
+
+def _fmt_cpu(total: float | None, main: float | None) -> str:
+    if total is None:
+        return ""
+    return f"{total:.0f}" if main is None else f"{total:.0f} ({main:.0f})"
+
+
+def _fmt_cores(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
+
+
 def render_table(results: Sequence[CellResult], console: Console) -> None:
     """Print one block per (concurrency, batch): the ceiling first, then each protocol."""
     index = _Index(results)
     table = Table(
         title="Median per cell; rows/s = requests/s x batch; "
-        "sciserve/X = sciserve rows/s over X's; % of ORT = sciserve over the in-process ceiling",
+        "sciserve/X = sciserve rows/s over X's; % of ORT = sciserve over the in-process ceiling; "
+        "srv CPU % = the server's processes (100 % = one core), cli = wrk/h2load, "
+        "cores = both, CPU s / wall s",
     )
     for name in ("conc", "batch", "protocol", "server"):
         table.add_column(name, no_wrap=True)
-    for name in ("rows/s", "p50 ms", "p99 ms", "sciserve/Triton", "sciserve/MLServer", "% of ORT"):
+    for name in (
+        "rows/s",
+        "p50 ms",
+        "p99 ms",
+        "srv CPU %",
+        "cli CPU %",
+        "cores",
+        "sciserve/Triton",
+        "sciserve/MLServer",
+        "% of ORT",
+    ):
         table.add_column(name, justify="right", no_wrap=True)
 
     def order(r: CellResult) -> tuple[int, int, int, int]:
@@ -99,10 +158,10 @@ def render_table(results: Sequence[CellResult], console: Console) -> None:
         label = _LABELS.get(c.server, c.server)
         key = [str(c.concurrency), str(c.batch), c.protocol, label]
         if median is None:
-            table.add_row(*key, "failed", "", "", "", "", "", style="red")
+            table.add_row(*key, "failed", *([""] * 8), style="red")
             continue
         ratios = ["", "", ""]
-        if c.server == "sciserve":
+        if c.server in _RATIO_SERVERS:
             args = (c.protocol, c.concurrency, c.batch)
             ceiling = _ratio(median, index.get("onnxruntime", *args))
             ratios = [
@@ -116,6 +175,9 @@ def render_table(results: Sequence[CellResult], console: Console) -> None:
             f"{median.rows_per_s:,.0f}{flag}",
             _fmt_ms(median.p50_ms),
             _fmt_ms(median.p99_ms),
+            _fmt_percent(median.server_cpu_percent),
+            "" if c.protocol == INPROCESS else _fmt_percent(median.client_cpu_percent),
+            _fmt_cores(median.cores_used),
             *ratios,
             style="bold" if c.server == "sciserve" else None,
         )
@@ -175,8 +237,39 @@ def _monitoring_target(index: _Index) -> Target:
     return Target(name, "PASS" if ratio >= 0.95 else "FAIL", detail)
 
 
-def evaluate_targets(results: Sequence[CellResult]) -> list[Target]:
-    """The targets of the serving work, PASS / FAIL / n/a (a cell missing)."""
+def _ceiling_target(index: _Index, concurrency: int, batch: int, share: float) -> Target:
+    name = (
+        f"c={concurrency} b={batch} {HTTP_BINARY}: sciserve ≥ {100 * share:g} % of "
+        "in-process ONNX Runtime (1 thread) rows/s"
+    )
+    ours = index.get("sciserve", HTTP_BINARY, concurrency, batch)
+    ceiling = index.get("onnxruntime", INPROCESS, concurrency, batch)
+    ratio = _ratio(ours, ceiling)
+    if ours is None or ceiling is None or ratio is None:
+        return Target(name, "n/a", "not measured in this run")
+    detail = f"{ours.rows_per_s:,.0f} vs {ceiling.rows_per_s:,.0f} rows/s = {_fmt_share(ratio)}"
+    return Target(name, "PASS" if ratio >= share else "FAIL", detail)
+
+
+def _baseline_latency_target(index: _Index, baseline_ms: float, slack_ms: float) -> Target:
+    bound = baseline_ms + slack_ms
+    name = (
+        f"c=1 b=1 {HTTP_BINARY}: sciserve p50 ≤ baseline {baseline_ms:g} ms "
+        f"+ {slack_ms:g} ms = {bound:.3g} ms"
+    )
+    ours = index.get("sciserve", HTTP_BINARY, 1, 1)
+    if ours is None or math.isnan(ours.p50_ms):
+        return Target(name, "n/a", "not measured in this run")
+    detail = f"{ours.p50_ms:.3f} ms ({ours.p50_ms - baseline_ms:+.3f} ms on the baseline)"
+    return Target(name, "PASS" if ours.p50_ms <= bound else "FAIL", detail)
+
+
+def evaluate_targets(
+    results: Sequence[CellResult], baseline_p50_ms: float = BASELINE_P50_MS
+) -> list[Target]:
+    """The targets, PASS / FAIL / n/a (a cell missing): the serving work's first, then
+    those of using every core (HTTP front ends), whose latency target compares
+    sciserve's c=1 b=1 p50 with ``baseline_p50_ms``."""
     index = _Index(results)
     return [
         _throughput_target(index, HTTP_BINARY, 16, 1, "triton", 1.5),
@@ -185,7 +278,87 @@ def evaluate_targets(results: Sequence[CellResult]) -> list[Target]:
         _throughput_target(index, HTTP_BINARY, 16, 64, "triton", 5.0),
         _latency_target(index),
         _monitoring_target(index),
+        _throughput_target(index, HTTP_BINARY, 16, 1, "triton", 2.5),
+        _ceiling_target(index, 16, 64, 0.40),
+        _baseline_latency_target(index, baseline_p50_ms, P50_SLACK_MS),
     ]
+
+
+def scaling_rows(
+    results: Sequence[CellResult], unavailable: Mapping[str, str]
+) -> list[dict[str, Any]]:
+    """The scaling row, one entry per front-end count: each cell's rows/s, p50,
+    server CPU and rows/s relative to no front end, or why it was not measured."""
+    index = _Index(results)
+    rows: list[dict[str, Any]] = []
+    for n in SCALING_FRONTENDS:
+        key = scaling_key(n)
+        row: dict[str, Any] = {"server": key, "http_frontends": n, "cells": []}
+        if key in unavailable:
+            row["unavailable"] = unavailable[key]
+        for concurrency, batch in SCALING_CELLS:
+            median = index.get(key, HTTP_BINARY, concurrency, batch)
+            none = index.get(scaling_key(0), HTTP_BINARY, concurrency, batch)
+            triton = index.get("triton", HTTP_BINARY, concurrency, batch)
+            ceiling = index.get("onnxruntime", INPROCESS, concurrency, batch)
+            row["cells"].append(
+                {
+                    "concurrency": concurrency,
+                    "batch": batch,
+                    "rows_per_s": median.rows_per_s if median else None,
+                    "p50_ms": median.p50_ms if median else None,
+                    "server_cpu_percent": median.server_cpu_percent if median else None,
+                    "main_cpu_percent": median.main_cpu_percent if median else None,
+                    "cores_used": median.cores_used if median else None,
+                    "vs_no_frontends": _ratio(median, none),
+                    "vs_triton": _ratio(median, triton),
+                    "share_of_ort": _ratio(median, ceiling),
+                }
+            )
+        rows.append(row)
+    return rows
+
+
+def render_scaling(rows: Sequence[Mapping[str, Any]], console: Console) -> None:
+    """The scaling row as a small table: one line per front-end count."""
+    # The front-end counts selected in this run: measured, or said why not.
+    rows = [
+        row
+        for row in rows
+        if "unavailable" in row or any(c["rows_per_s"] is not None for c in row["cells"])
+    ]
+    if not rows:
+        return
+    concurrencies = sorted({c for c, _ in SCALING_CELLS})
+    table = Table(
+        title=f"Scaling, {HTTP_BINARY}, c={','.join(map(str, concurrencies))}: sciserve with "
+        "N HTTP front-end processes; vs 0 = rows/s over no front end, "
+        "CPU % = the server's processes (its main process alone)"
+    )
+    table.add_column("front ends", justify="right", no_wrap=True)
+    for _, batch in SCALING_CELLS:
+        for name in ("rows/s", "CPU %", "vs 0", "/Triton", "% ORT"):
+            table.add_column(f"b={batch} {name}", justify="right", no_wrap=True)
+    reasons = []
+    for row in rows:
+        if "unavailable" in row:
+            table.add_row(str(row["http_frontends"]), "n/a", *([""] * (5 * len(SCALING_CELLS) - 1)))
+            reasons.append(f"{row['http_frontends']} front end(s): n/a: {row['unavailable']}")
+            continue
+        values = []
+        for cell in row["cells"]:
+            rate = cell["rows_per_s"]
+            values += [
+                "" if rate is None else f"{rate:,.0f}",
+                _fmt_cpu(cell["server_cpu_percent"], cell["main_cpu_percent"]),
+                _fmt_ratio(cell["vs_no_frontends"]),
+                _fmt_ratio(cell["vs_triton"]),
+                _fmt_share(cell["share_of_ort"]),
+            ]
+        table.add_row(str(row["http_frontends"]), *values)
+    console.print(table)
+    for reason in reasons:
+        console.print(f"  {reason}", highlight=False)
 
 
 def render_targets(targets: Sequence[Target], console: Console) -> None:

@@ -8,12 +8,13 @@ load generator shares the machine's cores with it.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import onnxruntime as ort
 
+from .cpu import CpuMeter
 from .h2load import GrpcRequest, answer_bytes, run_h2load
 from .inproc import run_inprocess
 from .payloads import BodyFiles, Payloads
@@ -31,6 +32,7 @@ __all__ = [
     "Options",
     "measure_inprocess",
     "measure_server",
+    "metered",
 ]
 
 #: The pseudo-protocol of the in-process ONNX Runtime ceiling.
@@ -96,14 +98,21 @@ def _say(text: str) -> None:
 
 def _describe(result: CellResult) -> str:
     c = result.cell
-    head = f"  {c.server:<9} {c.protocol:<11} c={c.concurrency:<3} b={c.batch:<3}"
+    head = f"  {c.server:<18} {c.protocol:<11} c={c.concurrency:<3} b={c.batch:<3}"
     median = result.median
     if median is None:
         return f"{head} FAILED: {result.error}"
     errors = f"  ({median.errors} errors)" if median.errors else ""
+    cpu = ""
+    if median.server_cpu_percent is not None and median.client_cpu_percent is not None:
+        cpu = f"  server {median.server_cpu_percent:4.0f} % CPU"
+        if median.main_cpu_percent is not None and c.protocol != INPROCESS:
+            cpu += f" (main {median.main_cpu_percent:.0f} %)"
+        if c.protocol != INPROCESS:
+            cpu += f", client {median.client_cpu_percent:3.0f} %"
     return (
         f"{head} {median.rows_per_s:>11,.0f} rows/s  p50 {median.p50_ms:7.2f} ms"
-        f"  p99 {median.p99_ms:7.2f} ms{errors}"
+        f"  p99 {median.p99_ms:7.2f} ms{cpu}{errors}"
     )
 
 
@@ -127,21 +136,38 @@ def _wrk_request(
     )
 
 
-def _wrk_cell(wrk: str, request: WrkRequest, concurrency: int, options: Options) -> tuple[Run, ...]:
+def metered(server_pid: int | None, run: Callable[[], Run]) -> Run:
+    """``run()`` with the CPU of the server's process tree and of the load generator
+    (the harness's children it waits for) during it; unmetered without a PID."""
+    if server_pid is None:
+        return run()
+    meter = CpuMeter(server_pid)
+    result = run()
+    return replace(result, cpu=meter.stop())
+
+
+def _wrk_cell(
+    wrk: str, request: WrkRequest, concurrency: int, options: Options, pid: int | None
+) -> tuple[Run, ...]:
     # The warm-up is a wrk run of its own whose numbers are dropped.
     run_wrk(wrk, request, concurrency, options.warmup, options.wrk_threads)
     return tuple(
-        run_wrk(wrk, request, concurrency, options.duration, options.wrk_threads)
+        metered(
+            pid, lambda: run_wrk(wrk, request, concurrency, options.duration, options.wrk_threads)
+        )
         for _ in range(options.runs)
     )
 
 
 def _grpc_cell(
-    h2load: str, request: GrpcRequest, concurrency: int, options: Options
+    h2load: str, request: GrpcRequest, concurrency: int, options: Options, pid: int | None
 ) -> tuple[Run, ...]:
-    # Each run is an h2load run of its own, with its own uncounted warm-up.
+    # Each run is an h2load run of its own, with its own uncounted warm-up; its CPU
+    # is metered over the whole h2load run, warm-up (under the same load) included.
     return tuple(
-        run_h2load(h2load, request, concurrency, options.duration, options.warmup)
+        metered(
+            pid, lambda: run_h2load(h2load, request, concurrency, options.duration, options.warmup)
+        )
         for _ in range(options.runs)
     )
 
@@ -167,8 +193,12 @@ def measure_server(
     bodies: Mapping[int, BodyFiles],
     options: Options,
     tools: LoadTools,
+    cells: Sequence[tuple[int, int]] | None = None,
 ) -> list[CellResult]:
-    """Verify, then measure, every cell of one running server."""
+    """Verify, then measure, every cell of one running server: ``cells``
+    (concurrency, batch), or by default the options' concurrency x batch matrix."""
+    if cells is None:
+        cells = [(c, b) for c in options.concurrencies for b in options.batches]
     results: list[CellResult] = []
     for protocol in protocols:
         try:
@@ -177,31 +207,30 @@ def measure_server(
             _say(f"  {server} {protocol}: wrong answer, not measured: {exc}")
             results += [
                 CellResult(Cell(server, protocol, c, b), error=f"verification failed: {exc}")
-                for c in options.concurrencies
-                for b in options.batches
+                for c, b in cells
             ]
             continue
-        for concurrency in options.concurrencies:
-            for batch in options.batches:
-                cell = Cell(server, protocol, concurrency, batch)
-                files = bodies[batch]
-                try:
-                    if protocol == GRPC:
-                        size = answer_bytes(endpoint.grpc, files.grpc)
-                        request = GrpcRequest(endpoint.grpc, files.grpc, size, batch)
-                        runs = _grpc_cell(tools.h2load, request, concurrency, options)
-                    else:
-                        runs = _wrk_cell(
-                            tools.wrk,
-                            _wrk_request(protocol, endpoint, payloads[batch], files),
-                            concurrency,
-                            options,
-                        )
-                    result = CellResult(cell, runs)
-                except (ChildFailed, ValueError, KeyError) as exc:
-                    result = CellResult(cell, error=str(exc).splitlines()[0])
-                _say(_describe(result))
-                results.append(result)
+        for concurrency, batch in cells:
+            cell = Cell(server, protocol, concurrency, batch)
+            files = bodies[batch]
+            try:
+                if protocol == GRPC:
+                    size = answer_bytes(endpoint.grpc, files.grpc)
+                    request = GrpcRequest(endpoint.grpc, files.grpc, size, batch)
+                    runs = _grpc_cell(tools.h2load, request, concurrency, options, endpoint.pid)
+                else:
+                    runs = _wrk_cell(
+                        tools.wrk,
+                        _wrk_request(protocol, endpoint, payloads[batch], files),
+                        concurrency,
+                        options,
+                        endpoint.pid,
+                    )
+                result = CellResult(cell, runs)
+            except (ChildFailed, ValueError, KeyError) as exc:
+                result = CellResult(cell, error=str(exc).splitlines()[0])
+            _say(_describe(result))
+            results.append(result)
     return results
 
 
@@ -212,6 +241,8 @@ def measure_inprocess(
     results = []
     for concurrency in options.concurrencies:
         for batch in options.batches:
+            # The server is this process; metered over the warm-up and all the windows.
+            meter = CpuMeter(None)
             runs = run_inprocess(
                 session,
                 payloads[batch].inputs,
@@ -220,6 +251,8 @@ def measure_inprocess(
                 options.duration,
                 options.runs,
             )
+            cpu = meter.stop()
+            runs = [replace(run, cpu=cpu) for run in runs]
             result = CellResult(Cell("onnxruntime", INPROCESS, concurrency, batch), tuple(runs))
             _say(_describe(result))
             results.append(result)

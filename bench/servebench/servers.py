@@ -28,9 +28,14 @@ __all__ = [
     "HTTP_BINARY",
     "HTTP_JSON",
     "MLSERVER_MAX_BATCH_TIME",
+    "NO_HTTP_FRONTENDS",
+    "SCALING_CELLS",
+    "SCALING_FRONTENDS",
     "SERVERS",
     "Endpoint",
     "ServerSpec",
+    "scaling_key",
+    "server_specs",
 ]
 
 HTTP_BINARY = "http-binary"
@@ -44,6 +49,13 @@ MLSERVER_MAX_BATCH_TIME = 0.001
 _LOOPBACK = "127.0.0.1"
 _START_TIMEOUT_S = 180.0
 
+#: The scaling row: sciserve on HTTP-binary with this many HTTP front-end processes …
+SCALING_FRONTENDS = (0, 1, 2)
+#: … measured on these (concurrency, batch) cells only.
+SCALING_CELLS = ((16, 1), (16, 64))
+#: Why a front-end contender is not measured with a sciserve that predates them.
+NO_HTTP_FRONTENDS = "this sciserve has no --http-frontends"
+
 
 @dataclass(frozen=True)
 class Endpoint:
@@ -53,6 +65,8 @@ class Endpoint:
     grpc: str
     version: str
     details: dict[str, str] = field(default_factory=dict)
+    #: The server's process (its tree's root, for CPU accounting).
+    pid: int | None = None
 
 
 Launcher = Callable[[Path, Path], AbstractContextManager[Endpoint]]
@@ -68,6 +82,8 @@ class ServerSpec:
     launch: Launcher
     missing: Callable[[], str | None]
     note: str = ""
+    #: The (concurrency, batch) cells it is measured on; ``None``: the run's matrix.
+    cells: tuple[tuple[int, int], ...] | None = None
 
 
 def _wait_ready(service: Service, http: str, timeout: float = _START_TIMEOUT_S) -> None:
@@ -120,13 +136,43 @@ def _sciserve_missing() -> str | None:
     return None
 
 
+@functools.cache
+def _serve_help() -> str:
+    """``sciserve serve --help``: which options this sciserve has."""
+    return run_command([*_sciserve_argv(), "serve", "--help"], timeout=60)
+
+
+def _frontends_missing(http_frontends: int | None) -> Callable[[], str | None]:
+    """``missing`` of a sciserve contender asking for ``http_frontends`` front ends."""
+
+    def missing() -> str | None:
+        reason = _sciserve_missing()
+        # None: serve's default; 0: what a sciserve without the option does anyway.
+        if reason is not None or not http_frontends:
+            return reason
+        try:
+            help_text = _serve_help()
+        except ChildFailed as exc:
+            return f"'sciserve serve --help' failed: {str(exc).splitlines()[0]}"
+        return None if "--http-frontends" in help_text else NO_HTTP_FRONTENDS
+
+    return missing
+
+
 @contextmanager
-def _sciserve(work: Path, model: Path, *, monitoring: bool = False) -> Iterator[Endpoint]:
+def _sciserve(
+    work: Path,
+    model: Path,
+    *,
+    monitoring: bool = False,
+    http_frontends: int | None = None,
+    name: str = "sciserve",
+) -> Iterator[Endpoint]:
     cli = _sciserve_argv()
-    help_text = run_command([*cli, "serve", "--help"], timeout=60)
+    help_text = _serve_help()
     if "--http-port" not in help_text:
         raise ChildFailed("'sciserve serve' has no --http-port option")
-    home = work / ("sciserve-monitored-home" if monitoring else "sciserve-home")
+    home = work / f"{name}-home"
     # Said either way, so the two contenders differ in monitoring whatever the default.
     home.mkdir(parents=True, exist_ok=True)
     (home / "sciserve.toml").write_text(f"[monitoring]\nenabled = {str(monitoring).lower()}\n")
@@ -154,7 +200,12 @@ def _sciserve(work: Path, model: Path, *, monitoring: bool = False) -> Iterator[
         argv += ["--grpc-frontends", "1"]
     if "--no-jobs" in help_text:
         argv += ["--no-jobs"]  # serving alone: no job runner polling beside it
-    with Service("sciserve", argv, work / "logs" / "sciserve.log", cwd=work) as service:
+    if http_frontends is not None and "--http-frontends" in help_text:
+        # Said even for 0, so that the scaling row's 0 means none whatever the default.
+        argv += ["--http-frontends", str(http_frontends)]
+    elif http_frontends:
+        raise ChildFailed(NO_HTTP_FRONTENDS)
+    with Service(name, argv, work / "logs" / f"{name}.log", cwd=work) as service:
         banner = service.wait_for_output(
             r"sciserve serving http=(\S+) grpc=(\S+) metrics=(\S+)", _START_TIMEOUT_S
         )
@@ -165,6 +216,7 @@ def _sciserve(work: Path, model: Path, *, monitoring: bool = False) -> Iterator[
             grpc=grpc,
             version=_server_version(http),
             details={"command": " ".join(argv[1:]).replace(str(work), "<tmp>")},
+            pid=service.pid,
         )
 
 
@@ -199,6 +251,7 @@ def _triton(work: Path, model: Path) -> Iterator[Endpoint]:
             grpc=f"{_LOOPBACK}:{grpc_port}",
             version=_server_version(http),
             details={**details, "backend": "python (PyTriton @batch + onnxruntime)"},
+            pid=service.pid,
         )
 
 
@@ -251,44 +304,75 @@ def _mlserver(work: Path, model: Path) -> Iterator[Endpoint]:
                 "runtime": "bench/peers/mlserver_runtime.py (onnxruntime)",
                 "adaptive_batching": f"max {MAX_BATCH}, max_batch_time {MLSERVER_MAX_BATCH_TIME}s",
             },
+            pid=service.pid,
         )
 
 
-SERVERS: tuple[ServerSpec, ...] = (
-    ServerSpec(
-        key="sciserve",
-        label="sciserve",
-        protocols=(HTTP_BINARY, HTTP_JSON, GRPC),
-        launch=_sciserve,
-        missing=_sciserve_missing,
-    ),
-    ServerSpec(
-        key="sciserve-monitored",
-        label="sciserve, monitoring on",
+def scaling_key(http_frontends: int) -> str:
+    """The contender name of the scaling row's sciserve with ``http_frontends`` front ends."""
+    return f"sciserve-fe{http_frontends}"
+
+
+def _scaling_spec(n: int) -> ServerSpec:
+    key = scaling_key(n)
+    plural = "" if n == 1 else "s"
+    return ServerSpec(
+        key=key,
+        label=f"sciserve, {n} HTTP front end{plural}",
         protocols=(HTTP_BINARY,),
-        launch=functools.partial(_sciserve, monitoring=True),
-        missing=_sciserve_missing,
-        note="'sciserve, monitoring on' is sciserve with monitoring.enabled = true in its "
-        "sciserve.toml, 'sciserve' the same with false: what monitoring on the request "
-        "path costs.",
-    ),
-    ServerSpec(
-        key="triton",
-        label="Triton 2.51 (PyTriton)",
-        protocols=(HTTP_BINARY, HTTP_JSON, GRPC),
-        launch=_triton,
-        missing=TRITON.missing,
-        note=(
-            "Triton runs its Python backend (PyTriton): its native ONNX Runtime backend "
-            "needs a newer glibc than this machine has."
+        launch=functools.partial(_sciserve, http_frontends=n, name=key),
+        missing=_frontends_missing(n),
+        cells=SCALING_CELLS,
+    )
+
+
+def server_specs(http_frontends: int | None = None) -> tuple[ServerSpec, ...]:
+    """Every contender; ``http_frontends`` goes to the main sciserve contenders
+    (``None``: serve's own default)."""
+    return (
+        ServerSpec(
+            key="sciserve",
+            label="sciserve",
+            protocols=(HTTP_BINARY, HTTP_JSON, GRPC),
+            launch=functools.partial(_sciserve, http_frontends=http_frontends),
+            missing=_frontends_missing(http_frontends),
         ),
-    ),
-    ServerSpec(
-        key="mlserver",
-        label="MLServer 1.7.1",
-        protocols=(HTTP_JSON, GRPC),
-        launch=_mlserver,
-        missing=MLSERVER.missing,
-        note="MLServer has no binary tensor extension: compared on HTTP-JSON and gRPC only.",
-    ),
-)
+        ServerSpec(
+            key="sciserve-monitored",
+            label="sciserve, monitoring on",
+            protocols=(HTTP_BINARY,),
+            launch=functools.partial(
+                _sciserve,
+                monitoring=True,
+                http_frontends=http_frontends,
+                name="sciserve-monitored",
+            ),
+            missing=_frontends_missing(http_frontends),
+            note="'sciserve, monitoring on' is sciserve with monitoring.enabled = true in its "
+            "sciserve.toml, 'sciserve' the same with false: what monitoring on the request "
+            "path costs.",
+        ),
+        ServerSpec(
+            key="triton",
+            label="Triton 2.51 (PyTriton)",
+            protocols=(HTTP_BINARY, HTTP_JSON, GRPC),
+            launch=_triton,
+            missing=TRITON.missing,
+            note=(
+                "Triton runs its Python backend (PyTriton): its native ONNX Runtime backend "
+                "needs a newer glibc than this machine has."
+            ),
+        ),
+        ServerSpec(
+            key="mlserver",
+            label="MLServer 1.7.1",
+            protocols=(HTTP_JSON, GRPC),
+            launch=_mlserver,
+            missing=MLSERVER.missing,
+            note="MLServer has no binary tensor extension: compared on HTTP-JSON and gRPC only.",
+        ),
+        *(_scaling_spec(n) for n in SCALING_FRONTENDS),
+    )
+
+
+SERVERS: tuple[ServerSpec, ...] = server_specs()
