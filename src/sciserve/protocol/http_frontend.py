@@ -317,11 +317,18 @@ class FrontEnd:
     ) -> None:
         relay = self.relay
         assert relay is not None
-        message = await receive()
-        if message["type"] != "http.request":
-            return  # the client left before its request was complete
-        body = message.get("body", b"")
-        more = bool(message.get("more_body", False))
+        # A client waiting for "100 Continue" sends the body only once it is
+        # read: the serving process sees the head first and may refuse it
+        # unread, as it does in-process.  Any other client sends the body
+        # right away; it goes with the head, in one frame.
+        waits = _header(scope, b"expect") == b"100-continue"
+        body, more = b"", True
+        if not waits:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client left before its request was complete
+            body = message.get("body", b"")
+            more = bool(message.get("more_body", False))
         head = Head(
             scope["method"], scope["path"], scope.get("raw_path") or scope["path"].encode(),
             scope["query_string"], [(bytes(k), bytes(v)) for k, v in scope["headers"]],
