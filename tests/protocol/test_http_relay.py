@@ -466,3 +466,18 @@ def test_an_over_quota_token_is_refused_before_its_body_and_never_logged(
     for token in (slow, fine, slow[:-4] + "XXXX"):
         assert token not in text
         assert token[-16:] not in text  # nor its secret part
+
+
+def test_a_body_larger_than_the_relay_window_streams_through(server: Running) -> None:
+    # 8 MiB, chunked: many times the relay's window, so the front end must be
+    # told as the application reads (a lost acknowledgement would hang here).
+    def chunks() -> Iterator[bytes]:
+        for i in range(128):
+            yield bytes([i]) * 65536
+
+    url = f"http://{server.http}/v2/sciserve/registry/models"
+    response = httpx.post(url, content=chunks(), timeout=60)
+    assert response.status_code == 400, response.text
+    assert response.json()["type"] in ("InvalidInput", "ArchiveError")
+    with httpclient.InferenceServerClient(server.http) as client:
+        _infer(client)

@@ -22,7 +22,13 @@ FINISH       to front  the last part of the response body
 ADVICE       to front  (call 0) what the front end may decide alone: a
                        credential's priority class, or a model whose queue
                        is full (:func:`advice_body`)
+CONSUMED     to front  the application read this many more bytes (u64) of
+                       the request body: room to send as many more
 ============ ========= =====================================================
+
+Request bodies are flow-controlled: a front end has at most :data:`WINDOW`
+bytes of one request's body sent and not yet read by the application, so a
+large upload is held by TCP, not by the serving process's memory.
 
 Heads are lists of byte strings: their count (u32), each one's length
 (u32), then the strings; the body follows.  Building and cutting them is a
@@ -38,11 +44,14 @@ __all__ = [
     "ADVICE",
     "BODY",
     "CHUNK",
+    "CONSUMED",
+    "CONSUMED_BYTES",
     "DISCONNECT",
     "END",
     "FINISH",
     "REQUEST",
     "START",
+    "WINDOW",
     "Advice",
     "Head",
     "advice_body",
@@ -53,7 +62,11 @@ __all__ = [
     "start_body",
 ]
 
-REQUEST, BODY, END, DISCONNECT, START, CHUNK, FINISH, ADVICE = range(1, 9)
+REQUEST, BODY, END, DISCONNECT, START, CHUNK, FINISH, ADVICE, CONSUMED = range(1, 10)
+
+#: Bytes of one request's body a front end may send ahead of the application.
+WINDOW = 1 << 20
+CONSUMED_BYTES = struct.Struct("<Q")
 
 _COUNT = struct.Struct("<I")
 _REQUEST_FIELDS = 12

@@ -64,11 +64,14 @@ from ._http_frames import (
     ADVICE,
     BODY,
     CHUNK,
+    CONSUMED,
+    CONSUMED_BYTES,
     DISCONNECT,
     END,
     FINISH,
     REQUEST,
     START,
+    WINDOW,
     Head,
     parse_advice,
     parse_start,
@@ -100,13 +103,28 @@ class _Ended(Exception):
 
 
 class _Call:
-    """The frames the serving process sent for one request, awaited in order."""
+    """The frames the serving process sent for one request, awaited in order,
+    and how much of its body the front end may still send (the window)."""
 
-    __slots__ = ("_frames", "_waiter")
+    __slots__ = ("_frames", "_room", "_waiter", "ahead")
 
     def __init__(self) -> None:
         self._frames: collections.deque[tuple[int, bytes]] = collections.deque()
         self._waiter: asyncio.Future[None] | None = None
+        self._room: asyncio.Event | None = None
+        #: Body bytes sent and not yet read by the application.
+        self.ahead = 0
+
+    def consumed(self, count: int) -> None:
+        self.ahead -= count
+        if self._room is not None and self.ahead < WINDOW:
+            self._room.set()
+
+    async def room(self) -> None:
+        """Wait until the window has room (or the relay is lost)."""
+        while self.ahead >= WINDOW and not self._frames:
+            self._room = asyncio.Event()
+            await self._room.wait()
 
     def push(self, kind: int, body: bytes) -> None:
         self._frames.append((kind, body))
@@ -133,6 +151,7 @@ class Relay(asyncio.Protocol):
         self._calls: dict[int, _Call] = {}
         self._ids = itertools.count(1)
         self._transport: asyncio.Transport | None = None
+        self._outbox: list[bytes] = []
         self._writable = asyncio.Event()
         self._writable.set()
         self.closed = asyncio.Event()
@@ -147,7 +166,11 @@ class Relay(asyncio.Protocol):
                 self._admission.advise(parse_advice(body))
                 continue
             pending = self._calls.get(call)
-            if pending is not None:  # else its client went away meanwhile
+            if pending is None:
+                continue  # its client went away meanwhile
+            if kind == CONSUMED:
+                pending.consumed(CONSUMED_BYTES.unpack(body)[0])
+            else:
                 pending.push(kind, body)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -155,6 +178,7 @@ class Relay(asyncio.Protocol):
         self._writable.set()
         for pending in self._calls.values():
             pending.push(_LOST, b"")
+            pending.consumed(0)
 
     def pause_writing(self) -> None:
         self._writable.clear()
@@ -178,7 +202,16 @@ class Relay(asyncio.Protocol):
             await self._writable.wait()
         if self.closed.is_set() or self._transport is None:
             raise _Ended
-        self._transport.write(frame(call, kind, body))
+        # Frames sent in one turn of the event loop leave in one write (one
+        # system call, one wake-up of the serving process).
+        self._outbox.append(frame(call, kind, body))
+        if len(self._outbox) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        frames, self._outbox = self._outbox, []
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(b"".join(frames))
 
 
 class _Refusal:
@@ -339,8 +372,9 @@ class FrontEnd:
         forwarding: asyncio.Task[None] | None = None
         try:
             await relay.send(call, REQUEST, request_body(head, body))
+            pending.ahead = len(body)
             if more:
-                forwarding = asyncio.create_task(self._forward(relay, call, receive, len(body)))
+                forwarding = asyncio.create_task(self._forward(relay, pending, call, receive))
             kind, data = await pending.get()
             if kind != START:
                 await _answer(send, 503, _STOPPING, close=True)
@@ -353,7 +387,7 @@ class FrontEnd:
             if not streaming:
                 return
             if forwarding is None:  # tell the serving process if the client leaves
-                forwarding = asyncio.create_task(self._forward(relay, call, receive, 0))
+                forwarding = asyncio.create_task(self._forward(relay, pending, call, receive))
             while True:
                 kind, data = await pending.get()
                 if kind == _LOST:
@@ -368,10 +402,14 @@ class FrontEnd:
             if forwarding is not None:
                 forwarding.cancel()
 
-    async def _forward(self, relay: Relay, call: int, receive: Any, sent: int) -> None:
+    async def _forward(self, relay: Relay, pending: _Call, call: int, receive: Any) -> None:
         """Relay the rest of the body, then watch for the client leaving."""
+        sent = pending.ahead
         try:
             while True:
+                # Not reading the client while the application has not read
+                # what was sent: TCP flow control then slows the client down.
+                await pending.room()
                 message = await receive()
                 if message["type"] == "http.disconnect":
                     await relay.send(call, DISCONNECT)
@@ -379,6 +417,7 @@ class FrontEnd:
                 chunk = message.get("body", b"")
                 if chunk:
                     await relay.send(call, BODY, chunk)
+                    pending.ahead += len(chunk)
                     sent += len(chunk)
                     if sent > self.limit:
                         # The serving process refuses it with 413 now: more is waste.

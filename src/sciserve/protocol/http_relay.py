@@ -41,11 +41,14 @@ from ._http_frames import (
     ADVICE,
     BODY,
     CHUNK,
+    CONSUMED,
+    CONSUMED_BYTES,
     DISCONNECT,
     END,
     FINISH,
     REQUEST,
     START,
+    WINDOW,
     Advice,
     Head,
     advice_body,
@@ -96,6 +99,7 @@ class _Exchange:
     __slots__ = (
         "_headers",
         "_messages",
+        "_unacknowledged",
         "_waiter",
         "call",
         "connection",
@@ -115,6 +119,7 @@ class _Exchange:
             [{"type": "http.request", "body": body, "more_body": head.more_body}]
         )
         self._waiter: asyncio.Future[None] | None = None
+        self._unacknowledged = 0
         self.started = False
         self.finished = False
         self.status = 0
@@ -151,7 +156,14 @@ class _Exchange:
                 return _DISCONNECT
             self._waiter = asyncio.get_running_loop().create_future()
             await self._waiter
-        return self._messages.popleft()
+        message = self._messages.popleft()
+        if self.head.more_body:
+            # Read: the front end may send as much again (see _http_frames).
+            self._unacknowledged += len(message.get("body", b""))
+            if self._unacknowledged >= WINDOW // 4:
+                read, self._unacknowledged = self._unacknowledged, 0
+                self.connection.send(self.call, CONSUMED, CONSUMED_BYTES.pack(read))
+        return message
 
     async def send(self, message: Message) -> None:
         if self.finished:
@@ -203,6 +215,7 @@ class _Connection(asyncio.Protocol):
         self._reader = FrameReader()
         self._transport: asyncio.Transport | None = None
         self._exchanges: dict[int, _Exchange] = {}
+        self._outbox: list[bytes] = []
         self._writable = asyncio.Event()
         self._writable.set()
 
@@ -231,8 +244,17 @@ class _Connection(asyncio.Protocol):
             await self._writable.wait()
 
     def send(self, call: int, kind: int, body: bytes) -> None:
+        # Frames sent in one turn of the event loop leave in one write: a
+        # write to the relay socket is a system call that wakes the front
+        # end, and under load many responses are ready in the same turn.
+        self._outbox.append(frame(call, kind, body))
+        if len(self._outbox) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        frames, self._outbox = self._outbox, []
         if self._transport is not None and not self._transport.is_closing():
-            self._transport.write(frame(call, kind, body))
+            self._transport.write(b"".join(frames))
 
     def data_received(self, data: bytes) -> None:
         for call, kind, body in self._reader.feed(data):
