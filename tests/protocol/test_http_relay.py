@@ -481,3 +481,49 @@ def test_a_body_larger_than_the_relay_window_streams_through(server: Running) ->
     assert response.json()["type"] in ("InvalidInput", "ArchiveError")
     with httpclient.InferenceServerClient(server.http) as client:
         _infer(client)
+
+
+def test_batch_work_for_a_full_queue_is_refused_at_the_front_end_realtime_is_not(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "home"
+    with Registry(Settings.load(home, environ={})) as registry:
+        registry.publish(make_onnx_package(tmp_path / "linear"))
+        store = TokenStore(registry)
+        _, bulk = store.create("bulk", {"*": ["infer"]}, priority="batch")
+        _, urgent = store.create("urgent", {"*": ["infer"]}, priority="realtime")
+    # One waiting request fills the queue, and each waits 0.3 s for a batch.
+    serve = ["--auth", "--http-frontends", "1", "--max-queue-size", "1"]
+    running = start_server(home, *serve, "--max-queue-delay", "0.3")
+    url = f"http://{running.http}/v2/models/linear/infer"
+    tensor = {"name": "x", "datatype": "FP32", "shape": [3, 4], "data": X.ravel().tolist()}
+    body = json.dumps({"inputs": [tensor]}).encode()
+
+    def post(token: str) -> httpx.Response:
+        return httpx.post(url, content=body, headers={"Authorization": f"Bearer {token}"})
+
+    try:
+        assert post(bulk).status_code == 200  # the front end learns the class
+        statuses: list[int] = []
+        threads = [threading.Thread(target=lambda: statuses.append(post(bulk).status_code))]
+        threads.append(threading.Thread(target=lambda: statuses.append(post(bulk).status_code)))
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert sorted(statuses) == [200, 503]  # the serving process refused one
+        # Now the front end refuses batch work for this model from the headers.
+        started = time.monotonic()
+        reply = _raw(
+            running.http,
+            b"POST /v2/models/linear/infer HTTP/1.1\r\nHost: x\r\n"
+            + f"Authorization: Bearer {bulk}\r\nContent-Length: 100000\r\n\r\n".encode(),
+        )
+        assert time.monotonic() - started < 1
+        head, _, answer = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503"), reply[:300]
+        assert b"retry-after: 1" in head.lower() and b"connection: close" in head.lower()
+        assert json.loads(answer)["type"] == "Overloaded"
+        assert post(urgent).status_code == 200  # realtime still goes through
+    finally:
+        stop_server(running.proc)
