@@ -527,3 +527,30 @@ def test_batch_work_for_a_full_queue_is_refused_at_the_front_end_realtime_is_not
         assert post(urgent).status_code == 200  # realtime still goes through
     finally:
         stop_server(running.proc)
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"), [("many", "'auto'"), ("-1", "'auto'"), ("65", "--http-frontends")]
+)
+def test_a_bad_front_end_count_is_a_clear_usage_error(
+    home: Path, value: str, fragment: str
+) -> None:
+    result = run_cli(
+        home,
+        "serve", "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0",
+        "--http-frontends", value,
+        timeout=60,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert fragment in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_auto_front_ends_follow_the_core_count(home: Path) -> None:
+    running = start_server(home, "--http-frontends", "auto")
+    try:
+        assert len(_frontends(running)) == frontends_for_cores()
+        with httpclient.InferenceServerClient(running.http) as client:
+            _infer(client)
+    finally:
+        stop_server(running.proc)
