@@ -57,7 +57,7 @@ def test_request_start_and_advice_frames_round_trip_in_any_split() -> None:
     head = Head(
         "POST", "/v2/models/ümlaut/infer", b"/v2/models/%C3%BCmlaut/infer", b"a=1&b=%20",
         [(b"authorization", b"Bearer secret"), (b"x-empty", b""), (b"x-bin", bytes(range(256)))],
-        ("127.0.0.1", 5555), ("127.0.0.1", 8000), "https", "1.1", b"\x00" * 16, True, True,
+        ("127.0.0.1", 5555), ("127.0.0.1", 8000), "https", "1.1", b"\x00" * 16, True, True, True,
     )  # fmt: skip
     no_peer = Head("GET", "/", b"/", b"", [], None, None, "http", "1.0", b"", False, False)
     frames = [
@@ -554,3 +554,33 @@ def test_auto_front_ends_follow_the_core_count(home: Path) -> None:
             _infer(client)
     finally:
         stop_server(running.proc)
+
+
+def test_a_client_expecting_100_continue_is_refused_before_sending_its_body(
+    server: Running,
+) -> None:
+    tensor = {"name": "x", "datatype": "FP32", "shape": [3, 4], "data": X.ravel().tolist()}
+    body = json.dumps({"inputs": [tensor]}).encode()
+    host, port = server.http.split(":")
+
+    def head(model: str) -> bytes:
+        return (
+            f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(head("nope"))  # no such model: answered from the head alone
+        reply = sock.recv(65536)
+        assert reply.startswith(b"HTTP/1.1 404"), reply
+        assert b"100 Continue" not in reply
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(head("linear"))
+        assert sock.recv(65536).startswith(b"HTTP/1.1 100 Continue")
+        sock.sendall(body)
+        reply = b""
+        while not reply.endswith(b"}"):
+            reply += sock.recv(65536)
+        assert reply.startswith(b"HTTP/1.1 200"), reply
+        answer = json.loads(reply.partition(b"\r\n\r\n")[2])
+        assert answer["outputs"][0]["data"] == expected_linear(X).ravel().tolist()

@@ -93,6 +93,9 @@ class Head:
     ask_class: bool
     #: More of the body follows in BODY frames, then END.
     more_body: bool
+    #: The client waits for "100 Continue": the front end reads its body only
+    #: once the application does (the first CONSUMED frame opens the window).
+    awaits_read: bool = False
 
 
 def _pack(fields: list[bytes], body: bytes = b"") -> bytes:
@@ -131,6 +134,7 @@ def _pairs(flat: list[bytes]) -> Headers:
 
 def request_body(head: Head, body: bytes) -> bytes:
     flags = (1 if head.ask_class else 0) | (2 if head.more_body else 0)
+    flags |= 4 if head.awaits_read else 0
     fields = [
         head.method.encode(), head.path.encode(), head.raw_path, head.query_string,
         *_address(head.client), *_address(head.server), head.scheme.encode(),
@@ -147,6 +151,7 @@ def parse_request(data: bytes) -> tuple[Head, bytes]:
         method.decode(), path.decode(), raw_path, query, _pairs(fields[_REQUEST_FIELDS:]),
         _parse_address(client_host, client_port), _parse_address(server_host, server_port),
         scheme.decode(), version.decode(), credential, bool(flags[0] & 1), bool(flags[0] & 2),
+        bool(flags[0] & 4),
     )  # fmt: skip
     return head, body
 

@@ -366,15 +366,18 @@ class FrontEnd:
             scope["method"], scope["path"], scope.get("raw_path") or scope["path"].encode(),
             scope["query_string"], [(bytes(k), bytes(v)) for k, v in scope["headers"]],
             scope.get("client"), scope.get("server"), scope["scheme"], scope["http_version"],
-            credential, ask, more,
+            credential, ask, more, waits,
         )  # fmt: skip
         call, pending = relay.open()
         forwarding: asyncio.Task[None] | None = None
         try:
             await relay.send(call, REQUEST, request_body(head, body))
-            pending.ahead = len(body)
+            # A waiting client's body is read once the application wants it.
+            pending.ahead = WINDOW if waits else len(body)
             if more:
-                forwarding = asyncio.create_task(self._forward(relay, pending, call, receive))
+                forwarding = asyncio.create_task(
+                    self._forward(relay, pending, call, receive, len(body))
+                )
             kind, data = await pending.get()
             if kind != START:
                 await _answer(send, 503, _STOPPING, close=True)
@@ -402,9 +405,11 @@ class FrontEnd:
             if forwarding is not None:
                 forwarding.cancel()
 
-    async def _forward(self, relay: Relay, pending: _Call, call: int, receive: Any) -> None:
-        """Relay the rest of the body, then watch for the client leaving."""
-        sent = pending.ahead
+    async def _forward(
+        self, relay: Relay, pending: _Call, call: int, receive: Any, sent: int = 0
+    ) -> None:
+        """Relay the rest of the body (``sent`` bytes of it went with the head),
+        then watch for the client leaving."""
         try:
             while True:
                 # Not reading the client while the application has not read

@@ -97,6 +97,7 @@ class _Exchange:
     """One relayed request: its ASGI scope, ``receive`` and ``send``."""
 
     __slots__ = (
+        "_awaits_read",
         "_headers",
         "_messages",
         "_unacknowledged",
@@ -120,6 +121,7 @@ class _Exchange:
         )
         self._waiter: asyncio.Future[None] | None = None
         self._unacknowledged = 0
+        self._awaits_read = head.awaits_read
         self.started = False
         self.finished = False
         self.status = 0
@@ -157,6 +159,10 @@ class _Exchange:
             self._waiter = asyncio.get_running_loop().create_future()
             await self._waiter
         message = self._messages.popleft()
+        if self._awaits_read:
+            # The application reads the body: now the client may send it.
+            self._awaits_read = False
+            self.connection.send(self.call, CONSUMED, CONSUMED_BYTES.pack(WINDOW))
         if self.head.more_body:
             # Read: the front end may send as much again (see _http_frames).
             self._unacknowledged += len(message.get("body", b""))
