@@ -480,8 +480,9 @@ def _check_no_secret(
 # -- the scenario, on each database ---------------------------------------------------------
 
 
+@pytest.mark.parametrize("http", ["in-process", "front-ends"])
 def test_quotas_usage_audit_and_no_secret_on_a_shared_server(
-    tmp_path: Path, database_url: str, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, database_url: str, capsys: pytest.CaptureFixture[str], http: str
 ) -> None:
     home = tmp_path / "home"
     home.mkdir()
@@ -497,7 +498,8 @@ def test_quotas_usage_audit_and_no_secret_on_a_shared_server(
     )
     ids["publisher"], tokens["publisher"] = cli.token("publisher", "--scope", "alpha:publish")
     done: Counter[str] = Counter()
-    server = _start(home, tmp_path / "logs", top=["--database-url", database_url], serve=["--auth"])
+    serve = ["--auth", *(["--http-frontends", "2"] if http == "front-ends" else [])]
+    server = _start(home, tmp_path / "logs", top=["--database-url", database_url], serve=serve)
     clients = Clients(server)
     try:
         _check_quotas(clients, tokens, done)
