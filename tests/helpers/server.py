@@ -176,10 +176,11 @@ class FrontendThread:
     :attr:`frontends` is the :class:`~sciserve.protocol.http_relay.HttpFrontends`.
     """
 
-    def __init__(self, service: Any, processes: int = 2, **options: Any) -> None:
+    def __init__(self, service: Any, processes: int = 2, app: Any = None, **options: Any) -> None:
         import asyncio
 
         self.service = service
+        self.app = app  # default: the service's own application
         self.processes = processes
         self.options = options
         self.loop = asyncio.new_event_loop()
@@ -197,7 +198,7 @@ class FrontendThread:
 
         await self.service.start()
         self.frontends = HttpFrontends(
-            create_app(self.service),
+            self.app if self.app is not None else create_app(self.service),
             self.service,
             "127.0.0.1",
             0,

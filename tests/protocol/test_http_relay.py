@@ -9,6 +9,7 @@ socket directory."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -16,7 +17,7 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +25,14 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
 
 from sciserve.access.priority import Priority
 from sciserve.access.tokens import TokenStore
-from sciserve.config import RateLimit, Settings, frontends_for_cores
+from sciserve.config import RateLimit, ServingConfig, Settings, frontends_for_cores
 from sciserve.protocol import http_frontend
 from sciserve.protocol._frames import FrameReader, frame
 from sciserve.protocol._http_frames import (
@@ -44,9 +49,10 @@ from sciserve.protocol._http_frames import (
     start_body,
 )
 from sciserve.registry.registry import Registry
+from sciserve.serving.service import InferenceService
 
 from helpers.packages import expected_linear, make_onnx_package
-from helpers.server import Running, run_cli, start_server, stop_server
+from helpers.server import FrontendThread, Running, run_cli, start_server, stop_server
 
 X = np.arange(12, dtype=np.float32).reshape(3, 4)
 
@@ -584,3 +590,47 @@ def test_a_client_expecting_100_continue_is_refused_before_sending_its_body(
         assert reply.startswith(b"HTTP/1.1 200"), reply
         answer = json.loads(reply.partition(b"\r\n\r\n")[2])
         assert answer["outputs"][0]["data"] == expected_linear(X).ravel().tolist()
+
+
+# -- flow control, with an application of the test's own ----------------------------
+
+
+@pytest.fixture
+def bare_service(tmp_path: Path) -> Iterator[InferenceService]:
+    with Registry(Settings.load(tmp_path / "home", environ={})) as registry:
+        yield InferenceService(registry, ServingConfig())
+
+
+def test_a_slow_client_holds_a_streaming_response_back_and_gets_every_byte(
+    bare_service: InferenceService,
+) -> None:
+    chunk, chunks = 64 * 1024, 1024  # 64 MiB in all
+    produced = 0
+
+    async def pieces() -> AsyncIterator[bytes]:
+        nonlocal produced
+        for i in range(chunks):
+            produced += chunk
+            yield bytes([i % 251]) * chunk
+
+    async def download(request: Request) -> Response:
+        return StreamingResponse(pieces(), media_type="application/octet-stream")
+
+    app = Starlette(routes=[Route("/download", download)])
+    with FrontendThread(bare_service, processes=1, app=app) as address:
+        digest = hashlib.sha256()
+        received = 0
+        with httpx.stream("GET", f"http://{address}/download", timeout=60) as response:
+            assert response.status_code == 200
+            for part in response.iter_raw():
+                if received == 0:
+                    time.sleep(1.0)  # a slow reader: the server must wait for it
+                    # Sockets and buffers hold some; nowhere near all 64 MiB.
+                    assert produced < 24 * 2**20, produced
+                received += len(part)
+                digest.update(part)
+    assert received == chunk * chunks
+    expected = hashlib.sha256()
+    for i in range(chunks):
+        expected.update(bytes([i % 251]) * chunk)
+    assert digest.hexdigest() == expected.hexdigest()

@@ -24,11 +24,15 @@ ADVICE       to front  (call 0) what the front end may decide alone: a
                        is full (:func:`advice_body`)
 CONSUMED     to front  the application read this many more bytes (u64) of
                        the request body: room to send as many more
+DELIVERED    to server the front end wrote this many more bytes (u64) of
+                       the response body to its client: room for as many
 ============ ========= =====================================================
 
-Request bodies are flow-controlled: a front end has at most :data:`WINDOW`
-bytes of one request's body sent and not yet read by the application, so a
-large upload is held by TCP, not by the serving process's memory.
+Bodies are flow-controlled both ways: a front end has at most
+:data:`WINDOW` bytes of one request's body sent and not yet read by the
+application, and the application at most as many of one response's body
+sent and not yet written to the client; so a large upload or download to a
+slow peer waits in TCP, not in either process's memory.
 
 Heads are lists of byte strings: their count (u32), each one's length
 (u32), then the strings; the body follows.  Building and cutting them is a
@@ -47,6 +51,7 @@ __all__ = [
     "CHUNK",
     "CONSUMED",
     "CONSUMED_BYTES",
+    "DELIVERED",
     "DISCONNECT",
     "END",
     "FINISH",
@@ -63,10 +68,11 @@ __all__ = [
     "start_body",
 ]
 
-REQUEST, BODY, END, DISCONNECT, START, CHUNK, FINISH, ADVICE, CONSUMED = range(1, 10)
+REQUEST, BODY, END, DISCONNECT, START, CHUNK, FINISH, ADVICE, CONSUMED, DELIVERED = range(1, 11)
 
-#: Bytes of one request's body a front end may send ahead of the application.
+#: Bytes of one body either side may send ahead of the other's reading.
 WINDOW = 1 << 20
+#: The body of CONSUMED and DELIVERED.
 CONSUMED_BYTES = struct.Struct("<Q")
 
 _COUNT = struct.Struct("<I")

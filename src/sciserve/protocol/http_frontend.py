@@ -66,6 +66,7 @@ from ._http_frames import (
     CHUNK,
     CONSUMED,
     CONSUMED_BYTES,
+    DELIVERED,
     DISCONNECT,
     END,
     FINISH,
@@ -391,13 +392,20 @@ class FrontEnd:
                 return
             if forwarding is None:  # tell the serving process if the client leaves
                 forwarding = asyncio.create_task(self._forward(relay, pending, call, receive))
+            delivered = len(first)
             while True:
+                if delivered >= WINDOW // 4:
+                    # Written to the client (uvicorn's send waits for that):
+                    # the application may send as much more.
+                    await relay.send(call, DELIVERED, CONSUMED_BYTES.pack(delivered))
+                    delivered = 0
                 kind, data = await pending.get()
                 if kind == _LOST:
                     return  # uvicorn closes a connection whose response did not end
                 await send({"type": "http.response.body", "body": data, "more_body": kind == CHUNK})
                 if kind == FINISH:
                     return
+                delivered += len(data)
         except _Ended:
             await _answer(send, 503, _STOPPING, close=True)
         finally:

@@ -43,6 +43,7 @@ from ._http_frames import (
     CHUNK,
     CONSUMED,
     CONSUMED_BYTES,
+    DELIVERED,
     DISCONNECT,
     END,
     FINISH,
@@ -98,9 +99,11 @@ class _Exchange:
 
     __slots__ = (
         "_awaits_read",
+        "_delivered",
         "_headers",
         "_messages",
         "_unacknowledged",
+        "_undelivered",
         "_waiter",
         "call",
         "connection",
@@ -122,6 +125,9 @@ class _Exchange:
         self._waiter: asyncio.Future[None] | None = None
         self._unacknowledged = 0
         self._awaits_read = head.awaits_read
+        #: Response body bytes sent and not yet written to the client.
+        self._undelivered = 0
+        self._delivered: asyncio.Event | None = None
         self.started = False
         self.finished = False
         self.status = 0
@@ -199,6 +205,19 @@ class _Exchange:
             self.finished = True
             self.push(_DISCONNECT)
         await self.connection.drain()
+        if more:
+            # A slow client holds the application back here, as uvicorn's
+            # own flow control does in-process.
+            self._undelivered += len(body)
+            while self._undelivered >= WINDOW and not self.connection.lost:
+                self._delivered = asyncio.Event()
+                await self._delivered.wait()
+
+    def delivered(self, count: int) -> None:
+        """The front end wrote ``count`` more response bytes to the client."""
+        self._undelivered -= count
+        if self._delivered is not None:
+            self._delivered.set()
 
     def fail(self) -> None:
         """End a response the application did not end."""
@@ -224,6 +243,7 @@ class _Connection(asyncio.Protocol):
         self._outbox: list[bytes] = []
         self._writable = asyncio.Event()
         self._writable.set()
+        self.lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -233,10 +253,12 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         # Requests in flight run to their end (their work is done and
         # accounted either way); there is just nobody to answer.
+        self.lost = True
         self._relay.connections.discard(self)
         self._writable.set()
         for exchange in self._exchanges.values():
             exchange.push(_DISCONNECT)
+            exchange.delivered(0)
 
     def pause_writing(self) -> None:
         self._writable.clear()
@@ -279,6 +301,8 @@ class _Connection(asyncio.Protocol):
                 known.push(_END)
             elif kind == DISCONNECT:
                 known.push(_DISCONNECT)
+            elif kind == DELIVERED:
+                known.delivered(CONSUMED_BYTES.unpack(body)[0])
 
     async def _run(self, exchange: _Exchange) -> None:
         try:
