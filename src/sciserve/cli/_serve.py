@@ -55,6 +55,7 @@ def serve(
     http_frontends: Annotated[
         str,
         typer.Option(
+            metavar="N|auto",
             help="Processes that accept and parse HTTP and relay requests to this one "
             "(more HTTP throughput with spare cores); 'auto': one per core but one; "
             "0: HTTP in this process."
