@@ -343,6 +343,12 @@ HOSTILE_HTTP = [
         b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n" + b"X-Many: 1\r\n" * 20_000 + b"\r\n",
         id="many-headers",
     ),
+    pytest.param(
+        b"POST /v2/models/linear/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+        id="length-and-chunked",
+    ),
+    pytest.param(b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", id="huge-path"),
     pytest.param(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(64), id="tls-to-plain"),
 ]
 

@@ -58,7 +58,7 @@ def serve(
             metavar="N|auto",
             help="Processes that accept and parse HTTP and relay requests to this one "
             "(more HTTP throughput with spare cores); 'auto': one per core but one; "
-            "0: HTTP in this process."
+            "0: HTTP in this process.",
         ),
     ] = "0",
     model: Annotated[

@@ -355,7 +355,7 @@ class FrontEnd:
         # read: the serving process sees the head first and may refuse it
         # unread, as it does in-process.  Any other client sends the body
         # right away; it goes with the head, in one frame.
-        waits = _header(scope, b"expect") == b"100-continue"
+        waits = (_header(scope, b"expect") or b"").lower() == b"100-continue"
         body, more = b"", True
         if not waits:
             message = await receive()
@@ -371,6 +371,7 @@ class FrontEnd:
         )  # fmt: skip
         call, pending = relay.open()
         forwarding: asyncio.Task[None] | None = None
+        started = False
         try:
             await relay.send(call, REQUEST, request_body(head, body))
             # A waiting client's body is read once the application wants it.
@@ -386,6 +387,7 @@ class FrontEnd:
             status, headers, streaming, first = parse_start(data)
             if model is not None and status == 429:
                 self.admission.learn(credential, model, status, _retry_after(headers), first)
+            started = True
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": first, "more_body": streaming})
             if not streaming:
@@ -407,7 +409,8 @@ class FrontEnd:
                     return
                 delivered += len(data)
         except _Ended:
-            await _answer(send, 503, _STOPPING, close=True)
+            if not started:  # else uvicorn closes a connection whose response did not end
+                await _answer(send, 503, _STOPPING, close=True)
         finally:
             relay.close(call)
             if forwarding is not None:
