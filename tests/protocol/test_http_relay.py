@@ -640,3 +640,23 @@ def test_a_slow_client_holds_a_streaming_response_back_and_gets_every_byte(
     for i in range(chunks):
         expected.update(bytes([i % 251]) * chunk)
     assert digest.hexdigest() == expected.hexdigest()
+
+
+def test_an_application_failing_mid_response_leaves_the_body_visibly_cut(
+    bare_service: InferenceService,
+) -> None:
+    async def pieces() -> AsyncIterator[bytes]:
+        yield b"x" * 1000
+        raise RuntimeError("the application failed mid-response")
+
+    async def broken(request: Request) -> Response:
+        return StreamingResponse(pieces())
+
+    async def fine(request: Request) -> Response:
+        return Response(b"fine")
+
+    app = Starlette(routes=[Route("/broken", broken), Route("/fine", fine)])
+    with FrontendThread(bare_service, processes=1, app=app) as address:
+        with pytest.raises(httpx.RemoteProtocolError):  # never a body that looks complete
+            httpx.get(f"http://{address}/broken", timeout=30)
+        assert httpx.get(f"http://{address}/fine", timeout=30).content == b"fine"

@@ -26,6 +26,9 @@ CONSUMED     to front  the application read this many more bytes (u64) of
                        the request body: room to send as many more
 DELIVERED    to server the front end wrote this many more bytes (u64) of
                        the response body to its client: room for as many
+ABORT        to front  the application failed mid-response: close the
+                       client's connection (a truncated body must not look
+                       complete)
 ============ ========= =====================================================
 
 Bodies are flow-controlled both ways: a front end has at most
@@ -46,6 +49,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 __all__ = [
+    "ABORT",
     "ADVICE",
     "BODY",
     "CHUNK",
@@ -68,7 +72,8 @@ __all__ = [
     "start_body",
 ]
 
-REQUEST, BODY, END, DISCONNECT, START, CHUNK, FINISH, ADVICE, CONSUMED, DELIVERED = range(1, 11)
+(REQUEST, BODY, END, DISCONNECT, START, CHUNK, FINISH, ADVICE, CONSUMED, DELIVERED,
+ ABORT) = range(1, 12)  # fmt: skip
 
 #: Bytes of one body either side may send ahead of the other's reading.
 WINDOW = 1 << 20

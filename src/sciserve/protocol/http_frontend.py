@@ -61,6 +61,7 @@ import uvicorn
 
 from ._frames import FrameReader, frame
 from ._http_frames import (
+    ABORT,
     ADVICE,
     BODY,
     CHUNK,
@@ -402,7 +403,7 @@ class FrontEnd:
                     await relay.send(call, DELIVERED, CONSUMED_BYTES.pack(delivered))
                     delivered = 0
                 kind, data = await pending.get()
-                if kind == _LOST:
+                if kind in (_LOST, ABORT):
                     return  # uvicorn closes a connection whose response did not end
                 await send({"type": "http.response.body", "body": data, "more_body": kind == CHUNK})
                 if kind == FINISH:

@@ -38,6 +38,7 @@ from ..errors import SciserveError
 from ..serving.service import InferenceService
 from ._frames import FrameReader, frame
 from ._http_frames import (
+    ABORT,
     ADVICE,
     BODY,
     CHUNK,
@@ -228,7 +229,7 @@ class _Exchange:
                 self.call, START, start_body(500, _ERROR_HEADERS, False, _ERROR_BODY)
             )
         elif not self.finished:
-            self.connection.send(self.call, FINISH, b"")
+            self.connection.send(self.call, ABORT, b"")
         self.finished = True
 
 
@@ -240,6 +241,7 @@ class _Connection(asyncio.Protocol):
         self._reader = FrameReader()
         self._transport: asyncio.Transport | None = None
         self._exchanges: dict[int, _Exchange] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         self._outbox: list[bytes] = []
         self._writable = asyncio.Event()
         self._writable.set()
@@ -290,7 +292,9 @@ class _Connection(asyncio.Protocol):
                 head, first = parse_request(body)
                 exchange = _Exchange(self, call, head, first)
                 self._exchanges[call] = exchange
-                asyncio.get_running_loop().create_task(self._run(exchange))
+                task = asyncio.get_running_loop().create_task(self._run(exchange))
+                self._tasks.add(task)  # the loop keeps only a weak reference
+                task.add_done_callback(self._tasks.discard)
                 continue
             known = self._exchanges.get(call)
             if known is None:
