@@ -660,3 +660,71 @@ def test_an_application_failing_mid_response_leaves_the_body_visibly_cut(
         with pytest.raises(httpx.RemoteProtocolError):  # never a body that looks complete
             httpx.get(f"http://{address}/broken", timeout=30)
         assert httpx.get(f"http://{address}/fine", timeout=30).content == b"fine"
+
+
+# -- the same bytes ------------------------------------------------------------------
+
+
+def _exchange(address: str, request: bytes) -> bytes:
+    """One request on a new connection (closed by ``Connection: close``): the
+    raw response without its Date and Server lines."""
+    reply = _raw(address, request, timeout=10)
+    lines = reply.split(b"\r\n")
+    return b"\r\n".join(
+        line for line in lines if not line.lower().startswith((b"date:", b"server:"))
+    )
+
+
+def test_responses_are_the_same_bytes_as_in_process(home: Path) -> None:
+    tensor = {"name": "x", "datatype": "FP32", "shape": [3, 4], "data": X.ravel().tolist()}
+    infer_json = json.dumps({"inputs": [tensor], "id": "r1"}).encode()
+    header = json.dumps(
+        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [3, 4],
+                     "parameters": {"binary_data_size": X.nbytes}}],
+         "outputs": [{"name": "y", "parameters": {"binary_data": True}}]}
+    ).encode()  # fmt: skip
+    infer_binary = header + X.tobytes()
+
+    def post(path: str, body: bytes, *extra: str) -> bytes:
+        lines = [f"POST {path} HTTP/1.1", "Host: x", "Connection: close", *extra]
+        lines.append(f"Content-Length: {len(body)}")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+    def get(path: str) -> bytes:
+        return f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+
+    requests = [
+        get("/v2/health/ready"),
+        get("/v2"),
+        get("/v2/models/linear"),
+        get("/v2/models/linear/config"),
+        get("/v2/models/nope"),
+        get("/v3/nothing"),
+        get("/v2/models/linear/infer"),
+        b"HEAD /v2/models/linear HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        post("/v2/models/linear/infer", infer_json),
+        post(
+            "/v2/models/linear/infer",
+            infer_binary,
+            f"Inference-Header-Content-Length: {len(header)}",
+            "Content-Type: application/octet-stream",
+        ),
+        post("/v2/models/linear/infer", b'{"inputs": ['),
+        post("/v2/models/linear/infer", b"[1, 2]"),
+        post("/v2/models/nope/infer", infer_json),
+        post("/v2/models/linear/infer", infer_json, "Content-Encoding: br"),
+        post("/v2/models/linear/infer", b" " * 100_000),
+        get("/v2/sciserve/registry/models"),
+    ]
+    plain = start_server(home)
+    try:
+        relayed = start_server(home, "--http-frontends", "2")
+        try:
+            for request in requests:
+                expected = _exchange(plain.http, request)
+                assert expected.startswith(b"HTTP/1.1 "), (request[:60], expected[:200])
+                assert _exchange(relayed.http, request) == expected, request[:60]
+        finally:
+            stop_server(relayed.proc)
+    finally:
+        stop_server(plain.proc)
