@@ -111,6 +111,10 @@ class ServingConfig(BaseModel):
     #: (:func:`frontends_for_cores` is a choice from the core count); 0
     #: serves HTTP in-process.
     http_frontends: int = Field(default=0, ge=0, le=64)
+    #: Inference requests each HTTP front end relays at once per class
+    #: (realtime: no bound); past it, 503 + Retry-After before the body.
+    http_interactive_lane: int = Field(default=1024, ge=1)
+    http_batch_lane: int = Field(default=64, ge=1)
     #: Device for every model (overrides the packages' own ``device``).
     device: str | None = None
     #: ONNX Runtime intra-op threads per session.

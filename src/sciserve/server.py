@@ -179,7 +179,7 @@ class Server:
         from .access.bind import check_bind_safety
         from .protocol.grpc_relay import GrpcFrontends
         from .protocol.grpc_server import create_grpc_server
-        from .protocol.http_relay import HttpFrontends
+        from .protocol.http_relay import HttpFrontends, Lanes
         from .protocol.rest import create_app, create_metrics_app
 
         cfg = self.config
@@ -249,6 +249,7 @@ class Server:
                 cfg.http_port,
                 processes=cfg.http_frontends,
                 tls_files=tls_files,
+                lanes=Lanes(cfg.http_interactive_lane, cfg.http_batch_lane),
             )
         else:
             http_server = _InProcessHttp(_http_config(create_app(service), tls), http_sock)

@@ -728,3 +728,44 @@ def test_responses_are_the_same_bytes_as_in_process(home: Path) -> None:
             stop_server(relayed.proc)
     finally:
         stop_server(plain.proc)
+
+
+def test_a_full_batch_lane_refuses_batch_work_and_realtime_still_has_room(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "home"
+    with Registry(Settings.load(home, environ={})) as registry:
+        registry.publish(make_onnx_package(tmp_path / "linear"))
+        store = TokenStore(registry)
+        _, bulk = store.create("bulk", {"*": ["infer"]}, priority="batch")
+        _, urgent = store.create("urgent", {"*": ["infer"]}, priority="realtime")
+    # Each request waits 0.5 s for a batch to fill: long enough to be "in flight".
+    serve = ["--auth", "--http-frontends", "1", "--http-batch-lane", "1"]
+    running = start_server(home, *serve, "--max-queue-delay", "0.5")
+    url = f"http://{running.http}/v2/models/linear/infer"
+    tensor = {"name": "x", "datatype": "FP32", "shape": [3, 4], "data": X.ravel().tolist()}
+    body = json.dumps({"inputs": [tensor]}).encode()
+
+    def post(token: str) -> httpx.Response:
+        return httpx.post(url, content=body, headers={"Authorization": f"Bearer {token}"})
+
+    try:
+        assert post(bulk).status_code == 200  # the front end learns the class
+        statuses: list[int] = []
+        flight = threading.Thread(target=lambda: statuses.append(post(bulk).status_code))
+        flight.start()
+        time.sleep(0.2)  # the lane's one slot is taken
+        reply = _raw(
+            running.http,
+            b"POST /v2/models/linear/infer HTTP/1.1\r\nHost: x\r\n"
+            + f"Authorization: Bearer {bulk}\r\nContent-Length: 100000\r\n\r\n".encode(),
+        )
+        head, _, answer = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503"), reply[:300]
+        assert "batch requests in flight" in json.loads(answer)["error"]
+        assert post(urgent).status_code == 200  # realtime always has room
+        flight.join(30)
+        assert statuses == [200]
+        assert post(bulk).status_code == 200  # the slot is free again
+    finally:
+        stop_server(running.proc)

@@ -61,6 +61,17 @@ def serve(
             "0: HTTP in this process.",
         ),
     ] = "0",
+    http_batch_lane: Annotated[
+        int,
+        typer.Option(
+            help="Batch-class inference requests each HTTP front end relays at once; "
+            "more get 503 before their body is read."
+        ),
+    ] = 64,
+    http_interactive_lane: Annotated[
+        int,
+        typer.Option(help="The same for interactive requests (realtime ones are never bounded)."),
+    ] = 1024,
     model: Annotated[
         list[str] | None,
         typer.Option(
@@ -118,6 +129,8 @@ def serve(
             metrics_port=metrics_port,
             grpc_frontends=grpc_frontends,
             http_frontends=_frontends(http_frontends),
+            http_batch_lane=http_batch_lane,
+            http_interactive_lane=http_interactive_lane,
             models=tuple(model) if model else None,
             strict_readiness=_strict(strict_readiness),
             poll_interval=poll_interval,
