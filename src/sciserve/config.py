@@ -43,6 +43,7 @@ __all__ = [
     "RateLimit",
     "ServingConfig",
     "Settings",
+    "frontends_for_cores",
     "parse_gate",
 ]
 
@@ -105,6 +106,15 @@ class ServingConfig(BaseModel):
     #: process, so gRPC's own per-call work leaves its event loop (more gRPC
     #: calls per second when a core is free); 0 serves gRPC in-process.
     grpc_frontends: int = Field(default=0, ge=0, le=64)
+    #: Processes that accept and parse HTTP and relay each request to the
+    #: serving process, so HTTP's per-request work leaves its event loop
+    #: (:func:`frontends_for_cores` is a choice from the core count); 0
+    #: serves HTTP in-process.
+    http_frontends: int = Field(default=0, ge=0, le=64)
+    #: Inference requests each HTTP front end relays at once per class
+    #: (realtime: no bound); past it, 503 + Retry-After before the body.
+    http_interactive_lane: int = Field(default=1024, ge=1)
+    http_batch_lane: int = Field(default=64, ge=1)
     #: Device for every model (overrides the packages' own ``device``).
     device: str | None = None
     #: ONNX Runtime intra-op threads per session.
@@ -351,6 +361,14 @@ class DriftThresholds(BaseModel):
 
 #: The thresholds used where neither the section nor a model sets one.
 DEFAULT_THRESHOLDS = DriftThresholds(psi=0.25, ks=0.1, class_shift=0.1, mean_shift=0.5)
+
+
+def frontends_for_cores(cores: int | None = None) -> int:
+    """How many HTTP front ends ``--http-frontends auto`` starts: one per core
+    beyond the one the serving process needs, at least one, at most 8 (past
+    that the serving process's own loop is the limit, not parsing)."""
+    available = cores if cores is not None else (os.cpu_count() or 1)
+    return max(1, min(8, available - 1))
 
 
 def parse_gate(text: str) -> tuple[bool, float] | None:

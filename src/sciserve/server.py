@@ -1,7 +1,10 @@
 """One process serving HTTP (OIP REST), gRPC and Prometheus metrics.
 
 All three listen on ``ServingConfig.host`` (loopback by default) and share
-one event loop and one :class:`InferenceService`.  SIGTERM and SIGINT stop
+one event loop and one :class:`InferenceService`; with ``http_frontends``
+or ``grpc_frontends``, processes of their own accept and parse HTTP or gRPC
+and relay each request to this one (:mod:`sciserve.protocol.http_relay`,
+:mod:`sciserve.protocol.grpc_relay`).  SIGTERM and SIGINT stop
 accepting new connections, let requests in flight finish, drain the
 batchers and unload the models.
 """
@@ -88,7 +91,15 @@ def _bind(host: str, port: int, option: str) -> socket.socket:
     return sock
 
 
-class _GrpcServer(Protocol):
+def _check_free(host: str, port: int, option: str) -> None:
+    """Fail now, with the usual error, if front ends could not bind ``port`` later."""
+    if port:
+        _bind(host, port, option).close()
+
+
+class _Listener(Protocol):
+    """A protocol's server: :meth:`start` returns the port it listens on."""
+
     async def start(self) -> int: ...
     async def stop(self, grace: float) -> None: ...
 
@@ -108,6 +119,51 @@ class _InProcess:
         await self._server.stop(grace)
 
 
+class _InProcessHttp:
+    """An ASGI application served by uvicorn on this process's event loop."""
+
+    def __init__(self, config: uvicorn.Config, sock: socket.socket) -> None:
+        self._server = _Uvicorn(config)
+        self._sock = sock
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> int:
+        self._task = asyncio.get_running_loop().create_task(
+            self._server.serve(sockets=[self._sock])
+        )
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()  # its error, if it failed
+                raise OSError("the HTTP server stopped while starting")
+            await asyncio.sleep(0.01)
+        port: int = self._sock.getsockname()[1]
+        return port
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        return self._task
+
+    async def stop(self, grace: float) -> None:
+        self._server.should_exit = True
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._sock.close()
+
+
+def _http_config(app: Any, tls: dict[str, Any]) -> uvicorn.Config:
+    # No access log: it would record paths and clients, and it costs time on
+    # the hot path; requests are counted in the metrics.
+    return uvicorn.Config(
+        app,
+        http="httptools",
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+        timeout_graceful_shutdown=30,
+        **tls,
+    )
+
+
 class Server:
     """Serve a registry until stopped."""
 
@@ -123,6 +179,7 @@ class Server:
         from .access.bind import check_bind_safety
         from .protocol.grpc_relay import GrpcFrontends
         from .protocol.grpc_server import create_grpc_server
+        from .protocol.http_relay import HttpFrontends, Lanes
         from .protocol.rest import create_app, create_metrics_app
 
         cfg = self.config
@@ -134,21 +191,26 @@ class Server:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._stop.set)
         tls_pair = _tls_pair(cfg)
-        # Ports first: a port in use is the likeliest start-up failure.
-        http_sock = _bind(cfg.host, cfg.http_port, "--http-port")
+        tls_files = None
+        if cfg.tls_cert is not None and cfg.tls_key is not None:
+            tls_files = (cfg.tls_cert, cfg.tls_key)
+        # Ports first: a port in use is the likeliest start-up failure.  Front
+        # ends bind theirs later; whether it is taken is found out now.
+        http_sock = None
+        if cfg.http_frontends:
+            _check_free(cfg.host, cfg.http_port, "--http-port")
+        else:
+            http_sock = _bind(cfg.host, cfg.http_port, "--http-port")
+        owned = [s for s in (http_sock,) if s is not None]
         try:
             metrics_sock = _bind(cfg.host, cfg.metrics_port, "--metrics-port")
+            owned.append(metrics_sock)
+            if cfg.grpc_frontends:
+                _check_free(cfg.host, cfg.grpc_port, "--grpc-port")
         except ConfigError:
-            http_sock.close()
+            for sock in owned:
+                sock.close()
             raise
-        if cfg.grpc_frontends and cfg.grpc_port:
-            # The front ends bind it later; find out now if it is taken.
-            try:
-                _bind(cfg.host, cfg.grpc_port, "--grpc-port").close()
-            except ConfigError:
-                for sock in (http_sock, metrics_sock):
-                    sock.close()
-                raise
         registry = await asyncio.to_thread(Registry, self.settings)
         access = None
         if self.settings.access.enabled:
@@ -158,11 +220,8 @@ class Server:
         service = InferenceService(
             registry, cfg, access=access, monitoring=self.settings.monitoring
         )
-        grpc_server: _GrpcServer
+        grpc_server: _Listener
         if cfg.grpc_frontends:
-            tls_files = None
-            if cfg.tls_cert is not None and cfg.tls_key is not None:
-                tls_files = (cfg.tls_cert, cfg.tls_key)
             grpc_server = GrpcFrontends(
                 service, cfg.host, cfg.grpc_port, processes=cfg.grpc_frontends, tls_files=tls_files
             )
@@ -172,7 +231,7 @@ class Server:
                     *create_grpc_server(service, cfg.host, cfg.grpc_port, tls=tls_pair)
                 )
             except OSError as exc:
-                for sock in (http_sock, metrics_sock):
+                for sock in owned:
                     sock.close()
                 if access is not None:
                     await asyncio.to_thread(access.close)
@@ -181,60 +240,62 @@ class Server:
         tls: dict[str, Any] = {}
         if cfg.tls_cert is not None:
             tls = {"ssl_certfile": str(cfg.tls_cert), "ssl_keyfile": str(cfg.tls_key)}
-        servers = [
-            # No access log: it would record paths and clients, and it costs
-            # time on the hot path; requests are counted in the metrics.
-            _Uvicorn(
-                uvicorn.Config(
-                    create_app(service),
-                    http="httptools",
-                    lifespan="off",
-                    access_log=False,
-                    log_level="warning",
-                    timeout_graceful_shutdown=30,
-                    **tls,
-                )
+        http_server: _Listener
+        if http_sock is None:
+            http_server = HttpFrontends(
+                create_app(service),
+                service,
+                cfg.host,
+                cfg.http_port,
+                processes=cfg.http_frontends,
+                tls_files=tls_files,
+                lanes=Lanes(cfg.http_interactive_lane, cfg.http_batch_lane),
+            )
+        else:
+            http_server = _InProcessHttp(_http_config(create_app(service), tls), http_sock)
+        metrics_server = _InProcessHttp(
+            uvicorn.Config(
+                create_metrics_app(service), lifespan="off", access_log=False, log_level="warning"
             ),
-            _Uvicorn(
-                uvicorn.Config(
-                    create_metrics_app(service),
-                    lifespan="off",
-                    access_log=False,
-                    log_level="warning",
-                )
-            ),
-        ]
+            metrics_sock,
+        )
         try:
             await service.start()
             try:
                 grpc_port = await grpc_server.start()
             except OSError as exc:
                 raise _cannot_listen(cfg.host, cfg.grpc_port, "--grpc-port", exc) from exc
-            tasks = [
-                loop.create_task(servers[0].serve(sockets=[http_sock])),
-                loop.create_task(servers[1].serve(sockets=[metrics_sock])),
-            ]
-            while not all(s.started for s in servers):
-                if any(t.done() for t in tasks):
-                    break
-                await asyncio.sleep(0.01)
-            addresses = Addresses(
-                cfg.host, http_sock.getsockname()[1], grpc_port, metrics_sock.getsockname()[1]
-            )
+            try:
+                http_port = await http_server.start()
+            except OSError as exc:
+                await grpc_server.stop(grace=0)
+                raise _cannot_listen(cfg.host, cfg.http_port, "--http-port", exc) from exc
+            metrics_port = await metrics_server.start()
+            addresses = Addresses(cfg.host, http_port, grpc_port, metrics_port)
             if on_ready is not None:
                 on_ready(addresses)
             stopper = loop.create_task(self._stop.wait())
-            await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+            waited = [stopper, *_tasks(http_server, metrics_server)]
+            await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED)
             log.info("sciserve is stopping")
-            for server in servers:
-                server.should_exit = True
-            await grpc_server.stop(grace=10)
-            await asyncio.gather(*tasks, return_exceptions=True)
+            # HTTP first: its front ends finish what is in flight while gRPC
+            # and the service still answer.
+            await http_server.stop(grace=10)
+            await asyncio.gather(metrics_server.stop(grace=0), grpc_server.stop(grace=10))
             stopper.cancel()
         finally:
             await service.stop()
             if access is not None:
                 await asyncio.to_thread(access.close)
             await asyncio.to_thread(registry.close)
-            for sock in (http_sock, metrics_sock):
+            for sock in owned:
                 sock.close()
+
+
+def _tasks(*servers: _Listener) -> list[asyncio.Task[None]]:
+    """The serving tasks of the in-process servers (one ending stops the server)."""
+    return [
+        server.task
+        for server in servers
+        if isinstance(server, _InProcessHttp) and server.task is not None
+    ]

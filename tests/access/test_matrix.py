@@ -168,13 +168,17 @@ class World:
     creds: dict[str, Credential]
     archive: bytes
     admin: str
-    #: A second server on the same registry, its gRPC served by a front-end process.
+    #: A second server on the same registry, its gRPC and HTTP served by
+    #: front-end processes.
     relayed: Running
     #: The archive of the dataset ``alpha/ds:1.0.0``.
     dataset_archive: bytes = b""
 
     def grpc(self, mode: str) -> str:
         return self.relayed.grpc if mode == "front-end" else self.server.grpc
+
+    def http(self, mode: str) -> str:
+        return self.relayed.http if mode == "front-end" else self.server.http
 
 
 def _jwk(key: ec.EllipticCurvePrivateKey, kid: str) -> dict[str, Any]:
@@ -317,7 +321,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     creds, archive, dataset_archive = _build(work / "home", work)
     server = start_server(work / "home", "--auth")
     try:
-        relayed = start_server(work / "home", "--auth", "--grpc-frontends", "1")
+        relayed = start_server(
+            work / "home", "--auth", "--grpc-frontends", "1", "--http-frontends", "1"
+        )
     except BaseException:
         stop_server(server.proc)
         raise
@@ -790,12 +796,13 @@ def _coverage(outcomes: dict[tuple[str, str], set[Outcome]], targets: dict[Any, 
             assert Outcome.FORBIDDEN in seen, (key, seen)
 
 
-def test_rest_matrix(world: World) -> None:
+@pytest.mark.parametrize("mode", ["in-process", "front-end"])
+def test_rest_matrix(world: World, mode: str) -> None:
     problems: list[str] = []
     cells = 0
     outcomes: dict[tuple[str, str], set[Outcome]] = {}
     targets: dict[Any, Target] = {}
-    with httpx.Client(base_url=f"http://{world.server.http}", timeout=30) as client:
+    with httpx.Client(base_url=f"http://{world.http(mode)}", timeout=30) as client:
         for (method, path), spec in REST_TABLE.items():
             for verb in (method, "HEAD") if method == "GET" else (method,):
                 targets[(verb, path)] = spec.target

@@ -480,8 +480,9 @@ def _check_no_secret(
 # -- the scenario, on each database ---------------------------------------------------------
 
 
+@pytest.mark.parametrize("http", ["in-process", "front-ends"])
 def test_quotas_usage_audit_and_no_secret_on_a_shared_server(
-    tmp_path: Path, database_url: str, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, database_url: str, capsys: pytest.CaptureFixture[str], http: str
 ) -> None:
     home = tmp_path / "home"
     home.mkdir()
@@ -497,7 +498,8 @@ def test_quotas_usage_audit_and_no_secret_on_a_shared_server(
     )
     ids["publisher"], tokens["publisher"] = cli.token("publisher", "--scope", "alpha:publish")
     done: Counter[str] = Counter()
-    server = _start(home, tmp_path / "logs", top=["--database-url", database_url], serve=["--auth"])
+    serve = ["--auth", *(["--http-frontends", "2"] if http == "front-ends" else [])]
+    server = _start(home, tmp_path / "logs", top=["--database-url", database_url], serve=serve)
     clients = Clients(server)
     try:
         _check_quotas(clients, tokens, done)
@@ -524,9 +526,9 @@ def test_quotas_usage_audit_and_no_secret_on_a_shared_server(
 # -- 3. TLS and bind safety ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("frontends", [0, 1], ids=["grpc-in-process", "grpc-front-end"])
+@pytest.mark.parametrize("frontends", ["none", "grpc", "http"])
 def test_tls_serves_rest_and_grpc_to_clients_trusting_the_ca(
-    tmp_path: Path, frontends: int
+    tmp_path: Path, frontends: str
 ) -> None:
     import gevent.ssl
     import tritonclient.grpc as grpcclient
@@ -547,7 +549,10 @@ def test_tls_serves_rest_and_grpc_to_clients_trusting_the_ca(
     bearer = f"Bearer {token}"
     x = np.arange(8, dtype=np.float32).reshape(2, 4)
     serve = ["--auth", "--tls-cert", str(cert_file), "--tls-key", str(key_file)]
-    serve += ["--grpc-frontends", str(frontends)]
+    if frontends == "grpc":
+        serve += ["--grpc-frontends", "1"]
+    if frontends == "http":
+        serve += ["--http-frontends", "2"]
     with _running(home, tmp_path / "logs", serve=serve, ca=ca) as server:
         http = httpclient.InferenceServerClient(
             server.http,

@@ -165,3 +165,62 @@ class ServerThread:
         self.server.should_exit = True
         self.thread.join(timeout=30)
         assert not self.thread.is_alive()
+
+
+class FrontendThread:
+    """An :class:`InferenceService` served over HTTP by ``processes`` real
+    front-end processes (``serve --http-frontends``), the service and the
+    relay on an event loop of their own in a background thread.
+
+    ``with FrontendThread(service) as address:`` gives ``"127.0.0.1:PORT"``;
+    :attr:`frontends` is the :class:`~sciserve.protocol.http_relay.HttpFrontends`.
+    """
+
+    def __init__(self, service: Any, processes: int = 2, app: Any = None, **options: Any) -> None:
+        import asyncio
+
+        self.service = service
+        self.app = app  # default: the service's own application
+        self.processes = processes
+        self.options = options
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.frontends: Any = None
+
+    def run(self, coro: Any, timeout: float = 60) -> Any:
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    async def _start(self) -> int:
+        from sciserve.protocol.http_relay import HttpFrontends
+        from sciserve.protocol.rest import create_app
+
+        await self.service.start()
+        self.frontends = HttpFrontends(
+            self.app if self.app is not None else create_app(self.service),
+            self.service,
+            "127.0.0.1",
+            0,
+            processes=self.processes,
+            **self.options,
+        )
+        port: int = await self.frontends.start()
+        return port
+
+    async def _stop(self) -> None:
+        if self.frontends is not None:
+            await self.frontends.stop(grace=5)
+        await self.service.stop()
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        return f"127.0.0.1:{self.run(self._start())}"
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.run(self._stop())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+            self.loop.close()

@@ -5,6 +5,8 @@ CSRF on every form, hostile text in model cards and hostile requests, and
 that no API token ever reaches a URL, a page or the server's log.  (The
 browser tests are in ``test_dashboard_browser.py``; the authorisation
 matrix covers every dashboard route in ``tests/access/test_matrix.py``.)
+Every test runs twice: HTTP served in-process, and by two front-end
+processes relaying to it (``--http-frontends 2``).
 """
 
 from __future__ import annotations
@@ -107,8 +109,10 @@ def _stream_workers(home: Path) -> None:
     write_status(status_path(home, "ztf", gone.pid), {**dead, "state": "running"})
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+@pytest.fixture(scope="module", params=["in-process", "front-ends"])
+def world(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[World]:
     work = tmp_path_factory.mktemp("dashboard")
     home = work / "home"
     with Registry(Settings.load(home, environ={})) as reg:
@@ -150,7 +154,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             )
     _stream_workers(home)
     log = work / "server.log"
-    server = start_server(home, "--auth", stderr_file=log)
+    frontends = ["--http-frontends", "2"] if request.param == "front-ends" else []
+    server = start_server(home, "--auth", *frontends, stderr_file=log)
     JOBS.update(failed=failed.id, done=done.id)
     try:
         # Once the server is up (it would never be ready otherwise): a version

@@ -1,6 +1,9 @@
 """The HTTP server for real: uvicorn on 127.0.0.1, the unmodified
 ``tritonclient.http`` for everything a client does right, raw ``httpx`` and
-sockets for everything a hostile client does wrong."""
+sockets for everything a hostile client does wrong.
+
+Every test against a server runs twice: HTTP served in-process, and by two
+front-end processes (``serve --http-frontends 2``) relaying to it."""
 
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ from sciserve.registry.registry import Registry
 from sciserve.serving.service import InferenceService
 
 from helpers.packages import expected_linear, make_onnx_package
-from helpers.server import ServerThread
+from helpers.server import FrontendThread, ServerThread
 
 #: Small enough that oversized bodies are cheap to send.
 LIMIT = 64 * 1024
@@ -83,8 +86,14 @@ def pair_package(root: Path) -> Path:
     return root
 
 
+@pytest.fixture(scope="module", params=["in-process", "front-ends"])
+def mode(request: pytest.FixtureRequest) -> str:
+    """How HTTP is served: in the serving process, or by front ends relaying to it."""
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InferenceService]:
+def service(tmp_path_factory: pytest.TempPathFactory, mode: str) -> Iterator[InferenceService]:
     tmp = tmp_path_factory.mktemp("rest")
     with Registry(Settings.load(tmp / "home", environ={})) as registry:
         registry.publish(make_onnx_package(tmp / "v1"))
@@ -95,7 +104,11 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InferenceServi
 
 
 @pytest.fixture(scope="module")
-def address(service: InferenceService) -> Iterator[str]:
+def address(service: InferenceService, mode: str) -> Iterator[str]:
+    if mode == "front-ends":
+        with FrontendThread(service, processes=2) as address:
+            yield address
+        return
     with ServerThread(create_app(service, manage_service=True)) as address:
         yield address
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from pydantic import ValidationError
 
-from ..config import ServingConfig, Settings
+from ..config import ServingConfig, Settings, frontends_for_cores
 from ..errors import ConfigError
 from ._context import log_to_stderr, state
 
@@ -52,6 +52,26 @@ def serve(
             "(more gRPC throughput with a spare core); 0: gRPC in this process."
         ),
     ] = 0,
+    http_frontends: Annotated[
+        str,
+        typer.Option(
+            metavar="N|auto",
+            help="Processes that accept and parse HTTP and relay requests to this one "
+            "(more HTTP throughput with spare cores); 'auto': one per core but one; "
+            "0: HTTP in this process.",
+        ),
+    ] = "0",
+    http_batch_lane: Annotated[
+        int,
+        typer.Option(
+            help="Batch-class inference requests each HTTP front end relays at once; "
+            "more get 503 before their body is read."
+        ),
+    ] = 64,
+    http_interactive_lane: Annotated[
+        int,
+        typer.Option(help="The same for interactive requests (realtime ones are never bounded)."),
+    ] = 1024,
     model: Annotated[
         list[str] | None,
         typer.Option(
@@ -108,6 +128,9 @@ def serve(
             grpc_port=grpc_port,
             metrics_port=metrics_port,
             grpc_frontends=grpc_frontends,
+            http_frontends=_frontends(http_frontends),
+            http_batch_lane=http_batch_lane,
+            http_interactive_lane=http_interactive_lane,
             models=tuple(model) if model else None,
             strict_readiness=_strict(strict_readiness),
             poll_interval=poll_interval,
@@ -132,6 +155,16 @@ def serve(
         )
     run_jobs = settings.jobs.run_in_server if jobs is None else jobs
     run_server(settings, config, jobs=run_jobs and not settings.read_only)
+
+
+def _frontends(value: str) -> int:
+    if value.strip().lower() == "auto":
+        return frontends_for_cores()
+    if not value.strip().isdigit():
+        raise typer.BadParameter(
+            "use a number of processes or 'auto'", param_hint="--http-frontends"
+        )
+    return int(value)
 
 
 def _options_problem(exc: ValidationError) -> str:

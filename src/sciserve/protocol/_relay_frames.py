@@ -6,7 +6,8 @@ Unix socket to the serving process (:mod:`~sciserve.protocol.grpc_relay`),
 which runs the same servicers the in-process gRPC server runs.  Both ends
 are sciserve of the same installation, so the format carries no version.
 
-A frame is a header (body length, call id, kind) and a body:
+A frame (:mod:`~sciserve.protocol._frames`) is a header (body length, call
+id, kind) and a body:
 
 =========== ========= ======================================================
 kind        direction body
@@ -35,6 +36,8 @@ from google.protobuf import message_factory
 from grpc_health.v1 import health_pb2
 from tritonclient.grpc import service_pb2
 
+from ._frames import HEADER, FrameReader, frame
+
 __all__ = [
     "CALL",
     "CANCEL",
@@ -53,7 +56,6 @@ __all__ = [
     "status_body",
 ]
 
-HEADER = struct.Struct("<IIB")
 _CALL = struct.Struct("<HI")
 _STATUS = struct.Struct("<BI")
 
@@ -101,10 +103,6 @@ def _methods() -> tuple[Method, ...]:
 METHODS: tuple[Method, ...] = _methods()
 
 
-def frame(call: int, kind: int, body: bytes = b"") -> bytes:
-    return HEADER.pack(len(body), call, kind) + body
-
-
 def _metadata_json(metadata: Metadata) -> bytes:
     return json.dumps(metadata, separators=(",", ":")).encode()
 
@@ -133,27 +131,3 @@ def parse_status(body: bytes) -> tuple[int, str, Metadata]:
     details = body[start : start + length].decode()
     pairs = json.loads(body[start + length :])
     return code, details, tuple((str(key), str(value)) for key, value in pairs)
-
-
-class FrameReader:
-    """Cut a byte stream into ``(call, kind, body)`` frames."""
-
-    def __init__(self) -> None:
-        self._buffer = bytearray()
-
-    def feed(self, data: bytes) -> list[tuple[int, int, bytes]]:
-        buffer = self._buffer
-        buffer += data
-        frames = []
-        offset = 0
-        size = HEADER.size
-        while len(buffer) - offset >= size:
-            length, call, kind = HEADER.unpack_from(buffer, offset)
-            end = offset + size + length
-            if len(buffer) < end:
-                break
-            frames.append((call, kind, bytes(buffer[offset + size : end])))
-            offset = end
-        if offset:
-            del buffer[:offset]
-        return frames

@@ -51,13 +51,11 @@ from ._relay_frames import (
     frame,
     parse_status,
 )
+from ._supervisor import CANNOT_LISTEN
 
 __all__ = ["main"]
 
 log = logging.getLogger("sciserve.protocol.grpc_frontend")
-
-#: Exit status when the port cannot be bound.
-CANNOT_LISTEN = 3
 
 #: Requests of one ModelStreamInfer stream relayed but not yet answered.  Past
 #: it the front end stops reading the stream, so HTTP/2 flow control slows

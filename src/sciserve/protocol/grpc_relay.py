@@ -22,12 +22,7 @@ listen makes :meth:`GrpcFrontends.start` raise :class:`OSError`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import shutil
-import signal
-import sys
-import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
@@ -51,6 +46,7 @@ from ._relay_frames import (
     parse_call,
     status_body,
 )
+from ._supervisor import Supervisor, private_directory, remove_directory
 from .grpc_server import (
     HealthServicer,
     InferenceServicer,
@@ -62,13 +58,6 @@ from .grpc_server import (
 __all__ = ["GrpcFrontends", "RelayContext"]
 
 log = logging.getLogger("sciserve.protocol.grpc")
-
-#: How long a front end may take to start listening (s).
-_START_TIMEOUT = 60.0
-#: Exit status of a front end that could not listen (see grpc_frontend).
-_CANNOT_LISTEN = 3
-#: Back-off before restarting a front end that died (s).
-_RESTART_DELAY = 0.5
 
 
 class _Aborted(Exception):
@@ -232,29 +221,24 @@ class GrpcFrontends:
         }
         self._directory: Path | None = None
         self._relay: asyncio.AbstractServer | None = None
-        self._children: list[asyncio.subprocess.Process] = []
-        self._watchers: list[asyncio.Task[None]] = []
-        self._loggers: list[asyncio.Task[None]] = []
-        self._stopping = False
+        self._supervisor = Supervisor(
+            "sciserve.protocol.grpc_frontend", "gRPC", processes, self._argv, log
+        )
 
     @property
     def pids(self) -> list[int]:
         """The front ends' process ids (for tests and operators)."""
-        return [child.pid for child in self._children]
+        return self._supervisor.pids
 
     async def start(self) -> int:
         loop = asyncio.get_running_loop()
-        # A private directory: only this user may connect to the relay.
-        self._directory = Path(tempfile.mkdtemp(prefix="sciserve-grpc-"))
+        self._directory = private_directory("sciserve-grpc-")
         socket_path = self._directory / "relay.sock"
         self._relay = await loop.create_unix_server(
             lambda: _Connection(self._servicers), str(socket_path)
         )
         try:
-            for slot in range(self.processes):
-                child, self.port = await self._spawn(socket_path, self.port)
-                self._children.append(child)
-                self._watchers.append(loop.create_task(self._watch(slot, socket_path)))
+            self.port = await self._supervisor.start(socket_path, self.port)
         except BaseException:
             await self.stop(grace=0)
             raise
@@ -262,7 +246,6 @@ class GrpcFrontends:
 
     def _argv(self, socket_path: Path, port: int) -> list[str]:
         argv = [
-            sys.executable, "-m", "sciserve.protocol.grpc_frontend",
             "--relay", str(socket_path),
             "--host", self.host,
             "--port", str(port),
@@ -274,69 +257,8 @@ class GrpcFrontends:
             argv += ["--tls-cert", str(self.tls_files[0]), "--tls-key", str(self.tls_files[1])]
         return argv
 
-    async def _spawn(self, socket_path: Path, port: int) -> tuple[asyncio.subprocess.Process, int]:
-        child = await asyncio.create_subprocess_exec(
-            *self._argv(socket_path, port),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        assert child.stdout is not None
-        assert child.stderr is not None
-        try:
-            line = await asyncio.wait_for(child.stdout.readline(), _START_TIMEOUT)
-        except TimeoutError:
-            child.kill()
-            await child.wait()
-            raise OSError(
-                f"the gRPC front end did not start within {_START_TIMEOUT:.0f} s"
-            ) from None
-        if not line.startswith(b"ready "):
-            error = (await child.stderr.read()).decode(errors="replace").strip()
-            await child.wait()
-            if child.returncode == _CANNOT_LISTEN:
-                raise OSError(error.splitlines()[-1] if error else "cannot listen for gRPC")
-            raise OSError(f"the gRPC front end failed to start: {error[-2000:]}")
-        # From now on its errors go to this process's log.
-        self._loggers.append(asyncio.get_running_loop().create_task(_forward_log(child.stderr)))
-        return child, int(line.split()[1])
-
-    async def _watch(self, slot: int, socket_path: Path) -> None:
-        while True:
-            child = self._children[slot]
-            code = await child.wait()
-            if self._stopping:
-                return
-            log.error("gRPC front end %d exited with status %s; restarting it", child.pid, code)
-            await asyncio.sleep(_RESTART_DELAY)
-            try:
-                self._children[slot], _ = await self._spawn(socket_path, self.port)
-            except OSError as exc:
-                log.error("could not restart the gRPC front end: %s", exc)
-                return
-
     async def stop(self, grace: float = 10.0) -> None:
-        self._stopping = True
-        for watcher in self._watchers:
-            watcher.cancel()
-        for child in self._children:
-            if child.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    child.send_signal(signal.SIGTERM)
-        for child in self._children:
-            try:
-                await asyncio.wait_for(child.wait(), grace + 5)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    child.kill()
-                await child.wait()
-        for logger in self._loggers:
-            logger.cancel()
+        await self._supervisor.stop(grace)
         if self._relay is not None:
             self._relay.close()
-        if self._directory is not None:
-            shutil.rmtree(self._directory, ignore_errors=True)
-
-
-async def _forward_log(stream: asyncio.StreamReader) -> None:
-    while line := await stream.readline():
-        log.warning("gRPC front end: %s", line.decode(errors="replace").rstrip())
+        remove_directory(self._directory)

@@ -184,6 +184,7 @@ from ..registry.registry import VersionInfo
 from ..registry.remote import REGISTRY_PREFIX, namespace_to_wire, version_to_wire
 from ..serving.service import InferenceService, max_input_elements
 from ..streams.spec import BatchSpec, PythonFeatures, parse_batch_spec
+from ._infer_path import INFER_PATH
 from ._messages import client_message
 from .rest_codec import (
     HEADER_LENGTH_HEADER,
@@ -1442,8 +1443,7 @@ def create_app(service: InferenceService, *, manage_service: bool = False) -> St
     )
 
 
-#: ``/v2/models/{name}[/versions/{version}]/infer``: the route that carries the load.
-_INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
+_INFER_PATH = INFER_PATH
 
 
 def _infer_template(match: re.Match[str]) -> str:

@@ -1,0 +1,46 @@
+"""Length-prefixed frames on a Unix socket between sciserve processes.
+
+Shared by the gRPC relay (:mod:`~sciserve.protocol._relay_frames`) and the
+HTTP relay (:mod:`~sciserve.protocol._http_frames`).  A frame is a header
+(body length u32, call id u32, kind u8, little-endian) and a body.  Both
+ends are sciserve of the same installation, so the format carries no
+version.
+"""
+
+from __future__ import annotations
+
+import struct
+
+__all__ = ["HEADER", "FrameReader", "frame"]
+
+HEADER = struct.Struct("<IIB")
+
+
+def frame(call: int, kind: int, body: bytes = b"") -> bytes:
+    """One frame: the header, then ``body``."""
+    return HEADER.pack(len(body), call, kind) + body
+
+
+class FrameReader:
+    """Cut a byte stream into ``(call, kind, body)`` frames."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[tuple[int, int, bytes]]:
+        """The frames ``data`` completes, in order (possibly none)."""
+        buffer = self._buffer
+        buffer += data
+        frames = []
+        offset = 0
+        size = HEADER.size
+        while len(buffer) - offset >= size:
+            length, call, kind = HEADER.unpack_from(buffer, offset)
+            end = offset + size + length
+            if len(buffer) < end:
+                break
+            frames.append((call, kind, bytes(buffer[offset + size : end])))
+            offset = end
+        if offset:
+            del buffer[:offset]
+        return frames
