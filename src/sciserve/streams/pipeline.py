@@ -114,6 +114,7 @@ from .spec import PipelineSpec, PythonFeatures, StepsSpec
 
 if TYPE_CHECKING:
     from ..protocol.client import InferenceClient
+    from .batchdecode import RubinBatchDecoder
 
 __all__ = ["DeadLetter", "Pipeline", "run_pipeline"]
 
@@ -520,28 +521,70 @@ class _Preparer:
         else:
             self.features = _load_function(*config.python)
         self.dtype = np.dtype(config.dtype)
+        self.batch = _batch_decoder(config, self.codec)
 
     def __call__(self, values: Sequence[bytes]) -> PrepareResult:
         """The prepared messages, and the seconds spent decoding and in features."""
-        from .codecs import DecodeError
-
+        if self.batch is not None and values:
+            return self._batch(values)
         decoding = featuring = 0.0
         prepared = []
         for value in values:
-            started = time.perf_counter()
-            item: _Prepared | None = None
-            try:
-                alert = self.codec.decode(value)
-                alert_id = self.codec.alert_id(alert)
-            except DecodeError as exc:
-                item = _Prepared(failure=("decode", exc.reason, str(exc)))
-            decoded = time.perf_counter()
-            decoding += decoded - started
-            if item is None:
-                item = self._features(alert, alert_id)
-                featuring += time.perf_counter() - decoded
+            item, decode_s, features_s = self._one(value)
+            decoding += decode_s
+            featuring += features_s
             prepared.append(item)
         return prepared, decoding, featuring
+
+    def _one(self, value: bytes) -> tuple[_Prepared, float, float]:
+        """One message decoded by the codec and featurised, and the seconds each took."""
+        from .codecs import DecodeError
+
+        started = time.perf_counter()
+        try:
+            alert = self.codec.decode(value)
+            alert_id = self.codec.alert_id(alert)
+        except DecodeError as exc:
+            return (
+                _Prepared(failure=("decode", exc.reason, str(exc))),
+                time.perf_counter() - started,
+                0.0,
+            )
+        decoded = time.perf_counter()
+        item = self._features(alert, alert_id)
+        return item, decoded - started, time.perf_counter() - decoded
+
+    def _batch(self, values: Sequence[bytes]) -> PrepareResult:
+        """Decode ``values`` at once into light curves and featurise them as a batch.
+
+        Messages the batch decoder leaves aside (malformed ones, in practice)
+        take the per-message path, which dead-letters them as it always did.
+        """
+        from ..examples.features import extract_columns
+
+        assert self.batch is not None
+        started = time.perf_counter()
+        curves = self.batch.decode(values)
+        decoding = time.perf_counter() - started
+        featuring = 0.0
+        prepared: list[_Prepared | None] = [None] * len(values)
+        decoded = [(i, curve) for i, curve in enumerate(curves) if curve is not None]
+        if decoded:
+            began = time.perf_counter()
+            try:
+                vectors = extract_columns([curve for _, curve in decoded])
+            except Exception:  # odd data: each message then fails (or not) on its own
+                log.exception("batch features failed; computing them one alert at a time")
+            else:
+                for (index, curve), vector in zip(decoded, vectors, strict=True):
+                    prepared[index] = self._checked(curve.alert_id, None, vector)
+            featuring += time.perf_counter() - began
+        for index, value in enumerate(values):
+            if prepared[index] is None:
+                prepared[index], decode_s, features_s = self._one(value)
+                decoding += decode_s
+                featuring += features_s
+        return [item for item in prepared if item is not None], decoding, featuring
 
     def _features(self, alert: dict[str, Any], alert_id: int) -> _Prepared:
         try:
@@ -549,11 +592,37 @@ class _Preparer:
         except Exception as exc:  # a feature function may fail in any way on odd data
             reason = f"{type(exc).__name__}: {error_text(exc)}"
             return _Prepared(alert_id, failure=("features", "features-failed", reason))
+        return self._checked(alert_id, alert, vector)
+
+    def _checked(
+        self, alert_id: int, alert: dict[str, Any] | None, vector: npt.NDArray[Any]
+    ) -> _Prepared:
+        vector = np.asarray(vector, dtype=self.dtype).reshape(-1)
         width = self.config.width
         if width is not None and len(vector) != width:
             reason = f"{len(vector)} features; the models take {width}"
             return _Prepared(alert_id, failure=("features", "features-shape", reason))
         return _Prepared(alert_id, alert if self.config.keep_alerts else None, vector)
+
+
+def _batch_decoder(config: PrepareConfig, codec: Any) -> RubinBatchDecoder | None:
+    """A batch decoder for ``config``, when its alerts can be decoded as a batch.
+
+    That is Rubin alerts read for the built-in light-curve features only:
+    a user's feature function or a filter reads decoded alerts, which the
+    per-message codec makes.  Without polars the per-message path is used.
+    """
+    from .batchdecode import RubinBatchDecoder, batch_decoding_available
+    from .codecs import RubinCodec
+
+    if not isinstance(codec, RubinCodec) or config.python is not None or config.keep_alerts:
+        return None
+    if codec.fields not in (None, "lightcurve"):
+        return None  # a chosen projection may lack the light curve: features must fail alike
+    if not batch_decoding_available():
+        log.warning("polars is not installed: alerts are decoded one at a time (slower)")
+        return None
+    return RubinBatchDecoder(codec.schemas, max_bytes=codec.max_bytes)
 
 
 @functools.cache
@@ -599,7 +668,8 @@ def preparation(
         ),
         dtype=numpy_dtype(dtypes.pop()).str,
         width=widths.pop() if widths else None,
-        keep_alerts=spec.filter_expression is not None,
+        # A filter that never reads ``alert`` needs no decoded alerts.
+        keep_alerts=spec.filter_expression is not None and "alert" in spec.filter_expression.names,
     )
 
 
