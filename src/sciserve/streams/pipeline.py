@@ -37,7 +37,11 @@ as a loop over batches::
 Fetching, preparing (decoding and features) and writing run as three
 stages, so consecutive batches overlap; batches are still committed in
 order.  Decoding and features cost most of the CPU: ``workers: N`` in the
-spec runs them in N processes.
+spec runs them in N processes, and by default a pipeline starts one per
+core beyond the first (:func:`~sciserve.streams.spec.default_workers`).
+Rubin alerts read for the built-in light-curve features are decoded a
+batch at a time (:mod:`sciserve.streams.batchdecode`) and their features
+computed over the batch.
 
 Scaling out
 -----------
@@ -919,7 +923,7 @@ class Pipeline:
     async def _start_preparers(self, config: PrepareConfig) -> None:
         """Build the preparer here, or in every worker process, before the
         first batch (so a bad configuration fails now, not on data)."""
-        workers = self.spec.workers
+        workers = self.spec.worker_processes
         if not workers:
             await asyncio.to_thread(_preparer, config)
             return
@@ -1107,7 +1111,7 @@ class Pipeline:
             parts = [await asyncio.to_thread(prepare_values, config, values)]
         else:
             loop = asyncio.get_running_loop()
-            size = -(-len(values) // self.spec.workers)
+            size = -(-len(values) // self.spec.worker_processes)
             parts = await asyncio.gather(
                 *(
                     loop.run_in_executor(self._pool, prepare_values, config, values[i : i + size])
