@@ -488,6 +488,8 @@ class PrepareConfig:
     width: int | None
     #: Whether the decoded alerts are needed afterwards (by the filter).
     keep_alerts: bool
+    #: Whether Rubin alerts may be decoded a batch at a time.
+    batch_decode: bool = True
 
 
 @dataclass(frozen=True)
@@ -619,7 +621,9 @@ def _batch_decoder(config: PrepareConfig, codec: Any) -> RubinBatchDecoder | Non
     from .batchdecode import RubinBatchDecoder, batch_decoding_available
     from .codecs import RubinCodec
 
-    if not isinstance(codec, RubinCodec) or config.python is not None or config.keep_alerts:
+    if not config.batch_decode or not isinstance(codec, RubinCodec):
+        return None
+    if config.python is not None or config.keep_alerts:
         return None
     if codec.fields not in (None, "lightcurve"):
         return None  # a chosen projection may lack the light curve: features must fail alike
@@ -674,6 +678,7 @@ def preparation(
         width=widths.pop() if widths else None,
         # A filter that never reads ``alert`` needs no decoded alerts.
         keep_alerts=spec.filter_expression is not None and "alert" in spec.filter_expression.names,
+        batch_decode=spec.decode == "batch",
     )
 
 

@@ -148,6 +148,11 @@ class StepsSpec(_Strict):
     #: keeps all of them).
     filter: str | None = None
     max_message_bytes: int = Field(default=2**20, gt=0)
+    #: How Rubin alerts are decoded.  ``batch``: a batch at a time, straight
+    #: into light-curve columns, whenever only the built-in features read
+    #: them (no user feature function, no filter reading ``alert``, no chosen
+    #: ``fields``); ``message``: one at a time with fastavro, always.
+    decode: Literal["batch", "message"] = "batch"
 
     _filter: Expression | None = PrivateAttr(default=None)
 
