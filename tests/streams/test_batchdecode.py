@@ -4,6 +4,7 @@ every bad message still dead-lettered with its reason."""
 from __future__ import annotations
 
 import copy
+import os
 import random
 from typing import Any
 
@@ -15,9 +16,10 @@ from sciserve.examples.features import FEATURE_NAMES, extract, extract_columns
 from sciserve.examples.lightcurves import LightCurve
 from sciserve.streams.batchdecode import LightCurveColumns, RubinBatchDecoder
 from sciserve.streams.codecs import RubinCodec
-from sciserve.streams.pipeline import PrepareConfig, _Prepared, _Preparer
+from sciserve.streams.pipeline import PrepareConfig, _Prepared, _Preparer, preparation
 from sciserve.streams.schemas import RubinSchemas, schema_id
 from sciserve.streams.simulate import AlertSimulator, lightcurve_from_alert
+from sciserve.streams.spec import MAX_DEFAULT_WORKERS, PipelineSpec, default_workers, parse_spec
 
 SCHEMAS = RubinSchemas()
 VERSIONS = SCHEMAS.versions()
@@ -230,3 +232,56 @@ def test_an_unknown_schema_id_is_asked_for_again_by_the_codec() -> None:
     known = _payloads("9.0", n=4)
     assert known[0][1:5] == schema_id("9.0").to_bytes(4, "big")
     assert decoder.decode(known)[0] is not None
+
+
+# -- what the spec chooses ---------------------------------------------------------
+
+
+def _spec(**extra: Any) -> PipelineSpec:
+    return parse_spec(
+        {
+            "name": "defaults",
+            "source": "file:///tmp/none.avro",
+            "models": [{"ref": "examples/lc-classifier"}],
+            "sinks": ["results"],
+            "dead_letter": "file:///tmp/dead.jsonl",
+            **extra,
+        }
+    )
+
+
+def test_worker_processes_default_to_the_spare_cores() -> None:
+    cores = len(os.sched_getaffinity(0))
+    assert default_workers() == max(0, min(cores - 1, MAX_DEFAULT_WORKERS))
+    assert _spec().workers is None
+    assert _spec().worker_processes == default_workers()
+    assert _spec(workers=0).worker_processes == 0
+    assert _spec(workers=3).worker_processes == 3
+    with pytest.raises(InvalidInput):
+        _spec(workers=-1)
+
+
+@pytest.mark.parametrize(
+    ("extra", "batch"),
+    [
+        ({}, True),
+        ({"filter": "score > 0.5"}, True),  # reads no alert: nothing to keep
+        ({"decode": "message"}, False),
+        ({"filter": "alert.diaSource.band == 'g'"}, False),  # needs decoded alerts
+        ({"fields": ["diaSource.psfFlux"]}, False),  # a projection may lack the curve
+    ],
+)
+def test_the_batch_path_is_taken_only_where_it_gives_the_same_alerts(
+    extra: dict[str, Any], batch: bool
+) -> None:
+    from sciserve.package.manifest import TensorSpec
+
+    spec = _spec(**extra)
+    inputs = [TensorSpec(name="x", datatype="FP32", shape=[-1, len(FEATURE_NAMES)])]
+    config = preparation(spec, inputs, {"probabilities"})
+    assert (_Preparer(config).batch is not None) is batch
+
+
+def test_an_unknown_decoder_is_refused() -> None:
+    with pytest.raises(InvalidInput, match="decode"):
+        _spec(decode="fast")

@@ -39,7 +39,13 @@ indices past the last branch; polars reads any non-zero index of a nullable
 union as its value) and a boolean byte other than 0 or 1 (fastavro: true;
 polars: false).  Such a message decodes here where the codec would
 dead-letter the first kind as ``invalid-avro``.  Neither changes the id
-or a light-curve value read from a well-formed message.
+or a light-curve value read from a well-formed message.  ``decode: message``
+in the spec keeps every message on the codec's path.
+
+Some malformed messages make polars' reader panic (a length far beyond the
+block, for instance); the panic is caught like any other failed read, but
+Rust prints its message to standard error first.  The budget of reads per
+batch bounds how many such messages one batch can print.
 """
 
 from __future__ import annotations
