@@ -183,15 +183,21 @@ class RubinBatchDecoder:
     def __init__(self, schemas: RubinSchemas, *, max_bytes: int) -> None:
         try:
             import polars
+            import pyarrow.compute  # noqa: F401  (imported now, not on the first batch)
         except ImportError as exc:
             raise DependencyMissing(
-                "batch decoding of alerts needs polars: pip install 'sciserve[streams]'"
+                "batch decoding of alerts needs polars and pyarrow: pip install 'sciserve[streams]'"
             ) from exc
         self._pl = polars
         self._schemas = schemas
         self._max_bytes = max_bytes
         # None: a schema id this reader leaves to the codec.
         self._layouts: dict[int, _Layout | None] = {}
+
+    def warm(self, schema_id: int) -> None:
+        """Load ``schema_id`` and build its container header now rather than
+        on the first message of that schema (worker start-up, not a batch)."""
+        self._schema_id(_CONFLUENT_HEADER.pack(0, schema_id) + b"\x00")
 
     def decode(self, values: Sequence[bytes]) -> list[LightCurveColumns | None]:
         """One entry per value: its light curve, or ``None`` to leave it to the codec."""

@@ -630,7 +630,9 @@ def _batch_decoder(config: PrepareConfig, codec: Any) -> RubinBatchDecoder | Non
     if not batch_decoding_available():
         log.warning("polars is not installed: alerts are decoded one at a time (slower)")
         return None
-    return RubinBatchDecoder(codec.schemas, max_bytes=codec.max_bytes)
+    decoder = RubinBatchDecoder(codec.schemas, max_bytes=codec.max_bytes)
+    decoder.warm(codec.schema.schema_id)
+    return decoder
 
 
 @functools.cache
