@@ -731,13 +731,17 @@ def evaluate_filter(
 def _init_worker(parent: int) -> None:
     """Set up a preparing worker process of the pipeline process ``parent``.
 
-    Ctrl-C reaches the whole process group; the pipeline process drains and
-    needs its workers until the batch in hand is written, so they ignore it.
-    A pipeline killed with SIGKILL cannot stop its workers, and they would
-    run (and hold memory) forever: on Linux the kernel kills them when it
-    exits, and everywhere a thread exits them once their parent changed.
+    Ctrl-C reaches the whole process group, and so does a SIGTERM sent to
+    the group (a service manager stopping the unit, ``kill -- -PGID``); the
+    pipeline process drains and needs its workers until the batch in hand
+    is written, so they ignore both and leave when the pipeline shuts its
+    pool down.  A pipeline killed with SIGKILL cannot stop its workers, and
+    they would run (and hold memory) forever: on Linux the kernel kills them
+    when it exits, and everywhere a thread exits them once their parent
+    changed.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     exit_with_parent(parent)
 
 
