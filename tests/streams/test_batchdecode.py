@@ -4,14 +4,16 @@ every bad message still dead-lettered with its reason."""
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import random
+import sys
 from typing import Any
 
 import numpy as np
 import pytest
 
-from sciserve.errors import InvalidInput
+from sciserve.errors import DependencyMissing, InvalidInput
 from sciserve.examples.features import FEATURE_NAMES, extract, extract_columns
 from sciserve.examples.lightcurves import LightCurve
 from sciserve.streams.batchdecode import LightCurveColumns, RubinBatchDecoder
@@ -285,3 +287,18 @@ def test_the_batch_path_is_taken_only_where_it_gives_the_same_alerts(
 def test_an_unknown_decoder_is_refused() -> None:
     with pytest.raises(InvalidInput, match="decode"):
         _spec(decode="fast")
+
+
+def test_without_polars_alerts_are_decoded_one_at_a_time(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setitem(sys.modules, "polars", None)  # import polars fails
+    with pytest.raises(DependencyMissing, match=r"pip install 'sciserve\[streams\]'"):
+        RubinBatchDecoder(SCHEMAS, max_bytes=MAX_BYTES)
+    with caplog.at_level(logging.WARNING, logger="sciserve.streams"):
+        preparer = _Preparer(_config())
+    assert preparer.batch is None
+    assert "polars is not installed" in caplog.text
+    good = _payloads("11.1", n=4)
+    prepared, _, _ = preparer([*good, b"garbage"])
+    assert [item.failure is None for item in prepared] == [True] * len(good) + [False]

@@ -269,14 +269,16 @@ class RubinBatchDecoder:
         """The light curves of ``values[chunk]`` read as one Avro block, and how
         many leading rows ended exactly at their marker (the rest are unsure)."""
         markers = os.urandom(_MARKER_SIZE * len(chunk))
-        parts: list[bytes | memoryview] = []
+        size = sum(len(values[index]) for index in chunk)
+        size += (_MARKER_SIZE - _CONFLUENT_HEADER.size) * len(chunk)
+        # One copy of the batch: header, block count and size, the messages
+        # each with its marker, the sync marker.
+        parts: list[bytes | memoryview] = [layout.header, _zigzag(len(chunk)), _zigzag(size)]
         for position, index in enumerate(chunk):
             parts.append(memoryview(values[index])[_CONFLUENT_HEADER.size :])
             parts.append(markers[position * _MARKER_SIZE : (position + 1) * _MARKER_SIZE])
-        block = b"".join(parts)
-        container = b"".join(
-            (layout.header, _zigzag(len(chunk)), _zigzag(len(block)), block, layout.sync)
-        )
+        parts.append(layout.sync)
+        container = b"".join(parts)
         frame = self._pl.read_avro(io.BytesIO(container), columns=layout.columns)
         if frame.height != len(chunk):
             raise ValueError(f"{frame.height} rows for {len(chunk)} records")
