@@ -841,6 +841,7 @@ class Pipeline:
         self._filter: Expression | None = spec.filter_expression
         self._prepare_config: PrepareConfig | None = None
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._workers = 0
 
     @property
     def status_file(self) -> Path:
@@ -934,7 +935,8 @@ class Pipeline:
     async def _start_preparers(self, config: PrepareConfig) -> None:
         """Build the preparer here, or in every worker process, before the
         first batch (so a bad configuration fails now, not on data)."""
-        workers = self.spec.worker_processes
+        # Resolved once: the pool's size, whatever the cores do later.
+        workers = self._workers = self.spec.worker_processes
         if not workers:
             await asyncio.to_thread(_preparer, config)
             return
@@ -1122,7 +1124,7 @@ class Pipeline:
             parts = [await asyncio.to_thread(prepare_values, config, values)]
         else:
             loop = asyncio.get_running_loop()
-            size = -(-len(values) // self.spec.worker_processes)
+            size = -(-len(values) // self._workers)
             parts = await asyncio.gather(
                 *(
                     loop.run_in_executor(self._pool, prepare_values, config, values[i : i + size])
