@@ -12,6 +12,8 @@
     sinks: [kafka://127.0.0.1:9092/annotations, results]
     dead_letter: file:///var/tmp/dead.jsonl
     batch: 256
+    workers: 2              # decoding/features processes; default: one per core beyond the first
+    decode: batch           # Rubin alerts a batch at a time (polars); message: one at a time
     fetch_timeout: 1.0
     max_message_bytes: 1048576
     budget:                 # what "keeping up" means; the health report flags the worker beyond it
