@@ -302,3 +302,20 @@ def test_without_polars_alerts_are_decoded_one_at_a_time(
     good = _payloads("11.1", n=4)
     prepared, _, _ = preparer([*good, b"garbage"])
     assert [item.failure is None for item in prepared] == [True] * len(good) + [False]
+
+
+def test_preparing_workers_run_polars_on_one_thread_each() -> None:
+    import concurrent.futures
+    import multiprocessing
+
+    import polars
+
+    from sciserve.streams.pipeline import _init_worker
+
+    with concurrent.futures.ProcessPoolExecutor(
+        1,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(os.getpid(),),
+    ) as pool:
+        assert pool.submit(polars.thread_pool_size).result(timeout=120) == 1

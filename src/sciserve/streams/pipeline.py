@@ -742,6 +742,10 @@ def _init_worker(parent: int) -> None:
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Each worker is one core's share of the work: a thread pool per worker
+    # the size of the machine (polars' default) would only oversubscribe it.
+    # Set before polars is first imported here, when the preparer is built.
+    os.environ.setdefault("POLARS_MAX_THREADS", "1")
     exit_with_parent(parent)
 
 
