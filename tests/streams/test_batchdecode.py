@@ -269,7 +269,9 @@ def test_worker_processes_default_to_the_spare_cores() -> None:
         ({}, True),
         ({"filter": "score > 0.5"}, True),  # reads no alert: nothing to keep
         ({"decode": "message"}, False),
-        ({"filter": "alert.diaSource.band == 'g'"}, False),  # needs decoded alerts
+        ({"filter": "alert.diaSource.band == 'g'"}, True),  # plain values: read in the batch
+        ({"filter": "len(alert.diaSource) > 3"}, False),  # a record read whole
+        ({"filter": "len(alert) > 3"}, False),  # the alert read whole
         ({"fields": ["diaSource.psfFlux"]}, False),  # a projection may lack the curve
     ],
 )
@@ -281,7 +283,11 @@ def test_the_batch_path_is_taken_only_where_it_gives_the_same_alerts(
     spec = _spec(**extra)
     inputs = [TensorSpec(name="x", datatype="FP32", shape=[-1, len(FEATURE_NAMES)])]
     config = preparation(spec, inputs, {"probabilities"})
-    assert (_Preparer(config).batch is not None) is batch
+    decoder = _Preparer(config).batch
+    payloads = _payloads("11.1", n=4)
+    # A schema whose filter paths are not plain values is left to the codec.
+    decoded = decoder is not None and None not in decoder.decode(payloads)
+    assert decoded is batch
 
 
 def test_an_unknown_decoder_is_refused() -> None:
@@ -319,3 +325,72 @@ def test_preparing_workers_run_polars_on_one_thread_each() -> None:
         initargs=(os.getpid(),),
     ) as pool:
         assert pool.submit(polars.thread_pool_size).result(timeout=120) == 1
+
+
+def _filter_for(version: str) -> str:
+    fields = SCHEMAS.get(f"lsst:{version}").lightcurve
+    assert fields is not None
+    return (
+        f"alert.diaSource.{fields.band} == 'g' or alert.diaSource.{fields.flux} > 1000 "
+        f"or alert['diaSource']['{fields.ra}'] > 180 or alert.diaObject.{fields.ra} < 90"
+    )
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_a_filter_reading_alert_values_sees_what_the_codec_decodes(version: str) -> None:
+    from sciserve.package.manifest import TensorSpec
+    from sciserve.streams.pipeline import evaluate_filter
+
+    spec = _spec(codec=f"lsst:{version}", filter=_filter_for(version))
+    expression = spec.filter_expression
+    assert expression is not None and expression.alert_leaves
+    inputs = [TensorSpec(name="x", datatype="FP32", shape=[-1, len(FEATURE_NAMES)])]
+    config = preparation(spec, inputs, {"probabilities"})
+    batch = _Preparer(config)
+    assert batch.batch is not None
+    one_at_a_time = _Preparer(config)
+    one_at_a_time.batch = None
+    simulator = AlertSimulator(f"lsst:{version}", seed=6, n_detections=5, schemas=SCHEMAS)
+    alerts = [alert.alert for alert in simulator.alerts(24)]
+    codec = RubinCodec(f"lsst:{version}", schemas=SCHEMAS)
+    for alert in alerts[::3]:
+        if "diaObject" in alert:
+            alert["diaObject"] = None  # a null record on the way to a value
+    payloads = []
+    for alert in alerts:
+        try:
+            payloads.append(codec.encode(alert))
+        except InvalidInput:  # this version's diaObject is not nullable
+            continue
+    assert None not in batch.batch.decode(payloads)  # the batch path, not the fallback
+    got, _, _ = batch(payloads)
+    want, _, _ = one_at_a_time(payloads)
+    assert len(got) == len(want) == len(payloads)
+    for mine, theirs in zip(got, want, strict=True):
+        assert mine.failure == theirs.failure
+        assert mine.alert is not None and theirs.alert is not None
+        context_mine = {"alert": mine.alert, "label": None, "score": None}
+        context_theirs = {"alert": theirs.alert, "label": None, "score": None}
+        assert evaluate_filter(expression, context_mine) == evaluate_filter(
+            expression, context_theirs
+        )
+        for path in expression.alert_leaves:
+            assert _at(mine.alert, path) == _at(theirs.alert, path), path
+
+
+def _at(alert: Any, path: tuple[str, ...]) -> tuple[str, Any]:
+    """The value at ``path`` with its type, or where the path ends early."""
+    node = alert
+    for name in path:
+        if not isinstance(node, dict) or name not in node:
+            return ("missing", name)
+        node = node[name]
+    return (type(node).__name__, node)
+
+
+def test_a_schema_where_the_filter_reads_a_list_is_left_to_the_codec() -> None:
+    decoder = RubinBatchDecoder(
+        SCHEMAS, max_bytes=MAX_BYTES, alert_paths=[("prvDiaSources",), ("diaSource", "band")]
+    )
+    payloads = _payloads("11.1", n=4)
+    assert decoder.decode(payloads) == [None] * len(payloads)

@@ -97,6 +97,10 @@ class LightCurveColumns:
     band: npt.NDArray[np.str_]
     flux: npt.NDArray[np.float64]
     flux_err: npt.NDArray[np.float64]
+    #: The values at the decoder's ``alert_paths``, nested as in the alert
+    #: (``{"diaSource": {"band": "g"}}``; a null record on the way is
+    #: ``None``); ``None`` when no paths were asked for.
+    alert: dict[str, Any] | None = None
 
 
 def _zigzag(value: int) -> bytes:
@@ -138,10 +142,37 @@ def _inline(type_: Any, named: Mapping[str, Any], seen: frozenset[str]) -> Any:
     return node
 
 
+#: Avro types whose values polars and fastavro turn into equal Python values.
+_PLAIN_TYPES: Final = frozenset({"boolean", "int", "long", "float", "double", "string"})
+
+
+def _nullable(type_: Any) -> tuple[Any, bool]:
+    """The type inside a ``["null", T]`` union (and whether it was one), or ``type_``."""
+    if isinstance(type_, list):
+        branches = [branch for branch in type_ if branch != "null"]
+        if len(branches) == 1 and len(type_) == 2:
+            return branches[0], True
+    return type_, False
+
+
+def _check_leaf(schema: Mapping[str, Any], path: Sequence[str]) -> None:
+    """Raise :class:`InvalidInput` unless ``path`` leads through records to a plain value."""
+    node: Any = schema
+    for depth, name in enumerate(path):
+        if not (isinstance(node, Mapping) and node.get("type") == "record"):
+            raise InvalidInput(f"{'.'.join(path[:depth])} is not a record")
+        fields = {field["name"]: field["type"] for field in node["fields"]}
+        if name not in fields:
+            raise InvalidInput(f"no field {'.'.join(path[: depth + 1])}")
+        node, _ = _nullable(fields[name])
+    if not isinstance(node, str) or node not in _PLAIN_TYPES:
+        raise InvalidInput(f"{'.'.join(path)} is not a plain value ({node!r:.60})")
+
+
 class _Layout:
     """One writer schema, ready for batch reads: the container header and the columns."""
 
-    def __init__(self, writer: RubinSchema) -> None:
+    def __init__(self, writer: RubinSchema, alert_paths: Sequence[tuple[str, ...]]) -> None:
         if writer.lightcurve is None or not writer.id_field:
             raise InvalidInput(f"schema {writer.name} has no alert id or light curve")
         top = {field["name"] for field in writer.parsed["fields"]}
@@ -149,6 +180,9 @@ class _Layout:
             raise InvalidInput(f"schema {writer.name} already has a field {_MARKER_FIELD}")
         named = named_types(writer.parsed)
         schema = _inline(writer.parsed, named, frozenset())
+        for path in alert_paths:
+            _check_leaf(schema, path)
+        self.alert_paths = tuple(alert_paths)
         schema["fields"] = [
             *schema["fields"],
             {
@@ -160,6 +194,7 @@ class _Layout:
         # Like RubinCodec.alert_id: diaSourceId where the alert has one.
         self.id_field = "diaSourceId" if "diaSourceId" in top else "alertId"
         self.columns = [self.id_field, _SOURCE, *([_HISTORY] if _HISTORY in top else [])]
+        self.columns += sorted({path[0] for path in alert_paths} - set(self.columns))
         self.columns.append(_MARKER_FIELD)
         self.sync = os.urandom(16)
         meta = {b"avro.schema": json.dumps(schema).encode(), b"avro.codec": b"null"}
@@ -176,11 +211,21 @@ class RubinBatchDecoder:
 
     ``schemas`` is shared with the per-record codec, so each schema is
     loaded once; ``max_bytes`` is the codec's limit (larger messages are
-    left to the codec, which refuses them).  Raises
-    :class:`~sciserve.errors.DependencyMissing` without polars.
+    left to the codec, which refuses them).  ``alert_paths`` (a filter's
+    ``alert.diaSource.band``, as ``("diaSource", "band")``) are read too and
+    handed on as each alert's :attr:`LightCurveColumns.alert`; a schema in
+    which one of them is not a plain value (a record, a list, a timestamp)
+    is left to the codec.  Raises :class:`~sciserve.errors.DependencyMissing`
+    without polars.
     """
 
-    def __init__(self, schemas: RubinSchemas, *, max_bytes: int) -> None:
+    def __init__(
+        self,
+        schemas: RubinSchemas,
+        *,
+        max_bytes: int,
+        alert_paths: Sequence[tuple[str, ...]] = (),
+    ) -> None:
         try:
             import polars
             import pyarrow.compute  # noqa: F401  (imported now, not on the first batch)
@@ -191,6 +236,7 @@ class RubinBatchDecoder:
         self._pl = polars
         self._schemas = schemas
         self._max_bytes = max_bytes
+        self._alert_paths = tuple(sorted(alert_paths))
         # None: a schema id this reader leaves to the codec.
         self._layouts: dict[int, _Layout | None] = {}
 
@@ -224,7 +270,7 @@ class RubinBatchDecoder:
             except (NotFound, InvalidInput):
                 return None  # not remembered: the codec says why, every time
             try:
-                self._layouts[schema_id] = _Layout(writer)
+                self._layouts[schema_id] = _Layout(writer, self._alert_paths)
             except InvalidInput:
                 self._layouts[schema_id] = None
         return schema_id if self._layouts[schema_id] is not None else None
@@ -326,6 +372,7 @@ class RubinBatchDecoder:
         band = np.asarray(flat.get_column(fields.band).fill_null("").to_list(), dtype=np.str_)
         flux = flat.get_column(fields.flux).cast(pl.Float64).to_numpy()
         flux_err = flat.get_column(fields.flux_err).cast(pl.Float64).to_numpy()
+        alerts = self._alerts(layout, frame)
         curves: list[LightCurveColumns | None] = []
         start = 0
         for row in range(frame.height):
@@ -342,7 +389,35 @@ class RubinBatchDecoder:
                         band=band[start:end][keep],
                         flux=flux[start:end][keep],
                         flux_err=flux_err[start:end][keep],
+                        alert=alerts[row] if alerts is not None else None,
                     )
                 )
             start = end
         return curves
+
+    def _alerts(self, layout: _Layout, frame: Any) -> list[dict[str, Any]] | None:
+        """Per row, the values at the alert paths, nested as the codec nests them."""
+        if not layout.alert_paths:
+            return None
+        alerts: list[dict[str, Any]] = [{} for _ in range(frame.height)]
+        for path in layout.alert_paths:
+            series = frame.get_column(path[0])
+            # Where a record on the way is null, the codec gives None there.
+            nulls = []
+            for name in path[1:]:
+                nulls.append(series.is_null().to_list())
+                series = series.struct.field(name)
+            values = series.to_list()
+            for row, alert in enumerate(alerts):
+                node = alert
+                for depth, name in enumerate(path[:-1]):
+                    if nulls[depth][row]:
+                        node[name] = None
+                        break
+                    child = node.setdefault(name, {})
+                    if child is None:
+                        break
+                    node = child
+                else:
+                    node[path[-1]] = values[row]
+        return alerts

@@ -490,6 +490,9 @@ class PrepareConfig:
     keep_alerts: bool
     #: Whether Rubin alerts may be decoded a batch at a time.
     batch_decode: bool = True
+    #: With ``keep_alerts``: the only alert values the filter reads, if it
+    #: reads nothing else of the alert (see ``Expression.alert_leaves``).
+    alert_paths: tuple[tuple[str, ...], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -583,7 +586,7 @@ class _Preparer:
                 log.exception("batch features failed; computing them one alert at a time")
             else:
                 for (index, curve), vector in zip(decoded, vectors, strict=True):
-                    prepared[index] = self._checked(curve.alert_id, None, vector)
+                    prepared[index] = self._checked(curve.alert_id, curve.alert, vector)
             featuring += time.perf_counter() - began
         for index, value in enumerate(values):
             if prepared[index] is None:
@@ -614,23 +617,26 @@ class _Preparer:
 def _batch_decoder(config: PrepareConfig, codec: Any) -> RubinBatchDecoder | None:
     """A batch decoder for ``config``, when its alerts can be decoded as a batch.
 
-    That is Rubin alerts read for the built-in light-curve features only:
-    a user's feature function or a filter reads decoded alerts, which the
-    per-message codec makes.  Without polars the per-message path is used.
+    That is Rubin alerts read by the built-in light-curve features and, if
+    the filter reads the alert, only as plain values at known paths: a
+    user's feature function, or a filter reading a record whole, gets the
+    alerts the per-message codec makes.  Without polars the per-message path
+    is used.
     """
     from .batchdecode import RubinBatchDecoder, batch_decoding_available
     from .codecs import RubinCodec
 
     if not config.batch_decode or not isinstance(codec, RubinCodec):
         return None
-    if config.python is not None or config.keep_alerts:
+    if config.python is not None:
         return None
-    if codec.fields not in (None, "lightcurve"):
-        return None  # a chosen projection may lack the light curve: features must fail alike
+    paths = config.alert_paths if config.keep_alerts else ()
+    if paths is None:
+        return None
     if not batch_decoding_available():
         log.warning("polars is not installed: alerts are decoded one at a time (slower)")
         return None
-    decoder = RubinBatchDecoder(codec.schemas, max_bytes=codec.max_bytes)
+    decoder = RubinBatchDecoder(codec.schemas, max_bytes=codec.max_bytes, alert_paths=paths)
     decoder.warm(codec.schema.schema_id)
     return decoder
 
@@ -668,6 +674,9 @@ def preparation(
     elif spec.id_field:
         options["id_field"] = spec.id_field
     features = spec.features
+    expression = spec.filter_expression
+    # A filter that never reads ``alert`` needs no decoded alerts.
+    keep_alerts = expression is not None and "alert" in expression.names
     return PrepareConfig(
         codec=spec.codec,
         codec_options=tuple(sorted(options.items())),
@@ -678,9 +687,15 @@ def preparation(
         ),
         dtype=numpy_dtype(dtypes.pop()).str,
         width=widths.pop() if widths else None,
-        # A filter that never reads ``alert`` needs no decoded alerts.
-        keep_alerts=spec.filter_expression is not None and "alert" in spec.filter_expression.names,
-        batch_decode=spec.decode == "batch",
+        keep_alerts=keep_alerts,
+        # Fields chosen in the spec may lack the light curve (features must
+        # then fail as they always did): those alerts go through the codec.
+        batch_decode=spec.decode == "batch" and spec.fields in (None, "all"),
+        alert_paths=(
+            tuple(sorted(expression.alert_leaves))
+            if keep_alerts and expression is not None and expression.alert_leaves is not None
+            else None
+        ),
     )
 
 
