@@ -5,7 +5,8 @@ for every field of every detection, most of which the light-curve features
 never read.  :class:`RubinBatchDecoder` instead reads a whole batch with
 polars' native Avro reader, which decodes straight into columns, and hands
 on only what the built-in features need: each alert's id and the time,
-band, flux and flux error of its detections.
+band, flux and flux error of its detections (and, for a filter, the plain
+values at the paths it reads).
 
 How a batch is framed
 ---------------------

@@ -39,9 +39,11 @@ stages, so consecutive batches overlap; batches are still committed in
 order.  Decoding and features cost most of the CPU: ``workers: N`` in the
 spec runs them in N processes, and by default a pipeline starts one per
 core beyond the first (:func:`~sciserve.streams.spec.default_workers`).
-Rubin alerts read for the built-in light-curve features are decoded a
-batch at a time (:mod:`sciserve.streams.batchdecode`) and their features
-computed over the batch.
+Rubin alerts read for the built-in light-curve features (and, by a filter,
+only as plain values) are decoded a batch at a time
+(:mod:`sciserve.streams.batchdecode`) and their features computed over the
+batch; whatever the batch reader cannot vouch for is decoded message by
+message, as before, and dead-lettered with the codec's reason.
 
 Scaling out
 -----------

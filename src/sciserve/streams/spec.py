@@ -151,9 +151,10 @@ class StepsSpec(_Strict):
     filter: str | None = None
     max_message_bytes: int = Field(default=2**20, gt=0)
     #: How Rubin alerts are decoded.  ``batch``: a batch at a time, straight
-    #: into light-curve columns, whenever only the built-in features read
-    #: them (no user feature function, no filter reading ``alert``, no chosen
-    #: ``fields``); ``message``: one at a time with fastavro, always.
+    #: into light-curve columns, when the built-in features read them (no
+    #: user feature function, no chosen ``fields``) and the filter, if it
+    #: reads the alert, reads plain values at fixed paths; ``message``: one
+    #: at a time with fastavro, always.
     decode: Literal["batch", "message"] = "batch"
 
     _filter: Expression | None = PrivateAttr(default=None)
