@@ -22,7 +22,7 @@ trailing bytes, or one that ends early and makes the decoder read on into
 the next, is caught, and no message can forge a marker it never sees.
 
 What is not decoded here is decoded by the per-record codec
----------------------------------------------------------------
+-----------------------------------------------------------
 The batch reader never decides that a message is bad.  Whatever it cannot
 vouch for (a header it does not like, a read that fails, a marker that does
 not match, a missing id or light curve) it returns as ``None``, and the
@@ -39,8 +39,9 @@ the two decoders: a union branch index outside the schema (fastavro refuses
 indices past the last branch; polars reads any non-zero index of a nullable
 union as its value) and a boolean byte other than 0 or 1 (fastavro: true;
 polars: false).  Such a message decodes here where the codec would
-dead-letter the first kind as ``invalid-avro``.  Neither changes the id
-or a light-curve value read from a well-formed message.  ``decode: message``
+dead-letter the first kind as ``invalid-avro`` (and a filter reading such a
+boolean would see the other value).  Neither changes any value read from a
+well-formed message.  ``decode: message``
 in the spec keeps every message on the codec's path.
 
 Some malformed messages make polars' reader panic (a length far beyond the
@@ -272,7 +273,9 @@ class RubinBatchDecoder:
                 return None  # not remembered: the codec says why, every time
             try:
                 self._layouts[schema_id] = _Layout(writer, self._alert_paths)
-            except InvalidInput:
+            except (InvalidInput, KeyError, TypeError, ValueError):
+                # A schema this reader cannot frame (a registry's odd one):
+                # its messages take the codec's path, which is always right.
                 self._layouts[schema_id] = None
         return schema_id if self._layouts[schema_id] is not None else None
 
