@@ -226,6 +226,16 @@ class RubinCodec:
         """The schema :meth:`encode` writes."""
         return self._schema
 
+    @property
+    def schemas(self) -> RubinSchemas:
+        """The schemas this codec decodes with (shared with a batch decoder)."""
+        return self._schemas
+
+    @property
+    def fields(self) -> Sequence[str] | Literal["lightcurve"] | None:
+        """The projection chosen (``None``: whole alerts)."""
+        return self._fields
+
     def decode(self, value: bytes) -> dict[str, Any]:
         """The alert in a Confluent-framed message (projected, if fields were chosen)."""
         _check_size(value, self.max_bytes)

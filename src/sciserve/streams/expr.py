@@ -87,6 +87,11 @@ class Expression:
     #: that is a prefix of another is left out.
     alert_paths: frozenset[tuple[str, ...]]
     _evaluate: _Evaluator = field(repr=False, compare=False)
+    #: The paths below ``alert`` when the expression reads the alert only
+    #: as values at the end of such paths (``alert.diaSource.band``), never a
+    #: record or the alert itself whole; ``None`` otherwise.  With these, the
+    #: alert a filter sees can be built from those values alone.
+    alert_leaves: frozenset[tuple[str, ...]] | None = field(default=None, compare=False)
 
     def evaluate(self, context: Context) -> Any:
         """The value of the expression with its names bound by ``context``."""
@@ -128,7 +133,45 @@ def parse_expression(text: str, *, what: str = "expression") -> Expression:
         names=frozenset(compiler.names),
         alert_paths=_maximal(compiler.alert_paths),
         _evaluate=evaluate,
+        alert_leaves=_alert_leaves(tree),
     )
+
+
+def _alert_leaves(tree: ast.AST) -> frozenset[tuple[str, ...]] | None:
+    """Every path read below ``alert``, if each use of ``alert`` is such a
+    path and none of them is the start of another (a record read whole)."""
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+
+    def step(node: ast.AST) -> str | None:
+        """The key ``node`` reads from its value, if it is ``x.key`` or ``x["key"]``."""
+        if isinstance(node, ast.Attribute):
+            return node.attr
+        if (
+            isinstance(node, ast.Subscript)
+            and isinstance(node.slice, ast.Constant)
+            and isinstance(node.slice.value, str)
+        ):
+            return node.slice.value
+        return None
+
+    paths: set[tuple[str, ...]] = set()
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Name) and node.id == "alert"):
+            continue
+        path: list[str] = []
+        current: ast.AST = node
+        while (parent := parents.get(current)) is not None:
+            key = step(parent)
+            if key is None or getattr(parent, "value", None) is not current:
+                break
+            path.append(key)
+            current = parent
+        if not path:
+            return None  # the alert itself, whole
+        paths.add(tuple(path))
+    if any(len(q) > len(p) and q[: len(p)] == p for p in paths for q in paths):
+        return None  # a record read whole as well as a value inside it
+    return frozenset(paths)
 
 
 # -- values ------------------------------------------------------------------

@@ -37,7 +37,13 @@ as a loop over batches::
 Fetching, preparing (decoding and features) and writing run as three
 stages, so consecutive batches overlap; batches are still committed in
 order.  Decoding and features cost most of the CPU: ``workers: N`` in the
-spec runs them in N processes.
+spec runs them in N processes, and by default a pipeline starts one per
+core beyond the first (:func:`~sciserve.streams.spec.default_workers`).
+Rubin alerts read for the built-in light-curve features (and, by a filter,
+only as plain values) are decoded a batch at a time
+(:mod:`sciserve.streams.batchdecode`) and their features computed over the
+batch; whatever the batch reader cannot vouch for is decoded message by
+message, as before, and dead-lettered with the codec's reason.
 
 Scaling out
 -----------
@@ -114,6 +120,7 @@ from .spec import PipelineSpec, PythonFeatures, StepsSpec
 
 if TYPE_CHECKING:
     from ..protocol.client import InferenceClient
+    from .batchdecode import RubinBatchDecoder
 
 __all__ = ["DeadLetter", "Pipeline", "run_pipeline"]
 
@@ -483,6 +490,11 @@ class PrepareConfig:
     width: int | None
     #: Whether the decoded alerts are needed afterwards (by the filter).
     keep_alerts: bool
+    #: Whether Rubin alerts may be decoded a batch at a time.
+    batch_decode: bool = True
+    #: With ``keep_alerts``: the only alert values the filter reads, if it
+    #: reads nothing else of the alert (see ``Expression.alert_leaves``).
+    alert_paths: tuple[tuple[str, ...], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -520,28 +532,70 @@ class _Preparer:
         else:
             self.features = _load_function(*config.python)
         self.dtype = np.dtype(config.dtype)
+        self.batch = _batch_decoder(config, self.codec)
 
     def __call__(self, values: Sequence[bytes]) -> PrepareResult:
         """The prepared messages, and the seconds spent decoding and in features."""
-        from .codecs import DecodeError
-
+        if self.batch is not None and values:
+            return self._batch(values)
         decoding = featuring = 0.0
         prepared = []
         for value in values:
-            started = time.perf_counter()
-            item: _Prepared | None = None
-            try:
-                alert = self.codec.decode(value)
-                alert_id = self.codec.alert_id(alert)
-            except DecodeError as exc:
-                item = _Prepared(failure=("decode", exc.reason, str(exc)))
-            decoded = time.perf_counter()
-            decoding += decoded - started
-            if item is None:
-                item = self._features(alert, alert_id)
-                featuring += time.perf_counter() - decoded
+            item, decode_s, features_s = self._one(value)
+            decoding += decode_s
+            featuring += features_s
             prepared.append(item)
         return prepared, decoding, featuring
+
+    def _one(self, value: bytes) -> tuple[_Prepared, float, float]:
+        """One message decoded by the codec and featurised, and the seconds each took."""
+        from .codecs import DecodeError
+
+        started = time.perf_counter()
+        try:
+            alert = self.codec.decode(value)
+            alert_id = self.codec.alert_id(alert)
+        except DecodeError as exc:
+            return (
+                _Prepared(failure=("decode", exc.reason, str(exc))),
+                time.perf_counter() - started,
+                0.0,
+            )
+        decoded = time.perf_counter()
+        item = self._features(alert, alert_id)
+        return item, decoded - started, time.perf_counter() - decoded
+
+    def _batch(self, values: Sequence[bytes]) -> PrepareResult:
+        """Decode ``values`` at once into light curves and featurise them as a batch.
+
+        Messages the batch decoder leaves aside (malformed ones, in practice)
+        take the per-message path, which dead-letters them as it always did.
+        """
+        from ..examples.features import extract_columns
+
+        assert self.batch is not None
+        started = time.perf_counter()
+        curves = self.batch.decode(values)
+        decoding = time.perf_counter() - started
+        featuring = 0.0
+        prepared: list[_Prepared | None] = [None] * len(values)
+        decoded = [(i, curve) for i, curve in enumerate(curves) if curve is not None]
+        if decoded:
+            began = time.perf_counter()
+            try:
+                vectors = extract_columns([curve for _, curve in decoded])
+            except Exception:  # odd data: each message then fails (or not) on its own
+                log.exception("batch features failed; computing them one alert at a time")
+            else:
+                for (index, curve), vector in zip(decoded, vectors, strict=True):
+                    prepared[index] = self._checked(curve.alert_id, curve.alert, vector)
+            featuring += time.perf_counter() - began
+        for index, value in enumerate(values):
+            if prepared[index] is None:
+                prepared[index], decode_s, features_s = self._one(value)
+                decoding += decode_s
+                featuring += features_s
+        return [item for item in prepared if item is not None], decoding, featuring
 
     def _features(self, alert: dict[str, Any], alert_id: int) -> _Prepared:
         try:
@@ -549,11 +603,44 @@ class _Preparer:
         except Exception as exc:  # a feature function may fail in any way on odd data
             reason = f"{type(exc).__name__}: {error_text(exc)}"
             return _Prepared(alert_id, failure=("features", "features-failed", reason))
+        return self._checked(alert_id, alert, vector)
+
+    def _checked(
+        self, alert_id: int, alert: dict[str, Any] | None, vector: npt.NDArray[Any]
+    ) -> _Prepared:
+        vector = np.asarray(vector, dtype=self.dtype).reshape(-1)
         width = self.config.width
         if width is not None and len(vector) != width:
             reason = f"{len(vector)} features; the models take {width}"
             return _Prepared(alert_id, failure=("features", "features-shape", reason))
         return _Prepared(alert_id, alert if self.config.keep_alerts else None, vector)
+
+
+def _batch_decoder(config: PrepareConfig, codec: Any) -> RubinBatchDecoder | None:
+    """A batch decoder for ``config``, when its alerts can be decoded as a batch.
+
+    That is Rubin alerts read by the built-in light-curve features and, if
+    the filter reads the alert, only as plain values at known paths: a
+    user's feature function, or a filter reading a record whole, gets the
+    alerts the per-message codec makes.  Without polars the per-message path
+    is used.
+    """
+    from .batchdecode import RubinBatchDecoder, batch_decoding_available
+    from .codecs import RubinCodec
+
+    if not config.batch_decode or not isinstance(codec, RubinCodec):
+        return None
+    if config.python is not None:
+        return None
+    paths = config.alert_paths if config.keep_alerts else ()
+    if paths is None:
+        return None
+    if not batch_decoding_available():
+        log.warning("polars is not installed: alerts are decoded one at a time (slower)")
+        return None
+    decoder = RubinBatchDecoder(codec.schemas, max_bytes=codec.max_bytes, alert_paths=paths)
+    decoder.warm(codec.schema.schema_id)
+    return decoder
 
 
 @functools.cache
@@ -589,6 +676,9 @@ def preparation(
     elif spec.id_field:
         options["id_field"] = spec.id_field
     features = spec.features
+    expression = spec.filter_expression
+    # A filter that never reads ``alert`` needs no decoded alerts.
+    keep_alerts = expression is not None and "alert" in expression.names
     return PrepareConfig(
         codec=spec.codec,
         codec_options=tuple(sorted(options.items())),
@@ -599,7 +689,15 @@ def preparation(
         ),
         dtype=numpy_dtype(dtypes.pop()).str,
         width=widths.pop() if widths else None,
-        keep_alerts=spec.filter_expression is not None,
+        keep_alerts=keep_alerts,
+        # Fields chosen in the spec may lack the light curve (features must
+        # then fail as they always did): those alerts go through the codec.
+        batch_decode=spec.decode == "batch" and spec.fields in (None, "all"),
+        alert_paths=(
+            tuple(sorted(expression.alert_leaves))
+            if keep_alerts and expression is not None and expression.alert_leaves is not None
+            else None
+        ),
     )
 
 
@@ -650,13 +748,21 @@ def evaluate_filter(
 def _init_worker(parent: int) -> None:
     """Set up a preparing worker process of the pipeline process ``parent``.
 
-    Ctrl-C reaches the whole process group; the pipeline process drains and
-    needs its workers until the batch in hand is written, so they ignore it.
-    A pipeline killed with SIGKILL cannot stop its workers, and they would
-    run (and hold memory) forever: on Linux the kernel kills them when it
-    exits, and everywhere a thread exits them once their parent changed.
+    Ctrl-C reaches the whole process group, and so does a SIGTERM sent to
+    the group (a service manager stopping the unit, ``kill -- -PGID``); the
+    pipeline process drains and needs its workers until the batch in hand
+    is written, so they ignore both and leave when the pipeline shuts its
+    pool down.  A pipeline killed with SIGKILL cannot stop its workers, and
+    they would run (and hold memory) forever: on Linux the kernel kills them
+    when it exits, and everywhere a thread exits them once their parent
+    changed.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Each worker is one core's share of the work: a thread pool per worker
+    # the size of the machine (polars' default) would only oversubscribe it.
+    # Set before polars is first imported here, when the preparer is built.
+    os.environ.setdefault("POLARS_MAX_THREADS", "1")
     exit_with_parent(parent)
 
 
@@ -756,6 +862,7 @@ class Pipeline:
         self._filter: Expression | None = spec.filter_expression
         self._prepare_config: PrepareConfig | None = None
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._workers = 0
 
     @property
     def status_file(self) -> Path:
@@ -849,7 +956,8 @@ class Pipeline:
     async def _start_preparers(self, config: PrepareConfig) -> None:
         """Build the preparer here, or in every worker process, before the
         first batch (so a bad configuration fails now, not on data)."""
-        workers = self.spec.workers
+        # Resolved once: the pool's size, whatever the cores do later.
+        workers = self._workers = self.spec.worker_processes
         if not workers:
             await asyncio.to_thread(_preparer, config)
             return
@@ -1037,7 +1145,7 @@ class Pipeline:
             parts = [await asyncio.to_thread(prepare_values, config, values)]
         else:
             loop = asyncio.get_running_loop()
-            size = -(-len(values) // self.spec.workers)
+            size = -(-len(values) // self._workers)
             parts = await asyncio.gather(
                 *(
                     loop.run_in_executor(self._pool, prepare_values, config, values[i : i + size])

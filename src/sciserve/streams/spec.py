@@ -12,6 +12,8 @@
     sinks: [kafka://127.0.0.1:9092/annotations, results]
     dead_letter: file:///var/tmp/dead.jsonl
     batch: 256
+    workers: 2              # decoding/features processes; default: one per core beyond the first
+    decode: batch           # Rubin alerts a batch at a time (polars); message: one at a time
     fetch_timeout: 1.0
     max_message_bytes: 1048576
     budget:                 # what "keeping up" means; the health report flags the worker beyond it
@@ -25,6 +27,7 @@ at once rather than after the first batch.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -44,6 +47,7 @@ __all__ = [
     "PipelineSpec",
     "PythonFeatures",
     "StepsSpec",
+    "default_workers",
     "load_batch_spec",
     "load_spec",
     "parse_batch_spec",
@@ -58,6 +62,25 @@ _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 _STREAM_SCHEMES = ("kafka://", "nats://", "file://")
 _CODEC_FAMILIES = ("lsst", "ztf", "json")
 _ENTRY_RE = re.compile(r"^(?P<file>[^:]+\.py):(?P<function>[A-Za-z_][A-Za-z0-9_]*)$")
+
+
+#: The most preparing processes a pipeline starts when its spec does not say.
+MAX_DEFAULT_WORKERS = 8
+
+
+def default_workers() -> int:
+    """Preparing processes for a pipeline whose spec sets no ``workers``.
+
+    One per core beyond the first that this process may run on: the
+    pipeline's own process fetches, runs the models and writes, the workers
+    decode and compute features, and the two overlap.  With one core there
+    is nothing to overlap with, and the work stays in-process.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(0, min(cores - 1, MAX_DEFAULT_WORKERS))
 
 
 class _Strict(BaseModel):
@@ -127,6 +150,12 @@ class StepsSpec(_Strict):
     #: keeps all of them).
     filter: str | None = None
     max_message_bytes: int = Field(default=2**20, gt=0)
+    #: How Rubin alerts are decoded.  ``batch``: a batch at a time, straight
+    #: into light-curve columns, when the built-in features read them (no
+    #: user feature function, no chosen ``fields``) and the filter, if it
+    #: reads the alert, reads plain values at fixed paths; ``message``: one
+    #: at a time with fastavro, always.
+    decode: Literal["batch", "message"] = "batch"
 
     _filter: Expression | None = PrivateAttr(default=None)
 
@@ -179,9 +208,10 @@ class PipelineSpec(StepsSpec):
     dead_letter: str
     batch: int = Field(default=256, ge=1, le=100_000)
     #: Processes that decode alerts and compute features in parallel; 0 does
-    #: it in the pipeline's own process.  Worth it when decoding dominates
-    #: and there are cores to spare.
-    workers: int = Field(default=0, ge=0, le=64)
+    #: it in the pipeline's own process.  Unset, one per core this process
+    #: may run on beyond the first (at most :data:`MAX_DEFAULT_WORKERS`): 0
+    #: on one core, 1 on two, 3 on four.  See :attr:`worker_processes`.
+    workers: int | None = Field(default=None, ge=0, le=64)
     #: How long one fetch waits to fill a batch of ``batch`` messages before
     #: it hands on what arrived (s); also how often an idle loop looks
     #: around (drain requests) again.  Lower it on slow streams to bound the
@@ -189,6 +219,11 @@ class PipelineSpec(StepsSpec):
     fetch_timeout: float = Field(default=1.0, gt=0, le=60)
     #: Lag and latency beyond which the health report flags a worker.
     budget: LagBudget | None = None
+
+    @property
+    def worker_processes(self) -> int:
+        """``workers``, or the default for this machine's cores when unset."""
+        return self.workers if self.workers is not None else default_workers()
 
     @field_validator("source", "dead_letter")
     @classmethod
