@@ -115,6 +115,11 @@ class ServingConfig(BaseModel):
     #: (realtime: no bound); past it, 503 + Retry-After before the body.
     http_interactive_lane: int = Field(default=1024, ge=1)
     http_batch_lane: int = Field(default=64, ge=1)
+    #: The fast path for inference: HTTP front ends decode inference requests
+    #: (of credentials the server accepted before) and encode their answers,
+    #: so the serving process only runs them; off, they relay every request
+    #: as it came.  Without front ends it changes nothing.
+    http_fast_path: bool = True
     #: Device for every model (overrides the packages' own ``device``).
     device: str | None = None
     #: ONNX Runtime intra-op threads per session.

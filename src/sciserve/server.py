@@ -250,6 +250,7 @@ class Server:
                 processes=cfg.http_frontends,
                 tls_files=tls_files,
                 lanes=Lanes(cfg.http_interactive_lane, cfg.http_batch_lane),
+                fast_path=cfg.http_fast_path,
             )
         else:
             http_server = _InProcessHttp(_http_config(create_app(service), tls), http_sock)

@@ -715,6 +715,20 @@ def test_responses_are_the_same_bytes_as_in_process(home: Path) -> None:
         post("/v2/models/linear/infer", infer_json, "Content-Encoding: br"),
         post("/v2/models/linear/infer", b" " * 100_000),
         get("/v2/sciserve/registry/models"),
+        # Decoded by the front ends (the fast path), answered by the serving process.
+        post("/v2/models/linear/versions/1.0.0/infer", infer_json),
+        post("/v2/models/linear/infer", _infer_body(X, binary_data_output=True)),
+        post("/v2/models/linear/infer", infer_json.replace(b"0.0", b"NaN", 1)),
+        post("/v2/models/linear/infer", _infer_body(X, "INT32")),
+        post("/v2/models/linear/infer", _infer_body(np.zeros((2, 5), np.float32))),
+        post("/v2/models/linear/infer", _infer_body(np.zeros((65, 4), np.float32))),
+        post("/v2/models/linear/infer", _infer_body(X, outputs=[{"name": "nope"}])),
+        post("/v2/models/linear/infer", _infer_body(X, parameters={"priority": "urgent"})),
+        post("/v2/models/linear/infer", infer_json + b" " * 90_000),  # over linear's 80 KiB
+        b"POST /v2/models/linear/infer HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        + b"Transfer-Encoding: chunked\r\n\r\n"
+        + _chunked(infer_json + b" " * 90_000),
+        post("/v2/models/nope/infer", _infer_body(X, binary_data_output=True)),
     ]
     plain = start_server(home)
     try:
@@ -728,6 +742,68 @@ def test_responses_are_the_same_bytes_as_in_process(home: Path) -> None:
             stop_server(relayed.proc)
     finally:
         stop_server(plain.proc)
+
+
+def _infer_body(x: np.ndarray, datatype: str = "FP32", **extra: Any) -> bytes:
+    data = x.ravel().tolist() if datatype.startswith("FP") else x.astype(int).ravel().tolist()
+    tensor = {"name": "x", "datatype": datatype, "shape": list(x.shape), "data": data}
+    return json.dumps({"inputs": [tensor], **extra}).encode()
+
+
+def _chunked(body: bytes, size: int = 8192) -> bytes:
+    parts = [body[i : i + size] for i in range(0, len(body), size)]
+    return b"".join(f"{len(p):x}\r\n".encode() + p + b"\r\n" for p in parts) + b"0\r\n\r\n"
+
+
+def test_fast_path_answers_under_auth_are_the_same_bytes_as_in_process(tmp_path: Path) -> None:
+    # Accepted credentials take the fast path once the front end knows them:
+    # what they may not do (403), their quota (429) and a credential never
+    # accepted (401, relayed as it came) answer as in-process.
+    home = tmp_path / "home"
+    with Registry(Settings.load(home, environ={})) as registry:
+        registry.publish(make_onnx_package(tmp_path / "linear"))
+        store = TokenStore(registry)
+        _, fine = store.create("fine", {"*": ["infer"]})
+        _, reader = store.create("reader", {"default": ["read"]})
+        _, slow = store.create("slow", {"*": ["infer"]}, limit=RateLimit(rate=0.001, burst=1))
+    body = _infer_body(X, id="r1")
+
+    def post(token: str | None, payload: bytes = body) -> bytes:
+        auth = "" if token is None else f"Authorization: Bearer {token}\r\n"
+        return (
+            f"POST /v2/models/linear/infer HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            f"{auth}Content-Length: {len(payload)}\r\n\r\n"
+        ).encode() + payload
+
+    warm_up = [post(fine), post(reader), post(slow)]  # relayed: the classes are learnt
+    requests = [
+        post(fine),
+        post(fine, _infer_body(X, binary_data_output=True)),
+        post(fine, b'{"inputs": ['),
+        post(fine, _infer_body(np.zeros((2, 5), np.float32))),
+        post(fine, _infer_body(X, "INT32")),
+        post(reader),
+        post(slow),
+        post(None),
+        post(fine[:-4] + "XXXX"),
+    ]
+    statuses = []
+    plain = start_server(home, "--auth")
+    try:
+        relayed = start_server(home, "--auth", "--http-frontends", "1")
+        try:
+            for request in warm_up:
+                assert _exchange(relayed.http, request) == _exchange(plain.http, request)
+            time.sleep(0.5)  # a class is advised after its answer
+            for request in requests:
+                expected = _exchange(plain.http, request)
+                assert _exchange(relayed.http, request) == expected, (request[:200], expected)
+                statuses.append(int(expected.split(b" ", 2)[1]))
+        finally:
+            stop_server(relayed.proc)
+    finally:
+        stop_server(plain.proc)
+    assert statuses == [200, 200, 400, 400, 400, 403, 429, 401, 401]
 
 
 def test_a_full_batch_lane_refuses_batch_work_and_realtime_still_has_room(

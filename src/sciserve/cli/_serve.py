@@ -72,6 +72,14 @@ def serve(
         int,
         typer.Option(help="The same for interactive requests (realtime ones are never bounded)."),
     ] = 1024,
+    http_fast_path: Annotated[
+        bool,
+        typer.Option(
+            "--http-fast-path/--no-http-fast-path",
+            help="HTTP front ends decode inference requests and encode the answers themselves "
+            "(the serving process still authorises each); off: they relay requests as they are.",
+        ),
+    ] = True,
     model: Annotated[
         list[str] | None,
         typer.Option(
@@ -131,6 +139,7 @@ def serve(
             http_frontends=_frontends(http_frontends),
             http_batch_lane=http_batch_lane,
             http_interactive_lane=http_interactive_lane,
+            http_fast_path=http_fast_path,
             models=tuple(model) if model else None,
             strict_readiness=_strict(strict_readiness),
             poll_interval=poll_interval,

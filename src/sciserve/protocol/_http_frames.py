@@ -29,6 +29,11 @@ DELIVERED    to server the front end wrote this many more bytes (u64) of
 ABORT        to front  the application failed mid-response: close the
                        client's connection (a truncated body must not look
                        complete)
+INFER        to server an inference request the front end decoded: a
+                       :class:`Head` (its body complete), then the decoded
+                       request (:mod:`~sciserve.protocol._infer_frames`)
+OUTPUTS      to front  the answer to an INFER: the output tensors, for the
+                       front end to encode (an error comes as START instead)
 ============ ========= =====================================================
 
 Bodies are flow-controlled both ways: a front end has at most
@@ -59,6 +64,8 @@ __all__ = [
     "DISCONNECT",
     "END",
     "FINISH",
+    "INFER",
+    "OUTPUTS",
     "REQUEST",
     "START",
     "WINDOW",
@@ -66,14 +73,16 @@ __all__ = [
     "Head",
     "advice_body",
     "parse_advice",
+    "parse_infer",
     "parse_request",
     "parse_start",
     "request_body",
+    "request_head",
     "start_body",
 ]
 
 (REQUEST, BODY, END, DISCONNECT, START, CHUNK, FINISH, ADVICE, CONSUMED, DELIVERED,
- ABORT) = range(1, 12)  # fmt: skip
+ ABORT, INFER, OUTPUTS) = range(1, 14)  # fmt: skip
 
 #: Bytes of one body either side may send ahead of the other's reading.
 WINDOW = 1 << 20
@@ -117,7 +126,8 @@ def _pack(fields: list[bytes], body: bytes = b"") -> bytes:
     return lengths + b"".join(fields) + body
 
 
-def _unpack(data: bytes) -> tuple[list[bytes], bytes]:
+def _fields(data: bytes) -> tuple[list[bytes], int]:
+    """The strings at the start of ``data``, and where what follows them starts."""
     (count,) = _COUNT.unpack_from(data)
     lengths = struct.unpack_from(f"<{count}I", data, _COUNT.size)
     offset = _COUNT.size + 4 * count
@@ -125,6 +135,11 @@ def _unpack(data: bytes) -> tuple[list[bytes], bytes]:
     for length in lengths:
         fields.append(data[offset : offset + length])
         offset += length
+    return fields, offset
+
+
+def _unpack(data: bytes) -> tuple[list[bytes], bytes]:
+    fields, offset = _fields(data)
     return fields, data[offset:]
 
 
@@ -146,7 +161,8 @@ def _pairs(flat: list[bytes]) -> Headers:
     return list(zip(flat[0::2], flat[1::2], strict=True))
 
 
-def request_body(head: Head, body: bytes) -> bytes:
+def request_head(head: Head) -> bytes:
+    """``head`` as the start of a REQUEST or INFER frame's body."""
     flags = (1 if head.ask_class else 0) | (2 if head.more_body else 0)
     flags |= 4 if head.awaits_read else 0
     fields = [
@@ -154,20 +170,34 @@ def request_body(head: Head, body: bytes) -> bytes:
         *_address(head.client), *_address(head.server), head.scheme.encode(),
         head.http_version.encode(), head.credential, bytes([flags]),
     ]  # fmt: skip
-    return _pack(fields + _flat(head.headers), body)
+    return _pack(fields + _flat(head.headers))
 
 
-def parse_request(data: bytes) -> tuple[Head, bytes]:
-    fields, body = _unpack(data)
+def request_body(head: Head, body: bytes) -> bytes:
+    return request_head(head) + body
+
+
+def _head(fields: list[bytes]) -> Head:
     (method, path, raw_path, query, client_host, client_port, server_host, server_port,
      scheme, version, credential, flags) = fields[:_REQUEST_FIELDS]  # fmt: skip
-    head = Head(
+    return Head(
         method.decode(), path.decode(), raw_path, query, _pairs(fields[_REQUEST_FIELDS:]),
         _parse_address(client_host, client_port), _parse_address(server_host, server_port),
         scheme.decode(), version.decode(), credential, bool(flags[0] & 1), bool(flags[0] & 2),
         bool(flags[0] & 4),
     )  # fmt: skip
-    return head, body
+
+
+def parse_request(data: bytes) -> tuple[Head, bytes]:
+    fields, body = _unpack(data)
+    return _head(fields), body
+
+
+def parse_infer(data: bytes) -> tuple[Head, memoryview]:
+    """An INFER frame's head, and the decoded request after it as a view
+    (its tensors are read in place, not copied again)."""
+    fields, offset = _fields(data)
+    return _head(fields), memoryview(data)[offset:]
 
 
 def start_body(status: int, headers: Headers, more: bool, body: bytes) -> bytes:

@@ -30,6 +30,22 @@ key is this process's own random secret: the front end never logs, stores
 or compares a token itself.  Requests whose class is not known yet count as
 interactive.
 
+The fast path for inference (``--decode-inference``): the front end reads
+an inference request's body, decodes it with the REST adapter's own decoder
+(:func:`~sciserve.protocol.rest_codec.decode_infer_request`) and sends the
+tensors (:mod:`~sciserve.protocol._infer_frames`); the serving process
+answers with output tensors, which it encodes with the adapter's own
+encoder, or with an error response, relayed as it comes.  Decoding and
+encoding are most of a small request's cost, and here they run on another
+core.  Access is not decided here: only requests whose credential the
+serving process accepted before (its class is known; any request with
+``--open-access``, when the server authenticates nobody) take the fast
+path, and the serving process authenticates and authorises each of them
+again.  Every other request, and any whose body this side cannot decode
+(the serving process then gives the in-process answer, an error), is
+relayed as it came; so are compressed bodies, bodies over the size limit
+and clients awaiting "100 Continue".
+
 The front end exits when the serving process goes away (its relay
 connection closes), and on SIGTERM stops accepting, finishes the requests
 in flight and exits.  Run by the server as
@@ -44,6 +60,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import functools
 import hashlib
 import itertools
 import json
@@ -56,10 +73,12 @@ import sys
 import time
 from collections.abc import Iterator
 from typing import Any, cast
+from urllib.parse import unquote
 
 import uvicorn
 
-from ._frames import FrameReader, frame
+from ..serving.types import InferenceRequest
+from ._frames import HEADER, Buffer, FrameReader, frame, frame_of
 from ._http_frames import (
     ABORT,
     ADVICE,
@@ -71,6 +90,8 @@ from ._http_frames import (
     DISCONNECT,
     END,
     FINISH,
+    INFER,
+    OUTPUTS,
     REQUEST,
     START,
     WINDOW,
@@ -78,9 +99,17 @@ from ._http_frames import (
     parse_advice,
     parse_start,
     request_body,
+    request_head,
 )
-from ._infer_path import infer_model
+from ._infer_frames import parse_response, request_payload
+from ._infer_path import INFER_PATH, infer_model
 from ._supervisor import CANNOT_LISTEN
+from .rest_codec import (
+    decode_infer_request,
+    encode_infer_response,
+    infer_response_headers,
+    wants_binary_output,
+)
 
 __all__ = ["main"]
 
@@ -98,6 +127,16 @@ Message = dict[str, Any]
 Scope = dict[str, Any]
 _JSON = b"application/json"
 _STOPPING = b'{"error":"the server is stopping","type":"Unavailable"}'
+#: The serving process's answer to an unexpected error (``rest._INTERNAL``).
+_INTERNAL = b'{"error":"internal server error; the server log has the details"}'
+#: Bodies up to this size are decoded on the event loop, larger ones in a
+#: thread (as the serving process does), so one large body does not stall
+#: every other connection of this front end.
+_INLINE_DECODE = 256 * 1024
+#: Most digits of a length header the serving process reads (``rest._MAX_DIGITS``).
+_MAX_DIGITS = 18
+#: The largest frame body: its length is a u32.
+_MAX_FRAME = (1 << 32) - 1 - HEADER.size
 
 
 class _Ended(Exception):
@@ -108,7 +147,7 @@ class _Call:
     """The frames the serving process sent for one request, awaited in order,
     and how much of its body the front end may still send (the window)."""
 
-    __slots__ = ("_frames", "_room", "_waiter", "ahead")
+    __slots__ = ("_frames", "_room", "_waiter", "ahead", "forwarding", "started")
 
     def __init__(self) -> None:
         self._frames: collections.deque[tuple[int, bytes]] = collections.deque()
@@ -116,6 +155,11 @@ class _Call:
         self._room: asyncio.Event | None = None
         #: Body bytes sent and not yet read by the application.
         self.ahead = 0
+        #: The task relaying the rest of the body, or watching for the
+        #: client leaving, if there is one.
+        self.forwarding: asyncio.Task[None] | None = None
+        #: Whether the client's response has begun.
+        self.started = False
 
     def consumed(self, count: int) -> None:
         self.ahead -= count
@@ -198,6 +242,12 @@ class Relay(asyncio.Protocol):
         self._calls.pop(call, None)
 
     async def send(self, call: int, kind: int, body: bytes = b"") -> None:
+        await self._queue(frame(call, kind, body))
+
+    async def send_parts(self, call: int, kind: int, parts: list[Buffer]) -> None:
+        await self._queue(frame_of(call, kind, parts))
+
+    async def _queue(self, data: bytes) -> None:
         # Waiting while the serving process reads slowly keeps this
         # process's buffer bounded instead of queueing without limit.
         if not self._writable.is_set():
@@ -206,7 +256,7 @@ class Relay(asyncio.Protocol):
             raise _Ended
         # Frames sent in one turn of the event loop leave in one write (one
         # system call, one wake-up of the serving process).
-        self._outbox.append(frame(call, kind, body))
+        self._outbox.append(data)
         if len(self._outbox) == 1:
             asyncio.get_running_loop().call_soon(self._flush)
 
@@ -276,6 +326,10 @@ class Admission:
         finally:
             self._in_flight[priority] -= 1
 
+    def forget(self, credential: bytes) -> None:
+        """The serving process refused ``credential`` (401): no longer known."""
+        self._classes.pop(credential, None)
+
     def learn(
         self, credential: bytes, model: str, status: int, retry_after: float, body: bytes
     ) -> None:
@@ -320,11 +374,24 @@ def _retry_after(headers: list[tuple[bytes, bytes]]) -> float:
 
 
 class FrontEnd:
-    """The ASGI application of a front end: admission, then the relay."""
+    """The ASGI application of a front end: admission, then the relay (or
+    the fast path)."""
 
-    def __init__(self, admission: Admission, max_request_bytes: int) -> None:
+    def __init__(
+        self,
+        admission: Admission,
+        max_request_bytes: int,
+        *,
+        decode: bool = False,
+        open_access: bool = False,
+    ) -> None:
         self.admission = admission
         self.limit = max_request_bytes
+        #: Decode inference requests here (the fast path).
+        self.decode = decode
+        #: The serving process authenticates nobody: a request need not
+        #: carry a credential it accepted before to take the fast path.
+        self.open_access = open_access
         self.relay: Relay | None = None
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
@@ -345,77 +412,185 @@ class FrontEnd:
             return
         with admission.lane(priority):
             ask = bool(credential) and known is None
+            # Decoding is for requests the serving process will most likely
+            # serve: unknown credentials go as they are, to be refused there.
+            if self.decode and (known is not None or self.open_access):
+                decodable, header_length = _decodable(scope, self.limit)
+                if decodable:
+                    await self._decoded(scope, receive, send, credential, ask, model, header_length)
+                    return
             await self._relay(scope, receive, send, credential, ask, model)
 
     async def _relay(
-        self, scope: Scope, receive: Any, send: Any, credential: bytes, ask: bool, model: str | None
+        self,
+        scope: Scope,
+        receive: Any,
+        send: Any,
+        credential: bytes,
+        ask: bool,
+        model: str | None,
+        first: tuple[bytes, bool] | None = None,
     ) -> None:
+        """Relay the request as it came; ``first`` is the body already read
+        (and whether more follows), if any was."""
         relay = self.relay
         assert relay is not None
         # A client waiting for "100 Continue" sends the body only once it is
         # read: the serving process sees the head first and may refuse it
         # unread, as it does in-process.  Any other client sends the body
         # right away; it goes with the head, in one frame.
-        waits = (_header(scope, b"expect") or b"").lower() == b"100-continue"
+        waits = first is None and _expects_continue(scope)
         body, more = b"", True
-        if not waits:
+        if first is not None:
+            body, more = first
+        elif not waits:
             message = await receive()
             if message["type"] != "http.request":
                 return  # the client left before its request was complete
             body = message.get("body", b"")
             more = bool(message.get("more_body", False))
-        head = Head(
-            scope["method"], scope["path"], scope.get("raw_path") or scope["path"].encode(),
-            scope["query_string"], [(bytes(k), bytes(v)) for k, v in scope["headers"]],
-            scope.get("client"), scope.get("server"), scope["scheme"], scope["http_version"],
-            credential, ask, more, waits,
-        )  # fmt: skip
+        head = _head(scope, credential, ask, more, waits)
         call, pending = relay.open()
-        forwarding: asyncio.Task[None] | None = None
-        started = False
         try:
             await relay.send(call, REQUEST, request_body(head, body))
             # A waiting client's body is read once the application wants it.
             pending.ahead = WINDOW if waits else len(body)
             if more:
-                forwarding = asyncio.create_task(
+                pending.forwarding = asyncio.create_task(
                     self._forward(relay, pending, call, receive, len(body))
                 )
-            kind, data = await pending.get()
-            if kind != START:
-                await _answer(send, 503, _STOPPING, close=True)
-                return
-            status, headers, streaming, first = parse_start(data)
-            if model is not None and status == 429:
-                self.admission.learn(credential, model, status, _retry_after(headers), first)
-            started = True
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-            await send({"type": "http.response.body", "body": first, "more_body": streaming})
-            if not streaming:
-                return
-            if forwarding is None:  # tell the serving process if the client leaves
-                forwarding = asyncio.create_task(self._forward(relay, pending, call, receive))
-            delivered = len(first)
-            while True:
-                if delivered >= WINDOW // 4:
-                    # Written to the client (uvicorn's send waits for that):
-                    # the application may send as much more.
-                    await relay.send(call, DELIVERED, CONSUMED_BYTES.pack(delivered))
-                    delivered = 0
-                kind, data = await pending.get()
-                if kind in (_LOST, ABORT):
-                    return  # uvicorn closes a connection whose response did not end
-                await send({"type": "http.response.body", "body": data, "more_body": kind == CHUNK})
-                if kind == FINISH:
-                    return
-                delivered += len(data)
+            await self._respond(send, relay, pending, call, receive, credential, model)
         except _Ended:
-            if not started:  # else uvicorn closes a connection whose response did not end
+            if not pending.started:  # else uvicorn closes a connection whose response did not end
                 await _answer(send, 503, _STOPPING, close=True)
         finally:
             relay.close(call)
-            if forwarding is not None:
-                forwarding.cancel()
+            if pending.forwarding is not None:
+                pending.forwarding.cancel()
+
+    async def _decoded(
+        self,
+        scope: Scope,
+        receive: Any,
+        send: Any,
+        credential: bytes,
+        ask: bool,
+        model: str,
+        header_length: int | None,
+    ) -> None:
+        """The fast path: read and decode the body here, send the tensors,
+        encode the output tensors that come back."""
+        relay = self.relay
+        assert relay is not None
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client left before its request was complete
+            chunk = message.get("body", b"")
+            if chunk:
+                chunks.append(chunk)
+                size += len(chunk)
+            more = bool(message.get("more_body", False))
+            if not more or size > self.limit:
+                break
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        decoded = None
+        if not more and size <= self.limit:
+            decoded = await self._decode(scope, body, header_length)
+        payload = None if decoded is None else _payload(decoded, size)
+        if decoded is None or payload is None:
+            # Over the limit, or not decodable: the serving process reads it
+            # and answers as in-process (the refusal, the client's mistake).
+            await self._relay(scope, receive, send, credential, ask, model, (body, more))
+            return
+        head = _head(scope, credential, ask, False, False)
+        call, pending = relay.open()
+        try:
+            await relay.send_parts(call, INFER, [request_head(head), *payload])
+            await self._respond(send, relay, pending, call, receive, credential, model, decoded)
+        except _Ended:
+            if not pending.started:
+                await _answer(send, 503, _STOPPING, close=True)
+        finally:
+            relay.close(call)
+            if pending.forwarding is not None:
+                pending.forwarding.cancel()
+
+    async def _decode(
+        self, scope: Scope, body: bytes, header_length: int | None
+    ) -> InferenceRequest | None:
+        """The request ``body`` holds, decoded as the REST adapter decodes
+        it (within the server's size limit; the model's own limits are the
+        serving process's to check), or ``None`` when it cannot be."""
+        match = INFER_PATH.fullmatch(scope["path"])
+        if match is None:  # pragma: no cover - infer_model matched it
+            return None
+        name, version = match.groups()
+        decode = functools.partial(
+            decode_infer_request,
+            body,
+            header_length,
+            model_name=unquote(name),
+            model_version=None if version is None else unquote(version),
+            max_body_bytes=self.limit,
+        )
+        try:
+            if len(body) <= _INLINE_DECODE:
+                return decode()
+            return await asyncio.get_running_loop().run_in_executor(None, decode)
+        except Exception:
+            # Whatever is wrong with it, the serving process decodes it again
+            # and words the error: this side never answers for a body.
+            return None
+
+    async def _respond(
+        self,
+        send: Any,
+        relay: Relay,
+        pending: _Call,
+        call: int,
+        receive: Any,
+        credential: bytes,
+        model: str | None,
+        decoded: InferenceRequest | None = None,
+    ) -> None:
+        """Send the client what the serving process answers to ``call``."""
+        kind, data = await pending.get()
+        if kind == OUTPUTS and decoded is not None:
+            pending.started = True
+            await _encode(send, data, decoded)
+            return
+        if kind != START:
+            await _answer(send, 503, _STOPPING, close=True)
+            return
+        status, headers, streaming, first = parse_start(data)
+        if model is not None and status == 429:
+            self.admission.learn(credential, model, status, _retry_after(headers), first)
+        if status == 401 and credential:
+            self.admission.forget(credential)
+        pending.started = True
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": first, "more_body": streaming})
+        if not streaming:
+            return
+        if pending.forwarding is None:  # tell the serving process if the client leaves
+            pending.forwarding = asyncio.create_task(self._forward(relay, pending, call, receive))
+        delivered = len(first)
+        while True:
+            if delivered >= WINDOW // 4:
+                # Written to the client (uvicorn's send waits for that):
+                # the application may send as much more.
+                await relay.send(call, DELIVERED, CONSUMED_BYTES.pack(delivered))
+                delivered = 0
+            kind, data = await pending.get()
+            if kind in (_LOST, ABORT):
+                return  # uvicorn closes a connection whose response did not end
+            await send({"type": "http.response.body", "body": data, "more_body": kind == CHUNK})
+            if kind == FINISH:
+                return
+            delivered += len(data)
 
     async def _forward(
         self, relay: Relay, pending: _Call, call: int, receive: Any, sent: int = 0
@@ -446,6 +621,86 @@ class FrontEnd:
             await relay.send(call, DISCONNECT)
         except _Ended:
             pass  # the answering side sees the same
+
+
+def _expects_continue(scope: Scope) -> bool:
+    return (_header(scope, b"expect") or b"").lower() == b"100-continue"
+
+
+def _head(scope: Scope, credential: bytes, ask: bool, more: bool, waits: bool) -> Head:
+    return Head(
+        scope["method"], scope["path"], scope.get("raw_path") or scope["path"].encode(),
+        scope["query_string"], [(bytes(k), bytes(v)) for k, v in scope["headers"]],
+        scope.get("client"), scope.get("server"), scope["scheme"], scope["http_version"],
+        credential, ask, more, waits,
+    )  # fmt: skip
+
+
+def _decodable(scope: Scope, limit: int) -> tuple[bool, int | None]:
+    """Whether the head lets this front end decode the body, and the value
+    of ``Inference-Header-Content-Length``.
+
+    Not when the client awaits "100 Continue" (the serving process may
+    refuse it unread), when the body is compressed, when its declared
+    length is over the limit (refused unread), or when the length header is
+    not a number (refused with the serving process's words); as the REST
+    adapter, each header is read from its first occurrence.
+    """
+    expect = encoding = length = header_length = None
+    for key, value in scope["headers"]:
+        if key == b"content-length":
+            length = value if length is None else length
+        elif key == b"inference-header-content-length":
+            header_length = value if header_length is None else header_length
+        elif key == b"content-encoding":
+            encoding = value if encoding is None else encoding
+        elif key == b"expect":
+            expect = value if expect is None else expect
+    if expect is not None and expect.lower() == b"100-continue":
+        return False, None
+    if encoding is not None and encoding.strip().lower() not in (b"", b"identity"):
+        return False, None
+    if length is not None and not _number(length, limit):
+        return False, None
+    if header_length is None:
+        return True, None
+    if not _number(header_length, None):
+        return False, None
+    return True, int(header_length)
+
+
+def _number(raw: bytes, limit: int | None) -> bool:
+    """Whether ``raw`` is a number of at most 18 digits and ``limit``."""
+    if not raw.isdigit() or len(raw) > _MAX_DIGITS:
+        return False
+    return limit is None or int(raw) <= limit
+
+
+def _payload(decoded: InferenceRequest, size: int) -> list[Buffer] | None:
+    """The INFER payload of ``decoded``, or ``None`` when it does not fit a frame."""
+    try:
+        payload = request_payload(decoded, size)
+    except Exception:  # pragma: no cover - a decoded request always encodes
+        log.exception("cannot encode a decoded inference request")
+        return None
+    total = sum(memoryview(part).nbytes for part in payload)
+    return payload if total < _MAX_FRAME - (1 << 20) else None
+
+
+async def _encode(send: Any, data: bytes, decoded: InferenceRequest) -> None:
+    """Answer with the outputs of an OUTPUTS frame, encoded as the REST adapter does."""
+    try:
+        result = parse_response(data)
+        body, json_length = encode_infer_response(
+            result, decoded.outputs, binary_default=wants_binary_output(decoded)
+        )
+    except Exception:  # pragma: no cover - the serving process sends only what encodes
+        log.exception("cannot encode the outputs of an inference request")
+        await _answer(send, 500, _INTERNAL)
+        return
+    headers = infer_response_headers(len(body), json_length)
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _refuse(scope: Scope, send: Any, refusal: _Refusal) -> None:
@@ -493,7 +748,12 @@ def _listen(host: str, port: int, reuse_port: bool) -> socket.socket:
 async def serve(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     admission = Admission(args.interactive_lane, args.batch_lane)
-    app = FrontEnd(admission, args.max_request_bytes)
+    app = FrontEnd(
+        admission,
+        args.max_request_bytes,
+        decode=args.decode_inference,
+        open_access=args.open_access,
+    )
     _, relay = await loop.create_unix_connection(lambda: Relay(admission), args.relay)
     app.relay = relay
     try:
@@ -547,6 +807,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interactive-lane", type=int, default=1024)
     parser.add_argument("--batch-lane", type=int, default=64)
     parser.add_argument("--reuse-port", action="store_true")
+    parser.add_argument(
+        "--decode-inference", action="store_true", help="decode inference requests here"
+    )
+    parser.add_argument(
+        "--open-access", action="store_true", help="the server authenticates nobody"
+    )
     parser.add_argument("--tls-cert")
     parser.add_argument("--tls-key")
     parser.add_argument("--grace", type=float, default=10.0)

@@ -14,6 +14,16 @@ event loop that also batches and answers, which then bounds the server to
 about one core.  Relayed, that work runs in other processes, and this one
 reads compact frames instead.
 
+The fast path for inference (on unless ``fast_path=False``): a front end
+may decode an inference request itself and send it as tensors (INFER,
+:mod:`~sciserve.protocol._infer_frames`).  Here it runs through the same
+application's inference endpoint (:meth:`~sciserve.protocol.rest.RestApp.infer_relayed`),
+which authenticates and authorises it from its headers, checks the model's
+limits and calls the service exactly as for a body it decodes itself; the
+output tensors go back (OUTPUTS) for the front end to encode, and an error
+goes back as a response like any other.  The front end saves this process
+the decoding and the encoding; it decides nothing about access.
+
 The front ends also decide some requests alone, before reading their body
 (see :mod:`~sciserve.protocol.http_frontend`); for that this side advises
 them: the priority class of a credential they ask about, and which model's
@@ -36,7 +46,7 @@ from starlette.types import ASGIApp, Message
 
 from ..errors import SciserveError
 from ..serving.service import InferenceService
-from ._frames import FrameReader, frame
+from ._frames import Buffer, FrameReader, frame, frame_of
 from ._http_frames import (
     ABORT,
     ADVICE,
@@ -48,17 +58,21 @@ from ._http_frames import (
     DISCONNECT,
     END,
     FINISH,
+    INFER,
+    OUTPUTS,
     REQUEST,
     START,
     WINDOW,
     Advice,
     Head,
     advice_body,
+    parse_infer,
     parse_request,
     start_body,
 )
 from ._infer_path import infer_model
 from ._supervisor import Supervisor, private_directory, remove_directory
+from .rest import RestApp, Tensors
 
 __all__ = ["HttpFrontends", "Lanes"]
 
@@ -214,6 +228,13 @@ class _Exchange:
                 self._delivered = asyncio.Event()
                 await self._delivered.wait()
 
+    def tensors(self, payload: list[Buffer]) -> None:
+        """Answer with output tensors, for the front end to encode."""
+        self.started = self.finished = True
+        self.status = 200
+        self.connection.send_parts(self.call, OUTPUTS, payload)
+        self.push(_DISCONNECT)
+
     def delivered(self, count: int) -> None:
         """The front end wrote ``count`` more response bytes to the client."""
         self._undelivered -= count
@@ -274,10 +295,16 @@ class _Connection(asyncio.Protocol):
             await self._writable.wait()
 
     def send(self, call: int, kind: int, body: bytes) -> None:
+        self._queue(frame(call, kind, body))
+
+    def send_parts(self, call: int, kind: int, parts: list[Buffer]) -> None:
+        self._queue(frame_of(call, kind, parts))
+
+    def _queue(self, data: bytes) -> None:
         # Frames sent in one turn of the event loop leave in one write: a
         # write to the relay socket is a system call that wakes the front
         # end, and under load many responses are ready in the same turn.
-        self._outbox.append(frame(call, kind, body))
+        self._outbox.append(data)
         if len(self._outbox) == 1:
             asyncio.get_running_loop().call_soon(self._flush)
 
@@ -290,11 +317,11 @@ class _Connection(asyncio.Protocol):
         for call, kind, body in self._reader.feed(data):
             if kind == REQUEST:
                 head, first = parse_request(body)
-                exchange = _Exchange(self, call, head, first)
-                self._exchanges[call] = exchange
-                task = asyncio.get_running_loop().create_task(self._run(exchange))
-                self._tasks.add(task)  # the loop keeps only a weak reference
-                task.add_done_callback(self._tasks.discard)
+                self._start(_Exchange(self, call, head, first), None)
+                continue
+            if kind == INFER:
+                head, payload = parse_infer(body)
+                self._start(_Exchange(self, call, head, b""), payload)
                 continue
             known = self._exchanges.get(call)
             if known is None:
@@ -308,9 +335,19 @@ class _Connection(asyncio.Protocol):
             elif kind == DELIVERED:
                 known.delivered(CONSUMED_BYTES.unpack(body)[0])
 
-    async def _run(self, exchange: _Exchange) -> None:
+    def _start(self, exchange: _Exchange, payload: memoryview | None) -> None:
+        self._exchanges[exchange.call] = exchange
+        task = asyncio.get_running_loop().create_task(self._run(exchange, payload))
+        self._tasks.add(task)  # the loop keeps only a weak reference
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, exchange: _Exchange, payload: memoryview | None) -> None:
         try:
-            await self._relay.app(exchange.scope(), exchange.receive, exchange.send)
+            scope = exchange.scope()
+            if payload is None:
+                await self._relay.app(scope, exchange.receive, exchange.send)
+            else:
+                await self._infer(exchange, scope, payload)
         except Exception:
             # The application answers every error itself; this is a bug.
             head = exchange.head
@@ -320,6 +357,16 @@ class _Connection(asyncio.Protocol):
             self._exchanges.pop(exchange.call, None)
         await self._relay.advise(self, exchange)
 
+    async def _infer(self, exchange: _Exchange, scope: dict[str, Any], payload: memoryview) -> None:
+        app = self._relay.decoding_app
+        if app is None:  # only a front end told to decode sends INFER
+            raise RuntimeError("a front end sent decoded inference, which it was not told to")
+        answer = await app.infer_relayed(scope, exchange.receive, payload)
+        if isinstance(answer, Tensors):
+            exchange.tensors(answer.payload)
+        else:
+            await answer(scope, exchange.receive, exchange.send)
+
 
 class HttpFrontends:
     """HTTP served by ``processes`` front-end processes relaying to ``app``.
@@ -328,6 +375,11 @@ class HttpFrontends:
     serving ``service``.  Call :meth:`start` from the event loop that runs
     ``service``; it returns the bound port (``port`` 0 picks a free one).
     :meth:`stop` lets requests in flight finish, up to ``grace`` seconds.
+
+    With ``fast_path`` (and ``app`` a :class:`~sciserve.protocol.rest.RestApp`)
+    the front ends decode inference requests whose credential this process
+    has accepted before (any request when authentication is off), and encode
+    their answers; the rest they relay as they are.
     """
 
     def __init__(
@@ -340,8 +392,11 @@ class HttpFrontends:
         processes: int = 1,
         tls_files: tuple[Path, Path] | None = None,
         lanes: Lanes | None = None,
+        fast_path: bool = True,
     ) -> None:
         self.app = app
+        #: The application that answers decoded inference (the fast path), if on.
+        self.decoding_app = app if fast_path and isinstance(app, RestApp) else None
         self.service = service
         self.host = host
         self.port = port
@@ -389,6 +444,11 @@ class HttpFrontends:
         ]  # fmt: skip
         if self.processes > 1:
             argv.append("--reuse-port")
+        if self.decoding_app is not None:
+            argv.append("--decode-inference")
+            if self.service.access is None:
+                # Nobody is authenticated: no credential to have been accepted first.
+                argv.append("--open-access")
         if self.tls_files is not None:
             argv += ["--tls-cert", str(self.tls_files[0]), "--tls-key", str(self.tls_files[1])]
         return argv

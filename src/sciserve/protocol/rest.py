@@ -129,7 +129,7 @@ import tempfile
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import unquote
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -149,6 +149,7 @@ from ..access.policy import authorize, visible
 from ..access.priority import Priority, parse_priority
 from ..access.tokens import TokenStore
 from ..config import RateLimit
+from ..datatypes import check_element_total
 from ..errors import (
     ConfigError,
     Conflict,
@@ -183,19 +184,25 @@ from ..registry.promotion import DEFAULT_SPLIT, EvaluationInfo
 from ..registry.registry import VersionInfo
 from ..registry.remote import REGISTRY_PREFIX, namespace_to_wire, version_to_wire
 from ..serving.service import InferenceService, max_input_elements
+from ..serving.types import InferenceRequest, InferenceResponse
 from ..streams.spec import BatchSpec, PythonFeatures, parse_batch_spec
+from ._frames import Buffer
+from ._infer_frames import RelayedRequest, response_payload, tensors_only
 from ._infer_path import INFER_PATH
 from ._messages import client_message
 from .rest_codec import (
     HEADER_LENGTH_HEADER,
     decode_infer_request,
     encode_infer_response,
+    infer_response_headers,
     wants_binary_output,
 )
 
 __all__ = [
     "REGISTRY_PREFIX",
     "STATUS_TABLE",
+    "RestApp",
+    "Tensors",
     "create_app",
     "create_metrics_app",
     "status_of",
@@ -244,6 +251,7 @@ _BODY_OVERHEAD = 64 * 1024
 _INLINE_DECODE = 256 * 1024
 
 Endpoint = Callable[[Request], Awaitable[Response]]
+_Answer = TypeVar("_Answer")
 
 
 def status_of(exc: SciserveError) -> int:
@@ -315,11 +323,13 @@ _DENIALS: tuple[tuple[type[SciserveError], str], ...] = (
 Denied = Callable[[Request, str], Awaitable[None]]
 
 
-def _guarded(endpoint: Endpoint, denied: Denied | None = None) -> Endpoint:
+def _guarded(
+    endpoint: Callable[[Request], Awaitable[_Answer]], denied: Denied | None = None
+) -> Callable[[Request], Awaitable[_Answer | Response]]:
     """Wrap an endpoint so every exception leaves as a JSON error response."""
 
     @functools.wraps(endpoint)
-    async def guarded(request: Request) -> Response:
+    async def guarded(request: Request) -> _Answer | Response:
         try:
             return await endpoint(request)
         except SciserveError as exc:
@@ -377,6 +387,10 @@ def _inflate(decoder: Any, chunk: bytes, room: int, limit: int) -> bytes:
     return out
 
 
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+
+
 async def _read_body(request: Request, limit: int) -> bytes:
     """The (decompressed) request body, refused as soon as it exceeds ``limit``."""
     _check_declared_length(request, limit)
@@ -389,7 +403,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
         # A body sent chunked, or longer than it claimed, is counted as it comes.
         received += len(chunk)
         if received > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+            raise _too_large(limit)
         if decoder is not None:
             chunk = _inflate(decoder, chunk, limit - size, limit)
         size += len(chunk)
@@ -441,6 +455,17 @@ def _body_bound(manifest: Manifest, max_elements: int | None, limit: int) -> int
     if max_elements is None or any(t.datatype == "BYTES" for t in manifest.inputs):
         return limit
     return min(limit, max_elements * _BYTES_PER_ELEMENT + _BODY_OVERHEAD)
+
+
+def _check_relayed_body(request: Request, limit: int, size: int) -> None:
+    """The checks :func:`_read_body` makes, in its order, for a body of
+    ``size`` bytes a front end read and decoded (uncompressed: a front end
+    relays compressed bodies as they are)."""
+    _check_declared_length(request, limit)
+    if _decoder(request) is not None:
+        raise RuntimeError("a front end decoded a compressed body")
+    if size > limit:
+        raise _too_large(limit)
 
 
 def _header_length(request: Request) -> int | None:
@@ -498,6 +523,24 @@ class _Inference:
         return [Route(path, _guarded(fn, denied), methods=methods) for path, fn, methods in table]
 
     async def infer(self, request: Request) -> Response:
+        result, decoded = await self._infer(request, None)
+        return _infer_response(result, decoded)
+
+    async def infer_relayed(self, request: Request) -> Response | Tensors:
+        """Inference decoded by an HTTP front end (the fast path): the same
+        checks, the same call of the service, and the outputs as tensors
+        for the front end to encode."""
+        relayed = RelayedRequest(request.scope[_RELAYED])
+        result, decoded = await self._infer(request, relayed)
+        if not tensors_only(result):
+            return _infer_response(result, decoded)
+        return Tensors(response_payload(result))
+
+    async def _infer(
+        self, request: Request, relayed: RelayedRequest | None
+    ) -> tuple[InferenceResponse, InferenceRequest]:
+        """The one inference path of HTTP: with ``relayed``, a front end read
+        and decoded the body; without, it is read and decoded here."""
         params = request.path_params
         name, version = params["name"], params.get("version")
         # Caller, scope and model first: the body of a request that will be
@@ -507,30 +550,28 @@ class _Inference:
         header_length = _header_length(request)
         max_elements = max_input_elements(model.info.manifest)
         limit = _body_bound(model.info.manifest, max_elements, self.limit)
-        body = await _read_body(request, limit)
-        decode = functools.partial(
-            decode_infer_request,
-            body,
-            header_length,
-            model_name=name,
-            model_version=version,
-            max_body_bytes=limit,
-            max_elements=max_elements,
-        )
-        # Parsing a large body takes long enough to stall every other request
-        # on the loop (health probes included): do it in a thread.
-        decoded = decode() if len(body) <= _INLINE_DECODE else await run_in_threadpool(decode)
-        result = await self.service.infer(decoded, identity=identity)
-        payload, json_length = encode_infer_response(
-            result, decoded.outputs, binary_default=wants_binary_output(decoded)
-        )
-        if json_length is None:
-            return Response(payload, media_type=_JSON)
-        return Response(
-            payload,
-            headers={HEADER_LENGTH_HEADER: str(json_length)},
-            media_type="application/octet-stream",
-        )
+        if relayed is not None:
+            # The front end decoded it within the server's own limits; what
+            # this model's limits add is checked here, where decoding would
+            # have checked it, so the answer is the in-process one.
+            _check_relayed_body(request, limit, relayed.body_size)
+            check_element_total(relayed.shapes, max_elements)
+            decoded = relayed.request(name, version)
+        else:
+            body = await _read_body(request, limit)
+            decode = functools.partial(
+                decode_infer_request,
+                body,
+                header_length,
+                model_name=name,
+                model_version=version,
+                max_body_bytes=limit,
+                max_elements=max_elements,
+            )
+            # Parsing a large body takes long enough to stall every other
+            # request on the loop (health probes included): do it in a thread.
+            decoded = decode() if len(body) <= _INLINE_DECODE else await run_in_threadpool(decode)
+        return await self.service.infer(decoded, identity=identity), decoded
 
     async def live(self, request: Request) -> Response:
         return Response(status_code=200 if self.service.live() else 503)
@@ -633,6 +674,30 @@ def _check_upload(identity: Identity, manifest: Manifest, kind: str) -> None:
             f"the upload is a {manifest.kind} package; publish it to "
             f"{REGISTRY_PREFIX}/{_PLURAL[manifest.kind]}"
         )
+
+
+class _Encoded(Response):
+    """A response whose body and headers are already encoded."""
+
+    def __init__(self, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        self.status_code = 200
+        self.background = None
+        self.body = body
+        self.raw_headers = headers
+
+
+def _infer_response(result: InferenceResponse, decoded: InferenceRequest) -> Response:
+    payload, json_length = encode_infer_response(
+        result, decoded.outputs, binary_default=wants_binary_output(decoded)
+    )
+    return _Encoded(payload, infer_response_headers(len(payload), json_length))
+
+
+class Tensors(NamedTuple):
+    """The answer to inference a front end decoded: the OUTPUTS payload
+    (:mod:`~sciserve.protocol._infer_frames`), for it to encode."""
+
+    payload: list[Buffer]
 
 
 def _model(request: Request) -> tuple[str, str | None]:
@@ -1435,11 +1500,12 @@ def create_app(service: InferenceService, *, manage_service: bool = False) -> St
         finally:
             await service.stop()
 
-    return _App(
+    return RestApp(
         routes=routes,
         exception_handlers={HTTPException: _http_error},
         lifespan=lifespan,
-        infer=_guarded(inference.infer, _denied_recorder(service)),
+        infer=_guarded(inference.infer, denied),
+        infer_relayed=_guarded(inference.infer_relayed, denied),
     )
 
 
@@ -1453,7 +1519,20 @@ def _infer_template(match: re.Match[str]) -> str:
     return "/v2/models/{name}/versions/{version}/infer"
 
 
-class _App(Starlette):
+#: The scope key under which the HTTP relay hands a front end's decoded
+#: request to :meth:`RestApp.infer_relayed` (set only there, never by a client).
+_RELAYED = "sciserve.relayed"
+
+
+def _infer_params(match: re.Match[str]) -> dict[str, str]:
+    name, version = match.groups()
+    params = {"name": unquote(name)}
+    if version is not None:
+        params["version"] = unquote(version)
+    return params
+
+
+class RestApp(Starlette):
     """Starlette, with a direct path to inference.
 
     Inference requests skip the router and the middleware stack (the
@@ -1462,24 +1541,44 @@ class _App(Starlette):
     Everything else goes through Starlette as usual.
     """
 
-    def __init__(self, *, infer: Endpoint, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        infer: Endpoint,
+        infer_relayed: Callable[[Request], Awaitable[Response | Tensors]],
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self._infer = infer
+        self._infer_relayed = infer_relayed
 
     async def __call__(self, scope: asgi.Scope, receive: asgi.Receive, send: asgi.Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             match = _INFER_PATH.fullmatch(scope["path"])
             if match is not None:
-                name, version = match.groups()
-                params = {"name": unquote(name)}
-                if version is not None:
-                    params["version"] = unquote(version)
                 scope["app"] = self
-                scope["path_params"] = params
+                scope["path_params"] = _infer_params(match)
                 response = await self._infer(Request(scope, receive))
                 await response(scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
+
+    async def infer_relayed(
+        self, scope: asgi.Scope, receive: asgi.Receive, payload: memoryview
+    ) -> Response | Tensors:
+        """Answer an inference request an HTTP front end decoded into
+        ``payload`` (an INFER frame's): ``scope`` is the request's, its body
+        already read.  The caller, quotas, audit and errors are this app's,
+        exactly as for a request it decodes itself; an error is a
+        :class:`Response` to send, success the output tensors."""
+        match = _INFER_PATH.fullmatch(scope["path"]) if scope["method"] == "POST" else None
+        if match is None:  # a front end sends only inference this way
+            log.error("a front end relayed %s %s as inference", scope["method"], scope["path"])
+            return _error(500, _INTERNAL)
+        scope["app"] = self
+        scope["path_params"] = _infer_params(match)
+        scope[_RELAYED] = payload
+        return await self._infer_relayed(Request(scope, receive))
 
 
 def create_metrics_app(service: InferenceService) -> Starlette:

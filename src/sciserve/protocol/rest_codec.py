@@ -59,6 +59,7 @@ __all__ = [
     "decode_infer_request",
     "encode_error",
     "encode_infer_response",
+    "infer_response_headers",
     "wants_binary_output",
 ]
 
@@ -200,6 +201,23 @@ def encode_infer_response(
     if not blobs:
         return header, None
     return b"".join([header, *blobs]), len(header)
+
+
+def infer_response_headers(length: int, header_length: int | None) -> list[tuple[bytes, bytes]]:
+    """The HTTP headers of an inference response body of ``length`` bytes
+    (``header_length`` as :func:`encode_infer_response` returns it).
+
+    One list, in one order, for the in-process server and the HTTP front
+    ends that encode responses themselves: their answers are the same bytes.
+    """
+    size = str(length).encode()
+    if header_length is None:
+        return [(b"content-length", size), (b"content-type", b"application/json")]
+    return [
+        (HEADER_LENGTH_HEADER.lower().encode(), str(header_length).encode()),
+        (b"content-length", size),
+        (b"content-type", b"application/octet-stream"),
+    ]
 
 
 def _dumps(doc: dict[str, Any], finite: bool) -> bytes:
