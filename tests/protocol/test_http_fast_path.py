@@ -470,4 +470,4 @@ def test_the_front_ends_are_told_to_decode_only_with_the_fast_path_on(tmp_path: 
         off = HttpFrontends(app, service, "127.0.0.1", 0, fast_path=False)
         assert off.decoding_app is None
         assert "--decode-inference" not in off._argv(tmp_path / "s", 1)
-    assert ServingConfig().http_fast_path is True
+    assert ServingConfig().http_fast_path is False

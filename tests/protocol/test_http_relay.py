@@ -715,7 +715,7 @@ def test_responses_are_the_same_bytes_as_in_process(home: Path) -> None:
         post("/v2/models/linear/infer", infer_json, "Content-Encoding: br"),
         post("/v2/models/linear/infer", b" " * 100_000),
         get("/v2/sciserve/registry/models"),
-        # Decoded by the front ends (the fast path), answered by the serving process.
+        # With the fast path, decoded by the front ends and answered by the serving process.
         post("/v2/models/linear/versions/1.0.0/infer", infer_json),
         post("/v2/models/linear/infer", _infer_body(X, binary_data_output=True)),
         post("/v2/models/linear/infer", infer_json.replace(b"0.0", b"NaN", 1)),
@@ -732,14 +732,17 @@ def test_responses_are_the_same_bytes_as_in_process(home: Path) -> None:
     ]
     plain = start_server(home)
     try:
-        relayed = start_server(home, "--http-frontends", "2")
-        try:
-            for request in requests:
-                expected = _exchange(plain.http, request)
-                assert expected.startswith(b"HTTP/1.1 "), (request[:60], expected[:200])
-                assert _exchange(relayed.http, request) == expected, request[:60]
-        finally:
-            stop_server(relayed.proc)
+        expected = [_exchange(plain.http, request) for request in requests]
+        for request, answer in zip(requests, expected, strict=True):
+            assert answer.startswith(b"HTTP/1.1 "), (request[:60], answer[:200])
+        # Relayed as they came (the default) and through the fast path.
+        for fast_path in ("--no-http-fast-path", "--http-fast-path"):
+            relayed = start_server(home, "--http-frontends", "2", fast_path)
+            try:
+                for request, answer in zip(requests, expected, strict=True):
+                    assert _exchange(relayed.http, request) == answer, (fast_path, request[:60])
+            finally:
+                stop_server(relayed.proc)
     finally:
         stop_server(plain.proc)
 
@@ -790,7 +793,7 @@ def test_fast_path_answers_under_auth_are_the_same_bytes_as_in_process(tmp_path:
     statuses = []
     plain = start_server(home, "--auth")
     try:
-        relayed = start_server(home, "--auth", "--http-frontends", "1")
+        relayed = start_server(home, "--auth", "--http-frontends", "1", "--http-fast-path")
         try:
             for request in warm_up:
                 assert _exchange(relayed.http, request) == _exchange(plain.http, request)

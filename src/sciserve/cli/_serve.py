@@ -77,9 +77,10 @@ def serve(
         typer.Option(
             "--http-fast-path/--no-http-fast-path",
             help="HTTP front ends decode inference requests and encode the answers themselves "
-            "(the serving process still authorises each); off: they relay requests as they are.",
+            "(the serving process still authorises each); off (default): they relay requests "
+            "as they are.",
         ),
-    ] = True,
+    ] = False,
     model: Annotated[
         list[str] | None,
         typer.Option(

@@ -14,7 +14,8 @@ event loop that also batches and answers, which then bounds the server to
 about one core.  Relayed, that work runs in other processes, and this one
 reads compact frames instead.
 
-The fast path for inference (on unless ``fast_path=False``): a front end
+The fast path for inference (on unless ``fast_path=False``; the server
+passes ``ServingConfig.http_fast_path``, off by default): a front end
 may decode an inference request itself and send it as tensors (INFER,
 :mod:`~sciserve.protocol._infer_frames`).  Here it runs through the same
 application's inference endpoint (:meth:`~sciserve.protocol.rest.RestApp.infer_relayed`),
