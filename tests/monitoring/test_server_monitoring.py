@@ -29,6 +29,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     work = tmp_path_factory.mktemp("work")
     (home / "sciserve.toml").write_text(
         "[monitoring]\nenabled = true\nwindow = 1000\nmin_samples = 500\ncheck_every = 100\n"
+        "max_rows_per_second = 0\n"
     )
     package = make_onnx_package(
         work / "linear",

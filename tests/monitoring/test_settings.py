@@ -21,7 +21,7 @@ def test_the_readme_example_loads(tmp_path: Path) -> None:
     settings = Settings.load(tmp_path, environ={})
     monitoring = settings.monitoring
     assert monitoring.enabled and monitoring.window == 5000
-    assert monitoring.max_rows_per_second == 1000
+    assert monitoring.max_rows_per_second == 200
     assert monitoring.thresholds_for("examples.lc-classifier").ks == 0.15
     assert monitoring.thresholds_for("examples.lc-classifier").psi == 0.25
     assert monitoring.thresholds_for("other").ks == 0.1

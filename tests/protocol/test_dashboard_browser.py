@@ -59,6 +59,7 @@ NO_NUMBER = "\u2013"
 SETTINGS = (
     "[access]\ndefault_rate = { rate = 1000.0, burst = 1000 }\n"
     "[monitoring]\nenabled = true\nwindow = 1000\nmin_samples = 500\ncheck_every = 100\n"
+    "max_rows_per_second = 0\n"
 )
 #: Feature names that would run script if a page ever rendered them as markup.
 HOSTILE_FEATURES = [

@@ -59,7 +59,7 @@ __all__ = ["Monitor", "alert_body"]
 log = logging.getLogger(__name__)
 
 #: Requests one slice of work takes at most (the loop serves requests between slices).
-_DRAIN_BATCH = 512
+_DRAIN_BATCH = 128
 #: How long requests queue up before they are folded in (s).
 #: Folding many at once is what makes monitoring cheap: the cost of a fold
 #: is mostly per call (per feature), hardly per row.  The dashboard polls
