@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 from .config import ServingConfig, Settings
 from .errors import ConfigError
+from .protocol._one_write import OneWriteHttp
 from .registry.registry import Registry
 from .serving.service import InferenceService
 
@@ -155,7 +156,8 @@ def _http_config(app: Any, tls: dict[str, Any]) -> uvicorn.Config:
     # the hot path; requests are counted in the metrics.
     return uvicorn.Config(
         app,
-        http="httptools",
+        # httptools, with a response's head and body written in one call.
+        http=OneWriteHttp,
         lifespan="off",
         access_log=False,
         log_level="warning",

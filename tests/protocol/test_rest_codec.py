@@ -156,6 +156,47 @@ def test_binary_inputs_are_views_over_the_body() -> None:
     assert not tensor.data.flags.writeable
 
 
+def test_requests_with_the_same_header_stay_independent() -> None:
+    # The validated JSON header of binary requests is remembered: two requests
+    # sharing it must still carry their own tensors, and what a caller does
+    # to one request's objects must not reach the next.
+    first, second = np.arange(6, dtype=np.float32), np.arange(6, 12, dtype=np.float32)
+    header = json.dumps(
+        {
+            "parameters": {"scale": 2},
+            "inputs": [
+                {
+                    "name": "x",
+                    "datatype": "FP32",
+                    "shape": [6],
+                    "parameters": {"binary_data_size": 24, "note": "kept"},
+                }
+            ],
+            "outputs": [{"name": "y", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+    bodies = [(header + arr.tobytes(), len(header)) for arr in (first, second)]
+    one = decode(*bodies[0])
+    one.parameters["scale"] = 99
+    one.inputs[0].parameters["note"] = "changed"
+    one.outputs[0].parameters["extra"] = 1
+    two = decode(*bodies[1])
+    np.testing.assert_array_equal(one.inputs[0].data, first)
+    np.testing.assert_array_equal(two.inputs[0].data, second)
+    assert two.parameters == {"scale": 2}
+    assert two.inputs[0].parameters == {"note": "kept"}
+    assert two.outputs == [RequestedOutput("y", True)]
+    assert two.outputs[0] is not one.outputs[0]
+
+
+def test_a_refused_header_is_refused_every_time() -> None:
+    header = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2]}]})
+    body = header.encode() + bytes(8)
+    for _ in range(2):
+        with pytest.raises(InvalidInput, match="has no data"):
+            decode(body, len(header))
+
+
 def test_no_requested_outputs_means_binary_for_all() -> None:
     body, header_length = httpclient.InferenceServerClient.generate_request_body(
         [triton_input("x", sample("INT8"), "INT8", binary=False)]

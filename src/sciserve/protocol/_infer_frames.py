@@ -115,18 +115,25 @@ def _tensors(
     return tensors
 
 
+def _entries(tensors: Iterable[InferInput | InferOutput]) -> tuple[list[list[Any]], list[Buffer]]:
+    """Each tensor's entry ``[name, datatype, shape, parameters, nbytes]``
+    (what :func:`_tensors` reads back) and its raw bytes, in order."""
+    entries: list[list[Any]] = []
+    blobs: list[Buffer] = []
+    for tensor in tensors:
+        blob = raw_buffer(tensor.data, tensor.datatype)
+        blobs.append(blob)
+        entries.append([tensor.name, tensor.datatype, tensor.shape, tensor.parameters, blob.nbytes])
+    return entries, blobs
+
+
 # -- requests (front end → serving process) ------------------------------------
 
 
 def request_payload(request: InferenceRequest, body_size: int) -> list[Buffer]:
     """The payload of an INFER frame: ``request`` as decoded from an HTTP
     body of ``body_size`` bytes."""
-    blobs: list[Buffer] = []
-    inputs = []
-    for tensor in request.inputs:
-        blob = raw_buffer(tensor.data, tensor.datatype)
-        blobs.append(blob)
-        inputs.append([tensor.name, tensor.datatype, tensor.shape, tensor.parameters, blob.nbytes])
+    inputs, blobs = _entries(request.inputs)
     outputs = [[o.name, o.binary, o.parameters] for o in request.outputs]
     meta = {
         "id": request.id,
@@ -184,12 +191,7 @@ def tensors_only(response: InferenceResponse) -> bool:
 
 def response_payload(response: InferenceResponse) -> list[Buffer]:
     """The payload of an OUTPUTS frame."""
-    blobs: list[Buffer] = []
-    outputs = []
-    for tensor in response.outputs:
-        blob = raw_buffer(tensor.data, tensor.datatype)
-        blobs.append(blob)
-        outputs.append([tensor.name, tensor.datatype, tensor.shape, tensor.parameters, blob.nbytes])
+    outputs, blobs = _entries(response.outputs)
     meta = {
         "model_name": response.model_name,
         "model_version": response.model_version,

@@ -26,6 +26,7 @@ the server's job.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -107,16 +108,12 @@ def decode_infer_request(
         raise InvalidInput(f"{HEADER_LENGTH_HEADER} must not be negative, got {header_length}")
     elif header_length > size:
         raise InvalidInput(f"{HEADER_LENGTH_HEADER} ({header_length}) exceeds body length ({size})")
-    doc = _parse_json(view[:header_length], whole_body)
+    if whole_body or header_length > _REMEMBERED_HEADER:
+        head = _header(_parse_json(view[:header_length], whole_body))
+    else:
+        head = _binary_header(bytes(view[:header_length]))
     binary = view[header_length:]
-
-    request_id = doc.get("id")
-    if request_id is not None and not isinstance(request_id, str):
-        raise InvalidInput("'id' must be a string")
-    parameters = check_parameters(doc.get("parameters"), "parameters")
-    default_binary = _optional_bool(parameters, "binary_data_output", "parameters")
-
-    specs = _input_specs(doc.get("inputs"))
+    specs = head.inputs
     check_element_total([spec.shape for spec in specs], max_elements)
     _check_binary_section(specs, len(binary))
     inputs: list[InferInput] = []
@@ -129,15 +126,55 @@ def decode_infer_request(
         data = _decode_data(spec, chunk)
         inputs.append(InferInput(spec.name, spec.datatype, spec.shape, data, spec.parameters))
 
-    outputs = _requested_outputs(doc.get("outputs"), default_binary)
+    # Fresh objects for every request: the dataclasses copy the parameters,
+    # so nothing a caller does to one request reaches a remembered header.
+    outputs = [RequestedOutput(out.name, out.binary, out.parameters) for out in head.outputs]
     return InferenceRequest(
         model_name=model_name,
         model_version=model_version,
-        id=request_id,
+        id=head.id,
         inputs=inputs,
         outputs=outputs,
-        parameters=parameters,
+        parameters=head.parameters,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _Header:
+    """What the JSON of a request says, validated, before any tensor is built."""
+
+    id: str | None
+    parameters: Parameters
+    inputs: tuple[_InputSpec, ...]
+    outputs: tuple[RequestedOutput, ...]
+
+
+def _header(doc: dict[str, Any]) -> _Header:
+    request_id = doc.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InvalidInput("'id' must be a string")
+    parameters = check_parameters(doc.get("parameters"), "parameters")
+    default_binary = _optional_bool(parameters, "binary_data_output", "parameters")
+    inputs = tuple(_input_specs(doc.get("inputs")))
+    outputs = tuple(_requested_outputs(doc.get("outputs"), default_binary))
+    return _Header(request_id, parameters, inputs, outputs)
+
+
+#: Binary-extension headers up to this many bytes are remembered.
+_REMEMBERED_HEADER = 4096
+
+
+@functools.lru_cache(maxsize=256)
+def _binary_header(header: bytes) -> _Header:
+    """:func:`_header` of a binary-extension request's JSON, remembered.
+
+    A client sending tensors in binary sends the same small JSON header
+    (names, datatypes, shapes) with every request of a given shape, and
+    validating it costs more than the rest of decoding; the tensors, which
+    differ every time, are never part of it.  A pure function of the bytes,
+    so remembering it changes no answer; errors are not remembered.
+    """
+    return _header(_parse_json(memoryview(header), False))
 
 
 def wants_binary_output(request: InferenceRequest) -> bool:
@@ -318,7 +355,7 @@ def _binary_data_size(parameters: Parameters, label: str) -> int | None:
     return size
 
 
-def _check_binary_section(specs: list[_InputSpec], available: int) -> None:
+def _check_binary_section(specs: Sequence[_InputSpec], available: int) -> None:
     declared = sum(spec.binary_size or 0 for spec in specs)
     if declared > available:
         raise InvalidInput(
