@@ -7,7 +7,10 @@ non-batch dimensions and dtypes, so nothing is ever padded) in priority
 order, up to ``max_batch_size`` rows.  A waiting higher-class request always
 goes into the next batch the model forms.  The batch runs in a worker thread
 (ONNX Runtime and friends release the GIL), and its outputs are split back
-along each output's batch dimension.  A batch predicted (from the model's
+along each output's batch dimension.  When a batch ends, its thread takes the
+next one from the queues itself (they are guarded by a lock) and hands the
+answers to the event loop: the model never waits for the loop to come round,
+which under overload may take many milliseconds.  A batch predicted (from the model's
 measured time per row) to compute in less than ``max_inline_compute`` runs
 on the event loop instead, if it is full (or the model does not batch) and
 nothing else waits: a full batch cannot grow by waiting, and for a model
@@ -36,6 +39,7 @@ import collections
 import contextlib
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -123,6 +127,12 @@ class DynamicBatcher:
         self._busy_shared = 0
         self._shared = policy.instances - policy.realtime_instances
         self._closed = False
+        # Shutting down after a drain timed out: model threads take no more work.
+        self._stopped = False
+        # Guards the queues and the instance counts: model threads take their
+        # next batch themselves (see _chain).  Re-entrant: a batch run on the
+        # loop releases its instance from inside the dispatch that started it.
+        self._lock = threading.RLock()
         self._idle = asyncio.Event()
         self._idle.set()
         self._executor = ThreadPoolExecutor(
@@ -174,12 +184,13 @@ class DynamicBatcher:
         """Queue one request and wait for its own rows of the outputs."""
         if self._closed:
             raise ModelNotReady(f"{self._manifest.ref} is unloading")
-        if self._queued >= self._policy.max_queue_size and not self._shed_below(priority):
-            raise self._overloaded()
         rows, key = self._rows_and_key(inputs)
         future: asyncio.Future[dict[str, np.ndarray]] = asyncio.get_running_loop().create_future()
-        self._queues[priority].append(_Pending(inputs, rows, key, future))
-        self._queued += 1
+        with self._lock:
+            if self._queued >= self._policy.max_queue_size and not self._shed_below(priority):
+                raise self._overloaded()
+            self._queues[priority].append(_Pending(inputs, rows, key, future))
+            self._queued += 1
         self._idle.clear()
         self._dispatch()
         return await future
@@ -212,25 +223,40 @@ class DynamicBatcher:
         return False
 
     def _dispatch(self, *, force: bool = False) -> None:
-        while self._busy < self._policy.instances and self._queued:
-            shared = self._busy_shared < self._shared
-            if shared:
-                queues = self._queues
-            elif self._queues[Priority.REALTIME]:
-                # Only the reserved instances are free: realtime rows alone,
-                # so no bulk rows slow the realtime batch down.
-                queues = self._queues[: Priority.REALTIME + 1]
-            else:
+        """Start batches on the free instances (on the event loop)."""
+        while True:
+            with self._lock:
+                step = self._next(force=force, arm=True)
+            if step is None:
                 return
-            batch = self._take(queues, force=force)
-            if batch is None:
-                return
-            self._busy += 1
-            self._busy_shared += shared
-            self._start(batch, shared)
+            self._start(*step)
+
+    def _next(self, *, force: bool, arm: bool) -> tuple[list[_Pending], bool] | None:
+        """Take the next batch for a free instance, and the instance; with the lock held.
+
+        ``arm``: on the loop, a batch that should wait for more rows arms
+        the timer that starts it; a model thread leaves that to the loop.
+        """
+        if self._busy >= self._policy.instances or not self._queued:
+            return None
+        shared = self._busy_shared < self._shared
+        if shared:
+            queues = self._queues
+        elif self._queues[Priority.REALTIME]:
+            # Only the reserved instances are free: realtime rows alone,
+            # so no bulk rows slow the realtime batch down.
+            queues = self._queues[: Priority.REALTIME + 1]
+        else:
+            return None
+        batch = self._take(queues, force=force, arm=arm)
+        if batch is None:
+            return None
+        self._busy += 1
+        self._busy_shared += shared
+        return batch, shared
 
     def _take(
-        self, queues: list[collections.deque[_Pending]], *, force: bool
+        self, queues: list[collections.deque[_Pending]], *, force: bool, arm: bool
     ) -> list[_Pending] | None:
         """Remove and return the next batch from ``queues``, or None to wait for more."""
         head = next(q for q in queues if q)[0]
@@ -251,7 +277,8 @@ class DynamicBatcher:
             if rows >= limit:
                 break
         if not force and self._should_wait(rows, head):
-            self._arm_timer(head)
+            if arm:
+                self._arm_timer(head)
             return None
         taken = {id(item) for item in chosen}
         for queue in queues:
@@ -287,13 +314,8 @@ class DynamicBatcher:
         self._timer = asyncio.get_running_loop().call_later(remaining, fire)
 
     def _start(self, batch: list[_Pending], shared: bool) -> None:
-        """Run ``batch`` on the loop if it is predicted to be quick, else hand it to a
-        model thread; :meth:`_finished` runs when the thread is done.
-
-        A done-callback rather than a task awaiting the thread: the next batch
-        is then handed over in the very loop iteration that learns of this
-        one's end, which keeps the model busy and lets a waiting realtime
-        request start as early as possible.
+        """Run ``batch`` on the loop if it is predicted to be quick, else hand it
+        to a model thread, which goes on with the next batches (:meth:`_chain`).
         """
         started = time.perf_counter_ns()
         rows = sum(item.rows for item in batch)
@@ -304,12 +326,86 @@ class DynamicBatcher:
                 return
         loop = asyncio.get_running_loop()
         try:
-            running = loop.run_in_executor(self._executor, self._execute, batch)
+            running = loop.run_in_executor(
+                self._executor, self._chain, loop, batch, rows, started, shared
+            )
         except RuntimeError:  # the executor is shut down: closed while draining timed out
-            self._release(started, shared)
+            with self._lock:
+                self._release(started, shared)
             self._fail(batch, self._unloaded())
+            self._check_idle()
             return
-        running.add_done_callback(functools.partial(self._finished, batch, rows, started, shared))
+        running.add_done_callback(functools.partial(self._chain_ended, batch, started, shared))
+
+    def _chain(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        batch: list[_Pending],
+        rows: int,
+        started: int,
+        shared: bool,
+    ) -> None:
+        """Run ``batch`` in this model thread, then take and run the next ones
+        until none is ready; each batch's answers go back to the loop.
+
+        The thread takes its next batch itself, the moment one ends: were
+        the loop to hand it over, the model would sit idle for a whole turn
+        of the loop each time, and under overload (a turn reading and
+        refusing hundreds of requests) a model serving full batches would
+        run one batch a turn.
+        """
+        while True:
+            result: tuple[list[dict[str, np.ndarray]], tuple[int, int, int]] | None = None
+            error: Exception | None = None
+            try:
+                result = self._execute(batch)
+            except Exception as exc:
+                error = exc
+            with self._lock:
+                self._release(started, shared)
+                if result is not None:
+                    self._learn(rows, result[1])
+                step = None if self._stopped else self._next(force=False, arm=False)
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody to answer
+                loop.call_soon_threadsafe(self._settle, batch, rows, started, result, error)
+            if step is None:
+                return
+            batch, shared = step
+            rows = sum(item.rows for item in batch)
+            started = time.perf_counter_ns()
+
+    def _chain_ended(
+        self, batch: list[_Pending], started: int, shared: bool, running: asyncio.Future[None]
+    ) -> None:
+        """A chain's end, on the loop: only a chain that never started (the
+        executor shut down under it) has anything left to answer."""
+        if running.cancelled():
+            with self._lock:
+                self._release(started, shared)
+            self._fail(batch, self._unloaded())
+            if self._queued:
+                self._dispatch()
+            self._check_idle()
+        elif (exc := running.exception()) is not None:  # pragma: no cover - _chain catches
+            log.error("a model thread of %s failed: %r", self._manifest.ref, exc)
+
+    def _settle(
+        self,
+        batch: list[_Pending],
+        rows: int,
+        started: int,
+        result: tuple[list[dict[str, np.ndarray]], tuple[int, int, int]] | None,
+        error: Exception | None,
+    ) -> None:
+        """Answer a batch a model thread ran (on the loop)."""
+        if result is None:
+            self._fail(batch, self._execution_error(error or RuntimeError("no result")))
+        else:
+            self._deliver(batch, rows, started, *result)
+        if self._queued:
+            # The thread took no batch: it stopped, or the head waits for rows.
+            self._dispatch()
+        self._check_idle()
 
     def _run_inline(self, batch: list[_Pending], rows: int, started: int, shared: bool) -> None:
         # No dispatch from here: it runs only with nothing queued, so the
@@ -317,46 +413,28 @@ class DynamicBatcher:
         try:
             outputs, timing = self._execute(batch)
         except Exception as exc:
-            self._release(started, shared)
+            with self._lock:
+                self._release(started, shared)
             self._fail(batch, self._execution_error(exc))
+            self._check_idle()
             return
-        self._release(started, shared)
-        self._learn(rows, timing)
+        with self._lock:
+            self._release(started, shared)
+            self._learn(rows, timing)
         self._deliver(batch, rows, started, outputs, timing)
+        self._check_idle()
 
     def _release(self, started: int, shared: bool) -> None:
-        """An execution ended: free its instance, remember how long it took."""
+        """An execution ended: free its instance, remember how long it took
+        (with the lock held)."""
         elapsed = (time.perf_counter_ns() - started) / 1e9
         self._mean_exec_s = 0.9 * self._mean_exec_s + 0.1 * elapsed
         self._busy -= 1
         self._busy_shared -= shared
+
+    def _check_idle(self) -> None:
         if self._busy == 0 and not self._queued:
             self._idle.set()
-
-    def _finished(
-        self,
-        batch: list[_Pending],
-        rows: int,
-        started: int,
-        shared: bool,
-        running: asyncio.Future[tuple[list[dict[str, np.ndarray]], tuple[int, int, int]]],
-    ) -> None:
-        self._release(started, shared)
-        error: BaseException | None = None
-        if running.cancelled():  # the executor was shut down under it
-            error = self._unloaded()
-        elif (exc := running.exception()) is not None:
-            error = self._execution_error(exc)
-        else:
-            outputs, timing = running.result()
-            self._learn(rows, timing)  # before dispatching: it decides where the next runs
-        # The next batch first, then the answers to this one.
-        if self._queued:
-            self._dispatch()
-        if error is not None:
-            self._fail(batch, error)  # every waiter must hear about it
-        else:
-            self._deliver(batch, rows, started, outputs, timing)
 
     def _learn(self, rows: int, timing: tuple[int, int, int]) -> None:
         per_row = sum(timing) / max(rows, 1)
@@ -458,12 +536,16 @@ class DynamicBatcher:
         """Stop accepting requests; finish (or fail) the queued ones; free threads."""
         self._closed = True
         if not drain:
-            for queue in self._queues:
-                self._fail(queue, self._unloaded())
-                queue.clear()
-            self._queued = 0
+            with self._lock:
+                for queue in self._queues:
+                    self._fail(queue, self._unloaded())
+                    queue.clear()
+                self._queued = 0
+            self._check_idle()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), timeout)
+        with self._lock:
+            self._stopped = True
         if self._timer is not None:
             self._timer.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
