@@ -100,6 +100,9 @@ class _Pending:
 
 
 Infer = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
+#: What an execution returns: each request's outputs, and the compute timings
+#: (ns) of merging the inputs, inferring and splitting the outputs.
+_Outcome = tuple[list[dict[str, np.ndarray]], tuple[int, int, int]]
 
 
 class DynamicBatcher:
@@ -330,10 +333,7 @@ class DynamicBatcher:
                 self._executor, self._chain, loop, batch, rows, started, shared
             )
         except RuntimeError:  # the executor is shut down: closed while draining timed out
-            with self._lock:
-                self._release(started, shared)
-            self._fail(batch, self._unloaded())
-            self._check_idle()
+            self._abandon(batch, started, shared, self._unloaded())
             return
         running.add_done_callback(functools.partial(self._chain_ended, batch, started, shared))
 
@@ -355,19 +355,18 @@ class DynamicBatcher:
         run one batch a turn.
         """
         while True:
-            result: tuple[list[dict[str, np.ndarray]], tuple[int, int, int]] | None = None
-            error: Exception | None = None
+            outcome: _Outcome | Exception
             try:
-                result = self._execute(batch)
+                outcome = self._execute(batch)
             except Exception as exc:
-                error = exc
+                outcome = exc
             with self._lock:
                 self._release(started, shared)
-                if result is not None:
-                    self._learn(rows, result[1])
+                if not isinstance(outcome, Exception):
+                    self._learn(rows, outcome[1])
                 step = None if self._stopped else self._next(force=False, arm=False)
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody to answer
-                loop.call_soon_threadsafe(self._settle, batch, rows, started, result, error)
+                loop.call_soon_threadsafe(self._settle, batch, rows, started, outcome)
             if step is None:
                 return
             batch, shared = step
@@ -380,12 +379,9 @@ class DynamicBatcher:
         """A chain's end, on the loop: only a chain that never started (the
         executor shut down under it) has anything left to answer."""
         if running.cancelled():
-            with self._lock:
-                self._release(started, shared)
-            self._fail(batch, self._unloaded())
+            self._abandon(batch, started, shared, self._unloaded())
             if self._queued:
                 self._dispatch()
-            self._check_idle()
         elif (exc := running.exception()) is not None:  # pragma: no cover - _chain catches
             log.error("a model thread of %s failed: %r", self._manifest.ref, exc)
 
@@ -394,14 +390,13 @@ class DynamicBatcher:
         batch: list[_Pending],
         rows: int,
         started: int,
-        result: tuple[list[dict[str, np.ndarray]], tuple[int, int, int]] | None,
-        error: Exception | None,
+        outcome: _Outcome | Exception,
     ) -> None:
         """Answer a batch a model thread ran (on the loop)."""
-        if result is None:
-            self._fail(batch, self._execution_error(error or RuntimeError("no result")))
+        if isinstance(outcome, Exception):
+            self._fail(batch, self._execution_error(outcome))
         else:
-            self._deliver(batch, rows, started, *result)
+            self._deliver(batch, rows, started, *outcome)
         if self._queued:
             # The thread took no batch: it stopped, or the head waits for rows.
             self._dispatch()
@@ -413,10 +408,7 @@ class DynamicBatcher:
         try:
             outputs, timing = self._execute(batch)
         except Exception as exc:
-            with self._lock:
-                self._release(started, shared)
-            self._fail(batch, self._execution_error(exc))
-            self._check_idle()
+            self._abandon(batch, started, shared, self._execution_error(exc))
             return
         with self._lock:
             self._release(started, shared)
@@ -431,6 +423,15 @@ class DynamicBatcher:
         self._mean_exec_s = 0.9 * self._mean_exec_s + 0.1 * elapsed
         self._busy -= 1
         self._busy_shared -= shared
+
+    def _abandon(
+        self, batch: list[_Pending], started: int, shared: bool, error: BaseException
+    ) -> None:
+        """An execution ended without answers: free its instance, fail its waiters."""
+        with self._lock:
+            self._release(started, shared)
+        self._fail(batch, error)
+        self._check_idle()
 
     def _check_idle(self) -> None:
         if self._busy == 0 and not self._queued:
@@ -470,9 +471,7 @@ class DynamicBatcher:
                 )
             )
 
-    def _execute(
-        self, batch: list[_Pending]
-    ) -> tuple[list[dict[str, np.ndarray]], tuple[int, int, int]]:
+    def _execute(self, batch: list[_Pending]) -> _Outcome:
         t0 = time.perf_counter_ns()
         if len(batch) == 1:
             merged = batch[0].inputs
