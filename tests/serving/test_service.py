@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,7 @@ from sciserve.access.priority import Priority
 from sciserve.config import ServingConfig
 from sciserve.errors import InvalidInput, ModelNotReady, NotFound, Overloaded
 from sciserve.registry.registry import Registry
+from sciserve.runtimes.onnx import OnnxRuntime
 from sciserve.serving.service import InferenceService
 from sciserve.serving.types import InferenceRequest, InferInput, RequestedOutput
 
@@ -174,10 +177,24 @@ async def test_alias_flip_under_load_has_no_failures(
 
 
 async def test_priority_classes_jump_the_queue(
-    sqlite_registry: Registry, onnx_package: MakePackage
+    sqlite_registry: Registry, onnx_package: MakePackage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The first execution is held in its model thread until twenty batch
+    # requests and then one realtime request wait behind it; when it ends,
+    # the thread must take the realtime request before all of them.
+    entered, release = threading.Event(), threading.Event()
+    real_infer = OnnxRuntime.infer
+
+    def gated(self: OnnxRuntime, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not entered.is_set():
+            entered.set()
+            assert release.wait(timeout=30), "the test never released the model"
+        return real_infer(self, inputs)
+
+    monkeypatch.setattr(OnnxRuntime, "infer", gated)
     sqlite_registry.publish(onnx_package())
-    svc = InferenceService(sqlite_registry, ServingConfig())
+    # Nothing runs on the loop (it would hold the loop at the gate); one instance.
+    svc = InferenceService(sqlite_registry, ServingConfig(max_inline_compute=0, instances=1))
     await svc.start()
     try:
         order: list[str] = []
@@ -187,16 +204,21 @@ async def test_priority_classes_jump_the_queue(
             await svc.infer(request(x), priority=priority)
             order.append(tag)
 
-        tasks = [asyncio.create_task(call(f"batch{i}", Priority.BATCH)) for i in range(20)]
-        # Queued in the same turn of the loop, behind all twenty.
+        tasks = [asyncio.create_task(call("first", Priority.BATCH))]
+        assert await asyncio.to_thread(entered.wait, 30), "the first batch never ran"
+        batcher = (await svc.manager.get("linear")).require_ready()
+        tasks += [asyncio.create_task(call(f"batch{i}", Priority.BATCH)) for i in range(20)]
         tasks.append(asyncio.create_task(call("realtime", Priority.REALTIME)))
+        deadline = time.monotonic() + 30
+        while batcher.queued < 21:
+            assert time.monotonic() < deadline, f"only {batcher.queued} of 21 requests queued"
+            await asyncio.sleep(0.001)
+        release.set()
         await asyncio.gather(*tasks)
-        # The model thread takes batches back to back while the loop queues
-        # them, so how many ran before the realtime request was queued is a
-        # matter of timing (the exact order is test_batcher's business); the
-        # realtime request must not wait for the batch work queued before it.
-        assert order.index("realtime") < order.index("batch19")
+        # First in, first out within a class; realtime ahead of all waiting bulk work.
+        assert order == ["first", "realtime", *(f"batch{i}" for i in range(20))]
     finally:
+        release.set()
         await svc.stop()
 
 
