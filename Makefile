@@ -5,6 +5,9 @@ BIN    := $(VENV)/bin
 HOME_DIR ?= $(CURDIR)/.sciserve
 # Options for `sciserve up`, e.g. make run ARGS="--http-port 0 --grpc-port 0"
 ARGS ?=
+# Test processes (pytest-xdist): most tests wait on servers and brokers, so
+# two share a 2-core machine well.  TEST_WORKERS=0 runs the suite in one process.
+TEST_WORKERS ?= 2
 
 .PHONY: run test lint install install-dev clean
 
@@ -36,7 +39,7 @@ run: install
 test: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/pytest
+	$(BIN)/pytest --numprocesses $(TEST_WORKERS) --dist loadfile
 
 clean:
 	rm -rf $(VENV) $(HOME_DIR) build *.egg-info src/*.egg-info tests/plugins/*/*.egg-info

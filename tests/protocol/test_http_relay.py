@@ -353,8 +353,25 @@ HOSTILE_HTTP = [
 ]
 
 
+@pytest.fixture(scope="module")
+def abused_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    """One server for every hostile request: each must leave it serving the next."""
+    root = tmp_path_factory.mktemp("abused")
+    home = root / "home"
+    with Registry(Settings.load(home, environ={})) as registry:
+        registry.publish(make_onnx_package(root / "linear"))
+    running = start_server(home, "--http-frontends", "2", stderr_file=root / "server.log")
+    try:
+        yield running
+    finally:
+        stop_server(running.proc)
+
+
 @pytest.mark.parametrize("request_bytes", HOSTILE_HTTP)
-def test_malformed_http_gets_an_error_not_a_crash(server: Running, request_bytes: bytes) -> None:
+def test_malformed_http_gets_an_error_not_a_crash(
+    abused_server: Running, request_bytes: bytes
+) -> None:
+    server = abused_server
     pids = _frontends(server)
     reply = _raw(server.http, request_bytes)
     if reply:  # an answer is a client error; closing without one is fine too

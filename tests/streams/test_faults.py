@@ -201,7 +201,8 @@ def test_nats_jetstream(
     stream, subject = nats_stream
     host = nats_url.removeprefix("nats://")
     _produce(f"nats://{host}/{subject}?stream={stream}", records)
-    source = f"nats://{host}/{subject}?stream={stream}&durable=faults"
+    # A killed worker's unacknowledged alerts come back after ack_wait.
+    source = f"nats://{host}/{subject}?stream={stream}&durable=faults&ack_wait=4"
     _exercise(home, _spec(tmp_path, "faults-nats", source), "faults-nats", ids, tmp_path)
 
 
@@ -215,5 +216,6 @@ def test_kafka(
     records, ids = _alerts(first_id=10**8)
     topic = kafka_topic(partitions=2)
     _produce(f"kafka://{kafka_bootstrap}/{topic}", records)
-    source = f"kafka://{kafka_bootstrap}/{topic}?group={kafka_group}"
+    # A killed member's partitions move on after its session times out.
+    source = f"kafka://{kafka_bootstrap}/{topic}?group={kafka_group}&session_timeout_ms=2000"
     _exercise(home, _spec(tmp_path, "faults-kafka", source), "faults-kafka", ids, tmp_path)

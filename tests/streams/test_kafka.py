@@ -196,6 +196,13 @@ def test_urls_build_configured_kafka_endpoints() -> None:
     source = open_source("kafka://broker.example:9093/alerts?group=ml&fetch.min.bytes=1")
     assert isinstance(source, KafkaSource)
     assert (source.bootstrap, source.topic, source.group) == ("broker.example:9093", "alerts", "ml")
+    tuned = open_source(
+        "kafka://broker.example/alerts?group=ml&session_timeout_ms=3000&max_poll_interval_ms=4000"
+    )
+    assert isinstance(tuned, KafkaSource)
+    assert tuned._config["session.timeout.ms"] == 3000
+    assert tuned._config["max.poll.interval.ms"] == 4000
+    assert tuned._config["heartbeat.interval.ms"] == 1000
     sink = open_sink("kafka://a.example,b.example:9999/scores")
     assert isinstance(sink, KafkaSink)
     assert (sink.bootstrap, sink.topic) == ("a.example:9092,b.example:9999", "scores")
@@ -212,6 +219,10 @@ def test_urls_build_configured_kafka_endpoints() -> None:
         ("kafka://localhost/alerts?group=g&group=h", "given twice"),
         ("kafka://localhost/alerts?group=g&enable.auto.commit=true", "cannot be overridden"),
         ("amqp://localhost/alerts", "unsupported scheme"),
+        ("kafka://localhost/alerts?group=g&session_timeout_ms=soon", "session_timeout_ms='soon'"),
+        ("kafka://localhost/alerts?group=g&max_poll_interval_ms=1.5", "max_poll_interval_ms="),
+        ("kafka://localhost/alerts?group=g&session_timeout_ms=0", "must be positive"),
+        ("kafka://localhost/alerts?group=g&session_timeout_ms=9000", "at most max_poll"),
     ],
 )
 def test_bad_kafka_urls_are_rejected_clearly(url: str, message: str) -> None:

@@ -194,8 +194,10 @@ class Sink(abc.ABC):
 def open_source(url: str, *, consumer: str | None = None, **options: Any) -> Source:
     """Create the (not yet started) :class:`Source` that ``url`` names.
 
-    ``kafka://host:port/topic?group=G`` consumes as group ``G``; further
-    query parameters are passed to librdkafka as configuration.
+    ``kafka://host:port/topic?group=G`` consumes as group ``G``;
+    ``session_timeout_ms``, ``max_poll_interval_ms`` and ``auto_offset_reset``
+    are :class:`KafkaSource`'s own, and further query parameters are passed to
+    librdkafka as configuration.
     ``nats://host:port/subject?stream=S&durable=D`` consumes as durable
     consumer ``D`` of stream ``S``; ``batch`` and ``ack_wait`` may be given
     too.  ``file:///path.ext`` (or a bare path) replays a ``.jsonl``,
@@ -212,6 +214,8 @@ def open_source(url: str, *, consumer: str | None = None, **options: Any) -> Sou
         from .kafka import KafkaSource
 
         group = _pop_required(params, "group", url)
+        _convert(params, "session_timeout_ms", int, url)
+        _convert(params, "max_poll_interval_ms", int, url)
         return KafkaSource(location, target, str(group), **params)
     if scheme == "nats":
         from .nats import NatsSource

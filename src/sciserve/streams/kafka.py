@@ -84,6 +84,18 @@ class KafkaSource(Source):
         reserved = _RESERVED.intersection(config)
         if reserved:
             raise InvalidInput(f"Kafka source settings {sorted(reserved)} cannot be overridden")
+        if isinstance(session_timeout_ms, bool) or not isinstance(session_timeout_ms, int):
+            raise InvalidInput(f"session_timeout_ms must be an integer, not {session_timeout_ms!r}")
+        if isinstance(max_poll_interval_ms, bool) or not isinstance(max_poll_interval_ms, int):
+            raise InvalidInput(
+                f"max_poll_interval_ms must be an integer, not {max_poll_interval_ms!r}"
+            )
+        # librdkafka refuses a poll interval shorter than the session timeout.
+        if not 0 < session_timeout_ms <= max_poll_interval_ms:
+            raise InvalidInput(
+                f"session_timeout_ms ({session_timeout_ms}) must be positive and at most "
+                f"max_poll_interval_ms ({max_poll_interval_ms})"
+            )
         if auto_offset_reset not in ("earliest", "latest"):
             raise InvalidInput(
                 f"auto_offset_reset must be 'earliest' or 'latest', not {auto_offset_reset!r}"
