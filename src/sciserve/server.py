@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 from .config import ServingConfig, Settings
 from .errors import ConfigError
-from .protocol._one_write import OneWriteHttp
+from .protocol._http_protocol import HttpProtocol
 from .registry.registry import Registry
 from .serving.service import InferenceService
 
@@ -157,7 +157,7 @@ def _http_config(app: Any, tls: dict[str, Any]) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         # httptools, with a response's head and body written in one call.
-        http=OneWriteHttp,
+        http=HttpProtocol,
         lifespan="off",
         access_log=False,
         log_level="warning",

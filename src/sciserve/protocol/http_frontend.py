@@ -101,9 +101,9 @@ from ._http_frames import (
     request_body,
     request_head,
 )
+from ._http_protocol import HttpProtocol
 from ._infer_frames import parse_response, request_payload
 from ._infer_path import INFER_PATH, infer_model
-from ._one_write import OneWriteHttp
 from ._supervisor import CANNOT_LISTEN
 from .rest_codec import (
     decode_infer_request,
@@ -768,7 +768,7 @@ async def serve(args: argparse.Namespace) -> int:
     server = _Uvicorn(
         uvicorn.Config(
             app,
-            http=OneWriteHttp,
+            http=HttpProtocol,
             ws="none",
             lifespan="off",
             # No access log: it would record paths and clients.
