@@ -11,7 +11,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from sciserve._hashing import sha256_file
+from sciserve.config import Settings
 from sciserve.package.manifest import Manifest, dump_manifest
+from sciserve.registry.registry import Registry
 
 
 def linear_onnx(path: Path, weight: np.ndarray, bias: np.ndarray) -> None:
@@ -263,3 +265,12 @@ def make_softmax_package(
     )
     (root / "model.onnx").write_bytes(data)
     return root
+
+
+def home_with_linear(root: Path) -> Path:
+    """A sciserve home under ``root`` whose embedded registry holds the
+    ``linear`` model of :func:`make_onnx_package`."""
+    home = root / "home"
+    with Registry(Settings.load(home, environ={})) as registry:
+        registry.publish(make_onnx_package(root / "linear"))
+    return home

@@ -17,11 +17,9 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from sciserve.config import Settings
 from sciserve.protocol._http_protocol import MAX_HEAD_BYTES
-from sciserve.registry.registry import Registry
 
-from helpers.packages import expected_linear, make_onnx_package
+from helpers.packages import expected_linear, home_with_linear
 from helpers.server import Running, start_server, stop_server
 
 
@@ -30,9 +28,7 @@ def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Running]:
     root = tmp_path_factory.mktemp("head")
-    home = root / "home"
-    with Registry(Settings.load(home, environ={})) as registry:
-        registry.publish(make_onnx_package(root / "linear"))
+    home = home_with_linear(root)
     extra = ("--http-frontends", "1") if request.param == "front-end" else ()
     running = start_server(home, *extra, stderr_file=root / "server.log")
     try:

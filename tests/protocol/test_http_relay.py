@@ -51,7 +51,7 @@ from sciserve.protocol._http_frames import (
 from sciserve.registry.registry import Registry
 from sciserve.serving.service import InferenceService
 
-from helpers.packages import expected_linear, make_onnx_package
+from helpers.packages import expected_linear, home_with_linear, make_onnx_package
 from helpers.server import FrontendThread, Running, run_cli, start_server, stop_server
 
 X = np.arange(12, dtype=np.float32).reshape(3, 4)
@@ -200,10 +200,7 @@ def _raw(address: str, request: bytes, *, timeout: float = 3) -> bytes:
 
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
-    home = tmp_path / "home"
-    with Registry(Settings.load(home, environ={})) as registry:
-        registry.publish(make_onnx_package(tmp_path / "linear"))
-    return home
+    return home_with_linear(tmp_path)
 
 
 @pytest.fixture
@@ -357,10 +354,9 @@ HOSTILE_HTTP = [
 def abused_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     """One server for every hostile request: each must leave it serving the next."""
     root = tmp_path_factory.mktemp("abused")
-    home = root / "home"
-    with Registry(Settings.load(home, environ={})) as registry:
-        registry.publish(make_onnx_package(root / "linear"))
-    running = start_server(home, "--http-frontends", "2", stderr_file=root / "server.log")
+    running = start_server(
+        home_with_linear(root), "--http-frontends", "2", stderr_file=root / "server.log"
+    )
     try:
         yield running
     finally:
