@@ -228,3 +228,18 @@ def test_urls_build_configured_kafka_endpoints() -> None:
 def test_bad_kafka_urls_are_rejected_clearly(url: str, message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
         open_source(url)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"session_timeout_ms": True}, "session_timeout_ms must be an integer, not True"),
+        ({"max_poll_interval_ms": 7.5}, "max_poll_interval_ms must be an integer, not 7.5"),
+        ({"session_timeout_ms": -1}, "must be positive"),
+    ],
+)
+def test_bad_kafka_source_options_are_rejected_clearly(
+    options: dict[str, object], message: str
+) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        KafkaSource("localhost:9092", "alerts", "g", **options)  # type: ignore[arg-type]

@@ -84,12 +84,12 @@ class KafkaSource(Source):
         reserved = _RESERVED.intersection(config)
         if reserved:
             raise InvalidInput(f"Kafka source settings {sorted(reserved)} cannot be overridden")
-        if isinstance(session_timeout_ms, bool) or not isinstance(session_timeout_ms, int):
-            raise InvalidInput(f"session_timeout_ms must be an integer, not {session_timeout_ms!r}")
-        if isinstance(max_poll_interval_ms, bool) or not isinstance(max_poll_interval_ms, int):
-            raise InvalidInput(
-                f"max_poll_interval_ms must be an integer, not {max_poll_interval_ms!r}"
-            )
+        for name, value in (
+            ("session_timeout_ms", session_timeout_ms),
+            ("max_poll_interval_ms", max_poll_interval_ms),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise InvalidInput(f"{name} must be an integer, not {value!r}")
         # librdkafka refuses a poll interval shorter than the session timeout.
         if not 0 < session_timeout_ms <= max_poll_interval_ms:
             raise InvalidInput(
