@@ -81,8 +81,13 @@ def test_a_running_monitor_picks_up_references_stored_later(registry: Registry) 
     info = version_info(digest)
     layout = Layout(info.manifest)
     store = ReferenceStore(engine_of(registry))
+    # No row budget: past it the monitor samples by wall-clock rate, and on a
+    # busy machine too few of the 2,500 rows below would reach a drift check.
     monitor = Monitor(
-        MonitoringConfig(), CollectorRegistry(), references=store, reference_refresh=0.0
+        MonitoringConfig(max_rows_per_second=0),
+        CollectorRegistry(),
+        references=store,
+        reference_refresh=0.0,
     )
     traffic = Traffic(seed=5)
 

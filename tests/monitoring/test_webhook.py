@@ -161,6 +161,7 @@ def test_shifted_traffic_through_the_monitor_reaches_the_webhook(
         webhook_token=SecretStr(TOKEN),
         webhook_backoff=0.05,
         dashboard_url="https://dash.example/",
+        max_rows_per_second=0,  # every row, however slow the machine (see the budget test)
     )
     registry = CollectorRegistry()
     monitor = Monitor(config, registry, references=store)
@@ -225,7 +226,8 @@ def test_the_value_budget_drops_huge_requests() -> None:
 
 def test_sampling_hands_over_about_the_rate() -> None:
     registry = CollectorRegistry()
-    monitor = Monitor(MonitoringConfig(sample_rate=0.1), registry)
+    # No row budget, which would lower the share further on a slow machine.
+    monitor = Monitor(MonitoringConfig(sample_rate=0.1, max_rows_per_second=0), registry)
     monitor.start()
     try:
         for inputs, outputs in Traffic(seed=5).requests(5000):
