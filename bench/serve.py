@@ -117,7 +117,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=float,
         default=BASELINE_P50_MS,
         help="sciserve's HTTP-binary c=1 b=1 p50 to compare with "
-        f"(default {BASELINE_P50_MS} ms, the README's last published run)",
+        f"(default {BASELINE_P50_MS} ms, the run published before the front ends)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and inputs")
     parser.add_argument("--output-dir", type=Path, default=BENCH_DIR / "results")
@@ -310,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     console.print(
         f"c=1 b=1 latency baseline: {args.baseline_p50_ms:g} ms"
         + (
-            " (the README's last published run; --baseline-p50-ms to change)"
+            " (the run published before the front ends; --baseline-p50-ms to change)"
             if args.baseline_p50_ms == BASELINE_P50_MS
             else " (--baseline-p50-ms)"
         ),

@@ -32,8 +32,8 @@ __all__ = [
     "scaling_rows",
 ]
 
-#: sciserve's HTTP-binary p50 at concurrency 1, batch 1 in the README's last
-#: published run, before the HTTP front ends: the latency target's baseline.
+#: sciserve's HTTP-binary p50 at concurrency 1, batch 1 in the run published
+#: before the HTTP front ends (2026-12-05): the latency target's baseline.
 BASELINE_P50_MS = 0.19
 #: How much slower than the baseline that p50 may be.
 P50_SLACK_MS = 0.1
