@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import pytest
@@ -21,6 +23,14 @@ from tritonclient.grpc import service_pb2
 pytestmark = pytest.mark.slow
 
 SCISERVE = next(spec for spec in SERVERS if spec.key == "sciserve")
+
+
+def unavailable(reason: str) -> NoReturn:
+    """A tool a test needs is missing: fail in CI (``CI`` set), where
+    ``.ci/run`` installs it, and skip with the reason elsewhere."""
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +63,7 @@ def bodies(work: Path, payloads: dict[int, Payloads]) -> dict[int, BodyFiles]:
 def sciserve(work: Path, model: Path) -> Iterator[Endpoint]:
     reason = SCISERVE.missing()
     if reason:
-        pytest.skip(reason)
+        unavailable(reason)
     with SCISERVE.launch(work, model) as endpoint:
         yield endpoint
 
@@ -80,7 +90,7 @@ def test_a_wrong_expectation_is_caught(sciserve: Endpoint, payloads: dict[int, P
 def _h2load() -> str:
     h2load = find_h2load()
     if h2load is None:
-        pytest.skip("h2load is not installed")
+        unavailable("h2load is not installed (apt-get install nghttp2-client)")
     return h2load
 
 
@@ -114,7 +124,7 @@ def test_wrk_loads_http(
 ) -> None:
     wrk = find_wrk()
     if wrk is None:
-        pytest.skip("wrk is not installed")
+        unavailable("wrk is not installed (apt-get install wrk)")
     request = WrkRequest(
         url=f"http://{sciserve.http}/v2/models/mlp/infer",
         body=bodies[8].binary,
@@ -131,7 +141,7 @@ def test_wrk_loads_http(
 def test_wrk_reports_failed_requests(sciserve: Endpoint, bodies: dict[int, BodyFiles]) -> None:
     wrk = find_wrk()
     if wrk is None:
-        pytest.skip("wrk is not installed")
+        unavailable("wrk is not installed (apt-get install wrk)")
     request = WrkRequest(
         url=f"http://{sciserve.http}/v2/models/no-such-model/infer",
         body=bodies[1].json,
@@ -188,7 +198,7 @@ def test_the_in_process_ceiling(model: Path, payloads: dict[int, Payloads]) -> N
 
 def test_the_server_is_gone_after_the_block(work: Path, model: Path) -> None:
     if SCISERVE.missing():
-        pytest.skip("sciserve serve is not available")
+        unavailable("sciserve serve is not available")
     with SCISERVE.launch(work / "second", model) as endpoint:
         host, port = endpoint.http.rsplit(":", 1)
         socket.create_connection((host, int(port)), timeout=5).close()
