@@ -137,7 +137,9 @@ def run_cli(home: Path, *args: str, timeout: float = 300) -> subprocess.Complete
 
 
 class ServerThread:
-    """uvicorn serving an ASGI app on a free port of 127.0.0.1 from a thread.
+    """uvicorn serving an ASGI app on a free port of 127.0.0.1 from a thread,
+    with the HTTP protocol class of sciserve's own listener (one write per
+    response, bounded request heads), so tests meet what clients meet.
 
     ``with ServerThread(app) as address:`` gives ``"127.0.0.1:PORT"``.
     """
@@ -145,8 +147,16 @@ class ServerThread:
     def __init__(self, app: Any) -> None:
         import uvicorn
 
+        from sciserve.protocol._http_protocol import HttpProtocol
+
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=0, log_level="warning", ws="none", access_log=False
+            app,
+            host="127.0.0.1",
+            port=0,
+            http=HttpProtocol,
+            log_level="warning",
+            ws="none",
+            access_log=False,
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
