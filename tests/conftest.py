@@ -21,6 +21,7 @@ from sciserve.config import Settings
 from sciserve.registry.registry import Registry
 
 from helpers.packages import make_onnx_package
+from helpers.required import unavailable
 from helpers.slurm import SlurmCluster, missing_binaries, slurm_cluster
 
 POSTGRES_URL = os.environ.get(
@@ -43,10 +44,7 @@ def _postgres_available() -> str | None:
 def postgres_base_url() -> str:
     problem = _postgres_available()
     if problem:
-        message = f"PostgreSQL at {POSTGRES_URL} is not reachable ({problem})"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(f"PostgreSQL at {POSTGRES_URL} is not reachable ({problem})")
     return POSTGRES_URL
 
 
@@ -76,18 +74,12 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
     """
     missing = missing_binaries()
     if missing:
-        message = (
+        unavailable(
             f"Slurm is not installed (missing: {', '.join(missing)}); "
             "install it with `apt-get install slurm-wlm munge`"
         )
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
     if os.geteuid() != 0:
-        message = "the test Slurm cluster runs its daemons as root"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable("the test Slurm cluster runs its daemons as root")
     with slurm_cluster(tmp_path_factory.mktemp("slurm")) as cluster:
         previous = os.environ.get("SLURM_CONF")
         os.environ["SLURM_CONF"] = str(cluster.conf)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NoReturn
 
 import numpy as np
 import pytest
@@ -20,17 +18,11 @@ from servebench.verify import WrongAnswer, check_grpc, check_http_binary, check_
 from servebench.wrk import WrkRequest, find_wrk, run_wrk
 from tritonclient.grpc import service_pb2
 
+from helpers.required import unavailable
+
 pytestmark = pytest.mark.slow
 
 SCISERVE = next(spec for spec in SERVERS if spec.key == "sciserve")
-
-
-def unavailable(reason: str) -> NoReturn:
-    """A tool a test needs is missing: fail in CI (``CI`` set), where
-    ``.ci/run`` installs it, and skip with the reason elsewhere."""
-    if os.environ.get("CI"):
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")

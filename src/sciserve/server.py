@@ -156,7 +156,7 @@ def _http_config(app: Any, tls: dict[str, Any]) -> uvicorn.Config:
     # the hot path; requests are counted in the metrics.
     return uvicorn.Config(
         app,
-        # httptools, with a response's head and body written in one call.
+        # httptools, each response in one write and request heads bounded (431).
         http=HttpProtocol,
         lifespan="off",
         access_log=False,

@@ -4,7 +4,6 @@ headless Chromium (as in ``test_dashboard_browser.py``)."""
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from sciserve.examples.benchmark import build_benchmark
 from sciserve.registry.registry import Registry
 
 from helpers.png import distinct_colours
+from helpers.required import unavailable
 from helpers.server import Running, start_server, stop_server
 
 pytestmark = pytest.mark.slow
@@ -114,9 +114,7 @@ def _sync_api() -> Any:
     except ImportError:
         problem = "Playwright for Python is missing: pip install playwright"
     if problem is not None:
-        if os.environ.get("CI"):
-            pytest.fail(problem)
-        pytest.skip(problem)
+        unavailable(problem)
     return sync_api
 
 

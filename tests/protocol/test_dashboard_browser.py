@@ -36,6 +36,7 @@ from sciserve.registry.registry import Registry
 
 from helpers.packages import make_onnx_package
 from helpers.png import distinct_colours
+from helpers.required import unavailable
 from helpers.server import Running, start_server, stop_server
 
 pytestmark = pytest.mark.slow
@@ -80,9 +81,7 @@ def _require_chromium() -> Any:
     except ImportError:
         problem = "Playwright for Python is missing: pip install playwright"
     if problem is not None:
-        if os.environ.get("CI"):
-            pytest.fail(problem)
-        pytest.skip(problem)
+        unavailable(problem)
     return sync_api
 
 

@@ -23,6 +23,8 @@ from sciserve.registry.registry import Registry
 from sciserve.runtimes import ModelSource, Runtime, available_runtimes, get_runtime
 from sciserve.serving.process import ProcessRuntime
 
+from helpers.required import unavailable
+
 PLUGIN = "sciserve-echo-runtime"
 
 
@@ -31,10 +33,7 @@ def _plugin_installed() -> None:
     try:
         distribution(PLUGIN)
     except PackageNotFoundError:
-        message = f"{PLUGIN} is not installed: pip install -e tests/plugins/{PLUGIN}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(f"{PLUGIN} is not installed: pip install -e tests/plugins/{PLUGIN}")
 
 
 def echo_package(root: Path, *, runtime: str = "echo", scale: float = 2.0) -> Path:

