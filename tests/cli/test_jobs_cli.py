@@ -21,7 +21,7 @@ from sciserve.registry.registry import Registry
 from helpers.batch import archive, spec
 from helpers.cli import Cli
 from helpers.packages import make_onnx_package
-from helpers.server import Running, start_server, stop_server
+from helpers.server import Running, serving
 
 
 def _user() -> str:
@@ -189,11 +189,8 @@ def remote(tmp_path: Path) -> Iterator[tuple[Running, dict[str, str]]]:
             "user": store.create("user", {"default": {"infer"}}, priority="batch")[1],
             "reader": store.create("reader", {"default": {"read"}})[1],
         }
-    running = start_server(home, "--auth")
-    try:
+    with serving(home, "--auth") as running:
         yield running, tokens
-    finally:
-        stop_server(running.proc)
 
 
 def test_the_jobs_commands_work_through_a_server(

@@ -12,6 +12,8 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,6 +125,21 @@ def stop_server(proc: subprocess.Popen[Any], timeout: float = 30) -> int:
         if stream is not None:
             stream.close()
     return proc.returncode
+
+
+@contextmanager
+def serving(
+    home: Path,
+    *extra: str,
+    stderr_file: Path | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+) -> Iterator[Running]:
+    """:func:`start_server` for the block, :func:`stop_server` after it."""
+    running = start_server(home, *extra, stderr_file=stderr_file, ssl_context=ssl_context)
+    try:
+        yield running
+    finally:
+        stop_server(running.proc)
 
 
 def run_cli(home: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:

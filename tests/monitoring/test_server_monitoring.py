@@ -17,7 +17,7 @@ from sciserve.monitoring import Layout, Reference, ReferenceStore
 from sciserve.registry.registry import Registry
 
 from helpers.packages import expected_linear, make_onnx_package
-from helpers.server import Running, start_server, stop_server
+from helpers.server import Running, serving
 
 FEATURES = ["mag", "color", "snr", "ext"]
 ALERT = 'sciserve_monitor_alert{model="linear",version="1.0.0"} 1.0'
@@ -49,11 +49,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
             Layout(info.manifest), {"x": x}, {"y": expected_linear(x)}
         )
         ReferenceStore(engine_of(reg)).save("linear", info.version, info.digest, reference)
-    running = start_server(home)
-    try:
+    with serving(home) as running:
         yield running
-    finally:
-        stop_server(running.proc)
 
 
 def _infer(client: httpx.Client, rows: np.ndarray) -> httpx.Response:

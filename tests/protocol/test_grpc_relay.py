@@ -37,7 +37,7 @@ from sciserve.protocol._relay_frames import (
 from sciserve.registry.registry import Registry
 
 from helpers.packages import expected_linear, make_onnx_package
-from helpers.server import Running, run_cli, start_server, stop_server
+from helpers.server import Running, run_cli, serving, start_server, stop_server
 
 # -- frames ------------------------------------------------------------------
 
@@ -127,11 +127,8 @@ def home(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def server(home: Path) -> Iterator[Running]:
-    running = start_server(home, "--grpc-frontends", "2")
-    try:
+    with serving(home, "--grpc-frontends", "2") as running:
         yield running
-    finally:
-        stop_server(running.proc)
 
 
 def test_a_dead_front_end_is_replaced_and_serving_goes_on(server: Running) -> None:

@@ -20,7 +20,7 @@ import tritonclient.http as httpclient
 from sciserve.protocol._http_protocol import MAX_HEAD_BYTES
 
 from helpers.packages import expected_linear, home_with_linear
-from helpers.server import Running, start_server, stop_server
+from helpers.server import Running, serving
 
 
 @pytest.fixture(scope="module", params=["in-process", "front-end"])
@@ -30,11 +30,8 @@ def server(
     root = tmp_path_factory.mktemp("head")
     home = home_with_linear(root)
     extra = ("--http-frontends", "1") if request.param == "front-end" else ()
-    running = start_server(home, *extra, stderr_file=root / "server.log")
-    try:
+    with serving(home, *extra, stderr_file=root / "server.log") as running:
         yield running
-    finally:
-        stop_server(running.proc)
 
 
 def _exchange(address: str, data: bytes) -> bytes:

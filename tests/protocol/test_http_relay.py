@@ -52,7 +52,7 @@ from sciserve.registry.registry import Registry
 from sciserve.serving.service import InferenceService
 
 from helpers.packages import expected_linear, home_with_linear, make_onnx_package
-from helpers.server import FrontendThread, Running, run_cli, start_server, stop_server
+from helpers.server import FrontendThread, Running, run_cli, serving, start_server, stop_server
 
 X = np.arange(12, dtype=np.float32).reshape(3, 4)
 
@@ -205,11 +205,8 @@ def home(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def server(home: Path, tmp_path: Path) -> Iterator[Running]:
-    running = start_server(home, "--http-frontends", "2", stderr_file=tmp_path / "server.log")
-    try:
+    with serving(home, "--http-frontends", "2", stderr_file=tmp_path / "server.log") as running:
         yield running
-    finally:
-        stop_server(running.proc)
 
 
 def test_a_killed_front_end_fails_no_request_on_the_other_and_is_replaced(
@@ -354,13 +351,9 @@ HOSTILE_HTTP = [
 def abused_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     """One server for every hostile request: each must leave it serving the next."""
     root = tmp_path_factory.mktemp("abused")
-    running = start_server(
-        home_with_linear(root), "--http-frontends", "2", stderr_file=root / "server.log"
-    )
-    try:
+    home = home_with_linear(root)
+    with serving(home, "--http-frontends", "2", stderr_file=root / "server.log") as running:
         yield running
-    finally:
-        stop_server(running.proc)
 
 
 @pytest.mark.parametrize("request_bytes", HOSTILE_HTTP)
